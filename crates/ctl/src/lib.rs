@@ -1,0 +1,1 @@
+//! calicoctl: resource management, IPAM and node commands.

@@ -1,0 +1,1 @@
+//! Kernel state: links, addresses, routes, sysctls (rtnetlink) and nftables.

@@ -1,0 +1,1 @@
+//! Datastore trait and its etcd v3 implementation in Calico's key layout.

@@ -1,0 +1,1 @@
+//! Calico block IPAM on the etcd datastore.

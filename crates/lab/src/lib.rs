@@ -1,0 +1,1 @@
+//! Lab harness: network namespaces as hosts, real processes, guaranteed teardown.

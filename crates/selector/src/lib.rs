@@ -1,0 +1,1 @@
+//! Calico label selector language: parser and evaluator.
