@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(
-  etcd-server etcd-client protobuf-compiler iproute2 nftables iputils-ping
+  etcd-server etcd-client protobuf-compiler libprotobuf-dev iproute2 nftables iputils-ping
   bird2 gobgpd frr docker.io busybox-static containernetworking-plugins iperf3
   kmod procps psmisc util-linux jq curl ca-certificates openssl
 )
