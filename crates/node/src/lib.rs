@@ -1,0 +1,5 @@
+//! calico-node: the per-node agent. It turns a host into a Calico router: registers the Node,
+//! creates default pools, and keeps routes and BGP sessions equal to what the datastore says.
+
+pub mod autodetect;
+pub mod config;
