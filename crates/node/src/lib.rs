@@ -3,3 +3,4 @@
 
 pub mod autodetect;
 pub mod config;
+pub mod status;

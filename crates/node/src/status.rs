@@ -1,0 +1,290 @@
+//! What `calicoctl node status` shows, and how it reaches calicoctl.
+//!
+//! The agent serves its status as one JSON document on a unix socket in its run directory
+//! (`<CALICO_RUN_DIR>/calico-node.sock`): connect, read to EOF. A socket, not a pid file,
+//! because the agent may run in a container with its own pid namespace; the run directory is
+//! what the two share. Rendering is pure and reproduces Calico's table byte for byte.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// File name of the status socket inside the run directory.
+pub const SOCKET_NAME: &str = "calico-node.sock";
+
+/// How a session was configured, in Calico's words.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PeerType {
+    #[serde(rename = "node-to-node mesh")]
+    Mesh,
+    #[serde(rename = "global")]
+    Global,
+    #[serde(rename = "node specific")]
+    NodeSpecific,
+}
+
+impl PeerType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PeerType::Mesh => "node-to-node mesh",
+            PeerType::Global => "global",
+            PeerType::NodeSpecific => "node specific",
+        }
+    }
+}
+
+/// One BGP session as `calicoctl node status` prints it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PeerRow {
+    pub peer_address: String,
+    pub peer_type: PeerType,
+    /// BIRD's protocol state: `up` once established, `start` while connecting.
+    pub state: String,
+    /// Time of the last state change, `HH:MM:SS` (UTC).
+    pub since: String,
+    /// The BGP FSM state: `Established`, `Active`, `Connect`, `OpenSent`, …
+    pub info: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeStatus {
+    pub node_name: String,
+    pub ipv4_peers: Vec<PeerRow>,
+    pub ipv6_peers: Vec<PeerRow>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StatusError {
+    #[error("calico-node is not running (no status socket at {path})")]
+    NotRunning {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("reading status from {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("status from {path} is not valid JSON")]
+    Decode {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("timed out reading status from {path}")]
+    Timeout { path: PathBuf },
+}
+
+pub fn socket_path(run_dir: &Path) -> PathBuf {
+    run_dir.join(SOCKET_NAME)
+}
+
+/// Asks the agent whose run directory is `run_dir` for its status.
+pub async fn query(run_dir: &Path) -> Result<NodeStatus, StatusError> {
+    let path = socket_path(run_dir);
+    let work = async {
+        let mut stream = tokio::net::UnixStream::connect(&path)
+            .await
+            .map_err(|source| StatusError::NotRunning {
+                path: path.clone(),
+                source,
+            })?;
+        let mut buf = Vec::new();
+        stream
+            .read_to_end(&mut buf)
+            .await
+            .map_err(|source| StatusError::Read {
+                path: path.clone(),
+                source,
+            })?;
+        serde_json::from_slice(&buf).map_err(|source| StatusError::Decode {
+            path: path.clone(),
+            source,
+        })
+    };
+    tokio::time::timeout(Duration::from_secs(5), work)
+        .await
+        .map_err(|_| StatusError::Timeout { path: path.clone() })?
+}
+
+/// Serves the status produced by `current` to every client until the task is dropped.
+/// A stale socket file from a previous run is replaced.
+pub async fn serve(
+    run_dir: PathBuf,
+    current: impl Fn() -> NodeStatus + Send + 'static,
+) -> std::io::Result<()> {
+    std::fs::create_dir_all(&run_dir)?;
+    let path = socket_path(&run_dir);
+    let _ = std::fs::remove_file(&path);
+    let listener = tokio::net::UnixListener::bind(&path)?;
+    loop {
+        let (mut stream, _) = listener.accept().await?;
+        let body = serde_json::to_vec(&current()).unwrap_or_default();
+        // A slow reader must not stall the agent: write in the background, bounded in time.
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(Duration::from_secs(5), stream.write_all(&body)).await;
+        });
+    }
+}
+
+/// The text `calicoctl node status` prints for a running node.
+pub fn render(status: &NodeStatus) -> String {
+    let mut out = String::from("Calico process is running.\n\n");
+    for (family, rows) in [("IPv4", &status.ipv4_peers), ("IPv6", &status.ipv6_peers)] {
+        out.push_str(&format!("{family} BGP status\n"));
+        if rows.is_empty() {
+            out.push_str(&format!("No {family} peers found.\n"));
+        } else {
+            out.push_str(&table(rows));
+        }
+        out.push('\n');
+    }
+    out
+}
+
+fn table(rows: &[PeerRow]) -> String {
+    const HEADERS: [&str; 5] = ["PEER ADDRESS", "PEER TYPE", "STATE", "SINCE", "INFO"];
+    let cells: Vec<[&str; 5]> = rows
+        .iter()
+        .map(|r| {
+            [
+                r.peer_address.as_str(),
+                r.peer_type.as_str(),
+                r.state.as_str(),
+                r.since.as_str(),
+                r.info.as_str(),
+            ]
+        })
+        .collect();
+    let widths: Vec<usize> = (0..5)
+        .map(|c| {
+            cells
+                .iter()
+                .map(|r| r[c].len())
+                .chain([HEADERS[c].len()])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let border = {
+        let mut s = String::from("+");
+        for w in &widths {
+            s.push_str(&"-".repeat(w + 2));
+            s.push('+');
+        }
+        s.push('\n');
+        s
+    };
+    let mut out = border.clone();
+    out.push('|');
+    for (h, w) in HEADERS.iter().zip(&widths) {
+        // Headers are centred; an odd remainder goes to the right, as Calico's table does.
+        let pad = w - h.len();
+        let left = pad / 2;
+        out.push_str(&format!(
+            " {}{}{} |",
+            " ".repeat(left),
+            h,
+            " ".repeat(pad - left)
+        ));
+    }
+    out.push('\n');
+    out.push_str(&border);
+    for row in &cells {
+        out.push('|');
+        for (cell, w) in row.iter().zip(&widths) {
+            out.push_str(&format!(" {cell:<w$} |"));
+        }
+        out.push('\n');
+    }
+    out.push_str(&border);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_the_seed_table_exactly() {
+        let status = NodeStatus {
+            node_name: "node1".into(),
+            ipv4_peers: vec![PeerRow {
+                peer_address: "192.168.33.12".into(),
+                peer_type: PeerType::Mesh,
+                state: "up".into(),
+                since: "07:17:13".into(),
+                info: "Established".into(),
+            }],
+            ipv6_peers: vec![],
+        };
+        let expected = "\
+Calico process is running.
+
+IPv4 BGP status
++---------------+-------------------+-------+----------+-------------+
+| PEER ADDRESS  |     PEER TYPE     | STATE |  SINCE   |    INFO     |
++---------------+-------------------+-------+----------+-------------+
+| 192.168.33.12 | node-to-node mesh | up    | 07:17:13 | Established |
++---------------+-------------------+-------+----------+-------------+
+
+IPv6 BGP status
+No IPv6 peers found.
+
+";
+        assert_eq!(render(&status), expected);
+    }
+
+    #[test]
+    fn status_travels_over_the_socket() {
+        let dir = std::env::temp_dir().join(format!("calico-node-status-{}", std::process::id()));
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let status = NodeStatus {
+                node_name: "n".into(),
+                ipv4_peers: vec![],
+                ipv6_peers: vec![PeerRow {
+                    peer_address: "fd00::2".into(),
+                    peer_type: PeerType::Global,
+                    state: "start".into(),
+                    since: "00:00:01".into(),
+                    info: "Active".into(),
+                }],
+            };
+            let served = status.clone();
+            let server = tokio::spawn(serve(dir.clone(), move || served.clone()));
+            let mut got = None;
+            for _ in 0..100 {
+                if let Ok(s) = query(&dir).await {
+                    got = Some(s);
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            server.abort();
+            assert_eq!(got, Some(status));
+        });
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn missing_agent_is_reported_as_not_running() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let err = rt
+            .block_on(query(Path::new("/nonexistent/calico-run")))
+            .unwrap_err();
+        assert!(matches!(err, StatusError::NotRunning { .. }), "{err}");
+    }
+}
