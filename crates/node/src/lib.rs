@@ -3,4 +3,5 @@
 
 pub mod autodetect;
 pub mod config;
+pub mod routes;
 pub mod status;

@@ -1,0 +1,228 @@
+//! The routes a node must have, computed from what it owns and what its peers told it.
+//!
+//! Pure. The seed's `ip r` on node1 is the contract:
+//! ```text
+//! 192.168.104.0/26 via 192.168.33.12 dev eth1 proto bird   # node2's block, learned by BGP
+//! 192.168.166.128 dev calicce21fc3677 scope link            # the local container
+//! blackhole 192.168.166.128/26 proto bird                   # node1's own block
+//! ```
+//! Routes to remote blocks and the blackholes of our own blocks carry protocol 12 (`bird` in
+//! iproute2's names), which is how the agent recognises its own routes after a restart; local
+//! workload routes belong to the interface they point at (the kernel removes them with it).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+
+/// Route protocol number of the routes this agent owns ("proto bird" in `ip route`).
+pub const ROUTE_PROTOCOL: u8 = 12;
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Target {
+    /// Traffic for a block we own but have no workload for is dropped here, not sent back out.
+    Blackhole,
+    /// A remote block, via the peer that announced it.
+    Via(IpAddr),
+    /// A local workload, straight down its veth.
+    Dev(String),
+}
+
+/// One route in the main table.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct KernelRoute {
+    pub dst: IpNet,
+    pub target: Target,
+}
+
+impl KernelRoute {
+    /// Whether the agent owns this route by protocol (the others are owned by their interface).
+    pub fn by_protocol(&self) -> bool {
+        !matches!(self.target, Target::Dev(_))
+    }
+}
+
+/// A local workload's address and host-side interface.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalWorkload {
+    pub ip: IpNet,
+    pub interface: String,
+}
+
+/// Everything the route table depends on.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RouteInputs {
+    /// Blocks affine to this node (confirmed affinities).
+    pub own_blocks: BTreeSet<IpNet>,
+    /// Best paths learned over BGP: prefix → next hop.
+    pub learned: BTreeMap<IpNet, IpAddr>,
+    pub workloads: Vec<LocalWorkload>,
+}
+
+/// The routes this node's main table must hold.
+pub fn desired_routes(inputs: &RouteInputs) -> BTreeSet<KernelRoute> {
+    let mut out = BTreeSet::new();
+    for block in &inputs.own_blocks {
+        out.insert(KernelRoute {
+            dst: *block,
+            target: Target::Blackhole,
+        });
+    }
+    for (prefix, next_hop) in &inputs.learned {
+        // Our own block comes back from a reflector or a peer: our blackhole stays.
+        if inputs.own_blocks.contains(prefix) {
+            continue;
+        }
+        out.insert(KernelRoute {
+            dst: *prefix,
+            target: Target::Via(*next_hop),
+        });
+    }
+    for w in &inputs.workloads {
+        out.insert(KernelRoute {
+            dst: w.ip,
+            target: Target::Dev(w.interface.clone()),
+        });
+    }
+    out
+}
+
+/// The prefixes this node announces: its blocks, and host routes for workloads whose address
+/// was borrowed from another node's block (the longer prefix wins on every other router).
+pub fn announced_prefixes(inputs: &RouteInputs) -> BTreeSet<IpNet> {
+    let mut out: BTreeSet<IpNet> = inputs.own_blocks.clone();
+    for w in &inputs.workloads {
+        if !inputs.own_blocks.iter().any(|b| b.contains(&w.ip.addr())) {
+            out.insert(w.ip);
+        }
+    }
+    out
+}
+
+/// What to change in the kernel: `add` (replace semantics) and `remove`.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct RouteDiff {
+    pub add: Vec<KernelRoute>,
+    pub remove: Vec<KernelRoute>,
+}
+
+/// Diffs desired routes against those present. `present` holds the routes of our protocol plus
+/// the routes on workload interfaces; only protocol-owned routes are ever removed.
+pub fn diff(desired: &BTreeSet<KernelRoute>, present: &BTreeSet<KernelRoute>) -> RouteDiff {
+    RouteDiff {
+        add: desired.difference(present).cloned().collect(),
+        remove: present
+            .difference(desired)
+            .filter(|r| r.by_protocol() && !desired.iter().any(|d| d.dst == r.dst))
+            .cloned()
+            .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn net(s: &str) -> IpNet {
+        s.parse().unwrap()
+    }
+
+    fn seed_node1() -> RouteInputs {
+        RouteInputs {
+            own_blocks: [net("192.168.166.128/26")].into(),
+            learned: [(net("192.168.104.0/26"), "192.168.33.12".parse().unwrap())].into(),
+            workloads: vec![LocalWorkload {
+                ip: net("192.168.166.128/32"),
+                interface: "calicce21fc3677".into(),
+            }],
+        }
+    }
+
+    #[test]
+    fn seed_routes_on_node1() {
+        let routes = desired_routes(&seed_node1());
+        let expected: BTreeSet<_> = [
+            KernelRoute {
+                dst: net("192.168.104.0/26"),
+                target: Target::Via("192.168.33.12".parse().unwrap()),
+            },
+            KernelRoute {
+                dst: net("192.168.166.128/32"),
+                target: Target::Dev("calicce21fc3677".into()),
+            },
+            KernelRoute {
+                dst: net("192.168.166.128/26"),
+                target: Target::Blackhole,
+            },
+        ]
+        .into();
+        assert_eq!(routes, expected);
+    }
+
+    #[test]
+    fn own_block_learned_back_keeps_the_blackhole() {
+        let mut inputs = seed_node1();
+        inputs
+            .learned
+            .insert(net("192.168.166.128/26"), "192.168.33.20".parse().unwrap());
+        let routes = desired_routes(&inputs);
+        assert!(routes.contains(&KernelRoute {
+            dst: net("192.168.166.128/26"),
+            target: Target::Blackhole
+        }));
+        assert_eq!(routes.len(), 3);
+    }
+
+    #[test]
+    fn borrowed_addresses_are_announced_as_host_routes() {
+        let mut inputs = seed_node1();
+        inputs.workloads.push(LocalWorkload {
+            ip: net("192.168.104.7/32"),
+            interface: "cali0123456789a".into(),
+        });
+        let ann = announced_prefixes(&inputs);
+        assert_eq!(
+            ann,
+            [net("192.168.166.128/26"), net("192.168.104.7/32")].into()
+        );
+    }
+
+    #[test]
+    fn diff_is_empty_when_kernel_is_right_and_never_removes_workload_routes() {
+        let desired = desired_routes(&seed_node1());
+        assert_eq!(diff(&desired, &desired), RouteDiff::default());
+        let mut present = desired.clone();
+        let stale_workload = KernelRoute {
+            dst: net("192.168.166.130/32"),
+            target: Target::Dev("cali99999999999".into()),
+        };
+        let stale_remote = KernelRoute {
+            dst: net("192.168.200.0/26"),
+            target: Target::Via("192.168.33.13".parse().unwrap()),
+        };
+        present.insert(stale_workload);
+        present.insert(stale_remote.clone());
+        let d = diff(&desired, &present);
+        assert!(d.add.is_empty());
+        assert_eq!(d.remove, vec![stale_remote]);
+    }
+
+    #[test]
+    fn changed_next_hop_is_replaced_not_removed() {
+        let desired = desired_routes(&seed_node1());
+        let mut present = desired.clone();
+        let old = KernelRoute {
+            dst: net("192.168.104.0/26"),
+            target: Target::Via("192.168.33.12".parse().unwrap()),
+        };
+        present.remove(&old);
+        present.insert(KernelRoute {
+            dst: net("192.168.104.0/26"),
+            target: Target::Via("192.168.33.99".parse().unwrap()),
+        });
+        let d = diff(&desired, &present);
+        assert_eq!(d.add, vec![old]);
+        // Replace semantics: the add overwrites; removing the old one would drop traffic.
+        assert!(d.remove.is_empty());
+    }
+}
