@@ -1,0 +1,153 @@
+//! `BGPConfiguration` (skeleton generated once by tools/gen_skeletons.py, maintained by hand).
+
+#![allow(clippy::upper_case_acronyms)]
+
+use super::*;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+pub enum BGPConfigurationSpecBindMode {
+    None,
+    NodeIP,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(extend("x-kubernetes-map-type" = "atomic"))]
+pub struct Community {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(extend("x-kubernetes-map-type" = "atomic"))]
+pub struct SecretKeySelector {
+    pub key: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("default" = ""))]
+    pub name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub optional: Option<bool>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BGPPassword {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secret_key_ref: Option<SecretKeySelector>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(extend("x-kubernetes-map-type" = "atomic"))]
+pub struct PrefixAdvertisement {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cidr: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "atomic"))]
+    pub communities: Vec<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+pub enum BGPConfigurationSpecProgramClusterRoutes {
+    Enabled,
+    Disabled,
+    EnabledIPIPOnly,
+    EnabledNoEncapOnly,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(extend("x-kubernetes-map-type" = "atomic"))]
+pub struct ServiceClusterIPBlock {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cidr: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(extend("x-kubernetes-map-type" = "atomic"))]
+pub struct ServiceExternalIPBlock {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cidr: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(extend("x-kubernetes-map-type" = "atomic"))]
+pub struct ServiceLoadBalancerIPBlock {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cidr: Option<String>,
+}
+
+#[derive(CustomResource)]
+#[kube(
+    group = "projectcalico.org",
+    version = "v3",
+    kind = "BGPConfiguration",
+    plural = "bgpconfigurations",
+    singular = "bgpconfiguration",
+    shortname = "bgpconfig",
+    shortname = "bgpconfigs",
+    derive = "PartialEq",
+    derive = "Default"
+)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BGPConfigurationSpec {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub as_number: Option<AsNumber>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bind_mode: Option<BGPConfigurationSpecBindMode>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "atomic"))]
+    pub communities: Vec<Community>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "set"))]
+    pub ignored_interfaces: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ipv4_normal_route_priority: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ipv6_normal_route_priority: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen_port: Option<i64>,
+    #[serde(
+        rename = "localWorkloadPeeringIPV4",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub local_workload_peering_ipv4: Option<String>,
+    #[serde(
+        rename = "localWorkloadPeeringIPV6",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub local_workload_peering_ipv6: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("default" = "Info"))]
+    pub log_severity_screen: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node_mesh_max_restart_time: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node_mesh_password: Option<BGPPassword>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node_to_node_mesh_enabled: Option<bool>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "atomic"))]
+    pub prefix_advertisements: Vec<PrefixAdvertisement>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub program_cluster_routes: Option<BGPConfigurationSpecProgramClusterRoutes>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "atomic"))]
+    pub service_cluster_i_ps: Vec<ServiceClusterIPBlock>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "atomic"))]
+    pub service_external_i_ps: Vec<ServiceExternalIPBlock>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("default" = "Enabled"))]
+    pub service_load_balancer_aggregation:
+        Option<IPAMConfigurationSpecKubeVirtVMAddressPersistence>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "atomic"))]
+    pub service_load_balancer_i_ps: Vec<ServiceLoadBalancerIPBlock>,
+}

@@ -1,0 +1,29 @@
+//! `GlobalNetworkSet` (skeleton generated once by tools/gen_skeletons.py, maintained by hand).
+
+#![allow(clippy::upper_case_acronyms)]
+
+use super::*;
+
+#[derive(CustomResource)]
+#[kube(
+    group = "projectcalico.org",
+    version = "v3",
+    kind = "GlobalNetworkSet",
+    plural = "globalnetworksets",
+    singular = "globalnetworkset",
+    shortname = "gns",
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    ),
+    derive = "PartialEq",
+    derive = "Default"
+)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GlobalNetworkSetSpec {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "set"))]
+    pub nets: Vec<String>,
+}
