@@ -1,4 +1,5 @@
+//! calicoctl: manage Calico resources in the datastore (see the `calico-ctl` crate).
+
 fn main() {
-    eprintln!("calicoctl: not built yet");
-    std::process::exit(1);
+    std::process::exit(calico_ctl::main_with_args(std::env::args().collect()));
 }

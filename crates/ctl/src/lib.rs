@@ -1,1 +1,123 @@
-//! calicoctl: resource management, IPAM and node commands.
+//! calicoctl as a library: the CLI entry ([`run`], [`main_with_args`]) and everything behind it.
+//!
+//! Layout:
+//! - [`cli`]: clap definitions of Calico's commands and flags;
+//! - [`document`]: reading `-f` files (multi-document YAML, JSON, lists);
+//! - [`validate`]: envelope checks, the [`validate::ResourceModel`] hook for per-kind rules,
+//!   and cross checks (duplicates, IP pool overlap, tiers);
+//! - [`store`] / [`etcd_store`]: the datastore as JSON objects with atomic batches;
+//! - [`commands`]: create / apply / replace / delete / get / patch / label / validate / version;
+//! - [`output`] / [`kinds`]: Calico's table layouts and per-kind facts;
+//! - [`config`]: `CalicoAPIConfig` file and environment.
+
+pub mod cli;
+pub mod commands;
+pub mod config;
+pub mod document;
+pub mod etcd_store;
+pub mod kinds;
+pub mod merge;
+pub mod output;
+pub mod store;
+pub mod validate;
+
+use std::sync::Arc;
+
+use clap::Parser;
+
+pub use commands::{CtlError, Io, Session};
+
+use crate::cli::{Cli, Command};
+use crate::commands::Verb;
+
+/// The model used to check resources of every kind.
+///
+/// NOT FINISHED: until `calico-api` publishes its typed kinds and validation, this checks only
+/// the envelope (apiVersion, kind, names, namespaces) plus calicoctl's cross checks; spec
+/// fields are not yet validated per kind.
+pub fn default_model() -> Arc<dyn validate::ResourceModel> {
+    Arc::new(validate::EnvelopeOnly)
+}
+
+impl Default for Session {
+    fn default() -> Self {
+        Session {
+            model: default_model(),
+            store: None,
+        }
+    }
+}
+
+/// Runs calicoctl with `args` (including the program name) and returns the exit code.
+pub async fn run(args: Vec<String>, io: &mut Io<'_>, session: &Session) -> i32 {
+    let cli = match Cli::try_parse_from(&args) {
+        Ok(c) => c,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            return match e.kind() {
+                ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
+                    let _ = write!(io.out, "{e}");
+                    0
+                }
+                _ => {
+                    let _ = write!(io.err, "{e}");
+                    1
+                }
+            };
+        }
+    };
+    match execute(&cli, io, session).await {
+        Ok(()) => 0,
+        Err(e) => {
+            let _ = writeln!(io.err, "{e}");
+            1
+        }
+    }
+}
+
+async fn execute(cli: &Cli, io: &mut Io<'_>, session: &Session) -> Result<(), CtlError> {
+    let config = cli.config.as_deref();
+    match &cli.command {
+        Command::Create(a) => {
+            commands::write_from_files(Verb::Create, a.into(), config, io, session).await
+        }
+        Command::Apply(a) => {
+            commands::write_from_files(Verb::Apply, a.into(), config, io, session).await
+        }
+        Command::Replace(a) => {
+            commands::write_from_files(Verb::Replace, a.into(), config, io, session).await
+        }
+        Command::Delete(a) => commands::delete(a, config, io, session).await,
+        Command::Get(a) => commands::get(a, config, io, session).await,
+        Command::Patch(a) => commands::patch(a, config, io, session).await,
+        Command::Label(a) => commands::label(a, config, io, session).await,
+        Command::Validate(a) => commands::validate_files(&a.source, io, session),
+        Command::Version => commands::version(config, io, session).await,
+    }
+}
+
+/// Entry point for the `calicoctl` binary: process arguments, stdio and environment.
+pub fn main_with_args(args: Vec<String>) -> i32 {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("calicoctl: cannot start the async runtime: {e}");
+            return 1;
+        }
+    };
+    let mut stdin = std::io::stdin();
+    let mut stdout = std::io::stdout();
+    let mut stderr = std::io::stderr();
+    let env = |k: &str| std::env::var(k).ok();
+    let mut io = Io {
+        stdin: &mut stdin,
+        out: &mut stdout,
+        err: &mut stderr,
+        env: &env,
+    };
+    let session = Session::default();
+    runtime.block_on(run(args, &mut io, &session))
+}

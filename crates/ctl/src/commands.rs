@@ -1,0 +1,1048 @@
+//! The resource commands. Writes are all-or-nothing: every document of every file is
+//! parsed, defaulted and validated, then checked against the datastore, and only when
+//! nothing is wrong is everything written in one batch ([`Store::commit`]).
+
+use std::collections::HashMap;
+use std::fmt;
+use std::io::{Read, Write};
+use std::sync::Arc;
+
+use serde_json::Value;
+
+use crate::cli::{CreateArgs, DeleteArgs, FileArgs, GetArgs, LabelArgs, PatchArgs, Source};
+use crate::config::{self, ConfigError};
+use crate::document::{self, LoadError, Origin, RawResource};
+use crate::etcd_store::EtcdStore;
+use crate::kinds::{self, KindInfo, TableContext};
+use crate::merge;
+use crate::output::{self, Format, FormatError};
+use crate::store::{ResourceKey, Store, StoreError, Stored, WriteOp};
+use crate::validate::{self, Depth, NamespaceFlags, Prepared, Problem, ResourceModel};
+
+/// Where a command reads and writes, and how it sees the environment.
+pub struct Io<'a> {
+    pub stdin: &'a mut dyn Read,
+    pub out: &'a mut dyn Write,
+    pub err: &'a mut dyn Write,
+    pub env: &'a dyn Fn(&str) -> Option<String>,
+}
+
+/// How a command reaches the datastore and checks resources.
+pub struct Session {
+    pub model: Arc<dyn ResourceModel>,
+    /// A store to use instead of the one the configuration names (unit tests).
+    pub store: Option<Arc<dyn Store>>,
+}
+
+/// The write verbs, with the words calicoctl uses for them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verb {
+    Create,
+    Apply,
+    Replace,
+    Delete,
+    Patch,
+    Validate,
+}
+
+impl Verb {
+    fn word(self) -> &'static str {
+        match self {
+            Verb::Create => "create",
+            Verb::Apply => "apply",
+            Verb::Replace => "replace",
+            Verb::Delete => "delete",
+            Verb::Patch => "patch",
+            Verb::Validate => "validate",
+        }
+    }
+
+    fn past(self) -> &'static str {
+        match self {
+            Verb::Create => "created",
+            Verb::Apply => "applied",
+            Verb::Replace => "replaced",
+            Verb::Delete => "deleted",
+            Verb::Patch => "patched",
+            Verb::Validate => "validated",
+        }
+    }
+
+    /// Operation name in Calico's "operation ... is not supported" errors.
+    fn operation(self) -> &'static str {
+        match self {
+            Verb::Create => "create or apply",
+            Verb::Apply => "apply",
+            Verb::Replace | Verb::Patch => "apply or replace",
+            Verb::Delete => "delete",
+            Verb::Validate => "validate",
+        }
+    }
+}
+
+/// Why one resource could not be written.
+#[derive(Debug, thiserror::Error)]
+pub enum ResourceError {
+    #[error("resource already exists: {0}")]
+    AlreadyExists(String),
+    #[error("resource does not exist: {0}")]
+    DoesNotExist(String),
+    #[error(
+        "update conflict: {id}: resource version '{given}' is out of date (latest: {latest}). Update the resource YAML/JSON in order to make changes."
+    )]
+    OutOfDate { id: String, given: i64, latest: i64 },
+    #[error("operation {operation} is not supported on {kind}: resource is readonly")]
+    ReadOnly {
+        operation: &'static str,
+        kind: &'static str,
+    },
+    #[error(
+        "error with field Metadata.ResourceVersion = '{revision}' (field must not be set for a Create request)"
+    )]
+    VersionOnCreate { revision: i64 },
+}
+
+/// Every way a command fails; `Display` is what the user sees on stderr.
+#[derive(Debug, thiserror::Error)]
+pub enum CtlError {
+    #[error("Failed to execute command: {0}")]
+    Load(#[from] LoadError),
+    #[error("Failed to create Calico API client: {0}")]
+    Config(#[from] ConfigError),
+    #[error("Failed to create Calico API client: {0}")]
+    Connect(StoreError),
+    #[error("{0}")]
+    Store(#[from] StoreError),
+    #[error("{}", invalid_message(*verb, problems))]
+    Invalid { verb: Verb, problems: Vec<Problem> },
+    #[error("{}", failed_message(*verb, *single_kind, *total, errors))]
+    Failed {
+        verb: Verb,
+        single_kind: Option<&'static str>,
+        total: usize,
+        errors: Vec<ResourceError>,
+    },
+    #[error("{}", errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+    GetFailed { errors: Vec<ResourceError> },
+    #[error("resource type '{0}' is not supported")]
+    UnknownKind(String),
+    #[error("{0}")]
+    Format(#[from] FormatError),
+    #[error("No resources specified")]
+    NoResources,
+    #[error("resource name may not be empty")]
+    EmptyName,
+    #[error("cannot use both --namespace and --all-namespaces flags at the same time")]
+    BothNamespaceFlags,
+    #[error("cannot use --all-namespace flag for getting a single resource")]
+    AllNamespacesWithName,
+    #[error("{0} is not namespaced")]
+    NotNamespaced(&'static str),
+    #[error("invalid label {0}")]
+    InvalidLabel(String),
+    #[error("failed to get {kind} {name}, error {source}")]
+    LabelTarget {
+        kind: String,
+        name: String,
+        source: ResourceError,
+    },
+    #[error(
+        "failed to update label of {kind} {name}, key {key} is already present. please use '--overwrite' to set a new value."
+    )]
+    LabelPresent {
+        kind: String,
+        name: String,
+        key: String,
+    },
+    #[error("cannot remove label of {kind} {name}, key {key} does not exist")]
+    LabelAbsent {
+        kind: String,
+        name: String,
+        key: String,
+    },
+    #[error("failed to update {kind} {name}, label not changed: {source}")]
+    LabelUpdate {
+        kind: String,
+        name: String,
+        source: StoreError,
+    },
+    #[error("Failed to patch '{kind}' resource: patch is not a JSON or YAML object: {reason}")]
+    BadPatch { kind: &'static str, reason: String },
+}
+
+fn invalid_message(verb: Verb, problems: &[Problem]) -> String {
+    let mut s = format!(
+        "Failed to {} any resources: {} problem(s) found, nothing was written:",
+        verb.word(),
+        problems.len()
+    );
+    if verb == Verb::Validate {
+        s = format!(
+            "failed to validate any resources: {} problem(s) found:",
+            problems.len()
+        );
+    }
+    for p in problems {
+        s.push('\n');
+        s.push_str(&p.to_string());
+    }
+    s
+}
+
+fn failed_message(
+    verb: Verb,
+    single_kind: Option<&str>,
+    total: usize,
+    errors: &[ResourceError],
+) -> String {
+    if matches!(verb, Verb::Delete | Verb::Patch) {
+        return errors
+            .iter()
+            .map(|e| match single_kind {
+                Some(k) => format!("Failed to {} '{k}' resource: {e}", verb.word()),
+                None => format!("Failed to {} resource: {e}", verb.word()),
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+    }
+    let list = format!(
+        "[{}]",
+        errors
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    match (total, single_kind) {
+        (1, Some(k)) => format!("Failed to {} '{k}' resource: {list}", verb.word()),
+        (_, Some(k)) => format!("Failed to {} any '{k}' resources: {list}", verb.word()),
+        _ => format!("Failed to {} any resources: {list}", verb.word()),
+    }
+}
+
+fn success_message(verb: Verb, single_kind: Option<&str>, n: usize) -> String {
+    match single_kind {
+        Some(k) => format!("Successfully {} {n} '{k}' resource(s)", verb.past()),
+        None => format!("Successfully {} {n} resource(s)", verb.past()),
+    }
+}
+
+/// The one kind every resource has, if they share one.
+fn single_kind<'a>(kinds: impl Iterator<Item = &'a KindInfo>) -> Option<&'static str> {
+    let mut found: Option<&'static str> = None;
+    for k in kinds {
+        match found {
+            None => found = Some(kinds::by_kind(k.kind).map_or("", |k| k.kind)),
+            Some(f) if f != k.kind => return None,
+            _ => {}
+        }
+    }
+    found
+}
+
+impl Session {
+    async fn store(
+        &self,
+        config_path: Option<&str>,
+        io: &Io<'_>,
+    ) -> Result<Arc<dyn Store>, CtlError> {
+        if let Some(s) = &self.store {
+            return Ok(s.clone());
+        }
+        let cfg = config::load(config_path, io.env)?;
+        let store = EtcdStore::connect(&cfg).await.map_err(CtlError::Connect)?;
+        Ok(Arc::new(store))
+    }
+}
+
+/// Reads every file named by `-f` (directories expanded).
+fn load_sources(source: &Source, stdin: &mut dyn Read) -> Result<Vec<RawResource>, CtlError> {
+    let Some(path) = &source.filename else {
+        return Err(CtlError::NoResources);
+    };
+    let mut out = Vec::new();
+    for file in document::expand_paths(path, source.recursive)? {
+        match document::load_file(&file, stdin) {
+            Ok(mut r) => out.append(&mut r),
+            Err(LoadError::EmptyFile { .. }) if source.skip_empty => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(out)
+}
+
+fn ns_flags(namespace: &Option<String>) -> NamespaceFlags {
+    NamespaceFlags {
+        namespace: namespace.clone().filter(|n| !n.is_empty()),
+        all_namespaces: false,
+    }
+}
+
+fn now_rfc3339() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+/// Current state of every input key, plus the pools and tiers the cross checks need.
+async fn read_current(
+    store: &dyn Store,
+    input: &[Prepared],
+) -> Result<(HashMap<ResourceKey, Stored>, Vec<Stored>, Vec<Stored>), StoreError> {
+    let mut existing = HashMap::new();
+    for p in input {
+        if let Some(s) = store.get(&p.key).await? {
+            existing.insert(p.key.clone(), s);
+        }
+    }
+    let has = |kinds: &[&str]| input.iter().any(|p| kinds.contains(&p.kind.kind));
+    let pools = match kinds::by_kind("IPPool") {
+        Some(k) if has(&["IPPool"]) => store.list(k, None).await?,
+        _ => Vec::new(),
+    };
+    let tiers = match kinds::by_kind("Tier") {
+        Some(k)
+            if has(&[
+                "NetworkPolicy",
+                "GlobalNetworkPolicy",
+                "StagedNetworkPolicy",
+                "StagedGlobalNetworkPolicy",
+            ]) =>
+        {
+            store.list(k, None).await?
+        }
+        _ => Vec::new(),
+    };
+    Ok((existing, pools, tiers))
+}
+
+/// `create`, `apply` and `replace` from files.
+pub async fn write_from_files(
+    verb: Verb,
+    args: WriteArgs<'_>,
+    config_path: Option<&str>,
+    io: &mut Io<'_>,
+    session: &Session,
+) -> Result<(), CtlError> {
+    let raw = load_sources(args.source, io.stdin)?;
+    if raw.is_empty() {
+        let _ = writeln!(io.out, "No resources specified");
+        return Ok(());
+    }
+    let input = validate::prepare_all(
+        raw,
+        &ns_flags(args.namespace),
+        session.model.as_ref(),
+        Depth::Full,
+    )
+    .map_err(|problems| CtlError::Invalid { verb, problems })?;
+    let store = session.store(config_path, io).await?;
+    let (existing, pools, tiers) = read_current(store.as_ref(), &input).await?;
+    let problems = validate::cross_check(&input, &existing, &pools, &tiers);
+    if !problems.is_empty() {
+        return Err(CtlError::Invalid { verb, problems });
+    }
+
+    let kind = single_kind(input.iter().map(|p| p.kind));
+    let mut ops = Vec::new();
+    let mut errors = Vec::new();
+    let mut unchanged = 0;
+    for p in &input {
+        if p.kind.read_only {
+            errors.push(ResourceError::ReadOnly {
+                operation: verb.operation(),
+                kind: p.kind.kind,
+            });
+            continue;
+        }
+        let id = p.key.identifier();
+        match (verb, existing.get(&p.key)) {
+            (Verb::Create, Some(_)) if args.skip_exists => unchanged += 1,
+            (Verb::Create, Some(_)) => errors.push(ResourceError::AlreadyExists(id)),
+            (Verb::Create, None) if p.given_revision.is_some() => {
+                errors.push(ResourceError::VersionOnCreate {
+                    revision: p.given_revision.unwrap_or_default(),
+                })
+            }
+            (Verb::Create | Verb::Apply, None) => ops.push(WriteOp::Create {
+                key: p.key.clone(),
+                value: merge::for_create(
+                    p.value.clone(),
+                    &uuid::Uuid::new_v4().to_string(),
+                    &now_rfc3339(),
+                ),
+            }),
+            (_, None) => errors.push(ResourceError::DoesNotExist(id)),
+            (_, Some(cur)) => {
+                if let Some(given) = p.given_revision
+                    && given != cur.revision
+                {
+                    errors.push(ResourceError::OutOfDate {
+                        id,
+                        given,
+                        latest: cur.revision,
+                    });
+                    continue;
+                }
+                let value = merge::for_update(&cur.value, p.value.clone());
+                // Applying what is already stored changes nothing (and keeps the revision),
+                // so repeated applies of the same file are true no-ops.
+                if value == crate::store::strip_revision(&cur.value) {
+                    unchanged += 1;
+                } else {
+                    ops.push(WriteOp::Update {
+                        key: p.key.clone(),
+                        value,
+                        revision: cur.revision,
+                    });
+                }
+            }
+        }
+    }
+    if !errors.is_empty() {
+        return Err(CtlError::Failed {
+            verb,
+            single_kind: kind,
+            total: input.len(),
+            errors,
+        });
+    }
+    if !ops.is_empty() {
+        store.commit(&ops).await?;
+    }
+    let _ = writeln!(
+        io.out,
+        "{}",
+        success_message(verb, kind, ops.len() + unchanged)
+    );
+    Ok(())
+}
+
+/// Arguments shared by the file-driven write commands.
+pub struct WriteArgs<'a> {
+    pub source: &'a Source,
+    pub namespace: &'a Option<String>,
+    pub skip_exists: bool,
+}
+
+impl<'a> From<&'a CreateArgs> for WriteArgs<'a> {
+    fn from(a: &'a CreateArgs) -> Self {
+        WriteArgs {
+            source: &a.source,
+            namespace: &a.ns.namespace,
+            skip_exists: a.skip_exists,
+        }
+    }
+}
+
+impl<'a> From<&'a FileArgs> for WriteArgs<'a> {
+    fn from(a: &'a FileArgs) -> Self {
+        WriteArgs {
+            source: &a.source,
+            namespace: &a.ns.namespace,
+            skip_exists: false,
+        }
+    }
+}
+
+/// `validate -f`: every check that needs no datastore.
+pub fn validate_files(source: &Source, io: &mut Io<'_>, session: &Session) -> Result<(), CtlError> {
+    let raw = load_sources(source, io.stdin)?;
+    if raw.is_empty() {
+        let _ = writeln!(io.out, "No resources specified");
+        return Ok(());
+    }
+    let input = validate::prepare_all(
+        raw,
+        &NamespaceFlags::default(),
+        session.model.as_ref(),
+        Depth::Full,
+    )
+    .map_err(|problems| CtlError::Invalid {
+        verb: Verb::Validate,
+        problems,
+    })?;
+    let problems = validate::cross_check(&input, &HashMap::new(), &[], &[])
+        .into_iter()
+        .filter(|p| p.issue.path != "spec.tier")
+        .collect::<Vec<_>>();
+    if !problems.is_empty() {
+        return Err(CtlError::Invalid {
+            verb: Verb::Validate,
+            problems,
+        });
+    }
+    let kind = single_kind(input.iter().map(|p| p.kind));
+    let _ = writeln!(
+        io.out,
+        "{}",
+        success_message(Verb::Validate, kind, input.len())
+    );
+    Ok(())
+}
+
+/// Resolves `KIND NAME...` from the command line into keys.
+fn keys_from_args(
+    kind: &str,
+    names: &[String],
+    namespace: Option<&str>,
+) -> Result<(&'static KindInfo, Vec<ResourceKey>), CtlError> {
+    let info = kinds::by_cli_name(kind).ok_or_else(|| CtlError::UnknownKind(kind.to_string()))?;
+    if !info.namespaced && namespace.is_some() {
+        return Err(CtlError::NotNamespaced(info.kind));
+    }
+    if names.iter().any(String::is_empty) {
+        return Err(CtlError::EmptyName);
+    }
+    let ns = namespace.unwrap_or("default");
+    Ok((
+        info,
+        names
+            .iter()
+            .map(|n| ResourceKey::new(info, Some(ns), n))
+            .collect(),
+    ))
+}
+
+/// Keys (and optional revisions) named by documents, checking only their identity.
+fn keys_from_files(
+    source: &Source,
+    namespace: &Option<String>,
+    verb: Verb,
+    io: &mut Io<'_>,
+    session: &Session,
+) -> Result<Vec<Prepared>, CtlError> {
+    let raw = load_sources(source, io.stdin)?;
+    validate::prepare_all(
+        raw,
+        &ns_flags(namespace),
+        session.model.as_ref(),
+        Depth::Identity,
+    )
+    .map_err(|problems| CtlError::Invalid { verb, problems })
+}
+
+pub async fn delete(
+    args: &DeleteArgs,
+    config_path: Option<&str>,
+    io: &mut Io<'_>,
+    session: &Session,
+) -> Result<(), CtlError> {
+    let targets: Vec<(ResourceKey, &'static KindInfo, Option<i64>)> =
+        if args.source.filename.is_some() {
+            keys_from_files(&args.source, &args.ns.namespace, Verb::Delete, io, session)?
+                .into_iter()
+                .map(|p| (p.key, p.kind, p.given_revision))
+                .collect()
+        } else {
+            let Some(kind) = &args.kind else {
+                return Err(CtlError::NoResources);
+            };
+            if args.names.is_empty() {
+                return Err(CtlError::NoResources);
+            }
+            let (info, keys) = keys_from_args(kind, &args.names, args.ns.namespace.as_deref())?;
+            keys.into_iter().map(|k| (k, info, None)).collect()
+        };
+    if targets.is_empty() {
+        let _ = writeln!(io.out, "No resources specified");
+        return Ok(());
+    }
+    let store = session.store(config_path, io).await?;
+    let kind = single_kind(targets.iter().map(|t| t.1));
+    let mut ops = Vec::new();
+    let mut errors = Vec::new();
+    let mut skipped = 0;
+    for (key, info, given) in &targets {
+        if info.read_only {
+            errors.push(ResourceError::ReadOnly {
+                operation: Verb::Delete.operation(),
+                kind: info.kind,
+            });
+            continue;
+        }
+        match store.get(key).await? {
+            None if args.skip_not_exists => skipped += 1,
+            None => errors.push(ResourceError::DoesNotExist(key.identifier())),
+            Some(cur) => match given {
+                Some(g) if *g != cur.revision => errors.push(ResourceError::OutOfDate {
+                    id: key.identifier(),
+                    given: *g,
+                    latest: cur.revision,
+                }),
+                _ => ops.push(WriteOp::Delete {
+                    key: key.clone(),
+                    revision: Some(cur.revision),
+                }),
+            },
+        }
+    }
+    if !errors.is_empty() {
+        return Err(CtlError::Failed {
+            verb: Verb::Delete,
+            single_kind: kind,
+            total: targets.len(),
+            errors,
+        });
+    }
+    if !ops.is_empty() {
+        store.commit(&ops).await?;
+    }
+    let _ = writeln!(
+        io.out,
+        "{}",
+        success_message(Verb::Delete, kind, ops.len() + skipped)
+    );
+    Ok(())
+}
+
+/// What `get` found for one kind: objects in display order, and whether they came from a
+/// list (so YAML/JSON print a `<Kind>List`).
+struct Found {
+    kind: &'static KindInfo,
+    objects: Vec<Value>,
+}
+
+pub async fn get(
+    args: &GetArgs,
+    config_path: Option<&str>,
+    io: &mut Io<'_>,
+    session: &Session,
+) -> Result<(), CtlError> {
+    let format = Format::parse(&args.output)?;
+    if args.all_namespaces && args.ns.namespace.is_some() {
+        return Err(CtlError::BothNamespaceFlags);
+    }
+    let print_namespace = args.all_namespaces || args.ns.namespace.is_some();
+    let named: bool;
+    let mut groups: Vec<Found> = Vec::new();
+    let mut errors = Vec::new();
+    if args.source.filename.is_some() {
+        named = true;
+        let targets = keys_from_files(
+            &args.source,
+            &args.ns.namespace,
+            Verb::Validate,
+            io,
+            session,
+        )?;
+        let store = session.store(config_path, io).await?;
+        for p in targets {
+            match store.get(&p.key).await? {
+                Some(s) => push_found(&mut groups, p.kind, s.value),
+                None => errors.push(ResourceError::DoesNotExist(p.key.identifier())),
+            }
+        }
+    } else {
+        let Some(kind) = &args.kind else {
+            return Err(CtlError::NoResources);
+        };
+        let info = kinds::by_cli_name(kind).ok_or_else(|| CtlError::UnknownKind(kind.clone()))?;
+        if !info.namespaced && (args.all_namespaces || args.ns.namespace.is_some()) {
+            return Err(CtlError::NotNamespaced(info.kind));
+        }
+        if args.names.iter().any(String::is_empty) {
+            return Err(CtlError::EmptyName);
+        }
+        if args.all_namespaces && !args.names.is_empty() && info.namespaced {
+            return Err(CtlError::AllNamespacesWithName);
+        }
+        let store = session.store(config_path, io).await?;
+        let ns = args.ns.namespace.as_deref().unwrap_or("default");
+        if args.names.is_empty() {
+            named = false;
+            let list_ns = if args.all_namespaces { None } else { Some(ns) };
+            let mut objects: Vec<Value> = store
+                .list(info, list_ns)
+                .await?
+                .into_iter()
+                .map(|s| s.value)
+                .collect();
+            if info.kind == "Tier" {
+                sort_tiers(&mut objects);
+            }
+            groups.push(Found {
+                kind: info,
+                objects,
+            });
+        } else {
+            named = true;
+            for name in &args.names {
+                let key = ResourceKey::new(info, Some(ns), name);
+                match store.get(&key).await? {
+                    Some(s) => push_found(&mut groups, info, s.value),
+                    None => errors.push(ResourceError::DoesNotExist(key.identifier())),
+                }
+            }
+        }
+    }
+    if args.export && named {
+        for g in &mut groups {
+            for o in &mut g.objects {
+                if let Some(meta) = o.get_mut("metadata").and_then(Value::as_object_mut) {
+                    for k in ["resourceVersion", "uid", "creationTimestamp", "namespace"] {
+                        meta.remove(k);
+                    }
+                }
+            }
+        }
+    }
+
+    let mut ctx = TableContext::default();
+    match &format {
+        Format::Yaml | Format::Json => {
+            let mut all: Vec<(&'static KindInfo, Value)> = Vec::new();
+            for g in &groups {
+                for o in &g.objects {
+                    all.push((g.kind, o.clone()));
+                }
+            }
+            let doc = if named && all.len() == 1 {
+                all.pop().map(|(_, v)| v)
+            } else if named && all.is_empty() {
+                None
+            } else {
+                let list_kind = match single_kind(all.iter().map(|(k, _)| *k)) {
+                    Some(_) => all.first().map_or_else(
+                        || {
+                            groups
+                                .first()
+                                .map_or("List".to_string(), |g| g.kind.list_kind())
+                        },
+                        |(k, _)| k.list_kind(),
+                    ),
+                    None if all.is_empty() => groups
+                        .first()
+                        .map_or("List".to_string(), |g| g.kind.list_kind()),
+                    None => "List".to_string(),
+                };
+                Some(output::list_document(
+                    &list_kind,
+                    all.into_iter().map(|(_, v)| v).collect(),
+                ))
+            };
+            if let Some(doc) = doc {
+                let text = if format == Format::Yaml {
+                    output::to_yaml(&doc)
+                } else {
+                    output::to_json(&doc)
+                };
+                let _ = io.out.write_all(text.as_bytes());
+            }
+        }
+        _ => {
+            for g in &groups {
+                let cols = output::headings(g.kind, &format, print_namespace)?;
+                if g.kind.kind == "Node" && cols.iter().any(|c| c == "ASN") {
+                    ctx.global_as_number = Some(global_as_number(session, config_path, io).await?);
+                }
+                let _ = io
+                    .out
+                    .write_all(output::table(g.kind, &cols, &g.objects, &ctx).as_bytes());
+            }
+        }
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(CtlError::GetFailed { errors })
+    }
+}
+
+fn push_found(groups: &mut Vec<Found>, kind: &'static KindInfo, v: Value) {
+    match groups.iter_mut().find(|g| g.kind.kind == kind.kind) {
+        Some(g) => g.objects.push(v),
+        None => groups.push(Found {
+            kind,
+            objects: vec![v],
+        }),
+    }
+}
+
+/// Tiers print in order of `spec.order`, tiers without an order last.
+fn sort_tiers(objects: &mut [Value]) {
+    objects.sort_by(|a, b| {
+        let order = |v: &Value| v.pointer("/spec/order").and_then(Value::as_f64);
+        match (order(a), order(b)) {
+            (Some(x), Some(y)) => x.partial_cmp(&y).unwrap_or(std::cmp::Ordering::Equal),
+            (Some(_), None) => std::cmp::Ordering::Less,
+            (None, Some(_)) => std::cmp::Ordering::Greater,
+            (None, None) => std::cmp::Ordering::Equal,
+        }
+    });
+}
+
+/// BGPConfiguration `default` `spec.asNumber`, else Calico's default 64512.
+async fn global_as_number(
+    session: &Session,
+    config_path: Option<&str>,
+    io: &Io<'_>,
+) -> Result<String, CtlError> {
+    let store = session.store(config_path, io).await?;
+    let Some(kind) = kinds::by_kind("BGPConfiguration") else {
+        return Ok("64512".into());
+    };
+    let cfg = store.get(&ResourceKey::new(kind, None, "default")).await?;
+    Ok(cfg
+        .and_then(|s| s.value.pointer("/spec/asNumber").cloned())
+        .filter(|v| !v.is_null())
+        .map(|v| match v {
+            Value::String(s) => s,
+            other => other.to_string(),
+        })
+        .unwrap_or_else(|| "64512".into()))
+}
+
+pub async fn patch(
+    args: &PatchArgs,
+    config_path: Option<&str>,
+    io: &mut Io<'_>,
+    session: &Session,
+) -> Result<(), CtlError> {
+    let (info, keys) = keys_from_args(
+        &args.kind,
+        std::slice::from_ref(&args.name),
+        args.ns.namespace.as_deref(),
+    )?;
+    let Some(key) = keys.into_iter().next() else {
+        return Err(CtlError::EmptyName);
+    };
+    let patch: Value = serde_yaml_ng::from_str(&args.patch).map_err(|e| CtlError::BadPatch {
+        kind: info.kind,
+        reason: e.to_string(),
+    })?;
+    if !patch.is_object() {
+        return Err(CtlError::BadPatch {
+            kind: info.kind,
+            reason: format!("found {patch}"),
+        });
+    }
+    let failed = |e| CtlError::Failed {
+        verb: Verb::Patch,
+        single_kind: Some(info.kind),
+        total: 1,
+        errors: vec![e],
+    };
+    if info.read_only {
+        return Err(failed(ResourceError::ReadOnly {
+            operation: Verb::Patch.operation(),
+            kind: info.kind,
+        }));
+    }
+    let store = session.store(config_path, io).await?;
+    let Some(cur) = store.get(&key).await? else {
+        return Err(failed(ResourceError::DoesNotExist(key.identifier())));
+    };
+    let mut patched = cur.value.clone();
+    merge::merge_patch(&mut patched, &patch);
+    // Identity is not patchable: keep the stored metadata except labels and annotations.
+    if let (Some(stored_meta), Some(new_meta)) = (
+        cur.value.get("metadata").and_then(Value::as_object),
+        patched.get_mut("metadata").and_then(Value::as_object_mut),
+    ) {
+        for (k, v) in stored_meta {
+            if k != "labels" && k != "annotations" {
+                new_meta.insert(k.clone(), v.clone());
+            }
+        }
+        new_meta.remove("resourceVersion");
+    }
+    let raw = RawResource {
+        origin: Origin {
+            file: "<patch>".into(),
+            document: 1,
+            item: None,
+        },
+        value: patched,
+    };
+    let input = validate::prepare_all(
+        vec![raw],
+        &ns_flags(&args.ns.namespace),
+        session.model.as_ref(),
+        Depth::Full,
+    )
+    .map_err(|problems| CtlError::Invalid {
+        verb: Verb::Patch,
+        problems,
+    })?;
+    let (existing, pools, tiers) = read_current(store.as_ref(), &input).await?;
+    let problems = validate::cross_check(&input, &existing, &pools, &tiers);
+    if !problems.is_empty() {
+        return Err(CtlError::Invalid {
+            verb: Verb::Patch,
+            problems,
+        });
+    }
+    let Some(p) = input.into_iter().next() else {
+        return Err(CtlError::NoResources);
+    };
+    store
+        .commit(&[WriteOp::Update {
+            key,
+            value: p.value,
+            revision: cur.revision,
+        }])
+        .await?;
+    let _ = writeln!(io.out, "Successfully patched 1 '{}' resource", info.kind);
+    Ok(())
+}
+
+pub async fn label(
+    args: &LabelArgs,
+    config_path: Option<&str>,
+    io: &mut Io<'_>,
+    session: &Session,
+) -> Result<(), CtlError> {
+    let (key_name, value) = if args.remove {
+        (args.label.clone(), None)
+    } else {
+        let parts: Vec<&str> = args.label.split('=').collect();
+        if parts.len() != 2 || parts[0].is_empty() {
+            return Err(CtlError::InvalidLabel(args.label.clone()));
+        }
+        (parts[0].to_string(), Some(parts[1].to_string()))
+    };
+    let (info, keys) = keys_from_args(
+        &args.kind,
+        std::slice::from_ref(&args.name),
+        args.ns.namespace.as_deref(),
+    )?;
+    let Some(key) = keys.into_iter().next() else {
+        return Err(CtlError::EmptyName);
+    };
+    let store = session.store(config_path, io).await?;
+    let Some(cur) = store.get(&key).await? else {
+        return Err(CtlError::LabelTarget {
+            kind: args.kind.clone(),
+            name: args.name.clone(),
+            source: ResourceError::DoesNotExist(key.identifier()),
+        });
+    };
+    if info.read_only {
+        return Err(CtlError::LabelTarget {
+            kind: args.kind.clone(),
+            name: args.name.clone(),
+            source: ResourceError::ReadOnly {
+                operation: "apply or replace",
+                kind: info.kind,
+            },
+        });
+    }
+    let mut updated = crate::store::strip_revision(&cur.value);
+    let meta = updated.as_object_mut().map(|o| {
+        o.entry("metadata")
+            .or_insert_with(|| Value::Object(Default::default()))
+    });
+    let Some(Value::Object(meta)) = meta else {
+        return Err(CtlError::Store(StoreError::Corrupt {
+            key: key.etcd_key(),
+            reason: "metadata is not an object".into(),
+        }));
+    };
+    let labels = meta
+        .entry("labels")
+        .or_insert_with(|| Value::Object(Default::default()));
+    if !labels.is_object() {
+        *labels = Value::Object(Default::default());
+    }
+    let Value::Object(labels) = labels else {
+        return Err(CtlError::NoResources);
+    };
+    let mut overwritten = false;
+    match &value {
+        None => {
+            if labels.remove(&key_name).is_none() {
+                return Err(CtlError::LabelAbsent {
+                    kind: args.kind.clone(),
+                    name: args.name.clone(),
+                    key: key_name,
+                });
+            }
+        }
+        Some(v) => {
+            if let Some(old) = labels.get(&key_name) {
+                if !args.overwrite && old.as_str() != Some(v.as_str()) {
+                    return Err(CtlError::LabelPresent {
+                        kind: args.kind.clone(),
+                        name: args.name.clone(),
+                        key: key_name,
+                    });
+                }
+                overwritten = true;
+            }
+            labels.insert(key_name.clone(), Value::String(v.clone()));
+        }
+    }
+    store
+        .commit(&[WriteOp::Update {
+            key,
+            value: updated,
+            revision: cur.revision,
+        }])
+        .await
+        .map_err(|source| CtlError::LabelUpdate {
+            kind: args.kind.clone(),
+            name: args.name.clone(),
+            source,
+        })?;
+    let msg = match (&value, overwritten) {
+        (None, _) => format!(
+            "Successfully removed label {key_name} from {} {}",
+            args.kind, args.name
+        ),
+        (Some(_), true) => format!(
+            "Successfully updated label {key_name} on {} {}",
+            args.kind, args.name
+        ),
+        (Some(_), false) => format!(
+            "Successfully set label {key_name} on {} {}",
+            args.kind, args.name
+        ),
+    };
+    let _ = writeln!(io.out, "{msg}");
+    Ok(())
+}
+
+/// `version`: this binary's version, then the cluster's from ClusterInformation `default`.
+pub async fn version(
+    config_path: Option<&str>,
+    io: &mut Io<'_>,
+    session: &Session,
+) -> Result<(), CtlError> {
+    let _ = writeln!(io.out, "Client Version:    v{}", env!("CARGO_PKG_VERSION"));
+    let _ = writeln!(
+        io.out,
+        "Git commit:        {}",
+        option_env!("CALICO_RS_GIT_COMMIT").unwrap_or("unknown")
+    );
+    let cluster = async {
+        let store = session.store(config_path, io).await?;
+        let kind = kinds::by_kind("ClusterInformation").ok_or(CtlError::NoResources)?;
+        let key = ResourceKey::new(kind, None, "default");
+        store.get(&key).await?.ok_or_else(|| CtlError::GetFailed {
+            errors: vec![ResourceError::DoesNotExist(key.identifier())],
+        })
+    }
+    .await;
+    match cluster {
+        Ok(info) => {
+            let field = |f: &str| {
+                info.value
+                    .pointer(&format!("/spec/{f}"))
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_string()
+            };
+            let _ = writeln!(io.out, "Cluster Version:   {}", field("calicoVersion"));
+            let _ = writeln!(io.out, "Cluster Type:      {}", field("clusterType"));
+        }
+        Err(e) => {
+            let _ = writeln!(io.out, "Unable to retrieve Cluster Version or Type: {e}");
+        }
+    }
+    Ok(())
+}
+
+impl fmt::Display for Verb {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.word())
+    }
+}
