@@ -1,6 +1,7 @@
 //! Calico `projectcalico.org/v3` resource types, defaults, validation and CRD generation.
 
 mod asnumber;
+pub mod crd;
 pub mod kinds;
 mod numorstring;
 mod resource;

@@ -105,6 +105,7 @@ pub struct Rule {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub icmp: Option<ICMPFields>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("enum" = [4, 6]))]
     pub ip_version: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub metadata: Option<RuleMetadata>,

@@ -1,0 +1,141 @@
+//! CustomResourceDefinitions generated from the Rust types.
+//!
+//! kube's derive produces the schema; [`crd_for`] then shapes it the way Calico publishes its
+//! CRDs: no `nullable` markers (Calico omits absent fields instead of writing `null`), the
+//! standard `apiVersion`/`kind`/`metadata` properties, and `metadata` and `spec` required.
+
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::CustomResourceExt;
+use serde_json::{Value, json};
+
+use crate::kinds::*;
+
+/// Why a CRD could not be produced.
+#[derive(Debug, thiserror::Error)]
+pub enum CrdError {
+    #[error("CRD for {kind} does not convert to JSON")]
+    Json {
+        kind: &'static str,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("CRD for {kind} does not convert to YAML")]
+    Yaml {
+        kind: &'static str,
+        #[source]
+        source: serde_yaml_ng::Error,
+    },
+}
+
+/// The CRD of kind `K`, shaped like Calico's published one.
+pub fn crd_for<K: CustomResourceExt + crate::CalicoResource>()
+-> Result<CustomResourceDefinition, CrdError> {
+    let json_err = |source| CrdError::Json {
+        kind: K::KIND,
+        source,
+    };
+    let mut crd = serde_json::to_value(K::crd()).map_err(json_err)?;
+    if let Some(names) = crd
+        .pointer_mut("/spec/names")
+        .and_then(Value::as_object_mut)
+    {
+        names.insert("listKind".into(), Value::String(format!("{}List", K::KIND)));
+    }
+    if let Some(versions) = crd
+        .pointer_mut("/spec/versions")
+        .and_then(Value::as_array_mut)
+    {
+        for version in versions {
+            if let Some(schema) = version.pointer_mut("/schema/openAPIV3Schema") {
+                shape_root_schema(schema);
+            }
+        }
+    }
+    serde_json::from_value(crd).map_err(json_err)
+}
+
+fn shape_root_schema(schema: &mut Value) {
+    strip_nullable(schema);
+    let Some(obj) = schema.as_object_mut() else {
+        return;
+    };
+    obj.remove("description");
+    obj.remove("title");
+    if let Some(Value::Object(props)) = obj.get_mut("properties") {
+        props.insert(
+            "apiVersion".into(),
+            json!({"type": "string", "description": "Versioned schema of this object: projectcalico.org/v3."}),
+        );
+        props.insert(
+            "kind".into(),
+            json!({"type": "string", "description": "The resource kind, in CamelCase."}),
+        );
+        props.insert("metadata".into(), json!({"type": "object"}));
+    }
+    obj.insert("required".into(), json!(["metadata", "spec"]));
+}
+
+/// Removes `nullable: true` everywhere: absent optional fields are omitted, never null.
+fn strip_nullable(v: &mut Value) {
+    match v {
+        Value::Object(map) => {
+            map.remove("nullable");
+            // kube leaves `null` among the values of an optional enum; Calico lists only
+            // the real values.
+            if let Some(Value::Array(values)) = map.get_mut("enum") {
+                values.retain(|v| !v.is_null());
+            }
+            map.values_mut().for_each(strip_nullable);
+        }
+        Value::Array(items) => items.iter_mut().for_each(strip_nullable),
+        _ => {}
+    }
+}
+
+/// The CRD YAML text for `K`, as written to `crds/`.
+pub fn crd_yaml<K: CustomResourceExt + crate::CalicoResource>() -> Result<String, CrdError> {
+    let crd = crd_for::<K>()?;
+    serde_yaml_ng::to_string(&crd).map_err(|source| CrdError::Yaml {
+        kind: K::KIND,
+        source,
+    })
+}
+
+/// Every kind Calico publishes as a CRD: `(file name in crds/, YAML)`.
+///
+/// Node, WorkloadEndpoint and Profile have no CRD upstream (they are served by Calico's API
+/// server or live only in etcd), so none is generated for them either.
+pub fn all_crds() -> Result<Vec<(String, String)>, CrdError> {
+    macro_rules! files {
+        ($($ty:ty),* $(,)?) => {
+            vec![$((
+                format!("projectcalico.org_{}.yaml", <$ty as crate::CalicoResource>::PLURAL),
+                crd_yaml::<$ty>()?,
+            )),*]
+        };
+    }
+    Ok(files![
+        BGPConfiguration,
+        BGPFilter,
+        BGPPeer,
+        BlockAffinity,
+        CalicoNodeStatus,
+        ClusterInformation,
+        FelixConfiguration,
+        GlobalNetworkPolicy,
+        GlobalNetworkSet,
+        HostEndpoint,
+        IPAMBlock,
+        IPAMConfiguration,
+        IPAMHandle,
+        IPPool,
+        IPReservation,
+        KubeControllersConfiguration,
+        NetworkPolicy,
+        NetworkSet,
+        StagedGlobalNetworkPolicy,
+        StagedKubernetesNetworkPolicy,
+        StagedNetworkPolicy,
+        Tier,
+    ])
+}
