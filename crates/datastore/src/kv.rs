@@ -87,7 +87,7 @@ pub enum KvError {
         key: String,
         attempts: u32,
         #[source]
-        source: etcd_client::Error,
+        source: Box<etcd_client::Error>,
     },
     #[error("{op} {key}: no answer from etcd within {timeout:?} after {attempts} attempt(s)")]
     Timeout {
@@ -492,7 +492,7 @@ impl EtcdClient {
                         op: Op::Connect,
                         key: endpoints,
                         attempts: attempt,
-                        source,
+                        source: Box::new(source),
                     });
                 }
                 Err(_) if attempt < retry.attempts => AttemptError::Timeout,
@@ -572,7 +572,7 @@ impl EtcdClient {
                         op,
                         key: key.to_owned(),
                         attempts: n,
-                        source,
+                        source: Box::new(source),
                     },
                     AttemptError::Timeout => KvError::Timeout {
                         op,
@@ -911,6 +911,41 @@ impl EtcdClient {
                     current,
                     failed,
                 }))
+            }
+        })
+        .await
+    }
+
+    /// Reads several keys at one revision (one round trip). At most `max_txn_ops` keys.
+    pub async fn get_many(&self, keys: &[String]) -> Result<(Vec<Option<KeyValue>>, i64)> {
+        let label = keys.first().cloned().unwrap_or_default();
+        if keys.len() > self.max_txn_ops {
+            return Err(KvError::TooManyOps {
+                op: Op::Get,
+                key: label,
+                ops: keys.len(),
+                limit: self.max_txn_ops,
+            });
+        }
+        let gets: Vec<_> = keys.iter().map(|k| TxnOp::get(k.as_str(), None)).collect();
+        self.retrying(Op::Get, &label, |_| {
+            let mut kv = self.kv.clone();
+            let txn = Txn::new().and_then(gets.clone());
+            async move {
+                let resp = kv.txn(txn).await?;
+                let revision = header_revision(resp.header());
+                let mut out = Vec::with_capacity(keys.len());
+                for r in resp.op_responses() {
+                    let kv = match r {
+                        TxnOpResponse::Get(g) => g.kvs().first().cloned(),
+                        _ => None,
+                    };
+                    match kv.map(|kv| convert_kv(Op::Get, &kv)).transpose() {
+                        Ok(kv) => out.push(kv),
+                        Err(e) => return Ok(Err(e)),
+                    }
+                }
+                Ok(Ok((out, revision)))
             }
         })
         .await

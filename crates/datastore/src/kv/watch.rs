@@ -235,7 +235,7 @@ async fn watch_once(
                     op: Op::Watch,
                     key: prefix.to_owned(),
                     attempts: 1,
-                    source,
+                    source: Box::new(source),
                 },
             };
         }
@@ -275,7 +275,7 @@ async fn watch_once(
                         op: Op::Watch,
                         key: prefix.to_owned(),
                         attempts: 1,
-                        source,
+                        source: Box::new(source),
                     },
                 };
             }

@@ -1,0 +1,228 @@
+//! Writing many resources in one etcd transaction.
+//!
+//! etcd caps a transaction at `--max-txn-ops` operations (default 128). A batch that fits is
+//! written all-or-nothing: one read of every key, then one transaction whose comparisons pin
+//! every key to what was read (absent, or its mod revision) and whose writes put every
+//! document. If anything changed in between, nothing is written and the batch is re-read and
+//! retried (bounded).
+//!
+//! A larger batch is either refused before anything is written ([`Atomicity::AllOrNothing`],
+//! the default for `apply_all`) or written in chunks of `max_txn_ops` documents, each chunk
+//! atomic ([`Atomicity::Chunked`]); a failure in a later chunk is reported as
+//! [`ResourceError::PartialBatch`] with how many documents were committed. To get larger atomic
+//! batches, run etcd with a larger `--max-txn-ops` and tell the client with
+//! [`crate::kv::EtcdClient::with_max_txn_ops`].
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use serde_json::Value;
+use tracing::debug;
+
+use super::etcd::{decode, encode, kv_error};
+use super::meta::{
+    identify, prepare_create, prepare_update, resource_key, resource_version, with_resource_version,
+};
+use super::{Applied, KindRef, ObjectId, ResourceError, Result};
+use crate::kv::{Compare, EtcdClient, TxnOutcome, Write};
+
+/// What each document of a batch must find.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BatchOp {
+    /// Every object must be absent (`calicoctl create`).
+    Create,
+    /// Every object must exist (`calicoctl replace`).
+    Replace,
+    /// Create or replace (`calicoctl apply`).
+    Apply,
+}
+
+/// How a batch larger than one transaction is handled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Atomicity {
+    /// One transaction or nothing: a batch over the limit is refused up front.
+    AllOrNothing,
+    /// One transaction per chunk of `max_txn_ops` documents.
+    Chunked,
+}
+
+/// The result of a batch: every document as stored, in input order, and what happened to it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BatchOutcome {
+    pub results: Vec<(Value, Applied)>,
+    /// Revision of the last transaction.
+    pub revision: i64,
+}
+
+/// Whole-batch attempts when a concurrent writer changes a key between read and write.
+const BATCH_ATTEMPTS: u32 = 5;
+
+struct Item {
+    kind: KindRef,
+    id: ObjectId,
+    key: String,
+    doc: Value,
+    expected: Option<i64>,
+}
+
+pub(super) async fn write_batch(
+    kv: &EtcdClient,
+    op: BatchOp,
+    docs: Vec<(KindRef, Value)>,
+    atomicity: Atomicity,
+) -> Result<BatchOutcome> {
+    // Validate everything before writing anything.
+    let mut seen = HashSet::new();
+    let mut items = Vec::with_capacity(docs.len());
+    for (kind, doc) in docs {
+        let id = identify(&kind, &doc)?;
+        let expected = resource_version(&kind, &id, &doc)?;
+        if op == BatchOp::Create && expected.is_some() {
+            return Err(ResourceError::ResourceVersionOnCreate {
+                kind: kind.kind.clone(),
+                id,
+            });
+        }
+        let key = resource_key(&kind, &id);
+        if !seen.insert(key.clone()) {
+            return Err(ResourceError::DuplicateInBatch {
+                kind: kind.kind.clone(),
+                id,
+            });
+        }
+        items.push(Item {
+            kind,
+            id,
+            key,
+            doc,
+            expected,
+        });
+    }
+    let limit = kv.max_txn_ops().max(1);
+    if atomicity == Atomicity::AllOrNothing && items.len() > limit {
+        return Err(ResourceError::BatchTooLarge {
+            ops: items.len(),
+            limit,
+        });
+    }
+    let total = items.len();
+    let mut outcome = BatchOutcome {
+        results: Vec::with_capacity(total),
+        revision: 0,
+    };
+    for chunk in items.chunks(limit) {
+        match write_chunk(kv, op, chunk).await {
+            Ok((results, revision)) => {
+                outcome.results.extend(results);
+                outcome.revision = revision;
+            }
+            Err(e) if outcome.results.is_empty() => return Err(e),
+            Err(e) => {
+                return Err(ResourceError::PartialBatch {
+                    committed: outcome.results.len(),
+                    total,
+                    source: Box::new(e),
+                });
+            }
+        }
+    }
+    Ok(outcome)
+}
+
+/// One atomic transaction for `chunk` (at most `max_txn_ops` items).
+async fn write_chunk(
+    kv: &EtcdClient,
+    op: BatchOp,
+    chunk: &[Item],
+) -> Result<(Vec<(Value, Applied)>, i64)> {
+    let keys: Vec<String> = chunk.iter().map(|i| i.key.clone()).collect();
+    let first = &chunk[0];
+    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    for attempt in 1..=BATCH_ATTEMPTS {
+        let (current, _) = kv
+            .get_many(&keys)
+            .await
+            .map_err(|e| kv_error(&first.kind, &first.id, e))?;
+        let mut compares = Vec::with_capacity(chunk.len());
+        let mut writes = Vec::with_capacity(chunk.len());
+        let mut planned = Vec::with_capacity(chunk.len());
+        for (item, cur) in chunk.iter().zip(&current) {
+            let (kind, id) = (&item.kind, &item.id);
+            let (doc, applied, compare) = match (op, cur) {
+                (BatchOp::Create, Some(_)) => {
+                    return Err(ResourceError::AlreadyExists {
+                        kind: kind.kind.clone(),
+                        id: id.clone(),
+                    });
+                }
+                (BatchOp::Replace, None) => {
+                    return Err(ResourceError::NotFound {
+                        kind: kind.kind.clone(),
+                        id: id.clone(),
+                    });
+                }
+                (BatchOp::Create | BatchOp::Apply, None) => {
+                    let mut doc = item.doc.clone();
+                    super::meta::set_meta(&mut doc, "resourceVersion", None);
+                    let doc = prepare_create(kind, doc, &uuid::Uuid::new_v4().to_string(), &now);
+                    let compare = Compare::Absent {
+                        key: item.key.clone(),
+                    };
+                    (doc, Applied::Created, compare)
+                }
+                (BatchOp::Replace | BatchOp::Apply, Some(cur)) => {
+                    if let Some(expected) = item.expected
+                        && expected != cur.mod_revision
+                    {
+                        return Err(ResourceError::Conflict {
+                            kind: kind.kind.clone(),
+                            id: id.clone(),
+                            expected: expected.to_string(),
+                            actual: cur.mod_revision.to_string(),
+                        });
+                    }
+                    let stored = decode(kind, cur)?;
+                    let doc = prepare_update(kind, &stored, item.doc.clone());
+                    let compare = Compare::ModRevision {
+                        key: item.key.clone(),
+                        revision: cur.mod_revision,
+                    };
+                    (doc, Applied::Updated, compare)
+                }
+            };
+            writes.push(Write::Put {
+                key: item.key.clone(),
+                value: encode(kind, id, &doc)?,
+            });
+            compares.push(compare);
+            planned.push((doc, applied));
+        }
+        match kv
+            .txn(compares, writes)
+            .await
+            .map_err(|e| kv_error(&first.kind, &first.id, e))?
+        {
+            TxnOutcome::Committed { revision } => {
+                let results = planned
+                    .into_iter()
+                    .map(|(doc, applied)| (with_resource_version(doc, revision), applied))
+                    .collect();
+                return Ok((results, revision));
+            }
+            TxnOutcome::Failed { failed, .. } => {
+                let who = failed.first().map(|i| &chunk[*i]);
+                debug!(
+                    attempt,
+                    key = who.map(|i| i.key.as_str()),
+                    "batch raced a concurrent writer, retrying"
+                );
+                tokio::time::sleep(Duration::from_millis(20 * u64::from(attempt))).await;
+            }
+        }
+    }
+    Err(ResourceError::TooManyConflicts {
+        kind: first.kind.kind.clone(),
+        id: first.id.clone(),
+        attempts: BATCH_ATTEMPTS,
+    })
+}
