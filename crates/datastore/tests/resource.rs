@@ -7,7 +7,7 @@ use std::time::Duration;
 use calico_api::{CalicoResource, ObjectMeta};
 use calico_datastore::{
     Applied, Atomicity, BatchOp, Datastore, EtcdClient, KindRef, ObjectId, ResourceError,
-    ResourceEvent, ResourceStore,
+    ResourceEvent,
 };
 use common::{Etcd, Options};
 use futures::StreamExt;
