@@ -2,14 +2,25 @@
 
 mod asnumber;
 pub mod crd;
+mod defaults;
 pub mod kinds;
 mod numorstring;
+mod registry;
 mod resource;
+mod validate;
 
 pub use asnumber::{AsNumber, AsNumberError};
+pub use defaults::{Defaults, apply_schema_defaults, default_block_size, default_policy_types};
 pub use kinds::*;
 pub use numorstring::{Dscp, NumOrStringError, PROTOCOL_NAMES, Port, Protocol};
+pub use registry::{
+    AnyResource, DecodeError, KINDS, KindInfo, decode, from_value, from_value_list, lookup_kind,
+};
 pub use resource::{API_GROUP, API_VERSION, CalicoResource, ObjectMeta};
+pub use validate::{
+    FieldError, Validate, ValidationErrors, check_community, is_dns_label, is_dns_subdomain,
+    parse_cidr, parse_ip_or_cidr, validate_pools_disjoint,
+};
 
 /// Implements [`CalicoResource`] for every kind, from one table.
 macro_rules! calico_kinds {

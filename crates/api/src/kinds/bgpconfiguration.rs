@@ -137,17 +137,29 @@ pub struct BGPConfigurationSpec {
     pub prefix_advertisements: Vec<PrefixAdvertisement>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub program_cluster_routes: Option<BGPConfigurationSpecProgramClusterRoutes>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        rename = "serviceClusterIPs",
+        default,
+        skip_serializing_if = "Vec::is_empty"
+    )]
     #[schemars(extend("x-kubernetes-list-type" = "atomic"))]
-    pub service_cluster_i_ps: Vec<ServiceClusterIPBlock>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub service_cluster_ips: Vec<ServiceClusterIPBlock>,
+    #[serde(
+        rename = "serviceExternalIPs",
+        default,
+        skip_serializing_if = "Vec::is_empty"
+    )]
     #[schemars(extend("x-kubernetes-list-type" = "atomic"))]
-    pub service_external_i_ps: Vec<ServiceExternalIPBlock>,
+    pub service_external_ips: Vec<ServiceExternalIPBlock>,
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schemars(extend("default" = "Enabled"))]
     pub service_load_balancer_aggregation:
         Option<IPAMConfigurationSpecKubeVirtVMAddressPersistence>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        rename = "serviceLoadBalancerIPs",
+        default,
+        skip_serializing_if = "Vec::is_empty"
+    )]
     #[schemars(extend("x-kubernetes-list-type" = "atomic"))]
-    pub service_load_balancer_i_ps: Vec<ServiceLoadBalancerIPBlock>,
+    pub service_load_balancer_ips: Vec<ServiceLoadBalancerIPBlock>,
 }

@@ -198,7 +198,7 @@ pub struct FelixConfigurationSpec {
         default,
         skip_serializing_if = "Vec::is_empty"
     )]
-    pub bpf_dsr_optout_cid_rs: Vec<String>,
+    pub bpf_dsr_optout_cidrs: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub bpf_data_iface_pattern: Option<String>,
     #[serde(
@@ -217,7 +217,7 @@ pub struct FelixConfigurationSpec {
         default,
         skip_serializing_if = "Vec::is_empty"
     )]
-    pub bpf_exclude_cid_rs_from_nat: Vec<String>,
+    pub bpf_exclude_cidrs_from_nat: Vec<String>,
     #[serde(
         rename = "bpfExportBufferSizeMB",
         skip_serializing_if = "Option::is_none"
@@ -352,8 +352,8 @@ pub struct FelixConfigurationSpec {
     pub feature_detect_override: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub feature_gates: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub floating_i_ps: Option<IPAMConfigurationSpecKubeVirtVMAddressPersistence>,
+    #[serde(rename = "floatingIPs", skip_serializing_if = "Option::is_none")]
+    pub floating_ips: Option<IPAMConfigurationSpecKubeVirtVMAddressPersistence>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub flow_logs_collector_debug_trace: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -33,9 +33,9 @@ pub struct EndpointPort {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HostEndpointSpec {
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(rename = "expectedIPs", default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "set"))]
-    pub expected_i_ps: Vec<String>,
+    pub expected_ips: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub interface_name: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]

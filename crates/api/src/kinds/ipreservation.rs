@@ -23,5 +23,5 @@ pub struct IPReservationSpec {
         skip_serializing_if = "Vec::is_empty"
     )]
     #[schemars(extend("x-kubernetes-list-type" = "set"))]
-    pub reserved_cid_rs: Vec<String>,
+    pub reserved_cidrs: Vec<String>,
 }

@@ -13,9 +13,9 @@ pub enum LoadBalancerControllerConfigAssignIPs {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct LoadBalancerControllerConfig {
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "assignIPs", skip_serializing_if = "Option::is_none")]
     #[schemars(extend("default" = "AllServices"))]
-    pub assign_i_ps: Option<LoadBalancerControllerConfigAssignIPs>,
+    pub assign_ips: Option<LoadBalancerControllerConfigAssignIPs>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -46,7 +46,7 @@ pub struct AutoHostEndpointTemplate {
         skip_serializing_if = "Vec::is_empty"
     )]
     #[schemars(extend("x-kubernetes-list-type" = "set"))]
-    pub interface_cid_rs: Vec<String>,
+    pub interface_cidrs: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub interface_pattern: Option<String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]

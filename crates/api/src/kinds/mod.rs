@@ -1,6 +1,9 @@
 //! Every `projectcalico.org/v3` kind. Modules with a reference CRD started as skeletons
 //! generated once by `tools/gen_skeletons.py` and are maintained by hand.
 
+// kube's repeated `printcolumn(type_ = ...)` arguments look like duplicated attributes to clippy.
+#![allow(clippy::duplicated_attributes)]
+
 use std::collections::BTreeMap;
 
 use kube::CustomResource;

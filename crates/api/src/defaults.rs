@@ -1,0 +1,200 @@
+//! Defaults as Calico applies them.
+//!
+//! Two sources: the `default` values in the CRD schema (what the Kubernetes API server fills
+//! in, e.g. IPPool `nodeSelector: all()`, policy `tier: default`, Tier `defaultAction: Deny`),
+//! and the defaults Calico's own code applies (IPPool block size per family, encapsulation
+//! `Never`, allowed uses, policy `types` from the rules).
+
+use kube::CustomResourceExt;
+use serde::{Serialize, de::DeserializeOwned};
+use serde_json::Value;
+
+use crate::kinds::*;
+
+/// Fills in every field Calico defaults. Idempotent.
+pub trait Defaults {
+    fn default(&mut self);
+}
+
+/// Applies the schema's `default`s to `value`: for every object present, each absent
+/// property with a default gets it (as the Kubernetes API server does).
+pub fn apply_schema_defaults(value: &mut Value, schema: &Value) {
+    match value {
+        Value::Object(map) => {
+            if let Some(Value::Object(props)) = schema.get("properties") {
+                for (name, prop) in props {
+                    if !map.contains_key(name)
+                        && let Some(d) = prop.get("default")
+                    {
+                        map.insert(name.clone(), d.clone());
+                    }
+                    if let Some(child) = map.get_mut(name) {
+                        apply_schema_defaults(child, prop);
+                    }
+                }
+            }
+            if let Some(add) = schema.get("additionalProperties").filter(|a| a.is_object()) {
+                for child in map.values_mut() {
+                    apply_schema_defaults(child, add);
+                }
+            }
+        }
+        Value::Array(items) => {
+            if let Some(item_schema) = schema.get("items") {
+                for item in items {
+                    apply_schema_defaults(item, item_schema);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Applies the CRD schema defaults of `K` to `r` (through its JSON form).
+fn schema_defaults<K: CustomResourceExt + crate::CalicoResource + Serialize + DeserializeOwned>(
+    r: &mut K,
+) {
+    let Ok(crd) = crate::crd::crd_for::<K>() else {
+        return;
+    };
+    let Ok(crd) = serde_json::to_value(crd) else {
+        return;
+    };
+    let Some(schema) = crd.pointer("/spec/versions/0/schema/openAPIV3Schema") else {
+        return;
+    };
+    let Ok(mut value) = serde_json::to_value(&*r) else {
+        return;
+    };
+    apply_schema_defaults(&mut value, schema);
+    // Defaults come from our own schema, so the value still fits the type.
+    if let Ok(back) = serde_json::from_value(value) {
+        *r = back;
+    }
+}
+
+/// Calico's default block size for a pool CIDR: 26 for IPv4, 122 for IPv6.
+pub fn default_block_size(cidr: &str) -> Option<i64> {
+    let addr = cidr.split('/').next()?;
+    match addr.parse::<std::net::IpAddr>().ok()? {
+        std::net::IpAddr::V4(_) => Some(26),
+        std::net::IpAddr::V6(_) => Some(122),
+    }
+}
+
+impl Defaults for IPPool {
+    fn default(&mut self) {
+        schema_defaults(self);
+        let spec = &mut self.spec;
+        if spec.block_size.is_none_or(|b| b == 0) {
+            spec.block_size = default_block_size(&spec.cidr);
+        }
+        spec.ipip_mode.get_or_insert(IPIPMode::Never);
+        spec.vxlan_mode.get_or_insert(VXLANMode::Never);
+        if spec.node_selector.as_deref().is_none_or(str::is_empty) {
+            spec.node_selector = Some("all()".into());
+        }
+        if spec.allowed_uses.is_empty() {
+            spec.allowed_uses = vec![IPPoolAllowedUse::Workload, IPPoolAllowedUse::Tunnel];
+        }
+    }
+}
+
+/// Calico's default policy types: Ingress unless only egress rules are given, plus Egress
+/// when egress rules are given.
+pub fn default_policy_types(has_ingress: bool, has_egress: bool) -> Vec<PolicyType> {
+    match (has_ingress, has_egress) {
+        (_, false) => vec![PolicyType::Ingress],
+        (false, true) => vec![PolicyType::Egress],
+        (true, true) => vec![PolicyType::Ingress, PolicyType::Egress],
+    }
+}
+
+macro_rules! policy_defaults {
+    ($($ty:ty),*) => {$(
+        impl Defaults for $ty {
+            fn default(&mut self) {
+                schema_defaults(self);
+                let spec = &mut self.spec;
+                if spec.tier.as_deref().is_none_or(str::is_empty) {
+                    spec.tier = Some("default".into());
+                }
+                if spec.types.is_empty() {
+                    spec.types = default_policy_types(!spec.ingress.is_empty(), !spec.egress.is_empty());
+                }
+            }
+        }
+    )*};
+}
+policy_defaults!(
+    NetworkPolicy,
+    GlobalNetworkPolicy,
+    StagedNetworkPolicy,
+    StagedGlobalNetworkPolicy
+);
+
+impl Defaults for StagedKubernetesNetworkPolicy {
+    fn default(&mut self) {
+        schema_defaults(self);
+        // Kubernetes: Ingress always, Egress when egress rules exist.
+        if self.spec.policy_types.is_empty() {
+            self.spec.policy_types.push("Ingress".into());
+            if !self.spec.egress.is_empty() {
+                self.spec.policy_types.push("Egress".into());
+            }
+        }
+    }
+}
+
+impl Defaults for BGPConfiguration {
+    fn default(&mut self) {
+        schema_defaults(self);
+        // Calico treats the cluster-wide `default` object specially: mesh on, AS 64512.
+        if self.metadata.name.as_deref() == Some("default") {
+            self.spec.node_to_node_mesh_enabled.get_or_insert(true);
+            self.spec.as_number.get_or_insert(AsNumber(64512));
+        }
+    }
+}
+
+impl Defaults for Tier {
+    fn default(&mut self) {
+        schema_defaults(self);
+    }
+}
+
+macro_rules! schema_only_defaults {
+    ($($ty:ty),*) => {$(
+        impl Defaults for $ty {
+            fn default(&mut self) {
+                schema_defaults(self);
+            }
+        }
+    )*};
+}
+schema_only_defaults!(
+    IPReservation,
+    IPAMConfiguration,
+    BGPPeer,
+    BGPFilter,
+    HostEndpoint,
+    NetworkSet,
+    GlobalNetworkSet,
+    FelixConfiguration,
+    KubeControllersConfiguration,
+    ClusterInformation,
+    CalicoNodeStatus,
+    IPAMBlock,
+    IPAMHandle,
+    BlockAffinity
+);
+
+/// Kinds without a CRD have no schema defaults and Calico applies none in code.
+macro_rules! no_defaults {
+    ($($ty:ty),*) => {$(
+        impl Defaults for $ty {
+            fn default(&mut self) {}
+        }
+    )*};
+}
+no_defaults!(Node, WorkloadEndpoint, Profile);
