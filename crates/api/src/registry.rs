@@ -306,13 +306,15 @@ pub fn decode<T: CalicoResource>(mut value: Value) -> Result<T, DecodeError> {
     serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner().to_string();
-        // serde names an unknown field in its message; turn it into a full path.
+        // serde_path_to_error's path already ends at the unknown field.
         if let Some(field) = inner
             .strip_prefix("unknown field `")
             .and_then(|r| r.split('`').next())
         {
             let path = if path == "." || path.is_empty() {
                 field.to_string()
+            } else if path.ends_with(field) {
+                path
             } else {
                 format!("{path}.{field}")
             };
@@ -320,12 +322,7 @@ pub fn decode<T: CalicoResource>(mut value: Value) -> Result<T, DecodeError> {
         }
         DecodeError::Invalid {
             path: if path == "." { String::new() } else { path },
-            reason: strip_location(&inner),
+            reason: inner,
         }
     })
-}
-
-/// serde_json appends " at line X column Y" for text input; values have no position.
-fn strip_location(msg: &str) -> String {
-    msg.to_string()
 }

@@ -1,0 +1,406 @@
+//! Decoding, defaults and validation of Calico documents, per kind.
+
+use calico_api::*;
+use serde_json::{Value, json};
+
+fn yaml(s: &str) -> Value {
+    serde_yaml_ng::from_str(s).expect("test YAML parses")
+}
+
+fn decode_ok(s: &str) -> AnyResource {
+    from_value(yaml(s)).unwrap_or_else(|e| panic!("decode failed: {e}"))
+}
+
+fn paths(r: &AnyResource) -> Vec<String> {
+    match r.validate() {
+        Ok(()) => vec![],
+        Err(e) => e.errors.into_iter().map(|f| f.path).collect(),
+    }
+}
+
+fn pool(name: &str, cidr: &str) -> IPPool {
+    match decode_ok(&format!(
+        "apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata: {{name: {name}}}\nspec: {{cidr: \"{cidr}\"}}"
+    )) {
+        AnyResource::IPPool(p) => p,
+        other => panic!("decoded {other:?}"),
+    }
+}
+
+// ------------------------------------------------------------------ registry
+
+#[test]
+fn kinds_are_found_by_kind_plural_and_short_names_in_any_case() {
+    for (name, kind) in [
+        ("IPPool", "IPPool"),
+        ("ippools", "IPPool"),
+        ("IPPOOL", "IPPool"),
+        ("gnp", "GlobalNetworkPolicy"),
+        ("bgpp", "BGPPeer"),
+        ("BGPConfig", "BGPConfiguration"),
+        ("hep", "HostEndpoint"),
+        ("wep", "WorkloadEndpoint"),
+        ("networkpolicies", "NetworkPolicy"),
+        ("kcc", "KubeControllersConfiguration"),
+    ] {
+        assert_eq!(lookup_kind(name).map(|k| k.kind), Some(kind), "{name}");
+    }
+    assert!(lookup_kind("pods").is_none());
+    assert_eq!(KINDS.len(), 25);
+}
+
+#[test]
+fn unknown_kind_and_foreign_api_version_are_rejected() {
+    let e = from_value(
+        json!({"apiVersion": "projectcalico.org/v3", "kind": "Pod", "metadata": {"name": "a"}}),
+    )
+    .unwrap_err();
+    assert_eq!(
+        e,
+        DecodeError::UnknownKind {
+            found: "Pod".into()
+        }
+    );
+    let e = from_value(
+        json!({"apiVersion": "crd.projectcalico.org/v1", "kind": "IPPool", "metadata": {}}),
+    )
+    .unwrap_err();
+    assert_eq!(e.path(), "apiVersion");
+    let e = from_value(json!({"kind": "IPPool"})).unwrap_err();
+    assert_eq!(
+        e,
+        DecodeError::MissingField {
+            field: "apiVersion"
+        }
+    );
+}
+
+#[test]
+fn unknown_fields_are_rejected_with_their_full_path() {
+    let cases = [
+        (
+            "apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata: {name: a}\nspec: {cidr: 10.0.0.0/16, natOutgoin: true}",
+            "spec.natOutgoin",
+        ),
+        (
+            "apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata: {name: a, lables: {}}\nspec: {cidr: 10.0.0.0/16}",
+            "metadata.lables",
+        ),
+        (
+            "apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata: {name: a}\nspce: {}",
+            "spce",
+        ),
+        (
+            "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata: {name: a}\nspec:\n  ingress:\n  - action: Allow\n    source: {selectr: all()}",
+            "spec.ingress[0].source.selectr",
+        ),
+        (
+            "apiVersion: projectcalico.org/v3\nkind: Tier\nmetadata: {name: a}\nspec: {}\nstatus: {bogus: 1}",
+            "status.bogus",
+        ),
+    ];
+    for (doc, path) in cases {
+        let e = from_value(yaml(doc)).unwrap_err();
+        assert_eq!(e, DecodeError::UnknownField { path: path.into() }, "{doc}");
+    }
+}
+
+#[test]
+fn wrong_value_types_name_the_field() {
+    let e = from_value(yaml(
+        "apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata: {name: a}\nspec: {cidr: 10.0.0.0/16, ipipMode: Sometimes}",
+    ))
+    .unwrap_err();
+    assert_eq!(e.path(), "spec.ipipMode");
+    let e = from_value(yaml(
+        "apiVersion: projectcalico.org/v3\nkind: NetworkPolicy\nmetadata: {name: a}\nspec:\n  ingress:\n  - action: Allow\n    protocol: TCP\n    destination: {ports: [80, \"90:80\"]}",
+    ))
+    .unwrap_err();
+    assert_eq!(e.path(), "spec.ingress[0].destination.ports[1]");
+    assert!(e.to_string().contains("minimum above its maximum"), "{e}");
+}
+
+#[test]
+fn a_missing_spec_reads_as_empty_and_lists_decode_item_by_item() {
+    let r = decode_ok("apiVersion: projectcalico.org/v3\nkind: Tier\nmetadata: {name: a}");
+    assert_eq!(r.kind(), "Tier");
+    let list = from_value_list(yaml(
+        "apiVersion: projectcalico.org/v3\nkind: IPPoolList\nitems:\n- apiVersion: projectcalico.org/v3\n  kind: IPPool\n  metadata: {name: a}\n  spec: {cidr: 10.0.0.0/16}\n- apiVersion: projectcalico.org/v3\n  kind: IPPool\n  metadata: {name: b}\n  spec: {cidr: 10.1.0.0/16, bad: 1}",
+    ))
+    .unwrap_err();
+    assert_eq!(list.0, 1);
+    assert_eq!(list.1.path(), "items[1].spec.bad");
+}
+
+#[test]
+fn documents_round_trip_unchanged() {
+    let docs = [
+        "apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata:\n  name: default-ipv4-ippool\nspec:\n  blockSize: 26\n  cidr: 192.168.0.0/16\n  ipipMode: Never\n  natOutgoing: true\n  nodeSelector: all()\n  vxlanMode: Never\n",
+        "apiVersion: projectcalico.org/v3\nkind: BGPPeer\nmetadata:\n  name: rr\nspec:\n  asNumber: 64513\n  peerIP: 192.168.33.12\n",
+        "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata:\n  name: allow-dns\nspec:\n  egress:\n  - action: Allow\n    destination:\n      ports:\n      - 53\n      - 1000:2000\n      - dns\n    protocol: UDP\n  selector: all()\n  types:\n  - Egress\n",
+        "apiVersion: projectcalico.org/v3\nkind: Node\nmetadata:\n  name: node1\nspec:\n  bgp:\n    asNumber: 64512\n    ipv4Address: 192.168.33.11/24\n",
+        "apiVersion: projectcalico.org/v3\nkind: WorkloadEndpoint\nmetadata:\n  name: node1-libnetwork-libnetwork-abc\n  namespace: libnetwork\nspec:\n  endpoint: abc\n  interfaceName: calicce21fc3677\n  ipNetworks:\n  - 192.168.166.128/32\n  mac: ee:ee:ee:ee:ee:ee\n  node: node1\n  orchestrator: libnetwork\n",
+    ];
+    for doc in docs {
+        let r = decode_ok(doc);
+        let back = serde_yaml_ng::to_string(&r.to_value().unwrap()).unwrap();
+        assert_eq!(yaml(&back), yaml(doc), "round trip of\n{doc}\ngave\n{back}");
+    }
+}
+
+#[test]
+fn dotted_as_numbers_are_read_from_strings() {
+    let r = decode_ok(
+        "apiVersion: projectcalico.org/v3\nkind: BGPPeer\nmetadata: {name: p}\nspec: {peerIP: 10.0.0.1, asNumber: \"1.10\"}",
+    );
+    let AnyResource::BGPPeer(p) = r else { panic!() };
+    assert_eq!(p.spec.as_number, Some(AsNumber(65546)));
+}
+
+// ------------------------------------------------------------------ defaults
+
+#[test]
+fn ippool_defaults_follow_calico() {
+    let mut p = pool("p4", "10.0.0.0/16");
+    Defaults::default(&mut p);
+    assert_eq!(p.spec.block_size, Some(26));
+    assert_eq!(p.spec.ipip_mode, Some(IPIPMode::Never));
+    assert_eq!(p.spec.vxlan_mode, Some(VXLANMode::Never));
+    assert_eq!(p.spec.nat_outgoing, None, "natOutgoing stays unset (false)");
+    assert_eq!(p.spec.node_selector.as_deref(), Some("all()"));
+    assert_eq!(
+        p.spec.allowed_uses,
+        vec![IPPoolAllowedUse::Workload, IPPoolAllowedUse::Tunnel]
+    );
+    assert_eq!(p.spec.assignment_mode, Some(AssignmentMode::Automatic));
+    let once = p.clone();
+    Defaults::default(&mut p);
+    assert_eq!(p, once, "defaults are idempotent");
+
+    let mut p6 = pool("p6", "fd00::/64");
+    Defaults::default(&mut p6);
+    assert_eq!(p6.spec.block_size, Some(122));
+}
+
+#[test]
+fn policy_defaults_put_it_in_the_default_tier_with_types_from_its_rules() {
+    let mut r = decode_ok(
+        "apiVersion: projectcalico.org/v3\nkind: NetworkPolicy\nmetadata: {name: a, namespace: ns}\nspec:\n  egress: [{action: Allow}]",
+    );
+    r.set_defaults();
+    let AnyResource::NetworkPolicy(np) = r else {
+        panic!()
+    };
+    assert_eq!(np.spec.tier.as_deref(), Some("default"));
+    assert_eq!(np.spec.types, vec![PolicyType::Egress]);
+    assert_eq!(
+        default_policy_types(false, false),
+        vec![PolicyType::Ingress]
+    );
+    assert_eq!(
+        default_policy_types(true, true),
+        vec![PolicyType::Ingress, PolicyType::Egress]
+    );
+}
+
+#[test]
+fn tier_and_bgp_configuration_defaults() {
+    let mut t = decode_ok(
+        "apiVersion: projectcalico.org/v3\nkind: Tier\nmetadata: {name: security}\nspec: {order: 100}",
+    );
+    t.set_defaults();
+    let AnyResource::Tier(t) = t else { panic!() };
+    assert_eq!(t.spec.default_action, Some(TierDefaultAction::Deny));
+
+    let mut b = decode_ok(
+        "apiVersion: projectcalico.org/v3\nkind: BGPConfiguration\nmetadata: {name: default}",
+    );
+    b.set_defaults();
+    let AnyResource::BGPConfiguration(b) = b else {
+        panic!()
+    };
+    assert_eq!(b.spec.node_to_node_mesh_enabled, Some(true));
+    assert_eq!(b.spec.as_number, Some(AsNumber(64512)));
+    assert_eq!(b.spec.log_severity_screen.as_deref(), Some("Info"));
+}
+
+// ------------------------------------------------------------------ validation
+
+#[test]
+fn ippool_block_size_and_cidr_rules() {
+    let mut p = pool("pool-b", "10.0.0.0/16");
+    p.spec.block_size = Some(33);
+    let e = p.validate().unwrap_err();
+    assert_eq!(e.errors[0].path, "spec.blockSize");
+    assert_eq!(e.errors[0].reason, "33 is not in 20..=32 for an IPv4 pool");
+    assert_eq!(
+        e.to_string(),
+        "IPPool \"pool-b\": spec.blockSize: 33 is not in 20..=32 for an IPv4 pool"
+    );
+
+    let mut p6 = pool("v6", "fd00::/64");
+    p6.spec.block_size = Some(115);
+    assert_eq!(paths(&p6.clone().into()), vec!["spec.blockSize"]);
+    p6.spec.block_size = Some(116);
+    p6.validate().unwrap();
+
+    assert_eq!(
+        paths(&pool("x", "10.0.0.1/16").into()),
+        vec!["spec.cidr"],
+        "host bits"
+    );
+    assert_eq!(
+        paths(&pool("x", "10.0.0.0/28").into()),
+        vec!["spec.cidr"],
+        "smaller than a block"
+    );
+    assert_eq!(
+        paths(&pool("x", "169.254.0.0/16").into()),
+        vec!["spec.cidr"],
+        "link local"
+    );
+    assert_eq!(paths(&pool("x", "not-a-cidr").into()), vec!["spec.cidr"]);
+    assert_eq!(
+        paths(&pool("Bad_Name", "10.0.0.0/16").into()),
+        vec!["metadata.name"]
+    );
+}
+
+#[test]
+fn ippool_encapsulation_and_selector_rules() {
+    let mut p = pool("p", "fd00::/64");
+    p.spec.ipip_mode = Some(IPIPMode::Always);
+    assert_eq!(paths(&p.into()), vec!["spec.ipipMode"]);
+    let mut p = pool("p", "10.0.0.0/16");
+    p.spec.ipip_mode = Some(IPIPMode::Always);
+    p.spec.vxlan_mode = Some(VXLANMode::CrossSubnet);
+    p.spec.node_selector = Some("role ==".into());
+    assert_eq!(
+        paths(&p.into()),
+        vec!["spec.vxlanMode", "spec.nodeSelector"]
+    );
+}
+
+#[test]
+fn overlapping_pools_are_reported_with_both_names() {
+    let pools = [
+        pool("a", "10.0.0.0/16"),
+        pool("b", "10.0.128.0/17"),
+        pool("c", "10.1.0.0/16"),
+    ];
+    let errs = validate_pools_disjoint(&pools).unwrap_err();
+    assert_eq!(errs.len(), 1);
+    assert_eq!(errs[0].path, "IPPool \"b\": spec.cidr");
+    assert!(errs[0].reason.contains("IPPool \"a\""));
+    validate_pools_disjoint(&[pool("a", "10.0.0.0/16"), pool("c", "10.1.0.0/16")]).unwrap();
+}
+
+fn policy(rules: &str) -> AnyResource {
+    decode_ok(&format!(
+        "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata: {{name: p}}\nspec:\n  selector: all()\n  ingress:\n{rules}"
+    ))
+}
+
+#[test]
+fn rule_consistency_follows_calico() {
+    assert!(
+        paths(&policy(
+            "  - action: Allow\n    protocol: TCP\n    destination: {ports: [80, http]}"
+        ))
+        .is_empty()
+    );
+    assert_eq!(
+        paths(&policy("  - action: Allow\n    destination: {ports: [80]}")),
+        vec!["spec.ingress[0].destination.ports"]
+    );
+    assert_eq!(
+        paths(&policy(
+            "  - action: Allow\n    protocol: ICMP\n    destination: {ports: [80]}"
+        )),
+        vec!["spec.ingress[0].destination.ports"]
+    );
+    assert_eq!(
+        paths(&policy(
+            "  - action: Allow\n    protocol: TCP\n    icmp: {type: 8}"
+        )),
+        vec!["spec.ingress[0].icmp"]
+    );
+    assert_eq!(
+        paths(&policy(
+            "  - action: Allow\n    protocol: ICMP\n    icmp: {type: 255, code: 256}"
+        )),
+        vec!["spec.ingress[0].icmp.type", "spec.ingress[0].icmp.code"]
+    );
+    assert!(
+        paths(&policy(
+            "  - action: Allow\n    protocol: ICMP\n    icmp: {type: 254, code: 255}"
+        ))
+        .is_empty()
+    );
+    assert_eq!(
+        paths(&policy(
+            "  - action: Allow\n    protocol: ICMP\n    icmp: {code: 0}"
+        )),
+        vec!["spec.ingress[0].icmp.code"]
+    );
+    assert_eq!(
+        paths(&policy(
+            "  - action: Allow\n    protocol: ICMPv6\n    ipVersion: 4"
+        )),
+        vec!["spec.ingress[0].protocol"]
+    );
+    assert_eq!(
+        paths(&policy(
+            "  - action: Deny\n    source: {nets: [10.0.0.0/8, 300.1.1.1/32], selector: \"a ==\"}"
+        )),
+        vec![
+            "spec.ingress[0].source.selector",
+            "spec.ingress[0].source.nets[1]"
+        ]
+    );
+}
+
+#[test]
+fn bgp_peer_and_configuration_rules() {
+    let peer = |spec: &str| {
+        decode_ok(&format!(
+            "apiVersion: projectcalico.org/v3\nkind: BGPPeer\nmetadata: {{name: p}}\nspec: {spec}"
+        ))
+    };
+    assert!(paths(&peer("{peerIP: 192.168.33.12, asNumber: 64512}")).is_empty());
+    assert!(paths(&peer("{peerIP: \"[fd00::1]:179\", asNumber: 64512}")).is_empty());
+    assert_eq!(
+        paths(&peer("{peerIP: 192.168.33.300, asNumber: 1}")),
+        vec!["spec.peerIP"]
+    );
+    assert_eq!(paths(&peer("{peerIP: 10.0.0.1}")), vec!["spec.asNumber"]);
+    assert_eq!(
+        paths(&peer(
+            "{peerIP: 10.0.0.1, asNumber: 1, node: a, nodeSelector: all()}"
+        )),
+        vec!["spec.nodeSelector"]
+    );
+    let conf = decode_ok(
+        "apiVersion: projectcalico.org/v3\nkind: BGPConfiguration\nmetadata: {name: default}\nspec:\n  listenPort: 0\n  communities: [{name: c, value: \"65000:70000\"}]\n  serviceClusterIPs: [{cidr: 10.96.0.0/12}]",
+    );
+    assert_eq!(
+        paths(&conf),
+        vec!["spec.listenPort", "spec.communities[0].value"]
+    );
+}
+
+#[test]
+fn endpoints_and_sets_rules() {
+    let hep = decode_ok(
+        "apiVersion: projectcalico.org/v3\nkind: HostEndpoint\nmetadata: {name: h}\nspec: {node: n}",
+    );
+    assert_eq!(paths(&hep), vec!["spec.interfaceName"]);
+    let ns = decode_ok(
+        "apiVersion: projectcalico.org/v3\nkind: NetworkSet\nmetadata: {name: s, namespace: Bad_NS}\nspec: {nets: [10.0.0.0/8, x]}",
+    );
+    assert_eq!(paths(&ns), vec!["metadata.namespace", "spec.nets[1]"]);
+    let gns = decode_ok(
+        "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkSet\nmetadata: {name: s, namespace: x}\nspec: {nets: [1.2.3.4]}",
+    );
+    assert_eq!(paths(&gns), vec!["metadata.namespace"]);
+}
