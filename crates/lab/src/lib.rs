@@ -1,1 +1,21 @@
 //! Lab harness: network namespaces as hosts, real processes, guaranteed teardown.
+//!
+//! - [`Lab`] / [`Host`]: hosts as network namespaces on one LAN bridge, with per-run names,
+//!   commands and daemons run inside them, Rust code run inside them ([`Host::run`]), and
+//!   teardown on drop, on panic, on Ctrl-C/SIGTERM, and by [`sweep`] after a SIGKILL.
+//! - [`etcd`]: a real etcd as a child process (loopback or inside a lab host), single member or
+//!   a cluster, plain or TLS.
+//! - [`process`]: children that die with their owner (`PR_SET_PDEATHSIG`) and are killed on drop.
+//! - [`netns`]: run a closure or a future inside any network namespace.
+
+pub mod etcd;
+pub mod lab;
+pub mod netns;
+pub mod process;
+mod signals;
+pub mod state;
+
+pub use etcd::{Etcd, EtcdCluster, EtcdError, EtcdOptions, TlsFiles};
+pub use lab::{Host, Lab, LabError, teardown};
+pub use process::{ProcessError, ProcessGuard, SpawnOptions};
+pub use state::{RunRecord, sweep};

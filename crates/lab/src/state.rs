@@ -1,0 +1,219 @@
+//! What each lab run owns, recorded on disk so that leftovers of killed runs can be swept.
+//!
+//! Layout (all under [`ROOT`], a tmpfs that a reboot clears):
+//! - `runs/<id>.json`: the [`RunRecord`]: owner PID and its start time, namespaces, PIDs of
+//!   daemons started outside a guard, the run's directory. Written *before* anything it names
+//!   is created, rewritten atomically (temp file + rename) whenever it grows.
+//! - `<id>/`: the run's directory (logs, pid files, etcd data, generated config).
+//!
+//! A run is *dead* when its owner PID no longer exists or now belongs to another process (the
+//! start time differs). A detached run (`calico-lab up`) has no owner and is never swept: only
+//! `calico-lab down` removes it.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::process::{kill_pid, pid_alive, pid_start_time};
+
+/// Root of every lab's on-disk state.
+pub const ROOT: &str = "/run/calico-lab";
+
+/// Errors reading or writing run records.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("cannot write run record {path}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot read run record {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("run record {path} is not valid")]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("no lab run {id} (no {path})")]
+    NoSuchRun { id: String, path: PathBuf },
+}
+
+/// Everything one run owns.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RunRecord {
+    pub id: String,
+    /// PID of the process that owns the run; `None` when detached.
+    pub owner_pid: Option<u32>,
+    /// The owner's start time (see [`pid_start_time`]) to detect PID reuse.
+    pub owner_start: Option<u64>,
+    /// Network namespaces (names under /run/netns), LAN first.
+    pub namespaces: Vec<String>,
+    /// Daemons started detached (not killed by a death signal).
+    pub pids: Vec<u32>,
+    /// The run's directory.
+    pub dir: PathBuf,
+}
+
+impl RunRecord {
+    pub fn path_for(id: &str) -> PathBuf {
+        Path::new(ROOT).join("runs").join(format!("{id}.json"))
+    }
+
+    /// Writes the record atomically.
+    pub fn save(&self) -> Result<(), StateError> {
+        let path = Self::path_for(&self.id);
+        let werr = |source| StateError::Write {
+            path: path.clone(),
+            source,
+        };
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(werr)?;
+        }
+        let tmp = path.with_extension(format!("json.tmp{}", std::process::id()));
+        let json = serde_json::to_vec_pretty(self).map_err(|e| werr(std::io::Error::other(e)))?;
+        std::fs::write(&tmp, json).map_err(werr)?;
+        std::fs::rename(&tmp, &path).map_err(werr)
+    }
+
+    pub fn load(id: &str) -> Result<RunRecord, StateError> {
+        let path = Self::path_for(id);
+        let bytes = std::fs::read(&path).map_err(|source| {
+            if source.kind() == std::io::ErrorKind::NotFound {
+                StateError::NoSuchRun {
+                    id: id.to_owned(),
+                    path: path.clone(),
+                }
+            } else {
+                StateError::Read {
+                    path: path.clone(),
+                    source,
+                }
+            }
+        })?;
+        serde_json::from_slice(&bytes).map_err(|source| StateError::Parse { path, source })
+    }
+
+    /// True when the owner is gone (or was replaced by another process with its PID).
+    pub fn owner_dead(&self) -> bool {
+        let Some(pid) = self.owner_pid else {
+            return false;
+        };
+        if !pid_alive(pid) {
+            return true;
+        }
+        match (self.owner_start, pid_start_time(pid)) {
+            (Some(recorded), Some(now)) => recorded != now,
+            _ => false,
+        }
+    }
+}
+
+/// Every run record on disk (unreadable ones are skipped with a warning).
+pub fn list_runs() -> Vec<RunRecord> {
+    let dir = Path::new(ROOT).join("runs");
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return Vec::new();
+    };
+    let mut runs = Vec::new();
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(id) = name.strip_suffix(".json") else {
+            continue;
+        };
+        match RunRecord::load(id) {
+            Ok(r) => runs.push(r),
+            Err(e) => tracing::warn!(error = %e, "skipping run record"),
+        }
+    }
+    runs.sort_by(|a, b| a.id.cmp(&b.id));
+    runs
+}
+
+/// Runs a command bounded in time; returns its stdout (empty on failure).
+pub(crate) fn run_quiet(program: &str, args: &[&str]) -> Option<String> {
+    let mut child = Command::new(program)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .ok()?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => {
+                let out = child.wait_with_output().ok()?;
+                return status
+                    .success()
+                    .then(|| String::from_utf8_lossy(&out.stdout).into_owned());
+            }
+            Ok(None) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return None;
+            }
+        }
+    }
+}
+
+/// True if `/run/netns/NAME` exists.
+pub fn netns_exists(name: &str) -> bool {
+    Path::new("/run/netns").join(name).exists()
+}
+
+/// Removes everything a run owns: detached daemons, every process still inside its
+/// namespaces, the namespaces (which removes their links), its directory and its record.
+/// Idempotent: what is already gone is skipped.
+pub fn teardown_run(rec: &RunRecord) {
+    for &pid in &rec.pids {
+        kill_pid(pid, Duration::from_secs(5));
+    }
+    // Hosts first, the LAN last: deleting a host namespace removes its veth pair.
+    for ns in rec.namespaces.iter().rev() {
+        if !netns_exists(ns) {
+            continue;
+        }
+        if let Some(pids) = run_quiet("ip", &["netns", "pids", ns]) {
+            for pid in pids
+                .split_whitespace()
+                .filter_map(|p| p.parse::<u32>().ok())
+            {
+                if pid != std::process::id() {
+                    kill_pid(pid, Duration::from_secs(2));
+                }
+            }
+        }
+        if run_quiet("ip", &["netns", "del", ns]).is_none() && netns_exists(ns) {
+            tracing::warn!(netns = ns, "could not delete namespace");
+        }
+    }
+    if rec.dir.starts_with(ROOT) && rec.dir != Path::new(ROOT) {
+        let _ = std::fs::remove_dir_all(&rec.dir);
+    }
+    let _ = std::fs::remove_file(RunRecord::path_for(&rec.id));
+}
+
+/// Tears down every run whose owner is dead; returns the ids swept. Detached runs and runs of
+/// live processes are left alone.
+pub fn sweep() -> Vec<String> {
+    let mut swept = Vec::new();
+    for rec in list_runs() {
+        if rec.owner_dead() {
+            tracing::info!(run = rec.id, owner = ?rec.owner_pid, "sweeping leftovers of a dead run");
+            teardown_run(&rec);
+            swept.push(rec.id);
+        }
+    }
+    swept
+}
