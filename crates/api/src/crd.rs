@@ -47,15 +47,24 @@ pub fn crd_for<K: CustomResourceExt + crate::CalicoResource>()
     {
         for version in versions {
             if let Some(schema) = version.pointer_mut("/schema/openAPIV3Schema") {
-                shape_root_schema(schema);
+                shape_root_schema(K::KIND, schema);
             }
         }
     }
     serde_json::from_value(crd).map_err(json_err)
 }
 
-fn shape_root_schema(schema: &mut Value) {
+/// Fields Calico publishes as `nullable`: (kind, JSON pointer into the root schema).
+const NULLABLE_FIELDS: &[(&str, &str)] =
+    &[("CalicoNodeStatus", "/properties/status/properties/lastUpdated")];
+
+fn shape_root_schema(kind: &str, schema: &mut Value) {
     strip_nullable(schema);
+    for (_, pointer) in NULLABLE_FIELDS.iter().filter(|(k, _)| *k == kind) {
+        if let Some(Value::Object(field)) = schema.pointer_mut(pointer) {
+            field.insert("nullable".into(), Value::Bool(true));
+        }
+    }
     let Some(obj) = schema.as_object_mut() else {
         return;
     };
@@ -75,19 +84,31 @@ fn shape_root_schema(schema: &mut Value) {
     obj.insert("required".into(), json!(["metadata", "spec"]));
 }
 
-/// Removes `nullable: true` everywhere: absent optional fields are omitted, never null.
+/// Removes kube's `nullable: true` from optional fields: Calico omits absent fields instead of
+/// writing `null`. Two cases keep it, as in Calico's CRDs: list items declared `Option`
+/// (e.g. free slots in an IPAM block's allocations) and fields marked
+/// listed in [`NULLABLE_FIELDS`] (timestamps Go writes as `null`). A list rather than a schema
+/// marker because the CRD types of k8s-openapi drop unknown schema keys.
 fn strip_nullable(v: &mut Value) {
+    strip_nullable_in(v, false);
+}
+
+fn strip_nullable_in(v: &mut Value, is_items: bool) {
     match v {
         Value::Object(map) => {
-            map.remove("nullable");
+            if !is_items {
+                map.remove("nullable");
+            }
             // kube leaves `null` among the values of an optional enum; Calico lists only
             // the real values.
             if let Some(Value::Array(values)) = map.get_mut("enum") {
                 values.retain(|v| !v.is_null());
             }
-            map.values_mut().for_each(strip_nullable);
+            for (key, child) in map.iter_mut() {
+                strip_nullable_in(child, key == "items");
+            }
         }
-        Value::Array(items) => items.iter_mut().for_each(strip_nullable),
+        Value::Array(items) => items.iter_mut().for_each(|i| strip_nullable_in(i, false)),
         _ => {}
     }
 }

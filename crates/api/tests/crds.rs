@@ -83,6 +83,7 @@ fn facts(node: &Value) -> BTreeMap<&'static str, Value> {
     }
     for key in [
         "default",
+        "nullable",
         "x-kubernetes-list-type",
         "x-kubernetes-list-map-keys",
         "x-kubernetes-map-type",

@@ -42,7 +42,7 @@ pub struct IPAMBlockSpec {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub affinity_claim_time: Option<String>,
     #[schemars(extend("x-kubernetes-list-type" = "atomic"))]
-    pub allocations: Vec<i64>,
+    pub allocations: Vec<Option<i64>>,
     #[schemars(extend("x-kubernetes-list-type" = "atomic"))]
     pub attributes: Vec<AllocationAttribute>,
     pub cidr: String,
