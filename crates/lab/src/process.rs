@@ -248,6 +248,16 @@ pub fn kill_pid(pid: u32, grace: Duration) {
     }
     // SAFETY: as above.
     unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while pid_running(pid) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// True if `pid` exists and is not a zombie (a zombie has finished; only its parent's
+/// `wait` is missing).
+pub fn pid_running(pid: u32) -> bool {
+    pid_alive(pid) && !is_zombie(pid)
 }
 
 fn is_zombie(pid: u32) -> bool {
