@@ -55,8 +55,10 @@ pub fn crd_for<K: CustomResourceExt + crate::CalicoResource>()
 }
 
 /// Fields Calico publishes as `nullable`: (kind, JSON pointer into the root schema).
-const NULLABLE_FIELDS: &[(&str, &str)] =
-    &[("CalicoNodeStatus", "/properties/status/properties/lastUpdated")];
+const NULLABLE_FIELDS: &[(&str, &str)] = &[(
+    "CalicoNodeStatus",
+    "/properties/status/properties/lastUpdated",
+)];
 
 fn shape_root_schema(kind: &str, schema: &mut Value) {
     strip_nullable(schema);

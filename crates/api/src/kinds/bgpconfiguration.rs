@@ -5,7 +5,7 @@
 use super::*;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
-pub enum BGPConfigurationSpecBindMode {
+pub enum BindMode {
     None,
     NodeIP,
 }
@@ -51,7 +51,7 @@ pub struct PrefixAdvertisement {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
-pub enum BGPConfigurationSpecProgramClusterRoutes {
+pub enum ProgramClusterRoutes {
     Enabled,
     Disabled,
     EnabledIPIPOnly,
@@ -100,7 +100,7 @@ pub struct BGPConfigurationSpec {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub as_number: Option<AsNumber>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub bind_mode: Option<BGPConfigurationSpecBindMode>,
+    pub bind_mode: Option<BindMode>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "atomic"))]
     pub communities: Vec<Community>,
@@ -136,7 +136,7 @@ pub struct BGPConfigurationSpec {
     #[schemars(extend("x-kubernetes-list-type" = "atomic"))]
     pub prefix_advertisements: Vec<PrefixAdvertisement>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub program_cluster_routes: Option<BGPConfigurationSpecProgramClusterRoutes>,
+    pub program_cluster_routes: Option<ProgramClusterRoutes>,
     #[serde(
         rename = "serviceClusterIPs",
         default,
@@ -153,8 +153,7 @@ pub struct BGPConfigurationSpec {
     pub service_external_ips: Vec<ServiceExternalIPBlock>,
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schemars(extend("default" = "Enabled"))]
-    pub service_load_balancer_aggregation:
-        Option<IPAMConfigurationSpecKubeVirtVMAddressPersistence>,
+    pub service_load_balancer_aggregation: Option<Enablement>,
     #[serde(
         rename = "serviceLoadBalancerIPs",
         default,

@@ -5,7 +5,7 @@
 use super::*;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
-pub enum BGPPeerSpecNextHopMode {
+pub enum NextHopMode {
     Auto,
     #[serde(rename = "Self")]
     SelfAddress,
@@ -19,7 +19,7 @@ pub enum ReversePeering {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
-pub enum BGPPeerSpecSourceAddress {
+pub enum SourceAddress {
     UseNodeIP,
     None,
 }
@@ -71,7 +71,7 @@ pub struct BGPPeerSpec {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_restart_time: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub next_hop_mode: Option<BGPPeerSpecNextHopMode>,
+    pub next_hop_mode: Option<NextHopMode>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub node: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -92,7 +92,7 @@ pub struct BGPPeerSpec {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reverse_peering: Option<ReversePeering>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub source_address: Option<BGPPeerSpecSourceAddress>,
+    pub source_address: Option<SourceAddress>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ttl_security: Option<i64>,
 }

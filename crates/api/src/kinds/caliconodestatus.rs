@@ -5,7 +5,7 @@
 use super::*;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
-pub enum CalicoNodeStatusSpecClasses {
+pub enum NodeStatusClassType {
     Agent,
     BGP,
     Routes,
@@ -29,7 +29,7 @@ pub enum CalicoNodeStatusSpecClasses {
 pub struct CalicoNodeStatusSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "set"))]
-    pub classes: Vec<CalicoNodeStatusSpecClasses>,
+    pub classes: Vec<NodeStatusClassType>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub node: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -37,7 +37,7 @@ pub struct CalicoNodeStatusSpec {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
-pub enum BGPDaemonStatusState {
+pub enum BGPDaemonState {
     Ready,
     NotReady,
 }
@@ -52,7 +52,7 @@ pub struct BGPDaemonStatus {
     #[serde(rename = "routerID", skip_serializing_if = "Option::is_none")]
     pub router_id: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub state: Option<BGPDaemonStatusState>,
+    pub state: Option<BGPDaemonState>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub version: Option<String>,
 }

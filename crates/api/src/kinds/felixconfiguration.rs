@@ -5,34 +5,34 @@
 use super::*;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
-pub enum FelixConfigurationSpecAwsSrcDstCheck {
+pub enum FelixAwsSrcDstCheck {
     DoNothing,
     Enable,
     Disable,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
-pub enum FelixConfigurationSpecBpfAttachType {
+pub enum FelixBpfAttachType {
     TC,
     TCX,
     Netkit,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
-pub enum FelixConfigurationSpecBpfConnectTimeLoadBalancing {
+pub enum FelixBpfConnectTimeLoadBalancing {
     TCP,
     Enabled,
     Disabled,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
-pub enum FelixConfigurationSpecBpfConntrackLogLevel {
+pub enum FelixBpfConntrackLogLevel {
     Off,
     Debug,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
-pub enum FelixConfigurationSpecBpfConntrackMode {
+pub enum FelixBpfConntrackMode {
     Auto,
     Userspace,
     BPFProgram,
@@ -60,13 +60,13 @@ pub struct BPFConntrackTimers {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
-pub enum FelixConfigurationSpecBpfJITHardening {
+pub enum FelixBpfJITHardening {
     Auto,
     Strict,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
-pub enum FelixConfigurationSpecBpfOverlayHostSourceIP {
+pub enum FelixBpfOverlayHostSourceIP {
     TunnelAddress,
     HostAddress,
 }
@@ -82,13 +82,7 @@ pub struct ProtoPort {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
-pub enum FelixConfigurationSpecFlowLogsLocalReporter {
-    Disabled,
-    Enabled,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
-pub enum FelixConfigurationSpecFlowLogsPolicyEvaluationMode {
+pub enum FelixFlowLogsPolicyEvaluationMode {
     None,
     Continuous,
 }
@@ -101,39 +95,39 @@ pub struct HealthTimeoutOverride {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
-pub enum FelixConfigurationSpecIptablesBackend {
+pub enum FelixIptablesBackend {
     Legacy,
     NFT,
     Auto,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
-pub enum FelixConfigurationSpecLocalSubnetL2Reachability {
+pub enum FelixLocalSubnetL2Reachability {
     Disabled,
     PodsAndLoadBalancers,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
-pub enum FelixConfigurationSpecNatOutgoingExclusions {
+pub enum FelixNatOutgoingExclusions {
     IPPoolsOnly,
     IPPoolsAndHostIPs,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
-pub enum FelixConfigurationSpecNftablesFlowTableOffload {
+pub enum FelixNftablesFlowTableOffload {
     All,
     Disabled,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
-pub enum FelixConfigurationSpecNftablesMode {
+pub enum FelixNftablesMode {
     Disabled,
     Enabled,
     Auto,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
-pub enum FelixConfigurationSpecPrometheusMetricsClientAuth {
+pub enum FelixPrometheusMetricsClientAuth {
     RequireAndVerifyClientCert,
     RequireAnyClientCert,
     VerifyClientCertIfGiven,
@@ -178,19 +172,19 @@ pub struct FelixConfigurationSpec {
     )]
     pub allow_vxlan_packets_from_workloads: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub aws_src_dst_check: Option<FelixConfigurationSpecAwsSrcDstCheck>,
+    pub aws_src_dst_check: Option<FelixAwsSrcDstCheck>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub bpf_attach_type: Option<FelixConfigurationSpecBpfAttachType>,
+    pub bpf_attach_type: Option<FelixBpfAttachType>,
     #[serde(rename = "bpfCTLBLogFilter", skip_serializing_if = "Option::is_none")]
     pub bpf_ctlb_log_filter: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub bpf_connect_time_load_balancing: Option<FelixConfigurationSpecBpfConnectTimeLoadBalancing>,
+    pub bpf_connect_time_load_balancing: Option<FelixBpfConnectTimeLoadBalancing>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub bpf_connect_time_load_balancing_enabled: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub bpf_conntrack_log_level: Option<FelixConfigurationSpecBpfConntrackLogLevel>,
+    pub bpf_conntrack_log_level: Option<FelixBpfConntrackLogLevel>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub bpf_conntrack_mode: Option<FelixConfigurationSpecBpfConntrackMode>,
+    pub bpf_conntrack_mode: Option<FelixBpfConntrackMode>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub bpf_conntrack_timeouts: Option<BPFConntrackTimers>,
     #[serde(
@@ -235,8 +229,7 @@ pub struct FelixConfigurationSpec {
         rename = "bpfHostNetworkedNATWithoutCTLB",
         skip_serializing_if = "Option::is_none"
     )]
-    pub bpf_host_networked_nat_without_ctlb:
-        Option<IPAMConfigurationSpecKubeVirtVMAddressPersistence>,
+    pub bpf_host_networked_nat_without_ctlb: Option<Enablement>,
     #[serde(rename = "bpfIPFragTimeout", skip_serializing_if = "Option::is_none")]
     pub bpf_ip_frag_timeout: Option<String>,
     #[serde(
@@ -245,7 +238,7 @@ pub struct FelixConfigurationSpec {
     )]
     pub bpf_ip_fragment_reassembly_enabled: Option<bool>,
     #[serde(rename = "bpfJITHardening", skip_serializing_if = "Option::is_none")]
-    pub bpf_jit_hardening: Option<FelixConfigurationSpecBpfJITHardening>,
+    pub bpf_jit_hardening: Option<FelixBpfJITHardening>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub bpf_kube_proxy_healthz_port: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -295,15 +288,15 @@ pub struct FelixConfigurationSpec {
         rename = "bpfOverlayHostSourceIP",
         skip_serializing_if = "Option::is_none"
     )]
-    pub bpf_overlay_host_source_ip: Option<FelixConfigurationSpecBpfOverlayHostSourceIP>,
+    pub bpf_overlay_host_source_ip: Option<FelixBpfOverlayHostSourceIP>,
     #[serde(rename = "bpfPSNATPorts", skip_serializing_if = "Option::is_none")]
     pub bpf_psnat_ports: Option<Port>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub bpf_policy_debug_enabled: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub bpf_profiling: Option<IPAMConfigurationSpecKubeVirtVMAddressPersistence>,
+    pub bpf_profiling: Option<Enablement>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub bpf_redirect_to_peer: Option<IPAMConfigurationSpecKubeVirtVMAddressPersistence>,
+    pub bpf_redirect_to_peer: Option<Enablement>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cgroup_v2_path: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -353,7 +346,7 @@ pub struct FelixConfigurationSpec {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub feature_gates: Option<String>,
     #[serde(rename = "floatingIPs", skip_serializing_if = "Option::is_none")]
-    pub floating_ips: Option<IPAMConfigurationSpecKubeVirtVMAddressPersistence>,
+    pub floating_ips: Option<Enablement>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub flow_logs_collector_debug_trace: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -361,10 +354,9 @@ pub struct FelixConfigurationSpec {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub flow_logs_goldmane_server: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub flow_logs_local_reporter: Option<FelixConfigurationSpecFlowLogsLocalReporter>,
+    pub flow_logs_local_reporter: Option<Enablement>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub flow_logs_policy_evaluation_mode:
-        Option<FelixConfigurationSpecFlowLogsPolicyEvaluationMode>,
+    pub flow_logs_policy_evaluation_mode: Option<FelixFlowLogsPolicyEvaluationMode>,
     #[serde(rename = "genericXDPEnabled", skip_serializing_if = "Option::is_none")]
     pub generic_xdp_enabled: Option<bool>,
     #[serde(rename = "goGCThreshold", skip_serializing_if = "Option::is_none")]
@@ -389,7 +381,7 @@ pub struct FelixConfigurationSpec {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub interface_refresh_interval: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub ip_forwarding: Option<IPAMConfigurationSpecKubeVirtVMAddressPersistence>,
+    pub ip_forwarding: Option<Enablement>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ipip_enabled: Option<bool>,
     #[serde(rename = "ipipMTU", skip_serializing_if = "Option::is_none")]
@@ -397,7 +389,7 @@ pub struct FelixConfigurationSpec {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ipsets_refresh_interval: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub iptables_backend: Option<FelixConfigurationSpecIptablesBackend>,
+    pub iptables_backend: Option<FelixIptablesBackend>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub iptables_filter_allow_action: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -428,7 +420,7 @@ pub struct FelixConfigurationSpec {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ipv6_support: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub istio_ambient_mode: Option<IPAMConfigurationSpecKubeVirtVMAddressPersistence>,
+    pub istio_ambient_mode: Option<Enablement>,
     #[serde(rename = "istioDSCPMark", skip_serializing_if = "Option::is_none")]
     pub istio_dscp_mark: Option<Dscp>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -436,7 +428,7 @@ pub struct FelixConfigurationSpec {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub live_migration_route_convergence_time: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub local_subnet_l2_reachability: Option<FelixConfigurationSpecLocalSubnetL2Reachability>,
+    pub local_subnet_l2_reachability: Option<FelixLocalSubnetL2Reachability>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub local_subnet_l2_reachability_refresh_interval: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -466,7 +458,7 @@ pub struct FelixConfigurationSpec {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub nat_outgoing_address: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub nat_outgoing_exclusions: Option<FelixConfigurationSpecNatOutgoingExclusions>,
+    pub nat_outgoing_exclusions: Option<FelixNatOutgoingExclusions>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub nat_port_range: Option<Port>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -479,14 +471,14 @@ pub struct FelixConfigurationSpec {
     pub nftables_flow_table_data_iface_pattern: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schemars(extend("default" = "Disabled"))]
-    pub nftables_flow_table_offload: Option<FelixConfigurationSpecNftablesFlowTableOffload>,
+    pub nftables_flow_table_offload: Option<FelixNftablesFlowTableOffload>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub nftables_mangle_allow_action: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub nftables_mark_mask: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schemars(extend("default" = "Auto"))]
-    pub nftables_mode: Option<FelixConfigurationSpecNftablesMode>,
+    pub nftables_mode: Option<FelixNftablesMode>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub nftables_refresh_interval: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -496,7 +488,7 @@ pub struct FelixConfigurationSpec {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub policy_sync_path_prefix: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub program_cluster_routes: Option<BGPConfigurationSpecProgramClusterRoutes>,
+    pub program_cluster_routes: Option<ProgramClusterRoutes>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub prometheus_go_metrics_enabled: Option<bool>,
     #[serde(
@@ -507,7 +499,7 @@ pub struct FelixConfigurationSpec {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub prometheus_metrics_cert_file: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub prometheus_metrics_client_auth: Option<FelixConfigurationSpecPrometheusMetricsClientAuth>,
+    pub prometheus_metrics_client_auth: Option<FelixPrometheusMetricsClientAuth>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub prometheus_metrics_enabled: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -561,7 +553,7 @@ pub struct FelixConfigurationSpec {
     #[serde(rename = "vxlanVNI", skip_serializing_if = "Option::is_none")]
     pub vxlan_vni: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub windows_manage_firewall_rules: Option<IPAMConfigurationSpecKubeVirtVMAddressPersistence>,
+    pub windows_manage_firewall_rules: Option<Enablement>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub wireguard_enabled: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -4,12 +4,6 @@
 
 use super::*;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
-pub enum IPAMConfigurationSpecKubeVirtVMAddressPersistence {
-    Enabled,
-    Disabled,
-}
-
 #[derive(CustomResource)]
 #[kube(
     group = "projectcalico.org",
@@ -48,7 +42,7 @@ pub struct IPAMConfigurationSpec {
         rename = "kubeVirtVMAddressPersistence",
         skip_serializing_if = "Option::is_none"
     )]
-    pub kube_virt_vm_address_persistence: Option<IPAMConfigurationSpecKubeVirtVMAddressPersistence>,
+    pub kube_virt_vm_address_persistence: Option<Enablement>,
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schemars(extend("default" = 0))]
     pub max_blocks_per_host: Option<i32>,

@@ -23,7 +23,7 @@ pub struct LoadBalancerControllerConfig {
 pub struct MigrationControllerConfig {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schemars(extend("default" = "Enabled"))]
-    pub policy_name_migrator: Option<FelixConfigurationSpecFlowLogsLocalReporter>,
+    pub policy_name_migrator: Option<Enablement>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -59,7 +59,7 @@ pub struct AutoHostEndpointTemplate {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct AutoHostEndpointConfig {
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub auto_create: Option<IPAMConfigurationSpecKubeVirtVMAddressPersistence>,
+    pub auto_create: Option<Enablement>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub create_default_host_endpoint: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -77,7 +77,7 @@ pub struct NodeControllerConfig {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reconciler_period: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub sync_labels: Option<IPAMConfigurationSpecKubeVirtVMAddressPersistence>,
+    pub sync_labels: Option<Enablement>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -121,7 +121,7 @@ pub struct ControllersConfig {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
-pub enum KubeControllersConfigurationSpecLogSeverityScreen {
+pub enum LogLevel {
     None,
     Debug,
     Info,
@@ -154,9 +154,9 @@ pub struct KubeControllersConfigurationSpec {
     pub etcd_v3_compaction_period: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schemars(extend("default" = "Enabled"))]
-    pub health_checks: Option<IPAMConfigurationSpecKubeVirtVMAddressPersistence>,
+    pub health_checks: Option<Enablement>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub log_severity_screen: Option<KubeControllersConfigurationSpecLogSeverityScreen>,
+    pub log_severity_screen: Option<LogLevel>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub prometheus_metrics_port: Option<i64>,
 }

@@ -14,6 +14,14 @@ pub use crate::asnumber::AsNumber;
 pub use crate::numorstring::{Dscp, Port, Protocol};
 pub use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
+// A feature switch, as Calico spells it in many configuration fields. (A plain comment:
+// schemars would copy a doc comment into every field that uses the type.)
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+pub enum Enablement {
+    Enabled,
+    Disabled,
+}
+
 mod bgpconfiguration;
 mod bgpfilter;
 mod bgppeer;
