@@ -1,0 +1,29 @@
+//! Docker integration for calico-rs.
+//!
+//! - [`server::serve`]: the libnetwork remote network driver `calico` and IPAM driver
+//!   `calico-ipam` on unix sockets in dockerd's plugin directory (run by the node agent, in the
+//!   node's network namespace).
+//! - [`driver`]: what each call does (pure request checks, IPAM, veth/route plumbing,
+//!   WorkloadEndpoint and Profile resources).
+//! - [`syncer::run_network_syncer`]: shares Calico networks between hosts through the datastore
+//!   and creates/removes them in the local dockerd.
+//! - [`engine`]: a minimal Docker Engine API client on the daemon's unix socket.
+//!
+//! [`ipam::EtcdAllocator`] and [`plumbing::IpCommandPlumber`] are stopgap adapters for the
+//! IPAM and dataplane crates (see their module docs).
+
+pub mod driver;
+pub mod engine;
+pub mod ipam;
+pub mod naming;
+pub mod plumbing;
+pub mod protocol;
+pub mod server;
+pub mod syncer;
+
+pub use driver::{Driver, DriverConfig, DriverError};
+pub use engine::DockerEngine;
+pub use ipam::{AddressAllocator, EtcdAllocator};
+pub use plumbing::{EndpointPlumber, IpCommandPlumber};
+pub use server::{IPAM_PLUGIN, NETWORK_PLUGIN, serve};
+pub use syncer::{SyncerConfig, run_network_syncer};
