@@ -6,12 +6,14 @@
 //! - [`etcd`]: a real etcd as a child process (loopback or inside a lab host), single member or
 //!   a cluster, plain or TLS.
 //! - [`process`]: children that die with their owner (`PR_SET_PDEATHSIG`) and are killed on drop.
+//! - [`seed`]: the seed's lab with stable names (`calico-lab up/down/status/shell`).
 //! - [`netns`]: run a closure or a future inside any network namespace.
 
 pub mod etcd;
 pub mod lab;
 pub mod netns;
 pub mod process;
+pub mod seed;
 mod signals;
 pub mod state;
 

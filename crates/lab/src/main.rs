@@ -1,5 +1,146 @@
-//! `calico-lab`: bring the seed's lab up and down (see `calico-lab --help`).
+//! `calico-lab`: the seed's lab for humans and the demo.
+//!
+//! ```text
+//! calico-lab up              # namespaces lab-etcd, lab-node1, lab-node2 on one LAN; etcd at 192.168.33.10:2379
+//! calico-lab status          # what runs, etcd health, other (test) runs
+//! calico-lab shell node1     # a shell inside node1 (calicoctl pointed at the lab's etcd)
+//! calico-lab exec node1 -- ip r
+//! calico-lab down            # kill the daemons, delete the namespaces
+//! calico-lab sweep           # remove leftovers of test runs whose owner died
+//! ```
 
-fn main() -> anyhow::Result<()> {
-    anyhow::bail!("calico-lab: not implemented yet")
+use std::os::unix::process::CommandExt;
+use std::process::{Command, ExitCode};
+
+use anyhow::{Context, bail};
+use calico_lab::seed;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "calico-lab",
+    about = "The seed's lab: hosts as network namespaces on one LAN"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Create the lab (etcd, node1, node2) and start its daemons; they keep running.
+    Up,
+    /// Stop the lab's daemons and delete its namespaces.
+    Down,
+    /// Show the lab's hosts, daemons and etcd health, and other lab runs.
+    Status,
+    /// Open an interactive shell inside a lab host (etcd, node1, node2).
+    Shell { host: String },
+    /// Run a command inside a lab host.
+    Exec {
+        host: String,
+        #[arg(trailing_var_arg = true, required = true)]
+        command: Vec<String>,
+    },
+    /// Remove namespaces and processes left by lab runs whose owner died.
+    Sweep,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run(Cli::parse()) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("calico-lab: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn host_netns(host: &str) -> anyhow::Result<String> {
+    if !seed::HOSTS.iter().any(|(name, _)| *name == host) {
+        bail!("no host {host:?} in the lab (hosts: etcd, node1, node2)");
+    }
+    let ns = seed::netns_of(host);
+    if !calico_lab::state::netns_exists(&ns) {
+        bail!("namespace {ns} does not exist: is the lab up? (calico-lab up)");
+    }
+    Ok(ns)
+}
+
+/// Environment that points calicoctl at the lab's etcd (Calico's variables).
+fn calicoctl_env(cmd: &mut Command) {
+    cmd.env("DATASTORE_TYPE", "etcdv3")
+        .env("ETCD_ENDPOINTS", seed::ETCD_ENDPOINT);
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Cmd::Up => {
+            println!("calico-lab: bringing up the seed lab");
+            seed::up(&mut |line| println!("  {line}")).context("calico-lab up")?;
+            println!("calico-lab: the lab is up");
+            println!("  a shell on a node:  calico-lab shell node1");
+            println!(
+                "  calicoctl:          ip netns exec {} calicoctl -c {} get ippools",
+                seed::netns_of("node1"),
+                seed::calicoctl_cfg().display()
+            );
+            println!("  tear it down:       calico-lab down");
+        }
+        Cmd::Down => {
+            if seed::down().context("calico-lab down")? {
+                println!("calico-lab: the lab is down");
+            } else {
+                println!("calico-lab: no lab was up");
+            }
+        }
+        Cmd::Status => {
+            for line in seed::status() {
+                println!("{line}");
+            }
+        }
+        Cmd::Shell { host } => {
+            let ns = host_netns(&host)?;
+            let shell = if std::path::Path::new("/bin/bash").exists() {
+                "/bin/bash"
+            } else {
+                "/bin/sh"
+            };
+            let mut cmd = Command::new("ip");
+            cmd.args(["netns", "exec", &ns, shell])
+                .env("PS1", format!("[lab {host}] \\w# "))
+                .env("CALICO_LAB_HOST", &host);
+            calicoctl_env(&mut cmd);
+            if shell.ends_with("bash") {
+                cmd.arg("--norc");
+            }
+            println!("calico-lab: shell in {ns} (exit to leave)");
+            let err = cmd.exec();
+            bail!("cannot start a shell in {ns}: {err}");
+        }
+        Cmd::Exec { host, command } => {
+            let ns = host_netns(&host)?;
+            let mut cmd = Command::new("ip");
+            cmd.args(["netns", "exec", &ns]).args(&command);
+            calicoctl_env(&mut cmd);
+            let err = cmd.exec();
+            bail!("cannot run {command:?} in {ns}: {err}");
+        }
+        Cmd::Sweep => {
+            let swept = calico_lab::sweep();
+            if swept.is_empty() {
+                println!("calico-lab: nothing to sweep");
+            } else {
+                println!("calico-lab: swept {}", swept.join(", "));
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }

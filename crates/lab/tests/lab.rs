@@ -267,3 +267,55 @@ fn bad_host_names_are_refused() {
     lab.add_host("node1", "192.168.33.11/24").unwrap();
     assert!(lab.add_host("node1", "192.168.33.12/24").is_err());
 }
+
+/// Tears a seed lab down even if the test fails half-way.
+struct SeedGuard(String);
+
+impl Drop for SeedGuard {
+    fn drop(&mut self) {
+        let _ = calico_lab::seed::down_with_id(&self.0);
+    }
+}
+
+#[test]
+fn seed_lab_comes_up_detached_and_goes_down() {
+    let id = format!("sd{:05x}", std::process::id() & 0xfffff);
+    let guard = SeedGuard(id.clone());
+    let mut said = Vec::new();
+    calico_lab::seed::up_with_id(&id, &mut |l| said.push(l.to_owned())).expect("up");
+    let text = said.join("\n");
+    assert!(text.contains("http://192.168.33.10:2379"), "{text}");
+    let rec = RunRecord::load(&id).unwrap();
+    assert_eq!(rec.owner_pid, None, "an up lab has no owner");
+    assert_eq!(rec.namespaces.len(), 4);
+    assert_eq!(rec.pids.len(), 1);
+    // Detached: a sweep leaves it alone.
+    calico_lab::sweep();
+    assert!(netns_exists(&format!("{id}-node1")));
+    // node1 reaches etcd across the LAN.
+    let out = Command::new("ip")
+        .args(["netns", "exec", &format!("{id}-node1"), "etcdctl"])
+        .args(["--endpoints=http://192.168.33.10:2379", "--dial-timeout=2s"])
+        .args(["put", "/seed", "ok"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let cfg = std::fs::read_to_string(rec.dir.join("calicoctl.cfg")).unwrap();
+    assert!(
+        cfg.contains("etcdEndpoints: \"http://192.168.33.10:2379\""),
+        "{cfg}"
+    );
+    assert!(matches!(
+        calico_lab::seed::up_with_id(&id, &mut |_| {}),
+        Err(calico_lab::seed::SeedError::AlreadyUp)
+    ));
+    assert!(calico_lab::seed::down_with_id(&id).unwrap());
+    assert_gone(&rec);
+    assert!(!rec.dir.exists());
+    assert!(!calico_lab::seed::down_with_id(&id).unwrap());
+    drop(guard);
+}
