@@ -1,0 +1,310 @@
+//! IP sets: each distinct selector (or selector + named port) that rules reference becomes one
+//! set, whose members are computed from endpoints and network sets. [`SetIndex`] keeps the
+//! membership up to date as endpoints change and reports exactly which sets changed, so the
+//! dataplane touches only those.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::net::IpAddr;
+
+use calico_selector::Selector;
+use ipnet::IpNet;
+use sha1::{Digest, Sha1};
+
+use crate::model::{LabelMap, NamedPort, Protocol};
+
+/// What a set stands for.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum SetKey {
+    /// Addresses of endpoints and networks of network sets matching the selector.
+    Selector(Selector),
+    /// `(address, protocol, port)` of endpoints matching the selector that declare a named port
+    /// with this name and protocol.
+    NamedPort {
+        /// Endpoints to consider.
+        selector: Selector,
+        /// Protocol the port must be declared with.
+        protocol: Protocol,
+        /// Port name.
+        name: String,
+    },
+}
+
+impl SetKey {
+    /// Stable identifier: the same key always gets the same id, across restarts and hosts.
+    pub fn id(&self) -> SetId {
+        let (prefix, text) = match self {
+            SetKey::Selector(sel) => ("s", format!("sel:{sel}")),
+            SetKey::NamedPort {
+                selector,
+                protocol,
+                name,
+            } => ("n", format!("np:{}:{name}:{selector}", protocol.0)),
+        };
+        let digest = Sha1::digest(text.as_bytes());
+        SetId(format!("{prefix}-{}", &hex::encode(digest)[..20]))
+    }
+
+    /// The selector deciding membership.
+    pub fn selector(&self) -> &Selector {
+        match self {
+            SetKey::Selector(s) => s,
+            SetKey::NamedPort { selector, .. } => selector,
+        }
+    }
+}
+
+impl fmt::Display for SetKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SetKey::Selector(s) => write!(f, "selector {s}"),
+            SetKey::NamedPort {
+                selector,
+                protocol,
+                name,
+            } => write!(f, "named port {protocol}:{name} of {selector}"),
+        }
+    }
+}
+
+/// Identifier of a set (at most 22 ASCII characters, usable as an nftables set name).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SetId(pub String);
+
+impl fmt::Display for SetId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// One member of a set.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Member {
+    /// An address or network (selector sets).
+    Net(IpNet),
+    /// An address with a port (named-port sets).
+    Port {
+        /// Endpoint address.
+        addr: IpAddr,
+        /// Protocol.
+        protocol: Protocol,
+        /// Port number.
+        port: u16,
+    },
+}
+
+/// Who contributes members to sets.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum SourceId {
+    /// A workload endpoint.
+    Workload {
+        /// Namespace.
+        namespace: String,
+        /// Name.
+        name: String,
+    },
+    /// A host endpoint.
+    Host {
+        /// Name.
+        name: String,
+    },
+    /// A (global) network set.
+    NetworkSet {
+        /// Namespace, `None` for a GlobalNetworkSet.
+        namespace: Option<String>,
+        /// Name.
+        name: String,
+    },
+}
+
+/// What a source offers to sets.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SetSource {
+    /// Effective labels (see [`crate::labels`]).
+    pub labels: LabelMap,
+    /// Addresses or networks.
+    pub nets: Vec<IpNet>,
+    /// Named ports (endpoints only; network sets have none).
+    pub ports: Vec<NamedPort>,
+}
+
+/// A change of one set's membership.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SetChange {
+    /// The set.
+    pub id: SetId,
+    /// Members that became present.
+    pub added: BTreeSet<Member>,
+    /// Members that stopped being present.
+    pub removed: BTreeSet<Member>,
+}
+
+#[derive(Debug, Clone)]
+struct SetEntry {
+    key: SetKey,
+    /// Member → number of sources contributing it (two network sets may list the same CIDR).
+    members: BTreeMap<Member, usize>,
+}
+
+/// Set membership, maintained incrementally.
+#[derive(Debug, Clone, Default)]
+pub struct SetIndex {
+    sets: BTreeMap<SetId, SetEntry>,
+    sources: BTreeMap<SourceId, SetSource>,
+}
+
+fn contribution(key: &SetKey, src: &SetSource) -> BTreeSet<Member> {
+    if !key.selector().matches(&src.labels) {
+        return BTreeSet::new();
+    }
+    match key {
+        SetKey::Selector(_) => src.nets.iter().map(|n| Member::Net(n.trunc())).collect(),
+        SetKey::NamedPort { protocol, name, .. } => src
+            .ports
+            .iter()
+            .filter(|p| &p.name == name && p.protocol == *protocol)
+            .flat_map(|p| {
+                src.nets.iter().map(move |n| Member::Port {
+                    addr: n.addr(),
+                    protocol: p.protocol,
+                    port: p.port,
+                })
+            })
+            .collect(),
+    }
+}
+
+/// Label keys whose values differ between two maps.
+fn changed_keys<'a>(a: &'a LabelMap, b: &'a LabelMap) -> BTreeSet<&'a str> {
+    let mut out = BTreeSet::new();
+    for (k, v) in a {
+        if b.get(k) != Some(v) {
+            out.insert(k.as_str());
+        }
+    }
+    for k in b.keys() {
+        if !a.contains_key(k) {
+            out.insert(k.as_str());
+        }
+    }
+    out
+}
+
+impl SetIndex {
+    /// An empty index.
+    pub fn new() -> SetIndex {
+        SetIndex::default()
+    }
+
+    /// Starts tracking a set (no-op when already tracked) and returns its id.
+    pub fn ensure_set(&mut self, key: SetKey) -> SetId {
+        let id = key.id();
+        if !self.sets.contains_key(&id) {
+            let mut members = BTreeMap::new();
+            for src in self.sources.values() {
+                for m in contribution(&key, src) {
+                    *members.entry(m).or_insert(0) += 1;
+                }
+            }
+            self.sets.insert(id.clone(), SetEntry { key, members });
+        }
+        id
+    }
+
+    /// Stops tracking a set.
+    pub fn remove_set(&mut self, id: &SetId) {
+        self.sets.remove(id);
+    }
+
+    /// Ids of every tracked set.
+    pub fn set_ids(&self) -> impl Iterator<Item = &SetId> {
+        self.sets.keys()
+    }
+
+    /// The key a set stands for.
+    pub fn key(&self, id: &SetId) -> Option<&SetKey> {
+        self.sets.get(id).map(|e| &e.key)
+    }
+
+    /// Current members of a set (empty when unknown).
+    pub fn members(&self, id: &SetId) -> BTreeSet<Member> {
+        self.sets
+            .get(id)
+            .map(|e| e.members.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Whether a set contains a member.
+    pub fn contains(&self, id: &SetId, member: &Member) -> bool {
+        self.sets
+            .get(id)
+            .is_some_and(|e| e.members.contains_key(member))
+    }
+
+    /// Adds or replaces a source; returns the sets whose membership changed, and only those.
+    pub fn upsert_source(&mut self, id: SourceId, new: SetSource) -> Vec<SetChange> {
+        let old = self.sources.remove(&id);
+        let changes = self.apply(old.as_ref(), Some(&new));
+        self.sources.insert(id, new);
+        changes
+    }
+
+    /// Removes a source; returns the sets whose membership changed.
+    pub fn remove_source(&mut self, id: &SourceId) -> Vec<SetChange> {
+        match self.sources.remove(id) {
+            Some(old) => self.apply(Some(&old), None),
+            None => Vec::new(),
+        }
+    }
+
+    fn apply(&mut self, old: Option<&SetSource>, new: Option<&SetSource>) -> Vec<SetChange> {
+        let empty = SetSource::default();
+        let (o, n) = (old.unwrap_or(&empty), new.unwrap_or(&empty));
+        // When only labels changed, a set can change only if its selector reads a changed key.
+        let only_labels = old.is_some() && new.is_some() && o.nets == n.nets && o.ports == n.ports;
+        let keys = changed_keys(&o.labels, &n.labels);
+        let mut changes = Vec::new();
+        for (id, entry) in &mut self.sets {
+            if only_labels
+                && !entry
+                    .key
+                    .selector()
+                    .label_keys()
+                    .iter()
+                    .any(|k| keys.contains(k))
+            {
+                continue;
+            }
+            let before = contribution(&entry.key, o);
+            let after = contribution(&entry.key, n);
+            if before == after {
+                continue;
+            }
+            let mut change = SetChange {
+                id: id.clone(),
+                added: BTreeSet::new(),
+                removed: BTreeSet::new(),
+            };
+            for m in before.difference(&after) {
+                if let Some(count) = entry.members.get_mut(m) {
+                    *count -= 1;
+                    if *count == 0 {
+                        entry.members.remove(m);
+                        change.removed.insert(m.clone());
+                    }
+                }
+            }
+            for m in after.difference(&before) {
+                let count = entry.members.entry(m.clone()).or_insert(0);
+                *count += 1;
+                if *count == 1 {
+                    change.added.insert(m.clone());
+                }
+            }
+            if !change.added.is_empty() || !change.removed.is_empty() {
+                changes.push(change);
+            }
+        }
+        changes
+    }
+}
