@@ -139,6 +139,19 @@ fn check_selector(path: &str, sel: Option<&str>, e: &mut Errs) {
     }
 }
 
+/// Like [`check_selector`], and also rejects `global()`, which Calico allows only in an
+/// EntityRule's namespaceSelector.
+fn check_local_selector(path: &str, sel: Option<&str>, e: &mut Errs) {
+    if sel.is_some_and(|s| s.contains("global(")) {
+        e.add(
+            path,
+            "global() may only be used in a rule's namespaceSelector",
+        );
+    } else {
+        check_selector(path, sel, e);
+    }
+}
+
 fn check_nets(path: &str, nets: &[String], e: &mut Errs) {
     for (i, n) in nets.iter().enumerate() {
         if let Err(r) = parse_ip_or_cidr(n) {
@@ -308,8 +321,8 @@ fn check_icmp(path: &str, icmp: &ICMPFields, e: &mut Errs) {
 }
 
 fn check_entity(path: &str, ent: &EntityRule, protocol: Option<&Protocol>, e: &mut Errs) {
-    check_selector(&format!("{path}.selector"), ent.selector.as_deref(), e);
-    check_selector(
+    check_local_selector(&format!("{path}.selector"), ent.selector.as_deref(), e);
+    check_local_selector(
         &format!("{path}.notSelector"),
         ent.not_selector.as_deref(),
         e,
@@ -320,7 +333,7 @@ fn check_entity(path: &str, ent: &EntityRule, protocol: Option<&Protocol>, e: &m
         e,
     );
     if let Some(sa) = &ent.service_accounts {
-        check_selector(
+        check_local_selector(
             &format!("{path}.serviceAccounts.selector"),
             sa.selector.as_deref(),
             e,
@@ -336,11 +349,26 @@ fn check_entity(path: &str, ent: &EntityRule, protocol: Option<&Protocol>, e: &m
             );
         }
     }
-    if ent.services.is_some() && (!ent.ports.is_empty() || !ent.not_ports.is_empty()) {
-        e.add(
-            format!("{path}.services"),
-            "ports and notPorts cannot be combined with services",
-        );
+    if let Some(svc) = &ent.services {
+        let p = format!("{path}.services");
+        if !ent.ports.is_empty() || !ent.not_ports.is_empty() {
+            e.add(&p, "ports and notPorts cannot be combined with services");
+        }
+        if svc.name.as_deref().is_none_or(str::is_empty) {
+            e.add(format!("{p}.name"), "services must name a service");
+        }
+        if ent.namespace_selector.is_some() {
+            e.add(&p, "namespaceSelector and services cannot be combined");
+        }
+        if ent.service_accounts.is_some() {
+            e.add(&p, "serviceAccounts and services cannot be combined");
+        }
+        if ent.selector.is_some() || ent.not_selector.is_some() {
+            e.add(&p, "selector/notSelector and services cannot be combined");
+        }
+        if !ent.nets.is_empty() || !ent.not_nets.is_empty() {
+            e.add(&p, "nets/notNets and services cannot be combined");
+        }
     }
 }
 
@@ -425,8 +453,8 @@ macro_rules! policy_validate {
                 check_meta::<Self>(&self.metadata, &mut e);
                 let s = &self.spec;
                 check_tier(s.tier.as_deref(), &mut e);
-                check_selector("spec.selector", s.selector.as_deref(), &mut e);
-                check_selector("spec.serviceAccountSelector", s.service_account_selector.as_deref(), &mut e);
+                check_local_selector("spec.selector", s.selector.as_deref(), &mut e);
+                check_local_selector("spec.serviceAccountSelector", s.service_account_selector.as_deref(), &mut e);
                 check_rules(&s.ingress, &s.egress, &mut e);
                 e.finish(self)
             }
@@ -443,9 +471,9 @@ macro_rules! global_policy_validate {
                 check_meta::<Self>(&self.metadata, &mut e);
                 let s = &self.spec;
                 check_tier(s.tier.as_deref(), &mut e);
-                check_selector("spec.selector", s.selector.as_deref(), &mut e);
-                check_selector("spec.namespaceSelector", s.namespace_selector.as_deref(), &mut e);
-                check_selector("spec.serviceAccountSelector", s.service_account_selector.as_deref(), &mut e);
+                check_local_selector("spec.selector", s.selector.as_deref(), &mut e);
+                check_local_selector("spec.namespaceSelector", s.namespace_selector.as_deref(), &mut e);
+                check_local_selector("spec.serviceAccountSelector", s.service_account_selector.as_deref(), &mut e);
                 check_rules(&s.ingress, &s.egress, &mut e);
                 if s.pre_dnat == Some(true) {
                     if s.do_not_track == Some(true) {
@@ -453,6 +481,9 @@ macro_rules! global_policy_validate {
                     }
                     if !s.egress.is_empty() {
                         e.add("spec.egress", "a preDNAT policy cannot have egress rules");
+                    }
+                    if s.types.contains(&PolicyType::Egress) {
+                        e.add("spec.types", "a preDNAT policy cannot have type Egress");
                     }
                 }
                 if (s.pre_dnat == Some(true) || s.do_not_track == Some(true)) && s.apply_on_forward != Some(true) {
@@ -478,13 +509,33 @@ impl Validate for Tier {
     fn validate(&self) -> Result<(), ValidationErrors> {
         let mut e = Errs::default();
         check_meta::<Self>(&self.metadata, &mut e);
-        if let Some(name) = self.metadata.name.as_deref()
-            && name.contains('.')
-        {
+        let name = self.metadata.name.as_deref().unwrap_or_default();
+        if name.contains('.') {
             e.add(
                 "metadata.name",
                 format!("tier name {name:?} must be a DNS label (no '.')"),
             );
+        }
+        // Calico's built-in tiers have a fixed order and default action.
+        let fixed = match name {
+            "default" => Some((1_000_000.0, TierDefaultAction::Deny)),
+            "kube-admin" => Some((1_000.0, TierDefaultAction::Pass)),
+            "kube-baseline" => Some((10_000_000.0, TierDefaultAction::Pass)),
+            _ => None,
+        };
+        if let Some((order, action)) = fixed {
+            if self.spec.order != Some(order) {
+                e.add(
+                    "spec.order",
+                    format!("the {name:?} tier must have order {order}"),
+                );
+            }
+            if self.spec.default_action.is_some_and(|a| a != action) {
+                e.add(
+                    "spec.defaultAction",
+                    format!("the {name:?} tier must have defaultAction {action:?}"),
+                );
+            }
         }
         e.finish(self)
     }
@@ -521,23 +572,59 @@ impl Validate for BGPPeer {
         {
             e.add("spec.peerIP", r);
         }
-        if s.node.is_some() && s.node_selector.is_some() {
+        let set = |v: &Option<String>| v.as_deref().is_some_and(|x| !x.is_empty());
+        let has_as = s.as_number.is_some_and(|a| a.0 != 0);
+        if set(&s.node) && set(&s.node_selector) {
             e.add(
                 "spec.nodeSelector",
                 "node and nodeSelector cannot both be set",
             );
         }
-        if s.peer_ip.is_some() && s.peer_selector.is_some() {
+        if set(&s.peer_ip) && set(&s.peer_selector) {
             e.add(
                 "spec.peerSelector",
                 "peerIP and peerSelector cannot both be set",
             );
         }
-        if s.peer_selector.is_none() && s.peer_ip.is_none() {
-            e.add("spec.peerIP", "either peerIP or peerSelector is required");
+        if set(&s.peer_selector) && has_as {
+            e.add(
+                "spec.asNumber",
+                "asNumber must be empty when peerSelector is set",
+            );
         }
-        if s.peer_ip.is_some() && s.as_number.is_none() {
-            e.add("spec.asNumber", "asNumber is required with peerIP");
+        if set(&s.local_workload_selector) {
+            if set(&s.peer_ip) {
+                e.add(
+                    "spec.peerIP",
+                    "peerIP must be empty when localWorkloadSelector is set",
+                );
+            }
+            if set(&s.peer_selector) {
+                e.add(
+                    "spec.peerSelector",
+                    "peerSelector must be empty when localWorkloadSelector is set",
+                );
+            }
+            if !has_as {
+                e.add(
+                    "spec.asNumber",
+                    "asNumber is required when localWorkloadSelector is set",
+                );
+            }
+        }
+        if set(&s.reachable_by) && !set(&s.peer_ip) {
+            e.add("spec.reachableBy", "reachableBy needs peerIP");
+        }
+        if let Some(r) = s.reachable_by.as_deref().filter(|r| !r.is_empty())
+            && r.parse::<IpAddr>().is_err()
+        {
+            e.add("spec.reachableBy", format!("{r:?} is not an IP address"));
+        }
+        if s.keep_original_next_hop == Some(true) && s.next_hop_mode.is_some() {
+            e.add(
+                "spec.keepOriginalNextHop",
+                "keepOriginalNextHop and nextHopMode cannot both be set (use nextHopMode)",
+            );
         }
         check_selector("spec.nodeSelector", s.node_selector.as_deref(), &mut e);
         check_selector("spec.peerSelector", s.peer_selector.as_deref(), &mut e);
@@ -608,6 +695,26 @@ impl Validate for BGPConfiguration {
                 }
             }
         }
+        if s.node_to_node_mesh_enabled == Some(false) {
+            if s.node_mesh_password.is_some() {
+                e.add(
+                    "spec.nodeMeshPassword",
+                    "cannot be set when nodeToNodeMeshEnabled is false",
+                );
+            }
+            if s.node_mesh_max_restart_time.is_some() {
+                e.add(
+                    "spec.nodeMeshMaxRestartTime",
+                    "cannot be set when nodeToNodeMeshEnabled is false",
+                );
+            }
+        }
+        if !s.communities.is_empty() && s.prefix_advertisements.is_empty() {
+            e.add(
+                "spec.communities",
+                "communities are defined but no prefixAdvertisements use them",
+            );
+        }
         for (i, c) in s.communities.iter().enumerate() {
             if let Some(v) = c.value.as_deref()
                 && let Err(r) = check_community(v)
@@ -645,6 +752,9 @@ impl Validate for HostEndpoint {
         let mut e = Errs::default();
         check_meta::<Self>(&self.metadata, &mut e);
         let s = &self.spec;
+        if s.node.as_deref().is_none_or(str::is_empty) {
+            e.add("spec.node", "node is required");
+        }
         if s.interface_name.as_deref().is_none_or(str::is_empty) && s.expected_ips.is_empty() {
             e.add(
                 "spec.interfaceName",
@@ -783,14 +893,261 @@ macro_rules! meta_only_validate {
     )*};
 }
 meta_only_validate!(
-    IPAMConfiguration,
-    BGPFilter,
-    StagedKubernetesNetworkPolicy,
-    FelixConfiguration,
     KubeControllersConfiguration,
     ClusterInformation,
     CalicoNodeStatus,
-    IPAMBlock,
-    IPAMHandle,
-    BlockAffinity
+    IPAMHandle
 );
+
+// ---------------------------------------------------------------- the rest
+
+/// The parts of a BGPFilter rule that Calico's rules look at, for both address families.
+struct FilterRuleView<'a> {
+    cidr: Option<&'a str>,
+    has_match_operator: bool,
+    prefix: Option<&'a BGPFilterPrefixLength>,
+    accept: bool,
+    has_operations: bool,
+}
+
+impl<'a> From<&'a BGPFilterRuleV4> for FilterRuleView<'a> {
+    fn from(r: &'a BGPFilterRuleV4) -> Self {
+        FilterRuleView {
+            cidr: r.cidr.as_deref(),
+            has_match_operator: r.match_operator.is_some(),
+            prefix: r.prefix_length.as_ref(),
+            accept: r.action == BGPFilterAction::Accept,
+            has_operations: !r.operations.is_empty(),
+        }
+    }
+}
+
+impl<'a> From<&'a BGPFilterRuleV6> for FilterRuleView<'a> {
+    fn from(r: &'a BGPFilterRuleV6) -> Self {
+        FilterRuleView {
+            cidr: r.cidr.as_deref(),
+            has_match_operator: r.match_operator.is_some(),
+            prefix: r.prefix_length.as_ref(),
+            accept: r.action == BGPFilterAction::Accept,
+            has_operations: !r.operations.is_empty(),
+        }
+    }
+}
+
+fn check_bgp_filter_rule(path: &str, r: FilterRuleView<'_>, v6: bool, e: &mut Errs) {
+    let cidr = r.cidr.filter(|c| !c.is_empty());
+    if cidr.is_some() != r.has_match_operator {
+        e.add(
+            format!("{path}.matchOperator"),
+            "cidr and matchOperator must both be set or both be empty",
+        );
+    }
+    let max_len = if v6 { 128 } else { 32 };
+    if let Some(c) = cidr {
+        match parse_cidr(c, false) {
+            Ok(IpNet::V6(_)) if !v6 => {
+                e.add(format!("{path}.cidr"), format!("{c:?} is not an IPv4 CIDR"))
+            }
+            Ok(IpNet::V4(_)) if v6 => {
+                e.add(format!("{path}.cidr"), format!("{c:?} is not an IPv6 CIDR"))
+            }
+            Ok(_) => {}
+            Err(reason) => e.add(format!("{path}.cidr"), reason),
+        }
+    }
+    if let Some(p) = r.prefix {
+        if cidr.is_none() {
+            e.add(format!("{path}.prefixLength"), "prefixLength needs cidr");
+        }
+        for (field, v) in [("min", p.min), ("max", p.max)] {
+            if let Some(v) = v
+                && !(0..=max_len).contains(&v)
+            {
+                e.add(
+                    format!("{path}.prefixLength.{field}"),
+                    format!("{v} is not in 0..={max_len}"),
+                );
+            }
+        }
+        if let (Some(min), Some(max)) = (p.min, p.max)
+            && min > max
+        {
+            e.add(
+                format!("{path}.prefixLength"),
+                format!("min {min} is greater than max {max}"),
+            );
+        }
+    }
+    if r.has_operations && !r.accept {
+        e.add(
+            format!("{path}.operations"),
+            "operations may only be used with action Accept",
+        );
+    }
+}
+
+impl Validate for BGPFilter {
+    fn validate(&self) -> Result<(), ValidationErrors> {
+        let mut e = Errs::default();
+        check_meta::<Self>(&self.metadata, &mut e);
+        let s = &self.spec;
+        for (field, rules) in [("exportV4", &s.export_v4), ("importV4", &s.import_v4)] {
+            for (i, r) in rules.iter().enumerate() {
+                check_bgp_filter_rule(&format!("spec.{field}[{i}]"), r.into(), false, &mut e);
+            }
+        }
+        for (field, rules) in [("exportV6", &s.export_v6), ("importV6", &s.import_v6)] {
+            for (i, r) in rules.iter().enumerate() {
+                check_bgp_filter_rule(&format!("spec.{field}[{i}]"), r.into(), true, &mut e);
+            }
+        }
+        e.finish(self)
+    }
+}
+
+impl Validate for FelixConfiguration {
+    fn validate(&self) -> Result<(), ValidationErrors> {
+        let mut e = Errs::default();
+        check_meta::<Self>(&self.metadata, &mut e);
+        let s = &self.spec;
+        let name = self.metadata.name.as_deref().unwrap_or_default();
+        if (name == "default" || name.starts_with("node.")) && s.node_selector.is_some() {
+            e.add(
+                "spec.nodeSelector",
+                "must not be set on the default or a per-node (node.*) FelixConfiguration",
+            );
+        }
+        check_selector("spec.nodeSelector", s.node_selector.as_deref(), &mut e);
+        if s.route_table_range.is_some() && !s.route_table_ranges.is_empty() {
+            e.add(
+                "spec.routeTableRanges",
+                "routeTableRange and routeTableRanges cannot both be set",
+            );
+        }
+        if let Some(r) = &s.route_table_range
+            && !(1 <= r.min && r.min <= r.max && r.max <= 250)
+        {
+            e.add(
+                "spec.routeTableRange",
+                format!("{}..{} is not a range within 1..=250", r.min, r.max),
+            );
+        }
+        for (i, r) in s.route_table_ranges.iter().enumerate() {
+            if r.min < 1 {
+                e.add(
+                    format!("spec.routeTableRanges[{i}].min"),
+                    "min must be at least 1",
+                );
+            }
+            if r.min > r.max {
+                e.add(
+                    format!("spec.routeTableRanges[{i}]"),
+                    "min must not be greater than max",
+                );
+            }
+        }
+        for (field, value, v6) in [
+            ("natOutgoingAddress", &s.nat_outgoing_address, false),
+            (
+                "deviceRouteSourceAddress",
+                &s.device_route_source_address,
+                false,
+            ),
+            (
+                "deviceRouteSourceAddressIPv6",
+                &s.device_route_source_address_ipv6,
+                true,
+            ),
+        ] {
+            if let Some(v) = value.as_deref().filter(|v| !v.is_empty()) {
+                let ok = match v.parse::<IpAddr>() {
+                    Ok(IpAddr::V4(_)) => !v6,
+                    Ok(IpAddr::V6(_)) => v6,
+                    Err(_) => false,
+                };
+                if !ok {
+                    let fam = if v6 { "IPv6" } else { "IPv4" };
+                    e.add(
+                        format!("spec.{field}"),
+                        format!("{v:?} is not an {fam} address"),
+                    );
+                }
+            }
+        }
+        e.finish(self)
+    }
+}
+
+impl Validate for StagedKubernetesNetworkPolicy {
+    fn validate(&self) -> Result<(), ValidationErrors> {
+        let mut e = Errs::default();
+        check_meta::<Self>(&self.metadata, &mut e);
+        let s = &self.spec;
+        let peers = s
+            .ingress
+            .iter()
+            .enumerate()
+            .flat_map(|(i, r)| {
+                r.from
+                    .iter()
+                    .enumerate()
+                    .map(move |(j, p)| (format!("spec.ingress[{i}].from[{j}]"), p))
+            })
+            .chain(s.egress.iter().enumerate().flat_map(|(i, r)| {
+                r.to.iter()
+                    .enumerate()
+                    .map(move |(j, p)| (format!("spec.egress[{i}].to[{j}]"), p))
+            }));
+        for (path, peer) in peers {
+            if let Some(b) = &peer.ip_block {
+                let net = match parse_cidr(&b.cidr, false) {
+                    Ok(n) => Some(n),
+                    Err(r) => {
+                        e.add(format!("{path}.ipBlock.cidr"), r);
+                        None
+                    }
+                };
+                for (k, x) in b.except.iter().enumerate() {
+                    match (parse_cidr(x, false), net) {
+                        (Err(r), _) => e.add(format!("{path}.ipBlock.except[{k}]"), r),
+                        (Ok(xn), Some(n)) if !n.contains(&xn) => e.add(
+                            format!("{path}.ipBlock.except[{k}]"),
+                            format!("{xn} is not inside the block's cidr {n}"),
+                        ),
+                        _ => {}
+                    }
+                }
+            }
+        }
+        e.finish(self)
+    }
+}
+
+macro_rules! cidr_validate {
+    ($($ty:ty),*) => {$(
+        impl Validate for $ty {
+            fn validate(&self) -> Result<(), ValidationErrors> {
+                let mut e = Errs::default();
+                check_meta::<Self>(&self.metadata, &mut e);
+                if let Err(r) = parse_cidr(&self.spec.cidr, true) {
+                    e.add("spec.cidr", r);
+                }
+                e.finish(self)
+            }
+        }
+    )*};
+}
+cidr_validate!(IPAMBlock, BlockAffinity);
+
+impl Validate for IPAMConfiguration {
+    fn validate(&self) -> Result<(), ValidationErrors> {
+        let mut e = Errs::default();
+        check_meta::<Self>(&self.metadata, &mut e);
+        if let Some(m) = self.spec.max_blocks_per_host
+            && m < 0
+        {
+            e.add("spec.maxBlocksPerHost", format!("{m} is negative"));
+        }
+        e.finish(self)
+    }
+}

@@ -373,7 +373,24 @@ fn bgp_peer_and_configuration_rules() {
         paths(&peer("{peerIP: 192.168.33.300, asNumber: 1}")),
         vec!["spec.peerIP"]
     );
-    assert_eq!(paths(&peer("{peerIP: 10.0.0.1}")), vec!["spec.asNumber"]);
+    assert_eq!(
+        paths(&peer("{peerSelector: all(), asNumber: 64512}")),
+        vec!["spec.asNumber"]
+    );
+    assert_eq!(
+        paths(&peer("{localWorkloadSelector: app == 'x'}")),
+        vec!["spec.asNumber"]
+    );
+    assert_eq!(
+        paths(&peer("{peerSelector: all(), reachableBy: 10.0.0.1}")),
+        vec!["spec.reachableBy"]
+    );
+    assert_eq!(
+        paths(&peer(
+            "{peerIP: 10.0.0.1, keepOriginalNextHop: true, nextHopMode: Self}"
+        )),
+        vec!["spec.keepOriginalNextHop"]
+    );
     assert_eq!(
         paths(&peer(
             "{peerIP: 10.0.0.1, asNumber: 1, node: a, nodeSelector: all()}"
@@ -385,7 +402,11 @@ fn bgp_peer_and_configuration_rules() {
     );
     assert_eq!(
         paths(&conf),
-        vec!["spec.listenPort", "spec.communities[0].value"]
+        vec![
+            "spec.listenPort",
+            "spec.communities",
+            "spec.communities[0].value"
+        ]
     );
 }
 
@@ -403,4 +424,292 @@ fn endpoints_and_sets_rules() {
         "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkSet\nmetadata: {name: s, namespace: x}\nspec: {nets: [1.2.3.4]}",
     );
     assert_eq!(paths(&gns), vec!["metadata.namespace"]);
+}
+
+/// One valid and one invalid document per kind, with the field paths the invalid one must
+/// report. Each valid document also survives defaulting and a JSON round trip unchanged.
+#[test]
+fn every_kind_accepts_a_valid_document_and_names_the_fields_of_an_invalid_one() {
+    let h = "apiVersion: projectcalico.org/v3\nkind:";
+    let cases: &[(&str, &str, &[&str])] = &[
+        (
+            "IPPool",
+            "metadata: {name: p}\nspec: {cidr: 10.0.0.0/16}",
+            &[],
+        ),
+        (
+            "IPPool",
+            "metadata: {name: p}\nspec: {cidr: 10.0.0.0/16, blockSize: 19}",
+            &["spec.blockSize"],
+        ),
+        (
+            "IPReservation",
+            "metadata: {name: r}\nspec: {reservedCIDRs: [10.0.0.0/24, 10.1.0.1]}",
+            &[],
+        ),
+        (
+            "IPReservation",
+            "metadata: {name: r}\nspec: {reservedCIDRs: [10.0.0.0/33]}",
+            &["spec.reservedCIDRs[0]"],
+        ),
+        (
+            "IPAMConfiguration",
+            "metadata: {name: default}\nspec: {strictAffinity: false, autoAllocateBlocks: true, maxBlocksPerHost: 4}",
+            &[],
+        ),
+        (
+            "IPAMConfiguration",
+            "metadata: {name: default}\nspec: {strictAffinity: false, autoAllocateBlocks: true, maxBlocksPerHost: -1}",
+            &["spec.maxBlocksPerHost"],
+        ),
+        (
+            "BGPConfiguration",
+            "metadata: {name: default}\nspec: {asNumber: 64512, nodeToNodeMeshEnabled: true}",
+            &[],
+        ),
+        (
+            "BGPConfiguration",
+            "metadata: {name: default}\nspec: {nodeToNodeMeshEnabled: false, nodeMeshMaxRestartTime: 120s}",
+            &["spec.nodeMeshMaxRestartTime"],
+        ),
+        (
+            "BGPPeer",
+            "metadata: {name: p}\nspec: {peerIP: 192.168.33.12, asNumber: 64512}",
+            &[],
+        ),
+        (
+            "BGPPeer",
+            "metadata: {name: p}\nspec: {peerIP: 192.168.33.12, peerSelector: all()}",
+            &["spec.peerSelector"],
+        ),
+        (
+            "BGPFilter",
+            "metadata: {name: f}\nspec:\n  exportV4: [{action: Accept, cidr: 10.0.0.0/8, matchOperator: In}]",
+            &[],
+        ),
+        (
+            "BGPFilter",
+            "metadata: {name: f}\nspec:\n  exportV4: [{action: Reject, cidr: fd00::/8, operations: [{addCommunity: {value: '1:1'}}]}]",
+            &[
+                "spec.exportV4[0].matchOperator",
+                "spec.exportV4[0].cidr",
+                "spec.exportV4[0].operations",
+            ],
+        ),
+        (
+            "Node",
+            "metadata: {name: node1}\nspec: {bgp: {ipv4Address: 192.168.33.11/24}}",
+            &[],
+        ),
+        (
+            "Node",
+            "metadata: {name: node1}\nspec: {bgp: {ipv4Address: 'fd00::1/64'}}",
+            &["spec.bgp.ipv4Address"],
+        ),
+        (
+            "WorkloadEndpoint",
+            "metadata: {name: w, namespace: ns}\nspec: {node: n, ipNetworks: [10.0.0.1/32], mac: 'ee:ee:ee:ee:ee:ee'}",
+            &[],
+        ),
+        (
+            "WorkloadEndpoint",
+            "metadata: {name: w, namespace: ns}\nspec: {ipNetworks: [10.0.0.1], mac: 'ee:ee'}",
+            &["spec.ipNetworks[0]", "spec.mac"],
+        ),
+        (
+            "HostEndpoint",
+            "metadata: {name: h}\nspec: {node: n, interfaceName: eth0}",
+            &[],
+        ),
+        (
+            "HostEndpoint",
+            "metadata: {name: h}\nspec: {interfaceName: eth0, expectedIPs: [x]}",
+            &["spec.node", "spec.expectedIPs[0]"],
+        ),
+        (
+            "NetworkPolicy",
+            "metadata: {name: p, namespace: ns}\nspec: {selector: app == 'x', ingress: [{action: Allow}]}",
+            &[],
+        ),
+        (
+            "NetworkPolicy",
+            "metadata: {name: p, namespace: ns}\nspec: {selector: global()}",
+            &["spec.selector"],
+        ),
+        (
+            "GlobalNetworkPolicy",
+            "metadata: {name: p}\nspec: {selector: all(), preDNAT: true, applyOnForward: true, ingress: [{action: Deny}]}",
+            &[],
+        ),
+        (
+            "GlobalNetworkPolicy",
+            "metadata: {name: p}\nspec: {preDNAT: true, types: [Egress]}",
+            &["spec.types", "spec.applyOnForward"],
+        ),
+        (
+            "StagedNetworkPolicy",
+            "metadata: {name: p, namespace: ns}\nspec: {stagedAction: Set, selector: all()}",
+            &[],
+        ),
+        (
+            "StagedNetworkPolicy",
+            "metadata: {name: p, namespace: ns}\nspec: {ingress: [{action: Allow, destination: {services: {namespace: x}}}]}",
+            &["spec.ingress[0].destination.services.name"],
+        ),
+        (
+            "StagedGlobalNetworkPolicy",
+            "metadata: {name: p}\nspec: {stagedAction: Delete}",
+            &[],
+        ),
+        (
+            "StagedGlobalNetworkPolicy",
+            "metadata: {name: p}\nspec: {doNotTrack: true}",
+            &["spec.applyOnForward"],
+        ),
+        (
+            "StagedKubernetesNetworkPolicy",
+            "metadata: {name: k, namespace: ns}\nspec: {podSelector: {}, ingress: [{from: [{ipBlock: {cidr: 10.0.0.0/8, except: [10.1.0.0/16]}}]}]}",
+            &[],
+        ),
+        (
+            "StagedKubernetesNetworkPolicy",
+            "metadata: {name: k, namespace: ns}\nspec: {ingress: [{from: [{ipBlock: {cidr: 10.0.0.0/8, except: [11.0.0.0/16]}}]}]}",
+            &["spec.ingress[0].from[0].ipBlock.except[0]"],
+        ),
+        (
+            "Tier",
+            "metadata: {name: security}\nspec: {order: 100}",
+            &[],
+        ),
+        (
+            "Tier",
+            "metadata: {name: default}\nspec: {order: 5, defaultAction: Pass}",
+            &["spec.order", "spec.defaultAction"],
+        ),
+        (
+            "NetworkSet",
+            "metadata: {name: s, namespace: ns}\nspec: {nets: [10.0.0.0/8]}",
+            &[],
+        ),
+        (
+            "NetworkSet",
+            "metadata: {name: s}\nspec: {nets: [10.0.0.0/99]}",
+            &["spec.nets[0]"],
+        ),
+        (
+            "GlobalNetworkSet",
+            "metadata: {name: s, labels: {a: b}}\nspec: {nets: ['fd00::/8']}",
+            &[],
+        ),
+        (
+            "GlobalNetworkSet",
+            "metadata: {name: S}\nspec: {}",
+            &["metadata.name"],
+        ),
+        (
+            "Profile",
+            "metadata: {name: kns.default}\nspec: {labelsToApply: {a: b}, ingress: [{action: Allow}]}",
+            &[],
+        ),
+        (
+            "Profile",
+            "metadata: {name: p}\nspec: {egress: [{action: Allow, protocol: UDP, notICMP: {type: 3}}]}",
+            &["spec.egress[0].notICMP"],
+        ),
+        (
+            "FelixConfiguration",
+            "metadata: {name: default}\nspec: {logSeverityScreen: Info, routeTableRange: {min: 1, max: 250}}",
+            &[],
+        ),
+        (
+            "FelixConfiguration",
+            "metadata: {name: default}\nspec: {nodeSelector: all(), natOutgoingAddress: 'fd00::1'}",
+            &["spec.nodeSelector", "spec.natOutgoingAddress"],
+        ),
+        (
+            "KubeControllersConfiguration",
+            "metadata: {name: default}\nspec: {controllers: {node: {syncLabels: Enabled}}}",
+            &[],
+        ),
+        (
+            "KubeControllersConfiguration",
+            "metadata: {name: default, namespace: x}\nspec: {controllers: {}}",
+            &["metadata.namespace"],
+        ),
+        (
+            "ClusterInformation",
+            "metadata: {name: default}\nspec: {clusterGUID: abc, datastoreReady: true}",
+            &[],
+        ),
+        (
+            "ClusterInformation",
+            "metadata: {}\nspec: {}",
+            &["metadata.name"],
+        ),
+        (
+            "CalicoNodeStatus",
+            "metadata: {name: n}\nspec: {node: node1, classes: [Agent, BGP], updatePeriodSeconds: 10}",
+            &[],
+        ),
+        (
+            "CalicoNodeStatus",
+            "metadata: {name: n_1}\nspec: {}",
+            &["metadata.name"],
+        ),
+        (
+            "IPAMBlock",
+            "metadata: {name: 10-0-0-0-26}\nspec: {cidr: 10.0.0.0/26, allocations: [0, null], unallocated: [1], attributes: [], strictAffinity: false}",
+            &[],
+        ),
+        (
+            "IPAMBlock",
+            "metadata: {name: b}\nspec: {cidr: 10.0.0.1/26, allocations: [], unallocated: [], attributes: [], strictAffinity: false}",
+            &["spec.cidr"],
+        ),
+        (
+            "IPAMHandle",
+            "metadata: {name: h}\nspec: {handleID: h, block: {'10.0.0.0/26': 1}}",
+            &[],
+        ),
+        (
+            "IPAMHandle",
+            "metadata: {name: 'h h'}\nspec: {handleID: h, block: {}}",
+            &["metadata.name"],
+        ),
+        (
+            "BlockAffinity",
+            "metadata: {name: a}\nspec: {cidr: 10.0.0.0/26, node: n, state: confirmed, deleted: false}",
+            &[],
+        ),
+        (
+            "BlockAffinity",
+            "metadata: {name: a}\nspec: {cidr: 10.0.0.0, node: n, state: pending, deleted: false}",
+            &["spec.cidr"],
+        ),
+    ];
+    let mut covered = std::collections::BTreeSet::new();
+    for (kind, body, expected) in cases {
+        let doc = format!("{h} {kind}\n{body}");
+        let mut r = from_value(yaml(&doc)).unwrap_or_else(|e| panic!("{kind}: {e}\n{doc}"));
+        assert_eq!(r.kind(), *kind);
+        covered.insert(*kind);
+        let got = paths(&r);
+        assert_eq!(got, *expected, "{doc}");
+        if expected.is_empty() {
+            let value = r.to_value().unwrap();
+            assert_eq!(
+                from_value(value.clone()).unwrap(),
+                r,
+                "round trip of {kind}"
+            );
+            r.set_defaults();
+            assert!(
+                r.validate().is_ok(),
+                "{kind} invalid after defaults: {:?}",
+                r.validate()
+            );
+        }
+    }
+    let all: std::collections::BTreeSet<&str> = KINDS.iter().map(|k| k.kind).collect();
+    assert_eq!(covered, all, "every kind has cases");
 }

@@ -325,8 +325,11 @@ pub struct FelixConfigurationSpec {
     pub device_route_protocol: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub device_route_source_address: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub device_route_source_address_i_pv6: Option<String>,
+    #[serde(
+        rename = "deviceRouteSourceAddressIPv6",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub device_route_source_address_ipv6: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub disable_conntrack_invalid_check: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
