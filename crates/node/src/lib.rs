@@ -3,5 +3,7 @@
 
 pub mod autodetect;
 pub mod config;
+pub mod peering;
 pub mod routes;
+pub mod startup;
 pub mod status;
