@@ -2,7 +2,7 @@
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::DEFAULT_CONFIG_PATH;
+use calico_datastore::DEFAULT_CONFIG_PATH;
 
 #[derive(Debug, Parser)]
 #[command(

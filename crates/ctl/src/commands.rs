@@ -10,7 +10,6 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use crate::cli::{CreateArgs, DeleteArgs, FileArgs, GetArgs, LabelArgs, PatchArgs, Source};
-use crate::config::{self, ConfigError};
 use crate::document::{self, LoadError, Origin, RawResource};
 use crate::etcd_store::EtcdStore;
 use crate::kinds::{self, KindInfo, TableContext};
@@ -18,6 +17,7 @@ use crate::merge;
 use crate::output::{self, Format, FormatError};
 use crate::store::{ResourceKey, Store, StoreError, Stored, WriteOp};
 use crate::validate::{self, Depth, NamespaceFlags, Prepared, Problem, ResourceModel};
+use calico_datastore::{CalicoApiConfig, ConfigError};
 
 /// Where a command reads and writes, and how it sees the environment.
 pub struct Io<'a> {
@@ -32,6 +32,8 @@ pub struct Session {
     pub model: Arc<dyn ResourceModel>,
     /// A store to use instead of the one the configuration names (unit tests).
     pub store: Option<Arc<dyn Store>>,
+    /// Config file read when `-c` is not given (`/etc/calico/calicoctl.cfg`).
+    pub default_config_path: String,
 }
 
 /// The write verbs, with the words calicoctl uses for them.
@@ -249,8 +251,14 @@ impl Session {
         if let Some(s) = &self.store {
             return Ok(s.clone());
         }
-        let cfg = config::load(config_path, io.env)?;
-        let store = EtcdStore::connect(&cfg).await.map_err(CtlError::Connect)?;
+        let cfg = CalicoApiConfig::load_with(
+            config_path.map(std::path::Path::new),
+            std::path::Path::new(&self.default_config_path),
+            io.env,
+        )?;
+        let store = EtcdStore::connect(cfg.etcd_config()?)
+            .await
+            .map_err(CtlError::Connect)?;
         Ok(Arc::new(store))
     }
 }

@@ -1,4 +1,5 @@
-//! [`Store`] on etcd v3 in Calico's key layout, with compare-and-swap batches.
+//! [`Store`] on etcd v3 in Calico's key layout, through `calico-datastore`'s key-value client
+//! (bounded retries, TLS and credentials as Calico configures them).
 //!
 //! Values are the JSON of the resource without `metadata.resourceVersion`; the key's
 //! `mod_revision` is the resource version. A batch is one etcd transaction whose guards
@@ -6,110 +7,83 @@
 //! delete), so either all writes apply or none do.
 //!
 //! etcd refuses transactions with more than `--max-txn-ops` operations (128 by default).
-//! Larger batches are split into transactions of at most [`MAX_TXN_OPS`] writes; then only
-//! each chunk is atomic, and a failure after the first chunk is reported as
+//! Larger batches are split into transactions of at most that many writes; then only each
+//! chunk is atomic, and a failure after the first chunk is reported as
 //! [`StoreError::Partial`] naming how many writes were applied. calicoctl validates
 //! everything and checks every precondition before the first chunk, so this happens only
 //! when another writer races with us.
 
-use std::time::Duration;
-
 use async_trait::async_trait;
-use etcd_client::{
-    Certificate, Client, Compare, CompareOp, ConnectOptions, GetOptions, Identity, TlsOptions, Txn,
-    TxnOp,
-};
+use calico_datastore::{Compare, EtcdClient, EtcdConfig, KeyValue, KvError, TxnOutcome, Write};
 use serde_json::Value;
 
-use crate::config::EtcdConfig;
 use crate::kinds::KindInfo;
 use crate::store::{ResourceKey, Store, StoreError, Stored, WriteOp, prefix, strip_revision};
 
-/// Writes per transaction: etcd's default `--max-txn-ops`.
-pub const MAX_TXN_OPS: usize = 128;
 /// Bytes per transaction, well under etcd's default 1.5 MiB request limit.
 const MAX_TXN_BYTES: usize = 1024 * 1024;
 
 pub struct EtcdStore {
-    client: Client,
+    kv: EtcdClient,
 }
 
 impl EtcdStore {
     pub async fn connect(cfg: &EtcdConfig) -> Result<Self, StoreError> {
-        let endpoints = cfg.endpoints.join(",");
-        let connect_err = |reason: String| StoreError::Connect {
-            endpoints: endpoints.clone(),
-            reason,
-        };
-        let mut opts = ConnectOptions::new()
-            .with_connect_timeout(Duration::from_secs(5))
-            .with_timeout(Duration::from_secs(30));
-        if let (Some(user), Some(password)) = (&cfg.username, &cfg.password) {
-            opts = opts.with_user(user.clone(), password.clone());
-        }
-        let uses_tls = cfg.endpoints.iter().any(|e| e.starts_with("https://"))
-            || cfg.ca_cert_file.is_some()
-            || cfg.cert_file.is_some();
-        if uses_tls {
-            let mut tls = TlsOptions::new();
-            if let Some(ca) = &cfg.ca_cert_file {
-                let pem = std::fs::read(ca)
-                    .map_err(|e| connect_err(format!("etcdCACertFile {}: {e}", ca.display())))?;
-                tls = tls.ca_certificate(Certificate::from_pem(pem));
-            }
-            if let (Some(cert), Some(key)) = (&cfg.cert_file, &cfg.key_file) {
-                let cert_pem = std::fs::read(cert)
-                    .map_err(|e| connect_err(format!("etcdCertFile {}: {e}", cert.display())))?;
-                let key_pem = std::fs::read(key)
-                    .map_err(|e| connect_err(format!("etcdKeyFile {}: {e}", key.display())))?;
-                tls = tls.identity(Identity::from_pem(cert_pem, key_pem));
-            }
-            opts = opts.with_tls(tls);
-        }
-        let client = Client::connect(cfg.endpoints.clone(), Some(opts))
+        let kv = EtcdClient::connect(cfg)
             .await
-            .map_err(|e| connect_err(e.to_string()))?;
-        Ok(EtcdStore { client })
+            .map_err(|e| StoreError::Connect {
+                endpoints: cfg.endpoints.join(","),
+                reason: error_chain(&e),
+            })?;
+        Ok(EtcdStore { kv })
     }
 
-    /// The underlying client, for tests that check etcd directly.
-    pub fn client(&self) -> Client {
-        self.client.clone()
+    pub fn from_client(kv: EtcdClient) -> Self {
+        EtcdStore { kv }
     }
 }
 
-fn backend(operation: &'static str) -> impl Fn(etcd_client::Error) -> StoreError {
+/// The error and its causes on one line (etcd's own reason is usually in the source).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+fn backend(operation: &'static str) -> impl Fn(KvError) -> StoreError {
     move |e| StoreError::Backend {
         operation,
-        reason: e.to_string(),
+        reason: error_chain(&e),
     }
 }
 
-fn decode(key: &[u8], value: &[u8], revision: i64) -> Result<Stored, StoreError> {
-    let mut v: Value = serde_json::from_slice(value).map_err(|e| StoreError::Corrupt {
-        key: String::from_utf8_lossy(key).into_owned(),
+fn decode(kv: &KeyValue) -> Result<Stored, StoreError> {
+    let mut v: Value = serde_json::from_slice(&kv.value).map_err(|e| StoreError::Corrupt {
+        key: kv.key.clone(),
         reason: e.to_string(),
     })?;
     if let Some(meta) = v.get_mut("metadata").and_then(Value::as_object_mut) {
         meta.insert(
             "resourceVersion".into(),
-            Value::String(revision.to_string()),
+            Value::String(kv.mod_revision.to_string()),
         );
     }
-    Ok(Stored { value: v, revision })
+    Ok(Stored {
+        value: v,
+        revision: kv.mod_revision,
+    })
 }
 
 #[async_trait]
 impl Store for EtcdStore {
     async fn get(&self, key: &ResourceKey) -> Result<Option<Stored>, StoreError> {
-        let resp = self
-            .client
-            .clone()
-            .get(key.etcd_key(), None)
-            .await
-            .map_err(backend("get"))?;
-        match resp.kvs().first() {
-            Some(kv) => decode(kv.key(), kv.value(), kv.mod_revision()).map(Some),
+        match self.kv.get(&key.etcd_key()).await.map_err(backend("get"))? {
+            Some(kv) => decode(&kv).map(Some),
             None => Ok(None),
         }
     }
@@ -124,19 +98,12 @@ impl Store for EtcdStore {
             p.push_str(ns);
             p.push('/');
         }
-        let resp = self
-            .client
-            .clone()
-            .get(p, Some(GetOptions::new().with_prefix()))
-            .await
-            .map_err(backend("list"))?;
-        resp.kvs()
-            .iter()
-            .map(|kv| decode(kv.key(), kv.value(), kv.mod_revision()))
-            .collect()
+        let listing = self.kv.list(&p).await.map_err(backend("list"))?;
+        listing.kvs.iter().map(decode).collect()
     }
 
     async fn commit(&self, ops: &[WriteOp]) -> Result<Vec<i64>, StoreError> {
+        let max_ops = self.kv.max_txn_ops().max(1);
         let mut revisions = Vec::with_capacity(ops.len());
         let mut start = 0;
         while start < ops.len() {
@@ -144,7 +111,7 @@ impl Store for EtcdStore {
             let mut bytes = 0;
             let mut compares = Vec::new();
             let mut writes = Vec::new();
-            while end < ops.len() && end - start < MAX_TXN_OPS {
+            while end < ops.len() && end - start < max_ops {
                 let (cmp, write, size) = txn_parts(&ops[end])?;
                 if end > start && bytes + size > MAX_TXN_BYTES {
                     break;
@@ -154,23 +121,21 @@ impl Store for EtcdStore {
                 writes.push(write);
                 end += 1;
             }
-            let txn = Txn::new().when(compares).and_then(writes);
-            let result = self.client.clone().txn(txn).await;
-            let failure = match result {
-                Ok(resp) if resp.succeeded() => {
-                    let rev = resp.header().map_or(0, |h| h.revision());
+            let failure = match self.kv.txn(compares, writes).await {
+                Ok(TxnOutcome::Committed { revision }) => {
                     for op in &ops[start..end] {
                         revisions.push(if matches!(op, WriteOp::Delete { .. }) {
                             0
                         } else {
-                            rev
+                            revision
                         });
                     }
                     None
                 }
-                Ok(_) => Some(StoreError::Conflict {
-                    identifiers: ops[start..end]
+                Ok(TxnOutcome::Failed { failed, .. }) => Some(StoreError::Conflict {
+                    identifiers: failed
                         .iter()
+                        .filter_map(|i| ops.get(start + i))
                         .map(|op| op.key().identifier())
                         .collect::<Vec<_>>()
                         .join(", "),
@@ -193,7 +158,7 @@ impl Store for EtcdStore {
     }
 }
 
-fn txn_parts(op: &WriteOp) -> Result<(Compare, TxnOp, usize), StoreError> {
+fn txn_parts(op: &WriteOp) -> Result<(Compare, Write, usize), StoreError> {
     let key = op.key().etcd_key();
     let encode = |value: &Value| {
         serde_json::to_vec(&strip_revision(value)).map_err(|e| StoreError::Corrupt {
@@ -206,8 +171,8 @@ fn txn_parts(op: &WriteOp) -> Result<(Compare, TxnOp, usize), StoreError> {
             let bytes = encode(value)?;
             let size = key.len() + bytes.len();
             (
-                Compare::create_revision(key.clone(), CompareOp::Equal, 0),
-                TxnOp::put(key, bytes, None),
+                Compare::Absent { key: key.clone() },
+                Write::Put { key, value: bytes },
                 size,
             )
         }
@@ -217,18 +182,25 @@ fn txn_parts(op: &WriteOp) -> Result<(Compare, TxnOp, usize), StoreError> {
             let bytes = encode(value)?;
             let size = key.len() + bytes.len();
             (
-                Compare::mod_revision(key.clone(), CompareOp::Equal, *revision),
-                TxnOp::put(key, bytes, None),
+                Compare::ModRevision {
+                    key: key.clone(),
+                    revision: *revision,
+                },
+                Write::Put { key, value: bytes },
                 size,
             )
         }
         WriteOp::Delete { revision, .. } => {
-            let cmp = match revision {
-                Some(r) => Compare::mod_revision(key.clone(), CompareOp::Equal, *r),
-                None => Compare::create_revision(key.clone(), CompareOp::Greater, 0),
-            };
+            // Deletes always carry the revision read just before (commands read first).
             let size = key.len();
-            (cmp, TxnOp::delete(key, None), size)
+            (
+                Compare::ModRevision {
+                    key: key.clone(),
+                    revision: revision.unwrap_or(0),
+                },
+                Write::Delete { key },
+                size,
+            )
         }
     })
 }

@@ -23,7 +23,8 @@ pub struct KindInfo {
     pub wide_headings: &'static [&'static str],
     /// Every heading `custom-columns=` accepts for this kind.
     pub all_headings: &'static [&'static str],
-    /// calico/node owns it: calicoctl may read it but not create, change or delete it.
+    /// Another component owns it (calico/node: ClusterInformation; IPAM: blocks, handles
+    /// and affinities): calicoctl may read it but not create, change or delete it.
     pub read_only: bool,
 }
 
@@ -89,7 +90,7 @@ pub static KINDS: &[KindInfo] = &[
         headings: &["NAME", "NODE", "CIDR", "STATE"],
         wide_headings: &["NAME", "NODE", "CIDR", "STATE"],
         all_headings: &["NAME", "NODE", "CIDR", "STATE"],
-        read_only: false,
+        read_only: true,
     },
     KindInfo {
         kind: "CalicoNodeStatus",
@@ -198,7 +199,7 @@ pub static KINDS: &[KindInfo] = &[
         headings: &["NAME", "CIDR", "AFFINITY"],
         wide_headings: &["NAME", "CIDR", "AFFINITY"],
         all_headings: &["NAME", "CIDR", "AFFINITY"],
-        read_only: false,
+        read_only: true,
     },
     KindInfo {
         kind: "IPAMConfiguration",
@@ -233,7 +234,7 @@ pub static KINDS: &[KindInfo] = &[
         headings: &["NAME", "HANDLEID"],
         wide_headings: &["NAME", "HANDLEID"],
         all_headings: &["NAME", "HANDLEID"],
-        read_only: false,
+        read_only: true,
     },
     KindInfo {
         kind: "IPPool",
@@ -597,7 +598,13 @@ fn scalar(v: Option<&Value>, missing: &str) -> String {
         None | Some(Value::Null) => missing.to_string(),
         Some(Value::String(s)) => s.clone(),
         Some(Value::Bool(b)) => b.to_string(),
-        Some(Value::Number(n)) => n.to_string(),
+        Some(Value::Number(n)) => match n.as_f64() {
+            // Go prints a float64 that holds an integer without a fraction (100, not 100.0).
+            Some(f) if !n.is_i64() && !n.is_u64() && f.fract() == 0.0 && f.abs() < 1e15 => {
+                format!("{}", f as i64)
+            }
+            _ => n.to_string(),
+        },
         Some(other) => other.to_string(),
     }
 }

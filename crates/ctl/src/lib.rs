@@ -8,15 +8,17 @@
 //! - [`store`] / [`etcd_store`]: the datastore as JSON objects with atomic batches;
 //! - [`commands`]: create / apply / replace / delete / get / patch / label / validate / version;
 //! - [`output`] / [`kinds`]: Calico's table layouts and per-kind facts;
-//! - [`config`]: `CalicoAPIConfig` file and environment.
+//!
+//! Configuration (`-c`, `/etc/calico/calicoctl.cfg`, DATASTORE_TYPE / ETCD_* variables) is
+//! loaded by `calico-datastore`'s `CalicoApiConfig`.
 
 pub mod cli;
 pub mod commands;
-pub mod config;
 pub mod document;
 pub mod etcd_store;
 pub mod kinds;
 pub mod merge;
+pub mod model;
 pub mod output;
 pub mod store;
 pub mod validate;
@@ -30,13 +32,10 @@ pub use commands::{CtlError, Io, Session};
 use crate::cli::{Cli, Command};
 use crate::commands::Verb;
 
-/// The model used to check resources of every kind.
-///
-/// NOT FINISHED: until `calico-api` publishes its typed kinds and validation, this checks only
-/// the envelope (apiVersion, kind, names, namespaces) plus calicoctl's cross checks; spec
-/// fields are not yet validated per kind.
+/// The model used to check resources of every kind: the typed kinds of `calico-api`
+/// (see [`model::ApiModel`] for what is and is not checked yet).
 pub fn default_model() -> Arc<dyn validate::ResourceModel> {
-    Arc::new(validate::EnvelopeOnly)
+    Arc::new(model::ApiModel)
 }
 
 impl Default for Session {
@@ -44,6 +43,7 @@ impl Default for Session {
         Session {
             model: default_model(),
             store: None,
+            default_config_path: calico_datastore::DEFAULT_CONFIG_PATH.to_string(),
         }
     }
 }

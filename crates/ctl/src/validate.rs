@@ -11,7 +11,7 @@
 //!
 //! Every problem is collected (nothing stops at the first) so the user sees all of them.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::fmt;
 
 use ipnet::IpNet;
@@ -401,14 +401,14 @@ pub fn cross_check(
     }
 
     // Pools: the final set is the stored pools, with the input's pools replacing those of
-    // the same name.
-    let mut pools: BTreeMap<String, (IpNet, Option<&Prepared>)> = BTreeMap::new();
+    // the same name, in input order (so an overlap is reported on the later document).
+    let mut pools: Vec<(String, IpNet, Option<&Prepared>)> = Vec::new();
     for s in stored_pools {
         if let (Some(name), Some(cidr)) = (
             s.value.pointer("/metadata/name").and_then(Value::as_str),
             pool_cidr(&s.value),
         ) {
-            pools.insert(name.to_string(), (cidr, None));
+            pools.push((name.to_string(), cidr, None));
         }
     }
     for p in input.iter().filter(|p| p.kind.kind == "IPPool") {
@@ -430,27 +430,17 @@ pub fn cross_check(
                 ),
             ));
         }
-        pools.insert(p.key.name.clone(), (cidr, Some(p)));
+        pools.retain(|(name, _, _)| name != &p.key.name);
+        pools.push((p.key.name.clone(), cidr, Some(p)));
     }
-    let entries: Vec<(&String, &(IpNet, Option<&Prepared>))> = pools.iter().collect();
-    for (i, (name_a, (a, pa))) in entries.iter().enumerate() {
-        for (name_b, (b, pb)) in entries.iter().skip(i + 1) {
+    for (i, (name_a, a, _)) in pools.iter().enumerate() {
+        for (name_b, b, pb) in pools.iter().skip(i + 1) {
             if !(a.contains(&b.network()) || b.contains(&a.network())) {
                 continue;
             }
-            // Report on the input document(s) involved; two stored pools that already
-            // overlap are not this command's problem.
-            if let Some(p) = pa {
-                problems.push(problem(
-                    p,
-                    FieldIssue::new(
-                        "spec.cidr",
-                        format!(
-                            "IPPool({name_a}) CIDR {a} overlaps with IPPool({name_b}) CIDR {b}"
-                        ),
-                    ),
-                ));
-            } else if let Some(p) = pb {
+            // Input pools come after stored ones, so the later entry is always an input
+            // document; two stored pools that already overlap are not this command's problem.
+            if let Some(p) = pb {
                 problems.push(problem(
                     p,
                     FieldIssue::new(
