@@ -11,7 +11,9 @@ pub mod config;
 pub mod kv;
 pub mod resource;
 
-pub use config::EtcdConfig;
+pub use config::{
+    CalicoApiConfig, ConfigError, ConfigSource, DEFAULT_CONFIG_PATH, DatastoreType, EtcdConfig,
+};
 pub use kv::{
     Compare, EtcdClient, KeyValue, KvError, KvWatchStream, Listing, RetryPolicy, TxnOutcome,
     WatchEvent, Write,
