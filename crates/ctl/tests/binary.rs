@@ -1,0 +1,140 @@
+//! The real `calicoctl` binary (built by `cargo build -p calico-rs --bin calicoctl`), run as a
+//! process against a real etcd: arguments, stdin, exit codes and the environment as a user
+//! sees them. Skipped with a note when the binary has not been built.
+
+mod common;
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+use common::{Etcd, write};
+
+fn binary() -> Option<PathBuf> {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target"));
+    let bin = target.join("debug/calicoctl");
+    if bin.is_file() {
+        Some(bin)
+    } else {
+        eprintln!(
+            "skipping: {} not built (cargo build -p calico-rs --bin calicoctl)",
+            bin.display()
+        );
+        None
+    }
+}
+
+struct Run {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+fn run(bin: &PathBuf, args: &[&str], env: &[(&str, &str)], stdin: &str) -> Run {
+    let mut cmd = Command::new(bin);
+    cmd.args(args)
+        .env_remove("ETCD_ENDPOINTS")
+        .env_remove("CALICO_ETCD_ENDPOINTS")
+        .env_remove("DATASTORE_TYPE")
+        .env_remove("CALICO_DATASTORE_TYPE")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("spawn calicoctl");
+    if let Some(mut input) = child.stdin.take() {
+        input.write_all(stdin.as_bytes()).expect("write stdin");
+    }
+    let out = child.wait_with_output().expect("wait for calicoctl");
+    Run {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+const POOL: &str = "apiVersion: projectcalico.org/v3
+kind: IPPool
+metadata:
+  name: bin-pool
+spec:
+  cidr: 10.44.0.0/16
+  natOutgoing: true
+";
+
+#[tokio::test]
+async fn binary_applies_from_stdin_with_config_file_and_prints_tables() {
+    let Some(bin) = binary() else { return };
+    let etcd = Etcd::start();
+    let cfg = etcd.config_file().display().to_string();
+    let out = run(&bin, &["apply", "-f", "-", "-c", &cfg], &[], POOL);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert_eq!(out.stdout, "Successfully applied 1 'IPPool' resource(s)\n");
+    assert_eq!(etcd.dump().await.len(), 1);
+    let out = run(&bin, &["get", "ippool", "-o", "wide", "-c", &cfg], &[], "");
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert_eq!(
+        out.stdout,
+        "NAME       CIDR           NAT    IPIPMODE   VXLANMODE   DISABLED   DISABLEBGPEXPORT   SELECTOR   \n\
+         bin-pool   10.44.0.0/16   true   Never      Never       false      false              all()      \n\n"
+    );
+}
+
+#[tokio::test]
+async fn binary_reads_the_environment_when_given_no_config_file() {
+    let Some(bin) = binary() else { return };
+    let etcd = Etcd::start();
+    let f = write(etcd.dir.path(), "pool.yaml", POOL);
+    // A named config that does not exist is an error (exit 1, message on stderr)...
+    let out = run(
+        &bin,
+        &["create", "-f", &f, "-c", "/nonexistent/calicoctl.cfg"],
+        &[],
+        "",
+    );
+    assert_eq!(out.code, Some(1));
+    assert!(
+        out.stderr.contains("/nonexistent/calicoctl.cfg"),
+        "{}",
+        out.stderr
+    );
+    assert!(etcd.dump().await.is_empty());
+    // ...while the environment is used when the default file is absent.
+    if std::path::Path::new(calico_datastore::DEFAULT_CONFIG_PATH).exists() {
+        eprintln!("skipping the environment case: this machine has a default calicoctl.cfg");
+        return;
+    }
+    let env = [
+        ("DATASTORE_TYPE", "etcdv3"),
+        ("ETCD_ENDPOINTS", etcd.endpoint.as_str()),
+    ];
+    let out = run(&bin, &["create", "-f", &f], &env, "");
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert_eq!(etcd.dump().await.len(), 1);
+}
+
+#[tokio::test]
+async fn binary_exits_1_on_invalid_input_and_0_on_help() {
+    let Some(bin) = binary() else { return };
+    let etcd = Etcd::start();
+    let cfg = etcd.config_file().display().to_string();
+    let bad = POOL.replace("10.44.0.0/16", "10.44.0.0/33");
+    let out = run(&bin, &["apply", "-f", "-", "-c", &cfg], &[], &bad);
+    assert_eq!(out.code, Some(1));
+    assert!(
+        out.stderr
+            .contains("<stdin>: document 1 (IPPool \"bin-pool\"): spec.cidr: "),
+        "{}",
+        out.stderr
+    );
+    assert!(etcd.dump().await.is_empty());
+    let out = run(&bin, &["--help"], &[], "");
+    assert_eq!(out.code, Some(0));
+    assert!(out.stdout.contains("apply"), "{}", out.stdout);
+    let out = run(&bin, &["frobnicate"], &[], "");
+    assert_eq!(out.code, Some(1));
+}
