@@ -85,6 +85,18 @@ pub enum CompileError {
         /// Field path.
         field: String,
     },
+    /// A port range whose first port is above its last.
+    #[error("{owner}: {field}: port range {first}:{last} is empty")]
+    PortRange {
+        /// Resource.
+        owner: String,
+        /// Field path.
+        field: String,
+        /// First port.
+        first: u16,
+        /// Last port.
+        last: u16,
+    },
     /// An ICMP match without protocol ICMP or ICMPv6, or a code without a type.
     #[error("{owner}: {field}: {reason}")]
     Icmp {
@@ -291,6 +303,20 @@ fn prepare_side(
             owner: ctx.owner.to_string(),
             field: format!("{field}.ports"),
         });
+    }
+    for (list, ports) in [("ports", &e.ports), ("notPorts", &e.not_ports)] {
+        for (i, p) in ports.iter().enumerate() {
+            if let Port::Range(a, b) = p
+                && a > b
+            {
+                return Err(CompileError::PortRange {
+                    owner: ctx.owner.to_string(),
+                    field: format!("{field}.{list}[{i}]"),
+                    first: *a,
+                    last: *b,
+                });
+            }
+        }
     }
     let not_selector = if e.not_selector.is_empty() {
         None

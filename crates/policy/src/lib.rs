@@ -19,4 +19,4 @@ pub mod sets;
 pub mod verdict;
 
 pub use compile::{CompileError, Compiler, compile};
-pub use verdict::{Packet, Verdict, evaluate, verdict};
+pub use verdict::{Packet, Verdict, evaluate, path_verdict, verdict};

@@ -142,6 +142,8 @@ pub struct SetChange {
 #[derive(Debug, Clone)]
 struct SetEntry {
     key: SetKey,
+    /// Label keys the selector reads.
+    label_keys: BTreeSet<String>,
     /// Member → number of sources contributing it (two network sets may list the same CIDR).
     members: BTreeMap<Member, usize>,
 }
@@ -151,6 +153,8 @@ struct SetEntry {
 pub struct SetIndex {
     sets: BTreeMap<SetId, SetEntry>,
     sources: BTreeMap<SourceId, SetSource>,
+    /// Label key → sets whose selector reads it, so a label change visits only those sets.
+    by_label: BTreeMap<String, BTreeSet<SetId>>,
 }
 
 fn contribution(key: &SetKey, src: &SetSource) -> BTreeSet<Member> {
@@ -206,14 +210,42 @@ impl SetIndex {
                     *members.entry(m).or_insert(0) += 1;
                 }
             }
-            self.sets.insert(id.clone(), SetEntry { key, members });
+            let label_keys: BTreeSet<String> = key
+                .selector()
+                .label_keys()
+                .into_iter()
+                .map(str::to_string)
+                .collect();
+            for k in &label_keys {
+                self.by_label
+                    .entry(k.clone())
+                    .or_default()
+                    .insert(id.clone());
+            }
+            self.sets.insert(
+                id.clone(),
+                SetEntry {
+                    key,
+                    label_keys,
+                    members,
+                },
+            );
         }
         id
     }
 
     /// Stops tracking a set.
     pub fn remove_set(&mut self, id: &SetId) {
-        self.sets.remove(id);
+        if let Some(entry) = self.sets.remove(id) {
+            for k in &entry.label_keys {
+                if let Some(ids) = self.by_label.get_mut(k) {
+                    ids.remove(id);
+                    if ids.is_empty() {
+                        self.by_label.remove(k);
+                    }
+                }
+            }
+        }
     }
 
     /// Ids of every tracked set.
@@ -262,26 +294,29 @@ impl SetIndex {
         let (o, n) = (old.unwrap_or(&empty), new.unwrap_or(&empty));
         // When only labels changed, a set can change only if its selector reads a changed key.
         let only_labels = old.is_some() && new.is_some() && o.nets == n.nets && o.ports == n.ports;
-        let keys = changed_keys(&o.labels, &n.labels);
-        let mut changes = Vec::new();
-        for (id, entry) in &mut self.sets {
-            if only_labels
-                && !entry
-                    .key
-                    .selector()
-                    .label_keys()
-                    .iter()
-                    .any(|k| keys.contains(k))
-            {
-                continue;
+        let candidates: Vec<SetId> = if only_labels {
+            let mut ids = BTreeSet::new();
+            for k in changed_keys(&o.labels, &n.labels) {
+                if let Some(set_ids) = self.by_label.get(k) {
+                    ids.extend(set_ids.iter().cloned());
+                }
             }
+            ids.into_iter().collect()
+        } else {
+            self.sets.keys().cloned().collect()
+        };
+        let mut changes = Vec::new();
+        for id in candidates {
+            let Some(entry) = self.sets.get_mut(&id) else {
+                continue;
+            };
             let before = contribution(&entry.key, o);
             let after = contribution(&entry.key, n);
             if before == after {
                 continue;
             }
             let mut change = SetChange {
-                id: id.clone(),
+                id,
                 added: BTreeSet::new(),
                 removed: BTreeSet::new(),
             };

@@ -410,3 +410,23 @@ pub fn verdict(
         Outcome::Deny | Outcome::Continue => Verdict::Deny,
     }
 }
+
+/// Whether a new connection from `from` to `to` is allowed on this host: the sender's egress
+/// chain, then the receiver's ingress chain. `None` stands for a peer that is not a local
+/// workload (remote host, outside world), which has no chain here.
+pub fn path_verdict(
+    from: Option<&EndpointProgram>,
+    to: Option<&EndpointProgram>,
+    sets: &dyn SetLookup,
+    packet: &Packet,
+) -> Verdict {
+    let sides = [(from, Direction::Egress), (to, Direction::Ingress)];
+    for (ep, dir) in sides {
+        if let Some(ep) = ep
+            && verdict(ep, dir, sets, packet) == Verdict::Deny
+        {
+            return Verdict::Deny;
+        }
+    }
+    Verdict::Allow
+}

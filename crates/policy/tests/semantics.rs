@@ -902,3 +902,71 @@ fn each_distinct_selector_becomes_one_set() {
     assert_eq!(set.members.len(), 1);
     let _ = Direction::Ingress;
 }
+
+#[test]
+fn a_rule_selector_of_all_means_known_endpoints_while_an_empty_one_means_anyone() {
+    let mut m = two_workloads();
+    m.policies.push(ingress_policy(
+        "known",
+        "app == 'db'",
+        vec![from_selector(Action::Allow, "all()")],
+    ));
+    m.policies.push(ingress_policy(
+        "anyone",
+        "app == 'frontend'",
+        vec![from_selector(Action::Allow, "")],
+    ));
+    let prog = build(&m);
+    assert_eq!(
+        ingress(&prog, &wid("prod", "b"), &tcp(A, B, 1)),
+        Verdict::Allow
+    );
+    assert_eq!(
+        ingress(&prog, &wid("prod", "b"), &tcp("198.51.100.1", B, 1)),
+        Verdict::Deny
+    );
+    assert_eq!(
+        ingress(&prog, &wid("prod", "a"), &tcp("198.51.100.1", A, 1)),
+        Verdict::Allow
+    );
+}
+
+#[test]
+fn a_connection_between_local_workloads_needs_both_egress_and_ingress() {
+    let mut m = two_workloads();
+    let mut out = Policy::new("a-out", "app == 'frontend'");
+    out.egress = vec![tcp_to(Action::Allow, &[Port::number(5432)])];
+    m.policies.push(out);
+    m.policies.push(ingress_policy(
+        "b-in",
+        "app == 'db'",
+        vec![tcp_to(Action::Allow, &[Port::Range(5000, 6000)])],
+    ));
+    let prog = build(&m);
+    let (a, b) = (
+        &prog.endpoints[&wid("prod", "a")],
+        &prog.endpoints[&wid("prod", "b")],
+    );
+    let path = |p: &Packet| calico_policy::path_verdict(Some(a), Some(b), &prog, p);
+    assert_eq!(path(&tcp(A, B, 5432)), Verdict::Allow);
+    assert_eq!(path(&tcp(A, B, 5433)), Verdict::Deny, "egress of a denies");
+    assert_eq!(
+        calico_policy::path_verdict(None, Some(b), &prog, &tcp(C, B, 5433)),
+        Verdict::Allow
+    );
+}
+
+#[test]
+fn an_empty_port_range_is_an_error() {
+    let mut m = two_workloads();
+    m.policies.push(ingress_policy(
+        "range",
+        "",
+        vec![tcp_to(Action::Allow, &[Port::Range(90, 80)])],
+    ));
+    let err = calico_policy::compile(&m, None).unwrap_err();
+    assert!(
+        matches!(&err, CompileError::PortRange { field, .. } if field == "spec.ingress[0].destination.ports[0]"),
+        "{err}"
+    );
+}
