@@ -51,8 +51,69 @@ pub enum Command {
     Label(LabelArgs),
     /// Validate a resource by file, directory or stdin, without a datastore.
     Validate(ValidateArgs),
+    /// IP address management: show, configure, release, check, split.
+    #[command(subcommand)]
+    Ipam(IpamCommand),
     /// Display the version of this binary.
     Version,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum IpamCommand {
+    /// Show IP pool and block utilization, one address's allocation, borrowed addresses or
+    /// the IPAM configuration.
+    Show {
+        /// Show the allocation of this address.
+        #[arg(long = "ip", value_name = "IP")]
+        ip: Option<std::net::IpAddr>,
+        /// Also show each block.
+        #[arg(long = "show-blocks")]
+        show_blocks: bool,
+        /// Show addresses borrowed from blocks affine to other nodes.
+        #[arg(long = "show-borrowed")]
+        show_borrowed: bool,
+        /// Show the IPAM configuration.
+        #[arg(long = "show-configuration")]
+        show_configuration: bool,
+    },
+    /// Change the IPAM configuration.
+    Configure {
+        /// Only assign addresses from blocks affine to the node (true or false).
+        #[arg(long = "strictaffinity", value_name = "BOOL")]
+        strict_affinity: Option<bool>,
+        /// Maximum number of blocks one node may claim (0: no limit).
+        #[arg(long = "max-blocks-per-host", value_name = "N")]
+        max_blocks_per_host: Option<u32>,
+    },
+    /// Release an address, or everything a check report found leaked.
+    Release {
+        /// The address to release.
+        #[arg(long = "ip", value_name = "IP", conflicts_with = "from_report")]
+        ip: Option<std::net::IpAddr>,
+        /// A report written by `ipam check -o FILE`.
+        #[arg(long = "from-report", value_name = "FILE")]
+        from_report: Option<String>,
+    },
+    /// Check IPAM for inconsistencies (leaked addresses and handles, orphaned affinities).
+    Check {
+        /// List every problem address.
+        #[arg(long = "show-problem-ips")]
+        show_problem_ips: bool,
+        /// Write the report (JSON) to this file, for `ipam release --from-report`.
+        #[arg(short = 'o', long = "output", value_name = "FILE")]
+        output: Option<String>,
+    },
+    /// Split an IP pool into NUMBER smaller pools.
+    Split {
+        /// Number of pools (a power of 2).
+        number: u32,
+        /// CIDR of the pool to split.
+        #[arg(long = "cidr", value_name = "CIDR", conflicts_with = "name")]
+        cidr: Option<ipnet::IpNet>,
+        /// Name of the pool to split.
+        #[arg(long = "name", value_name = "NAME")]
+        name: Option<String>,
+    },
 }
 
 #[derive(Debug, Args)]

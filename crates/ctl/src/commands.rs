@@ -168,6 +168,10 @@ pub enum CtlError {
         name: String,
         source: StoreError,
     },
+    #[error("{0}")]
+    Ipam(crate::ipam_cmd::IpamCmdError),
+    #[error("IPAM commands need a real etcd datastore")]
+    NoEtcd,
     #[error("Failed to patch '{kind}' resource: patch is not a JSON or YAML object: {reason}")]
     BadPatch { kind: &'static str, reason: String },
 }
@@ -243,6 +247,31 @@ fn single_kind<'a>(kinds: impl Iterator<Item = &'a KindInfo>) -> Option<&'static
 }
 
 impl Session {
+    /// The configured etcd as a raw key-value client (IPAM keeps its own key layout).
+    pub async fn etcd_client(
+        &self,
+        config_path: Option<&str>,
+        io: &Io<'_>,
+    ) -> Result<calico_datastore::EtcdClient, CtlError> {
+        if self.store.is_some() {
+            return Err(CtlError::NoEtcd);
+        }
+        let cfg = CalicoApiConfig::load_with(
+            config_path.map(std::path::Path::new),
+            std::path::Path::new(&self.default_config_path),
+            io.env,
+        )?;
+        let etcd = cfg.etcd_config()?;
+        calico_datastore::EtcdClient::connect(etcd)
+            .await
+            .map_err(|e| {
+                CtlError::Connect(StoreError::Connect {
+                    endpoints: etcd.endpoints.join(","),
+                    reason: e.to_string(),
+                })
+            })
+    }
+
     async fn store(
         &self,
         config_path: Option<&str>,

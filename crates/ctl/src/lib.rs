@@ -16,6 +16,7 @@ pub mod cli;
 pub mod commands;
 pub mod document;
 pub mod etcd_store;
+pub mod ipam_cmd;
 pub mod kinds;
 pub mod merge;
 pub mod model;
@@ -92,6 +93,7 @@ async fn execute(cli: &Cli, io: &mut Io<'_>, session: &Session) -> Result<(), Ct
         Command::Patch(a) => commands::patch(a, config, io, session).await,
         Command::Label(a) => commands::label(a, config, io, session).await,
         Command::Validate(a) => commands::validate_files(&a.source, io, session),
+        Command::Ipam(c) => ipam_cmd::run(c, config, io, session).await,
         Command::Version => commands::version(config, io, session).await,
     }
 }
