@@ -1,1 +1,31 @@
 //! Kernel state: links, addresses, routes, sysctls (rtnetlink) and nftables.
+//!
+//! Everything goes through a [`Netlink`] connection bound to one network namespace
+//! ([`Netlink::connect`] for the caller's, [`Netlink::connect_in`] for another one). Operations
+//! are idempotent where the kernel allows it: adds replace, deleting what is gone returns
+//! `Ok(false)`. Errors name the interface, address or route and the operation.
+//!
+//! - [`link`]: veth pairs across namespaces (`cali…` here, `cali0` there), up/down, MAC, MTU.
+//! - [`addr`]: /32 and /128 addresses.
+//! - [`route`]: device, gateway and blackhole routes, IPv4 and IPv6, tagged with a protocol.
+//! - [`sysctl`]: /proc/sys settings per namespace, Calico's host-veth set.
+//! - [`netns`]: run a closure, or netlink work on its own runtime, inside a namespace.
+//!
+//! nftables is not here yet.
+
+pub mod addr;
+pub mod conn;
+pub mod link;
+pub mod netns;
+pub mod route;
+pub mod sysctl;
+
+pub use addr::AddrError;
+pub use conn::{ConnectError, Netlink};
+pub use link::{CALICO_HOST_MAC, Link, LinkError, VethPair, VethSpec};
+pub use netns::NetnsError;
+pub use route::{
+    Family, RT_TABLE_MAIN, RTPROT_BIRD, RTPROT_BOOT, RTPROT_STATIC, Route, RouteError, RouteFilter,
+    RouteTarget,
+};
+pub use sysctl::{Sysctl, SysctlError};

@@ -9,6 +9,11 @@
 //!                                 └────────┼─ eth1 192.168.33.12/24 ...
 //! ```
 //!
+//! Like a real host, each lab host has a default route: via the subnet's first address (e.g.
+//! 192.168.33.1), which the bridge holds. It is a dead end (the LAN namespace has no uplink and
+//! does not forward), but Calico needs it: proxy ARP on a workload's veth answers for
+//! 169.254.1.1 only if the host has a route to it out of another interface.
+//!
 //! The host namespace gets nothing: no link, address or route. Each run has its own id
 //! (`crs` + 5 hex digits), so runs in parallel never share a name, and each run's bridge lives
 //! in its own namespace, so they can all use the seed's addresses.
@@ -266,7 +271,63 @@ impl Lab {
             &["-n", &host.netns, "link", "set", HOST_IFACE, "up"],
             "bring up eth1",
         )?;
+        if let Some(gw) = lan_gateway(addr) {
+            self.ensure_gateway(&gw)?;
+            let via = gw.split('/').next().unwrap_or_default();
+            ip(
+                &[
+                    "-n",
+                    &host.netns,
+                    "route",
+                    "replace",
+                    "default",
+                    "via",
+                    via,
+                    "dev",
+                    HOST_IFACE,
+                ],
+                "add the host's default route",
+            )?;
+        }
         Ok(host)
+    }
+
+    /// Gives the bridge the LAN's gateway address (once per subnet).
+    fn ensure_gateway(&self, gw: &str) -> Result<(), LabError> {
+        ip(
+            &["-n", &self.lan, "addr", "replace", gw, "dev", BRIDGE],
+            "give the LAN bridge its gateway address",
+        )
+    }
+
+    /// Adds a bare namespace `<id>-<name>` (only `lo`, up; not on the LAN), e.g. to stand in
+    /// for a container's namespace. Its [`Host::ip`] is unspecified (0.0.0.0).
+    pub fn add_namespace(&self, name: &str) -> Result<Host, LabError> {
+        check_name(name)?;
+        let netns = format!("{}-{name}", self.id);
+        let mut dup = false;
+        self.shared.update(|rec| {
+            if rec.namespaces.contains(&netns) {
+                dup = true;
+            } else {
+                rec.namespaces.push(netns.clone());
+            }
+        })?;
+        if dup || netns_exists(&netns) {
+            return Err(LabError::DuplicateHost {
+                id: self.id.clone(),
+                name: name.to_owned(),
+            });
+        }
+        ip(&["netns", "add", &netns], "create a namespace")?;
+        ip(&["-n", &netns, "link", "set", "lo", "up"], "bring up lo")?;
+        Ok(Host {
+            name: name.to_owned(),
+            netns,
+            ip: IpAddr::from([0, 0, 0, 0]),
+            lab_dir: self.dir.clone(),
+            shared: self.shared.clone(),
+        })
     }
 
     /// A handle on host `name` of this lab (it must have been added).
@@ -545,6 +606,19 @@ fn check_name(name: &str) -> Result<(), LabError> {
     Ok(())
 }
 
+/// The gateway of an IPv4 host address's subnet: its first address (`192.168.33.1/24` for
+/// `192.168.33.11/24`). `None` for IPv6, for /31 and /32, and when the host *is* that address.
+fn lan_gateway(addr: &str) -> Option<String> {
+    let (ip, len) = parse_cidr(addr)?;
+    let IpAddr::V4(v4) = ip else { return None };
+    if len >= 31 {
+        return None;
+    }
+    let mask = u32::MAX << (32 - u32::from(len));
+    let gw = (u32::from(v4) & mask) | 1;
+    (gw != u32::from(v4)).then(|| format!("{}/{len}", std::net::Ipv4Addr::from(gw)))
+}
+
 fn parse_cidr(s: &str) -> Option<(IpAddr, u8)> {
     let (ip, len) = s.split_once('/')?;
     let ip: IpAddr = ip.parse().ok()?;
@@ -625,4 +699,30 @@ fn read_all<R: std::io::Read>(r: Option<&mut R>) -> Vec<u8> {
         let _ = r.read_to_end(&mut buf);
     }
     buf
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_gateway_is_the_first_address_of_the_subnet() {
+        assert_eq!(
+            lan_gateway("192.168.33.11/24").as_deref(),
+            Some("192.168.33.1/24")
+        );
+        assert_eq!(lan_gateway("10.1.2.200/16").as_deref(), Some("10.1.0.1/16"));
+        assert_eq!(lan_gateway("192.168.33.1/24"), None);
+        assert_eq!(lan_gateway("10.0.0.1/32"), None);
+        assert_eq!(lan_gateway("fd00::11/64"), None);
+    }
+
+    #[test]
+    fn names_are_checked_like_link_names() {
+        assert!(check_name("node1").is_ok());
+        assert!(check_name("a-very-long-name").is_err());
+        assert!(check_name("-x").is_err());
+        assert!(check_name("Node").is_err());
+        assert!(check_name("").is_err());
+    }
 }
