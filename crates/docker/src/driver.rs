@@ -240,7 +240,15 @@ pub fn choose_pool(
                 b.cidr, a.name
             ),
         )),
-        (Some(p), _) | (None, Some(p)) => Ok((p.cidr.to_string(), p.cidr.to_string())),
+        (_, Some(p)) => Ok((p.cidr.to_string(), p.cidr.to_string())),
+        // No subnet: the pool reported to dockerd must stay the invalid 0.0.0.0/0 (or ::/0).
+        // For a subnet it did not ask for, libnetwork checks overlap with the host's routes and,
+        // on overlap (our own /32 routes), releases and asks again forever. The PoolID still
+        // names the chosen IPPool, which RequestAddress uses.
+        (Some(p), None) => Ok((
+            p.cidr.to_string(),
+            if v6 { naming::ANY_V6 } else { naming::ANY_V4 }.to_string(),
+        )),
         (None, None) if v6 => Ok((naming::POOL_ID_V6.into(), naming::ANY_V6.into())),
         (None, None) => Ok((naming::POOL_ID_V4.into(), naming::ANY_V4.into())),
     }
@@ -670,8 +678,8 @@ mod tests {
 
     #[test]
     fn ipam_opt_pool_selects_by_name_and_unknown_options_are_named() {
-        let (id, _) = choose_pool(&pool_req("", &[("pool", "other")], false), &pools()).unwrap();
-        assert_eq!(id, "10.10.0.0/16");
+        let (id, pool) = choose_pool(&pool_req("", &[("pool", "other")], false), &pools()).unwrap();
+        assert_eq!((id.as_str(), pool.as_str()), ("10.10.0.0/16", "0.0.0.0/0"));
         let err = choose_pool(&pool_req("", &[("colour", "red")], false), &pools()).unwrap_err();
         assert!(err.to_string().contains("colour"), "{err}");
         let err = choose_pool(

@@ -12,6 +12,7 @@
 //! [`ipam::EtcdAllocator`] and [`plumbing::IpCommandPlumber`] are stopgap adapters for the
 //! IPAM and dataplane crates (see their module docs).
 
+pub mod daemon;
 pub mod driver;
 pub mod engine;
 pub mod ipam;
