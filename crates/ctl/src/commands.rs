@@ -324,9 +324,38 @@ async fn read_current(
     store: &dyn Store,
     input: &[Prepared],
 ) -> Result<(HashMap<ResourceKey, Stored>, Vec<Stored>, Vec<Stored>), StoreError> {
+    // Many objects of one kind are read with one list instead of one get each.
+    const LIST_THRESHOLD: usize = 16;
     let mut existing = HashMap::new();
+    let mut per_kind: HashMap<&'static str, (&'static KindInfo, usize)> = HashMap::new();
     for p in input {
-        if let Some(s) = store.get(&p.key).await? {
+        per_kind.entry(p.kind.kind).or_insert((p.kind, 0)).1 += 1;
+    }
+    let mut listed: HashMap<&'static str, HashMap<ResourceKey, Stored>> = HashMap::new();
+    for (kind, n) in per_kind.values() {
+        if *n > LIST_THRESHOLD {
+            let mut by_key = HashMap::new();
+            for s in store.list(kind, None).await? {
+                let meta = |f: &str| {
+                    s.value
+                        .pointer(&format!("/metadata/{f}"))
+                        .and_then(Value::as_str)
+                        .map(str::to_string)
+                };
+                if let Some(name) = meta("name") {
+                    let key = ResourceKey::new(kind, meta("namespace").as_deref(), &name);
+                    by_key.insert(key, s);
+                }
+            }
+            listed.insert(kind.kind, by_key);
+        }
+    }
+    for p in input {
+        let found = match listed.get(p.kind.kind) {
+            Some(by_key) => by_key.get(&p.key).cloned(),
+            None => store.get(&p.key).await?,
+        };
+        if let Some(s) = found {
             existing.insert(p.key.clone(), s);
         }
     }

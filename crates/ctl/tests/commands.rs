@@ -608,3 +608,55 @@ async fn cluster_information_is_read_only_and_version_shows_it() {
     let out = ctl.run(&["get", "clusterinformation", "-o", "wide"]).await;
     assert!(out.ok().stdout.contains("docker,bgp"), "{out:?}");
 }
+
+/// More resources than one etcd transaction takes (128 operations by default).
+fn many_pools(n: usize) -> String {
+    (0..n)
+        .map(|i| {
+            format!(
+                "apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata:\n  name: pool-{i}\nspec:\n  cidr: 10.{}.{}.0/24\n",
+                i / 256,
+                i % 256
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("---\n")
+}
+
+#[tokio::test]
+async fn apply_of_more_resources_than_one_transaction_writes_all_and_reapplies_as_no_op() {
+    let etcd = Etcd::start();
+    let ctl = Ctl::new(&etcd);
+    let f = write(etcd.dir.path(), "many.yaml", &many_pools(300));
+    let out = ctl.run(&["apply", "-f", &f]).await;
+    assert_eq!(
+        out.ok().stdout,
+        "Successfully applied 300 'IPPool' resource(s)\n"
+    );
+    assert_eq!(etcd.dump().await.len(), 300);
+    let rev = etcd.revision().await;
+    ctl.run(&["apply", "-f", &f]).await.ok();
+    assert_eq!(etcd.revision().await, rev);
+    // One invalid document among 301 still writes nothing.
+    let bad = format!(
+        "{}---\napiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata:\n  name: pool-bad\nspec:\n  cidr: 10.0.5.0/24\n",
+        many_pools(300)
+            .replace("pool-", "other-")
+            .replace("10.", "11.")
+    );
+    let g = write(etcd.dir.path(), "bad.yaml", &bad);
+    let out = ctl.run(&["apply", "-f", &g]).await;
+    assert!(
+        out.failed()
+            .stderr
+            .contains("document 301 (IPPool \"pool-bad\"): spec.cidr: "),
+        "{out:?}"
+    );
+    assert_eq!(etcd.revision().await, rev);
+    let out = ctl.run(&["delete", "-f", &f]).await;
+    assert_eq!(
+        out.ok().stdout,
+        "Successfully deleted 300 'IPPool' resource(s)\n"
+    );
+    assert!(etcd.dump().await.is_empty());
+}
