@@ -150,7 +150,7 @@ fn etcd_runs_inside_a_lab_host_on_the_seed_address() {
 }
 
 /// Starts the helper test below in a child process; returns it and its lab's record.
-fn start_helper() -> (std::process::Child, RunRecord) {
+fn start_helper() -> (std::process::Child, RunRecord, u32) {
     let exe = std::env::current_exe().unwrap();
     let mut child = Command::new(exe)
         .args([
@@ -164,17 +164,22 @@ fn start_helper() -> (std::process::Child, RunRecord) {
         .spawn()
         .unwrap();
     let mut id = String::new();
+    let mut etcd_pid = 0;
     {
         use std::io::BufRead;
         let stdout = child.stdout.take().unwrap();
         for line in std::io::BufReader::new(stdout).lines().take(200) {
             let line = line.unwrap();
+            if let Some(rest) = line.strip_prefix("ETCD-PID ") {
+                etcd_pid = rest.trim().parse().unwrap();
+            }
             if let Some(rest) = line.strip_prefix("LAB-ID ") {
                 id = rest.trim().to_owned();
                 break;
             }
         }
     }
+    assert!(pid_running(etcd_pid), "helper's etcd is not running");
     assert!(!id.is_empty(), "helper did not report its lab");
     let rec = RunRecord::load(&id).unwrap();
     assert_eq!(rec.namespaces.len(), 2);
@@ -182,7 +187,7 @@ fn start_helper() -> (std::process::Child, RunRecord) {
     for ns in &rec.namespaces {
         assert!(netns_exists(ns), "{ns} should exist while its owner lives");
     }
-    (child, rec)
+    (child, rec, etcd_pid)
 }
 
 fn assert_gone(rec: &RunRecord) {
@@ -201,9 +206,18 @@ fn assert_gone(rec: &RunRecord) {
 #[test]
 fn leaked_run_of_a_dead_owner_is_swept() {
     // The owner is SIGKILLed: nothing unwinds, the record stays, the sweeper cleans up.
-    let (mut child, rec) = start_helper();
+    let (mut child, rec, etcd_pid) = start_helper();
     child.kill().unwrap();
     child.wait().unwrap();
+    // PR_SET_PDEATHSIG: the owner's etcd dies with it, no sweeper needed.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while pid_running(etcd_pid) && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        !pid_running(etcd_pid),
+        "etcd {etcd_pid} outlived its SIGKILLed owner"
+    );
     // Another test's Lab::new may sweep it first; either way it must be gone now.
     calico_lab::sweep();
     assert_gone(&rec);
@@ -211,7 +225,7 @@ fn leaked_run_of_a_dead_owner_is_swept() {
 
 #[test]
 fn sigterm_tears_the_lab_down() {
-    let (mut child, rec) = start_helper();
+    let (mut child, rec, _) = start_helper();
     // SAFETY: signalling our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
@@ -243,6 +257,9 @@ fn helper_build_lab_and_hang() {
     c.arg("120");
     // A detached daemon: only the sweeper can stop it.
     h.spawn_detached(c, "sleep").unwrap();
+    // An owned etcd: the death signal must take it down with us.
+    let etcd = Etcd::start(EtcdOptions::default()).unwrap();
+    println!("ETCD-PID {}", etcd.pid().unwrap());
     println!("LAB-ID {}", lab.id());
     std::thread::sleep(Duration::from_secs(120));
 }
@@ -318,4 +335,21 @@ fn seed_lab_comes_up_detached_and_goes_down() {
     assert!(!rec.dir.exists());
     assert!(!calico_lab::seed::down_with_id(&id).unwrap());
     drop(guard);
+}
+
+#[test]
+fn a_panicking_test_still_tears_its_lab_down() {
+    let mut names = Vec::new();
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let lab = Lab::new().expect("lab");
+        let h = lab.add_host("node1", "192.168.33.11/24").unwrap();
+        names.push(lab.lan_netns().to_owned());
+        names.push(h.netns().to_owned());
+        panic!("test failure inside a lab");
+    }));
+    assert!(result.is_err());
+    assert_eq!(names.len(), 2);
+    for ns in &names {
+        assert!(!netns_exists(ns), "{ns} survived a panic");
+    }
 }
