@@ -13,11 +13,12 @@
 //!   namespace whenever the rule has a selector, notSelector or namespaceSelector;
 //!   `notSelector` is used as written.
 //!
-//! Named ports on the endpoint's own side of a rule (destination of ingress rules, source of
-//! egress rules) are resolved to numbers from the endpoint's declared ports; named ports on the
-//! peer side become named-port sets. (Calico uses a named-port set on both sides; for the
-//! endpoint's own side that set can only match the endpoint's own ports, so the result is the
-//! same for traffic addressed to the endpoint's own addresses.)
+//! Named ports become named-port sets on both sides of a rule, as in Calico: the set holds
+//! `(address, protocol, port)` of every endpoint the side's selector matches (every endpoint
+//! when the side has none) that declares a port of that name and protocol. So each named port
+//! resolves per endpoint (a `http` port may be 80 on one pod and 8080 on another), and rule lists
+//! stay independent of the endpoint they are applied to: each policy is compiled once per
+//! direction and shared ([`crate::program::RuleListId`]).
 
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet};
@@ -29,13 +30,13 @@ use crate::labels::{host_labels, network_set_labels, workload_labels};
 use crate::model::{
     Action, DEFAULT_TIER, DEFAULT_TIER_ORDER, Direction, EntityRule, Failsafe, HostEndpoint,
     IcmpFields, IpVersion, LABEL_NAMESPACE, LABEL_SERVICE_ACCOUNT, LabelMap,
-    NAMESPACE_LABEL_PREFIX, NamedPort, Policy, PolicyModel, Port, Profile, Protocol, Rule,
+    NAMESPACE_LABEL_PREFIX, Policy, PolicyModel, Port, Profile, Protocol, Rule,
     SERVICE_ACCOUNT_LABEL_PREFIX, Tier, TierDefaultAction, WorkloadEndpoint,
 };
 use crate::program::{
     AddressMatch, Chain, ChainKind, CompiledRule, EndOfTier, EndpointId, EndpointProgram,
-    Fallthrough, HostChains, HostProgram, IpSet, PolicyProgram, PortMatch, ProfileProgram,
-    RuleMatch, TierProgram,
+    Fallthrough, HostChains, HostProgram, IpSet, PolicyRef, PortMatch, ProfileRef, RuleListId,
+    RuleMatch, TierProgram, for_each_rule_list, for_each_set,
 };
 use crate::sets::{SetIndex, SetKey, SetSource, SourceId};
 
@@ -481,6 +482,8 @@ pub struct Compiler {
     profile_labels: BTreeMap<String, Profile>,
     failsafe: Failsafe,
     index: SetIndex,
+    /// Rule lists compiled so far, shared by every endpoint using them.
+    rule_lists: BTreeMap<RuleListId, Vec<CompiledRule>>,
 }
 
 impl Compiler {
@@ -555,6 +558,7 @@ impl Compiler {
             profile_labels,
             failsafe: model.failsafe.clone(),
             index: SetIndex::new(),
+            rule_lists: BTreeMap::new(),
         };
         for ep in &model.workload_endpoints {
             let (id, src) = compiler.workload_source(ep);
@@ -644,7 +648,6 @@ impl Compiler {
             ChainKind::Normal,
             Direction::Ingress,
             &labels,
-            &ep.ports,
             &ep.profiles,
             false,
         );
@@ -652,7 +655,6 @@ impl Compiler {
             ChainKind::Normal,
             Direction::Egress,
             &labels,
-            &ep.ports,
             &ep.profiles,
             false,
         );
@@ -672,7 +674,7 @@ impl Compiler {
     /// The program of a host endpoint.
     pub fn host_program(&mut self, ep: &HostEndpoint) -> EndpointProgram {
         let labels = self.host_labels(ep);
-        let mut chain = |kind, dir| self.chain(kind, dir, &labels, &ep.ports, &ep.profiles, true);
+        let mut chain = |kind, dir| self.chain(kind, dir, &labels, &ep.profiles, true);
         let ingress = chain(ChainKind::Normal, Direction::Ingress);
         let egress = chain(ChainKind::Normal, Direction::Egress);
         let host = HostChains {
@@ -703,7 +705,6 @@ impl Compiler {
         kind: ChainKind,
         direction: Direction,
         labels: &LabelMap,
-        local_ports: &[NamedPort],
         profiles: &[String],
         is_host: bool,
     ) -> Chain {
@@ -711,7 +712,7 @@ impl Compiler {
         let mut current: Option<(usize, TierProgram, bool)> = None;
         // Taken out for the loop (compiling rules needs `&mut self` for the set index).
         let policies = std::mem::take(&mut self.policies);
-        for p in &policies {
+        for (i, p) in policies.iter().enumerate() {
             let in_chain = match kind {
                 ChainKind::Normal => !p.pre_dnat && !p.do_not_track,
                 ChainKind::Forward => p.apply_on_forward && !p.pre_dnat && !p.do_not_track,
@@ -721,17 +722,22 @@ impl Compiler {
             if !in_chain || !p.types.contains(&direction) || !p.applies_to.matches(labels) {
                 continue;
             }
-            let rules = match direction {
-                Direction::Ingress => &p.ingress,
-                Direction::Egress => &p.egress,
+            let id = RuleListId::Policy {
+                name: p.name.clone(),
+                direction,
             };
-            let program = PolicyProgram {
+            if !self.rule_lists.contains_key(&id) {
+                let rules = match direction {
+                    Direction::Ingress => &policies[i].ingress,
+                    Direction::Egress => &policies[i].egress,
+                };
+                let compiled = rules.iter().map(|r| self.compile_rule(r)).collect();
+                self.rule_lists.insert(id.clone(), compiled);
+            }
+            let policy = PolicyRef {
                 name: p.name.clone(),
                 staged: p.staged,
-                rules: rules
-                    .iter()
-                    .map(|r| self.compile_rule(r, direction, local_ports))
-                    .collect(),
+                rules: id,
             };
             if current.as_ref().is_none_or(|(t, _, _)| *t != p.tier) {
                 if let Some(done) = current.take() {
@@ -746,7 +752,7 @@ impl Compiler {
             }
             if let Some((_, tier, enforced)) = current.as_mut() {
                 *enforced |= !p.staged;
-                tier.policies.push(program);
+                tier.policies.push(policy);
             }
         }
         self.policies = policies;
@@ -754,27 +760,30 @@ impl Compiler {
             tiers.push(self.finish_tier(kind, done));
         }
 
-        let profiles = if kind == ChainKind::Normal {
-            profiles
-                .iter()
-                .filter_map(|name| {
-                    let prof = self.profiles.get(name)?.clone();
+        let mut profile_refs = Vec::new();
+        if kind == ChainKind::Normal {
+            for name in profiles {
+                let Some(prof) = self.profiles.get(name) else {
+                    continue;
+                };
+                let id = RuleListId::Profile {
+                    name: name.clone(),
+                    direction,
+                };
+                if !self.rule_lists.contains_key(&id) {
                     let rules = match direction {
-                        Direction::Ingress => &prof.ingress,
-                        Direction::Egress => &prof.egress,
+                        Direction::Ingress => prof.ingress.clone(),
+                        Direction::Egress => prof.egress.clone(),
                     };
-                    Some(ProfileProgram {
-                        name: name.clone(),
-                        rules: rules
-                            .iter()
-                            .map(|r| self.compile_rule(r, direction, local_ports))
-                            .collect(),
-                    })
-                })
-                .collect()
-        } else {
-            Vec::new()
-        };
+                    let compiled = rules.iter().map(|r| self.compile_rule(r)).collect();
+                    self.rule_lists.insert(id.clone(), compiled);
+                }
+                profile_refs.push(ProfileRef {
+                    name: name.clone(),
+                    rules: id,
+                });
+            }
+        }
         let failsafe = match (is_host, kind, direction) {
             (false, _, _) | (true, ChainKind::Forward, _) => Vec::new(),
             (true, _, Direction::Ingress) => self.failsafe.inbound.clone(),
@@ -790,7 +799,7 @@ impl Compiler {
             direction,
             failsafe,
             tiers,
-            profiles,
+            profiles: profile_refs,
             fallthrough,
         }
     }
@@ -811,18 +820,9 @@ impl Compiler {
         tier
     }
 
-    fn compile_rule(
-        &mut self,
-        r: &PreparedRule,
-        direction: Direction,
-        local_ports: &[NamedPort],
-    ) -> CompiledRule {
-        let (src_local, dst_local) = match direction {
-            Direction::Ingress => (false, true),
-            Direction::Egress => (true, false),
-        };
-        let source = self.side(&r.source, r.protocol, src_local, local_ports);
-        let destination = self.side(&r.destination, r.protocol, dst_local, local_ports);
+    fn compile_rule(&mut self, r: &PreparedRule) -> CompiledRule {
+        let source = self.side(&r.source, r.protocol);
+        let destination = self.side(&r.destination, r.protocol);
         CompiledRule {
             index: r.index,
             action: r.action,
@@ -838,13 +838,7 @@ impl Compiler {
         }
     }
 
-    fn side(
-        &mut self,
-        s: &PreparedSide,
-        protocol: Option<Protocol>,
-        local: bool,
-        local_ports: &[NamedPort],
-    ) -> AddressMatch {
+    fn side(&mut self, s: &PreparedSide, protocol: Option<Protocol>) -> AddressMatch {
         let set = s
             .selector
             .clone()
@@ -853,8 +847,8 @@ impl Compiler {
             .not_selector
             .clone()
             .map(|sel| self.index.ensure_set(SetKey::Selector(sel)));
-        let ports = self.ports(&s.ports, &s.selector, protocol, local, local_ports);
-        let not_ports = self.ports(&s.not_ports, &s.selector, protocol, local, local_ports);
+        let ports = self.ports(&s.ports, &s.selector, protocol);
+        let not_ports = self.ports(&s.not_ports, &s.selector, protocol);
         AddressMatch {
             nets: s.nets.clone(),
             not_nets: s.not_nets.clone(),
@@ -865,13 +859,13 @@ impl Compiler {
         }
     }
 
+    /// Numeric ports stay numbers; each named port becomes the set of `(address, protocol,
+    /// port)` of the endpoints this side's selector matches (all endpoints without one).
     fn ports(
         &mut self,
         ports: &[Port],
         selector: &Option<Selector>,
         protocol: Option<Protocol>,
-        local: bool,
-        local_ports: &[NamedPort],
     ) -> Option<PortMatch> {
         if ports.is_empty() {
             return None;
@@ -882,25 +876,27 @@ impl Compiler {
         for p in ports {
             match p {
                 Port::Range(a, b) => m.ranges.push((*a, *b)),
-                Port::Named(name) if local => m.ranges.extend(
-                    local_ports
-                        .iter()
-                        .filter(|np| &np.name == name && np.protocol == protocol)
-                        .map(|np| (np.port, np.port)),
-                ),
                 Port::Named(name) => {
                     let key = SetKey::NamedPort {
                         selector: selector.clone().unwrap_or_else(Selector::all),
                         protocol,
                         name: name.clone(),
                     };
-                    m.named_port_sets.push(self.index.ensure_set(key));
+                    let id = self.index.ensure_set(key);
+                    if !m.named_port_sets.contains(&id) {
+                        m.named_port_sets.push(id);
+                    }
                 }
             }
         }
         m.ranges.sort_unstable();
         m.ranges.dedup();
         Some(m)
+    }
+
+    /// Every rule list compiled so far.
+    pub fn rule_lists(&self) -> &BTreeMap<RuleListId, Vec<CompiledRule>> {
+        &self.rule_lists
     }
 }
 
@@ -918,13 +914,26 @@ pub fn compile(model: &PolicyModel, node: Option<&str>) -> Result<HostProgram, C
         let prog = compiler.host_program(ep);
         endpoints.insert(prog.id.clone(), prog);
     }
-    let mut used = BTreeSet::new();
+    let mut lists = BTreeSet::new();
     for prog in endpoints.values() {
         for chain in prog.chains() {
-            crate::program::for_each_set(chain, &mut |id| {
-                used.insert(id.clone());
+            for_each_rule_list(chain, &mut |id| {
+                lists.insert(id.clone());
             });
         }
+    }
+    let rule_lists: BTreeMap<RuleListId, Vec<CompiledRule>> = lists
+        .into_iter()
+        .filter_map(|id| {
+            let rules = compiler.rule_lists.get(&id)?.clone();
+            Some((id, rules))
+        })
+        .collect();
+    let mut used = BTreeSet::new();
+    for rules in rule_lists.values() {
+        for_each_set(rules, &mut |id| {
+            used.insert(id.clone());
+        });
     }
     let index = compiler.index();
     let sets = used
@@ -935,5 +944,9 @@ pub fn compile(model: &PolicyModel, node: Option<&str>) -> Result<HostProgram, C
             Some((id, IpSet { key, members }))
         })
         .collect();
-    Ok(HostProgram { endpoints, sets })
+    Ok(HostProgram {
+        endpoints,
+        rule_lists,
+        sets,
+    })
 }

@@ -78,7 +78,7 @@ pub enum EndOfTier {
 /// A match on ports, true when any entry matches.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
 pub struct PortMatch {
-    /// Inclusive numeric ranges (named ports of the local endpoint already resolved to these).
+    /// Inclusive numeric ranges.
     pub ranges: Vec<(u16, u16)>,
     /// Named-port sets: `(address on this side, protocol, port)` must be a member.
     pub named_port_sets: Vec<SetId>,
@@ -131,15 +131,45 @@ pub struct CompiledRule {
     pub matches: RuleMatch,
 }
 
-/// A policy as applied to one endpoint in one direction.
+/// Which shared rule list a chain refers to. Rule lists are compiled once per policy (or
+/// profile) and direction and shared by every endpoint that uses them, so the size of the
+/// program grows with rules + endpoints, not rules × endpoints.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum RuleListId {
+    /// A policy's ingress or egress rules (`name` qualified as in [`PolicyRef::name`]).
+    Policy {
+        /// Policy name.
+        name: String,
+        /// Direction.
+        direction: Direction,
+    },
+    /// A profile's ingress or egress rules.
+    Profile {
+        /// Profile name.
+        name: String,
+        /// Direction.
+        direction: Direction,
+    },
+}
+
+impl fmt::Display for RuleListId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RuleListId::Policy { name, direction } => write!(f, "policy {name} {direction}"),
+            RuleListId::Profile { name, direction } => write!(f, "profile {name} {direction}"),
+        }
+    }
+}
+
+/// A policy applied to an endpoint in one direction.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PolicyProgram {
+pub struct PolicyRef {
     /// `name` for global policies, `namespace/name` for namespaced ones.
     pub name: String,
     /// Staged: evaluated for reporting only.
     pub staged: bool,
-    /// Rules in order.
-    pub rules: Vec<CompiledRule>,
+    /// Its rules, in [`HostProgram::rule_lists`].
+    pub rules: RuleListId,
 }
 
 /// A tier with the policies that apply to the endpoint, in Calico's order.
@@ -148,18 +178,18 @@ pub struct TierProgram {
     /// Tier name.
     pub name: String,
     /// Policies in evaluation order (order, then name).
-    pub policies: Vec<PolicyProgram>,
+    pub policies: Vec<PolicyRef>,
     /// What the end of the tier does.
     pub end_of_tier: EndOfTier,
 }
 
-/// A profile's rules for one direction.
+/// A profile applied to an endpoint in one direction.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ProfileProgram {
+pub struct ProfileRef {
     /// Profile name.
     pub name: String,
-    /// Rules in order.
-    pub rules: Vec<CompiledRule>,
+    /// Its rules, in [`HostProgram::rule_lists`].
+    pub rules: RuleListId,
 }
 
 /// The program for one endpoint, one direction, one place in the packet path.
@@ -176,8 +206,8 @@ pub struct Chain {
     /// Tiers that have at least one policy for this endpoint and direction, in order. Tiers
     /// with none are left out: they cannot drop the endpoint's traffic.
     pub tiers: Vec<TierProgram>,
-    /// Profiles, in the endpoint's order (normal chains only).
-    pub profiles: Vec<ProfileProgram>,
+    /// Profiles, in the endpoint's order (normal chains only; unknown profiles are left out).
+    pub profiles: Vec<ProfileRef>,
     /// What happens when nothing decided.
     pub fallthrough: Fallthrough,
 }
@@ -253,8 +283,17 @@ pub struct IpSet {
 pub struct HostProgram {
     /// Programs of the host's endpoints.
     pub endpoints: BTreeMap<EndpointId, EndpointProgram>,
-    /// Every set the programs reference.
+    /// Every rule list the endpoints refer to.
+    pub rule_lists: BTreeMap<RuleListId, Vec<CompiledRule>>,
+    /// Every set the rule lists reference.
     pub sets: BTreeMap<SetId, IpSet>,
+}
+
+impl HostProgram {
+    /// The rules of a list (empty when unknown).
+    pub fn rules(&self, id: &RuleListId) -> &[CompiledRule] {
+        self.rule_lists.get(id).map(Vec::as_slice).unwrap_or(&[])
+    }
 }
 
 fn side_sets(m: &AddressMatch, f: &mut impl FnMut(&SetId)) {
@@ -264,15 +303,18 @@ fn side_sets(m: &AddressMatch, f: &mut impl FnMut(&SetId)) {
     }
 }
 
-/// Calls `f` on every set a chain references.
-pub fn for_each_set(chain: &Chain, f: &mut impl FnMut(&SetId)) {
-    let rules = chain
-        .tiers
-        .iter()
-        .flat_map(|t| t.policies.iter().flat_map(|p| p.rules.iter()))
-        .chain(chain.profiles.iter().flat_map(|p| p.rules.iter()));
+/// Calls `f` on every set a list of rules references.
+pub fn for_each_set(rules: &[CompiledRule], f: &mut impl FnMut(&SetId)) {
     for r in rules {
         side_sets(&r.matches.source, f);
         side_sets(&r.matches.destination, f);
     }
+}
+
+/// Calls `f` on every rule list a chain refers to.
+pub fn for_each_rule_list(chain: &Chain, f: &mut impl FnMut(&RuleListId)) {
+    for t in &chain.tiers {
+        t.policies.iter().for_each(|p| f(&p.rules));
+    }
+    chain.profiles.iter().for_each(|p| f(&p.rules));
 }

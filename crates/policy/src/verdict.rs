@@ -304,8 +304,9 @@ fn failsafe_matches(f: &FailsafePort, direction: Direction, p: &Packet) -> bool 
         && f.net.is_none_or(|n| n.contains(&remote))
 }
 
-/// Evaluates one chain for a packet.
-pub fn evaluate(chain: &Chain, sets: &dyn SetLookup, p: &Packet) -> Trace {
+/// Evaluates one chain of `host` for a packet.
+pub fn evaluate(chain: &Chain, host: &HostProgram, p: &Packet) -> Trace {
+    let sets: &dyn SetLookup = host;
     let mut logged = Vec::new();
     let mut staged = Vec::new();
     let done = |outcome, decided_by, logged, staged| Trace {
@@ -327,8 +328,8 @@ pub fn evaluate(chain: &Chain, sets: &dyn SetLookup, p: &Packet) -> Trace {
     'tiers: for tier in &chain.tiers {
         for policy in &tier.policies {
             if policy.staged {
-                let action = policy
-                    .rules
+                let action = host
+                    .rules(&policy.rules)
                     .iter()
                     .find(|r| r.action != Action::Log && rule_matches(&r.matches, p, sets))
                     .map(|r| (r.action, r.index));
@@ -339,7 +340,7 @@ pub fn evaluate(chain: &Chain, sets: &dyn SetLookup, p: &Packet) -> Trace {
                 });
                 continue;
             }
-            for rule in &policy.rules {
+            for rule in host.rules(&policy.rules) {
                 if !rule_matches(&rule.matches, p, sets) {
                     continue;
                 }
@@ -368,7 +369,7 @@ pub fn evaluate(chain: &Chain, sets: &dyn SetLookup, p: &Packet) -> Trace {
         }
     }
     'profiles: for profile in &chain.profiles {
-        for rule in &profile.rules {
+        for rule in host.rules(&profile.rules) {
             if !rule_matches(&rule.matches, p, sets) {
                 continue;
             }
@@ -401,10 +402,10 @@ pub fn evaluate(chain: &Chain, sets: &dyn SetLookup, p: &Packet) -> Trace {
 pub fn verdict(
     program: &EndpointProgram,
     direction: Direction,
-    sets: &dyn SetLookup,
+    host: &HostProgram,
     packet: &Packet,
 ) -> Verdict {
-    match evaluate(program.chain(direction), sets, packet).outcome {
+    match evaluate(program.chain(direction), host, packet).outcome {
         Outcome::Allow => Verdict::Allow,
         // Normal chains always end in Deny; Continue cannot happen there.
         Outcome::Deny | Outcome::Continue => Verdict::Deny,
@@ -417,13 +418,13 @@ pub fn verdict(
 pub fn path_verdict(
     from: Option<&EndpointProgram>,
     to: Option<&EndpointProgram>,
-    sets: &dyn SetLookup,
+    host: &HostProgram,
     packet: &Packet,
 ) -> Verdict {
     let sides = [(from, Direction::Egress), (to, Direction::Ingress)];
     for (ep, dir) in sides {
         if let Some(ep) = ep
-            && verdict(ep, dir, sets, packet) == Verdict::Deny
+            && verdict(ep, dir, host, packet) == Verdict::Deny
         {
             return Verdict::Deny;
         }

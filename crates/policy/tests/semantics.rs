@@ -970,3 +970,42 @@ fn an_empty_port_range_is_an_error() {
         "{err}"
     );
 }
+
+#[test]
+fn each_policy_is_compiled_once_per_direction_and_shared_by_endpoints() {
+    let mut m = two_workloads();
+    for i in 0..10 {
+        m.workload_endpoints.push(with_port(
+            workload(
+                "prod",
+                &format!("w{i}"),
+                &format!("10.0.1.{i}"),
+                &[("app", "web")],
+            ),
+            "http",
+            Protocol::TCP,
+            8000 + i,
+        ));
+    }
+    m.profiles.push(allow_all_profile("open"));
+    for ep in &mut m.workload_endpoints {
+        ep.profiles = vec!["open".into()];
+    }
+    m.policies.push(ingress_policy(
+        "web",
+        "app == 'web'",
+        vec![tcp_to(Action::Allow, &[Port::Named("http".into())])],
+    ));
+    let prog = build(&m);
+    // One list for the policy, two for the profile; not one per endpoint.
+    assert_eq!(prog.rule_lists.len(), 3);
+    for i in 0..10u16 {
+        let w = wid("prod", &format!("w{i}"));
+        let dst = format!("10.0.1.{i}");
+        assert_eq!(ingress(&prog, &w, &tcp(A, &dst, 8000 + i)), Verdict::Allow);
+        assert_eq!(
+            ingress(&prog, &w, &tcp(A, &dst, 8000 + (i + 1) % 10)),
+            Verdict::Deny
+        );
+    }
+}
