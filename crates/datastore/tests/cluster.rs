@@ -14,7 +14,7 @@ use futures::StreamExt;
 
 /// Index of the member that is currently leader, from `etcdctl endpoint status`.
 fn leader(etcd: &Etcd) -> usize {
-    for i in 0..etcd.members.len() {
+    for i in 0..etcd.members() {
         let out = etcd.etcdctl(i, &["endpoint", "status", "-w", "json"]);
         if !out.status.success() {
             continue;
@@ -77,7 +77,7 @@ async fn clients_keep_reading_writing_and_watching_when_the_leader_dies() {
 
     tokio::time::sleep(Duration::from_millis(800)).await;
     let victim = leader(&etcd);
-    etcd.members[victim].kill();
+    etcd.kill(victim);
     let killed_at = Instant::now();
     // Keep going on two members for a while.
     tokio::time::sleep(Duration::from_secs(4)).await;

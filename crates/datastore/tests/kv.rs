@@ -341,10 +341,9 @@ async fn watch_resumes_after_etcd_restart_without_losing_or_repeating_events() {
     c.create("/r/1", b"before".to_vec()).await.unwrap();
     assert!(matches!(next_event(&mut w).await, WatchEvent::Put(kv) if kv.key == "/r/1"));
 
-    etcd.members[0].kill();
-    // Written by etcdctl while... nothing runs; the restart keeps the data dir and port.
-    etcd.members[0].start();
-    etcd.wait_healthy(0, Duration::from_secs(30));
+    // SIGKILL, then start again on the same data directory and port.
+    etcd.kill(0);
+    etcd.restart(0);
     // Changes made right after the restart, possibly before the watch reconnects, must arrive.
     etcd.etcdctl_ok(0, &["put", "/r/2", "after-restart"]);
     etcd.etcdctl_ok(0, &["put", "/r/3", "after-restart"]);
@@ -409,9 +408,8 @@ async fn watch_that_misses_history_during_an_outage_resyncs_with_a_snapshot() {
     assert!(matches!(next_event(&mut w).await, WatchEvent::Put(_)));
 
     // While our client cannot see etcd, keys change and the history is compacted away.
-    etcd.members[0].kill();
-    etcd.members[0].start();
-    etcd.wait_healthy(0, Duration::from_secs(30));
+    etcd.kill(0);
+    etcd.restart(0);
     etcd.etcdctl_ok(0, &["put", "/o/new", "2"]);
     etcd.etcdctl_ok(0, &["del", "/o/seen"]);
     let rev: i64 = {

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use calico_datastore::kv::{EtcdClient, KvError, RetryPolicy, WatchEvent};
 use calico_datastore::{CalicoApiConfig, Datastore, EtcdConfig};
-use common::{Etcd, Options, generate_tls};
+use common::{Etcd, Options, rogue_client_cert};
 use futures::StreamExt;
 
 /// Few, quick retries: for cases that must fail.
@@ -24,12 +24,12 @@ fn impatient() -> RetryPolicy {
 #[tokio::test]
 async fn tls_with_client_certificates_from_a_calico_config_file() {
     let certs_dir = tempfile::tempdir().unwrap();
-    let tls = generate_tls(certs_dir.path());
     let etcd = Etcd::start_with(Options {
         members: 1,
-        tls: Some(tls.clone()),
+        tls: true,
         ..Default::default()
     });
+    let tls = etcd.tls().expect("TLS files").clone();
     // The configuration comes from a CalicoAPIConfig file, as calicoctl would read it.
     let cfg_path = certs_dir.path().join("calicoctl.cfg");
     std::fs::write(
@@ -97,12 +97,12 @@ impl calico_api::CalicoResource for NoSuchKindIsNeeded {
 #[tokio::test]
 async fn tls_refuses_clients_without_a_certificate_from_the_trusted_ca() {
     let certs_dir = tempfile::tempdir().unwrap();
-    let tls = generate_tls(certs_dir.path());
     let etcd = Etcd::start_with(Options {
         members: 1,
-        tls: Some(tls.clone()),
+        tls: true,
         ..Default::default()
     });
+    let tls = etcd.tls().expect("TLS files").clone();
     let endpoint = etcd.endpoints()[0].clone();
 
     // CA only, no client certificate: the server demands one.
@@ -119,10 +119,11 @@ async fn tls_refuses_clients_without_a_certificate_from_the_trusted_ca() {
     );
 
     // A certificate signed by another CA.
+    let (rogue_cert, rogue_key) = rogue_client_cert(certs_dir.path());
     let rogue = EtcdConfig {
         ca_cert_file: Some(tls.ca.clone()),
-        cert_file: Some(tls.rogue_cert.clone()),
-        key_file: Some(tls.rogue_key.clone()),
+        cert_file: Some(rogue_cert),
+        key_file: Some(rogue_key),
         ..EtcdConfig::new([endpoint.clone()])
     };
     let kv = EtcdClient::connect_with(&rogue, impatient()).await.unwrap();
