@@ -74,10 +74,18 @@ fn host_netns(host: &str) -> anyhow::Result<String> {
     Ok(ns)
 }
 
-/// Environment that points calicoctl at the lab's etcd (Calico's variables).
+/// Environment that points calicoctl at the lab's etcd (Calico's variables), with this
+/// binary's directory (where cargo also puts `calicoctl`) first on PATH.
 fn calicoctl_env(cmd: &mut Command) {
     cmd.env("DATASTORE_TYPE", "etcdv3")
         .env("ETCD_ENDPOINTS", seed::ETCD_ENDPOINT);
+    if let Some(dir) = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(|d| d.to_owned()))
+    {
+        let path = std::env::var("PATH").unwrap_or_default();
+        cmd.env("PATH", format!("{}:{path}", dir.display()));
+    }
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -88,10 +96,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("calico-lab: the lab is up");
             println!("  a shell on a node:  calico-lab shell node1");
             println!(
-                "  calicoctl:          ip netns exec {} calicoctl -c {} get ippools",
-                seed::netns_of("node1"),
+                "  calicoctl:          calico-lab exec node1 -- calicoctl -c {} get nodes",
                 seed::calicoctl_cfg().display()
             );
+            println!("  state and status:   calico-lab status");
             println!("  tear it down:       calico-lab down");
         }
         Cmd::Down => {

@@ -203,6 +203,7 @@ fn write_calicoctl_cfg(ctx: &mut UpContext) -> Result<Vec<String>, SeedError> {
             ctx.host("node1")?.netns(),
             path.display()
         ),
+        "  (the host namespace has no route to the lab: run calicoctl inside a node)".into(),
     ])
 }
 
