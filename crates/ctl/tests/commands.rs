@@ -660,3 +660,41 @@ async fn apply_of_more_resources_than_one_transaction_writes_all_and_reapplies_a
     );
     assert!(etcd.dump().await.is_empty());
 }
+
+#[tokio::test]
+async fn node_and_workload_endpoint_tables_match_calico_layouts() {
+    let etcd = Etcd::start();
+    let ctl = Ctl::new(&etcd);
+    let nodes = "apiVersion: projectcalico.org/v3\nkind: Node\nmetadata:\n  name: node1\nspec:\n  bgp:\n    ipv4Address: 192.168.33.11/24\n---\napiVersion: projectcalico.org/v3\nkind: Node\nmetadata:\n  name: node2\nspec:\n  bgp:\n    asNumber: 65002\n    ipv4Address: 192.168.33.12/24\n";
+    let f = write(etcd.dir.path(), "nodes.yaml", nodes);
+    ctl.run(&["apply", "-f", &f]).await.ok();
+    let out = ctl.run(&["get", "nodes", "-o", "wide"]).await;
+    assert_eq!(
+        out.ok().stdout,
+        "NAME    ASN       IPV4               IPV6   \nnode1   (64512)   192.168.33.11/24          \nnode2   65002     192.168.33.12/24          \n\n"
+    );
+    let bgp = "apiVersion: projectcalico.org/v3\nkind: BGPConfiguration\nmetadata:\n  name: default\nspec:\n  asNumber: 63400\n";
+    let g = write(etcd.dir.path(), "bgp.yaml", bgp);
+    ctl.run(&["apply", "-f", &g]).await.ok();
+    let out = ctl.run(&["get", "node", "node1", "-o", "wide"]).await;
+    assert!(
+        out.ok()
+            .stdout
+            .contains("node1   (63400)   192.168.33.11/24"),
+        "{out:?}"
+    );
+
+    let wep = "apiVersion: projectcalico.org/v3\nkind: WorkloadEndpoint\nmetadata:\n  name: node1-libnetwork-libnetwork-abc\n  namespace: default\nspec:\n  node: node1\n  orchestrator: libnetwork\n  workload: libnetwork\n  endpoint: abc\n  interfaceName: calicce21fc3677\n  ipNetworks:\n  - 192.168.166.128/32\n  profiles:\n  - cal-net1\n";
+    let h = write(etcd.dir.path(), "wep.yaml", wep);
+    ctl.run(&["apply", "-f", &h]).await.ok();
+    let out = ctl.run(&["get", "workloadendpoints"]).await;
+    assert_eq!(
+        out.ok().stdout,
+        "WORKLOAD     NODE    NETWORKS             INTERFACE         \nlibnetwork   node1   192.168.166.128/32   calicce21fc3677   \n\n"
+    );
+    let out = ctl.run(&["get", "wep", "-A"]).await;
+    assert!(
+        out.ok().stdout.starts_with("NAMESPACE   WORKLOAD     NODE"),
+        "{out:?}"
+    );
+}
