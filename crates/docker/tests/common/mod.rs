@@ -18,7 +18,9 @@ use std::time::{Duration, Instant};
 
 use calico_datastore::{Datastore, EtcdClient, EtcdConfig};
 use calico_docker::daemon::{Dockerd, DockerdConfig};
-use calico_docker::{Driver, DriverConfig, EtcdAllocator, IpCommandPlumber};
+use calico_docker::{
+    Driver, DriverConfig, EtcdAllocator, IpCommandPlumber, SyncerConfig, run_network_syncer,
+};
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
@@ -82,6 +84,19 @@ pub fn make_router(netns: &str) {
     ]);
 }
 
+/// Links two namespaces with a veth pair `lnk0`/`lnk1` carrying `ip1`/`ip2` (prefixes
+/// included), both inside the namespaces.
+pub fn link(ns1: &str, ip1: &str, ns2: &str, ip2: &str) {
+    run(&[
+        "ip", "-n", ns1, "link", "add", "lnk0", "type", "veth", "peer", "name", "lnk1", "netns",
+        ns2,
+    ]);
+    run(&["ip", "-n", ns1, "addr", "add", ip1, "dev", "lnk0"]);
+    run(&["ip", "-n", ns2, "addr", "add", ip2, "dev", "lnk1"]);
+    run(&["ip", "-n", ns1, "link", "set", "lnk0", "up"]);
+    run(&["ip", "-n", ns2, "link", "set", "lnk1", "up"]);
+}
+
 /// Runs `f` on a fresh thread inside netns `name`, on a current-thread runtime.
 pub fn in_netns<F, Fut>(name: &str, f: F)
 where
@@ -116,9 +131,14 @@ pub struct Etcd {
 }
 
 impl Etcd {
-    /// Must be called from a thread inside the namespace.
+    /// On this namespace's loopback. Must be called from a thread inside the namespace.
     pub async fn start(dir: &Path) -> Etcd {
-        let url = "http://127.0.0.1:2379".to_string();
+        Self::start_on(dir, "127.0.0.1").await
+    }
+
+    /// Listening for clients on `ip` (an address inside the namespace).
+    pub async fn start_on(dir: &Path, ip: &str) -> Etcd {
+        let url = format!("http://{ip}:2379");
         let log = std::fs::File::create(dir.join("etcd.log")).unwrap();
         let child = Command::new("etcd")
             .arg("--name")
@@ -223,6 +243,7 @@ impl DriverThread {
         etcd: EtcdConfig,
         plugins: &Path,
         docker_sock: &Path,
+        with_syncer: bool,
     ) -> Self {
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<()>();
@@ -241,6 +262,19 @@ impl DriverThread {
                 .expect("runtime");
             rt.block_on(async move {
                 let kv = EtcdClient::connect(&etcd).await.expect("etcd");
+                if with_syncer {
+                    let (kv, engine) = (kv.clone(), calico_docker::DockerEngine::new(&docker_sock));
+                    let config = SyncerConfig {
+                        hostname: hostname.clone(),
+                        poll_interval: Duration::from_millis(300),
+                    };
+                    tokio::spawn(run_network_syncer(
+                        kv,
+                        engine,
+                        config,
+                        std::future::pending(),
+                    ));
+                }
                 let driver = Arc::new(Driver {
                     config: DriverConfig { hostname },
                     datastore: Datastore::from_etcd(kv.clone()),
@@ -286,15 +320,27 @@ pub struct Host {
 
 impl Host {
     pub async fn start(hostname: &str, netns: &str, dir: &Path, etcd: &Etcd) -> Host {
+        Self::start_with(hostname, netns, dir, etcd.config(), false).await
+    }
+
+    /// With the network syncer running beside the drivers when `with_syncer`.
+    pub async fn start_with(
+        hostname: &str,
+        netns: &str,
+        dir: &Path,
+        etcd: EtcdConfig,
+        with_syncer: bool,
+    ) -> Host {
         let plugins = dir.join("plugins");
         let state = dir.join("docker");
         std::fs::create_dir_all(&plugins).unwrap();
         let drivers = DriverThread::start(
             hostname,
             netns,
-            etcd.config(),
+            etcd,
             &plugins,
             &Dockerd::socket_path(&state),
+            with_syncer,
         );
         let dockerd = Dockerd::start(DockerdConfig {
             netns: netns.to_string(),

@@ -1,0 +1,172 @@
+//! Networks shared between two Docker hosts through the datastore (no cluster store): two
+//! namespaces linked by a veth pair, etcd on node1's link address, drivers + syncer + dockerd
+//! on each. Routing between the hosts is the node agent's job and is not tested here.
+
+mod common;
+
+use calico_api::{IPPool, IPPoolSpec, ObjectMeta};
+use calico_datastore::Datastore;
+use calico_docker::syncer::{IN_USE_PREFIX, NETWORKS_PREFIX, hosts_still_using};
+use common::*;
+use ipnet::IpNet;
+
+async fn networks(sock: &std::path::Path) -> Vec<String> {
+    docker_ok(sock, &["network", "ls", "--format", "{{.Name}}"])
+        .await
+        .lines()
+        .map(String::from)
+        .collect()
+}
+
+async fn addr(sock: &std::path::Path, name: &str) -> IpNet {
+    let out = docker_ok(
+        sock,
+        &[
+            "exec", name, "ip", "-o", "-4", "addr", "show", "dev", "cali0",
+        ],
+    )
+    .await;
+    out.split_whitespace()
+        .skip_while(|w| *w != "inet")
+        .nth(1)
+        .expect("inet")
+        .parse()
+        .expect("cidr")
+}
+
+#[test]
+fn a_network_created_on_one_host_exists_on_the_other_and_deletion_follows() {
+    let ns1 = Netns::new("cdk");
+    let ns2 = Netns::new("cdk");
+    link(&ns1.name, "10.200.0.1/24", &ns2.name, "10.200.0.2/24");
+    let (n1, n2) = (ns1.name.clone(), ns2.name.clone());
+    in_netns(&ns1.name.clone(), move || async move {
+        let dir = tempfile::tempdir().unwrap();
+        let (d1, d2) = (dir.path().join("node1"), dir.path().join("node2"));
+        std::fs::create_dir_all(&d1).unwrap();
+        std::fs::create_dir_all(&d2).unwrap();
+        let etcd = Etcd::start_on(&d1, "10.200.0.1").await;
+        let kv = etcd.client().await;
+        let ds = Datastore::from_etcd(kv.clone());
+        let mut pool = IPPool::new(
+            "default-ipv4-ippool",
+            IPPoolSpec {
+                cidr: "192.168.0.0/16".into(),
+                ..Default::default()
+            },
+        );
+        pool.metadata = ObjectMeta {
+            name: Some("default-ipv4-ippool".into()),
+            ..Default::default()
+        };
+        ds.create(&pool).await.unwrap();
+
+        let h1 = Host::start_with("node1", &n1, &d1, etcd.config(), true).await;
+        let h2 = Host::start_with("node2", &n2, &d2, etcd.config(), true).await;
+        let (s1, s2) = (h1.sock(), h2.sock());
+        calico_docker::daemon::build_busybox_image(&h1.dockerd, "busybox:latest").unwrap();
+        calico_docker::daemon::build_busybox_image(&h2.dockerd, "busybox:latest").unwrap();
+
+        docker_ok(
+            &s1,
+            &[
+                "network",
+                "create",
+                "--driver",
+                "calico",
+                "--ipam-driver",
+                "calico-ipam",
+                "cal_net1",
+            ],
+        )
+        .await;
+        eventually(15, "cal_net1 on node2", || async {
+            networks(&s2).await.contains(&"cal_net1".to_string())
+        })
+        .await;
+        let drivers = docker_ok(
+            &s2,
+            &[
+                "network",
+                "inspect",
+                "-f",
+                "{{.Driver}} {{.IPAM.Driver}}",
+                "cal_net1",
+            ],
+        )
+        .await;
+        assert_eq!(drivers.trim(), "calico calico-ipam");
+        assert!(
+            kv.get(&format!("{NETWORKS_PREFIX}cal_net1"))
+                .await
+                .unwrap()
+                .is_some()
+        );
+
+        // docker run on node2 without a local `network create`; each host its own block.
+        docker_ok(
+            &s1,
+            &[
+                "run", "-d", "--net", "cal_net1", "--name", "bbox1", "busybox", "sleep", "600",
+            ],
+        )
+        .await;
+        docker_ok(
+            &s2,
+            &[
+                "run", "-d", "--net", "cal_net1", "--name", "bbox2", "busybox", "sleep", "600",
+            ],
+        )
+        .await;
+        let (a1, a2) = (addr(&s1, "bbox1").await, addr(&s2, "bbox2").await);
+        let b1: IpNet = "192.168.0.0/26".parse().unwrap();
+        let b2: IpNet = "192.168.0.64/26".parse().unwrap();
+        assert!(
+            b1.contains(&a1.addr()),
+            "node1's container {a1} not in node1's block {b1}"
+        );
+        assert!(
+            b2.contains(&a2.addr()),
+            "node2's container {a2} not in node2's block {b2}"
+        );
+
+        // Delete on node1 while node2 still has a container: node2 keeps it and says so.
+        docker_ok(&s1, &["rm", "-f", "bbox1"]).await;
+        docker_ok(&s1, &["network", "rm", "cal_net1"]).await;
+        eventually(15, "record removed", || async {
+            kv.get(&format!("{NETWORKS_PREFIX}cal_net1"))
+                .await
+                .unwrap()
+                .is_none()
+        })
+        .await;
+        eventually(15, "node2 reports it still uses cal_net1", || async {
+            hosts_still_using(&kv, "cal_net1").await.unwrap() == vec!["node2".to_string()]
+        })
+        .await;
+        assert!(networks(&s2).await.contains(&"cal_net1".to_string()));
+        // Not re-published by node2 meanwhile.
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        assert!(
+            kv.get(&format!("{NETWORKS_PREFIX}cal_net1"))
+                .await
+                .unwrap()
+                .is_none()
+        );
+        assert!(!networks(&s1).await.contains(&"cal_net1".to_string()));
+
+        // Once its last container is gone, node2 removes it too.
+        docker_ok(&s2, &["rm", "-f", "bbox2"]).await;
+        eventually(15, "cal_net1 gone from node2", || async {
+            !networks(&s2).await.contains(&"cal_net1".to_string())
+        })
+        .await;
+        eventually(15, "in-use mark cleared", || async {
+            kv.list(IN_USE_PREFIX).await.unwrap().kvs.is_empty()
+        })
+        .await;
+
+        h2.shutdown().await;
+        h1.shutdown().await;
+    });
+}
