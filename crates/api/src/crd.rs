@@ -162,3 +162,85 @@ pub fn all_crds() -> Result<Vec<(String, String)>, CrdError> {
         Tier,
     ])
 }
+
+/// The OpenAPI schema (`openAPIV3Schema`) of a kind, built once per process. Also available
+/// for Node, WorkloadEndpoint and Profile, which have no published CRD.
+pub fn schema(kind: &str) -> Option<&'static Value> {
+    use std::collections::HashMap;
+    use std::sync::OnceLock;
+    static SCHEMAS: OnceLock<HashMap<&'static str, Value>> = OnceLock::new();
+    fn one<K: CustomResourceExt + crate::CalicoResource>() -> Option<(&'static str, Value)> {
+        let crd = serde_json::to_value(crd_for::<K>().ok()?).ok()?;
+        let schema = crd
+            .pointer("/spec/versions/0/schema/openAPIV3Schema")?
+            .clone();
+        Some((K::KIND, schema))
+    }
+    macro_rules! all {
+        ($($ty:ty),* $(,)?) => { [$(one::<$ty>()),*].into_iter().flatten().collect() };
+    }
+    SCHEMAS
+        .get_or_init(|| {
+            all![
+                BGPConfiguration,
+                BGPFilter,
+                BGPPeer,
+                BlockAffinity,
+                CalicoNodeStatus,
+                ClusterInformation,
+                FelixConfiguration,
+                GlobalNetworkPolicy,
+                GlobalNetworkSet,
+                HostEndpoint,
+                IPAMBlock,
+                IPAMConfiguration,
+                IPAMHandle,
+                IPPool,
+                IPReservation,
+                KubeControllersConfiguration,
+                NetworkPolicy,
+                NetworkSet,
+                Node,
+                Profile,
+                StagedGlobalNetworkPolicy,
+                StagedKubernetesNetworkPolicy,
+                StagedNetworkPolicy,
+                Tier,
+                WorkloadEndpoint,
+            ]
+        })
+        .get(kind)
+}
+
+/// Turns YAML scalars that landed as numbers or booleans into strings where the schema
+/// expects a string (`containerID: 1337`, a label `version: 1`), as Calico's YAML decoding
+/// does. Int-or-string fields keep their numbers.
+pub fn coerce_scalars(value: &mut Value, schema: &Value) {
+    let wants_string = schema.get("type").and_then(Value::as_str) == Some("string");
+    match value {
+        Value::Number(n) if wants_string => *value = Value::String(n.to_string()),
+        Value::Bool(b) if wants_string => *value = Value::String(b.to_string()),
+        Value::Object(map) => {
+            if let Some(Value::Object(props)) = schema.get("properties") {
+                for (name, prop) in props {
+                    if let Some(child) = map.get_mut(name) {
+                        coerce_scalars(child, prop);
+                    }
+                }
+            }
+            if let Some(add) = schema.get("additionalProperties").filter(|a| a.is_object()) {
+                for child in map.values_mut() {
+                    coerce_scalars(child, add);
+                }
+            }
+        }
+        Value::Array(items) => {
+            if let Some(item_schema) = schema.get("items") {
+                items
+                    .iter_mut()
+                    .for_each(|i| coerce_scalars(i, item_schema));
+            }
+        }
+        _ => {}
+    }
+}

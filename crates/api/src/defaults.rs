@@ -5,8 +5,6 @@
 //! and the defaults Calico's own code applies (IPPool block size per family, encapsulation
 //! `Never`, allowed uses, policy `types` from the rules).
 
-use kube::CustomResourceExt;
-use serde::{Serialize, de::DeserializeOwned};
 use serde_json::Value;
 
 use crate::kinds::*;
@@ -51,16 +49,8 @@ pub fn apply_schema_defaults(value: &mut Value, schema: &Value) {
 }
 
 /// Applies the CRD schema defaults of `K` to `r` (through its JSON form).
-fn schema_defaults<K: CustomResourceExt + crate::CalicoResource + Serialize + DeserializeOwned>(
-    r: &mut K,
-) {
-    let Ok(crd) = crate::crd::crd_for::<K>() else {
-        return;
-    };
-    let Ok(crd) = serde_json::to_value(crd) else {
-        return;
-    };
-    let Some(schema) = crd.pointer("/spec/versions/0/schema/openAPIV3Schema") else {
+fn schema_defaults<K: crate::CalicoResource>(r: &mut K) {
+    let Some(schema) = crate::crd::schema(K::KIND) else {
         return;
     };
     let Ok(mut value) = serde_json::to_value(&*r) else {
@@ -126,21 +116,37 @@ macro_rules! policy_defaults {
         }
     )*};
 }
-policy_defaults!(
-    NetworkPolicy,
-    GlobalNetworkPolicy,
-    StagedNetworkPolicy,
-    StagedGlobalNetworkPolicy
-);
+policy_defaults!(NetworkPolicy, GlobalNetworkPolicy);
+
+/// Staged policies default like the policies they stage, except a staged deletion, which
+/// names only the policy (and its tier) to delete.
+macro_rules! staged_policy_defaults {
+    ($($ty:ty),*) => {$(
+        impl Defaults for $ty {
+            fn default(&mut self) {
+                schema_defaults(self);
+                let spec = &mut self.spec;
+                if spec.tier.as_deref().is_none_or(str::is_empty) {
+                    spec.tier = Some("default".into());
+                }
+                if spec.types.is_empty() && spec.staged_action != Some(StagedAction::Delete) {
+                    spec.types = default_policy_types(!spec.ingress.is_empty(), !spec.egress.is_empty());
+                }
+            }
+        }
+    )*};
+}
+staged_policy_defaults!(StagedNetworkPolicy, StagedGlobalNetworkPolicy);
 
 impl Defaults for StagedKubernetesNetworkPolicy {
     fn default(&mut self) {
         schema_defaults(self);
         // Kubernetes: Ingress always, Egress when egress rules exist.
-        if self.spec.policy_types.is_empty() {
-            self.spec.policy_types.push("Ingress".into());
-            if !self.spec.egress.is_empty() {
-                self.spec.policy_types.push("Egress".into());
+        let spec = &mut self.spec;
+        if spec.policy_types.is_empty() && spec.staged_action != Some(StagedAction::Delete) {
+            spec.policy_types.push("Ingress".into());
+            if !spec.egress.is_empty() {
+                spec.policy_types.push("Egress".into());
             }
         }
     }

@@ -18,8 +18,9 @@ pub use registry::{
 };
 pub use resource::{API_GROUP, API_VERSION, CalicoResource, ObjectMeta};
 pub use validate::{
-    FieldError, Validate, ValidationErrors, check_community, is_dns_label, is_dns_subdomain,
-    parse_cidr, parse_ip_or_cidr, validate_pools_disjoint,
+    FieldError, Validate, ValidationErrors, check_community, check_qualified_name, is_dns_label,
+    is_dns_subdomain, is_iana_service_name, is_label_value, parse_cidr, parse_ip_or_cidr,
+    validate_pools_disjoint,
 };
 
 /// Implements [`CalicoResource`] for every kind, from one table.

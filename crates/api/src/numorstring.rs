@@ -21,7 +21,7 @@ pub enum NumOrStringError {
     BadPort(String),
     #[error("protocol number {0} is not in 0..=255")]
     ProtocolOutOfRange(i64),
-    #[error("{0:?} is not a protocol: expected TCP, UDP, ICMP, ICMPv6, SCTP, UDPLite or 0..=255")]
+    #[error("{0:?} is not a protocol: expected TCP, UDP, ICMP, ICMPv6, SCTP, UDPLite or 1..=255")]
     BadProtocol(String),
     #[error("DSCP {0} is not in 0..=63")]
     DscpOutOfRange(i64),
@@ -186,10 +186,8 @@ impl Protocol {
                 .map(Protocol::Number)
                 .map_err(|_| NumOrStringError::BadProtocol(s.into()));
         }
-        if PROTOCOL_NAMES
-            .iter()
-            .any(|(n, _)| n.eq_ignore_ascii_case(s))
-        {
+        // Calico's v3 API takes the names exactly as listed (`tcp` is the v1 spelling).
+        if PROTOCOL_NAMES.iter().any(|(n, _)| *n == s) {
             Ok(Protocol::Name(s.to_string()))
         } else {
             Err(NumOrStringError::BadProtocol(s.into()))
@@ -202,14 +200,15 @@ impl Protocol {
             Protocol::Number(n) => *n,
             Protocol::Name(name) => PROTOCOL_NAMES
                 .iter()
-                .find(|(n, _)| n.eq_ignore_ascii_case(name))
+                .find(|(n, _)| n == name)
                 .map_or(0, |(_, num)| *num),
         }
     }
 
-    /// Whether rules with this protocol may match on ports (TCP, UDP, SCTP, UDPLite).
+    /// Whether rules with this protocol may match on ports. Calico allows ports with TCP, UDP
+    /// and SCTP only (not UDPLite, although it has ports on the wire).
     pub fn supports_ports(&self) -> bool {
-        matches!(self.number(), 6 | 17 | 132 | 136)
+        matches!(self.number(), 6 | 17 | 132)
     }
 
     /// Whether this is ICMP (1) or ICMPv6 (58).
@@ -376,7 +375,19 @@ mod tests {
     #[test]
     fn protocols_keep_their_written_form() {
         let p: Protocol = serde_json::from_str(r#""UDPLite""#).unwrap();
-        assert!(p.supports_ports());
+        assert!(
+            !p.supports_ports(),
+            "Calico allows ports only with TCP, UDP and SCTP"
+        );
+        assert!(
+            serde_json::from_str::<Protocol>(r#""SCTP""#)
+                .unwrap()
+                .supports_ports()
+        );
+        assert!(
+            serde_json::from_str::<Protocol>(r#""tcp""#).is_err(),
+            "names are case-sensitive"
+        );
         assert_eq!(serde_json::to_string(&p).unwrap(), r#""UDPLite""#);
         let n: Protocol = serde_json::from_str("58").unwrap();
         assert!(n.is_icmp());

@@ -302,6 +302,23 @@ pub fn decode<T: CalicoResource>(mut value: Value) -> Result<T, DecodeError> {
         if matches!(map.get("status"), Some(Value::Null)) {
             map.remove("status");
         }
+        // Label and annotation values are strings even when YAML read `1` or `true`.
+        if let Some(Value::Object(meta)) = map.get_mut("metadata") {
+            for key in ["labels", "annotations"] {
+                if let Some(Value::Object(m)) = meta.get_mut(key) {
+                    for v in m.values_mut() {
+                        match v {
+                            Value::Number(n) => *v = Value::String(n.to_string()),
+                            Value::Bool(b) => *v = Value::String(b.to_string()),
+                            _ => {}
+                        }
+                    }
+                }
+            }
+        }
+    }
+    if let Some(schema) = crate::crd::schema(T::KIND) {
+        crate::crd::coerce_scalars(&mut value, schema);
     }
     serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();

@@ -513,7 +513,7 @@ fn every_kind_accepts_a_valid_document_and_names_the_fields_of_an_invalid_one() 
         ),
         (
             "WorkloadEndpoint",
-            "metadata: {name: w, namespace: ns}\nspec: {ipNetworks: [10.0.0.1], mac: 'ee:ee'}",
+            "metadata: {name: w, namespace: ns}\nspec: {ipNetworks: [10.0.0.0/24], mac: 'ee:ee'}",
             &["spec.ipNetworks[0]", "spec.mac"],
         ),
         (
@@ -553,8 +553,8 @@ fn every_kind_accepts_a_valid_document_and_names_the_fields_of_an_invalid_one() 
         ),
         (
             "StagedNetworkPolicy",
-            "metadata: {name: p, namespace: ns}\nspec: {ingress: [{action: Allow, destination: {services: {namespace: x}}}]}",
-            &["spec.ingress[0].destination.services.name"],
+            "metadata: {name: p, namespace: ns}\nspec: {egress: [{action: Allow, destination: {services: {namespace: x}}}]}",
+            &["spec.egress[0].destination.services.name"],
         ),
         (
             "StagedGlobalNetworkPolicy",
@@ -613,8 +613,8 @@ fn every_kind_accepts_a_valid_document_and_names_the_fields_of_an_invalid_one() 
         ),
         (
             "Profile",
-            "metadata: {name: p}\nspec: {egress: [{action: Allow, protocol: UDP, notICMP: {type: 3}}]}",
-            &["spec.egress[0].notICMP"],
+            "metadata: {name: p}\nspec: {egress: [{action: Allow, protocol: UDP, icmp: {type: 3}}]}",
+            &["spec.egress[0].icmp"],
         ),
         (
             "FelixConfiguration",
@@ -712,4 +712,212 @@ fn every_kind_accepts_a_valid_document_and_names_the_fields_of_an_invalid_one() 
     }
     let all: std::collections::BTreeSet<&str> = KINDS.iter().map(|k| k.kind).collect();
     assert_eq!(covered, all, "every kind has cases");
+}
+
+#[test]
+fn yaml_numbers_and_booleans_become_strings_where_calico_expects_strings() {
+    let r = decode_ok(
+        "apiVersion: projectcalico.org/v3\nkind: WorkloadEndpoint\nmetadata:\n  name: w\n  namespace: default\n  labels: {version: 1, canary: true}\nspec:\n  containerID: 1337\n  node: node1\n  ports:\n  - {name: some-port, port: 1234, protocol: TCP}",
+    );
+    let AnyResource::WorkloadEndpoint(w) = r else {
+        panic!()
+    };
+    assert_eq!(w.spec.container_id.as_deref(), Some("1337"));
+    let labels = w.metadata.labels.unwrap();
+    assert_eq!(labels["version"], "1");
+    assert_eq!(labels["canary"], "true");
+    assert_eq!(w.spec.ports[0].port, 1234, "integers stay integers");
+}
+
+/// The samples of Calico's resource reference pages decode, default and validate cleanly.
+/// (The WorkloadEndpoint page's `containerID: 1337495556942` is shortened here:
+/// that integer overflows serde_yaml_ng before our code sees it.)
+#[test]
+fn calico_documentation_samples_are_accepted() {
+    let samples = [
+        "apiVersion: projectcalico.org/v3\nkind: Node\nmetadata:\n  name: node-hostname\nspec:\n  bgp:\n    asNumber: 64512\n    ipv4Address: 10.244.0.1/24\n    ipv6Address: 2001:db8:85a3::8a2e:370:7334/120\n    ipv4IPIPTunnelAddr: 192.168.0.1\n",
+        "apiVersion: projectcalico.org/v3\nkind: Profile\nmetadata:\n  name: dev-apps\nspec:\n  labelsToApply:\n    stage: development\n",
+        "apiVersion: projectcalico.org/v3\nkind: WorkloadEndpoint\nmetadata:\n  name: node1-k8s-my--nginx--b1337a-eth0\n  namespace: default\n  labels:\n    app: frontend\n    projectcalico.org/namespace: default\n    projectcalico.org/orchestrator: k8s\nspec:\n  node: node1\n  orchestrator: k8s\n  containerID: 1337495556942\n  pod: my-nginx-b1337a\n  endpoint: eth0\n  interfaceName: cali0ef24ba\n  mac: ca:fe:1d:52:bb:e9\n  ipNetworks:\n  - 192.168.0.0/32\n  profiles:\n  - profile1\n  ports:\n  - name: some-port\n    port: 1234\n    protocol: TCP\n  - name: another-port\n    port: 5432\n    protocol: UDP\n",
+    ];
+    for doc in samples {
+        let mut r = decode_ok(doc);
+        r.set_defaults();
+        r.validate().unwrap_or_else(|e| panic!("{e}\n{doc}"));
+    }
+}
+
+/// Rules taken from Calico's validator beyond the basic ones above.
+#[test]
+fn calico_validator_rules_on_ports_protocols_nets_and_names() {
+    let gnp = |name: &str, spec: &str| {
+        decode_ok(&format!(
+            "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata: {{name: {name}}}\nspec: {spec}"
+        ))
+    };
+    // Named ports resolve against the endpoint, so they need no protocol; numbers do.
+    assert!(
+        paths(&gnp(
+            "p",
+            "{ingress: [{action: Allow, destination: {ports: [http]}}]}"
+        ))
+        .is_empty()
+    );
+    assert_eq!(
+        paths(&gnp(
+            "p",
+            "{ingress: [{action: Allow, destination: {ports: [http, 80]}}]}"
+        )),
+        vec!["spec.ingress[0].destination.ports"]
+    );
+    assert_eq!(
+        paths(&gnp(
+            "p",
+            "{ingress: [{action: Allow, protocol: UDPLite, destination: {ports: [80]}}]}"
+        )),
+        vec!["spec.ingress[0].destination.ports"],
+        "Calico allows ports only with TCP, UDP and SCTP"
+    );
+    assert_eq!(
+        paths(&gnp(
+            "p",
+            "{ingress: [{action: Allow, protocol: TCP, destination: {ports: [0, Bad_Name]}}]}"
+        )),
+        vec![
+            "spec.ingress[0].destination.ports[0]",
+            "spec.ingress[0].destination.ports[1]"
+        ]
+    );
+    assert_eq!(
+        paths(&gnp("p", "{ingress: [{action: Allow, protocol: 0}]}")),
+        vec!["spec.ingress[0].protocol"]
+    );
+    let e = from_value(yaml(
+        "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata: {name: p}\nspec: {ingress: [{action: Allow, protocol: tcp}]}",
+    ))
+    .unwrap_err();
+    assert_eq!(
+        e.path(),
+        "spec.ingress[0].protocol",
+        "protocol names are case-sensitive"
+    );
+    // Nets: one address family per rule, matching ipVersion; no negated catch-all.
+    assert_eq!(
+        paths(&gnp(
+            "p",
+            "{ingress: [{action: Allow, source: {nets: [10.0.0.0/8]}, destination: {nets: ['fd00::/8']}}]}"
+        )),
+        vec!["spec.ingress[0].destination.nets"]
+    );
+    assert_eq!(
+        paths(&gnp(
+            "p",
+            "{ingress: [{action: Allow, ipVersion: 6, source: {nets: [10.0.0.0/8]}}]}"
+        )),
+        vec!["spec.ingress[0].source.nets"]
+    );
+    assert_eq!(
+        paths(&gnp(
+            "p",
+            "{ingress: [{action: Allow, source: {notNets: [0.0.0.0/0]}}]}"
+        )),
+        vec!["spec.ingress[0].source.notNets[0]"]
+    );
+    assert_eq!(
+        paths(&gnp(
+            "p",
+            "{ingress: [{action: Allow, source: {nets: [10.0.0.1]}}]}"
+        )),
+        vec!["spec.ingress[0].source.nets[0]"],
+        "rule nets are CIDRs"
+    );
+    // HTTP matches: Allow ingress rules only, with sane paths and no duplicate methods.
+    assert_eq!(
+        paths(&gnp(
+            "p",
+            "{egress: [{action: Allow, http: {methods: [GET, GET], paths: [{exact: x}, {exact: /a, prefix: /b}]}}]}"
+        )),
+        vec![
+            "spec.egress[0].http.methods",
+            "spec.egress[0].http.paths[0]",
+            "spec.egress[0].http.paths[1]",
+            "spec.egress[0].http"
+        ]
+    );
+    // Global policies must name the namespace of a service.
+    assert_eq!(
+        paths(&gnp(
+            "p",
+            "{egress: [{action: Allow, destination: {services: {name: s}}}]}"
+        )),
+        vec!["spec.egress[0].destination.services.namespace"]
+    );
+    assert_eq!(
+        paths(&gnp(
+            "p",
+            "{ingress: [{action: Allow, source: {namespaceSelector: global() && a == 'b'}}]}"
+        )),
+        vec!["spec.ingress[0].source.namespaceSelector"]
+    );
+    assert_eq!(
+        paths(&gnp("p", "{types: [Ingress, Ingress]}")),
+        vec!["spec.types"]
+    );
+    // Policy names: a DNS label, optionally two joined by one dot.
+    assert!(paths(&gnp("security.allow-dns", "{}")).is_empty());
+    assert_eq!(paths(&gnp("a.b.c", "{}")), vec!["metadata.name"]);
+    let np = |name: &str| {
+        decode_ok(&format!(
+            "apiVersion: projectcalico.org/v3\nkind: NetworkPolicy\nmetadata: {{name: {name}, namespace: ns}}\nspec: {{}}"
+        ))
+    };
+    assert!(paths(&np("knp.default.allow.all")).is_empty());
+    assert_eq!(paths(&np("a.b.c")), vec!["metadata.name"]);
+    let tier =
+        decode_ok("apiVersion: projectcalico.org/v3\nkind: Tier\nmetadata: {name: a.b}\nspec: {}");
+    assert_eq!(paths(&tier), vec!["metadata.name"]);
+}
+
+#[test]
+fn calico_validator_rules_on_endpoints_nodes_labels_and_config() {
+    let wep = decode_ok(
+        "apiVersion: projectcalico.org/v3\nkind: WorkloadEndpoint\nmetadata: {name: w, namespace: ns}\nspec:\n  ipNetworks: [10.0.0.1/32]\n  ipNATs: [{internalIP: 10.0.0.2, externalIP: 172.16.0.1}]\n  ports: [{name: '', port: 80, protocol: TCP}]\n  containerID: 'abc_def'",
+    );
+    assert_eq!(
+        paths(&wep),
+        vec![
+            "spec.ipNATs[0].internalIP",
+            "spec.containerID",
+            "spec.ports[0].name"
+        ]
+    );
+    let node = decode_ok(
+        "apiVersion: projectcalico.org/v3\nkind: Node\nmetadata: {name: n}\nspec: {bgp: {}}",
+    );
+    assert_eq!(paths(&node), vec!["spec.bgp"]);
+    let peer = decode_ok(
+        "apiVersion: projectcalico.org/v3\nkind: BGPPeer\nmetadata: {name: p}\nspec: {peerIP: 10.0.0.1, asNumber: 1, reachableBy: 'fd00::1'}",
+    );
+    assert_eq!(paths(&peer), vec!["spec.reachableBy"]);
+    let set = decode_ok(
+        "apiVersion: projectcalico.org/v3\nkind: NetworkSet\nmetadata:\n  name: s\n  namespace: ns\n  labels: {projectcalico.org/namespace: ns, 'bad key!': x, ok: 'bad value!'}\nspec: {}",
+    );
+    assert_eq!(
+        paths(&set),
+        vec![
+            "metadata.labels[bad key!]",
+            "metadata.labels[ok]",
+            "metadata.labels[projectcalico.org/namespace]"
+        ]
+    );
+    let felix = decode_ok(
+        "apiVersion: projectcalico.org/v3\nkind: FelixConfiguration\nmetadata: {name: default}\nspec: {kubeNodePortRanges: [30000:32767, http], openstackRegion: Region_1}",
+    );
+    assert_eq!(
+        paths(&felix),
+        vec!["spec.kubeNodePortRanges[1]", "spec.openstackRegion"]
+    );
+    let aff = decode_ok(
+        "apiVersion: projectcalico.org/v3\nkind: BlockAffinity\nmetadata: {name: a}\nspec: {cidr: 10.0.0.0/26, node: n, state: confirmed, deleted: true}",
+    );
+    assert_eq!(paths(&aff), vec!["spec.deleted"]);
 }
