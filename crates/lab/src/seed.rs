@@ -75,10 +75,15 @@ impl UpContext {
     }
 }
 
-/// One step of `calico-lab up`: returns the lines that tell the user what it started.
+/// One step of `calico-lab up`: `run` returns the lines that tell the user what it started.
+/// `down`, if any, runs before the teardown (steps in reverse order) for what killing the
+/// recorded daemons and deleting the namespaces would not clean up (e.g. removing Docker
+/// containers before their dockerd dies); it gets the run record and must not fail the
+/// teardown (log and carry on).
 pub struct Step {
     pub name: &'static str,
     pub run: fn(&mut UpContext) -> Result<Vec<String>, SeedError>,
+    pub down: Option<fn(&RunRecord)>,
 }
 
 /// The steps of `calico-lab up`, in order.
@@ -87,10 +92,12 @@ pub fn steps() -> Vec<Step> {
         Step {
             name: "etcd",
             run: start_etcd,
+            down: None,
         },
         Step {
             name: "calicoctl config",
             run: write_calicoctl_cfg,
+            down: None,
         },
     ]
 }
@@ -142,11 +149,20 @@ pub fn up_with_id(id: &str, say: &mut dyn FnMut(&str)) -> Result<(), SeedError> 
         hosts.insert(name.to_owned(), host);
     }
     let mut ctx = UpContext { lab, hosts };
-    for step in steps() {
+    let all = steps();
+    for (i, step) in all.iter().enumerate() {
         match (step.run)(&mut ctx) {
             Ok(lines) => lines.iter().for_each(|l| say(l)),
-            // Dropping ctx (and its lab) tears down everything started so far.
+            // Dropping ctx (and its lab) tears down everything started so far; first the down
+            // hooks of the steps that ran, the failed one included (it may have half-started).
             Err(e) => {
+                if let Ok(rec) = RunRecord::load(id) {
+                    for ran in all[..=i].iter().rev() {
+                        if let Some(down) = ran.down {
+                            down(&rec);
+                        }
+                    }
+                }
                 return Err(SeedError::Step {
                     step: step.name,
                     source: Box::new(e),
@@ -220,6 +236,11 @@ pub fn down_with_id(id: &str) -> Result<bool, SeedError> {
     };
     match RunRecord::load(id) {
         Ok(rec) => {
+            for step in steps().iter().rev() {
+                if let Some(down) = step.down {
+                    down(&rec);
+                }
+            }
             state::teardown_run(&rec);
             Ok(true)
         }
