@@ -8,7 +8,17 @@
 //! - [`verdict()`]/[`verdict::evaluate`]: a reference evaluator for tests and cross-checks;
 //! - [`knp::translate`]: Kubernetes NetworkPolicy → Calico policy.
 //!
-//! Pure: no I/O. The nftables dataplane consumes [`program::HostProgram`].
+//! Pure: no I/O. The nftables dataplane consumes [`program::HostProgram`]: endpoints' chains
+//! refer to shared rule lists (one per policy or profile and direction) and to IP sets by
+//! stable id; render each rule per IP family with [`program::RuleMatch::for_family`].
+//!
+//! Not modelled (yet): rule `http`, `services` and `metadata` matches; anything specific to a
+//! `*` (all-interfaces) host endpoint beyond having no interface name; incremental updates of
+//! policies, profiles and tiers (a change rebuilds the [`Compiler`]; endpoint and network set
+//! changes are incremental through [`sets::SetIndex`]); the conversion from `calico-api` types.
+//! Left to the dataplane: allowing established/related and dropping invalid packets before the
+//! chains, the workload-to-host default action, and dropping encapsulated packets from
+//! workloads.
 
 pub mod compile;
 pub mod knp;

@@ -120,6 +120,40 @@ pub struct RuleMatch {
     pub destination: AddressMatch,
 }
 
+impl RuleMatch {
+    /// The rule as it exists for one IP family, as Felix renders it: `None` when the rule does
+    /// not exist for that family (its `ipVersion` is the other one, or a non-empty nets/notNets
+    /// list has no network of this family, or a notNets list holds this family's catch-all);
+    /// otherwise a copy whose nets lists keep only this family's networks. The dataplane
+    /// should render exactly this per family; the reference evaluator uses it too.
+    pub fn for_family(&self, v: IpVersion) -> Option<RuleMatch> {
+        if self.ip_version.is_some_and(|x| x != v) {
+            return None;
+        }
+        let mut out = self.clone();
+        for side in [&mut out.source, &mut out.destination] {
+            side.nets = nets_for(&side.nets, v, false)?;
+            side.not_nets = nets_for(&side.not_nets, v, true)?;
+        }
+        Some(out)
+    }
+}
+
+fn nets_for(nets: &[IpNet], v: IpVersion, negated: bool) -> Option<Vec<IpNet>> {
+    if nets.is_empty() {
+        return Some(Vec::new());
+    }
+    let mine: Vec<IpNet> = nets
+        .iter()
+        .filter(|n| IpVersion::of_net(n) == v)
+        .cloned()
+        .collect();
+    if mine.is_empty() || (negated && mine.iter().any(|n| n.prefix_len() == 0)) {
+        return None;
+    }
+    Some(mine)
+}
+
 /// A compiled rule.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct CompiledRule {

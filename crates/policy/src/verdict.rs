@@ -214,24 +214,6 @@ fn in_nets(nets: &[IpNet], addr: IpAddr) -> bool {
     nets.iter().any(|n| n.contains(&addr))
 }
 
-/// Calico's per-family rule filtering: a rule whose nets (or notNets) are all of the other
-/// family does not exist for this packet's family; a negated catch-all of this family makes the
-/// rule vanish too.
-fn nets_for(nets: &[IpNet], v: IpVersion, negated: bool) -> Option<Vec<IpNet>> {
-    if nets.is_empty() {
-        return Some(Vec::new());
-    }
-    let mine: Vec<IpNet> = nets
-        .iter()
-        .filter(|n| IpVersion::of_net(n) == v)
-        .cloned()
-        .collect();
-    if mine.is_empty() || (negated && mine.iter().any(|n| n.prefix_len() == 0)) {
-        return None;
-    }
-    Some(mine)
-}
-
 fn icmp_matches(f: &IcmpFields, p: &Packet) -> bool {
     f.icmp_type.is_none_or(|t| p.icmp_type == Some(t))
         && f.code.is_none_or(|c| p.icmp_code == Some(c))
@@ -257,31 +239,26 @@ fn side_matches(
     port: Option<u16>,
     p: &Packet,
     sets: &dyn SetLookup,
-) -> Option<bool> {
-    let v = p.ip_version();
-    let nets = nets_for(&m.nets, v, false)?;
-    let not_nets = nets_for(&m.not_nets, v, true)?;
-    Some(
-        (nets.is_empty() || in_nets(&nets, addr))
-            && !in_nets(&not_nets, addr)
-            && m.set.as_ref().is_none_or(|s| sets.contains_addr(s, addr))
-            && m.not_set
-                .as_ref()
-                .is_none_or(|s| !sets.contains_addr(s, addr))
-            && m.ports
-                .as_ref()
-                .is_none_or(|pm| ports_match(pm, addr, port, p, sets))
-            && m.not_ports
-                .as_ref()
-                .is_none_or(|pm| !ports_match(pm, addr, port, p, sets)),
-    )
+) -> bool {
+    (m.nets.is_empty() || in_nets(&m.nets, addr))
+        && !in_nets(&m.not_nets, addr)
+        && m.set.as_ref().is_none_or(|s| sets.contains_addr(s, addr))
+        && m.not_set
+            .as_ref()
+            .is_none_or(|s| !sets.contains_addr(s, addr))
+        && m.ports
+            .as_ref()
+            .is_none_or(|pm| ports_match(pm, addr, port, p, sets))
+        && m.not_ports
+            .as_ref()
+            .is_none_or(|pm| !ports_match(pm, addr, port, p, sets))
 }
 
 /// Whether a rule matches a packet.
 pub fn rule_matches(m: &RuleMatch, p: &Packet, sets: &dyn SetLookup) -> bool {
-    if m.ip_version.is_some_and(|v| v != p.ip_version()) {
+    let Some(m) = m.for_family(p.ip_version()) else {
         return false;
-    }
+    };
     if m.protocol.is_some_and(|x| x != p.protocol) || m.not_protocol == Some(p.protocol) {
         return false;
     }
@@ -290,8 +267,8 @@ pub fn rule_matches(m: &RuleMatch, p: &Packet, sets: &dyn SetLookup) -> bool {
     {
         return false;
     }
-    side_matches(&m.source, p.src, p.src_port, p, sets) == Some(true)
-        && side_matches(&m.destination, p.dst, p.dst_port, p, sets) == Some(true)
+    side_matches(&m.source, p.src, p.src_port, p, sets)
+        && side_matches(&m.destination, p.dst, p.dst_port, p, sets)
 }
 
 fn failsafe_matches(f: &FailsafePort, direction: Direction, p: &Packet) -> bool {

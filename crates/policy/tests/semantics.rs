@@ -1009,3 +1009,25 @@ fn each_policy_is_compiled_once_per_direction_and_shared_by_endpoints() {
         );
     }
 }
+
+#[test]
+fn rules_are_rendered_per_family_as_felix_does() {
+    use calico_policy::program::RuleMatch;
+    let mut m = RuleMatch::default();
+    m.source.nets = vec![net("10.0.0.0/8"), net("fd00::/8")];
+    let v4 = m.for_family(IpVersion::V4).expect("exists for IPv4");
+    assert_eq!(v4.source.nets, vec![net("10.0.0.0/8")]);
+    let mut only_v4 = RuleMatch::default();
+    only_v4.destination.nets = vec![net("10.0.0.0/8")];
+    assert!(only_v4.for_family(IpVersion::V6).is_none());
+    // A negated catch-all makes the rule vanish for that family (Felix avoids the contradiction).
+    let mut not_all = RuleMatch::default();
+    not_all.source.not_nets = vec![net("0.0.0.0/0")];
+    assert!(not_all.for_family(IpVersion::V4).is_none());
+    let v6_rule = RuleMatch {
+        ip_version: Some(IpVersion::V6),
+        ..Default::default()
+    };
+    assert!(v6_rule.for_family(IpVersion::V4).is_none());
+    assert!(v6_rule.for_family(IpVersion::V6).is_some());
+}
