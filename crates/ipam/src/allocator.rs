@@ -51,7 +51,7 @@ pub enum IpamError {
     Resource {
         kind: &'static str,
         #[source]
-        source: ResourceError,
+        source: Box<ResourceError>,
     },
     #[error("IP pool configuration")]
     Pool(#[from] PoolError),
@@ -198,13 +198,16 @@ struct Settings {
     loaded_at: Instant,
 }
 
+/// A node's labels and when they were read.
+type CachedLabels = (BTreeMap<String, String>, Instant);
+
 /// The IPAM client. Cheap to share (`Arc<Ipam>`); all methods take `&self`.
 pub struct Ipam {
     kv: EtcdClient,
     resources: Datastore,
     opts: IpamOptions,
     settings: Mutex<Option<Settings>>,
-    node_labels: Mutex<HashMap<String, (BTreeMap<String, String>, Instant)>>,
+    node_labels: Mutex<HashMap<String, CachedLabels>>,
     hosts: Mutex<HashMap<String, Arc<tokio::sync::Mutex<HostCache>>>>,
 }
 
@@ -373,7 +376,7 @@ impl Ipam {
             .await
             .map_err(|source| IpamError::Resource {
                 kind: "IPReservation",
-                source,
+                source: Box::new(source),
             })?;
         let reservations = Arc::new(Reservations::from_resources(&res.items)?);
         let (config, _) = self.get_config().await?;
@@ -395,7 +398,7 @@ impl Ipam {
             .await
             .map_err(|source| IpamError::Resource {
                 kind: "IPPool",
-                source,
+                source: Box::new(source),
             })?;
         let mut pools = Vec::new();
         for p in &list.items {
@@ -421,7 +424,7 @@ impl Ipam {
             Err(source) => {
                 return Err(IpamError::Resource {
                     kind: "Node",
-                    source,
+                    source: Box::new(source),
                 });
             }
         };
@@ -514,7 +517,10 @@ impl Ipam {
         // Phase 1: pending affinity.
         let aff_rev = match self
             .kv
-            .create(&aff_key, encode(&AffinityValue::new(AffinityState::Pending)))
+            .create(
+                &aff_key,
+                encode(&AffinityValue::new(AffinityState::Pending)),
+            )
             .await
         {
             Ok(rev) => rev,
@@ -551,7 +557,13 @@ impl Ipam {
         match outcome {
             TxnOutcome::Committed { revision } => {
                 info!(%cidr, host, "claimed block");
-                cache.blocks.insert(cidr, Cached { block, rev: revision });
+                cache.blocks.insert(
+                    cidr,
+                    Cached {
+                        block,
+                        rev: revision,
+                    },
+                );
                 cache.affinities.insert(cidr, revision);
                 Ok(Some(()))
             }
@@ -718,6 +730,7 @@ impl Ipam {
             };
             let mut listed: BTreeMap<IpNet, Cached> = BTreeMap::new();
             let others: Vec<BlockFree>;
+            let fresh_affine: Vec<BlockFree>;
             let step = match next_step(&input) {
                 Step::UseAffine(c) => Step::UseAffine(c),
                 _ if input.have_pools => {
@@ -738,6 +751,30 @@ impl Ipam {
                             },
                         );
                     }
+                    // The listing is fresher than the cache: another host may have released
+                    // addresses it borrowed from our blocks.
+                    for c in listed.values() {
+                        if c.block.host() == Some(host)
+                            && cache
+                                .blocks
+                                .get(&c.block.cidr)
+                                .is_none_or(|old| old.rev < c.rev)
+                        {
+                            cache.blocks.insert(c.block.cidr, c.clone());
+                        }
+                    }
+                    fresh_affine = cache
+                        .blocks
+                        .values()
+                        .filter(|c| {
+                            Family::of_net(&c.block.cidr) == family && in_pools(&c.block.cidr)
+                        })
+                        .map(|c| BlockFree {
+                            cidr: c.block.cidr,
+                            free: c.block.free_count(&reserved),
+                        })
+                        .collect();
+                    input.affine = &fresh_affine;
                     let existing: BTreeSet<IpNet> = listed.keys().copied().collect();
                     input.unclaimed = find_unclaimed(&pools, &existing, start);
                     others = listed
@@ -1051,7 +1088,8 @@ impl Ipam {
                     *per_handle.entry(h.clone()).or_default() += 1;
                 }
             }
-            let handle_keys: Vec<String> = per_handle.keys().map(|h| model::handle_key(h)).collect();
+            let handle_keys: Vec<String> =
+                per_handle.keys().map(|h| model::handle_key(h)).collect();
             let mut compares = vec![Compare::ModRevision {
                 key: key.clone(),
                 revision: kv.mod_revision,
@@ -1138,7 +1176,9 @@ impl Ipam {
                 key: hkey.clone(),
                 reason: format!("block {block:?} is not a CIDR"),
             })?;
-            let released = self.update_block(cidr, |b| b.release_handle(handle_id)).await?;
+            let released = self
+                .update_block(cidr, |b| b.release_handle(handle_id))
+                .await?;
             out.extend(released.into_iter().map(|r| r.ip));
         }
         // Whatever is left (counts for blocks that no longer hold the handle) goes too.

@@ -80,20 +80,28 @@ impl AllocationBlock {
         let mut seen = vec![false; n];
         for &o in &self.unallocated {
             if o >= n || seen[o] {
-                return Err(corrupt(format!("unallocated ordinal {o} repeated or out of range")));
+                return Err(corrupt(format!(
+                    "unallocated ordinal {o} repeated or out of range"
+                )));
             }
             if self.allocations[o].is_some() {
-                return Err(corrupt(format!("ordinal {o} is both allocated and unallocated")));
+                return Err(corrupt(format!(
+                    "ordinal {o} is both allocated and unallocated"
+                )));
             }
             seen[o] = true;
         }
         for (o, a) in self.allocations.iter().enumerate() {
             match a {
                 None if !seen[o] => {
-                    return Err(corrupt(format!("ordinal {o} is neither allocated nor free")));
+                    return Err(corrupt(format!(
+                        "ordinal {o} is neither allocated nor free"
+                    )));
                 }
                 Some(i) if *i >= self.attributes.len() => {
-                    return Err(corrupt(format!("ordinal {o} points at missing attribute {i}")));
+                    return Err(corrupt(format!(
+                        "ordinal {o} points at missing attribute {i}"
+                    )));
                 }
                 _ => {}
             }
@@ -211,7 +219,9 @@ impl AllocationBlock {
     pub fn sequence_number_of(&self, ip: IpAddr) -> Option<u64> {
         let o = ip_to_ordinal(&self.cidr, ip)?;
         self.allocations[o]?;
-        self.sequence_number_for_allocation.get(&o.to_string()).copied()
+        self.sequence_number_for_allocation
+            .get(&o.to_string())
+            .copied()
     }
 
     /// Releases the given addresses; addresses not allocated (or outside the block) are
@@ -330,7 +340,13 @@ mod tests {
     fn allocates_in_address_order_and_reuses_released_addresses_last() {
         let mut b = AllocationBlock::new("10.0.0.0/30".parse().unwrap(), Some("n1"), false);
         let got = b.auto_assign(2, Some("h1"), &attrs("n1"), NONE_RESERVED);
-        assert_eq!(got, vec!["10.0.0.0".parse::<IpAddr>().unwrap(), "10.0.0.1".parse().unwrap()]);
+        assert_eq!(
+            got,
+            vec![
+                "10.0.0.0".parse::<IpAddr>().unwrap(),
+                "10.0.0.1".parse().unwrap()
+            ]
+        );
         b.release(&["10.0.0.0".parse().unwrap()], None);
         let next = b.auto_assign(3, Some("h2"), &attrs("n1"), NONE_RESERVED);
         let want: Vec<IpAddr> = ["10.0.0.2", "10.0.0.3", "10.0.0.0"]
@@ -338,7 +354,10 @@ mod tests {
             .map(|s| s.parse().unwrap())
             .collect();
         assert_eq!(next, want);
-        assert!(b.auto_assign(1, None, &attrs("n1"), NONE_RESERVED).is_empty());
+        assert!(
+            b.auto_assign(1, None, &attrs("n1"), NONE_RESERVED)
+                .is_empty()
+        );
         b.validate().unwrap();
     }
 
@@ -362,7 +381,10 @@ mod tests {
         b.assign(ip, Some("new"), &BTreeMap::new()).unwrap();
         let stale = move |_| Some(old_seq);
         assert!(b.release(&[ip], Some(&stale)).is_empty());
-        assert_eq!(b.attribute_of(ip).unwrap().handle_id.as_deref(), Some("new"));
+        assert_eq!(
+            b.attribute_of(ip).unwrap().handle_id.as_deref(),
+            Some("new")
+        );
     }
 
     #[test]
@@ -419,11 +441,12 @@ mod tests {
                     Op::Assign(o, h) => {
                         let ip = ip_at(o);
                         let r = b.assign(ip, Some(&format!("h{h}")), &BTreeMap::new());
-                        if model.contains_key(&ip) {
-                            prop_assert!(r.is_err());
-                        } else {
-                            prop_assert!(r.is_ok());
-                            model.insert(ip, format!("h{h}"));
+                        match model.entry(ip) {
+                            std::collections::btree_map::Entry::Occupied(_) => prop_assert!(r.is_err()),
+                            std::collections::btree_map::Entry::Vacant(v) => {
+                                prop_assert!(r.is_ok());
+                                v.insert(format!("h{h}"));
+                            }
                         }
                     }
                     Op::Release(os) => {

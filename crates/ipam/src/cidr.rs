@@ -284,15 +284,13 @@ mod tests {
     }
 
     fn any_v4_block() -> impl Strategy<Value = IpNet> {
-        (any::<u32>(), 20u8..=32).prop_map(|(a, len)| {
-            IpNet::V4(Ipv4Net::new(Ipv4Addr::from(a), len).unwrap()).trunc()
-        })
+        (any::<u32>(), 20u8..=32)
+            .prop_map(|(a, len)| IpNet::V4(Ipv4Net::new(Ipv4Addr::from(a), len).unwrap()).trunc())
     }
 
     fn any_v6_block() -> impl Strategy<Value = IpNet> {
-        (any::<u128>(), 116u8..=128).prop_map(|(a, len)| {
-            IpNet::V6(Ipv6Net::new(Ipv6Addr::from(a), len).unwrap()).trunc()
-        })
+        (any::<u128>(), 116u8..=128)
+            .prop_map(|(a, len)| IpNet::V6(Ipv6Net::new(Ipv6Addr::from(a), len).unwrap()).trunc())
     }
 
     proptest! {

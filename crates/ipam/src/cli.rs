@@ -20,7 +20,7 @@ use crate::model::{self, AffinityState, AffinityValue, AllocationBlock, HandleVa
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
     #[error(transparent)]
-    Ipam(#[from] IpamError),
+    Ipam(#[from] Box<IpamError>),
     #[error("etcd {what}")]
     Etcd {
         what: String,
@@ -31,7 +31,7 @@ pub enum CliError {
     Resource {
         kind: &'static str,
         #[source]
-        source: ResourceError,
+        source: Box<ResourceError>,
     },
     #[error("{key}: stored value is not valid JSON")]
     Decode {
@@ -45,13 +45,22 @@ pub enum CliError {
     Split { reason: String },
 }
 
+impl From<IpamError> for CliError {
+    fn from(e: IpamError) -> Self {
+        CliError::Ipam(Box::new(e))
+    }
+}
+
 fn etcd(what: impl Into<String>) -> impl FnOnce(KvError) -> CliError {
     let what = what.into();
     move |source| CliError::Etcd { what, source }
 }
 
 fn res(kind: &'static str) -> impl FnOnce(ResourceError) -> CliError {
-    move |source| CliError::Resource { kind, source }
+    move |source| CliError::Resource {
+        kind,
+        source: Box::new(source),
+    }
 }
 
 /// A simple table in calicoctl's style.
@@ -164,7 +173,10 @@ pub async fn utilization(ipam: &Ipam) -> Result<Vec<(Usage, Vec<Usage>)>, CliErr
     for p in &pools {
         let mut brows = Vec::new();
         let mut in_use = 0u128;
-        for (b, _) in blocks.iter().filter(|(b, _)| p.cidr.contains(&b.cidr.network())) {
+        for (b, _) in blocks
+            .iter()
+            .filter(|(b, _)| p.cidr.contains(&b.cidr.network()))
+        {
             let u = b.in_use() as u128;
             in_use += u;
             brows.push(Usage {
@@ -253,12 +265,19 @@ pub async fn borrowed(ipam: &Ipam) -> Result<Vec<Borrowed>, CliError> {
             if *node == owner {
                 continue;
             }
-            let ns = attr.secondary.get(model::ATTR_NAMESPACE).cloned().unwrap_or_default();
+            let ns = attr
+                .secondary
+                .get(model::ATTR_NAMESPACE)
+                .cloned()
+                .unwrap_or_default();
             let (ty, to) = if let Some(pod) = attr.secondary.get(model::ATTR_POD) {
                 ("pod".to_owned(), format!("{ns}/{pod}"))
             } else {
                 (
-                    attr.secondary.get(model::ATTR_TYPE).cloned().unwrap_or_default(),
+                    attr.secondary
+                        .get(model::ATTR_TYPE)
+                        .cloned()
+                        .unwrap_or_default(),
                     String::new(),
                 )
             };
@@ -302,9 +321,18 @@ pub async fn show_borrowed(ipam: &Ipam) -> Result<String, CliError> {
 pub async fn show_configuration(ipam: &Ipam) -> Result<String, CliError> {
     let (cfg, _) = ipam.get_config().await?;
     let mut t = Table::new(&["PROPERTY", "VALUE"]);
-    t.rows.push(vec!["StrictAffinity".into(), cfg.strict_affinity.to_string()]);
-    t.rows.push(vec!["AutoAllocateBlocks".into(), cfg.auto_allocate_blocks.to_string()]);
-    t.rows.push(vec!["MaxBlocksPerHost".into(), cfg.max_blocks_per_host.to_string()]);
+    t.rows.push(vec![
+        "StrictAffinity".into(),
+        cfg.strict_affinity.to_string(),
+    ]);
+    t.rows.push(vec![
+        "AutoAllocateBlocks".into(),
+        cfg.auto_allocate_blocks.to_string(),
+    ]);
+    t.rows.push(vec![
+        "MaxBlocksPerHost".into(),
+        cfg.max_blocks_per_host.to_string(),
+    ]);
     Ok(t.render())
 }
 
@@ -566,10 +594,11 @@ pub async fn check(ipam: &Ipam, show_problem_ips: bool) -> Result<CheckResult, C
         let Some(id) = model::parse_handle_key(&kv.key) else {
             continue;
         };
-        let _: HandleValue = serde_json::from_slice(&kv.value).map_err(|source| CliError::Decode {
-            key: kv.key.clone(),
-            source,
-        })?;
+        let _: HandleValue =
+            serde_json::from_slice(&kv.value).map_err(|source| CliError::Decode {
+                key: kv.key.clone(),
+                source,
+            })?;
         handle_ids.insert(id.to_owned());
         if !handles_in_blocks.contains(id) {
             if show_problem_ips {
@@ -608,10 +637,11 @@ pub async fn check(ipam: &Ipam, show_problem_ips: bool) -> Result<CheckResult, C
         let Some((node, cidr)) = model::parse_affinity_key(&kv.key) else {
             continue;
         };
-        let v: AffinityValue = serde_json::from_slice(&kv.value).map_err(|source| CliError::Decode {
-            key: kv.key.clone(),
-            source,
-        })?;
+        let v: AffinityValue =
+            serde_json::from_slice(&kv.value).map_err(|source| CliError::Decode {
+                key: kv.key.clone(),
+                source,
+            })?;
         let reason = if !node_names.contains(&node) {
             Some("affinity of a node that no longer exists")
         } else {
@@ -640,7 +670,11 @@ pub async fn check(ipam: &Ipam, show_problem_ips: bool) -> Result<CheckResult, C
         "Found {} block affinities of missing nodes or unfinished claims.",
         report.orphaned_affinities.len()
     );
-    let _ = writeln!(text, "Check complete; found {} problems.", report.problems());
+    let _ = writeln!(
+        text,
+        "Check complete; found {} problems.",
+        report.problems()
+    );
     Ok(CheckResult { text, report })
 }
 
@@ -686,7 +720,10 @@ pub async fn release_from_report(ipam: &Ipam, report: &Report) -> Result<Release
     for h in &report.leaked_handles {
         let key = model::handle_key(&h.id);
         let rev: i64 = h.revision.parse().map_err(|_| CliError::Report {
-            reason: format!("leakedHandles: revision {:?} of {} is not a number", h.revision, h.id),
+            reason: format!(
+                "leakedHandles: revision {:?} of {} is not a number",
+                h.revision, h.id
+            ),
         })?;
         match ipam.kv().delete(&key, Some(rev)).await {
             Ok(_) => summary.deleted_handles.push(h.id.clone()),
@@ -738,7 +775,9 @@ pub async fn split(
         });
     }
     let cidrs = split_cidr(&old_cidr, parts).ok_or_else(|| CliError::Split {
-        reason: format!("the CIDR {old_cidr} cannot be split into {parts} parts (power of 2 and large enough)"),
+        reason: format!(
+            "the CIDR {old_cidr} cannot be split into {parts} parts (power of 2 and large enough)"
+        ),
     })?;
     let mut disabled = old.clone();
     disabled.spec.disabled = Some(true);
@@ -759,9 +798,13 @@ pub async fn split(
         ds.create(&p).await.map_err(res("IPPool"))?;
         created.push((format!("split-{old_name}-{i}"), *c));
     }
-    ds.delete::<IPPool>(None, &old_name, disabled.metadata.resource_version.as_deref())
-        .await
-        .map_err(res("IPPool"))?;
+    ds.delete::<IPPool>(
+        None,
+        &old_name,
+        disabled.metadata.resource_version.as_deref(),
+    )
+    .await
+    .map_err(res("IPPool"))?;
     ipam.invalidate_settings();
     Ok(created)
 }

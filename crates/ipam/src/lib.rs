@@ -10,15 +10,15 @@
 //!
 //! See docs/ipam.md for the layout, the algorithms and their guarantees.
 
+pub mod allocator;
 pub mod block;
 pub mod cidr;
+pub mod cli;
 pub mod model;
 pub mod plan;
 pub mod pool;
-pub mod allocator;
-pub mod cli;
 
-pub use allocator::{AssignmentInfo, Assigned, AutoAssignArgs, Ipam, IpamError, IpamOptions};
+pub use allocator::{Assigned, AssignmentInfo, AutoAssignArgs, Ipam, IpamError, IpamOptions};
 pub use cidr::Family;
 pub use model::IpamConfig;
 pub use pool::{AllowedUse, Pool};

@@ -72,7 +72,8 @@ pub fn parse_affinity_key(key: &str) -> Option<(String, IpNet)> {
 }
 
 pub fn parse_handle_key(key: &str) -> Option<&str> {
-    key.strip_prefix(HANDLES_PREFIX).filter(|h| !h.contains('/'))
+    key.strip_prefix(HANDLES_PREFIX)
+        .filter(|h| !h.contains('/'))
 }
 
 /// Metadata of one allocation: the handle it belongs to and free-form attributes (node,
@@ -176,7 +177,11 @@ impl HandleValue {
 pub struct IpamConfig {
     #[serde(rename = "strict_affinity", default, skip_serializing_if = "is_false")]
     pub strict_affinity: bool,
-    #[serde(rename = "auto_allocate_blocks", default, skip_serializing_if = "is_false")]
+    #[serde(
+        rename = "auto_allocate_blocks",
+        default,
+        skip_serializing_if = "is_false"
+    )]
     pub auto_allocate_blocks: bool,
     /// 0 means unlimited.
     #[serde(rename = "maxBlocksPerHost", default, skip_serializing_if = "is_zero")]
@@ -228,7 +233,10 @@ mod tests {
             block_key(&v6),
             "/calico/ipam/v2/assignment/ipv6/block/fd00::40-122"
         );
-        assert_eq!(handle_key("k8s-pod-network.abc"), "/calico/ipam/v2/handle/k8s-pod-network.abc");
+        assert_eq!(
+            handle_key("k8s-pod-network.abc"),
+            "/calico/ipam/v2/handle/k8s-pod-network.abc"
+        );
     }
 
     #[test]

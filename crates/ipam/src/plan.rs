@@ -179,14 +179,26 @@ mod tests {
             others: &other,
             have_pools: true,
         };
-        assert_eq!(next_step(&input), Step::UseAffine("10.0.0.64/26".parse().unwrap()));
+        assert_eq!(
+            next_step(&input),
+            Step::UseAffine("10.0.0.64/26".parse().unwrap())
+        );
         let full = [bf("10.0.0.0/26", 0)];
         input.affine = &full;
-        assert_eq!(next_step(&input), Step::Claim("10.0.0.192/26".parse().unwrap()));
+        assert_eq!(
+            next_step(&input),
+            Step::Claim("10.0.0.192/26".parse().unwrap())
+        );
         input.unclaimed = None;
-        assert_eq!(next_step(&input), Step::Borrow("10.0.0.128/26".parse().unwrap()));
+        assert_eq!(
+            next_step(&input),
+            Step::Borrow("10.0.0.128/26".parse().unwrap())
+        );
         input.config = cfg(true, true, 0);
-        assert_eq!(next_step(&input), Step::Exhausted(ExhaustedReason::StrictAffinity));
+        assert_eq!(
+            next_step(&input),
+            Step::Exhausted(ExhaustedReason::StrictAffinity)
+        );
     }
 
     #[test]
@@ -200,7 +212,10 @@ mod tests {
             others: &[],
             have_pools: true,
         };
-        assert_eq!(next_step(&input), Step::Exhausted(ExhaustedReason::MaxBlocksPerHost));
+        assert_eq!(
+            next_step(&input),
+            Step::Exhausted(ExhaustedReason::MaxBlocksPerHost)
+        );
         assert!(may_borrow(&input));
     }
 
@@ -221,13 +236,19 @@ mod tests {
                 .blocks
                 .values()
                 .filter(|b| b.host() == Some(hname.as_str()))
-                .map(|b| BlockFree { cidr: b.cidr, free: b.free_count(&reserved) })
+                .map(|b| BlockFree {
+                    cidr: b.cidr,
+                    free: b.free_count(&reserved),
+                })
                 .collect();
             let others: Vec<BlockFree> = self
                 .blocks
                 .values()
                 .filter(|b| b.host() != Some(hname.as_str()))
-                .map(|b| BlockFree { cidr: b.cidr, free: b.free_count(&reserved) })
+                .map(|b| BlockFree {
+                    cidr: b.cidr,
+                    free: b.free_count(&reserved),
+                })
                 .collect();
             let existing: BTreeSet<IpNet> = self.blocks.keys().copied().collect();
             let unclaimed = find_unclaimed(&[&self.pool], &existing, host as u128 * 3);
@@ -244,7 +265,8 @@ mod tests {
                 Step::UseAffine(c) => c,
                 Step::Claim(c) => {
                     assert!(!self.blocks.contains_key(&c), "claimed an existing block");
-                    self.blocks.insert(c, AllocationBlock::new(c, Some(&hname), false));
+                    self.blocks
+                        .insert(c, AllocationBlock::new(c, Some(&hname), false));
                     c
                 }
                 Step::Borrow(c) => {
@@ -253,7 +275,11 @@ mod tests {
                     assert!(!self.config.strict_affinity);
                     assert!(affine.iter().all(|b| b.free == 0));
                     let max = self.config.max_blocks_per_host as usize;
-                    assert!(unclaimed.is_none() || !self.config.auto_allocate_blocks || (max > 0 && affine.len() >= max));
+                    assert!(
+                        unclaimed.is_none()
+                            || !self.config.auto_allocate_blocks
+                            || (max > 0 && affine.len() >= max)
+                    );
                     c
                 }
                 Step::Exhausted(r) => return Err(r),
@@ -261,7 +287,11 @@ mod tests {
             let b = self.blocks.get_mut(&cidr).unwrap();
             let attrs = BTreeMap::from([("node".to_owned(), hname)]);
             let ips = b.auto_assign(1, Some(handle), &attrs, &reserved);
-            assert_eq!(ips.len(), 1, "planner chose block {cidr} without a free address");
+            assert_eq!(
+                ips.len(),
+                1,
+                "planner chose block {cidr} without a free address"
+            );
             Ok(ips[0])
         }
     }

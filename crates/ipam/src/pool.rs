@@ -30,7 +30,9 @@ pub enum PoolError {
         #[source]
         source: calico_selector::ParseError,
     },
-    #[error("IPReservation {name}: spec.reservedCIDRs entry {cidr:?} is neither an address nor a CIDR")]
+    #[error(
+        "IPReservation {name}: spec.reservedCIDRs entry {cidr:?} is neither an address nor a CIDR"
+    )]
     Reservation { name: String, cidr: String },
 }
 
@@ -94,11 +96,13 @@ impl Pool {
         })?;
         let node_selector = match p.spec.node_selector.as_deref().map(str::trim) {
             None | Some("") | Some("all()") => None,
-            Some(s) => Some(Selector::parse(s).map_err(|source| PoolError::NodeSelector {
-                pool: name.clone(),
-                selector: s.to_owned(),
-                source,
-            })?),
+            Some(s) => Some(
+                Selector::parse(s).map_err(|source| PoolError::NodeSelector {
+                    pool: name.clone(),
+                    selector: s.to_owned(),
+                    source,
+                })?,
+            ),
         };
         let mut allowed_uses: Vec<AllowedUse> = p
             .spec
@@ -127,7 +131,10 @@ impl Pool {
     pub fn usable_by(&self, labels: &BTreeMap<String, String>, use_: AllowedUse) -> bool {
         !self.disabled
             && self.allowed_uses.contains(&use_)
-            && self.node_selector.as_ref().is_none_or(|s| s.matches(labels))
+            && self
+                .node_selector
+                .as_ref()
+                .is_none_or(|s| s.matches(labels))
     }
 }
 
@@ -192,15 +199,19 @@ mod tests {
         let b = BTreeMap::from([("rack".to_owned(), "b".to_owned())]);
         assert!(p.usable_by(&a, AllowedUse::Workload));
         assert!(!p.usable_by(&b, AllowedUse::Workload));
-        let d = Pool::from_resource(&pool(serde_json::json!({"cidr": "10.2.0.0/16", "disabled": true})))
-            .unwrap();
+        let d = Pool::from_resource(&pool(
+            serde_json::json!({"cidr": "10.2.0.0/16", "disabled": true}),
+        ))
+        .unwrap();
         assert!(!d.usable_by(&a, AllowedUse::Workload));
     }
 
     #[test]
     fn bad_block_size_names_the_pool_and_field() {
-        let e = Pool::from_resource(&pool(serde_json::json!({"cidr": "10.1.0.0/16", "blockSize": 8})))
-            .unwrap_err();
+        let e = Pool::from_resource(&pool(
+            serde_json::json!({"cidr": "10.1.0.0/16", "blockSize": 8}),
+        ))
+        .unwrap_err();
         assert!(e.to_string().contains("IPPool p: spec.blockSize"), "{e}");
     }
 }

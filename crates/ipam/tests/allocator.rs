@@ -45,10 +45,19 @@ async fn claims_a_block_and_writes_calicos_etcd_layout() {
     assert_eq!(got.v4.len(), 2);
     let block = calico_ipam::cidr::block_containing(got.v4[0], 26);
     // First two addresses of the claimed block, in order.
-    assert_eq!(got.v4, vec![block.network(), calico_ipam::cidr::ordinal_to_ip(&block, 1).unwrap()]);
+    assert_eq!(
+        got.v4,
+        vec![
+            block.network(),
+            calico_ipam::cidr::ordinal_to_ip(&block, 1).unwrap()
+        ]
+    );
 
     let kv = ipam.kv();
-    let bkey = format!("/calico/ipam/v2/assignment/ipv4/block/{}", block.to_string().replace('/', "-"));
+    let bkey = format!(
+        "/calico/ipam/v2/assignment/ipv4/block/{}",
+        block.to_string().replace('/', "-")
+    );
     let raw = kv.get(&bkey).await.unwrap().expect("block key");
     let doc: serde_json::Value = serde_json::from_slice(&raw.value).unwrap();
     assert_eq!(doc["cidr"], block.to_string());
@@ -59,25 +68,47 @@ async fn claims_a_block_and_writes_calicos_etcd_layout() {
     assert_eq!(doc["attributes"][0]["secondary"]["node"], "n1");
     assert_eq!(doc["unallocated"].as_array().unwrap().len(), 62);
 
-    let akey = format!("/calico/ipam/v2/host/n1/ipv4/block/{}", block.to_string().replace('/', "-"));
-    let aff: AffinityValue = serde_json::from_slice(&kv.get(&akey).await.unwrap().unwrap().value).unwrap();
+    let akey = format!(
+        "/calico/ipam/v2/host/n1/ipv4/block/{}",
+        block.to_string().replace('/', "-")
+    );
+    let aff: AffinityValue =
+        serde_json::from_slice(&kv.get(&akey).await.unwrap().unwrap().value).unwrap();
     assert_eq!(aff.state, AffinityState::Confirmed);
-    let h: HandleValue =
-        serde_json::from_slice(&kv.get("/calico/ipam/v2/handle/h1").await.unwrap().unwrap().value).unwrap();
+    let h: HandleValue = serde_json::from_slice(
+        &kv.get("/calico/ipam/v2/handle/h1")
+            .await
+            .unwrap()
+            .unwrap()
+            .value,
+    )
+    .unwrap();
     assert_eq!(h.block.get(&block.to_string()), Some(&2));
 
     assert_eq!(ipam.ips_by_handle("h1").await.unwrap(), got.v4);
-    let info = ipam.get_assignment_attributes(got.v4[1]).await.unwrap().unwrap();
+    let info = ipam
+        .get_assignment_attributes(got.v4[1])
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(info.attributes.handle_id.as_deref(), Some("h1"));
     assert_eq!(info.block_affinity.as_deref(), Some("host:n1"));
 
     let released = ipam.release_by_handle("h1").await.unwrap();
     assert_eq!(released.len(), 2);
     assert!(kv.get("/calico/ipam/v2/handle/h1").await.unwrap().is_none());
-    assert!(ipam.get_assignment_attributes(got.v4[0]).await.unwrap().is_none());
+    assert!(
+        ipam.get_assignment_attributes(got.v4[0])
+            .await
+            .unwrap()
+            .is_none()
+    );
     // The next allocation reuses the block (affinity) and takes the never-used addresses first.
     let again = ipam.auto_assign(args("n1", 1, 0, "h2")).await.unwrap();
-    assert_eq!(again.v4, vec![calico_ipam::cidr::ordinal_to_ip(&block, 2).unwrap()]);
+    assert_eq!(
+        again.v4,
+        vec![calico_ipam::cidr::ordinal_to_ip(&block, 2).unwrap()]
+    );
 }
 
 #[tokio::test]
@@ -92,11 +123,17 @@ async fn ipv4_and_ipv6_in_one_call_and_all_or_nothing() {
     assert_eq!(got.v6.len(), 2);
     assert!(got.v6.iter().all(|a| net("fd00:51::/120").contains(a)));
     let kv = ipam.kv();
-    let l = kv.list("/calico/ipam/v2/assignment/ipv6/block/").await.unwrap();
+    let l = kv
+        .list("/calico/ipam/v2/assignment/ipv6/block/")
+        .await
+        .unwrap();
     assert_eq!(l.kvs.len(), 1);
     assert!(l.kvs[0].key.ends_with("-122"));
     // Asking for more IPv6 than the pool holds fails as a whole: the IPv4 part is given back.
-    let err = ipam.auto_assign(args("n1", 1, 300, "c2")).await.unwrap_err();
+    let err = ipam
+        .auto_assign(args("n1", 1, 300, "c2"))
+        .await
+        .unwrap_err();
     match &err {
         IpamError::Exhausted { pools, .. } => assert_eq!(pools, &vec!["v6".to_owned()]),
         e => panic!("unexpected {e}"),
@@ -117,10 +154,16 @@ async fn reserved_addresses_are_never_handed_out_and_exhaustion_names_the_pool()
     create_reservation(&ds, "res", &["10.52.0.0/30", "10.52.0.9"]).await;
     let mut seen = BTreeSet::new();
     for i in 0..11 {
-        let a = ipam.auto_assign(args("n1", 1, 0, &format!("h{i}"))).await.unwrap();
+        let a = ipam
+            .auto_assign(args("n1", 1, 0, &format!("h{i}")))
+            .await
+            .unwrap();
         assert!(seen.insert(a.v4[0]));
     }
-    assert!(seen.iter().all(|a| !net("10.52.0.0/30").contains(a) && *a != ip("10.52.0.9")));
+    assert!(
+        seen.iter()
+            .all(|a| !net("10.52.0.0/30").contains(a) && *a != ip("10.52.0.9"))
+    );
     let err = ipam.auto_assign(args("n1", 1, 0, "hx")).await.unwrap_err();
     let msg = err.to_string();
     assert!(msg.contains("tiny") && msg.contains("IPv4"), "{msg}");
@@ -134,28 +177,49 @@ async fn borrows_only_when_no_block_is_free_and_strict_affinity_is_off() {
     create_pool(&ds, "p", "10.53.0.0/27", 28, json!({})).await;
     create_node(&ds, "n1", json!({})).await;
     create_node(&ds, "n2", json!({})).await;
-    let a = ipam.auto_assign(args("n1", 16, 0, "n1-fill")).await.unwrap();
+    let a = ipam
+        .auto_assign(args("n1", 16, 0, "n1-fill"))
+        .await
+        .unwrap();
     let n1_block = calico_ipam::cidr::block_containing(a.v4[0], 28);
-    assert!(a.v4.iter().all(|x| n1_block.contains(x)), "first 16 from one own block");
+    assert!(
+        a.v4.iter().all(|x| n1_block.contains(x)),
+        "first 16 from one own block"
+    );
     let b = ipam.auto_assign(args("n2", 1, 0, "n2-a")).await.unwrap();
     let n2_block = calico_ipam::cidr::block_containing(b.v4[0], 28);
     assert_ne!(n1_block, n2_block);
     // n1 is full, nothing is unclaimed: it borrows from n2's block.
-    let c = ipam.auto_assign(args("n1", 1, 0, "n1-borrow")).await.unwrap();
+    let c = ipam
+        .auto_assign(args("n1", 1, 0, "n1-borrow"))
+        .await
+        .unwrap();
     assert!(n2_block.contains(&c.v4[0]));
     let borrowed = cli::borrowed(&ipam).await.unwrap();
     assert_eq!(borrowed.len(), 1);
     assert_eq!(borrowed[0].borrowing_node, "n1");
     assert_eq!(borrowed[0].block_owner, "n2");
     let table = cli::show_borrowed(&ipam).await.unwrap();
-    assert!(table.contains("BORROWING-NODE") && table.contains(&c.v4[0].to_string()), "{table}");
+    assert!(
+        table.contains("BORROWING-NODE") && table.contains(&c.v4[0].to_string()),
+        "{table}"
+    );
 
     // With strict affinity, no borrowing.
     cli::configure(&ipam, Some(true), None).await.unwrap();
     ipam.invalidate_settings();
-    let err = ipam.auto_assign(args("n1", 1, 0, "n1-strict")).await.unwrap_err();
+    let err = ipam
+        .auto_assign(args("n1", 1, 0, "n1-strict"))
+        .await
+        .unwrap_err();
     assert!(
-        matches!(err, IpamError::Exhausted { reason: ExhaustedReason::StrictAffinity, .. }),
+        matches!(
+            err,
+            IpamError::Exhausted {
+                reason: ExhaustedReason::StrictAffinity,
+                ..
+            }
+        ),
         "{err}"
     );
     let cfg = cli::show_configuration(&ipam).await.unwrap();
@@ -167,20 +231,42 @@ async fn max_blocks_per_host_and_node_selector_limit_claims() {
     let etcd = Etcd::start();
     let ipam = etcd.ipam().await;
     let ds = ipam.datastore().clone();
-    create_pool(&ds, "rack-a", "10.54.0.0/26", 28, json!({"nodeSelector": "rack == 'a'"})).await;
+    create_pool(
+        &ds,
+        "rack-a",
+        "10.54.0.0/26",
+        28,
+        json!({"nodeSelector": "rack == 'a'"}),
+    )
+    .await;
     create_node(&ds, "na", json!({"rack": "a"})).await;
     create_node(&ds, "nb", json!({"rack": "b"})).await;
     let err = ipam.auto_assign(args("nb", 1, 0, "x")).await.unwrap_err();
     assert!(
-        matches!(err, IpamError::Exhausted { reason: ExhaustedReason::NoPools, .. }),
+        matches!(
+            err,
+            IpamError::Exhausted {
+                reason: ExhaustedReason::NoPools,
+                ..
+            }
+        ),
         "{err}"
     );
     cli::configure(&ipam, None, Some(1)).await.unwrap();
     ipam.invalidate_settings();
     ipam.auto_assign(args("na", 16, 0, "fill")).await.unwrap();
-    let err = ipam.auto_assign(args("na", 1, 0, "more")).await.unwrap_err();
+    let err = ipam
+        .auto_assign(args("na", 1, 0, "more"))
+        .await
+        .unwrap_err();
     assert!(
-        matches!(err, IpamError::Exhausted { reason: ExhaustedReason::MaxBlocksPerHost, .. }),
+        matches!(
+            err,
+            IpamError::Exhausted {
+                reason: ExhaustedReason::MaxBlocksPerHost,
+                ..
+            }
+        ),
         "{err}"
     );
 }
@@ -191,17 +277,37 @@ async fn assign_ip_takes_exactly_that_address_once() {
     let ipam = etcd.ipam().await;
     let ds = ipam.datastore().clone();
     create_pool(&ds, "p", "10.55.0.0/24", 26, json!({})).await;
-    ipam.assign_ip(ip("10.55.0.77"), Some("fixed"), BTreeMap::new(), "n1").await.unwrap();
-    let err = ipam.assign_ip(ip("10.55.0.77"), Some("other"), BTreeMap::new(), "n2").await.unwrap_err();
+    ipam.assign_ip(ip("10.55.0.77"), Some("fixed"), BTreeMap::new(), "n1")
+        .await
+        .unwrap();
+    let err = ipam
+        .assign_ip(ip("10.55.0.77"), Some("other"), BTreeMap::new(), "n2")
+        .await
+        .unwrap_err();
     assert!(matches!(err, IpamError::AlreadyAllocated { .. }), "{err}");
-    let err = ipam.assign_ip(ip("10.99.0.1"), None, BTreeMap::new(), "n1").await.unwrap_err();
+    let err = ipam
+        .assign_ip(ip("10.99.0.1"), None, BTreeMap::new(), "n1")
+        .await
+        .unwrap_err();
     assert!(matches!(err, IpamError::NoPoolForIp { .. }), "{err}");
-    assert_eq!(ipam.ips_by_handle("fixed").await.unwrap(), vec![ip("10.55.0.77")]);
+    assert_eq!(
+        ipam.ips_by_handle("fixed").await.unwrap(),
+        vec![ip("10.55.0.77")]
+    );
     let shown = cli::show_ip(&ipam, ip("10.55.0.77")).await.unwrap();
-    assert!(shown.starts_with("IP 10.55.0.77 is in use\nHandle ID: fixed\n"), "{shown}");
+    assert!(
+        shown.starts_with("IP 10.55.0.77 is in use\nHandle ID: fixed\n"),
+        "{shown}"
+    );
     assert!(shown.contains("  node: n1"), "{shown}");
-    assert_eq!(cli::release_ip(&ipam, ip("10.55.0.77")).await.unwrap(), "Successfully released IP address 10.55.0.77\n");
-    assert_eq!(cli::show_ip(&ipam, ip("10.55.0.77")).await.unwrap(), "10.55.0.77 is not assigned\n");
+    assert_eq!(
+        cli::release_ip(&ipam, ip("10.55.0.77")).await.unwrap(),
+        "Successfully released IP address 10.55.0.77\n"
+    );
+    assert_eq!(
+        cli::show_ip(&ipam, ip("10.55.0.77")).await.unwrap(),
+        "10.55.0.77 is not assigned\n"
+    );
 }
 
 #[tokio::test]
@@ -238,7 +344,11 @@ async fn deleted_node_gives_up_its_affinities_keeping_live_addresses() {
     let kv = ipam.kv();
     assert!(kv.list(model::HOSTS_PREFIX).await.unwrap().kvs.is_empty());
     let blocks = kv.list(model::BLOCKS_PREFIX).await.unwrap();
-    assert_eq!(blocks.kvs.len(), 1, "the empty block is deleted, the used one stays");
+    assert_eq!(
+        blocks.kvs.len(),
+        1,
+        "the empty block is deleted, the used one stays"
+    );
     let b: model::AllocationBlock = serde_json::from_slice(&blocks.kvs[0].value).unwrap();
     assert_eq!(b.affinity, None);
     assert_eq!(b.in_use(), 16);
@@ -252,8 +362,12 @@ async fn check_reports_unfinished_claims_and_missing_nodes_and_release_repairs()
     create_pool(&ds, "p", "10.58.0.0/24", 26, json!({})).await;
     create_node(&ds, "live", json!({})).await;
     create_node(&ds, "gone", json!({})).await;
-    ipam.auto_assign(args("live", 1, 0, "live-h")).await.unwrap();
-    ipam.auto_assign(args("gone", 2, 0, "gone-h")).await.unwrap();
+    ipam.auto_assign(args("live", 1, 0, "live-h"))
+        .await
+        .unwrap();
+    ipam.auto_assign(args("gone", 2, 0, "gone-h"))
+        .await
+        .unwrap();
     // A crash between the two claim phases: a pending affinity and no block.
     let kv = ipam.kv();
     let used: BTreeSet<IpNet> = kv
@@ -275,7 +389,12 @@ async fn check_reports_unfinished_claims_and_missing_nodes_and_release_repairs()
     .await
     .unwrap();
     // A handle with no addresses.
-    kv.create(&model::handle_key("empty"), br#"{"block":{},"deleted":false}"#.to_vec()).await.unwrap();
+    kv.create(
+        &model::handle_key("empty"),
+        br#"{"block":{},"deleted":false}"#.to_vec(),
+    )
+    .await
+    .unwrap();
     delete_node(&ds, "gone").await;
 
     let r = cli::check(&ipam, true).await.unwrap();
@@ -288,7 +407,13 @@ async fn check_reports_unfinished_claims_and_missing_nodes_and_release_repairs()
         .iter()
         .map(|o| (o.node.clone(), o.reason.clone()))
         .collect();
-    assert!(reasons.contains(&("live".into(), "pending claim never completed (no block)".into())), "{reasons:?}");
+    assert!(
+        reasons.contains(&(
+            "live".into(),
+            "pending claim never completed (no block)".into()
+        )),
+        "{reasons:?}"
+    );
     assert!(reasons.iter().any(|(n, _)| n == "gone"), "{reasons:?}");
     assert!(r.text.contains("Check complete; found"), "{}", r.text);
 
@@ -303,7 +428,12 @@ async fn check_reports_unfinished_claims_and_missing_nodes_and_release_repairs()
     assert!(kv.list(model::HANDLES_PREFIX).await.unwrap().kvs.is_empty());
     // The live node keeps its (now empty) confirmed block; the gone node has nothing left.
     let hosts = kv.list(model::HOSTS_PREFIX).await.unwrap();
-    assert!(hosts.kvs.iter().all(|k| k.key.starts_with("/calico/ipam/v2/host/live/")));
+    assert!(
+        hosts
+            .kvs
+            .iter()
+            .all(|k| k.key.starts_with("/calico/ipam/v2/host/live/"))
+    );
 }
 
 #[tokio::test]
@@ -315,14 +445,26 @@ async fn show_tables_and_split() {
     ipam.auto_assign(args("n1", 3, 0, "h")).await.unwrap();
     let t = cli::show(&ipam, true).await.unwrap();
     let lines: Vec<&str> = t.lines().collect();
-    assert_eq!(lines[1], "| GROUPING |     CIDR     | IPS TOTAL | IPS IN USE | IPS FREE  |");
-    assert_eq!(lines[3], "| IP Pool  | 10.59.0.0/24 |       256 | 3 (1%)     | 253 (99%) |");
+    assert_eq!(
+        lines[1],
+        "| GROUPING |     CIDR     | IPS TOTAL | IPS IN USE | IPS FREE  |"
+    );
+    assert_eq!(
+        lines[3],
+        "| IP Pool  | 10.59.0.0/24 |       256 | 3 (1%)     | 253 (99%) |"
+    );
     assert!(lines[4].starts_with("| Block    | 10.59.0."), "{t}");
-    assert!(lines[4].ends_with("|        64 | 3 (5%)     | 61 (95%)  |"), "{t}");
+    assert!(
+        lines[4].ends_with("|        64 | 3 (5%)     | 61 (95%)  |"),
+        "{t}"
+    );
     let created = cli::split(&ipam, Some("p"), None, 2).await.unwrap();
     assert_eq!(
         created,
-        vec![("split-p-0".to_owned(), net("10.59.0.0/25")), ("split-p-1".to_owned(), net("10.59.0.128/25"))]
+        vec![
+            ("split-p-0".to_owned(), net("10.59.0.0/25")),
+            ("split-p-1".to_owned(), net("10.59.0.128/25"))
+        ]
     );
     let pools = ipam.load_pools().await.unwrap();
     let names: Vec<&str> = pools.iter().map(|p| p.name.as_str()).collect();

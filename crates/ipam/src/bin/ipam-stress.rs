@@ -3,8 +3,9 @@
 //! scripts/bench-ipam.sh.
 //!
 //! Protocol (stdout, one JSON object per line; stdin, one command per line):
-//! - `--mode fill`: churn (`--churn` allocate/release rounds per task), then allocate until
-//!   the pool is exhausted, print `{"event":"full","held":[[ip,handle]...],...}` and wait for
+//! - `--mode fill`: churn (`--churn` allocate/release rounds per task), print
+//!   `{"event":"churned"}` and wait for `fill` on stdin, then allocate until the pool is
+//!   exhausted, print `{"event":"full","held":[[ip,handle]...],...}` and wait for
 //!   `release` on stdin; then release everything (half by handle, half by address), print
 //!   `{"event":"released",...}` and exit.
 //! - `--mode churn`: allocate/release continuously until `stop` on stdin (or `--seconds`),
@@ -53,6 +54,8 @@ struct Shared {
     ipam: Ipam,
     held: Mutex<Vec<(IpAddr, String)>>,
     exhausted: AtomicU64,
+    /// Exhaustion during churn, when the pool is never full: must stay zero.
+    churn_exhausted: AtomicU64,
     exhaustion_message: Mutex<Option<String>>,
     allocations: AtomicU64,
     releases: AtomicU64,
@@ -61,7 +64,10 @@ struct Shared {
 
 impl Shared {
     fn handle(&self, host: &str, task: usize) -> String {
-        format!("{host}.t{task}.{}", self.seq.fetch_add(1, Ordering::Relaxed))
+        format!(
+            "{host}.t{task}.{}",
+            self.seq.fetch_add(1, Ordering::Relaxed)
+        )
     }
 
     async fn alloc(&self, host: &str, task: usize) -> anyhow::Result<bool> {
@@ -103,7 +109,12 @@ impl Shared {
         };
         if by_handle {
             let ips = self.ipam.release_by_handle(&item.1).await?;
-            anyhow::ensure!(ips == vec![item.0], "handle {} released {ips:?}, held {}", item.1, item.0);
+            anyhow::ensure!(
+                ips == vec![item.0],
+                "handle {} released {ips:?}, held {}",
+                item.1,
+                item.0
+            );
         } else {
             let not = self.ipam.release_ips(&[item.0]).await?;
             anyhow::ensure!(not.is_empty(), "{} was not allocated when released", item.0);
@@ -130,8 +141,7 @@ async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "warn".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
         )
         .init();
     let args = Args::parse();
@@ -145,6 +155,7 @@ async fn main() -> anyhow::Result<()> {
         ipam: Ipam::new(kv),
         held: Mutex::new(Vec::new()),
         exhausted: AtomicU64::new(0),
+        churn_exhausted: AtomicU64::new(0),
         exhaustion_message: Mutex::new(None),
         allocations: AtomicU64::new(0),
         releases: AtomicU64::new(0),
@@ -170,17 +181,15 @@ async fn main() -> anyhow::Result<()> {
                     break;
                 }
                 i += 1;
-                s.alloc(&a.host, t).await?;
-                if a.mode != "bench" && rand::random::<bool>() {
-                    s.release_one(rand::random::<u32>() as usize, rand::random()).await?;
+                if !s.alloc(&a.host, t).await? {
+                    s.churn_exhausted.fetch_add(1, Ordering::Relaxed);
                 }
-            }
-            if a.mode == "fill" {
-                // Fill: until exhausted, bounded by the pool size we could ever see.
-                for _ in 0..100_000 {
-                    if !s.alloc(&a.host, t).await? {
-                        break;
-                    }
+                // Keep at most 12 addresses per task during churn so that the pool runs out
+                // only in the fill phase.
+                let over = s.held.lock().await.len() > a.tasks * 12;
+                if a.mode != "bench" && (over || rand::random::<bool>()) {
+                    s.release_one(rand::random::<u32>() as usize, rand::random())
+                        .await?;
                 }
             }
             anyhow::Ok(())
@@ -201,6 +210,34 @@ async fn main() -> anyhow::Result<()> {
     for t in tasks {
         t.await.context("task panicked")??;
     }
+    let mut stdin_lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+    if args.mode == "fill" {
+        // Barrier: every host finishes churning before any starts filling, so exhaustion
+        // during churn would be a real error.
+        emit(serde_json::json!({"event": "churned", "host": args.host}));
+        while let Some(l) = stdin_lines.next_line().await? {
+            if l.trim() == "fill" {
+                break;
+            }
+        }
+        let mut fills = Vec::new();
+        for t in 0..args.tasks {
+            let s = shared.clone();
+            let host = args.host.clone();
+            fills.push(tokio::spawn(async move {
+                // Until exhausted, bounded by the largest pool a test uses.
+                for _ in 0..100_000 {
+                    if !s.alloc(&host, t).await? {
+                        break;
+                    }
+                }
+                anyhow::Ok(())
+            }));
+        }
+        for f in fills {
+            f.await.context("fill task panicked")??;
+        }
+    }
     let elapsed = started.elapsed().as_secs_f64();
     match args.mode.as_str() {
         "bench" => {
@@ -219,11 +256,11 @@ async fn main() -> anyhow::Result<()> {
                 "allocations": shared.allocations.load(Ordering::Relaxed),
                 "releases": shared.releases.load(Ordering::Relaxed),
                 "exhausted": shared.exhausted.load(Ordering::Relaxed),
+                "churn_exhausted": shared.churn_exhausted.load(Ordering::Relaxed),
                 "exhaustion_message": shared.exhaustion_message.lock().await.clone(),
             }));
-            let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
             // Wait for the test's go-ahead (EOF also releases, so a dying test cleans up).
-            while let Some(l) = lines.next_line().await? {
+            while let Some(l) = stdin_lines.next_line().await? {
                 if l.trim() == "release" {
                     break;
                 }
@@ -267,18 +304,29 @@ async fn floor(kv: EtcdClient, args: &Args) -> anyhow::Result<()> {
                 let out = kv
                     .txn(
                         vec![
-                            Compare::ModRevision { key: key.clone(), revision: rev },
+                            Compare::ModRevision {
+                                key: key.clone(),
+                                revision: rev,
+                            },
                             Compare::Absent { key: hkey.clone() },
                         ],
                         vec![
-                            Write::Put { key: key.clone(), value: value.clone() },
-                            Write::Put { key: hkey, value: b"{\"block\":{\"10.0.0.0/26\":1}}".to_vec() },
+                            Write::Put {
+                                key: key.clone(),
+                                value: value.clone(),
+                            },
+                            Write::Put {
+                                key: hkey,
+                                value: b"{\"block\":{\"10.0.0.0/26\":1}}".to_vec(),
+                            },
                         ],
                     )
                     .await?;
                 match out {
                     TxnOutcome::Committed { revision } => rev = revision,
-                    TxnOutcome::Failed { .. } => anyhow::bail!("floor txn conflicted on its own key"),
+                    TxnOutcome::Failed { .. } => {
+                        anyhow::bail!("floor txn conflicted on its own key")
+                    }
                 }
             }
             anyhow::Ok(())

@@ -86,7 +86,11 @@ impl Etcd {
             if out.status.success() {
                 return;
             }
-            assert!(Instant::now() < deadline, "etcd at {} never became healthy", self.url);
+            assert!(
+                Instant::now() < deadline,
+                "etcd at {} never became healthy",
+                self.url
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }
@@ -117,7 +121,13 @@ fn resource<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> T {
     serde_json::from_value(v).expect("valid test resource")
 }
 
-pub async fn create_pool(ds: &Datastore, name: &str, cidr: &str, block_size: u8, extra: serde_json::Value) {
+pub async fn create_pool(
+    ds: &Datastore,
+    name: &str,
+    cidr: &str,
+    block_size: u8,
+    extra: serde_json::Value,
+) {
     let mut spec = serde_json::json!({"cidr": cidr, "blockSize": block_size});
     if let (Some(s), Some(e)) = (spec.as_object_mut(), extra.as_object()) {
         for (k, v) in e {
