@@ -98,6 +98,12 @@ pub enum ResourceError {
         operation: &'static str,
         kind: &'static str,
     },
+    /// In etcd mode Calico keeps Kubernetes NetworkPolicies as `knp.default.*` Calico
+    /// policies; only the Kubernetes side may change them.
+    #[error(
+        "operation {operation} is not supported on {id}: kubernetes network policies must be managed through the kubernetes API"
+    )]
+    KubernetesPolicy { operation: &'static str, id: String },
     #[error(
         "error with field Metadata.ResourceVersion = '{revision}' (field must not be set for a Create request)"
     )]
@@ -380,6 +386,13 @@ async fn read_current(
     Ok((existing, pools, tiers))
 }
 
+/// Name prefix under which Calico (etcd mode) stores Kubernetes NetworkPolicies.
+const KUBERNETES_POLICY_PREFIX: &str = "knp.default.";
+
+fn is_kubernetes_policy(key: &ResourceKey) -> bool {
+    key.kind == "NetworkPolicy" && key.name.starts_with(KUBERNETES_POLICY_PREFIX)
+}
+
 /// `create`, `apply` and `replace` from files.
 pub async fn write_from_files(
     verb: Verb,
@@ -420,6 +433,13 @@ pub async fn write_from_files(
             continue;
         }
         let id = p.key.identifier();
+        if is_kubernetes_policy(&p.key) {
+            errors.push(ResourceError::KubernetesPolicy {
+                operation: verb.operation(),
+                id,
+            });
+            continue;
+        }
         match (verb, existing.get(&p.key)) {
             (Verb::Create, Some(_)) if args.skip_exists => unchanged += 1,
             (Verb::Create, Some(_)) => errors.push(ResourceError::AlreadyExists(id)),
@@ -622,6 +642,13 @@ pub async fn delete(
             errors.push(ResourceError::ReadOnly {
                 operation: Verb::Delete.operation(),
                 kind: info.kind,
+            });
+            continue;
+        }
+        if is_kubernetes_policy(key) {
+            errors.push(ResourceError::KubernetesPolicy {
+                operation: Verb::Delete.operation(),
+                id: key.identifier(),
             });
             continue;
         }

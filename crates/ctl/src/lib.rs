@@ -123,3 +123,99 @@ pub fn main_with_args(args: Vec<String>) -> i32 {
     let session = Session::default();
     runtime.block_on(run(args, &mut io, &session))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{MemStore, ResourceKey, Store, StoreError, WriteOp};
+    use serde_json::json;
+
+    fn session(store: Arc<MemStore>) -> Session {
+        Session {
+            model: default_model(),
+            store: Some(store),
+            default_config_path: "/nonexistent/calicoctl.cfg".into(),
+        }
+    }
+
+    async fn run_with(session: &Session, args: &[&str], stdin: &str) -> (i32, String, String) {
+        let mut input = stdin.as_bytes();
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        let no_env = |_: &str| None;
+        let mut io = Io {
+            stdin: &mut input,
+            out: &mut out,
+            err: &mut err,
+            env: &no_env,
+        };
+        let args = std::iter::once("calicoctl")
+            .chain(args.iter().copied())
+            .map(String::from)
+            .collect();
+        let code = run(args, &mut io, session).await;
+        (
+            code,
+            String::from_utf8_lossy(&out).into_owned(),
+            String::from_utf8_lossy(&err).into_owned(),
+        )
+    }
+
+    const KNP: &str = "apiVersion: projectcalico.org/v3\nkind: NetworkPolicy\nmetadata:\n  name: knp.default.allow\n  namespace: default\nspec:\n  selector: all()\n";
+
+    #[tokio::test]
+    async fn kubernetes_policies_cannot_be_written_through_calicoctl() {
+        let store = Arc::new(MemStore::new());
+        let s = session(store.clone());
+        let (code, _, err) = run_with(&s, &["apply", "-f", "-"], KNP).await;
+        assert_eq!(code, 1);
+        assert!(
+            err.contains("kubernetes network policies must be managed through the kubernetes API"),
+            "{err}"
+        );
+        assert!(store.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_batch_whose_preconditions_changed_writes_nothing() {
+        let store = MemStore::new();
+        let kind = kinds::by_kind("Tier").unwrap();
+        let a = ResourceKey::new(kind, None, "a");
+        let b = ResourceKey::new(kind, None, "b");
+        let v = |n: &str| json!({"metadata": {"name": n}, "spec": {}});
+        store
+            .commit(&[WriteOp::Create {
+                key: a.clone(),
+                value: v("a"),
+            }])
+            .await
+            .unwrap();
+        let err = store
+            .commit(&[
+                WriteOp::Create {
+                    key: b.clone(),
+                    value: v("b"),
+                },
+                WriteOp::Create {
+                    key: a.clone(),
+                    value: v("a"),
+                },
+            ])
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::Conflict { .. }), "{err}");
+        assert_eq!(store.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn usage_errors_exit_1_and_help_exits_0() {
+        let s = session(Arc::new(MemStore::new()));
+        assert_eq!(run_with(&s, &["frobnicate"], "").await.0, 1);
+        assert_eq!(
+            run_with(&s, &["get"], "").await.2,
+            "No resources specified\n"
+        );
+        let (code, out, _) = run_with(&s, &["apply", "--help"], "").await;
+        assert_eq!(code, 0);
+        assert!(out.contains("--filename"), "{out}");
+    }
+}
