@@ -56,6 +56,8 @@ pub enum SeedError {
         #[source]
         source: std::io::Error,
     },
+    #[error("{node} cannot reach etcd at {ETCD_ENDPOINT}: {detail}")]
+    Unreachable { node: String, detail: String },
     #[error("no host {name} in the seed lab (hosts: etcd, node1, node2)")]
     NoHost { name: String },
 }
@@ -97,6 +99,11 @@ pub fn steps() -> Vec<Step> {
         Step {
             name: "calicoctl config",
             run: write_calicoctl_cfg,
+            down: None,
+        },
+        Step {
+            name: "check",
+            run: check_nodes_reach_etcd,
             down: None,
         },
     ]
@@ -221,6 +228,36 @@ fn write_calicoctl_cfg(ctx: &mut UpContext) -> Result<Vec<String>, SeedError> {
         ),
         "  (the host namespace has no route to the lab: run calicoctl inside a node)".into(),
     ])
+}
+
+/// Each node must reach etcd across the LAN and find it healthy.
+fn check_nodes_reach_etcd(ctx: &mut UpContext) -> Result<Vec<String>, SeedError> {
+    let mut lines = Vec::new();
+    for name in ["node1", "node2"] {
+        let host = ctx.host(name)?;
+        let out = host.exec_timeout(
+            &[
+                "etcdctl",
+                "--dial-timeout=2s",
+                "--command-timeout=3s",
+                &format!("--endpoints={ETCD_ENDPOINT}"),
+                "endpoint",
+                "health",
+            ],
+            Duration::from_secs(10),
+        )?;
+        if !out.status.success() {
+            return Err(SeedError::Unreachable {
+                node: name.to_owned(),
+                detail: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+            });
+        }
+        lines.push(format!(
+            "{name} ({}) reaches etcd at {ETCD_ENDPOINT}: healthy",
+            host.ip()
+        ));
+    }
+    Ok(lines)
 }
 
 /// Tears the seed lab down; returns false if it was not up.
