@@ -541,3 +541,29 @@ async fn typed_list_watch_starts_with_a_snapshot() {
     ds.create(&pool("c", "10.3.0.0/16")).await.unwrap();
     assert!(matches!(next(&mut w).await, ResourceEvent::Added(p) if p.spec.cidr == "10.3.0.0/16"));
 }
+
+#[tokio::test]
+async fn batches_over_the_request_size_are_refused_or_chunked_by_bytes() {
+    let etcd = Etcd::start();
+    let (ds, _) = connect(&etcd).await;
+    // 20 documents of ~80 KB: 1.6 MB, over etcd's 1.5 MiB request limit in one transaction.
+    let docs: Vec<_> = (0..20)
+        .map(|i| {
+            let (kind, mut doc) = pool_doc(&format!("big-{i}"), i);
+            doc["metadata"]["annotations"] = json!({"note": "x".repeat(80_000)});
+            (kind, doc)
+        })
+        .collect();
+    assert!(matches!(
+        ds.apply_all(docs.clone()).await,
+        Err(ResourceError::BatchTooManyBytes { .. })
+    ));
+    assert!(ds.list::<Pool>(None).await.unwrap().items.is_empty());
+    let outcome = ds
+        .dynamic()
+        .write_batch(BatchOp::Apply, docs, Atomicity::Chunked)
+        .await
+        .unwrap();
+    assert_eq!(outcome.results.len(), 20);
+    assert_eq!(ds.list::<Pool>(None).await.unwrap().items.len(), 20);
+}

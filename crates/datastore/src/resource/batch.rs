@@ -6,6 +6,10 @@
 //! document. If anything changed in between, nothing is written and the batch is re-read and
 //! retried (bounded).
 //!
+//! etcd also caps a request at `--max-request-bytes` (default 1.5 MiB); a transaction is kept
+//! under [`MAX_TXN_BYTES`] (1 MiB, estimated from the documents plus room for the metadata we
+//! add), which counts as "does not fit" just like the operation limit.
+//!
 //! A larger batch is either refused before anything is written ([`Atomicity::AllOrNothing`],
 //! the default for `apply_all`) or written in chunks of `max_txn_ops` documents, each chunk
 //! atomic ([`Atomicity::Chunked`]); a failure in a later chunk is reported as
@@ -54,6 +58,12 @@ pub struct BatchOutcome {
     pub revision: i64,
 }
 
+/// Largest estimated transaction we send, under etcd's default 1.5 MiB request limit.
+pub const MAX_TXN_BYTES: usize = 1024 * 1024;
+
+/// Room per document for what create adds (uid, creationTimestamp) and protobuf framing.
+const PER_DOC_OVERHEAD: usize = 256;
+
 /// Whole-batch attempts when a concurrent writer changes a key between read and write.
 const BATCH_ATTEMPTS: u32 = 5;
 
@@ -63,6 +73,8 @@ struct Item {
     key: String,
     doc: Value,
     expected: Option<i64>,
+    /// Estimated bytes this item adds to a transaction.
+    size: usize,
 }
 
 pub(super) async fn write_batch(
@@ -84,6 +96,7 @@ pub(super) async fn write_batch(
             });
         }
         let key = resource_key(&kind, &id);
+        let size = key.len() * 2 + doc.to_string().len() + PER_DOC_OVERHEAD;
         if !seen.insert(key.clone()) {
             return Err(ResourceError::DuplicateInBatch {
                 kind: kind.kind.clone(),
@@ -96,21 +109,31 @@ pub(super) async fn write_batch(
             key,
             doc,
             expected,
+            size,
         });
     }
     let limit = kv.max_txn_ops().max(1);
-    if atomicity == Atomicity::AllOrNothing && items.len() > limit {
-        return Err(ResourceError::BatchTooLarge {
-            ops: items.len(),
-            limit,
-        });
+    if atomicity == Atomicity::AllOrNothing {
+        if items.len() > limit {
+            return Err(ResourceError::BatchTooLarge {
+                ops: items.len(),
+                limit,
+            });
+        }
+        let bytes: usize = items.iter().map(|i| i.size).sum();
+        if bytes > MAX_TXN_BYTES {
+            return Err(ResourceError::BatchTooManyBytes {
+                bytes,
+                limit: MAX_TXN_BYTES,
+            });
+        }
     }
     let total = items.len();
     let mut outcome = BatchOutcome {
         results: Vec::with_capacity(total),
         revision: 0,
     };
-    for chunk in items.chunks(limit) {
+    for chunk in chunks(&items, limit) {
         match write_chunk(kv, op, chunk).await {
             Ok((results, revision)) => {
                 outcome.results.extend(results);
@@ -127,6 +150,25 @@ pub(super) async fn write_batch(
         }
     }
     Ok(outcome)
+}
+
+/// Consecutive runs of at most `limit` items and [`MAX_TXN_BYTES`] estimated bytes (a single
+/// item over the byte limit still gets its own chunk; etcd then judges it).
+fn chunks(items: &[Item], limit: usize) -> Vec<&[Item]> {
+    let mut out = Vec::new();
+    let (mut start, mut bytes) = (0, 0);
+    for (i, item) in items.iter().enumerate() {
+        if i > start && (i - start == limit || bytes + item.size > MAX_TXN_BYTES) {
+            out.push(&items[start..i]);
+            start = i;
+            bytes = 0;
+        }
+        bytes += item.size;
+    }
+    if start < items.len() {
+        out.push(&items[start..]);
+    }
+    out
 }
 
 /// One atomic transaction for `chunk` (at most `max_txn_ops` items).
@@ -225,4 +267,41 @@ async fn write_chunk(
         id: first.id.clone(),
         attempts: BATCH_ATTEMPTS,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn item(size: usize) -> Item {
+        Item {
+            kind: KindRef::new("IPPool", "ippools", false),
+            id: ObjectId::global("x"),
+            key: String::new(),
+            doc: Value::Null,
+            expected: None,
+            size,
+        }
+    }
+
+    fn sizes(items: &[Item], limit: usize) -> Vec<usize> {
+        chunks(items, limit).iter().map(|c| c.len()).collect()
+    }
+
+    #[test]
+    fn chunks_respect_the_operation_limit() {
+        let items: Vec<_> = (0..300).map(|_| item(100)).collect();
+        assert_eq!(sizes(&items, 128), [128, 128, 44]);
+        assert_eq!(sizes(&items[..128], 128), [128]);
+        assert!(chunks(&items[..0], 128).is_empty());
+    }
+
+    #[test]
+    fn chunks_respect_the_byte_limit() {
+        let items: Vec<_> = (0..10).map(|_| item(MAX_TXN_BYTES / 4)).collect();
+        assert_eq!(sizes(&items, 128), [4, 4, 2]);
+        // An oversized item travels alone rather than being dropped.
+        let big = vec![item(10), item(MAX_TXN_BYTES * 2), item(10)];
+        assert_eq!(sizes(&big, 128), [1, 1, 1]);
+    }
 }

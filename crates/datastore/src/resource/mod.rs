@@ -160,6 +160,8 @@ pub enum ResourceError {
     DuplicateInBatch { kind: String, id: ObjectId },
     #[error("batch of {ops} resources exceeds etcd's limit of {limit} operations per transaction")]
     BatchTooLarge { ops: usize, limit: usize },
+    #[error("batch of about {bytes} bytes exceeds the {limit}-byte limit for one etcd transaction")]
+    BatchTooManyBytes { bytes: usize, limit: usize },
     #[error("batch: {committed} of {total} resources were written before a later chunk failed")]
     PartialBatch {
         committed: usize,
