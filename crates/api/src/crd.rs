@@ -212,25 +212,61 @@ pub fn schema(kind: &str) -> Option<&'static Value> {
         .get(kind)
 }
 
-/// Turns YAML scalars that landed as numbers or booleans into strings where the schema
-/// expects a string (`containerID: 1337`, a label `version: 1`), as Calico's YAML decoding
-/// does. Int-or-string fields keep their numbers.
-pub fn coerce_scalars(value: &mut Value, schema: &Value) {
+/// Reads a document the way Calico's Go decoding does, guided by the kind's schema:
+/// - YAML scalars that landed as numbers or booleans become strings where a string is
+///   expected (`containerID: 1337`, `version: 1`); int-or-string fields keep their numbers;
+/// - field names match case-insensitively (`loadbalancer` is `loadBalancer`), as Go's
+///   `encoding/json` matches them;
+/// - required booleans, integers and lists that are absent get Go's zero value (`false`, `0`,
+///   `[]`), as Go leaves them; required strings stay missing and are reported.
+pub fn normalize_document(value: &mut Value, schema: &Value) {
     let wants_string = schema.get("type").and_then(Value::as_str) == Some("string");
     match value {
         Value::Number(n) if wants_string => *value = Value::String(n.to_string()),
         Value::Bool(b) if wants_string => *value = Value::String(b.to_string()),
         Value::Object(map) => {
             if let Some(Value::Object(props)) = schema.get("properties") {
+                let unknown: Vec<String> = map
+                    .keys()
+                    .filter(|k| !props.contains_key(k.as_str()))
+                    .cloned()
+                    .collect();
+                for key in unknown {
+                    let mut matches = props.keys().filter(|p| p.eq_ignore_ascii_case(&key));
+                    if let (Some(prop), None) = (matches.next(), matches.next())
+                        && !map.contains_key(prop.as_str())
+                        && let Some(v) = map.remove(&key)
+                    {
+                        map.insert(prop.clone(), v);
+                    }
+                }
+                if let Some(Value::Array(required)) = schema.get("required") {
+                    for name in required.iter().filter_map(Value::as_str) {
+                        if map.contains_key(name) {
+                            continue;
+                        }
+                        let zero = match props
+                            .get(name)
+                            .and_then(|p| p.get("type"))
+                            .and_then(Value::as_str)
+                        {
+                            Some("boolean") => Value::Bool(false),
+                            Some("integer") => Value::from(0),
+                            Some("array") => Value::Array(Vec::new()),
+                            _ => continue,
+                        };
+                        map.insert(name.to_string(), zero);
+                    }
+                }
                 for (name, prop) in props {
                     if let Some(child) = map.get_mut(name) {
-                        coerce_scalars(child, prop);
+                        normalize_document(child, prop);
                     }
                 }
             }
             if let Some(add) = schema.get("additionalProperties").filter(|a| a.is_object()) {
                 for child in map.values_mut() {
-                    coerce_scalars(child, add);
+                    normalize_document(child, add);
                 }
             }
         }
@@ -238,7 +274,7 @@ pub fn coerce_scalars(value: &mut Value, schema: &Value) {
             if let Some(item_schema) = schema.get("items") {
                 items
                     .iter_mut()
-                    .for_each(|i| coerce_scalars(i, item_schema));
+                    .for_each(|i| normalize_document(i, item_schema));
             }
         }
         _ => {}

@@ -318,7 +318,7 @@ pub fn decode<T: CalicoResource>(mut value: Value) -> Result<T, DecodeError> {
         }
     }
     if let Some(schema) = crate::crd::schema(T::KIND) {
-        crate::crd::coerce_scalars(&mut value, schema);
+        crate::crd::normalize_document(&mut value, schema);
     }
     serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();

@@ -921,3 +921,29 @@ fn calico_validator_rules_on_endpoints_nodes_labels_and_config() {
     );
     assert_eq!(paths(&aff), vec!["spec.deleted"]);
 }
+
+#[test]
+fn field_names_match_case_insensitively_and_absent_required_flags_read_as_false() {
+    let r = decode_ok(
+        "apiVersion: projectcalico.org/v3\nkind: KubeControllersConfiguration\nmetadata: {name: default}\nspec:\n  controllers:\n    loadbalancer: {assignIPs: AllServices}",
+    );
+    let AnyResource::KubeControllersConfiguration(k) = r else {
+        panic!()
+    };
+    assert!(k.spec.controllers.load_balancer.is_some());
+    let r = decode_ok(
+        "apiVersion: projectcalico.org/v3\nkind: IPAMConfiguration\nmetadata: {name: default}\nspec: {strictAffinity: true}",
+    );
+    let AnyResource::IPAMConfiguration(c) = r else {
+        panic!()
+    };
+    assert!(c.spec.strict_affinity);
+    assert!(!c.spec.auto_allocate_blocks);
+    // A required string stays required.
+    let e = from_value(yaml(
+        "apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata: {name: p}\nspec: {}",
+    ))
+    .unwrap_err();
+    assert_eq!(e.path(), "spec");
+    assert!(e.to_string().contains("cidr"), "{e}");
+}
