@@ -484,7 +484,7 @@ impl Host {
     }
 
     /// Starts `cmd` in the host's namespace through `ip netns exec` (which also gives it a
-    /// private mount namespace with this namespace's /sys and /etc/netns/<ns> files). Output
+    /// private mount namespace with this namespace's /sys and `/etc/netns/<ns>` files). Output
     /// goes to [`Host::log_path`]`(log_name)`. Killed on drop and when this process dies.
     pub fn spawn(&self, cmd: Command, log_name: &str) -> Result<ProcessGuard, LabError> {
         let mut wrapped = Command::new("ip");

@@ -134,7 +134,7 @@ pub fn up(say: &mut dyn FnMut(&str)) -> Result<(), SeedError> {
     up_with_id(LAB_ID, say)
 }
 
-/// [`up`] under another run id (namespaces `<id>-etcd`, ...; state in /run/calico-lab/<id>),
+/// [`up`] under another run id (namespaces `<id>-etcd`, ...; state in `/run/calico-lab/<id>`),
 /// so that tests can build the seed lab without touching a human's `lab`.
 pub fn up_with_id(id: &str, say: &mut dyn FnMut(&str)) -> Result<(), SeedError> {
     state::sweep();
