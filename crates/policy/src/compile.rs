@@ -463,6 +463,43 @@ fn applies_to(ctx: &Ctx<'_>, p: &Policy) -> Result<Selector, CompileError> {
     }
 }
 
+fn prepare_policy(tiers: &[Tier], p: &Policy) -> Result<PreparedPolicy, CompileError> {
+    let owner = policy_owner(p);
+    let ctx = Ctx { owner: &owner };
+    let tier = tiers
+        .iter()
+        .position(|t| t.name == p.tier_name())
+        .ok_or_else(|| CompileError::UnknownTier {
+            owner: owner.clone(),
+            tier: p.tier_name().to_string(),
+        })?;
+    let ns = p.namespace.as_deref();
+    Ok(PreparedPolicy {
+        name: p.qualified_name(),
+        tier,
+        order: p.order,
+        applies_to: applies_to(&ctx, p)?,
+        types: p.effective_types(),
+        ingress: prepare_rules(&ctx, "ingress", &p.ingress, ns)?,
+        egress: prepare_rules(&ctx, "egress", &p.egress, ns)?,
+        do_not_track: p.do_not_track,
+        pre_dnat: p.pre_dnat,
+        apply_on_forward: p.apply_on_forward,
+        staged: p.staged,
+    })
+}
+
+/// Calico's order: tier order, then policy order (unordered last), then name.
+fn sort_policies(policies: &mut [PreparedPolicy]) {
+    policies.sort_by(|a, b| {
+        a.tier
+            .cmp(&b.tier)
+            .then_with(|| order_key(a.order, b.order))
+            .then_with(|| a.name.cmp(&b.name))
+            .then_with(|| a.staged.cmp(&b.staged))
+    });
+}
+
 fn order_key(a: Option<f64>, b: Option<f64>) -> Ordering {
     match (a, b) {
         (Some(x), Some(y)) => x.total_cmp(&y),
@@ -502,36 +539,9 @@ impl Compiler {
 
         let mut policies = Vec::new();
         for p in &model.policies {
-            let owner = policy_owner(p);
-            let ctx = Ctx { owner: &owner };
-            let tier = tiers
-                .iter()
-                .position(|t| t.name == p.tier_name())
-                .ok_or_else(|| CompileError::UnknownTier {
-                    owner: owner.clone(),
-                    tier: p.tier_name().to_string(),
-                })?;
-            let ns = p.namespace.as_deref();
-            policies.push(PreparedPolicy {
-                name: p.qualified_name(),
-                tier,
-                order: p.order,
-                applies_to: applies_to(&ctx, p)?,
-                types: p.effective_types(),
-                ingress: prepare_rules(&ctx, "ingress", &p.ingress, ns)?,
-                egress: prepare_rules(&ctx, "egress", &p.egress, ns)?,
-                do_not_track: p.do_not_track,
-                pre_dnat: p.pre_dnat,
-                apply_on_forward: p.apply_on_forward,
-                staged: p.staged,
-            });
+            policies.push(prepare_policy(&tiers, p)?);
         }
-        policies.sort_by(|a, b| {
-            a.tier
-                .cmp(&b.tier)
-                .then_with(|| order_key(a.order, b.order))
-                .then_with(|| a.name.cmp(&b.name))
-        });
+        sort_policies(&mut policies);
 
         let mut profiles = BTreeMap::new();
         for p in &model.profiles {
@@ -631,6 +641,27 @@ impl Compiler {
         )
     }
 
+    /// Adds or replaces a policy (matched by namespace, name and staged-ness). Endpoint
+    /// programs compiled before are stale afterwards: compile them again (cheap; rule lists of
+    /// other policies are reused). Sets only the old version used stay in the index until
+    /// [`SetIndex::remove_set`].
+    pub fn upsert_policy(&mut self, policy: &Policy) -> Result<(), CompileError> {
+        let prepared = prepare_policy(&self.tiers, policy)?;
+        self.remove_policy(&prepared.name.clone(), prepared.staged);
+        self.policies.push(prepared);
+        sort_policies(&mut self.policies);
+        Ok(())
+    }
+
+    /// Removes a policy by qualified name (`ns/name` or `name`) and staged-ness.
+    pub fn remove_policy(&mut self, qualified_name: &str, staged: bool) {
+        self.policies
+            .retain(|p| !(p.name == qualified_name && p.staged == staged));
+        self.rule_lists.retain(|id, _| {
+            !matches!(id, RuleListId::Policy { name, staged: s, .. } if name == qualified_name && *s == staged)
+        });
+    }
+
     /// The set index (membership of every set compiled so far).
     pub fn index(&self) -> &SetIndex {
         &self.index
@@ -724,6 +755,7 @@ impl Compiler {
             }
             let id = RuleListId::Policy {
                 name: p.name.clone(),
+                staged: p.staged,
                 direction,
             };
             if !self.rule_lists.contains_key(&id) {
@@ -901,52 +933,73 @@ impl Compiler {
 }
 
 /// Compiles the programs of every endpoint on `node` (every endpoint when `None`), with the
-/// sets they reference.
+/// rule lists and sets they reference.
 pub fn compile(model: &PolicyModel, node: Option<&str>) -> Result<HostProgram, CompileError> {
     let mut compiler = Compiler::new(model)?;
-    let mut endpoints = BTreeMap::new();
     let local = |n: &str| node.is_none_or(|want| want == n);
-    for ep in model.workload_endpoints.iter().filter(|e| local(&e.node)) {
-        let prog = compiler.workload_program(ep);
-        endpoints.insert(prog.id.clone(), prog);
-    }
-    for ep in model.host_endpoints.iter().filter(|e| local(&e.node)) {
-        let prog = compiler.host_program(ep);
-        endpoints.insert(prog.id.clone(), prog);
-    }
-    let mut lists = BTreeSet::new();
-    for prog in endpoints.values() {
-        for chain in prog.chains() {
-            for_each_rule_list(chain, &mut |id| {
-                lists.insert(id.clone());
+    let workloads: Vec<&WorkloadEndpoint> = model
+        .workload_endpoints
+        .iter()
+        .filter(|e| local(&e.node))
+        .collect();
+    let hosts: Vec<&HostEndpoint> = model
+        .host_endpoints
+        .iter()
+        .filter(|e| local(&e.node))
+        .collect();
+    Ok(compiler.host_program_for(&workloads, &hosts))
+}
+
+impl Compiler {
+    /// The whole program for these endpoints: their chains, the rule lists they refer to and
+    /// the sets those reference, with current membership.
+    pub fn host_program_for(
+        &mut self,
+        workloads: &[&WorkloadEndpoint],
+        hosts: &[&HostEndpoint],
+    ) -> HostProgram {
+        let mut endpoints = BTreeMap::new();
+        for ep in workloads {
+            let prog = self.workload_program(ep);
+            endpoints.insert(prog.id.clone(), prog);
+        }
+        for ep in hosts {
+            let prog = self.host_program(ep);
+            endpoints.insert(prog.id.clone(), prog);
+        }
+        let mut lists = BTreeSet::new();
+        for prog in endpoints.values() {
+            for chain in prog.chains() {
+                for_each_rule_list(chain, &mut |id| {
+                    lists.insert(id.clone());
+                });
+            }
+        }
+        let rule_lists: BTreeMap<RuleListId, Vec<CompiledRule>> = lists
+            .into_iter()
+            .filter_map(|id| {
+                let rules = self.rule_lists.get(&id)?.clone();
+                Some((id, rules))
+            })
+            .collect();
+        let mut used = BTreeSet::new();
+        for rules in rule_lists.values() {
+            for_each_set(rules, &mut |id| {
+                used.insert(id.clone());
             });
         }
+        let sets = used
+            .into_iter()
+            .filter_map(|id| {
+                let key = self.index.key(&id)?.clone();
+                let members = self.index.members(&id);
+                Some((id, IpSet { key, members }))
+            })
+            .collect();
+        HostProgram {
+            endpoints,
+            rule_lists,
+            sets,
+        }
     }
-    let rule_lists: BTreeMap<RuleListId, Vec<CompiledRule>> = lists
-        .into_iter()
-        .filter_map(|id| {
-            let rules = compiler.rule_lists.get(&id)?.clone();
-            Some((id, rules))
-        })
-        .collect();
-    let mut used = BTreeSet::new();
-    for rules in rule_lists.values() {
-        for_each_set(rules, &mut |id| {
-            used.insert(id.clone());
-        });
-    }
-    let index = compiler.index();
-    let sets = used
-        .into_iter()
-        .filter_map(|id| {
-            let key = index.key(&id)?.clone();
-            let members = index.members(&id);
-            Some((id, IpSet { key, members }))
-        })
-        .collect();
-    Ok(HostProgram {
-        endpoints,
-        rule_lists,
-        sets,
-    })
 }

@@ -14,8 +14,9 @@
 //!
 //! Not modelled (yet): rule `http`, `services` and `metadata` matches; anything specific to a
 //! `*` (all-interfaces) host endpoint beyond having no interface name; incremental updates of
-//! policies, profiles and tiers (a change rebuilds the [`Compiler`]; endpoint and network set
-//! changes are incremental through [`sets::SetIndex`]); the conversion from `calico-api` types.
+//! tiers and profiles (rebuild the [`Compiler`]; policies have [`Compiler::upsert_policy`] and
+//! [`Compiler::remove_policy`], endpoints and network sets [`sets::SetIndex`]); garbage
+//! collection of sets no policy uses any more; the conversion from `calico-api` types.
 //! Left to the dataplane: allowing established/related and dropping invalid packets before the
 //! chains, the workload-to-host default action, and dropping encapsulated packets from
 //! workloads.

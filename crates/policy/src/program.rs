@@ -174,6 +174,8 @@ pub enum RuleListId {
     Policy {
         /// Policy name.
         name: String,
+        /// A staged policy may share its name with an enforced one.
+        staged: bool,
         /// Direction.
         direction: Direction,
     },
@@ -189,7 +191,14 @@ pub enum RuleListId {
 impl fmt::Display for RuleListId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            RuleListId::Policy { name, direction } => write!(f, "policy {name} {direction}"),
+            RuleListId::Policy {
+                name,
+                staged: false,
+                direction,
+            } => write!(f, "policy {name} {direction}"),
+            RuleListId::Policy {
+                name, direction, ..
+            } => write!(f, "staged policy {name} {direction}"),
             RuleListId::Profile { name, direction } => write!(f, "profile {name} {direction}"),
         }
     }

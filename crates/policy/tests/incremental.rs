@@ -91,3 +91,55 @@ fn a_new_address_on_an_endpoint_updates_its_sets() {
         );
     }
 }
+
+#[test]
+fn a_policy_update_changes_only_that_policy_and_keeps_staged_twins_apart() {
+    use calico_policy::model::{Direction, Port};
+    use calico_policy::{Packet, Verdict, verdict};
+    let m = model();
+    let mut compiler = Compiler::new(&m).unwrap();
+    let eps: Vec<_> = m.workload_endpoints.iter().collect();
+    let b = wid("prod", "b");
+    let from_a = Packet::tcp(ip("10.0.0.1"), 1, ip("10.0.0.2"), 80);
+    let prog = compiler.host_program_for(&eps, &[]);
+    assert_eq!(
+        verdict(&prog.endpoints[&b], Direction::Ingress, &prog, &from_a),
+        Verdict::Allow
+    );
+
+    // Replace "p" with a version that only allows TCP 443 from the frontend.
+    let mut p = ingress_policy(
+        "p",
+        "all()",
+        vec![{
+            let mut r = tcp_to(Action::Allow, &[Port::number(443)]);
+            r.source.selector = "app == 'frontend'".into();
+            r
+        }],
+    );
+    compiler.upsert_policy(&p).unwrap();
+    // A staged twin with the same name does not replace it and is not enforced.
+    p.staged = true;
+    p.ingress = vec![rule(Action::Deny)];
+    compiler.upsert_policy(&p).unwrap();
+    let prog = compiler.host_program_for(&eps, &[]);
+    assert_eq!(prog.rule_lists.len(), 2);
+    assert_eq!(
+        verdict(&prog.endpoints[&b], Direction::Ingress, &prog, &from_a),
+        Verdict::Deny
+    );
+    let https = Packet::tcp(ip("10.0.0.1"), 1, ip("10.0.0.2"), 443);
+    assert_eq!(
+        verdict(&prog.endpoints[&b], Direction::Ingress, &prog, &https),
+        Verdict::Allow
+    );
+
+    compiler.remove_policy("p", false);
+    let prog = compiler.host_program_for(&eps, &[]);
+    // Only the staged policy applies: no end-of-tier drop, no profile: default deny.
+    assert_eq!(
+        verdict(&prog.endpoints[&b], Direction::Ingress, &prog, &https),
+        Verdict::Deny
+    );
+    assert_eq!(prog.rule_lists.len(), 1);
+}
