@@ -397,7 +397,8 @@ impl Netlink {
 
     /// Deletes the route to `route.dst` in `route.table` tagged with `route.protocol` (its
     /// target is not compared, so a route of ours is found whatever it points at). Returns
-    /// false if there was none. Routes of other protocols are never touched.
+    /// false if there was none. Routes of other protocols are never touched, except with
+    /// protocol 0 (`unspec`), which the kernel treats as "any protocol".
     pub async fn delete_route(&self, route: &Route) -> Result<bool, RouteError> {
         let mut msg = route_message(
             &Route {
