@@ -1031,3 +1031,30 @@ mod tests {
         assert!(!rev(5).holds_for(None));
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Every key that starts with the prefix sorts below the range end, and the range end
+        /// itself does not start with the prefix (so a prefix list is exactly the prefix).
+        #[test]
+        fn prefix_end_bounds_exactly_the_prefix(
+            prefix in proptest::collection::vec(any::<u8>(), 1..12),
+            suffix in proptest::collection::vec(any::<u8>(), 0..12),
+        ) {
+            let end = prefix_end(&prefix);
+            let mut key = prefix.clone();
+            key.extend(&suffix);
+            if prefix.iter().all(|b| *b == 0xff) {
+                prop_assert_eq!(end, vec![0]);
+            } else {
+                prop_assert!(key < end);
+                prop_assert!(!end.starts_with(&prefix));
+                prop_assert!(prefix < end);
+            }
+        }
+    }
+}

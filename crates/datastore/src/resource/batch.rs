@@ -270,10 +270,10 @@ async fn write_chunk(
 }
 
 #[cfg(test)]
-mod tests {
+mod tests_support {
     use super::*;
 
-    fn item(size: usize) -> Item {
+    pub(super) fn item(size: usize) -> Item {
         Item {
             kind: KindRef::new("IPPool", "ippools", false),
             id: ObjectId::global("x"),
@@ -283,6 +283,12 @@ mod tests {
             size,
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::tests_support::item;
+    use super::*;
 
     fn sizes(items: &[Item], limit: usize) -> Vec<usize> {
         chunks(items, limit).iter().map(|c| c.len()).collect()
@@ -303,5 +309,32 @@ mod tests {
         // An oversized item travels alone rather than being dropped.
         let big = vec![item(10), item(MAX_TXN_BYTES * 2), item(10)];
         assert_eq!(sizes(&big, 128), [1, 1, 1]);
+    }
+}
+
+#[cfg(test)]
+mod properties {
+    use super::tests_support::item;
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Chunks cover every item once, in order, each within both limits (except a lone
+        /// oversized item).
+        #[test]
+        fn chunks_partition_in_order_within_limits(
+            sizes in proptest::collection::vec(1usize..400_000, 0..60),
+            limit in 1usize..20,
+        ) {
+            let items: Vec<_> = sizes.iter().map(|s| item(*s)).collect();
+            let parts = chunks(&items, limit);
+            let flat: Vec<usize> = parts.iter().flat_map(|c| c.iter().map(|i| i.size)).collect();
+            prop_assert_eq!(flat, sizes);
+            for c in &parts {
+                prop_assert!(!c.is_empty() && c.len() <= limit);
+                let bytes: usize = c.iter().map(|i| i.size).sum();
+                prop_assert!(bytes <= MAX_TXN_BYTES || c.len() == 1);
+            }
+        }
     }
 }

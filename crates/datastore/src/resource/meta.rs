@@ -346,3 +346,32 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn segment() -> impl Strategy<Value = String> {
+        "[a-z0-9]([-a-z0-9.]{0,30}[a-z0-9])?"
+    }
+
+    proptest! {
+        #[test]
+        fn keys_round_trip_to_identities(ns in segment(), name in segment(), namespaced: bool) {
+            let kind = KindRef::new("K", "ks", namespaced);
+            let id = if namespaced { ObjectId::namespaced(ns, name) } else { ObjectId::global(name) };
+            let key = resource_key(&kind, &id);
+            prop_assert!(key.starts_with(&resource_prefix(&kind, id.namespace.as_deref())));
+            prop_assert_eq!(id_from_key(&kind, &key), Some(id));
+        }
+
+        #[test]
+        fn a_namespace_prefix_never_matches_another_namespace(a in segment(), b in segment(), name in segment()) {
+            prop_assume!(a != b);
+            let kind = KindRef::new("K", "ks", true);
+            let key = resource_key(&kind, &ObjectId::namespaced(b, name));
+            prop_assert!(!key.starts_with(&resource_prefix(&kind, Some(&a))));
+        }
+    }
+}
