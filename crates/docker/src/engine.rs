@@ -85,7 +85,30 @@ pub struct NetworkInfo {
     pub ipam: Ipam,
     #[serde(rename = "EnableIPv6")]
     pub enable_ipv6: bool,
-    pub containers: Option<std::collections::BTreeMap<String, Value>>,
+    /// Container id → attachment (only filled by inspect, not by list).
+    pub containers: Option<std::collections::BTreeMap<String, NetworkContainer>>,
+}
+
+/// One container attached to a network, from `GET /networks/{id}`.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct NetworkContainer {
+    pub name: String,
+    #[serde(rename = "EndpointID")]
+    pub endpoint_id: String,
+    #[serde(rename = "IPv4Address")]
+    pub ipv4_address: String,
+    #[serde(rename = "IPv6Address")]
+    pub ipv6_address: String,
+}
+
+/// The parts of `GET /containers/{id}/json` we use.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct ContainerInfo {
+    pub id: String,
+    pub name: String,
+    pub hosts_path: String,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -252,6 +275,16 @@ impl DockerEngine {
         self.call(Method::DELETE, &format!("/networks/{id}"), None)
             .await
             .map(|_| ())
+    }
+
+    /// `GET /containers/{id}/json`; `None` when dockerd does not know it.
+    pub async fn inspect_container(&self, id: &str) -> Result<Option<ContainerInfo>, EngineError> {
+        let path = format!("/containers/{id}/json");
+        match self.call(Method::GET, &path, None).await {
+            Ok(b) => Self::decode("GET", &path, &b).map(Some),
+            Err(e) if e.status() == Some(StatusCode::NOT_FOUND.as_u16()) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     /// `GET /_ping`: whether the daemon answers.

@@ -16,6 +16,7 @@ pub mod daemon;
 pub mod driver;
 pub mod engine;
 pub mod ipam;
+pub mod names;
 pub mod naming;
 pub mod plumbing;
 pub mod protocol;

@@ -9,6 +9,8 @@
 //!   a host where the network still has containers keeps it, records itself under
 //!   [`IN_USE_PREFIX`]`<name>/<host>` (and logs it), and retries on every round.
 //!
+//! Each round also shares container names across hosts ([`crate::names`]).
+//!
 //! One round = list local networks + list records, then the pure [`plan`] over them and the
 //! previous round's view. Rounds run every `poll_interval`; every loop is bounded by it.
 
@@ -22,6 +24,7 @@ use serde::{Deserialize, Serialize};
 use crate::engine::{
     CreateIpam, CreateIpamConfig, CreateNetwork, DockerEngine, EngineError, NetworkInfo,
 };
+use crate::names::{self, NameRecord};
 use crate::naming;
 use crate::server::{IPAM_PLUGIN, NETWORK_PLUGIN};
 
@@ -257,6 +260,102 @@ async fn round(
     Ok(())
 }
 
+/// Publishes this host's containers of Calico networks and writes the other hosts' ones into
+/// local containers' hosts files (see [`crate::names`]).
+async fn sync_names(
+    kv: &EtcdClient,
+    engine: &DockerEngine,
+    host: &str,
+    networks: &BTreeSet<String>,
+) -> Result<(), SyncError> {
+    // Local attachments: network → container name → (container id, ip).
+    let mut local: BTreeMap<String, BTreeMap<String, (String, std::net::IpAddr)>> = BTreeMap::new();
+    for net in networks {
+        let Some(info) = engine.inspect_network(net).await? else {
+            continue;
+        };
+        for (id, c) in info.containers.unwrap_or_default() {
+            let ip = c.ipv4_address.split('/').next().unwrap_or_default();
+            let (Ok(ip), true) = (ip.parse(), names::valid_name(&c.name)) else {
+                continue;
+            };
+            local
+                .entry(net.clone())
+                .or_default()
+                .insert(c.name, (id, ip));
+        }
+    }
+    // Published records: network → name → record.
+    let listing = kv.list(names::NAMES_PREFIX).await?;
+    let mut records: BTreeMap<String, BTreeMap<String, NameRecord>> = BTreeMap::new();
+    for e in &listing.kvs {
+        let rest = &e.key[names::NAMES_PREFIX.len()..];
+        let (Some((net, name)), Ok(rec)) = (
+            rest.split_once('/'),
+            serde_json::from_slice::<NameRecord>(&e.value),
+        ) else {
+            continue;
+        };
+        records
+            .entry(net.into())
+            .or_default()
+            .insert(name.into(), rec);
+    }
+    // Publish ours, drop our stale ones.
+    for (net, containers) in &local {
+        for (name, (_, ip)) in containers {
+            let want = NameRecord {
+                ip: *ip,
+                host: host.to_string(),
+            };
+            if records.get(net).and_then(|m| m.get(name)) != Some(&want) {
+                let key = format!("{}{net}/{name}", names::NAMES_PREFIX);
+                kv.put(&key, serde_json::to_vec(&want).unwrap_or_default())
+                    .await?;
+            }
+        }
+    }
+    for (net, m) in &records {
+        for (name, rec) in m {
+            let still_here = local.get(net).is_some_and(|c| c.contains_key(name));
+            if rec.host == host && !still_here {
+                let key = format!("{}{net}/{name}", names::NAMES_PREFIX);
+                match kv.delete(&key, None).await {
+                    Ok(_) | Err(KvError::NotFound { .. }) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+    }
+    // Hosts files of local containers.
+    let mut nets_of: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for (net, containers) in &local {
+        for (id, _) in containers.values() {
+            nets_of.entry(id.clone()).or_default().insert(net.clone());
+        }
+    }
+    for (id, nets) in nets_of {
+        let entries = names::remote_entries(&records, &nets, host);
+        let Some(info) = engine.inspect_container(&id).await? else {
+            continue;
+        };
+        if info.hosts_path.is_empty() {
+            continue;
+        }
+        let Ok(current) = std::fs::read_to_string(&info.hosts_path) else {
+            continue;
+        };
+        let wanted = names::render_hosts(&current, &entries);
+        if wanted != current {
+            // In place (truncate + write): the bind mount into the container follows the inode.
+            if let Err(e) = std::fs::write(&info.hosts_path, wanted) {
+                tracing::warn!(container = %info.name, path = %info.hosts_path, error = %e, "could not update hosts file");
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Runs rounds every `poll_interval` until `shutdown` completes. A failed round is logged and
 /// retried on the next tick (etcd or dockerd restarting must not stop the syncer).
 pub async fn run_network_syncer(
@@ -275,6 +374,10 @@ pub async fn run_network_syncer(
             _ = tick.tick() => {
                 if let Err(e) = round(&kv, &engine, &config, &mut state).await {
                     tracing::warn!(error = %e, "network sync round failed; retrying");
+                }
+                let nets = state.local.clone();
+                if let Err(e) = sync_names(&kv, &engine, &config.hostname, &nets).await {
+                    tracing::warn!(error = %e, "name sync round failed; retrying");
                 }
             }
         }

@@ -39,6 +39,24 @@ fn a_network_created_on_one_host_exists_on_the_other_and_deletion_follows() {
     let ns1 = Netns::new("cdk");
     let ns2 = Netns::new("cdk");
     link(&ns1.name, "10.200.0.1/24", &ns2.name, "10.200.0.2/24");
+    // What the node agent will do (forwarding; routes to the other host's block, which BGP
+    // will announce), plus the default route every real host has and proxy ARP needs.
+    for (ns, peer, block) in [
+        (&ns1.name, "10.200.0.2", "192.168.0.64/26"),
+        (&ns2.name, "10.200.0.1", "192.168.0.0/26"),
+    ] {
+        sh_sync(&[
+            "ip",
+            "netns",
+            "exec",
+            ns,
+            "sysctl",
+            "-qw",
+            "net.ipv4.ip_forward=1",
+        ]);
+        sh_sync(&["ip", "-n", ns, "route", "add", "default", "via", peer]);
+        sh_sync(&["ip", "-n", ns, "route", "add", block, "via", peer]);
+    }
     let (n1, n2) = (ns1.name.clone(), ns2.name.clone());
     in_netns(&ns1.name.clone(), move || async move {
         let dir = tempfile::tempdir().unwrap();
@@ -128,6 +146,37 @@ fn a_network_created_on_one_host_exists_on_the_other_and_deletion_follows() {
         assert!(
             b2.contains(&a2.addr()),
             "node2's container {a2} not in node2's block {b2}"
+        );
+
+        // Names across hosts: bbox2 in bbox1's hosts file and back, and the seed's ping by name
+        // over two routed hops (ttl 62).
+        eventually(15, "bbox2 in bbox1's /etc/hosts", || async {
+            docker_ok(&s1, &["exec", "bbox1", "cat", "/etc/hosts"])
+                .await
+                .contains(&format!("{}\tbbox2", a2.addr()))
+        })
+        .await;
+        eventually(15, "bbox1 in bbox2's /etc/hosts", || async {
+            docker_ok(&s2, &["exec", "bbox2", "cat", "/etc/hosts"])
+                .await
+                .contains(&format!("{}\tbbox1", a1.addr()))
+        })
+        .await;
+        let ping = docker(
+            &s1,
+            &["exec", "bbox1", "ping", "-c", "2", "-W", "2", "bbox2"],
+        )
+        .await;
+        assert!(
+            ping.ok,
+            "ping bbox2 from bbox1: {}{}",
+            ping.stdout, ping.stderr
+        );
+        assert!(
+            ping.stdout
+                .contains(&format!("from {}: seq=0 ttl=62", a2.addr())),
+            "{}",
+            ping.stdout
         );
 
         // Delete on node1 while node2 still has a container: node2 keeps it and says so.

@@ -52,6 +52,11 @@ impl Drop for Netns {
     }
 }
 
+/// Runs a command to completion and asserts it succeeded (setup outside the async body).
+pub fn sh_sync(args: &[&str]) {
+    run(args)
+}
+
 fn run(args: &[&str]) {
     let st = Command::new(args[0])
         .args(&args[1..])
