@@ -209,6 +209,10 @@ pub struct Ipam {
     settings: Mutex<Option<Settings>>,
     node_labels: Mutex<HashMap<String, CachedLabels>>,
     hosts: Mutex<HashMap<String, Arc<tokio::sync::Mutex<HostCache>>>>,
+    /// Blocks this process knows to exist (from listings and lost claims): lets a host pick a
+    /// claim candidate without listing the whole pool. Only a hint; the claim's compare on the
+    /// block's absence decides.
+    known: Mutex<BTreeSet<IpNet>>,
 }
 
 struct HandleState {
@@ -282,6 +286,7 @@ impl Ipam {
             settings: Mutex::new(None),
             node_labels: Mutex::new(HashMap::new()),
             hosts: Mutex::new(HashMap::new()),
+            known: Mutex::new(BTreeSet::new()),
         }
     }
 
@@ -300,6 +305,10 @@ impl Ipam {
     /// Forgets cached pools and configuration (next call re-reads them).
     pub fn invalidate_settings(&self) {
         *self.settings.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
+    fn known_blocks<R>(&self, f: impl FnOnce(&mut BTreeSet<IpNet>) -> R) -> R {
+        f(&mut self.known.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
     fn host(&self, host: &str) -> Arc<tokio::sync::Mutex<HostCache>> {
@@ -514,18 +523,44 @@ impl Ipam {
     ) -> Result<Option<()>, IpamError> {
         let aff_key = model::affinity_key(host, &cidr);
         let block_key = model::block_key(&cidr);
-        // Phase 1: pending affinity.
+        // Phase 1: pending affinity, only while the block does not exist (so a lost race costs
+        // one round trip and leaves nothing behind).
+        let pending = encode(&AffinityValue::new(AffinityState::Pending));
         let aff_rev = match self
             .kv
-            .create(
-                &aff_key,
-                encode(&AffinityValue::new(AffinityState::Pending)),
+            .txn(
+                vec![Compare::Absent {
+                    key: block_key.clone(),
+                }],
+                vec![Write::Put {
+                    key: aff_key.clone(),
+                    value: pending,
+                }],
             )
             .await
+            .map_err(etcd(format!("create {aff_key}")))?
         {
-            Ok(rev) => rev,
-            Err(KvError::AlreadyExists { mod_revision, .. }) => mod_revision,
-            Err(e) => return Err(etcd(format!("create {aff_key}"))(e)),
+            TxnOutcome::Committed { revision } => revision,
+            TxnOutcome::Failed { current, .. } => {
+                if let Some(kv) = find_current(&current, &block_key) {
+                    let b = decode_block(kv)?;
+                    if b.host() == Some(host) {
+                        cache.blocks.insert(
+                            cidr,
+                            Cached {
+                                block: b,
+                                rev: kv.mod_revision,
+                            },
+                        );
+                        return Ok(Some(()));
+                    }
+                }
+                self.known_blocks(|k| {
+                    k.insert(cidr);
+                });
+                debug!(%cidr, host, "block already exists");
+                return Ok(None);
+            }
         };
         // Phase 2: the block and the confirmation, atomically.
         let block = AllocationBlock::new(cidr, Some(host), strict);
@@ -609,6 +644,9 @@ impl Ipam {
                     }
                 }
                 cache.affinities.remove(&cidr);
+                self.known_blocks(|k| {
+                    k.insert(cidr);
+                });
                 debug!(%cidr, host, "block claimed by another host first");
                 Ok(None)
             }
@@ -695,6 +733,7 @@ impl Ipam {
         let start = host_offset(host);
         let mut got: Vec<IpAddr> = Vec::with_capacity(n);
         let mut attempt = 0u32;
+        let mut lost_claims = 0u32;
         while got.len() < n {
             attempt += 1;
             if attempt > self.opts.max_attempts {
@@ -733,8 +772,22 @@ impl Ipam {
             let fresh_affine: Vec<BlockFree>;
             let step = match next_step(&input) {
                 Step::UseAffine(c) => Step::UseAffine(c),
+                _ if input.have_pools
+                    && lost_claims < 2
+                    && settings.config.auto_allocate_blocks
+                    && (settings.config.max_blocks_per_host == 0
+                        || host_block_count < settings.config.max_blocks_per_host as usize)
+                    && let Some(c) = {
+                        let mut existing = self.known_blocks(|k| k.clone());
+                        existing.extend(cache.blocks.keys().copied());
+                        find_unclaimed(&pools, &existing, start)
+                    } =>
+                {
+                    // Own blocks are full: claim a block we believe free, without a listing.
+                    Step::Claim(c)
+                }
                 _ if input.have_pools => {
-                    // Own blocks are full: look at the whole pool (one list).
+                    // No candidate known: look at the whole pool (one list).
                     let prefix = model::blocks_prefix(family);
                     let listing = self
                         .kv
@@ -776,6 +829,10 @@ impl Ipam {
                         .collect();
                     input.affine = &fresh_affine;
                     let existing: BTreeSet<IpNet> = listed.keys().copied().collect();
+                    self.known_blocks(|k| {
+                        k.retain(|c| Family::of_net(c) != family);
+                        k.extend(existing.iter().copied());
+                    });
                     input.unclaimed = find_unclaimed(&pools, &existing, start);
                     others = listed
                         .values()
@@ -794,9 +851,12 @@ impl Ipam {
                 Step::UseAffine(c) => (c, false),
                 Step::Borrow(c) => (c, true),
                 Step::Claim(c) => {
-                    self.claim_block(&mut cache, host, c, settings.config.strict_affinity)
+                    let won = self
+                        .claim_block(&mut cache, host, c, settings.config.strict_affinity)
                         .await
                         .map_err(|e| (e, got.clone()))?;
+                    // After two lost races, stop guessing and list the pool.
+                    lost_claims = if won.is_some() { 0 } else { lost_claims + 1 };
                     continue;
                 }
                 Step::Exhausted(reason) => {

@@ -44,6 +44,9 @@ struct Args {
     /// With --mode bench: time raw CAS transactions instead of allocations.
     #[arg(long)]
     floor: bool,
+    /// Create IPPool `bench-pool` with this CIDR (block size /26) unless it exists.
+    #[arg(long)]
+    setup_pool: Option<String>,
 }
 
 fn emit(v: serde_json::Value) {
@@ -148,6 +151,22 @@ async fn main() -> anyhow::Result<()> {
     let kv = EtcdClient::connect(&EtcdConfig::new(args.endpoints.clone()))
         .await
         .context("connect to etcd")?;
+    if let Some(cidr) = &args.setup_pool {
+        let ds = calico_datastore::Datastore::from_etcd(kv.clone());
+        if ds
+            .get::<calico_api::IPPool>(None, "bench-pool")
+            .await?
+            .is_none()
+        {
+            let pool: calico_api::IPPool = serde_json::from_value(serde_json::json!({
+                "apiVersion": "projectcalico.org/v3", "kind": "IPPool",
+                "metadata": {"name": "bench-pool"},
+                "spec": {"cidr": cidr, "blockSize": 26}
+            }))?;
+            ds.create(&pool).await?;
+        }
+        return Ok(());
+    }
     if args.mode == "bench" && args.floor {
         return floor(kv, &args).await;
     }
@@ -181,7 +200,13 @@ async fn main() -> anyhow::Result<()> {
                     break;
                 }
                 i += 1;
-                if !s.alloc(&a.host, t).await? {
+                // Benchmark allocators are separate hosts (as CNI plugins on separate nodes).
+                let host = if a.mode == "bench" {
+                    format!("{}-{t}", a.host)
+                } else {
+                    a.host.clone()
+                };
+                if !s.alloc(&host, t).await? {
                     s.churn_exhausted.fetch_add(1, Ordering::Relaxed);
                 }
                 // Keep at most 12 addresses per task during churn so that the pool runs out
