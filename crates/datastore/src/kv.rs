@@ -350,6 +350,14 @@ mod grpc_code {
     pub(super) const UNAVAILABLE: i32 = 14;
 }
 
+/// etcd's "required revision has been compacted" (gRPC OutOfRange).
+fn is_compacted_error(e: &KvError) -> bool {
+    const OUT_OF_RANGE: i32 = 11;
+    matches!(e, KvError::Etcd { source, .. }
+        if matches!(source.as_ref(), etcd_client::Error::GRpcStatus(s)
+            if s.code() as i32 == OUT_OF_RANGE))
+}
+
 fn convert_kv(op: Op, kv: &etcd_client::KeyValue) -> Result<KeyValue> {
     let key = std::str::from_utf8(kv.key()).map_err(|_| KvError::NonUtf8Key {
         op,
@@ -615,6 +623,24 @@ impl EtcdClient {
 
     /// Lists every key under `prefix` at one consistent revision, in key order.
     pub async fn list(&self, prefix: &str) -> Result<Listing> {
+        // A multi-page list reads every page at the first page's revision; if that revision is
+        // compacted meanwhile, start again at the newest (bounded).
+        let mut restarts = 0;
+        loop {
+            match self.list_once(prefix).await {
+                Err(e) if is_compacted_error(&e) && restarts < 3 => {
+                    restarts += 1;
+                    debug!(
+                        prefix,
+                        restarts, "list revision compacted while paging, restarting"
+                    );
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn list_once(&self, prefix: &str) -> Result<Listing> {
         let end = prefix_end(prefix.as_bytes());
         let mut kvs = Vec::new();
         let mut revision = 0;
