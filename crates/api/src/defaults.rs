@@ -76,6 +76,13 @@ impl Defaults for IPPool {
     fn default(&mut self) {
         schema_defaults(self);
         let spec = &mut self.spec;
+        // Calico stores the canonical text of the network (`fd00::/64`, not `FD00:0::/64`);
+        // a CIDR with host bits stays as written so validation can reject it.
+        if let Ok(net) = spec.cidr.parse::<ipnet::IpNet>()
+            && net.trunc() == net
+        {
+            spec.cidr = net.to_string();
+        }
         if spec.block_size.is_none_or(|b| b == 0) {
             spec.block_size = default_block_size(&spec.cidr);
         }

@@ -94,6 +94,18 @@ macro_rules! registry {
             pub fn kind(&self) -> &'static str {
                 match self { $(AnyResource::$ty(_) => <$ty as CalicoResource>::KIND,)* }
             }
+            /// `metadata.name`, empty when unset.
+            pub fn name(&self) -> &str {
+                self.meta().name.as_deref().unwrap_or_default()
+            }
+            /// `metadata.namespace` of a namespaced kind.
+            pub fn namespace(&self) -> Option<&str> {
+                self.meta().namespace.as_deref()
+            }
+            /// Names and scope of this resource's kind.
+            pub fn kind_info(&self) -> &'static KindInfo {
+                lookup_exact(self.kind()).expect("every kind is registered")
+            }
             pub fn meta(&self) -> &ObjectMeta {
                 match self { $(AnyResource::$ty(r) => r.meta(),)* }
             }

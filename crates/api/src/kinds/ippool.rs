@@ -93,3 +93,40 @@ pub struct IPPoolStatus {
     #[schemars(extend("x-kubernetes-list-type" = "map"))]
     pub conditions: Vec<Condition>,
 }
+
+impl IPPoolSpec {
+    /// The pool's network, if `cidr` parses.
+    pub fn net(&self) -> Option<ipnet::IpNet> {
+        self.cidr.parse().ok()
+    }
+
+    /// Block size in effect: the one set, or Calico's default for the family (26 / 122).
+    pub fn effective_block_size(&self) -> Option<u8> {
+        match self.block_size.filter(|b| *b != 0) {
+            Some(b) => u8::try_from(b).ok(),
+            None => match self.net()? {
+                ipnet::IpNet::V4(_) => Some(26),
+                ipnet::IpNet::V6(_) => Some(122),
+            },
+        }
+    }
+
+    /// Whether traffic leaving the pool is masqueraded (unset means no).
+    pub fn nat_outgoing(&self) -> bool {
+        self.nat_outgoing == Some(true)
+    }
+
+    /// Whether IPAM may allocate from the pool.
+    pub fn is_enabled(&self) -> bool {
+        self.disabled != Some(true)
+    }
+
+    /// Whether the pool serves `usage`; no allowed uses means Workload and Tunnel.
+    pub fn allows(&self, usage: IPPoolAllowedUse) -> bool {
+        if self.allowed_uses.is_empty() {
+            matches!(usage, IPPoolAllowedUse::Workload | IPPoolAllowedUse::Tunnel)
+        } else {
+            self.allowed_uses.contains(&usage)
+        }
+    }
+}
