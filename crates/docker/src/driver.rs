@@ -281,6 +281,25 @@ pub fn pools_for_id<'a>(pool_id: &str, pools: &'a [Pool]) -> Result<Vec<&'a Pool
     }
 }
 
+impl Driver<crate::ipam::EtcdAllocator, crate::plumbing::IpCommandPlumber> {
+    /// The driver with this crate's etcd allocator and `ip`-command plumbing.
+    pub fn with_etcd(
+        hostname: impl Into<String>,
+        kv: calico_datastore::EtcdClient,
+        docker_socket: impl AsRef<std::path::Path>,
+    ) -> Self {
+        Driver {
+            config: DriverConfig {
+                hostname: hostname.into(),
+            },
+            datastore: Datastore::from_etcd(kv.clone()),
+            allocator: crate::ipam::EtcdAllocator::new(kv),
+            plumber: crate::plumbing::IpCommandPlumber,
+            engine: DockerEngine::new(docker_socket),
+        }
+    }
+}
+
 impl<A: AddressAllocator, P: EndpointPlumber> Driver<A, P> {
     /// Dispatches one call (`NetworkDriver.Join`, ...).
     pub async fn handle(&self, call: &str, body: &[u8]) -> Result<Value, DriverError> {

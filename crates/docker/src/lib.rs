@@ -9,6 +9,24 @@
 //!   and creates/removes them in the local dockerd.
 //! - [`engine`]: a minimal Docker Engine API client on the daemon's unix socket.
 //!
+//! How the node agent runs it (inside the node's network namespace):
+//! ```no_run
+//! # async fn agent(kv: calico_datastore::EtcdClient) {
+//! use std::{path::Path, sync::Arc, time::Duration};
+//! let docker_sock = Path::new("/var/run/docker.sock");
+//! let driver = Arc::new(calico_docker::Driver::with_etcd("node1", kv.clone(), docker_sock));
+//! let drivers = calico_docker::serve(driver, Path::new("/run/docker/plugins"), std::future::pending());
+//! let syncer = calico_docker::run_network_syncer(
+//!     kv,
+//!     calico_docker::DockerEngine::new(docker_sock),
+//!     calico_docker::SyncerConfig { hostname: "node1".into(), poll_interval: Duration::from_secs(1) },
+//!     std::future::pending(),
+//! );
+//! let (served, ()) = tokio::join!(drivers, syncer);
+//! served.expect("driver sockets");
+//! # }
+//! ```
+//!
 //! [`ipam::EtcdAllocator`] and [`plumbing::IpCommandPlumber`] are stopgap adapters for the
 //! IPAM and dataplane crates (see their module docs).
 
