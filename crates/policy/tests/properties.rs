@@ -473,3 +473,333 @@ proptest! {
         prop_assert_eq!(compile(&m, None).unwrap(), compile(&shuffled, None).unwrap());
     }
 }
+
+// ---- Namespaces, both directions: compiled program vs. Calico's rules read directly ----
+
+const NAMESPACES: &[&str] = &["ns1", "ns2"];
+const NS_SELECTORS: &[&str] = &["", "", "team == 'x'", "all()", "global()", "!has(team)"];
+
+struct Entity {
+    labels: LabelMap,
+    namespace: Option<String>,
+    namespace_labels: LabelMap,
+    ports: Vec<NamedPort>,
+}
+
+fn entity(m: &PolicyModel, addr: IpAddr) -> Option<Entity> {
+    for ep in &m.workload_endpoints {
+        if ep.ips.iter().any(|n| n.contains(&addr)) {
+            return Some(Entity {
+                labels: ep.labels.clone(),
+                namespace: Some(ep.namespace.clone()),
+                namespace_labels: ep.namespace_labels.clone(),
+                ports: ep.ports.clone(),
+            });
+        }
+    }
+    for s in &m.network_sets {
+        if s.nets.iter().any(|n| n.contains(&addr)) {
+            return Some(Entity {
+                labels: s.labels.clone(),
+                namespace: None,
+                namespace_labels: LabelMap::new(),
+                ports: Vec::new(),
+            });
+        }
+    }
+    None
+}
+
+/// One side of a rule, per Calico's documentation: `selector` picks endpoints and network sets
+/// by label; `namespaceSelector` picks their namespace (`global()`: not namespaced); in a
+/// namespaced policy without one, a selector or notSelector means "in the policy's namespace";
+/// `notSelector` excludes by label anywhere; named ports are the destination's declared ports.
+fn side_ok(
+    e: &calico_policy::model::EntityRule,
+    who: &Option<Entity>,
+    port: Option<u16>,
+    protocol: Protocol,
+    policy_ns: Option<&str>,
+) -> bool {
+    let sel = |t: &str, l: &LabelMap| Selector::parse(t).unwrap().matches(l);
+    if !e.namespace_selector.is_empty() {
+        let ok = match who {
+            None => false,
+            // Calico evaluates a namespaceSelector over the namespace labels the peer inherits;
+            // a non-namespaced peer inherits none, so `!has(team)` matches it, while `all()`
+            // means "namespaced" and `global()` "not namespaced".
+            Some(w) => match (&w.namespace, e.namespace_selector.as_str()) {
+                (None, "global()") => true,
+                (None, "all()") | (Some(_), "global()") => false,
+                (None, ns_sel) => sel(ns_sel, &LabelMap::new()),
+                (Some(_), ns_sel) => sel(ns_sel, &w.namespace_labels),
+            },
+        };
+        if !ok {
+            return false;
+        }
+    } else if let Some(ns) = policy_ns
+        && (!e.selector.is_empty() || !e.not_selector.is_empty())
+        && who
+            .as_ref()
+            .is_none_or(|w| w.namespace.as_deref() != Some(ns))
+    {
+        return false;
+    }
+    if !e.selector.is_empty() && !who.as_ref().is_some_and(|w| sel(&e.selector, &w.labels)) {
+        return false;
+    }
+    if !e.not_selector.is_empty()
+        && who
+            .as_ref()
+            .is_some_and(|w| sel(&e.not_selector, &w.labels))
+    {
+        return false;
+    }
+    if !e.ports.is_empty() {
+        let Some(port) = port else { return false };
+        let ok = e.ports.iter().any(|p| match p {
+            Port::Range(a, b) => *a <= port && port <= *b,
+            Port::Named(n) => who.as_ref().is_some_and(|w| {
+                w.ports
+                    .iter()
+                    .any(|np| &np.name == n && np.protocol == protocol && np.port == port)
+            }),
+        });
+        if !ok {
+            return false;
+        }
+    }
+    true
+}
+
+fn direct_verdict_2(m: &PolicyModel, target: usize, dir: Direction, p: &Packet) -> Verdict {
+    let ep = &m.workload_endpoints[target];
+    let (src, dst) = (entity(m, p.src), entity(m, p.dst));
+    let mut ps: Vec<&Policy> = m
+        .policies
+        .iter()
+        .filter(|pol| {
+            !pol.staged
+                && pol.effective_types().contains(&dir)
+                && pol.namespace.as_ref().is_none_or(|ns| *ns == ep.namespace)
+                && Selector::parse(&pol.selector).unwrap().matches(&ep.labels)
+        })
+        .collect();
+    if ps.is_empty() {
+        return if ep.profiles.is_empty() {
+            Verdict::Deny
+        } else {
+            Verdict::Allow
+        };
+    }
+    ps.sort_by(|a, b| {
+        a.order
+            .unwrap_or(f64::INFINITY)
+            .total_cmp(&b.order.unwrap_or(f64::INFINITY))
+            .then(a.qualified_name().cmp(&b.qualified_name()))
+    });
+    for pol in ps {
+        let rules = match dir {
+            Direction::Ingress => &pol.ingress,
+            Direction::Egress => &pol.egress,
+        };
+        for r in rules {
+            let proto_ok = r
+                .protocol
+                .as_ref()
+                .is_none_or(|t| Protocol::parse(t) == Some(p.protocol));
+            let ns = pol.namespace.as_deref();
+            if proto_ok
+                && side_ok(&r.source, &src, p.src_port, p.protocol, ns)
+                && side_ok(&r.destination, &dst, p.dst_port, p.protocol, ns)
+            {
+                match r.action {
+                    Action::Allow => return Verdict::Allow,
+                    Action::Deny => return Verdict::Deny,
+                    // Pass from the only tier leads to the profiles.
+                    Action::Pass => {
+                        return if ep.profiles.is_empty() {
+                            Verdict::Deny
+                        } else {
+                            Verdict::Allow
+                        };
+                    }
+                    Action::Log => {}
+                }
+            }
+        }
+    }
+    Verdict::Deny
+}
+
+fn side_strategy(with_ports: bool) -> impl Strategy<Value = calico_policy::model::EntityRule> {
+    (
+        prop::option::of(prop::sample::select(SELECTORS)),
+        prop::option::of(prop::sample::select(SELECTORS)),
+        prop::sample::select(NS_SELECTORS),
+        prop::option::of(prop::collection::vec(
+            prop_oneof![Just(Port::number(80)), Just(Port::Named("http".into()))],
+            1..3,
+        )),
+    )
+        .prop_map(
+            move |(sel, not_sel, ns_sel, ports)| calico_policy::model::EntityRule {
+                selector: sel.unwrap_or("").to_string(),
+                not_selector: not_sel.unwrap_or("").to_string(),
+                namespace_selector: ns_sel.to_string(),
+                ports: if with_ports {
+                    ports.unwrap_or_default()
+                } else {
+                    Vec::new()
+                },
+                ..Default::default()
+            },
+        )
+}
+
+fn rule_2() -> impl Strategy<Value = Rule> {
+    (
+        prop_oneof![
+            Just(Action::Allow),
+            Just(Action::Deny),
+            Just(Action::Pass),
+            Just(Action::Log)
+        ],
+        side_strategy(false),
+        side_strategy(true),
+        prop::bool::ANY,
+    )
+        .prop_map(|(action, source, destination, peer_is_source)| {
+            let mut r = Rule::new(action);
+            if !destination.ports.is_empty() {
+                r.protocol = Some("TCP".into());
+            }
+            // Keep the endpoint's own side free of selectors most of the time, as real rules do.
+            r.source = source;
+            r.destination = destination;
+            if peer_is_source {
+                r.destination.selector.clear();
+                r.destination.not_selector.clear();
+                r.destination.namespace_selector.clear();
+            }
+            r
+        })
+}
+
+fn namespaced_model() -> impl Strategy<Value = PolicyModel> {
+    let ep = (
+        label_map(),
+        0usize..2,
+        prop::option::of(8000u16..8002),
+        prop::bool::ANY,
+    );
+    let pol = (
+        0u32..100,
+        prop::option::of(0usize..2),
+        prop::option::of(prop_oneof![Just(1.0f64), Just(2.0)]),
+        prop::sample::select(SELECTORS),
+        prop::collection::vec(rule_2(), 0..3),
+        prop::collection::vec(rule_2(), 0..3),
+    );
+    (
+        prop::collection::vec(ep, EPS),
+        prop::collection::vec(pol, 0..5),
+        label_map(),
+    )
+        .prop_map(|(eps, pols, netset_labels)| {
+            let team = |ns: usize| {
+                if ns == 0 {
+                    labels(&[("team", "x")])
+                } else {
+                    LabelMap::new()
+                }
+            };
+            PolicyModel {
+                workload_endpoints: eps
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, (labels, ns, http, profile))| WorkloadEndpoint {
+                        name: format!("ep{i}"),
+                        node: "n".into(),
+                        namespace: NAMESPACES[ns].into(),
+                        namespace_labels: team(ns),
+                        interface_name: format!("cali{i}"),
+                        labels,
+                        ips: vec![IpNet::from(ep_ip(i))],
+                        ports: http
+                            .map(|port| NamedPort {
+                                name: "http".into(),
+                                protocol: Protocol::TCP,
+                                port,
+                            })
+                            .into_iter()
+                            .collect(),
+                        profiles: if profile { vec!["open".into()] } else { vec![] },
+                        ..Default::default()
+                    })
+                    .collect(),
+                policies: pols
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, (n, ns, order, sel, ingress, egress))| {
+                        let mut p = Policy::new(&format!("p{n}-{i}"), sel);
+                        p.namespace = ns.map(|n| NAMESPACES[n].to_string());
+                        p.order = order;
+                        p.ingress = ingress;
+                        p.egress = egress;
+                        p
+                    })
+                    .collect(),
+                profiles: vec![Profile {
+                    name: "open".into(),
+                    labels_to_apply: LabelMap::new(),
+                    ingress: vec![Rule::new(Action::Allow)],
+                    egress: vec![Rule::new(Action::Allow)],
+                }],
+                network_sets: vec![NetworkSet {
+                    name: "world".into(),
+                    labels: netset_labels,
+                    nets: vec![net(NETSET_CIDR)],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }
+        })
+}
+
+fn peer_addr() -> impl Strategy<Value = IpAddr> {
+    prop_oneof![
+        (0..EPS).prop_map(ep_ip),
+        Just(IpAddr::from([192, 0, 2, 7])),
+        Just(IpAddr::from([198, 51, 100, 1])),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(400))]
+
+    #[test]
+    fn namespaced_policies_in_both_directions_agree_with_the_model_read_directly(
+        m in namespaced_model(),
+        cases in prop::collection::vec(
+            (0..EPS, prop::bool::ANY, peer_addr(), prop_oneof![Just(80u16), Just(8000), Just(8001), Just(22)]),
+            1..6,
+        )
+    ) {
+        let prog = compile(&m, None).unwrap();
+        for (t, is_ingress, peer, port) in cases {
+            let (dir, p) = if is_ingress {
+                (Direction::Ingress, Packet::tcp(peer, 1234, ep_ip(t), port))
+            } else {
+                (Direction::Egress, Packet::tcp(ep_ip(t), 1234, peer, port))
+            };
+            let ep = &prog.endpoints[&wid(&m.workload_endpoints[t].namespace, &format!("ep{t}"))];
+            prop_assert_eq!(
+                verdict(ep, dir, &prog, &p),
+                direct_verdict_2(&m, t, dir, &p),
+                "{:?} {:?} ep{}", dir, p, t
+            );
+        }
+    }
+}
