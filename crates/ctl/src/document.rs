@@ -163,14 +163,94 @@ fn parse_json_stream(path: &str, text: &str) -> Result<Vec<Value>, LoadError> {
 fn parse_yaml_stream(path: &str, text: &str) -> Result<Vec<Value>, LoadError> {
     let mut docs = Vec::new();
     for (i, de) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
-        let v = Value::deserialize(de).map_err(|e| LoadError::Parse {
+        let v = YamlValue::deserialize(de).map_err(|e| LoadError::Parse {
             path: path.into(),
             document: i + 1,
             reason: e.to_string(),
         })?;
-        docs.push(v);
+        docs.push(v.0);
     }
     Ok(docs)
+}
+
+/// A JSON value read from YAML, where integers too large for 64 bits keep their digits as a
+/// string (Calico's documented WorkloadEndpoint has a 25-digit `containerID`, which Go's
+/// type-directed decoding reads into a string field; a float would lose the digits).
+struct YamlValue(Value);
+
+impl<'de> Deserialize<'de> for YamlValue {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(YamlValueVisitor).map(YamlValue)
+    }
+}
+
+struct YamlValueVisitor;
+
+impl<'de> serde::de::Visitor<'de> for YamlValueVisitor {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a YAML value")
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_i128<E>(self, v: i128) -> Result<Value, E> {
+        Ok(i64::try_from(v).map_or_else(|_| Value::String(v.to_string()), Value::from))
+    }
+    fn visit_u128<E>(self, v: u128) -> Result<Value, E> {
+        Ok(u64::try_from(v).map_or_else(|_| Value::String(v.to_string()), Value::from))
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_string()))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+    fn visit_none<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        YamlValue::deserialize(d).map(|v| v.0)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut out = Vec::new();
+        while let Some(YamlValue(v)) = seq.next_element()? {
+            out.push(v);
+        }
+        Ok(Value::Array(out))
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut out = serde_json::Map::new();
+        while let Some((k, YamlValue(v))) = map.next_entry::<YamlKey, YamlValue>()? {
+            out.insert(k.0, v);
+        }
+        Ok(Value::Object(out))
+    }
+}
+
+/// Mapping keys as strings (YAML allows `1: x` or `true: x`; JSON keys are strings).
+struct YamlKey(String);
+
+impl<'de> Deserialize<'de> for YamlKey {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match YamlValue::deserialize(d)?.0 {
+            Value::String(s) => Ok(YamlKey(s)),
+            other => Ok(YamlKey(other.to_string())),
+        }
+    }
 }
 
 /// A document may hold one resource, a list document (`kind: List` or `kind: IPPoolList`
@@ -253,6 +333,20 @@ mod tests {
         assert_eq!(r.len(), 2);
         assert_eq!(r[1].value["kind"], "Tier");
         assert_eq!(r[1].origin.document, 2);
+    }
+
+    #[test]
+    fn integers_beyond_64_bits_keep_their_digits() {
+        let r = parse_text(
+            "f.yaml",
+            "spec:\n  containerID: 1337495556942031415926535\n  port: 80\n",
+        )
+        .unwrap();
+        assert_eq!(
+            r[0].value["spec"]["containerID"],
+            "1337495556942031415926535"
+        );
+        assert_eq!(r[0].value["spec"]["port"], 80);
     }
 
     #[test]

@@ -127,8 +127,8 @@ async fn every_invalid_document_is_refused_naming_the_field_and_nothing_is_writt
             }
         }
     }
-    assert!(etcd.dump().await.is_empty(), "something was written");
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+    assert!(etcd.dump().await.is_empty(), "something was written");
 }
 
 #[tokio::test]
