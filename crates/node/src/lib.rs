@@ -5,5 +5,6 @@ pub mod autodetect;
 pub mod config;
 pub mod peering;
 pub mod routes;
+pub mod run;
 pub mod startup;
 pub mod status;
