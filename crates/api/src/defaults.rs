@@ -165,7 +165,7 @@ impl Defaults for BGPConfiguration {
         // Calico treats the cluster-wide `default` object specially: mesh on, AS 64512.
         if self.metadata.name.as_deref() == Some("default") {
             self.spec.node_to_node_mesh_enabled.get_or_insert(true);
-            self.spec.as_number.get_or_insert(AsNumber(64512));
+            self.spec.as_number.get_or_insert(DEFAULT_AS_NUMBER);
         }
     }
 }

@@ -8,6 +8,7 @@ mod numorstring;
 mod registry;
 mod resource;
 mod validate;
+mod wepname;
 
 pub use asnumber::{AsNumber, AsNumberError};
 pub use defaults::{Defaults, apply_schema_defaults, default_block_size, default_policy_types};
@@ -21,6 +22,9 @@ pub use validate::{
     FieldError, Validate, ValidationErrors, check_community, check_qualified_name, is_dns_label,
     is_dns_subdomain, is_iana_service_name, is_label_value, parse_cidr, parse_ip_or_cidr,
     validate_pools_disjoint,
+};
+pub use wepname::{
+    WorkloadEndpointNameError, split_workload_endpoint_name, workload_endpoint_name,
 };
 
 /// Implements [`CalicoResource`] for every kind, from one table.

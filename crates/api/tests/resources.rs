@@ -971,3 +971,20 @@ fn pool_helpers_and_cidr_normalisation() {
     assert_eq!(r.kind_info().plural, "ippools");
     assert_eq!(r.namespace(), None);
 }
+
+#[test]
+fn bgp_configuration_effective_values() {
+    let spec = BGPConfigurationSpec::default();
+    assert_eq!(spec.effective_as_number(), AsNumber(64512));
+    assert!(spec.node_to_node_mesh());
+    assert_eq!(spec.effective_listen_port(), 179);
+    let spec = BGPConfigurationSpec {
+        as_number: Some(AsNumber(65001)),
+        node_to_node_mesh_enabled: Some(false),
+        listen_port: Some(1179),
+        ..Default::default()
+    };
+    assert_eq!(spec.effective_as_number(), AsNumber(65001));
+    assert!(!spec.node_to_node_mesh());
+    assert_eq!(spec.effective_listen_port(), 1179);
+}

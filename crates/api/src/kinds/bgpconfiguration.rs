@@ -162,3 +162,28 @@ pub struct BGPConfigurationSpec {
     #[schemars(extend("x-kubernetes-list-type" = "atomic"))]
     pub service_load_balancer_ips: Vec<ServiceLoadBalancerIPBlock>,
 }
+
+/// Calico's cluster-wide AS number when none is configured.
+pub const DEFAULT_AS_NUMBER: AsNumber = AsNumber(64512);
+/// BGP's port, which BIRD listens on unless `listenPort` says otherwise.
+pub const DEFAULT_BGP_PORT: u16 = 179;
+
+impl BGPConfigurationSpec {
+    /// The AS number in effect: the one set, or 64512.
+    pub fn effective_as_number(&self) -> AsNumber {
+        self.as_number.unwrap_or(DEFAULT_AS_NUMBER)
+    }
+
+    /// Whether every node peers with every other (on unless turned off).
+    pub fn node_to_node_mesh(&self) -> bool {
+        self.node_to_node_mesh_enabled != Some(false)
+    }
+
+    /// The port BGP listens on.
+    pub fn effective_listen_port(&self) -> u16 {
+        self.listen_port
+            .and_then(|p| u16::try_from(p).ok())
+            .filter(|p| *p != 0)
+            .unwrap_or(DEFAULT_BGP_PORT)
+    }
+}
