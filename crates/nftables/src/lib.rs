@@ -1,0 +1,21 @@
+//! nf_tables programmed over netlink, from Rust, for calico-rs.
+//!
+//! - [`batch`]: an encoder of nf_tables netlink messages (tables, chains, rules with their
+//!   expressions, sets and set elements) into one `NFNL_MSG_BATCH_BEGIN … END` transaction;
+//! - [`socket`]: a `NETLINK_NETFILTER` socket that sends a batch and maps the kernel's errors to
+//!   the object that caused them;
+//! - [`render`]: a [`calico_policy::program::HostProgram`] rendered as the one table
+//!   `inet calico-rs`;
+//! - [`PolicyDataplane`]: what the node agent calls: [`PolicyDataplane::apply`] replaces the
+//!   whole table in one transaction, [`PolicyDataplane::update_sets`] rewrites only the
+//!   elements of the sets whose membership changed.
+
+pub mod batch;
+pub mod dataplane;
+pub mod render;
+pub mod socket;
+
+pub use batch::{Batch, ChainSpec, Expr, Family, Hook, SetElem, SetSpec, Verdict};
+pub use dataplane::{ApplyError, PolicyDataplane};
+pub use render::{RenderError, TABLE_NAME, render_table};
+pub use socket::{NftError, NftSocket};

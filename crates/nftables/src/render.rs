@@ -1,0 +1,670 @@
+//! A [`HostProgram`] rendered as the table `inet calico-rs`, in one [`Batch`].
+//!
+//! Layout (names follow Felix's iptables chains where there is one):
+//! - two `forward` base chains: `from-wl` (priority 0) sends packets arriving from a workload
+//!   interface through the verdict map `@from-wl` to that endpoint's egress chain `fw-<if>`;
+//!   `to-wl` (priority 1) sends packets leaving to a workload through `@to-wl` to its ingress
+//!   chain `tw-<if>`. Both allow established/related and drop invalid first. Dispatch is one
+//!   map lookup whatever the number of endpoints. An `accept` ends only the base chain it is
+//!   in, so a packet between two local workloads passes the sender's egress, then the
+//!   receiver's ingress; `drop` is final.
+//! - per endpoint and direction: `<ep>` jumps to one chain per tier `<ep>-t<n>`, then to the
+//!   profile chains, then applies the fallthrough;
+//! - a tier chain jumps to the shared chain of each policy; a policy's Pass sets the mark bit
+//!   [`PASS_MARK`] and returns, the tier chain returns when it sees it, the endpoint chain
+//!   clears it and goes on with the next tier; the tier ends with its end-of-tier drop;
+//! - one shared chain per policy/profile and direction (`pol:`/`pro:` + name), with a counter
+//!   and a comment on every rule, rendered per IP family with `RuleMatch::for_family`;
+//! - every IP set becomes two named sets `<id>-4`/`<id>-6` (interval sets, CIDRs allowed).
+//!
+//! Not rendered (errors, so nothing is silently weaker): named-port sets, ports without a
+//! protocol. Host endpoints are skipped (see the crate report): only workload endpoints get
+//! chains.
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+
+use calico_policy::model::{Action, IpVersion, Protocol};
+use calico_policy::program::{
+    AddressMatch, Chain, EndOfTier, EndpointId, Fallthrough, HostProgram, PortMatch, RuleListId,
+};
+use calico_policy::sets::{Member, SetId};
+use ipnet::IpNet;
+use sha1::{Digest, Sha1};
+
+use crate::batch::matches::{ct_state_any, ifname_key, mark_any, mark_update, meta_eq};
+use crate::batch::{
+    Batch, ChainSpec, CmpOp, Expr, Family, Hook, KeyType, MetaKey, NFPROTO_IPV4, NFPROTO_IPV6,
+    PayloadBase, SetElem, SetSpec, Verdict, ct,
+};
+
+/// The table calico-rs owns (and recognises after a restart).
+pub const TABLE_NAME: &str = "calico-rs";
+/// Mark bit a policy's Pass sets (Felix's default pass bit in its 0xffff0000 range).
+pub const PASS_MARK: u32 = 0x0002_0000;
+/// Verdict map: workload interface → egress chain.
+pub const FROM_WL_MAP: &str = "from-wl";
+/// Verdict map: workload interface → ingress chain.
+pub const TO_WL_MAP: &str = "to-wl";
+
+/// What cannot be rendered.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RenderError {
+    /// A rule matches ports but no single protocol that has ports.
+    #[error("{list} rule {rule}: ports need protocol TCP, UDP, SCTP or UDPLite")]
+    PortsWithoutProtocol {
+        /// Rule list.
+        list: String,
+        /// Rule index.
+        rule: usize,
+    },
+    /// Named-port sets are not rendered yet.
+    #[error(
+        "{list} rule {rule}: named port set {set} is not supported by the nftables renderer yet"
+    )]
+    NamedPortSet {
+        /// Rule list.
+        list: String,
+        /// Rule index.
+        rule: usize,
+        /// Set.
+        set: SetId,
+    },
+    /// A workload endpoint without an interface name.
+    #[error("{endpoint} has no interface name")]
+    NoInterface {
+        /// Endpoint.
+        endpoint: String,
+    },
+}
+
+/// Name of the nft set holding a set's members of one family.
+pub fn set_name(id: &SetId, v: IpVersion) -> String {
+    format!("{}-{}", id.0, family_digit(v))
+}
+
+fn family_digit(v: IpVersion) -> u8 {
+    match v {
+        IpVersion::V4 => 4,
+        IpVersion::V6 => 6,
+    }
+}
+
+/// Name of the shared chain of a rule list.
+pub fn rule_list_chain(id: &RuleListId) -> String {
+    let (kind, name, dir) = match id {
+        RuleListId::Policy {
+            name,
+            staged,
+            direction,
+        } => (if *staged { "staged" } else { "pol" }, name, direction),
+        RuleListId::Profile { name, direction } => ("pro", name, direction),
+    };
+    let d = match dir {
+        calico_policy::model::Direction::Ingress => "i",
+        calico_policy::model::Direction::Egress => "e",
+    };
+    let full = format!("{kind}:{d}:{name}");
+    if full.len() <= 200 {
+        full
+    } else {
+        // Chain names are bounded; keep a readable head and make it unique with a digest.
+        let digest = hex::encode(Sha1::digest(full.as_bytes()));
+        format!(
+            "{}~{}",
+            &full[..full.floor_char_boundary(170)],
+            &digest[..20]
+        )
+    }
+}
+
+/// The whole table, as one batch that first removes any previous version of it: the kernel
+/// applies it atomically, so packets see either the old or the new table.
+pub fn render_table(host: &HostProgram) -> Result<Batch, RenderError> {
+    let t = TABLE_NAME;
+    let mut b = Batch::new(Family::Inet);
+    // Create-if-missing then delete: the delete cannot fail, and the table is rebuilt below.
+    b.add_table(t);
+    b.delete_table(t);
+    b.add_table(t);
+
+    for (id, set) in &host.sets {
+        for v in [IpVersion::V4, IpVersion::V6] {
+            let name = set_name(id, v);
+            b.add_set(t, &ip_set_spec(&name, v));
+            let elems = interval_elems(set.members.iter().filter_map(|m| match m {
+                Member::Net(n) if IpVersion::of_net(n) == v => Some(*n),
+                _ => None,
+            }));
+            b.add_elements(t, &name, &elems);
+        }
+    }
+
+    // Shared rule-list chains (staged policies are never enforced, so never rendered).
+    let mut used: BTreeSet<&RuleListId> = BTreeSet::new();
+    for ep in host.endpoints.values() {
+        for chain in [&ep.ingress, &ep.egress] {
+            for tier in &chain.tiers {
+                used.extend(tier.policies.iter().filter(|p| !p.staged).map(|p| &p.rules));
+            }
+            used.extend(chain.profiles.iter().map(|p| &p.rules));
+        }
+    }
+    let mut rule_batches = Vec::new();
+    for id in &used {
+        let chain = rule_list_chain(id);
+        b.add_chain(t, &ChainSpec::regular(&chain));
+        rule_batches.push((id, chain));
+    }
+    for (id, chain) in &rule_batches {
+        render_rule_list(&mut b, host, id, chain)?;
+    }
+
+    // Endpoint chains.
+    let mut from = Vec::new();
+    let mut to = Vec::new();
+    for ep in host.endpoints.values() {
+        if !matches!(ep.id, EndpointId::Workload { .. }) {
+            tracing::debug!(endpoint = %ep.id, "host endpoints are not rendered");
+            continue;
+        }
+        let iface = ep
+            .interface
+            .as_deref()
+            .filter(|i| !i.is_empty())
+            .ok_or_else(|| RenderError::NoInterface {
+                endpoint: ep.id.to_string(),
+            })?;
+        let egress = format!("fw-{iface}");
+        let ingress = format!("tw-{iface}");
+        render_endpoint_chain(&mut b, &egress, &ep.egress);
+        render_endpoint_chain(&mut b, &ingress, &ep.ingress);
+        from.push(SetElem {
+            verdict: Some(Verdict::Goto(egress)),
+            ..SetElem::key(ifname_key(iface))
+        });
+        to.push(SetElem {
+            verdict: Some(Verdict::Goto(ingress)),
+            ..SetElem::key(ifname_key(iface))
+        });
+    }
+    for (map, elems) in [(FROM_WL_MAP, from), (TO_WL_MAP, to)] {
+        b.add_set(
+            t,
+            &SetSpec {
+                name: map.into(),
+                key: KeyType::IfName,
+                interval: false,
+                verdict_map: true,
+            },
+        );
+        b.add_elements(t, map, &elems);
+    }
+
+    // Base chains last: they go live with the commit, complete.
+    for (name, prio, key, map) in [
+        ("from-wl", 0, MetaKey::IifName, FROM_WL_MAP),
+        ("to-wl", 1, MetaKey::OifName, TO_WL_MAP),
+    ] {
+        b.add_chain(
+            t,
+            &ChainSpec::base(name, Hook::Forward, prio, Verdict::Accept),
+        );
+        let mut r = ct_state_any(ct::INVALID);
+        r.extend([Expr::Counter, Expr::Verdict(Verdict::Drop)]);
+        b.add_rule(t, name, &r, Some("drop invalid"));
+        let mut r = ct_state_any(ct::ESTABLISHED | ct::RELATED);
+        r.extend([Expr::Counter, Expr::Verdict(Verdict::Accept)]);
+        b.add_rule(t, name, &r, Some("allow established,related"));
+        b.add_rule(
+            t,
+            name,
+            &[Expr::Meta(key), Expr::VerdictMap(map.into())],
+            Some("dispatch to the workload's chain"),
+        );
+    }
+    Ok(b)
+}
+
+/// A batch that rewrites only the given sets' elements (flush and refill, one transaction).
+/// The sets must exist, i.e. the table was applied with a program that has them.
+pub fn render_set_update(host: &HostProgram, ids: &[SetId]) -> Batch {
+    let mut b = Batch::new(Family::Inet);
+    for id in ids {
+        for v in [IpVersion::V4, IpVersion::V6] {
+            let name = set_name(id, v);
+            b.flush_set(TABLE_NAME, &name);
+            if let Some(set) = host.sets.get(id) {
+                let elems = interval_elems(set.members.iter().filter_map(|m| match m {
+                    Member::Net(n) if IpVersion::of_net(n) == v => Some(*n),
+                    _ => None,
+                }));
+                b.add_elements(TABLE_NAME, &name, &elems);
+            }
+        }
+    }
+    b
+}
+
+fn ip_set_spec(name: &str, v: IpVersion) -> SetSpec {
+    SetSpec {
+        name: name.to_owned(),
+        key: match v {
+            IpVersion::V4 => KeyType::Ipv4Addr,
+            IpVersion::V6 => KeyType::Ipv6Addr,
+        },
+        interval: true,
+        verdict_map: false,
+    }
+}
+
+fn render_endpoint_chain(b: &mut Batch, name: &str, chain: &Chain) {
+    let t = TABLE_NAME;
+    b.add_chain(t, &ChainSpec::regular(name));
+    let tiers: Vec<_> = chain
+        .tiers
+        .iter()
+        .filter(|tier| {
+            tier.policies.iter().any(|p| !p.staged) || tier.end_of_tier == EndOfTier::Deny
+        })
+        .collect();
+    for (n, tier) in tiers.iter().enumerate() {
+        let tc = format!("{name}-t{n}");
+        b.add_chain(t, &ChainSpec::regular(&tc));
+        for p in tier.policies.iter().filter(|p| !p.staged) {
+            b.add_rule(
+                t,
+                &tc,
+                &[Expr::Verdict(Verdict::Jump(rule_list_chain(&p.rules)))],
+                Some(&format!("policy {}", p.name)),
+            );
+            let mut r = mark_any(PASS_MARK);
+            r.push(Expr::Verdict(Verdict::Return));
+            b.add_rule(t, &tc, &r, Some("passed"));
+        }
+        if tier.end_of_tier == EndOfTier::Deny {
+            b.add_rule(
+                t,
+                &tc,
+                &[Expr::Counter, Expr::Verdict(Verdict::Drop)],
+                Some(&format!("end of tier {}", tier.name)),
+            );
+        }
+    }
+    b.add_rule(t, name, &mark_update(PASS_MARK, false), None);
+    for n in 0..tiers.len() {
+        b.add_rule(
+            t,
+            name,
+            &[Expr::Verdict(Verdict::Jump(format!("{name}-t{n}")))],
+            Some(&format!("tier {}", tiers[n].name)),
+        );
+        b.add_rule(t, name, &mark_update(PASS_MARK, false), None);
+    }
+    for p in &chain.profiles {
+        b.add_rule(
+            t,
+            name,
+            &[Expr::Verdict(Verdict::Jump(rule_list_chain(&p.rules)))],
+            Some(&format!("profile {}", p.name)),
+        );
+    }
+    let (v, what) = match chain.fallthrough {
+        Fallthrough::Deny => (Some(Verdict::Drop), "no policy or profile allowed"),
+        Fallthrough::Allow => (Some(Verdict::Accept), "fallthrough allow"),
+        Fallthrough::Continue => (None, ""),
+    };
+    if let Some(v) = v {
+        b.add_rule(t, name, &[Expr::Counter, Expr::Verdict(v)], Some(what));
+    }
+}
+
+fn render_rule_list(
+    b: &mut Batch,
+    host: &HostProgram,
+    id: &RuleListId,
+    chain: &str,
+) -> Result<(), RenderError> {
+    let t = TABLE_NAME;
+    let is_policy = matches!(id, RuleListId::Policy { .. });
+    let mut aux = 0usize;
+    for rule in host.rules(id) {
+        for v in [IpVersion::V4, IpVersion::V6] {
+            let Some(m) = rule.matches.for_family(v) else {
+                continue;
+            };
+            let list = id.to_string();
+            let mut e = meta_eq(
+                MetaKey::NfProto,
+                vec![match v {
+                    IpVersion::V4 => NFPROTO_IPV4,
+                    IpVersion::V6 => NFPROTO_IPV6,
+                }],
+            );
+            if let Some(p) = m.protocol {
+                e.extend(meta_eq(MetaKey::L4Proto, vec![p.0]));
+            }
+            if let Some(p) = m.not_protocol {
+                e.extend([
+                    Expr::Meta(MetaKey::L4Proto),
+                    Expr::Cmp(CmpOp::Neq, vec![p.0]),
+                ]);
+            }
+            if let Some(icmp) = &m.icmp {
+                e.extend(icmp_match(icmp.icmp_type, icmp.code, CmpOp::Eq));
+            }
+            if let Some(icmp) = &m.not_icmp {
+                e.extend(icmp_match(icmp.icmp_type, icmp.code, CmpOp::Neq));
+            }
+            for (side, src) in [(&m.source, true), (&m.destination, false)] {
+                let mut ctx = SideCtx {
+                    b: &mut *b,
+                    chain,
+                    aux: &mut aux,
+                    v,
+                    list: &list,
+                    rule: rule.index,
+                    protocol: m.protocol,
+                };
+                e.extend(ctx.side(side, src)?);
+            }
+            e.push(Expr::Counter);
+            let what = format!("{list} rule {}", rule.index);
+            match rule.action {
+                Action::Allow => e.push(Expr::Verdict(Verdict::Accept)),
+                Action::Deny => e.push(Expr::Verdict(Verdict::Drop)),
+                Action::Log => e.push(Expr::Log(format!("calico-rs {what}: "))),
+                Action::Pass if is_policy => {
+                    e.extend(mark_update(PASS_MARK, true));
+                    e.push(Expr::Verdict(Verdict::Return));
+                }
+                Action::Pass => e.push(Expr::Verdict(Verdict::Return)),
+            }
+            b.add_rule(t, chain, &e, Some(&what));
+        }
+    }
+    Ok(())
+}
+
+fn icmp_match(icmp_type: Option<u8>, code: Option<u8>, op: CmpOp) -> Vec<Expr> {
+    let Some(ty) = icmp_type else {
+        return Vec::new();
+    };
+    let (len, data) = match code {
+        Some(c) => (2, vec![ty, c]),
+        None => (1, vec![ty]),
+    };
+    vec![
+        Expr::Payload {
+            base: PayloadBase::Transport,
+            offset: 0,
+            len,
+        },
+        Expr::Cmp(op, data),
+    ]
+}
+
+struct SideCtx<'a> {
+    b: &'a mut Batch,
+    chain: &'a str,
+    aux: &'a mut usize,
+    v: IpVersion,
+    list: &'a str,
+    rule: usize,
+    protocol: Option<Protocol>,
+}
+
+impl SideCtx<'_> {
+    fn side(&mut self, m: &AddressMatch, src: bool) -> Result<Vec<Expr>, RenderError> {
+        let mut e = Vec::new();
+        let (off, len) = match (self.v, src) {
+            (IpVersion::V4, true) => (12, 4),
+            (IpVersion::V4, false) => (16, 4),
+            (IpVersion::V6, true) => (8, 16),
+            (IpVersion::V6, false) => (24, 16),
+        };
+        let load = Expr::Payload {
+            base: PayloadBase::Network,
+            offset: off,
+            len,
+        };
+        if !m.nets.is_empty() {
+            e.push(load.clone());
+            if let [net] = m.nets.as_slice() {
+                e.extend(prefix_cmp(net, CmpOp::Eq));
+            } else {
+                let name = self.aux_set(
+                    ip_set_spec("", self.v),
+                    interval_elems(m.nets.iter().copied()),
+                );
+                e.push(Expr::Lookup {
+                    set: name,
+                    inverted: false,
+                });
+            }
+        }
+        for net in &m.not_nets {
+            e.push(load.clone());
+            e.extend(prefix_cmp(net, CmpOp::Neq));
+        }
+        for (set, inverted) in [(&m.set, false), (&m.not_set, true)] {
+            if let Some(id) = set {
+                e.push(load.clone());
+                e.push(Expr::Lookup {
+                    set: set_name(id, self.v),
+                    inverted,
+                });
+            }
+        }
+        for (ports, inverted) in [(&m.ports, false), (&m.not_ports, true)] {
+            let Some(ports) = ports else { continue };
+            e.extend(self.ports(ports, inverted, src)?);
+        }
+        Ok(e)
+    }
+
+    fn ports(
+        &mut self,
+        p: &PortMatch,
+        inverted: bool,
+        src: bool,
+    ) -> Result<Vec<Expr>, RenderError> {
+        if let Some(set) = p.named_port_sets.first() {
+            return Err(RenderError::NamedPortSet {
+                list: self.list.into(),
+                rule: self.rule,
+                set: set.clone(),
+            });
+        }
+        if !self.protocol.is_some_and(|p| p.has_ports()) {
+            return Err(RenderError::PortsWithoutProtocol {
+                list: self.list.into(),
+                rule: self.rule,
+            });
+        }
+        let mut e = vec![Expr::Payload {
+            base: PayloadBase::Transport,
+            offset: if src { 0 } else { 2 },
+            len: 2,
+        }];
+        match p.ranges.as_slice() {
+            [(lo, hi)] if lo == hi => e.push(Expr::Cmp(
+                if inverted { CmpOp::Neq } else { CmpOp::Eq },
+                lo.to_be_bytes().to_vec(),
+            )),
+            [(lo, hi)] if !inverted => {
+                e.push(Expr::Cmp(CmpOp::Gte, lo.to_be_bytes().to_vec()));
+                e.push(Expr::Cmp(CmpOp::Lte, hi.to_be_bytes().to_vec()));
+            }
+            ranges => {
+                let spec = SetSpec {
+                    name: String::new(),
+                    key: KeyType::InetService,
+                    interval: true,
+                    verdict_map: false,
+                };
+                let elems = range_elems(
+                    ranges.iter().map(|(a, b)| (*a as u128, *b as u128)),
+                    u16::MAX as u128,
+                    2,
+                );
+                let set = self.aux_set(spec, elems);
+                e.push(Expr::Lookup { set, inverted });
+            }
+        }
+        Ok(e)
+    }
+
+    fn aux_set(&mut self, mut spec: SetSpec, elems: Vec<SetElem>) -> String {
+        *self.aux += 1;
+        let name = format!("{}#{}", self.chain, self.aux);
+        spec.name = name.clone();
+        self.b.add_set(TABLE_NAME, &spec);
+        self.b.add_elements(TABLE_NAME, &name, &elems);
+        name
+    }
+}
+
+/// `(addr & mask) op network`.
+fn prefix_cmp(net: &IpNet, op: CmpOp) -> Vec<Expr> {
+    let (addr, mask) = match net {
+        IpNet::V4(n) => (n.network().octets().to_vec(), n.netmask().octets().to_vec()),
+        IpNet::V6(n) => (n.network().octets().to_vec(), n.netmask().octets().to_vec()),
+    };
+    let mut e = Vec::new();
+    if net.prefix_len() < net.max_prefix_len() {
+        let len = mask.len();
+        e.push(Expr::Bitwise {
+            mask,
+            xor: vec![0; len],
+        });
+    }
+    e.push(Expr::Cmp(op, addr));
+    e
+}
+
+/// Elements of an interval set holding `nets`: overlapping and adjacent ranges merged (the
+/// kernel refuses overlaps), each range as its start and, unless it runs to the last
+/// address, an interval-end element at the address after it.
+pub fn interval_elems(nets: impl Iterator<Item = IpNet>) -> Vec<SetElem> {
+    let mut ranges = Vec::new();
+    let mut width = None;
+    for n in nets {
+        let (lo, hi, max, bytes) = match n {
+            IpNet::V4(n) => (
+                u32::from(n.network()) as u128,
+                u32::from(n.broadcast()) as u128,
+                u32::MAX as u128,
+                4,
+            ),
+            IpNet::V6(n) => (
+                u128::from(n.network()),
+                u128::from(n.broadcast()),
+                u128::MAX,
+                16,
+            ),
+        };
+        width = Some((max, bytes));
+        ranges.push((lo, hi));
+    }
+    match width {
+        None => Vec::new(),
+        Some((max, bytes)) => range_elems(ranges.into_iter(), max, bytes),
+    }
+}
+
+fn range_elems(
+    ranges: impl Iterator<Item = (u128, u128)>,
+    max: u128,
+    bytes: usize,
+) -> Vec<SetElem> {
+    let mut ranges: Vec<(u128, u128)> = ranges.collect();
+    ranges.sort();
+    let mut merged: Vec<(u128, u128)> = Vec::new();
+    for (lo, hi) in ranges {
+        match merged.last_mut() {
+            Some(last) if last.1 == max || lo <= last.1 + 1 => last.1 = last.1.max(hi),
+            _ => merged.push((lo, hi)),
+        }
+    }
+    let key = |x: u128| x.to_be_bytes()[16 - bytes..].to_vec();
+    let mut out = Vec::new();
+    for (lo, hi) in merged {
+        out.push(SetElem::key(key(lo)));
+        if hi < max {
+            out.push(SetElem {
+                interval_end: true,
+                ..SetElem::key(key(hi + 1))
+            });
+        }
+    }
+    out
+}
+
+/// The address of a member as nft keys it (tests and incremental updates).
+pub fn addr_key(a: IpAddr) -> Vec<u8> {
+    match a {
+        IpAddr::V4(a) => a.octets().to_vec(),
+        IpAddr::V6(a) => a.octets().to_vec(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn n(s: &str) -> IpNet {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn intervals_merge_overlaps_and_neighbours() {
+        let e = interval_elems(
+            [
+                n("10.0.0.0/24"),
+                n("10.0.1.0/24"),
+                n("10.0.0.5/32"),
+                n("10.2.0.0/16"),
+            ]
+            .into_iter(),
+        );
+        let keys: Vec<(Vec<u8>, bool)> =
+            e.iter().map(|e| (e.key.clone(), e.interval_end)).collect();
+        assert_eq!(
+            keys,
+            vec![
+                (vec![10, 0, 0, 0], false),
+                (vec![10, 0, 2, 0], true),
+                (vec![10, 2, 0, 0], false),
+                (vec![10, 3, 0, 0], true),
+            ]
+        );
+    }
+
+    #[test]
+    fn interval_to_the_last_address_has_no_end_element() {
+        let e = interval_elems([n("0.0.0.0/0")].into_iter());
+        assert_eq!(e.len(), 1);
+        assert_eq!(e[0].key, vec![0, 0, 0, 0]);
+        let e = interval_elems([n("::/0")].into_iter());
+        assert_eq!(e.len(), 1);
+        assert_eq!(e[0].key.len(), 16);
+    }
+
+    #[test]
+    fn long_rule_list_names_are_bounded_and_distinct() {
+        let mk = |s: &str| RuleListId::Profile {
+            name: s.repeat(100),
+            direction: calico_policy::model::Direction::Ingress,
+        };
+        let a = rule_list_chain(&mk("a"));
+        let b = rule_list_chain(
+            &(RuleListId::Profile {
+                name: format!("{}b", "a".repeat(99)),
+                direction: calico_policy::model::Direction::Ingress,
+            }),
+        );
+        assert!(a.len() <= 200 && b.len() <= 200);
+        assert_ne!(a, b);
+    }
+}

@@ -1,0 +1,265 @@
+//! A `NETLINK_NETFILTER` socket: sends a [`Batch`] and reads the kernel's answer. After the
+//! batch we send `NFT_MSG_GETGEN` (as `nft` does): its reply comes after every error of the
+//! batch, so reading until it arrives collects them all without guessing at timeouts.
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+use crate::batch::{Batch, NLM_F_REQUEST, msg, put_msg};
+
+/// What went wrong talking to nf_tables.
+#[derive(Debug, thiserror::Error)]
+pub enum NftError {
+    /// The socket could not be opened or configured.
+    #[error("cannot open a NETLINK_NETFILTER socket: {0}")]
+    Open(#[source] io::Error),
+    /// The namespace could not be entered to open the socket there.
+    #[error("cannot open a netfilter socket in network namespace {path}: {source}")]
+    Namespace {
+        /// Namespace path.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: io::Error,
+    },
+    /// Sending or receiving failed.
+    #[error("netlink {op} failed: {source}")]
+    Io {
+        /// `send` or `recv`.
+        op: &'static str,
+        /// Cause.
+        #[source]
+        source: io::Error,
+    },
+    /// The kernel refused the transaction (nothing of it was applied).
+    #[error("nf_tables refused {what}: {} (errno {errno}); the whole transaction was rolled back", io::Error::from_raw_os_error(*errno))]
+    Rejected {
+        /// The object the refused message touched.
+        what: String,
+        /// The kernel's errno.
+        errno: i32,
+    },
+    /// The kernel's answer could not be parsed.
+    #[error("malformed netlink answer: {0}")]
+    Malformed(String),
+}
+
+/// An open netfilter netlink socket (bound to the namespace it was opened in).
+#[derive(Debug)]
+pub struct NftSocket {
+    fd: OwnedFd,
+    seq: u32,
+}
+
+impl NftSocket {
+    /// Opens a socket in the current thread's network namespace.
+    pub fn open() -> Result<NftSocket, NftError> {
+        // SAFETY: plain socket(2); the fd is owned right away.
+        let raw = unsafe {
+            libc::socket(
+                libc::AF_NETLINK,
+                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+                libc::NETLINK_NETFILTER,
+            )
+        };
+        if raw < 0 {
+            return Err(NftError::Open(io::Error::last_os_error()));
+        }
+        // SAFETY: raw is a fresh fd we own.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        // Large rulesets make large batches; errors of a large batch make many replies.
+        let size: libc::c_int = 16 << 20;
+        for opt in [libc::SO_SNDBUFFORCE, libc::SO_RCVBUFFORCE] {
+            // SAFETY: setsockopt with a valid int option; failures are fine (the default
+            // buffers are only smaller), hence not checked.
+            unsafe {
+                libc::setsockopt(
+                    fd.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    opt,
+                    (&size as *const libc::c_int).cast(),
+                    std::mem::size_of::<libc::c_int>() as u32,
+                );
+            }
+        }
+        // Bound the wait for the kernel's answer so that a lost reply cannot hang the agent.
+        let tv = libc::timeval {
+            tv_sec: 10,
+            tv_usec: 0,
+        };
+        // SAFETY: valid timeval option.
+        let rc = unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&tv as *const libc::timeval).cast(),
+                std::mem::size_of::<libc::timeval>() as u32,
+            )
+        };
+        if rc != 0 {
+            return Err(NftError::Open(io::Error::last_os_error()));
+        }
+        // SAFETY: zeroed sockaddr_nl is valid (pid 0: the kernel assigns one).
+        let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+        addr.nl_family = libc::AF_NETLINK as u16;
+        // SAFETY: bind with a properly sized sockaddr_nl.
+        let rc = unsafe {
+            libc::bind(
+                fd.as_raw_fd(),
+                (&addr as *const libc::sockaddr_nl).cast(),
+                std::mem::size_of::<libc::sockaddr_nl>() as u32,
+            )
+        };
+        if rc != 0 {
+            return Err(NftError::Open(io::Error::last_os_error()));
+        }
+        Ok(NftSocket { fd, seq: 1 })
+    }
+
+    /// Opens a socket in the network namespace at `path` (e.g. `/run/netns/x`); the calling
+    /// thread stays where it is.
+    pub fn open_in(path: &Path) -> Result<NftSocket, NftError> {
+        let path = path.to_owned();
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let ns = std::fs::File::open(&path).map_err(|source| NftError::Namespace {
+                    path: path.clone(),
+                    source,
+                })?;
+                // SAFETY: setns on a valid fd; it affects only this short-lived thread.
+                if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                    return Err(NftError::Namespace {
+                        path: path.clone(),
+                        source: io::Error::last_os_error(),
+                    });
+                }
+                NftSocket::open()
+            })
+            .join()
+            .unwrap_or_else(|_| {
+                Err(NftError::Namespace {
+                    path: path.clone(),
+                    source: io::Error::other("thread panicked"),
+                })
+            })
+        })
+    }
+
+    /// Sends the batch as one transaction and waits for the kernel's verdict. On error nothing
+    /// of the batch is applied; the first refused message is named.
+    pub fn send(&mut self, batch: &Batch) -> Result<(), NftError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let first = self.seq;
+        let (mut buf, seqs) = batch.encode(first);
+        let gen_seq = first + seqs.len() as u32 + 2;
+        self.seq = gen_seq + 1;
+        put_msg(
+            &mut buf,
+            (10 << 8) | msg::GETGEN,
+            NLM_F_REQUEST,
+            gen_seq,
+            0,
+            [0, 0],
+            &[],
+        );
+        self.send_raw(&buf)?;
+        let mut first_error: Option<(u32, i32)> = None;
+        let mut rbuf = vec![0u8; 1 << 16];
+        loop {
+            let n = self.recv_raw(&mut rbuf)?;
+            let mut off = 0;
+            while off + 16 <= n {
+                let len = u32::from_ne_bytes(rd4(&rbuf, off)) as usize;
+                let ty = u16::from_ne_bytes([rbuf[off + 4], rbuf[off + 5]]);
+                let seq = u32::from_ne_bytes(rd4(&rbuf, off + 8));
+                if len < 16 || off + len > n {
+                    return Err(NftError::Malformed(format!("message length {len}")));
+                }
+                if ty == libc::NLMSG_ERROR as u16 {
+                    if len < 20 {
+                        return Err(NftError::Malformed("short NLMSG_ERROR".into()));
+                    }
+                    let err = i32::from_ne_bytes(rd4(&rbuf, off + 16));
+                    if err != 0 && first_error.is_none_or(|(s, _)| seq < s) {
+                        first_error = Some((seq, -err));
+                    }
+                    if seq == gen_seq && err != 0 {
+                        return Err(NftError::Rejected {
+                            what: "generation query".into(),
+                            errno: -err,
+                        });
+                    }
+                } else if ty == (10 << 8) | msg::NEWGEN && seq == gen_seq {
+                    return match first_error {
+                        None => Ok(()),
+                        Some((seq, errno)) => {
+                            let what = seqs
+                                .iter()
+                                .find(|(s, _)| *s == seq)
+                                .map(|(_, w)| w.clone())
+                                .unwrap_or_else(|| format!("batch message {seq}"));
+                            Err(NftError::Rejected { what, errno })
+                        }
+                    };
+                }
+                off += (len + 3) & !3;
+            }
+        }
+    }
+
+    fn send_raw(&self, buf: &[u8]) -> Result<(), NftError> {
+        // SAFETY: zeroed sockaddr_nl addresses the kernel (pid 0).
+        let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+        addr.nl_family = libc::AF_NETLINK as u16;
+        // SAFETY: buf is valid for its length; addr is a sockaddr_nl.
+        let rc = unsafe {
+            libc::sendto(
+                self.fd.as_raw_fd(),
+                buf.as_ptr().cast(),
+                buf.len(),
+                0,
+                (&addr as *const libc::sockaddr_nl).cast(),
+                std::mem::size_of::<libc::sockaddr_nl>() as u32,
+            )
+        };
+        if rc < 0 {
+            return Err(NftError::Io {
+                op: "send",
+                source: io::Error::last_os_error(),
+            });
+        }
+        if rc as usize != buf.len() {
+            return Err(NftError::Io {
+                op: "send",
+                source: io::Error::other(format!("short send {rc} of {}", buf.len())),
+            });
+        }
+        Ok(())
+    }
+
+    fn recv_raw(&self, buf: &mut [u8]) -> Result<usize, NftError> {
+        loop {
+            // SAFETY: buf is valid for writes of its length.
+            let rc =
+                unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+            if rc >= 0 {
+                return Ok(rc as usize);
+            }
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(NftError::Io {
+                    op: "recv",
+                    source: e,
+                });
+            }
+        }
+    }
+}
+
+fn rd4(b: &[u8], off: usize) -> [u8; 4] {
+    [b[off], b[off + 1], b[off + 2], b[off + 3]]
+}
