@@ -54,6 +54,12 @@ pub enum DriverError {
     Engine(#[from] EngineError),
     #[error("endpoint {endpoint}: no WorkloadEndpoint {name} (CreateEndpoint did not run here)")]
     NoWorkloadEndpoint { endpoint: String, name: String },
+    #[error(
+        "network {network}: its name is not in the datastore and dockerd's API did not give it ({reason})"
+    )]
+    NetworkName { network: String, reason: String },
+    #[error("datastore: {0}")]
+    Kv(#[from] calico_datastore::KvError),
     #[error("endpoint {endpoint}: stored address {value:?} is not a CIDR")]
     BadStoredAddress { endpoint: String, value: String },
 }
@@ -77,9 +83,17 @@ pub struct DriverConfig {
     pub hostname: String,
 }
 
+/// Network id → name, written when learnt, so that `CreateEndpoint` does not depend on the
+/// Docker API: while dockerd restarts containers at start-up its API is not served yet, and a
+/// driver waiting on it would make every restart-policy container fail.
+pub const NETWORK_NAMES_PREFIX: &str = "/calico-rs/docker/network-names/";
+/// How long `CreateEndpoint` waits for dockerd's API when the name is not known yet.
+const NAME_LOOKUP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// Both drivers: they share the datastore and the allocator.
 pub struct Driver<A, P> {
     pub config: DriverConfig,
+    pub kv: calico_datastore::EtcdClient,
     pub datastore: Datastore,
     pub allocator: A,
     pub plumber: P,
@@ -293,7 +307,8 @@ impl Driver<crate::ipam::EtcdAllocator, crate::plumbing::IpCommandPlumber> {
                 hostname: hostname.into(),
             },
             datastore: Datastore::from_etcd(kv.clone()),
-            allocator: crate::ipam::EtcdAllocator::new(kv),
+            allocator: crate::ipam::EtcdAllocator::new(kv.clone()),
+            kv,
             plumber: crate::plumbing::IpCommandPlumber,
             engine: DockerEngine::new(docker_socket),
         }
@@ -446,11 +461,8 @@ impl<A: AddressAllocator, P: EndpointPlumber> Driver<A, P> {
         let host_if = naming::host_veth_name(endpoint_id)?;
         let wep_name = naming::workload_endpoint_name(&self.config.hostname, endpoint_id)?;
 
-        // Calico names the profile after the network; an unknown id falls back to itself.
-        let network_name = match self.engine.inspect_network(network_id).await? {
-            Some(n) if !n.name.is_empty() => n.name,
-            _ => network_id.to_string(),
-        };
+        // Calico names the profile after the network.
+        let network_name = self.network_name(network_id).await?;
         match self.datastore.create(&network_profile(&network_name)).await {
             Ok(_) => tracing::info!(profile = %network_name, "profile created"),
             Err(ResourceError::AlreadyExists { .. }) => {}
@@ -492,6 +504,26 @@ impl<A: AddressAllocator, P: EndpointPlumber> Driver<A, P> {
                 mac_address: if user_mac { String::new() } else { mac },
             },
         }))
+    }
+
+    /// The network's name: from the datastore, else from dockerd (then remembered).
+    async fn network_name(&self, network_id: &str) -> Result<String, DriverError> {
+        let key = format!("{NETWORK_NAMES_PREFIX}{network_id}");
+        if let Some(kv) = self.kv.get(&key).await? {
+            return Ok(String::from_utf8_lossy(&kv.value).into_owned());
+        }
+        let fail = |reason: String| DriverError::NetworkName {
+            network: network_id.to_string(),
+            reason,
+        };
+        let engine = self.engine.clone().with_timeout(NAME_LOOKUP_TIMEOUT);
+        let name = match engine.inspect_network(network_id).await {
+            Ok(Some(n)) if !n.name.is_empty() => n.name,
+            Ok(_) => return Err(fail("dockerd does not know the network".into())),
+            Err(e) => return Err(fail(e.to_string())),
+        };
+        self.kv.put(&key, name.clone().into_bytes()).await?;
+        Ok(name)
     }
 
     async fn delete_endpoint(&self, body: &[u8]) -> Result<Value, DriverError> {

@@ -140,13 +140,21 @@ pub struct CreateIpamConfig {
 #[derive(Debug, Clone)]
 pub struct DockerEngine {
     socket: PathBuf,
+    timeout: Duration,
 }
 
 impl DockerEngine {
     pub fn new(socket: impl AsRef<Path>) -> Self {
         DockerEngine {
             socket: socket.as_ref().to_path_buf(),
+            timeout: TIMEOUT,
         }
+    }
+
+    /// The same client with another per-call time limit.
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
     }
 
     pub fn socket(&self) -> &Path {
@@ -161,12 +169,12 @@ impl DockerEngine {
     ) -> Result<Bytes, EngineError> {
         let m = method.to_string();
         let fut = self.call_inner(method, path, body);
-        tokio::time::timeout(TIMEOUT, fut)
+        tokio::time::timeout(self.timeout, fut)
             .await
             .map_err(|_| EngineError::Timeout {
                 method: m,
                 path: path.to_string(),
-                secs: TIMEOUT.as_secs(),
+                secs: self.timeout.as_secs(),
             })?
     }
 

@@ -196,6 +196,13 @@ async fn round(
             },
         )
         .collect();
+    // Remember id → name for the driver (see driver::NETWORK_NAMES_PREFIX).
+    for n in local_nets.values() {
+        let key = format!("{}{}", crate::driver::NETWORK_NAMES_PREFIX, n.id);
+        if kv.get(&key).await?.is_none() {
+            kv.put(&key, n.name.clone().into_bytes()).await?;
+        }
+    }
     let local: BTreeSet<String> = local_nets.keys().cloned().collect();
     let published: BTreeSet<String> = records.keys().cloned().collect();
     let host = &config.hostname;

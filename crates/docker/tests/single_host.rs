@@ -454,3 +454,119 @@ fn subnets_fixed_addresses_and_bad_requests() {
         host.shutdown().await;
     });
 }
+
+#[test]
+fn dockerd_restart_keeps_the_network_and_connectivity_without_leaking_addresses() {
+    let ns = Netns::new("cdk");
+    make_router(&ns.name);
+    let name = ns.name.clone();
+    in_netns(&ns.name.clone(), move || async move {
+        let dir = tempfile::tempdir().unwrap();
+        let etcd = Etcd::start(dir.path()).await;
+        let kv = etcd.client().await;
+        let ds = Datastore::from_etcd(kv.clone());
+        add_pool(&ds, "default-ipv4-ippool", "192.168.0.0/16").await;
+        let mut host = Host::start("node1", &name, dir.path(), &etcd).await;
+        let sock = host.sock();
+        calico_docker::daemon::build_busybox_image(&host.dockerd, "busybox:latest").unwrap();
+        docker_ok(
+            &sock,
+            &[
+                "network",
+                "create",
+                "--driver",
+                "calico",
+                "--ipam-driver",
+                "calico-ipam",
+                "cal_net1",
+            ],
+        )
+        .await;
+        for n in ["bbox1", "bbox2"] {
+            docker_ok(
+                &sock,
+                &[
+                    "run",
+                    "-d",
+                    "--restart",
+                    "always",
+                    "--net",
+                    "cal_net1",
+                    "--name",
+                    n,
+                    "busybox",
+                    "sleep",
+                    "600",
+                ],
+            )
+            .await;
+        }
+
+        let config = host.dockerd.config().clone();
+        host.dockerd.stop();
+        host.dockerd = calico_docker::daemon::Dockerd::start(config)
+            .await
+            .expect("dockerd restart");
+
+        eventually(30, "both containers running again", || async {
+            docker(&sock, &["ps", "--format", "{{.Names}}"])
+                .await
+                .stdout
+                .lines()
+                .count()
+                == 2
+        })
+        .await;
+        let nets = docker_ok(
+            &sock,
+            &["network", "ls", "--format", "{{.Name}} {{.Driver}}"],
+        )
+        .await;
+        assert!(nets.lines().any(|l| l == "cal_net1 calico"), "{nets}");
+        let a1 = container_addr(&sock, "bbox1").await;
+        let a2 = container_addr(&sock, "bbox2").await;
+        let pool: IpNet = "192.168.0.0/16".parse().unwrap();
+        assert!(pool.contains(&a1.addr()) && pool.contains(&a2.addr()));
+        // Exactly the two live addresses are assigned: nothing leaked across the restart.
+        let assigned: Vec<String> = kv
+            .list(&format!("{}assignment/", calico_docker::ipam::IPAM_PREFIX))
+            .await
+            .unwrap()
+            .kvs
+            .into_iter()
+            .map(|e| e.key.rsplit('/').next().unwrap_or_default().to_string())
+            .collect();
+        let mut want = vec![a1.addr().to_string(), a2.addr().to_string()];
+        want.sort();
+        let mut got = assigned.clone();
+        got.sort();
+        assert_eq!(got, want, "assignments after restart");
+        let weps = ds
+            .list::<WorkloadEndpoint>(Some("libnetwork"))
+            .await
+            .unwrap()
+            .items;
+        assert_eq!(weps.len(), 2, "WorkloadEndpoints after restart: {weps:?}");
+        let ping = docker(
+            &sock,
+            &[
+                "exec",
+                "bbox1",
+                "ping",
+                "-c",
+                "2",
+                "-W",
+                "2",
+                &a2.addr().to_string(),
+            ],
+        )
+        .await;
+        assert!(
+            ping.ok,
+            "ping after restart: {}{}",
+            ping.stdout, ping.stderr
+        );
+
+        host.shutdown().await;
+    });
+}

@@ -16,11 +16,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use calico_datastore::{Datastore, EtcdClient, EtcdConfig};
+use calico_datastore::{EtcdClient, EtcdConfig};
 use calico_docker::daemon::{Dockerd, DockerdConfig};
-use calico_docker::{
-    Driver, DriverConfig, EtcdAllocator, IpCommandPlumber, SyncerConfig, run_network_syncer,
-};
+use calico_docker::{Driver, SyncerConfig, run_network_syncer};
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
@@ -280,13 +278,7 @@ impl DriverThread {
                         std::future::pending(),
                     ));
                 }
-                let driver = Arc::new(Driver {
-                    config: DriverConfig { hostname },
-                    datastore: Datastore::from_etcd(kv.clone()),
-                    allocator: EtcdAllocator::new(kv),
-                    plumber: IpCommandPlumber,
-                    engine: calico_docker::DockerEngine::new(docker_sock),
-                });
+                let driver = Arc::new(Driver::with_etcd(hostname, kv, docker_sock));
                 let server = calico_docker::serve(driver, &plugins, async move {
                     let _ = rx.await;
                 });
