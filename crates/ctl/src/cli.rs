@@ -51,6 +51,9 @@ pub enum Command {
     Label(LabelArgs),
     /// Validate a resource by file, directory or stdin, without a datastore.
     Validate(ValidateArgs),
+    /// Calico node management: run calico-node on this host, show its status.
+    #[command(subcommand)]
+    Node(NodeCommand),
     /// IP address management: show, configure, release, check, split.
     #[command(subcommand)]
     Ipam(IpamCommand),
@@ -229,4 +232,53 @@ pub struct LabelArgs {
 pub struct ValidateArgs {
     #[command(flatten)]
     pub source: Source,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NodeCommand {
+    /// Prepare this host and start calico-node (a Docker container, or a process with
+    /// --no-docker) connected to the configured datastore.
+    Run(NodeRunArgs),
+    /// Show the status of calico-node on this host (BGP sessions).
+    Status,
+}
+
+#[derive(Debug, Args)]
+pub struct NodeRunArgs {
+    /// The node name (default: the host name).
+    #[arg(long = "name")]
+    pub name: Option<String>,
+    /// IPv4 address (and prefix) of the node, "autodetect", or "none".
+    #[arg(long = "ip")]
+    pub ip: Option<String>,
+    /// IPv6 address of the node, "autodetect", or "none".
+    #[arg(long = "ip6")]
+    pub ip6: Option<String>,
+    /// AS number of this node (default: the global one).
+    #[arg(long = "as")]
+    pub as_number: Option<String>,
+    /// How to autodetect the IPv4 address (first-found, can-reach=, interface=, skip-interface=, cidr=).
+    #[arg(long = "ip-autodetection-method")]
+    pub ip_autodetection_method: Option<String>,
+    /// How to autodetect the IPv6 address.
+    #[arg(long = "ip6-autodetection-method")]
+    pub ip6_autodetection_method: Option<String>,
+    /// Networking backend: bird (BGP) or none.
+    #[arg(long = "backend")]
+    pub backend: Option<String>,
+    /// Do not create the default IPv4 and IPv6 pools.
+    #[arg(long = "no-default-ippools")]
+    pub no_default_ippools: bool,
+    /// Print the command that would start calico-node instead of running it.
+    #[arg(long = "dryrun")]
+    pub dryrun: bool,
+    /// The calico-node image.
+    #[arg(long = "node-image")]
+    pub node_image: Option<String>,
+    /// Do not run the Docker network and IPAM drivers.
+    #[arg(long = "disable-docker-networking")]
+    pub disable_docker_networking: bool,
+    /// Run calico-node as a process on this host instead of a container.
+    #[arg(long = "no-docker")]
+    pub no_docker: bool,
 }

@@ -176,6 +176,8 @@ pub enum CtlError {
     },
     #[error("{0}")]
     Ipam(crate::ipam_cmd::IpamCmdError),
+    #[error("{0}")]
+    Node(crate::node_cmd::NodeCmdError),
     #[error("IPAM commands need a real etcd datastore")]
     NoEtcd,
     #[error("Failed to patch '{kind}' resource: patch is not a JSON or YAML object: {reason}")]

@@ -20,6 +20,7 @@ pub mod ipam_cmd;
 pub mod kinds;
 pub mod merge;
 pub mod model;
+pub mod node_cmd;
 pub mod output;
 pub mod store;
 pub mod validate;
@@ -93,6 +94,7 @@ async fn execute(cli: &Cli, io: &mut Io<'_>, session: &Session) -> Result<(), Ct
         Command::Patch(a) => commands::patch(a, config, io, session).await,
         Command::Label(a) => commands::label(a, config, io, session).await,
         Command::Validate(a) => commands::validate_files(&a.source, io, session),
+        Command::Node(c) => node_cmd::run(c, config, io, session).await,
         Command::Ipam(c) => ipam_cmd::run(c, config, io, session).await,
         Command::Version => commands::version(config, io, session).await,
     }

@@ -1,0 +1,129 @@
+//! `calicoctl node run` and `calicoctl node status`, delegating to `calico-node`'s
+//! implementations; this module turns flags and the datastore configuration into their
+//! inputs.
+
+use std::path::PathBuf;
+
+use calico_datastore::CalicoApiConfig;
+use calico_node::run::{RunError, RunOptions};
+use calico_node::status::{self, StatusError};
+
+use crate::cli::{NodeCommand, NodeRunArgs};
+use crate::commands::{CtlError, Io, Session};
+
+#[derive(Debug, thiserror::Error)]
+pub enum NodeCmdError {
+    #[error("{0}")]
+    Run(#[from] RunError),
+    /// Calico's wording when no calico-node answers on this host.
+    #[error("Calico process is not running.")]
+    NotRunning(#[source] StatusError),
+    #[error("{0}")]
+    Status(StatusError),
+    #[error("This command must be run as root.")]
+    NotRoot,
+}
+
+/// calico-node's run directory: `CALICO_RUN_DIR`, else `/var/run/calico`.
+fn run_dir(io: &Io<'_>) -> PathBuf {
+    (io.env)("CALICO_RUN_DIR")
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(calico_node::config::DEFAULT_RUN_DIR))
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+pub async fn run(
+    cmd: &NodeCommand,
+    config_path: Option<&str>,
+    io: &mut Io<'_>,
+    session: &Session,
+) -> Result<(), CtlError> {
+    match cmd {
+        NodeCommand::Status => {
+            if !is_root() {
+                return Err(CtlError::Node(NodeCmdError::NotRoot));
+            }
+            match status::query(&run_dir(io)).await {
+                Ok(s) => {
+                    let _ = io.out.write_all(status::render(&s).as_bytes());
+                    Ok(())
+                }
+                Err(e @ StatusError::NotRunning { .. }) => {
+                    Err(CtlError::Node(NodeCmdError::NotRunning(e)))
+                }
+                Err(e) => Err(CtlError::Node(NodeCmdError::Status(e))),
+            }
+        }
+        NodeCommand::Run(args) => {
+            let cfg = CalicoApiConfig::load_with(
+                config_path.map(std::path::Path::new),
+                std::path::Path::new(&session.default_config_path),
+                io.env,
+            )?;
+            let options = run_options(args, &cfg, run_dir(io), io);
+            calico_node::run::run(&options, io.out).map_err(|e| CtlError::Node(e.into()))
+        }
+    }
+}
+
+/// The agent's datastore settings, as the environment variables calico-node reads.
+fn datastore_env(cfg: &CalicoApiConfig) -> Vec<(String, String)> {
+    let e = &cfg.etcd;
+    let mut env = vec![
+        (
+            "DATASTORE_TYPE".to_string(),
+            cfg.datastore_type.as_str().to_string(),
+        ),
+        ("ETCD_ENDPOINTS".to_string(), e.endpoints.join(",")),
+    ];
+    let files = [
+        ("ETCD_CA_CERT_FILE", &e.ca_cert_file),
+        ("ETCD_CERT_FILE", &e.cert_file),
+        ("ETCD_KEY_FILE", &e.key_file),
+    ];
+    for (name, path) in files {
+        if let Some(p) = path {
+            env.push((name.to_string(), p.display().to_string()));
+        }
+    }
+    if let Some(u) = &e.username {
+        env.push(("ETCD_USERNAME".to_string(), u.clone()));
+    }
+    if let Some(p) = &e.password {
+        env.push(("ETCD_PASSWORD".to_string(), p.clone()));
+    }
+    env
+}
+
+fn run_options(
+    args: &NodeRunArgs,
+    cfg: &CalicoApiConfig,
+    run_dir: PathBuf,
+    io: &Io<'_>,
+) -> RunOptions {
+    let docker_socket = (io.env)("DOCKER_HOST")
+        .and_then(|h| h.strip_prefix("unix://").map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from("/var/run/docker.sock"));
+    RunOptions {
+        name: args.name.clone(),
+        ip: args.ip.clone(),
+        ip6: args.ip6.clone(),
+        as_number: args.as_number.clone(),
+        ip_autodetection_method: args.ip_autodetection_method.clone(),
+        ip6_autodetection_method: args.ip6_autodetection_method.clone(),
+        backend: args.backend.clone(),
+        no_default_ippools: args.no_default_ippools,
+        dryrun: args.dryrun,
+        node_image: args.node_image.clone(),
+        disable_docker_networking: args.disable_docker_networking,
+        no_docker: args.no_docker,
+        datastore_env: datastore_env(cfg),
+        run_dir,
+        docker_socket,
+    }
+}
