@@ -6,5 +6,6 @@ pub mod config;
 pub mod peering;
 pub mod routes;
 pub mod run;
+pub mod snapshot;
 pub mod startup;
 pub mod status;

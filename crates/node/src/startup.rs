@@ -26,7 +26,7 @@ pub enum StartupError {
     Datastore {
         what: String,
         #[source]
-        source: ResourceError,
+        source: Box<ResourceError>,
     },
     #[error("autodetecting the node's address")]
     Autodetect(#[source] AutodetectError),
@@ -58,7 +58,10 @@ pub struct Started {
 
 fn ds_err(what: impl Into<String>) -> impl FnOnce(ResourceError) -> StartupError {
     let what = what.into();
-    move |source| StartupError::Datastore { what, source }
+    move |source| StartupError::Datastore {
+        what,
+        source: Box::new(source),
+    }
 }
 
 /// Host settings the dataplane needs. Each is best effort (a read-only /proc/sys inside a
