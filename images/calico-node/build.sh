@@ -1,30 +1,40 @@
 #!/bin/sh
-# Builds the calico-node image FROM scratch out of our own calico-node binary and imports it
-# into one dockerd. The binary is dynamically linked against glibc, so the libraries `ldd`
-# names are copied in beside it: nothing else is in the image (no shell, no package manager).
+# Builds an image FROM scratch holding the given programs and exactly the shared libraries they
+# load (found with ldd, including the dynamic loader), and imports it into one dockerd. Used for
+# calico-node: its agent binary plus the tools it runs (for now `ip`, used by the Docker
+# driver's endpoint plumbing until the dataplane crate replaces it).
 #
-# usage: images/calico-node/build.sh DOCKER_SOCKET [TAG] [BINARY]
-#   TAG defaults to calico-rs/node:latest, BINARY to target/debug/calico-node.
+# usage: images/calico-node/build.sh DOCKER_SOCKET TAG ENTRYPOINT_BINARY [EXTRA_BINARY...]
+# The first binary becomes the entrypoint; every binary is installed under /bin by base name.
 set -eu
-sock=${1:?usage: build.sh DOCKER_SOCKET [TAG] [BINARY]}
-tag=${2:-calico-rs/node:latest}
-bin=${3:-$(dirname "$0")/../../target/debug/calico-node}
-[ -x "$bin" ] || { echo "no calico-node binary at $bin (cargo build --bin calico-node)" >&2; exit 1; }
+sock=${1:?usage: build.sh DOCKER_SOCKET TAG ENTRYPOINT_BINARY [EXTRA_BINARY...]}
+tag=${2:?missing TAG}
+shift 2
+[ $# -ge 1 ] || { echo "missing ENTRYPOINT_BINARY" >&2; exit 1; }
+entry=$(basename "$1")
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 root=$work/rootfs
-mkdir -p "$root/bin" "$root/tmp" "$root/var/run/calico" "$root/var/lib/calico" "$root/proc" "$root/sys" "$root/dev" "$root/run"
+mkdir -p "$root/bin" "$root/etc" "$root/tmp" "$root/run" "$root/var/run" "$root/proc" "$root/sys" "$root/dev"
 chmod 1777 "$root/tmp"
-cp "$bin" "$root/bin/calico-node"
-# Every shared library the binary loads, at the same path (the loader included).
-for lib in $(ldd "$bin" | awk '/=>/ { print $3 } /^\t\// { print $1 }'); do
-    [ -f "$lib" ] || continue
-    mkdir -p "$root$(dirname "$lib")"
-    cp -L "$lib" "$root$lib"
+copy_with_parents() {
+    # Keep the library's absolute path (the loader and the binaries' RUNPATHs expect it).
+    mkdir -p "$root$(dirname "$1")"
+    cp -L "$1" "$root$1"
+}
+for bin in "$@"; do
+    [ -x "$bin" ] || { echo "$bin is not an executable" >&2; exit 1; }
+    cp -L "$bin" "$root/bin/$(basename "$bin")"
+    # ldd lines: "libx.so => /path (0x..)", "/lib64/ld-linux-x86-64.so.2 (0x..)", "linux-vdso...".
+    for lib in $(ldd "$bin" 2>/dev/null | awk '{ for (i = 1; i <= NF; i++) if ($i ~ /^\//) print $i }'); do
+        [ -e "$root$lib" ] || copy_with_parents "$lib"
+    done
 done
+echo 'root:x:0:0:root:/:/bin/nologin' > "$root/etc/passwd"
+echo 'root:x:0:' > "$root/etc/group"
 tar -C "$root" --numeric-owner --owner=0 --group=0 -cf "$work/rootfs.tar" .
 docker -H "unix://$sock" import \
-    -c 'ENV PATH=/bin' -c 'ENTRYPOINT ["/bin/calico-node"]' \
-    -m "calico-rs calico-node (FROM scratch)" \
+    -c 'ENV PATH=/bin' -c "ENTRYPOINT [\"/bin/$entry\"]" \
+    -m "calico-rs image FROM scratch: $*" \
     "$work/rootfs.tar" "$tag" >/dev/null
 echo "$tag"

@@ -232,3 +232,26 @@ pub fn build_busybox_image(daemon: &Dockerd, tag: &str) -> Result<(), std::io::E
     }
     Ok(())
 }
+
+/// Builds an image FROM scratch with `binaries` and the shared libraries they load
+/// (images/calico-node/build.sh); the first binary is the entrypoint.
+pub fn build_scratch_image(
+    daemon: &Dockerd,
+    tag: &str,
+    binaries: &[&Path],
+) -> Result<(), std::io::Error> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../images/calico-node/build.sh");
+    let out = Command::new("sh")
+        .arg(script)
+        .arg(daemon.socket())
+        .arg(tag)
+        .args(binaries)
+        .output()?;
+    if !out.status.success() {
+        return Err(std::io::Error::other(format!(
+            "images/calico-node/build.sh failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(())
+}
