@@ -30,6 +30,11 @@ pub enum DecodeError {
     BadApiVersion { found: String },
     #[error("kind: {found:?} is not a Calico resource kind")]
     UnknownKind { found: String },
+    #[error("kind: expected {expected:?}, found {found:?}")]
+    WrongKind {
+        expected: &'static str,
+        found: String,
+    },
     #[error("{path}: unknown field")]
     UnknownField { path: String },
     #[error("{path}: {reason}")]
@@ -43,7 +48,7 @@ impl DecodeError {
             DecodeError::NotAMapping { .. } => "",
             DecodeError::MissingField { field } => field,
             DecodeError::BadApiVersion { .. } => "apiVersion",
-            DecodeError::UnknownKind { .. } => "kind",
+            DecodeError::UnknownKind { .. } | DecodeError::WrongKind { .. } => "kind",
             DecodeError::UnknownField { path } | DecodeError::Invalid { path, .. } => path,
         }
     }
@@ -282,6 +287,23 @@ pub fn decode<T: CalicoResource>(mut value: Value) -> Result<T, DecodeError> {
     let info = lookup_exact(T::KIND);
     let has_status = info.is_some_and(|i| i.has_status);
     if let Value::Object(map) = &mut value {
+        if let Some(kind) = map.get("kind")
+            && kind.as_str() != Some(T::KIND)
+        {
+            let found = kind
+                .as_str()
+                .map_or_else(|| kind.to_string(), str::to_string);
+            return Err(DecodeError::WrongKind {
+                expected: T::KIND,
+                found,
+            });
+        }
+        if let Some(v) = map.get("apiVersion")
+            && v.as_str() != Some(API_VERSION)
+        {
+            let found = v.as_str().map_or_else(|| v.to_string(), str::to_string);
+            return Err(DecodeError::BadApiVersion { found });
+        }
         for key in map.keys() {
             let known = matches!(key.as_str(), "apiVersion" | "kind" | "metadata" | "spec")
                 || (key == "status" && has_status);
@@ -349,8 +371,24 @@ pub fn decode<T: CalicoResource>(mut value: Value) -> Result<T, DecodeError> {
             };
             return DecodeError::UnknownField { path };
         }
+        let path = if path == "." { String::new() } else { path };
+        // serde reports a missing field at its parent; name the field itself.
+        if let Some(field) = inner
+            .strip_prefix("missing field `")
+            .and_then(|r| r.split('`').next())
+        {
+            let path = if path.is_empty() {
+                field.to_string()
+            } else {
+                format!("{path}.{field}")
+            };
+            return DecodeError::Invalid {
+                path,
+                reason: "required field is missing".into(),
+            };
+        }
         DecodeError::Invalid {
-            path: if path == "." { String::new() } else { path },
+            path,
             reason: inner,
         }
     })

@@ -943,8 +943,23 @@ fn field_names_match_case_insensitively_and_absent_required_flags_read_as_false(
         "apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata: {name: p}\nspec: {}",
     ))
     .unwrap_err();
-    assert_eq!(e.path(), "spec");
-    assert!(e.to_string().contains("cidr"), "{e}");
+    assert_eq!(e.path(), "spec.cidr");
+    assert_eq!(e.to_string(), "spec.cidr: required field is missing");
+}
+
+#[test]
+fn typed_decoding_checks_kind_and_api_version() {
+    let ok = json!({"apiVersion": API_VERSION, "kind": "IPPool", "metadata": {"name": "p"}, "spec": {"cidr": "10.0.0.0/16"}});
+    assert!(decode::<IPPool>(ok.clone()).is_ok());
+    assert_eq!(
+        decode::<BGPPeer>(ok).unwrap_err(),
+        DecodeError::WrongKind {
+            expected: "BGPPeer",
+            found: "IPPool".into()
+        }
+    );
+    let v1 = json!({"apiVersion": "crd.projectcalico.org/v1", "kind": "IPPool", "metadata": {"name": "p"}, "spec": {"cidr": "10.0.0.0/16"}});
+    assert_eq!(decode::<IPPool>(v1).unwrap_err().path(), "apiVersion");
 }
 
 #[test]
