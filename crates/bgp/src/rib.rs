@@ -1,0 +1,567 @@
+//! Routing information as plain data: normalized path attributes, the Loc-RIB with best-path
+//! selection, import/export filters, and the iBGP/eBGP/route-reflector export rules.
+//! Nothing here does I/O; the speaker calls these functions from its core loop.
+
+use std::cmp::Ordering;
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+use crate::codec::{AsPath, Attribute, LargeCommunity, Origin, merge_as4_path};
+
+/// Who a path came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", tag = "kind", content = "address")]
+pub enum Source {
+    /// Originated by this speaker (the agent's `originated` routes).
+    Local,
+    Peer(IpAddr),
+}
+
+/// Path attributes in the form the decision process and export rules use.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PathAttrs {
+    pub origin: Origin,
+    /// Effective AS path (AS4_PATH already merged).
+    pub as_path: AsPath,
+    pub next_hop: Option<IpAddr>,
+    pub link_local: Option<Ipv6Addr>,
+    pub med: Option<u32>,
+    pub local_pref: Option<u32>,
+    pub atomic_aggregate: bool,
+    pub communities: Vec<u32>,
+    pub large_communities: Vec<LargeCommunity>,
+    pub originator_id: Option<Ipv4Addr>,
+    pub cluster_list: Vec<Ipv4Addr>,
+    /// Optional transitive attributes we do not interpret, passed on.
+    pub other: Vec<Attribute>,
+}
+
+impl PathAttrs {
+    pub fn local(next_hop: Option<IpAddr>) -> PathAttrs {
+        PathAttrs {
+            origin: Origin::Igp,
+            as_path: AsPath::default(),
+            next_hop,
+            link_local: None,
+            med: None,
+            local_pref: None,
+            atomic_aggregate: false,
+            communities: Vec::new(),
+            large_communities: Vec::new(),
+            originator_id: None,
+            cluster_list: Vec::new(),
+            other: Vec::new(),
+        }
+    }
+
+    /// Reads attributes of a received UPDATE. The next hop is filled in per family by the
+    /// caller (NEXT_HOP for IPv4 NLRI, MP_REACH's for MP NLRI).
+    pub fn from_attributes(attrs: &[Attribute]) -> PathAttrs {
+        let mut p = PathAttrs::local(None);
+        let mut as4 = None;
+        for a in attrs {
+            match a {
+                Attribute::Origin(o) => p.origin = *o,
+                Attribute::AsPath(path) => p.as_path = path.clone(),
+                Attribute::As4Path(path) => as4 = Some(path.clone()),
+                Attribute::NextHop(nh) => p.next_hop = Some(IpAddr::V4(*nh)),
+                Attribute::Med(m) => p.med = Some(*m),
+                Attribute::LocalPref(l) => p.local_pref = Some(*l),
+                Attribute::AtomicAggregate => p.atomic_aggregate = true,
+                Attribute::Communities(c) => p.communities = c.clone(),
+                Attribute::LargeCommunities(c) => p.large_communities = c.clone(),
+                Attribute::OriginatorId(o) => p.originator_id = Some(*o),
+                Attribute::ClusterList(c) => p.cluster_list = c.clone(),
+                Attribute::Unknown { flags, .. } if flags & crate::codec::FLAG_TRANSITIVE != 0 => {
+                    p.other.push(a.clone())
+                }
+                _ => {}
+            }
+        }
+        if let Some(as4) = as4 {
+            p.as_path = merge_as4_path(&p.as_path, &as4);
+        }
+        p
+    }
+}
+
+/// One candidate path for a prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Path {
+    pub source: Source,
+    pub attrs: PathAttrs,
+    /// Learned over eBGP.
+    pub ebgp: bool,
+    /// Router id of the peer it came from (ours for local paths).
+    pub peer_router_id: Ipv4Addr,
+    /// The peer is our route-reflector client.
+    pub from_rr_client: bool,
+    /// Kept through the peer's graceful restart, waiting for its End-of-RIB.
+    pub stale: bool,
+}
+
+const DEFAULT_LOCAL_PREF: u32 = 100;
+
+/// The standard decision process subset (RFC 4271 9.1.2.2): `Less` means `a` is better.
+pub fn compare(a: &Path, b: &Path) -> Ordering {
+    // Local routes beat learned ones (like a static route's lower administrative distance).
+    let local = |p: &Path| p.source != Source::Local;
+    local(a)
+        .cmp(&local(b))
+        .then_with(|| {
+            let lp = |p: &Path| p.attrs.local_pref.unwrap_or(DEFAULT_LOCAL_PREF);
+            lp(b).cmp(&lp(a))
+        })
+        .then_with(|| a.attrs.as_path.len().cmp(&b.attrs.as_path.len()))
+        .then_with(|| a.attrs.origin.cmp(&b.attrs.origin))
+        .then_with(|| {
+            // MED only between paths from the same neighbouring AS; missing MED is 0.
+            if a.attrs.as_path.first_as() == b.attrs.as_path.first_as() {
+                a.attrs.med.unwrap_or(0).cmp(&b.attrs.med.unwrap_or(0))
+            } else {
+                Ordering::Equal
+            }
+        })
+        .then_with(|| b.ebgp.cmp(&a.ebgp))
+        // Not stale before stale: fresh information wins ties.
+        .then_with(|| a.stale.cmp(&b.stale))
+        .then_with(|| {
+            let id = |p: &Path| u32::from(p.attrs.originator_id.unwrap_or(p.peer_router_id));
+            id(a).cmp(&id(b))
+        })
+        .then_with(|| a.attrs.cluster_list.len().cmp(&b.attrs.cluster_list.len()))
+        .then_with(|| a.source.cmp(&b.source))
+}
+
+/// All paths per prefix; the best one is recomputed on every change.
+#[derive(Debug, Default)]
+pub struct LocRib {
+    entries: BTreeMap<IpNet, Vec<Path>>,
+}
+
+/// A change in the best path of a prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BestChange {
+    pub prefix: IpNet,
+    pub old: Option<Path>,
+    pub new: Option<Path>,
+}
+
+impl LocRib {
+    pub fn best(&self, prefix: &IpNet) -> Option<&Path> {
+        self.entries.get(prefix).and_then(|v| v.first())
+    }
+
+    pub fn prefixes(&self) -> impl Iterator<Item = &IpNet> {
+        self.entries.keys()
+    }
+
+    pub fn iter_best(&self) -> impl Iterator<Item = (&IpNet, &Path)> {
+        self.entries
+            .iter()
+            .filter_map(|(k, v)| v.first().map(|p| (k, p)))
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    fn change(&mut self, prefix: IpNet, f: impl FnOnce(&mut Vec<Path>)) -> Option<BestChange> {
+        let paths = self.entries.entry(prefix).or_default();
+        let old = paths.first().cloned();
+        f(paths);
+        paths.sort_by(compare);
+        let new = paths.first().cloned();
+        if paths.is_empty() {
+            self.entries.remove(&prefix);
+        }
+        (old != new).then_some(BestChange { prefix, old, new })
+    }
+
+    /// Adds or replaces the path from `path.source`.
+    pub fn insert(&mut self, prefix: IpNet, path: Path) -> Option<BestChange> {
+        self.change(prefix, |paths| {
+            paths.retain(|p| p.source != path.source);
+            paths.push(path);
+        })
+    }
+
+    pub fn remove(&mut self, prefix: IpNet, source: Source) -> Option<BestChange> {
+        if !self.entries.contains_key(&prefix) {
+            return None;
+        }
+        self.change(prefix, |paths| paths.retain(|p| p.source != source))
+    }
+
+    /// Removes every path from `source` for which `pred` holds.
+    pub fn remove_where(
+        &mut self,
+        source: Source,
+        pred: impl Fn(&IpNet, &Path) -> bool,
+    ) -> Vec<BestChange> {
+        let affected: Vec<IpNet> = self
+            .entries
+            .iter()
+            .filter(|(k, v)| v.iter().any(|p| p.source == source && pred(k, p)))
+            .map(|(k, _)| *k)
+            .collect();
+        affected
+            .into_iter()
+            .filter_map(|prefix| {
+                self.change(prefix, |paths| {
+                    paths.retain(|p| !(p.source == source && pred(&prefix, p)))
+                })
+            })
+            .collect()
+    }
+
+    /// Marks every path from `source` stale (graceful restart helper).
+    pub fn mark_stale(&mut self, source: Source) -> usize {
+        let mut n = 0;
+        for paths in self.entries.values_mut() {
+            for p in paths.iter_mut().filter(|p| p.source == source) {
+                p.stale = true;
+                n += 1;
+            }
+            paths.sort_by(compare);
+        }
+        n
+    }
+}
+
+/// Accept or reject, as in Calico's BGPFilter rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Action {
+    Accept,
+    Reject,
+}
+
+/// One filter rule: matches prefixes inside `cidr` (if set) whose length lies in
+/// `[min_len, max_len]` (defaults: the CIDR's own length for `min_len`, the family maximum for
+/// `max_len`), and only the given family when `cidr` is unset and `family_v6` is set.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FilterRule {
+    #[serde(default)]
+    pub cidr: Option<IpNet>,
+    #[serde(default)]
+    pub min_len: Option<u8>,
+    #[serde(default)]
+    pub max_len: Option<u8>,
+    /// Without a CIDR: match only IPv6 (`Some(true)`) or only IPv4 (`Some(false)`).
+    #[serde(default)]
+    pub family_v6: Option<bool>,
+    pub action: Action,
+}
+
+impl FilterRule {
+    pub fn matches(&self, prefix: &IpNet) -> bool {
+        let is_v6 = matches!(prefix, IpNet::V6(_));
+        if let Some(v6) = self.family_v6
+            && v6 != is_v6
+        {
+            return false;
+        }
+        let base_len = match &self.cidr {
+            Some(c) => {
+                if !c.contains(prefix) {
+                    return false;
+                }
+                c.prefix_len()
+            }
+            None => 0,
+        };
+        let max = if is_v6 { 128 } else { 32 };
+        let len = prefix.prefix_len();
+        len >= self.min_len.unwrap_or(base_len) && len <= self.max_len.unwrap_or(max)
+    }
+}
+
+/// An ordered rule list; the first match decides, and no match accepts (Calico's BGPFilter
+/// semantics: rules only restrict).
+pub fn filter_allows(rules: &[FilterRule], prefix: &IpNet) -> bool {
+    rules
+        .iter()
+        .find(|r| r.matches(prefix))
+        .is_none_or(|r| r.action == Action::Accept)
+}
+
+/// What the export rules need to know about the receiving peer.
+#[derive(Debug, Clone)]
+pub struct ExportPeer {
+    pub address: IpAddr,
+    pub ebgp: bool,
+    pub local_as: u32,
+    pub rr_client: bool,
+    pub next_hop_self: bool,
+    /// Never change the next hop, even on eBGP (Calico's nextHopMode Keep).
+    pub next_hop_keep: bool,
+    /// Our addresses to use as next hop (session address for its family, configured ones for
+    /// the other family).
+    pub self_v4: Option<Ipv4Addr>,
+    pub self_v6: Option<Ipv6Addr>,
+}
+
+/// The speaker-wide part of the export decision.
+#[derive(Debug, Clone)]
+pub struct ExportCtx {
+    pub router_id: Ipv4Addr,
+    /// Set when this speaker reflects routes (has at least one RR client).
+    pub cluster_id: Option<Ipv4Addr>,
+}
+
+/// Whether `path` may be advertised to `peer`, and with which attributes (RFC 4271 9.1.3,
+/// RFC 4456 for reflection).
+pub fn export(ctx: &ExportCtx, prefix: &IpNet, path: &Path, peer: &ExportPeer) -> Option<PathAttrs> {
+    if path.source == Source::Peer(peer.address) {
+        return None;
+    }
+    let learned_ibgp = matches!(path.source, Source::Peer(_)) && !path.ebgp;
+    let mut a = path.attrs.clone();
+    let self_nh = || match prefix {
+        IpNet::V4(_) => peer.self_v4.map(IpAddr::V4),
+        IpNet::V6(_) => peer.self_v6.map(IpAddr::V6),
+    };
+    if peer.ebgp {
+        a.as_path.prepend(peer.local_as);
+        a.local_pref = None;
+        // RFC 4271 5.1.4: a MED received from another AS is not passed on to other ASes.
+        if path.source != Source::Local {
+            a.med = None;
+        }
+        a.originator_id = None;
+        a.cluster_list.clear();
+        if !peer.next_hop_keep || a.next_hop.is_none() {
+            a.next_hop = self_nh();
+            a.link_local = None;
+        }
+    } else {
+        if learned_ibgp {
+            // iBGP-learned routes go to iBGP peers only through reflection.
+            let Some(cluster_id) = ctx.cluster_id else {
+                return None;
+            };
+            if !path.from_rr_client && !peer.rr_client {
+                return None;
+            }
+            if a.originator_id.is_none() {
+                a.originator_id = Some(path.peer_router_id);
+            }
+            a.cluster_list.insert(0, cluster_id);
+        }
+        a.local_pref = Some(a.local_pref.unwrap_or(DEFAULT_LOCAL_PREF));
+        if a.next_hop.is_none() || (peer.next_hop_self && !learned_ibgp) {
+            a.next_hop = self_nh();
+            a.link_local = None;
+        }
+    }
+    a.next_hop?;
+    Some(a)
+}
+
+/// Import checks on a received path: loops through our AS (eBGP), our router id or cluster id.
+pub fn import_loop(attrs: &PathAttrs, local_as: u32, ebgp: bool, ctx: &ExportCtx) -> bool {
+    (ebgp && attrs.as_path.contains(local_as))
+        || attrs.originator_id == Some(ctx.router_id)
+        || ctx
+            .cluster_id
+            .is_some_and(|c| attrs.cluster_list.contains(&c))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn path(source: Source, f: impl FnOnce(&mut Path)) -> Path {
+        let mut p = Path {
+            source,
+            attrs: PathAttrs::local(Some("10.0.0.9".parse().unwrap())),
+            ebgp: false,
+            peer_router_id: Ipv4Addr::new(10, 0, 0, 9),
+            from_rr_client: false,
+            stale: false,
+        };
+        f(&mut p);
+        p
+    }
+    fn peer(s: &str) -> Source {
+        Source::Peer(s.parse().unwrap())
+    }
+
+    #[test]
+    fn decision_order() {
+        let a = path(peer("10.0.0.1"), |p| p.attrs.local_pref = Some(200));
+        let b = path(peer("10.0.0.2"), |p| p.attrs.as_path = AsPath::default());
+        assert_eq!(compare(&a, &b), Ordering::Less, "higher local-pref wins");
+        let a = path(peer("10.0.0.1"), |p| p.attrs.as_path = AsPath::sequence(vec![1]));
+        let b = path(peer("10.0.0.2"), |p| p.attrs.as_path = AsPath::sequence(vec![1, 2]));
+        assert_eq!(compare(&a, &b), Ordering::Less, "shorter AS path wins");
+        let a = path(peer("10.0.0.1"), |p| p.attrs.origin = Origin::Igp);
+        let b = path(peer("10.0.0.2"), |p| p.attrs.origin = Origin::Incomplete);
+        assert_eq!(compare(&a, &b), Ordering::Less, "IGP origin wins");
+        let a = path(peer("10.0.0.1"), |p| {
+            p.attrs.as_path = AsPath::sequence(vec![7]);
+            p.attrs.med = Some(5)
+        });
+        let b = path(peer("10.0.0.2"), |p| {
+            p.attrs.as_path = AsPath::sequence(vec![7]);
+            p.attrs.med = Some(1)
+        });
+        assert_eq!(compare(&a, &b), Ordering::Greater, "lower MED from same AS wins");
+        let b2 = path(peer("10.0.0.2"), |p| {
+            p.attrs.as_path = AsPath::sequence(vec![8]);
+            p.attrs.med = Some(1);
+            p.peer_router_id = Ipv4Addr::new(10, 0, 0, 99);
+        });
+        assert_eq!(compare(&a, &b2), Ordering::Less, "MED ignored across ASes; router id decides");
+        let a = path(peer("10.0.0.1"), |p| p.ebgp = true);
+        let b = path(peer("10.0.0.2"), |_| {});
+        assert_eq!(compare(&a, &b), Ordering::Less, "eBGP over iBGP");
+        let a = path(peer("10.0.0.1"), |p| p.peer_router_id = Ipv4Addr::new(1, 1, 1, 1));
+        let b = path(peer("10.0.0.2"), |p| p.peer_router_id = Ipv4Addr::new(2, 2, 2, 2));
+        assert_eq!(compare(&a, &b), Ordering::Less, "lower router id");
+        let b = path(peer("10.0.0.2"), |p| p.peer_router_id = Ipv4Addr::new(1, 1, 1, 1));
+        assert_eq!(compare(&a, &b), Ordering::Less, "lower peer address");
+    }
+
+    #[test]
+    fn rib_reports_best_changes_only() {
+        let mut rib = LocRib::default();
+        let pfx: IpNet = "10.1.0.0/24".parse().unwrap();
+        let a = path(peer("10.0.0.1"), |p| p.attrs.local_pref = Some(50));
+        let b = path(peer("10.0.0.2"), |_| {});
+        assert!(rib.insert(pfx, a.clone()).is_some());
+        let c = rib.insert(pfx, b.clone()).expect("b is better");
+        assert_eq!(c.new.as_ref().map(|p| p.source), Some(b.source));
+        assert!(rib.remove(pfx, a.source).is_none(), "best unchanged");
+        let c = rib.remove(pfx, b.source).expect("withdrawn");
+        assert!(c.new.is_none());
+        assert!(rib.is_empty());
+    }
+
+    #[test]
+    fn stale_paths_lose_ties_and_are_swept() {
+        let mut rib = LocRib::default();
+        let pfx: IpNet = "10.1.0.0/24".parse().unwrap();
+        rib.insert(pfx, path(peer("10.0.0.1"), |_| {}));
+        assert_eq!(rib.mark_stale(peer("10.0.0.1")), 1);
+        assert!(rib.best(&pfx).is_some_and(|p| p.stale));
+        let ch = rib.remove_where(peer("10.0.0.1"), |_, p| p.stale);
+        assert_eq!(ch.len(), 1);
+        assert!(rib.best(&pfx).is_none());
+    }
+
+    #[test]
+    fn filters_first_match_wins() {
+        let rules = vec![
+            FilterRule {
+                cidr: Some("10.0.0.0/8".parse().unwrap()),
+                min_len: None,
+                max_len: Some(24),
+                family_v6: None,
+                action: Action::Accept,
+            },
+            FilterRule {
+                cidr: Some("10.0.0.0/8".parse().unwrap()),
+                min_len: None,
+                max_len: None,
+                family_v6: None,
+                action: Action::Reject,
+            },
+        ];
+        assert!(filter_allows(&rules, &"10.1.0.0/16".parse().unwrap()));
+        assert!(!filter_allows(&rules, &"10.1.0.0/26".parse().unwrap()));
+        assert!(filter_allows(&rules, &"192.168.0.0/26".parse().unwrap()), "no match accepts");
+        let v6only = FilterRule {
+            cidr: None,
+            min_len: Some(64),
+            max_len: None,
+            family_v6: Some(true),
+            action: Action::Reject,
+        };
+        assert!(!v6only.matches(&"10.0.0.0/24".parse().unwrap()));
+        assert!(v6only.matches(&"fd00::/64".parse().unwrap()));
+        assert!(!v6only.matches(&"fd00::/48".parse().unwrap()));
+    }
+
+    fn ctx(rr: bool) -> ExportCtx {
+        ExportCtx {
+            router_id: Ipv4Addr::new(10, 0, 0, 100),
+            cluster_id: rr.then_some(Ipv4Addr::new(1, 2, 3, 4)),
+        }
+    }
+    fn epeer(addr: &str, ebgp: bool, rr_client: bool) -> ExportPeer {
+        ExportPeer {
+            address: addr.parse().unwrap(),
+            ebgp,
+            local_as: 64512,
+            rr_client,
+            next_hop_self: false,
+            next_hop_keep: false,
+            self_v4: Some(Ipv4Addr::new(10, 0, 0, 100)),
+            self_v6: Some("fd00::100".parse().unwrap()),
+        }
+    }
+
+    #[test]
+    fn ebgp_export_prepends_and_sets_next_hop_self() {
+        let pfx: IpNet = "10.1.0.0/24".parse().unwrap();
+        let p = path(peer("10.0.0.1"), |p| {
+            p.attrs.local_pref = Some(300);
+            p.attrs.med = Some(9);
+            p.attrs.as_path = AsPath::sequence(vec![65001]);
+            p.ebgp = true;
+        });
+        let a = export(&ctx(false), &pfx, &p, &epeer("10.0.0.2", true, false)).expect("exported");
+        assert_eq!(a.as_path, AsPath::sequence(vec![64512, 65001]));
+        assert_eq!(a.local_pref, None);
+        assert_eq!(a.med, None);
+        assert_eq!(a.next_hop, Some("10.0.0.100".parse().unwrap()));
+        let v6: IpNet = "fd10::/64".parse().unwrap();
+        let a = export(&ctx(false), &v6, &p, &epeer("10.0.0.2", true, false)).expect("exported");
+        assert_eq!(a.next_hop, Some("fd00::100".parse().unwrap()));
+    }
+
+    #[test]
+    fn ibgp_split_horizon_and_reflection() {
+        let pfx: IpNet = "10.1.0.0/24".parse().unwrap();
+        let from_nonclient = path(peer("10.0.0.1"), |_| {});
+        let from_client = path(peer("10.0.0.3"), |p| p.from_rr_client = true);
+        let nonclient = epeer("10.0.0.2", false, false);
+        let client = epeer("10.0.0.4", false, true);
+        assert!(export(&ctx(false), &pfx, &from_nonclient, &nonclient).is_none());
+        assert!(export(&ctx(true), &pfx, &from_nonclient, &nonclient).is_none());
+        let a = export(&ctx(true), &pfx, &from_nonclient, &client).expect("reflected to client");
+        assert_eq!(a.originator_id, Some(Ipv4Addr::new(10, 0, 0, 9)));
+        assert_eq!(a.cluster_list, vec![Ipv4Addr::new(1, 2, 3, 4)]);
+        assert_eq!(a.next_hop, Some("10.0.0.9".parse().unwrap()), "next hop kept");
+        assert!(export(&ctx(true), &pfx, &from_client, &nonclient).is_some());
+        assert!(export(&ctx(true), &pfx, &from_client, &epeer("10.0.0.3", false, true)).is_none(), "not back to sender");
+        let local = path(Source::Local, |p| p.attrs.next_hop = None);
+        let a = export(&ctx(false), &pfx, &local, &nonclient).expect("local to ibgp");
+        assert_eq!(a.local_pref, Some(100));
+        assert_eq!(a.next_hop, Some("10.0.0.100".parse().unwrap()));
+    }
+
+    #[test]
+    fn loops_are_detected() {
+        let c = ctx(true);
+        let mut a = PathAttrs::local(None);
+        a.as_path = AsPath::sequence(vec![65001, 64512]);
+        assert!(import_loop(&a, 64512, true, &c));
+        assert!(!import_loop(&a, 64512, false, &c));
+        let mut a = PathAttrs::local(None);
+        a.cluster_list = vec![Ipv4Addr::new(1, 2, 3, 4)];
+        assert!(import_loop(&a, 64512, false, &c));
+        let mut a = PathAttrs::local(None);
+        a.originator_id = Some(c.router_id);
+        assert!(import_loop(&a, 64512, false, &c));
+    }
+}

@@ -1,0 +1,1544 @@
+//! The BGP speaker service: desired-state API for the node agent, one task per session.
+//!
+//! ```text
+//!   agent ── Speaker::set_config ──┐                     ┌──► RouteEvent (mpsc) ──► agent
+//!                                  ▼                     │      (best-path changes to install)
+//!                        ┌───────────────────┐           │
+//!  listener task ─Incoming(stream)─►  core task  ─────────┘
+//!  (accept, MD5 keys     │  config diff, Loc-RIB,         ◄── StaleTimeout / SyncDeadline
+//!   on listening socket) │  Adj-RIB-Out per peer,             (sleep tasks it spawns)
+//!                        │  status map (Arc<Mutex>) ──► Speaker::status()
+//!                        └──┬────────────▲───────┘
+//!            SessionCmd     │            │  CoreMsg::Session{peer, generation, event}
+//!  (Send msgs, Incoming,    ▼            │  (state, established, update, down)
+//!   Stop)          ┌───────────────────────────┐
+//!                  │ session task (per peer)   │ owns Fsm, timers, the TCP write half
+//!                  │   ├─ connect task (1 shot)│ ── ConnectResult ──► session
+//!                  │   └─ reader task          │ ── raw frames ──────► session (decodes)
+//!                  └───────────────────────────┘
+//! ```
+//!
+//! Every handler is a synchronous function over the core state; only the tasks above await.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::os::fd::AsRawFd;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+use crate::codec::{
+    self, Attribute, Capability, Ctx, Family, GracefulRestart, LargeCommunity, Message,
+    MpNextHop, Notification, RefreshSubtype, RouteRefresh, Update, notif,
+};
+use crate::fsm::{self, DownReason, Fsm, FsmConfig, Input, Negotiated, Output, State, Timer};
+use crate::rib::{self, ExportCtx, ExportPeer, FilterRule, LocRib, Path, PathAttrs, Source};
+use crate::sockopt;
+
+/// What the agent wants the speaker to do. Every call to [`Speaker::set_config`] replaces the
+/// whole desired state; the speaker changes only what differs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SpeakerConfig {
+    pub router_id: Ipv4Addr,
+    pub local_as: u32,
+    /// Default: `::` (dual stack).
+    #[serde(default)]
+    pub listen_addr: Option<IpAddr>,
+    #[serde(default = "default_port")]
+    pub listen_port: u16,
+    /// Next hop for IPv4 routes sent over IPv6 sessions (and for next-hop-self when the
+    /// session is IPv6); IPv4 sessions use their local address.
+    #[serde(default)]
+    pub next_hop_v4: Option<Ipv4Addr>,
+    #[serde(default)]
+    pub next_hop_v6: Option<Ipv6Addr>,
+    /// Cluster id when this node is a route reflector (Calico's routeReflectorClusterID).
+    /// Without it, `route_reflector_client` peers are treated as plain iBGP peers.
+    #[serde(default)]
+    pub cluster_id: Option<Ipv4Addr>,
+    /// This process restarted with forwarding state preserved: announce the Restart State bit
+    /// (RFC 4724) in the first OPEN to each peer.
+    #[serde(default)]
+    pub restarted: bool,
+    #[serde(default)]
+    pub peers: Vec<PeerConfig>,
+    #[serde(default)]
+    pub originated: Vec<Route>,
+}
+
+fn default_port() -> u16 {
+    179
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum NextHopMode {
+    /// eBGP: self; iBGP: keep learned, self for our own routes (BGP default, Calico `Auto`).
+    #[default]
+    Auto,
+    /// Always set ourselves as next hop (Calico `Self`).
+    #[serde(rename = "Self")]
+    SelfMode,
+    /// Never change a learned next hop, even on eBGP (Calico `Keep`).
+    Keep,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PeerConfig {
+    pub address: IpAddr,
+    #[serde(default = "default_port")]
+    pub port: u16,
+    pub remote_as: u32,
+    /// Overrides [`SpeakerConfig::local_as`] for this session (Calico localASNumber).
+    #[serde(default)]
+    pub local_as: Option<u32>,
+    /// TCP-MD5 key (RFC 2385).
+    #[serde(default)]
+    pub password: Option<String>,
+    /// GTSM: accept packets from at most this many hops away.
+    #[serde(default)]
+    pub ttl_security: Option<u8>,
+    #[serde(default)]
+    pub keepalive: Option<u16>,
+    /// Proposed hold time, default 90 s.
+    #[serde(default)]
+    pub hold_time: Option<u16>,
+    /// Our restart time announced in the graceful-restart capability (default 120 s); `Some(0)`
+    /// disables graceful restart for this peer.
+    #[serde(default)]
+    pub graceful_restart_time: Option<u16>,
+    #[serde(default)]
+    pub next_hop_mode: NextHopMode,
+    #[serde(default)]
+    pub route_reflector_client: bool,
+    #[serde(default)]
+    pub import: Vec<FilterRule>,
+    #[serde(default)]
+    pub export: Vec<FilterRule>,
+    #[serde(default)]
+    pub passive: bool,
+    /// Address families to exchange; default: the family of `address` (Calico runs separate
+    /// IPv4 and IPv6 sessions).
+    #[serde(default)]
+    pub families: Option<Vec<AfiName>>,
+    /// First connect-retry delay in seconds (default 5, doubling up to 120).
+    #[serde(default)]
+    pub connect_retry: Option<u16>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AfiName {
+    Ipv4,
+    Ipv6,
+}
+
+impl AfiName {
+    pub fn family(self) -> Family {
+        match self {
+            AfiName::Ipv4 => Family::IPV4_UNICAST,
+            AfiName::Ipv6 => Family::IPV6_UNICAST,
+        }
+    }
+    pub fn of(addr: IpAddr) -> AfiName {
+        if addr.is_ipv4() { AfiName::Ipv4 } else { AfiName::Ipv6 }
+    }
+}
+
+impl PeerConfig {
+    fn families(&self) -> Vec<Family> {
+        match &self.families {
+            Some(f) if !f.is_empty() => f.iter().map(|a| a.family()).collect(),
+            _ => vec![Family::of(self.address)],
+        }
+    }
+
+    /// Whether a change from `self` to `new` needs the session to restart.
+    fn needs_restart(&self, new: &PeerConfig) -> bool {
+        let strip = |p: &PeerConfig| PeerConfig {
+            import: Vec::new(),
+            export: Vec::new(),
+            next_hop_mode: NextHopMode::Auto,
+            ..p.clone()
+        };
+        strip(self) != strip(new)
+    }
+}
+
+/// A route this node originates (its IPAM blocks).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Route {
+    pub prefix: IpNet,
+    /// Default: ourselves (the session's local address).
+    #[serde(default)]
+    pub next_hop: Option<IpAddr>,
+    #[serde(default)]
+    pub communities: Vec<u32>,
+    #[serde(default)]
+    pub large_communities: Vec<LargeCommunity>,
+}
+
+/// A best-path change for the agent to program into the kernel.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", tag = "event")]
+pub enum RouteEvent {
+    /// `prefix` is reachable via `next_hop`, learned from peer `learned_from`.
+    Best {
+        prefix: IpNet,
+        next_hop: IpAddr,
+        learned_from: IpAddr,
+        /// Held through the peer's graceful restart.
+        stale: bool,
+    },
+    /// No learned path for `prefix` any more (or our own route won).
+    Withdrawn { prefix: IpNet },
+    /// Every peer that came up since the speaker started has sent End-of-RIB (or the restart
+    /// deadline passed): routes the agent installed before a restart and has not seen since
+    /// can be removed.
+    Synced,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PeerStatus {
+    pub address: IpAddr,
+    /// FSM state name (`Idle`, `Connect`, `Active`, `OpenSent`, `OpenConfirm`, `Established`).
+    pub state: String,
+    /// When the state last changed.
+    pub since: SystemTime,
+    /// Last error or `Established`.
+    pub info: String,
+    /// Transport family (which `calicoctl node status` table the peer goes in).
+    pub afi: AfiName,
+    pub prefixes_received: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SpeakerError {
+    #[error("the speaker task has stopped")]
+    Stopped,
+}
+
+/// Handle to the running speaker. Dropping every handle stops the speaker.
+#[derive(Clone)]
+pub struct Speaker {
+    tx: mpsc::UnboundedSender<CoreMsg>,
+    status: Arc<Mutex<BTreeMap<IpAddr, PeerStatus>>>,
+}
+
+impl Speaker {
+    /// Starts the core task on the current tokio runtime. Returns the handle and the stream of
+    /// best-path changes.
+    pub fn start() -> (Speaker, mpsc::UnboundedReceiver<RouteEvent>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (route_tx, route_rx) = mpsc::unbounded_channel();
+        let status = Arc::new(Mutex::new(BTreeMap::new()));
+        let core = Core {
+            cfg: None,
+            tx: tx.downgrade(),
+            routes: route_tx,
+            status: status.clone(),
+            rib: LocRib::default(),
+            peers: HashMap::new(),
+            listener: None,
+            next_generation: 0,
+            synced: false,
+        };
+        tokio::spawn(core.run(rx));
+        (Speaker { tx, status }, route_rx)
+    }
+
+    /// Replaces the desired state.
+    pub fn set_config(&self, cfg: SpeakerConfig) -> Result<(), SpeakerError> {
+        self.tx
+            .send(CoreMsg::SetConfig(Box::new(cfg)))
+            .map_err(|_| SpeakerError::Stopped)
+    }
+
+    /// Session status of every configured peer, by address.
+    pub fn status(&self) -> Vec<PeerStatus> {
+        self.status
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+}
+
+enum CoreMsg {
+    SetConfig(Box<SpeakerConfig>),
+    Incoming(TcpStream, SocketAddr),
+    Session {
+        peer: IpAddr,
+        generation: u64,
+        event: SessionEvent,
+    },
+    StaleTimeout {
+        peer: IpAddr,
+        generation: u64,
+    },
+    SyncDeadline,
+}
+
+enum SessionEvent {
+    State(State),
+    Established {
+        negotiated: Negotiated,
+        local: IpAddr,
+    },
+    Down(DownReason),
+    Update(Update),
+    RouteRefresh(RouteRefresh),
+}
+
+enum SessionCmd {
+    Send(Vec<Message>),
+    Incoming(TcpStream),
+    Stop(u8),
+}
+
+struct ListenerHandle {
+    addr: SocketAddr,
+    fd: std::os::fd::RawFd,
+    is_v6: bool,
+    task: JoinHandle<()>,
+    /// Peers whose MD5 key is installed on the listening socket.
+    keys: HashMap<IpAddr, String>,
+}
+
+impl Drop for ListenerHandle {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+struct EstablishedInfo {
+    negotiated: Negotiated,
+    local: IpAddr,
+}
+
+struct PeerRuntime {
+    cfg: PeerConfig,
+    generation: u64,
+    cmd: mpsc::UnboundedSender<SessionCmd>,
+    task: JoinHandle<()>,
+    up: Option<EstablishedInfo>,
+    /// What we advertised, per prefix.
+    adj_out: HashMap<IpNet, PathAttrs>,
+    /// Graceful-restart helper: families whose stale paths wait for End-of-RIB.
+    stale_families: HashSet<Family>,
+    stale_timer: Option<JoinHandle<()>>,
+    /// Families for which End-of-RIB arrived since the session came up.
+    eor: HashSet<Family>,
+    /// Whether this peer has been up at least once since we started (for `Synced`).
+    ever_up: bool,
+    received: usize,
+}
+
+struct Core {
+    cfg: Option<SpeakerConfig>,
+    /// Weak so that dropping every `Speaker` handle ends the core loop.
+    tx: mpsc::WeakUnboundedSender<CoreMsg>,
+    routes: mpsc::UnboundedSender<RouteEvent>,
+    status: Arc<Mutex<BTreeMap<IpAddr, PeerStatus>>>,
+    rib: LocRib,
+    peers: HashMap<IpAddr, PeerRuntime>,
+    listener: Option<ListenerHandle>,
+    next_generation: u64,
+    synced: bool,
+}
+
+/// Message size budget for packing prefixes (below the 4096 limit, leaving room for the
+/// attribute header growing to extended length).
+const PACK_LIMIT: usize = codec::MAX_MESSAGE_LEN - 8;
+
+impl Core {
+    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<CoreMsg>) {
+        while let Some(msg) = rx.recv().await {
+            match msg {
+                CoreMsg::SetConfig(cfg) => self.set_config(*cfg),
+                CoreMsg::Incoming(stream, from) => self.incoming(stream, from),
+                CoreMsg::Session {
+                    peer,
+                    generation,
+                    event,
+                } => {
+                    if self.peers.get(&peer).is_some_and(|p| p.generation == generation) {
+                        self.session_event(peer, event);
+                    }
+                }
+                CoreMsg::StaleTimeout { peer, generation } => {
+                    if self.peers.get(&peer).is_some_and(|p| p.generation == generation) {
+                        info!(%peer, "graceful restart timer expired, removing stale routes");
+                        self.sweep_stale(peer, None);
+                    }
+                }
+                CoreMsg::SyncDeadline => self.mark_synced(),
+            }
+        }
+        for (_, p) in self.peers.drain() {
+            let _ = p.cmd.send(SessionCmd::Stop(notif::CEASE_ADMIN_SHUTDOWN));
+        }
+    }
+
+    fn sender(&self) -> Option<mpsc::UnboundedSender<CoreMsg>> {
+        self.tx.upgrade()
+    }
+
+    fn export_ctx(&self) -> Option<ExportCtx> {
+        let cfg = self.cfg.as_ref()?;
+        let reflects = self.peers.values().any(|p| p.cfg.route_reflector_client);
+        Some(ExportCtx {
+            router_id: cfg.router_id,
+            cluster_id: cfg.cluster_id.filter(|_| reflects),
+        })
+    }
+
+    fn set_status(&self, peer: IpAddr, f: impl FnOnce(&mut PeerStatus)) {
+        let mut map = self.status.lock().unwrap_or_else(|p| p.into_inner());
+        let entry = map.entry(peer).or_insert_with(|| PeerStatus {
+            address: peer,
+            state: State::Idle.to_string(),
+            since: SystemTime::now(),
+            info: String::new(),
+            afi: AfiName::of(peer),
+            prefixes_received: 0,
+        });
+        f(entry);
+    }
+
+    // ------------------------------------------------------------ configuration
+
+    fn set_config(&mut self, new: SpeakerConfig) {
+        let old = self.cfg.replace(new.clone());
+        let identity_changed = old
+            .as_ref()
+            .is_some_and(|o| o.router_id != new.router_id || o.local_as != new.local_as);
+        if old.is_none() {
+            // Deadline for `Synced`: the longest restart time we announce.
+            let secs = new
+                .peers
+                .iter()
+                .filter_map(|p| p.graceful_restart_time)
+                .max()
+                .unwrap_or(120);
+            if let Some(tx) = self.sender() {
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_secs(u64::from(secs))).await;
+                    let _ = tx.send(CoreMsg::SyncDeadline);
+                });
+            }
+        }
+        self.ensure_listener(&new);
+
+        // Sessions: remove, restart, add.
+        let wanted: HashMap<IpAddr, &PeerConfig> =
+            new.peers.iter().map(|p| (p.address, p)).collect();
+        let existing: Vec<IpAddr> = self.peers.keys().copied().collect();
+        for addr in existing {
+            match wanted.get(&addr) {
+                None => self.remove_peer(addr, notif::CEASE_PEER_DECONFIGURED),
+                Some(p) if identity_changed || self.peers[&addr].cfg.needs_restart(p) => {
+                    self.remove_peer(addr, notif::CEASE_OTHER_CONFIG_CHANGE)
+                }
+                Some(p) => {
+                    let filters_changed = {
+                        let rt = &self.peers[&addr];
+                        rt.cfg.import != p.import || rt.cfg.export != p.export || rt.cfg.next_hop_mode != p.next_hop_mode
+                    };
+                    if filters_changed {
+                        self.update_filters(addr, (*p).clone());
+                    }
+                }
+            }
+        }
+        for p in &new.peers {
+            if !self.peers.contains_key(&p.address) {
+                self.add_peer(p.clone());
+            }
+        }
+        self.sync_listener_keys();
+
+        // Originated routes.
+        let wanted_routes: HashMap<IpNet, &Route> =
+            new.originated.iter().map(|r| (r.prefix.trunc(), r)).collect();
+        let current_local: Vec<IpNet> = self
+            .rib
+            .prefixes()
+            .copied()
+            .filter(|p| self.has_local(p))
+            .collect();
+        let mut changes = Vec::new();
+        for prefix in current_local {
+            if !wanted_routes.contains_key(&prefix) {
+                changes.extend(self.rib.remove(prefix, Source::Local));
+            }
+        }
+        for (prefix, r) in wanted_routes {
+            let mut attrs = PathAttrs::local(r.next_hop);
+            attrs.communities = r.communities.clone();
+            attrs.large_communities = r.large_communities.clone();
+            let path = Path {
+                source: Source::Local,
+                attrs,
+                ebgp: false,
+                peer_router_id: new.router_id,
+                from_rr_client: false,
+                stale: false,
+            };
+            changes.extend(self.rib.insert(prefix, path));
+        }
+        self.propagate(changes);
+    }
+
+    fn has_local(&self, prefix: &IpNet) -> bool {
+        // Local paths always sort first when present.
+        self.rib.best(prefix).is_some_and(|p| p.source == Source::Local)
+    }
+
+    fn ensure_listener(&mut self, cfg: &SpeakerConfig) {
+        let ip = cfg.listen_addr.unwrap_or(IpAddr::V6(Ipv6Addr::UNSPECIFIED));
+        let addr = SocketAddr::new(ip, cfg.listen_port);
+        if self.listener.as_ref().is_some_and(|l| l.addr == addr) {
+            return;
+        }
+        self.listener = None;
+        let Some(tx) = self.sender() else { return };
+        match bind_listener(addr) {
+            Ok(listener) => {
+                info!(%addr, "BGP listening");
+                let fd = listener.as_raw_fd();
+                let task = tokio::spawn(async move {
+                    loop {
+                        match listener.accept().await {
+                            Ok((stream, from)) => {
+                                if tx.send(CoreMsg::Incoming(stream, sockopt::canonical(from))).is_err() {
+                                    break;
+                                }
+                            }
+                            Err(e) => {
+                                warn!(error = %e, "accept failed");
+                                tokio::time::sleep(Duration::from_millis(100)).await;
+                            }
+                        }
+                    }
+                });
+                self.listener = Some(ListenerHandle {
+                    addr,
+                    fd,
+                    is_v6: ip.is_ipv6(),
+                    task,
+                    keys: HashMap::new(),
+                });
+            }
+            Err(e) => warn!(%addr, error = %e, "cannot listen for BGP; only outgoing sessions will work"),
+        }
+    }
+
+    /// Installs MD5 keys for configured peers on the listening socket and removes stale ones.
+    fn sync_listener_keys(&mut self) {
+        let wanted: HashMap<IpAddr, String> = self
+            .peers
+            .values()
+            .filter_map(|p| p.cfg.password.clone().map(|k| (p.cfg.address, k)))
+            .collect();
+        let Some(l) = self.listener.as_mut() else { return };
+        let old: Vec<IpAddr> = l.keys.keys().copied().collect();
+        for peer in old {
+            if !wanted.contains_key(&peer) {
+                if let Err(e) = sockopt::set_md5(l.fd, l.is_v6, peer, None) {
+                    warn!(%peer, error = %e, "cannot remove TCP-MD5 key from listener");
+                }
+                l.keys.remove(&peer);
+            }
+        }
+        for (peer, key) in wanted {
+            if l.keys.get(&peer) != Some(&key) {
+                match sockopt::set_md5(l.fd, l.is_v6, peer, Some(&key)) {
+                    Ok(()) => {
+                        l.keys.insert(peer, key);
+                    }
+                    Err(e) => warn!(%peer, error = %e, "cannot install TCP-MD5 key on listener"),
+                }
+            }
+        }
+    }
+
+    fn add_peer(&mut self, pc: PeerConfig) {
+        let Some(cfg) = self.cfg.as_ref() else { return };
+        let Some(core_tx) = self.sender() else { return };
+        self.next_generation += 1;
+        let generation = self.next_generation;
+        let local_as = pc.local_as.unwrap_or(cfg.local_as);
+        let families = pc.families();
+        let mut caps: Vec<Capability> = families.iter().map(|f| Capability::Multiprotocol(*f)).collect();
+        caps.push(Capability::RouteRefresh);
+        caps.push(Capability::EnhancedRouteRefresh);
+        let gr_time = pc.graceful_restart_time.unwrap_or(120);
+        if gr_time > 0 {
+            caps.push(Capability::GracefulRestart(GracefulRestart {
+                restarting: cfg.restarted,
+                restart_time: gr_time.min(4095),
+                // Forwarding preserved: the agent keeps its kernel routes across restarts.
+                families: families.iter().map(|f| (*f, true)).collect(),
+            }));
+        }
+        let retry = Duration::from_secs(u64::from(pc.connect_retry.unwrap_or(5).max(1)));
+        let fsm_cfg = FsmConfig {
+            local_as,
+            router_id: cfg.router_id,
+            remote_as: pc.remote_as,
+            hold_time: pc.hold_time.unwrap_or(90),
+            keepalive: pc.keepalive,
+            capabilities: caps,
+            passive: pc.passive,
+            connect_retry: retry,
+            connect_retry_max: Duration::from_secs(120).max(retry),
+        };
+        let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
+        let session = Session {
+            peer: pc.address,
+            port: pc.port,
+            password: pc.password.clone(),
+            ttl_security: pc.ttl_security,
+            generation,
+            fsm: Fsm::new(fsm_cfg),
+            core: core_tx,
+            writer: None,
+            reader: None,
+            conn_id: 0,
+            outgoing: false,
+            pending_incoming: None,
+            connect_attempt: 0,
+            ctx: Ctx::default(),
+            timers: HashMap::new(),
+        };
+        let task = tokio::spawn(session.run(cmd_rx));
+        self.set_status(pc.address, |s| {
+            s.state = State::Idle.to_string();
+            s.since = SystemTime::now();
+            s.info = String::new();
+        });
+        self.peers.insert(
+            pc.address,
+            PeerRuntime {
+                cfg: pc,
+                generation,
+                cmd: cmd_tx,
+                task,
+                up: None,
+                adj_out: HashMap::new(),
+                stale_families: HashSet::new(),
+                stale_timer: None,
+                eor: HashSet::new(),
+                ever_up: false,
+                received: 0,
+            },
+        );
+    }
+
+    fn remove_peer(&mut self, addr: IpAddr, subcode: u8) {
+        if let Some(p) = self.peers.remove(&addr) {
+            let _ = p.cmd.send(SessionCmd::Stop(subcode));
+            // The session task ends after sending Cease; abort only if it lingers.
+            let task = p.task;
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                task.abort();
+            });
+            if let Some(t) = p.stale_timer {
+                t.abort();
+            }
+        }
+        self.status.lock().unwrap_or_else(|p| p.into_inner()).remove(&addr);
+        let changes = self.rib.remove_where(Source::Peer(addr), |_, _| true);
+        self.propagate(changes);
+    }
+
+    fn update_filters(&mut self, addr: IpAddr, new: PeerConfig) {
+        let Some(rt) = self.peers.get_mut(&addr) else { return };
+        let import_changed = rt.cfg.import != new.import;
+        rt.cfg = new;
+        if import_changed {
+            // Drop what the new rules reject; ask the peer to resend the rest.
+            let rules = rt.cfg.import.clone();
+            let refresh = rt.up.as_ref().filter(|u| u.negotiated.route_refresh).map(|u| u.negotiated.families.clone());
+            if let Some(fams) = refresh {
+                let msgs = fams
+                    .into_iter()
+                    .map(|family| {
+                        Message::RouteRefresh(RouteRefresh {
+                            family,
+                            subtype: RefreshSubtype::Normal,
+                        })
+                    })
+                    .collect();
+                let _ = rt.cmd.send(SessionCmd::Send(msgs));
+            }
+            let changes = self
+                .rib
+                .remove_where(Source::Peer(addr), |p, _| !rib::filter_allows(&rules, p));
+            self.propagate(changes);
+        }
+        self.readvertise(addr);
+    }
+
+    // ------------------------------------------------------------ sessions
+
+    fn incoming(&mut self, stream: TcpStream, from: SocketAddr) {
+        let peer = from.ip();
+        match self.peers.get(&peer) {
+            Some(rt) => {
+                if let Some(hops) = rt.cfg.ttl_security {
+                    let is_v6 = stream.local_addr().map(|a| a.is_ipv6()).unwrap_or(false);
+                    if let Err(e) = sockopt::set_ttl_security(stream.as_raw_fd(), is_v6, peer, hops) {
+                        warn!(%peer, error = %e, "cannot apply TTL security to accepted connection");
+                        return;
+                    }
+                }
+                let _ = rt.cmd.send(SessionCmd::Incoming(stream));
+            }
+            None => debug!(%peer, "connection from an unconfigured address, closing"),
+        }
+    }
+
+    fn session_event(&mut self, peer: IpAddr, event: SessionEvent) {
+        match event {
+            SessionEvent::State(s) => self.set_status(peer, |st| {
+                st.state = s.to_string();
+                st.since = SystemTime::now();
+                if s == State::Established {
+                    st.info = "Established".into();
+                }
+            }),
+            SessionEvent::Established { negotiated, local } => self.established(peer, negotiated, local),
+            SessionEvent::Down(reason) => self.down(peer, reason),
+            SessionEvent::Update(u) => self.update(peer, u),
+            SessionEvent::RouteRefresh(rr) => {
+                let enhanced = self
+                    .peers
+                    .get(&peer)
+                    .and_then(|p| p.up.as_ref())
+                    .is_some();
+                if enhanced && rr.subtype == RefreshSubtype::Normal {
+                    // Resend everything for that family.
+                    if let Some(rt) = self.peers.get_mut(&peer) {
+                        rt.adj_out.retain(|p, _| Family::of_net(p) != rr.family);
+                    }
+                    self.readvertise(peer);
+                    if let Some(rt) = self.peers.get(&peer) {
+                        let _ = rt.cmd.send(SessionCmd::Send(vec![Message::Update(Update::end_of_rib(rr.family))]));
+                    }
+                }
+            }
+        }
+    }
+
+    fn established(&mut self, peer: IpAddr, negotiated: Negotiated, local: IpAddr) {
+        info!(%peer, hold = negotiated.hold_time, families = ?negotiated.families, "session established");
+        let Some(rt) = self.peers.get_mut(&peer) else { return };
+        // Graceful restart helper: if the peer did not keep forwarding state for a family, its
+        // stale routes for that family go now (RFC 4724 4.2).
+        let kept: HashSet<Family> = negotiated
+            .peer_graceful_restart
+            .as_ref()
+            .map(|gr| gr.families.iter().filter(|(_, f)| *f).map(|(fam, _)| *fam).collect())
+            .unwrap_or_default();
+        let drop_now: Vec<Family> = rt.stale_families.iter().copied().filter(|f| !kept.contains(f)).collect();
+        let families = negotiated.families.clone();
+        rt.up = Some(EstablishedInfo { negotiated, local });
+        rt.adj_out.clear();
+        rt.eor.clear();
+        rt.ever_up = true;
+        rt.received = 0;
+        for f in drop_now {
+            self.sweep_stale(peer, Some(f));
+        }
+        self.readvertise(peer);
+        if let Some(rt) = self.peers.get(&peer) {
+            let eors = families
+                .into_iter()
+                .map(|f| Message::Update(Update::end_of_rib(f)))
+                .collect();
+            let _ = rt.cmd.send(SessionCmd::Send(eors));
+        }
+    }
+
+    fn down(&mut self, peer: IpAddr, reason: DownReason) {
+        if !self.peers.contains_key(&peer) {
+            return;
+        }
+        info!(%peer, %reason, "session down");
+        self.set_status(peer, |s| s.info = reason.to_string());
+        let Some(rt) = self.peers.get_mut(&peer) else { return };
+        let was = rt.up.take();
+        rt.adj_out.clear();
+        let Some(was) = was else { return };
+        let peer_gr = was.negotiated.peer_graceful_restart.as_ref().filter(|gr| gr.restart_time > 0);
+        match peer_gr {
+            Some(gr) if reason.graceful() => {
+                let n = self.rib.mark_stale(Source::Peer(peer));
+                let Some(rt) = self.peers.get_mut(&peer) else { return };
+                rt.stale_families = was.negotiated.families.iter().copied().collect();
+                info!(%peer, routes = n, restart_time = gr.restart_time, "peer restarting, keeping its routes as stale");
+                let secs = u64::from(gr.restart_time);
+                let generation = rt.generation;
+                if let Some(t) = rt.stale_timer.take() {
+                    t.abort();
+                }
+                if let Some(tx) = self.sender() {
+                    let h = tokio::spawn(async move {
+                        tokio::time::sleep(Duration::from_secs(secs)).await;
+                        let _ = tx.send(CoreMsg::StaleTimeout { peer, generation });
+                    });
+                    if let Some(rt) = self.peers.get_mut(&peer) {
+                        rt.stale_timer = Some(h);
+                    }
+                }
+                // Stale paths stay best: tell the agent so it can show it, route unchanged.
+            }
+            _ => {
+                let changes = self.rib.remove_where(Source::Peer(peer), |_, _| true);
+                self.propagate(changes);
+            }
+        }
+    }
+
+    /// Removes stale paths of `peer` (of one family, or all).
+    fn sweep_stale(&mut self, peer: IpAddr, family: Option<Family>) {
+        let changes = self.rib.remove_where(Source::Peer(peer), |prefix, p| {
+            p.stale && family.is_none_or(|f| Family::of_net(prefix) == f)
+        });
+        if let Some(rt) = self.peers.get_mut(&peer) {
+            match family {
+                Some(f) => {
+                    rt.stale_families.remove(&f);
+                }
+                None => rt.stale_families.clear(),
+            }
+            if rt.stale_families.is_empty()
+                && let Some(t) = rt.stale_timer.take()
+            {
+                t.abort();
+            }
+        }
+        self.propagate(changes);
+    }
+
+    fn update(&mut self, peer: IpAddr, u: Update) {
+        let Some(ectx) = self.export_ctx() else { return };
+        let Some(cfg) = self.cfg.as_ref() else { return };
+        let Some(rt) = self.peers.get_mut(&peer) else { return };
+        let Some(up) = rt.up.as_ref() else { return };
+        if let Some(f) = u.end_of_rib_family() {
+            debug!(%peer, ?f, "End-of-RIB");
+            rt.eor.insert(f);
+            let stale = rt.stale_families.contains(&f);
+            if stale {
+                self.sweep_stale(peer, Some(f));
+            }
+            self.check_synced();
+            return;
+        }
+        let local_as = rt.cfg.local_as.unwrap_or(cfg.local_as);
+        let ebgp = up.negotiated.peer_as != local_as;
+        let families = up.negotiated.families.clone();
+        let rules = rt.cfg.import.clone();
+        let from_rr_client = rt.cfg.route_reflector_client && ectx.cluster_id.is_some();
+        let peer_router_id = up.negotiated.peer_router_id;
+        let base = PathAttrs::from_attributes(&u.attributes);
+        let mut changes = Vec::new();
+        let mut withdrawn: Vec<IpNet> = u.withdrawn.iter().map(|n| IpNet::V4(*n)).collect();
+        let mut announced: Vec<(IpNet, Option<IpAddr>, Option<Ipv6Addr>)> = u
+            .nlri
+            .iter()
+            .map(|n| (IpNet::V4(*n), base.next_hop, None))
+            .collect();
+        for a in &u.attributes {
+            match a {
+                Attribute::MpReach {
+                    next_hop, nlri, family,
+                } if families.contains(family) => {
+                    let (nh, ll) = match next_hop {
+                        MpNextHop::V4(v4) => (IpAddr::V4(*v4), None),
+                        MpNextHop::V6 { global, link_local } => (IpAddr::V6(*global), *link_local),
+                    };
+                    announced.extend(nlri.iter().map(|n| (*n, Some(nh), ll)));
+                }
+                Attribute::MpUnreach { withdrawn: w, .. } => withdrawn.extend(w.iter().copied()),
+                _ => {}
+            }
+        }
+        for prefix in withdrawn {
+            changes.extend(self.rib.remove(prefix, Source::Peer(peer)));
+        }
+        let looped = rib::import_loop(&base, local_as, ebgp, &ectx);
+        for (prefix, nh, ll) in announced {
+            if !families.contains(&Family::of_net(&prefix)) {
+                continue;
+            }
+            if looped || !rib::filter_allows(&rules, &prefix) || nh.is_none() {
+                // Treat as withdrawn: an earlier version may be in the RIB.
+                changes.extend(self.rib.remove(prefix, Source::Peer(peer)));
+                continue;
+            }
+            let mut attrs = base.clone();
+            attrs.next_hop = nh;
+            attrs.link_local = ll;
+            let path = Path {
+                source: Source::Peer(peer),
+                attrs,
+                ebgp,
+                peer_router_id,
+                from_rr_client,
+                stale: false,
+            };
+            changes.extend(self.rib.insert(prefix, path));
+        }
+        self.propagate(changes);
+    }
+
+    fn check_synced(&mut self) {
+        if self.synced {
+            return;
+        }
+        let all = self.peers.values().all(|p| {
+            !p.ever_up
+                || p.up.as_ref().is_some_and(|u| u.negotiated.families.iter().all(|f| p.eor.contains(f)))
+        });
+        if all && self.peers.values().any(|p| p.ever_up) {
+            self.mark_synced();
+        }
+    }
+
+    fn mark_synced(&mut self) {
+        if !self.synced {
+            self.synced = true;
+            let _ = self.routes.send(RouteEvent::Synced);
+        }
+    }
+
+    // ------------------------------------------------------------ propagation
+
+    fn propagate(&mut self, changes: Vec<rib::BestChange>) {
+        if changes.is_empty() {
+            return;
+        }
+        for c in &changes {
+            let ev = match &c.new {
+                Some(Path {
+                    source: Source::Peer(from),
+                    attrs,
+                    stale,
+                    ..
+                }) => attrs.next_hop.map(|nh| RouteEvent::Best {
+                    prefix: c.prefix,
+                    next_hop: nh,
+                    learned_from: *from,
+                    stale: *stale,
+                }),
+                _ => None,
+            };
+            let was_learned = matches!(c.old, Some(Path { source: Source::Peer(_), .. }));
+            match ev {
+                Some(ev) => {
+                    let _ = self.routes.send(ev);
+                }
+                None if was_learned => {
+                    let _ = self.routes.send(RouteEvent::Withdrawn { prefix: c.prefix });
+                }
+                None => {}
+            }
+        }
+        let prefixes: Vec<IpNet> = changes.iter().map(|c| c.prefix).collect();
+        let peers: Vec<IpAddr> = self.peers.keys().copied().collect();
+        for peer in peers {
+            self.advertise(peer, &prefixes);
+        }
+        for (addr, rt) in &mut self.peers {
+            let n = self
+                .rib
+                .iter_best()
+                .filter(|(_, p)| p.source == Source::Peer(*addr))
+                .count();
+            rt.received = n;
+        }
+        let counts: Vec<(IpAddr, usize)> = self.peers.iter().map(|(a, r)| (*a, r.received)).collect();
+        for (a, n) in counts {
+            self.set_status(a, |s| s.prefixes_received = n);
+        }
+    }
+
+    /// Re-evaluates everything for one peer (session up, export filter change, refresh).
+    fn readvertise(&mut self, peer: IpAddr) {
+        let mut prefixes: Vec<IpNet> = self.rib.prefixes().copied().collect();
+        if let Some(rt) = self.peers.get(&peer) {
+            prefixes.extend(rt.adj_out.keys().copied());
+        }
+        prefixes.sort();
+        prefixes.dedup();
+        self.advertise(peer, &prefixes);
+    }
+
+    /// Computes what `peer` should have for `prefixes`, diffs against Adj-RIB-Out and sends the
+    /// difference as packed UPDATEs.
+    fn advertise(&mut self, peer: IpAddr, prefixes: &[IpNet]) {
+        let Some(ectx) = self.export_ctx() else { return };
+        let Some(cfg) = self.cfg.as_ref() else { return };
+        let Some(rt) = self.peers.get(&peer) else { return };
+        let Some(up) = rt.up.as_ref() else { return };
+        let local_as = rt.cfg.local_as.unwrap_or(cfg.local_as);
+        let ep = ExportPeer {
+            address: peer,
+            ebgp: up.negotiated.peer_as != local_as,
+            local_as,
+            rr_client: rt.cfg.route_reflector_client,
+            next_hop_self: rt.cfg.next_hop_mode == NextHopMode::SelfMode,
+            next_hop_keep: rt.cfg.next_hop_mode == NextHopMode::Keep,
+            self_v4: match up.local {
+                IpAddr::V4(a) => Some(a),
+                IpAddr::V6(_) => cfg.next_hop_v4,
+            },
+            self_v6: match up.local {
+                IpAddr::V6(a) => Some(a),
+                IpAddr::V4(_) => cfg.next_hop_v6,
+            },
+        };
+        let families = &up.negotiated.families;
+        let mut announce: HashMap<PathAttrs, Vec<IpNet>> = HashMap::new();
+        let mut withdraw: Vec<IpNet> = Vec::new();
+        let mut new_out = Vec::new();
+        for prefix in prefixes {
+            if !families.contains(&Family::of_net(prefix)) {
+                continue;
+            }
+            let want = self
+                .rib
+                .best(prefix)
+                .filter(|_| rib::filter_allows(&rt.cfg.export, prefix))
+                .and_then(|p| rib::export(&ectx, prefix, p, &ep));
+            match (want, rt.adj_out.get(prefix)) {
+                (Some(a), Some(old)) if &a == old => {}
+                (Some(a), _) => {
+                    announce.entry(a.clone()).or_default().push(*prefix);
+                    new_out.push((*prefix, Some(a)));
+                }
+                (None, Some(_)) => {
+                    withdraw.push(*prefix);
+                    new_out.push((*prefix, None));
+                }
+                (None, None) => {}
+            }
+        }
+        if announce.is_empty() && withdraw.is_empty() {
+            return;
+        }
+        let ctx = Ctx {
+            four_octet_as: up.negotiated.four_octet_as,
+        };
+        let mut msgs = build_withdrawals(&withdraw);
+        for (attrs, nets) in announce {
+            msgs.extend(build_announcements(&attrs, &nets, ctx));
+        }
+        let Some(rt) = self.peers.get_mut(&peer) else { return };
+        for (p, a) in new_out {
+            match a {
+                Some(a) => {
+                    rt.adj_out.insert(p, a);
+                }
+                None => {
+                    rt.adj_out.remove(&p);
+                }
+            }
+        }
+        let _ = rt.cmd.send(SessionCmd::Send(msgs));
+    }
+}
+
+fn bind_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let sock = if addr.is_ipv6() {
+        TcpSocket::new_v6()?
+    } else {
+        TcpSocket::new_v4()?
+    };
+    sock.set_reuseaddr(true)?;
+    sock.bind(addr)?;
+    sock.listen(128)
+}
+
+/// Wire attributes for an announcement to a peer with `ctx`.
+fn wire_attributes(a: &PathAttrs, ctx: Ctx, ipv4_next_hop: bool) -> Vec<Attribute> {
+    let mut v = vec![Attribute::Origin(a.origin)];
+    if ctx.four_octet_as || !a.as_path.needs_four_octets() {
+        v.push(Attribute::AsPath(a.as_path.clone()));
+    } else {
+        v.push(Attribute::AsPath(a.as_path.to_two_octet()));
+        v.push(Attribute::As4Path(a.as_path.clone()));
+    }
+    if ipv4_next_hop && let Some(IpAddr::V4(nh)) = a.next_hop {
+        v.push(Attribute::NextHop(nh));
+    }
+    if let Some(m) = a.med {
+        v.push(Attribute::Med(m));
+    }
+    if let Some(l) = a.local_pref {
+        v.push(Attribute::LocalPref(l));
+    }
+    if a.atomic_aggregate {
+        v.push(Attribute::AtomicAggregate);
+    }
+    if !a.communities.is_empty() {
+        v.push(Attribute::Communities(a.communities.clone()));
+    }
+    if let Some(o) = a.originator_id {
+        v.push(Attribute::OriginatorId(o));
+    }
+    if !a.cluster_list.is_empty() {
+        v.push(Attribute::ClusterList(a.cluster_list.clone()));
+    }
+    if !a.large_communities.is_empty() {
+        v.push(Attribute::LargeCommunities(a.large_communities.clone()));
+    }
+    for other in &a.other {
+        if let Attribute::Unknown { flags, code, data } = other {
+            // Passed on without being understood: set Partial (RFC 4271 5).
+            v.push(Attribute::Unknown {
+                flags: flags | codec::FLAG_PARTIAL,
+                code: *code,
+                data: data.clone(),
+            });
+        }
+    }
+    v
+}
+
+fn build_announcements(a: &PathAttrs, nets: &[IpNet], ctx: Ctx) -> Vec<Message> {
+    let (v4, v6): (Vec<IpNet>, Vec<IpNet>) = nets.iter().partition(|n| matches!(n, IpNet::V4(_)));
+    let mut msgs = Vec::new();
+    if !v4.is_empty() {
+        let attrs = wire_attributes(a, ctx, true);
+        let overhead = codec::update_overhead(&attrs, ctx);
+        for chunk in pack(&v4, overhead) {
+            msgs.push(Message::Update(Update {
+                withdrawn: Vec::new(),
+                attributes: attrs.clone(),
+                nlri: chunk
+                    .iter()
+                    .filter_map(|n| match n {
+                        IpNet::V4(n) => Some(*n),
+                        IpNet::V6(_) => None,
+                    })
+                    .collect(),
+            }));
+        }
+    }
+    if !v6.is_empty() {
+        let Some(IpAddr::V6(global)) = a.next_hop else { return msgs };
+        let base = wire_attributes(a, ctx, false);
+        let next_hop = MpNextHop::V6 {
+            global,
+            link_local: a.link_local,
+        };
+        let empty = Attribute::MpReach {
+            family: Family::IPV6_UNICAST,
+            next_hop,
+            nlri: Vec::new(),
+        };
+        let mut with_empty = base.clone();
+        with_empty.push(empty);
+        let overhead = codec::update_overhead(&with_empty, ctx) + 1;
+        for chunk in pack(&v6, overhead) {
+            let mut attrs = base.clone();
+            attrs.push(Attribute::MpReach {
+                family: Family::IPV6_UNICAST,
+                next_hop,
+                nlri: chunk,
+            });
+            msgs.push(Message::Update(Update {
+                withdrawn: Vec::new(),
+                attributes: attrs,
+                nlri: Vec::new(),
+            }));
+        }
+    }
+    msgs
+}
+
+fn build_withdrawals(nets: &[IpNet]) -> Vec<Message> {
+    let (v4, v6): (Vec<IpNet>, Vec<IpNet>) = nets.iter().partition(|n| matches!(n, IpNet::V4(_)));
+    let mut msgs = Vec::new();
+    for chunk in pack(&v4, codec::HEADER_LEN + 4) {
+        msgs.push(Message::Update(Update {
+            withdrawn: chunk
+                .iter()
+                .filter_map(|n| match n {
+                    IpNet::V4(n) => Some(*n),
+                    IpNet::V6(_) => None,
+                })
+                .collect(),
+            ..Update::default()
+        }));
+    }
+    for chunk in pack(&v6, codec::HEADER_LEN + 4 + 4 + 3) {
+        msgs.push(Message::Update(Update {
+            attributes: vec![Attribute::MpUnreach {
+                family: Family::IPV6_UNICAST,
+                withdrawn: chunk,
+            }],
+            ..Update::default()
+        }));
+    }
+    msgs
+}
+
+/// Splits prefixes into groups that fit one message after `overhead` bytes.
+fn pack(nets: &[IpNet], overhead: usize) -> Vec<Vec<IpNet>> {
+    let mut out = Vec::new();
+    let mut cur = Vec::new();
+    let mut size = overhead;
+    for n in nets {
+        let l = codec::prefix_wire_len(n);
+        if size + l > PACK_LIMIT && !cur.is_empty() {
+            out.push(std::mem::take(&mut cur));
+            size = overhead;
+        }
+        size += l;
+        cur.push(*n);
+    }
+    if !cur.is_empty() {
+        out.push(cur);
+    }
+    out
+}
+
+// ---------------------------------------------------------------- session task
+
+enum SessionInput {
+    Cmd(Option<SessionCmd>),
+    Frame(u64, Result<Vec<u8>, std::io::Error>),
+    ConnectResult(u64, std::io::Result<TcpStream>),
+    Timer(Timer),
+}
+
+struct Session {
+    peer: IpAddr,
+    port: u16,
+    password: Option<String>,
+    ttl_security: Option<u8>,
+    generation: u64,
+    fsm: Fsm,
+    core: mpsc::UnboundedSender<CoreMsg>,
+    writer: Option<OwnedWriteHalf>,
+    reader: Option<(JoinHandle<()>, mpsc::UnboundedReceiver<(u64, Result<Vec<u8>, std::io::Error>)>)>,
+    conn_id: u64,
+    /// The current connection is one we opened.
+    outgoing: bool,
+    /// An accepted connection waiting for collision resolution.
+    pending_incoming: Option<TcpStream>,
+    connect_attempt: u64,
+    ctx: Ctx,
+    timers: HashMap<Timer, Instant>,
+}
+
+async fn read_frames(
+    mut rd: tokio::net::tcp::OwnedReadHalf,
+    id: u64,
+    tx: mpsc::UnboundedSender<(u64, Result<Vec<u8>, std::io::Error>)>,
+) {
+    let mut buf = vec![0u8; codec::MAX_MESSAGE_LEN];
+    loop {
+        let r = async {
+            rd.read_exact(&mut buf[..codec::HEADER_LEN]).await?;
+            let len = usize::from(u16::from_be_bytes([buf[16], buf[17]]));
+            // Length errors are the decoder's to report; never read past our buffer.
+            let len = len.clamp(codec::HEADER_LEN, codec::MAX_MESSAGE_LEN);
+            rd.read_exact(&mut buf[codec::HEADER_LEN..len]).await?;
+            Ok::<_, std::io::Error>(buf[..len].to_vec())
+        }
+        .await;
+        let stop = r.is_err();
+        if tx.send((id, r)).is_err() || stop {
+            break;
+        }
+    }
+}
+
+impl Session {
+    fn emit(&self, event: SessionEvent) {
+        let _ = self.core.send(CoreMsg::Session {
+            peer: self.peer,
+            generation: self.generation,
+            event,
+        });
+    }
+
+    async fn next_input(&mut self, cmd_rx: &mut mpsc::UnboundedReceiver<SessionCmd>, connect_rx: &mut mpsc::UnboundedReceiver<(u64, std::io::Result<TcpStream>)>) -> SessionInput {
+        let next_timer = self.timers.iter().min_by_key(|(_, at)| **at).map(|(t, at)| (*t, *at));
+        let sleep = async {
+            match next_timer {
+                Some((t, at)) => {
+                    tokio::time::sleep_until(at).await;
+                    t
+                }
+                None => std::future::pending().await,
+            }
+        };
+        let frame = async {
+            match self.reader.as_mut() {
+                Some((_, rx)) => rx.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            c = cmd_rx.recv() => SessionInput::Cmd(c),
+            Some((id, r)) = frame => SessionInput::Frame(id, r),
+            Some((attempt, r)) = connect_rx.recv() => SessionInput::ConnectResult(attempt, r),
+            t = sleep => SessionInput::Timer(t),
+        }
+    }
+
+    async fn run(mut self, mut cmd_rx: mpsc::UnboundedReceiver<SessionCmd>) {
+        let (connect_tx, mut connect_rx) = mpsc::unbounded_channel();
+        let out = self.fsm.handle(Input::Start);
+        self.apply(out, &connect_tx).await;
+        loop {
+            match self.next_input(&mut cmd_rx, &mut connect_rx).await {
+                SessionInput::Cmd(None) => {
+                    let out = self.fsm.handle(Input::Stop { subcode: notif::CEASE_ADMIN_SHUTDOWN });
+                    self.apply(out, &connect_tx).await;
+                    break;
+                }
+                SessionInput::Cmd(Some(SessionCmd::Stop(subcode))) => {
+                    let out = self.fsm.handle(Input::Stop { subcode });
+                    self.apply(out, &connect_tx).await;
+                    break;
+                }
+                SessionInput::Cmd(Some(SessionCmd::Send(msgs))) => {
+                    if self.fsm.state() == State::Established {
+                        for m in msgs {
+                            if !self.send(&m).await {
+                                let out = self.fsm.handle(Input::Closed);
+                                self.apply(out, &connect_tx).await;
+                                break;
+                            }
+                        }
+                    }
+                }
+                SessionInput::Cmd(Some(SessionCmd::Incoming(stream))) => {
+                    self.incoming(stream, &connect_tx).await
+                }
+                SessionInput::Frame(id, r) if id == self.conn_id => {
+                    let input = match r {
+                        Err(_) => Input::Closed,
+                        Ok(bytes) => match codec::decode(&bytes, self.ctx) {
+                            Ok(m) => Input::Message(m),
+                            Err(e) => {
+                                warn!(peer = %self.peer, error = %e, "malformed message");
+                                Input::DecodeError(e)
+                            }
+                        },
+                    };
+                    let out = self.fsm.handle(input);
+                    self.apply(out, &connect_tx).await;
+                }
+                SessionInput::Frame(..) => {}
+                SessionInput::ConnectResult(attempt, r) if attempt == self.connect_attempt => {
+                    match r {
+                        Ok(stream) if matches!(self.fsm.state(), State::Connect | State::Active) => {
+                            self.attach(stream, true);
+                            let out = self.fsm.handle(Input::Connected);
+                            self.apply(out, &connect_tx).await;
+                        }
+                        Ok(_) => {}
+                        Err(e) => {
+                            debug!(peer = %self.peer, error = %e, "connect failed");
+                            let out = self.fsm.handle(Input::ConnectFailed);
+                            self.apply(out, &connect_tx).await;
+                        }
+                    }
+                }
+                SessionInput::ConnectResult(..) => {}
+                SessionInput::Timer(t) => {
+                    self.timers.remove(&t);
+                    let out = self.fsm.handle(Input::TimerExpired(t));
+                    self.apply(out, &connect_tx).await;
+                }
+            }
+        }
+    }
+
+    /// An accepted connection from the peer: use it, keep it for collision resolution, or
+    /// refuse it (RFC 4271 6.8).
+    async fn incoming(&mut self, stream: TcpStream, connect_tx: &mpsc::UnboundedSender<(u64, std::io::Result<TcpStream>)>) {
+        match self.fsm.state() {
+            State::Idle | State::Connect | State::Active if self.fsm.enabled() => {
+                self.connect_attempt += 1; // forget any connect in flight
+                self.attach(stream, false);
+                let out = self.fsm.handle(Input::Connected);
+                self.apply(out, connect_tx).await;
+            }
+            State::OpenSent => self.pending_incoming = Some(stream),
+            State::OpenConfirm => {
+                self.pending_incoming = Some(stream);
+                self.resolve_collision(connect_tx).await;
+            }
+            _ => refuse(stream).await,
+        }
+    }
+
+    async fn resolve_collision(&mut self, connect_tx: &mpsc::UnboundedSender<(u64, std::io::Result<TcpStream>)>) {
+        let Some(stream) = self.pending_incoming.take() else { return };
+        let Some(n) = self.fsm.negotiated() else {
+            self.pending_incoming = Some(stream);
+            return;
+        };
+        let keep_outgoing = fsm::collision_keeps_outgoing(self.fsm.config().router_id, n.peer_router_id);
+        if keep_outgoing == self.outgoing {
+            refuse(stream).await;
+        } else {
+            info!(peer = %self.peer, "connection collision: switching to the peer's connection");
+            let cease = Message::Notification(Notification::new(notif::CEASE, notif::CEASE_COLLISION));
+            self.send(&cease).await;
+            let out = self.fsm.handle(Input::Closed);
+            self.apply(out, connect_tx).await;
+            self.attach(stream, false);
+            let out = self.fsm.handle(Input::Connected);
+            self.apply(out, connect_tx).await;
+        }
+    }
+
+    fn attach(&mut self, stream: TcpStream, outgoing: bool) {
+        self.detach();
+        let _ = stream.set_nodelay(true);
+        self.conn_id += 1;
+        self.outgoing = outgoing;
+        let (rd, wr) = stream.into_split();
+        let (tx, rx) = mpsc::unbounded_channel();
+        let task = tokio::spawn(read_frames(rd, self.conn_id, tx));
+        self.reader = Some((task, rx));
+        self.writer = Some(wr);
+    }
+
+    fn detach(&mut self) {
+        if let Some((task, _)) = self.reader.take() {
+            task.abort();
+        }
+        self.writer = None;
+        self.ctx = Ctx::default();
+    }
+
+    async fn send(&mut self, msg: &Message) -> bool {
+        let Some(w) = self.writer.as_mut() else { return false };
+        match codec::encode(msg, self.ctx) {
+            Ok(bytes) => w.write_all(&bytes).await.is_ok(),
+            Err(e) => {
+                warn!(peer = %self.peer, error = %e, "cannot encode message, dropped");
+                true
+            }
+        }
+    }
+
+    async fn apply(&mut self, outputs: Vec<Output>, connect_tx: &mpsc::UnboundedSender<(u64, std::io::Result<TcpStream>)>) {
+        let mut queue: std::collections::VecDeque<Output> = outputs.into();
+        while let Some(o) = queue.pop_front() {
+            match o {
+                Output::Connect => {
+                    self.connect_attempt += 1;
+                    let attempt = self.connect_attempt;
+                    let (peer, port, pw, ttl) = (self.peer, self.port, self.password.clone(), self.ttl_security);
+                    let tx = connect_tx.clone();
+                    tokio::spawn(async move {
+                        let r = connect(peer, port, pw.as_deref(), ttl).await;
+                        let _ = tx.send((attempt, r));
+                    });
+                }
+                Output::Disconnect => {
+                    if let Some(w) = self.writer.as_mut() {
+                        let _ = w.shutdown().await;
+                    }
+                    self.detach();
+                }
+                Output::Send(m) => {
+                    if !self.send(&m).await && !matches!(m, Message::Notification(_)) {
+                        queue.extend(self.fsm.handle(Input::Closed));
+                    }
+                }
+                Output::SetTimer(t, d) => {
+                    self.timers.insert(t, Instant::now() + d);
+                }
+                Output::CancelTimer(t) => {
+                    self.timers.remove(&t);
+                }
+                Output::StateChanged(s) => {
+                    debug!(peer = %self.peer, state = %s, "state");
+                    self.emit(SessionEvent::State(s));
+                    if s == State::OpenConfirm && self.pending_incoming.is_some() {
+                        Box::pin(self.resolve_collision(connect_tx)).await;
+                    }
+                    if s == State::Idle
+                        && let Some(stream) = self.pending_incoming.take()
+                    {
+                        // Our connection failed; the peer's is still good.
+                        self.attach(stream, false);
+                        queue.extend(self.fsm.handle(Input::Connected));
+                    }
+                }
+                Output::Established(n) => {
+                    self.ctx = Ctx {
+                        four_octet_as: n.four_octet_as,
+                    };
+                    let local = self
+                        .writer
+                        .as_ref()
+                        .and_then(|w| w.local_addr().ok())
+                        .map(|a| a.ip().to_canonical())
+                        .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+                    self.emit(SessionEvent::Established { negotiated: n, local });
+                }
+                Output::Down(r) => self.emit(SessionEvent::Down(r)),
+                Output::Update(u) => self.emit(SessionEvent::Update(u)),
+                Output::RouteRefresh(rr) => self.emit(SessionEvent::RouteRefresh(rr)),
+            }
+        }
+    }
+}
+
+async fn refuse(mut stream: TcpStream) {
+    // RFC 4271 6.8: the refused connection gets Cease / connection collision resolution.
+    if let Ok(bytes) = codec::encode(
+        &Message::Notification(Notification::new(notif::CEASE, notif::CEASE_COLLISION)),
+        Ctx::default(),
+    ) {
+        let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(&bytes)).await;
+    }
+}
+
+async fn connect(peer: IpAddr, port: u16, password: Option<&str>, ttl: Option<u8>) -> std::io::Result<TcpStream> {
+    let sock = if peer.is_ipv6() {
+        TcpSocket::new_v6()?
+    } else {
+        TcpSocket::new_v4()?
+    };
+    let fd = sock.as_raw_fd();
+    if let Some(pw) = password {
+        sockopt::set_md5(fd, peer.is_ipv6(), peer, Some(pw)).map_err(std::io::Error::other)?;
+    }
+    if let Some(hops) = ttl {
+        sockopt::set_ttl_security(fd, peer.is_ipv6(), peer, hops).map_err(std::io::Error::other)?;
+    }
+    tokio::time::timeout(Duration::from_secs(10), sock.connect(SocketAddr::new(peer, port)))
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))?
+}
