@@ -76,9 +76,15 @@ fn host_netns(host: &str) -> anyhow::Result<String> {
 
 /// Environment that points calicoctl at the lab's etcd (Calico's variables), with this
 /// binary's directory (where cargo also puts `calicoctl`) first on PATH.
-fn calicoctl_env(cmd: &mut Command) {
+fn calicoctl_env(cmd: &mut Command, host: &str) {
     cmd.env("DATASTORE_TYPE", "etcdv3")
-        .env("ETCD_ENDPOINTS", seed::ETCD_ENDPOINT);
+        .env("ETCD_ENDPOINTS", seed::ETCD_ENDPOINT)
+        // The node's own agent and dockerd, as scripts/seed-lab.sh lays them out.
+        .env("CALICO_RUN_DIR", format!("{}/{host}/run", seed::lab_dir().display()))
+        .env(
+            "DOCKER_HOST",
+            format!("unix:///var/tmp/calico-lab/{host}/docker/docker.sock"),
+        );
     if let Some(dir) = std::env::current_exe()
         .ok()
         .and_then(|p| p.parent().map(|d| d.to_owned()))
@@ -125,7 +131,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             cmd.args(["netns", "exec", &ns, shell])
                 .env("PS1", format!("[lab {host}] \\w# "))
                 .env("CALICO_LAB_HOST", &host);
-            calicoctl_env(&mut cmd);
+            calicoctl_env(&mut cmd, &host);
             if shell.ends_with("bash") {
                 cmd.arg("--norc");
             }
@@ -137,7 +143,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let ns = host_netns(&host)?;
             let mut cmd = Command::new("ip");
             cmd.args(["netns", "exec", &ns]).args(&command);
-            calicoctl_env(&mut cmd);
+            calicoctl_env(&mut cmd, &host);
             let err = cmd.exec();
             bail!("cannot run {command:?} in {ns}: {err}");
         }
