@@ -82,6 +82,7 @@ pub struct ServiceLoadBalancerIPBlock {
     pub cidr: Option<String>,
 }
 
+/// Cluster-wide (name default) or per-node (node.<name>) BGP settings.
 #[derive(CustomResource)]
 #[kube(
     group = "projectcalico.org",
@@ -97,6 +98,7 @@ pub struct ServiceLoadBalancerIPBlock {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct BGPConfigurationSpec {
+    /// Default AS number of nodes (64512 when unset).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub as_number: Option<AsNumber>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -111,6 +113,7 @@ pub struct BGPConfigurationSpec {
     pub ipv4_normal_route_priority: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ipv6_normal_route_priority: Option<i64>,
+    /// Port BGP listens on (179 when unset).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub listen_port: Option<i64>,
     #[serde(
@@ -123,6 +126,7 @@ pub struct BGPConfigurationSpec {
         skip_serializing_if = "Option::is_none"
     )]
     pub local_workload_peering_ipv6: Option<String>,
+    /// Log level of the BGP daemon.
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schemars(extend("default" = "Info"))]
     pub log_severity_screen: Option<String>,
@@ -130,6 +134,7 @@ pub struct BGPConfigurationSpec {
     pub node_mesh_max_restart_time: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub node_mesh_password: Option<BGPPassword>,
+    /// Whether every node peers with every other (default true).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub node_to_node_mesh_enabled: Option<bool>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -142,6 +147,7 @@ pub struct BGPConfigurationSpec {
         default,
         skip_serializing_if = "Vec::is_empty"
     )]
+    /// Service cluster IP ranges to announce.
     #[schemars(extend("x-kubernetes-list-type" = "atomic"))]
     pub service_cluster_ips: Vec<ServiceClusterIPBlock>,
     #[serde(
@@ -149,6 +155,7 @@ pub struct BGPConfigurationSpec {
         default,
         skip_serializing_if = "Vec::is_empty"
     )]
+    /// Service external IP ranges to announce.
     #[schemars(extend("x-kubernetes-list-type" = "atomic"))]
     pub service_external_ips: Vec<ServiceExternalIPBlock>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -159,6 +166,7 @@ pub struct BGPConfigurationSpec {
         default,
         skip_serializing_if = "Vec::is_empty"
     )]
+    /// Service load-balancer IP ranges to announce.
     #[schemars(extend("x-kubernetes-list-type" = "atomic"))]
     pub service_load_balancer_ips: Vec<ServiceLoadBalancerIPBlock>,
 }

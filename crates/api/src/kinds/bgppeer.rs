@@ -24,6 +24,7 @@ pub enum SourceAddress {
     None,
 }
 
+/// A BGP session (or set of sessions) Calico nodes establish.
 #[derive(CustomResource)]
 #[kube(
     group = "projectcalico.org",
@@ -55,8 +56,10 @@ pub enum SourceAddress {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct BGPPeerSpec {
+    /// AS number of the remote peer.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub as_number: Option<AsNumber>,
+    /// Names of BGPFilters applied to the session, in order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "atomic"))]
     pub filters: Vec<String>,
@@ -64,6 +67,7 @@ pub struct BGPPeerSpec {
     pub keep_original_next_hop: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub keepalive_time: Option<String>,
+    /// AS number this side presents, instead of the node's.
     #[serde(rename = "localASNumber", skip_serializing_if = "Option::is_none")]
     pub local_as_number: Option<AsNumber>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -72,8 +76,10 @@ pub struct BGPPeerSpec {
     pub max_restart_time: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub next_hop_mode: Option<NextHopMode>,
+    /// The one node that peers (empty with nodeSelector for many).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub node: Option<String>,
+    /// Nodes that peer.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub node_selector: Option<String>,
     #[serde(
@@ -81,10 +87,13 @@ pub struct BGPPeerSpec {
         skip_serializing_if = "Option::is_none"
     )]
     pub num_allowed_local_as_numbers: Option<i32>,
+    /// TCP-MD5 password, from a Kubernetes secret.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub password: Option<BGPPassword>,
+    /// Address of the remote peer, optionally with :port.
     #[serde(rename = "peerIP", skip_serializing_if = "Option::is_none")]
     pub peer_ip: Option<String>,
+    /// Calico nodes to peer with (instead of peerIP).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub peer_selector: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]

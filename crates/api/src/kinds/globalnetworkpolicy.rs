@@ -4,6 +4,7 @@
 
 use super::*;
 
+/// Cluster-wide policy: ordered rules for the selected endpoints.
 #[derive(CustomResource)]
 #[kube(
     group = "projectcalico.org",

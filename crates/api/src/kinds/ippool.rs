@@ -31,6 +31,7 @@ pub enum VXLANMode {
     CrossSubnet,
 }
 
+/// A range of addresses that Calico IPAM hands out in blocks.
 #[derive(CustomResource)]
 #[kube(
     group = "projectcalico.org",
@@ -59,28 +60,39 @@ pub enum VXLANMode {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct IPPoolSpec {
+    /// What addresses from the pool are for (default Workload and Tunnel).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "set"))]
     pub allowed_uses: Vec<IPPoolAllowedUse>,
+    /// Automatic pools serve any request; Manual pools only explicit ones.
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schemars(extend("default" = "Automatic"))]
     pub assignment_mode: Option<AssignmentMode>,
+    /// Prefix length of the blocks nodes claim (default 26 for IPv4, 122 for IPv6).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub block_size: Option<i64>,
+    /// The pool's network, strictly masked.
     pub cidr: String,
+    /// Do not announce this pool's routes over BGP.
     #[serde(rename = "disableBGPExport", skip_serializing_if = "Option::is_none")]
     pub disable_bgp_export: Option<bool>,
+    /// Stop allocating from this pool.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub disabled: Option<bool>,
+    /// IP-in-IP encapsulation between nodes (IPv4 only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ipip_mode: Option<IPIPMode>,
+    /// Namespaces whose workloads may use the pool.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub namespace_selector: Option<String>,
+    /// Masquerade traffic from the pool to destinations outside all pools.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub nat_outgoing: Option<bool>,
+    /// Nodes that may allocate from the pool.
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schemars(extend("default" = "all()"))]
     pub node_selector: Option<String>,
+    /// VXLAN encapsulation between nodes.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub vxlan_mode: Option<VXLANMode>,
 }

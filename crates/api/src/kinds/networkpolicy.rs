@@ -31,6 +31,7 @@ pub struct ServiceMatch {
     pub namespace: Option<String>,
 }
 
+/// Matches the source or destination of traffic.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct EntityRule {
@@ -94,6 +95,7 @@ pub struct RuleMetadata {
     pub annotations: BTreeMap<String, String>,
 }
 
+/// One policy rule: an action for traffic matching all of its criteria.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Rule {
@@ -130,6 +132,7 @@ pub enum PolicyType {
     Egress,
 }
 
+/// Namespaced policy: ordered rules for the selected endpoints.
 #[derive(CustomResource)]
 #[kube(
     group = "projectcalico.org",

@@ -10,6 +10,7 @@ pub enum TierDefaultAction {
     Deny,
 }
 
+/// An ordered group of policies.
 #[derive(CustomResource)]
 #[kube(
     group = "projectcalico.org",
