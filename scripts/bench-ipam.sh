@@ -3,6 +3,7 @@
 #
 #   scripts/bench-ipam.sh [ALLOCATIONS_PER_ALLOCATOR]   (default 300)
 #   PROFILE=release scripts/bench-ipam.sh               (optimised build; default: dev)
+#   IPAM_STRESS=target/release/ipam-stress scripts/bench-ipam.sh   (prebuilt binary, no build)
 #
 # For N in 1, 4, 16 concurrent allocators (each a separate host, as CNI plugins on separate
 # nodes, all in one process), every allocator takes ALLOCATIONS single addresses, each with its
@@ -10,7 +11,7 @@
 # completes the same number of compare-and-swap transactions of the same shape (compare a
 # block's mod revision and a handle's absence; put a /26 block document and a handle), with the
 # same concurrency, each stream on its own key. Ratio = floor / IPAM rate (1.0 = one etcd round
-# trip per allocation and nothing else).
+# trip per allocation and nothing else). Each figure is the median of three alternating runs.
 #
 # etcd runs on 127.0.0.1 with its data directory on /dev/shm (tmpfs), so disk fsync latency is
 # not part of either figure.
@@ -18,7 +19,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 N_ALLOC="${1:-300}"
 PROFILE="${PROFILE:-dev}"
-if [ "$PROFILE" = release ]; then
+if [ -n "${IPAM_STRESS:-}" ]; then
+  BIN="$IPAM_STRESS"   # a prebuilt ipam-stress
+elif [ "$PROFILE" = release ]; then
   cargo build -q --release -p calico-ipam --bin ipam-stress
   BIN=target/release/ipam-stress
 else
@@ -50,8 +53,15 @@ echo "etcd $(etcd --version | head -1 | awk '{print $3}'), profile $PROFILE, $N_
 echo
 echo "| concurrent allocators | IPAM allocations/s | floor CAS txns/s | floor / IPAM |"
 echo "|---:|---:|---:|---:|"
+median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 for N in 1 4 16; do
-  FLOOR=$("$BIN" --endpoints "$URL" --host "floor$N" --mode bench --floor --tasks "$N" --churn "$N_ALLOC" | rate)
-  IPAM=$("$BIN" --endpoints "$URL" --host "bench$N" --mode bench --tasks "$N" --churn "$N_ALLOC" | rate)
+  # Floor and IPAM alternate, three runs each, so load from elsewhere hits both alike; medians.
+  FL=(); IP=()
+  for RUN in 1 2 3; do
+    FL+=("$("$BIN" --endpoints "$URL" --host "floor$N-$RUN" --mode bench --floor --tasks "$N" --churn "$N_ALLOC" | rate)")
+    IP+=("$("$BIN" --endpoints "$URL" --host "bench$N-$RUN" --mode bench --tasks "$N" --churn "$N_ALLOC" | rate)")
+  done
+  FLOOR=$(printf '%s\n' "${FL[@]}" | median)
+  IPAM=$(printf '%s\n' "${IP[@]}" | median)
   python3 -c "import sys; f,i=float(sys.argv[2]),float(sys.argv[3]); print(f'| {sys.argv[1]} | {i:.0f} | {f:.0f} | {f/i:.2f} |')" "$N" "$FLOOR" "$IPAM"
 done

@@ -30,7 +30,7 @@ use serde::de::DeserializeOwned;
 use tracing::{debug, info, warn};
 
 use crate::block::Released;
-use crate::cidr::{Family, block_containing, ip_to_u128};
+use crate::cidr::{Family, block_containing};
 use crate::model::{
     self, AffinityState, AffinityValue, AllocationAttribute, AllocationBlock, HandleValue,
     IpamConfig,
@@ -1086,14 +1086,15 @@ impl Ipam {
             .find(|c| c.contains(&ip)))
     }
 
-    /// Releases addresses. Returns the ones that were not allocated. With `sequence`, an
-    /// address is released only if its allocation still has that sequence number (see
-    /// `ipam release --from-report`).
+    /// Releases addresses (with their handles' counts, in the same transaction). Returns the
+    /// ones that were not allocated.
     pub async fn release_ips(&self, ips: &[IpAddr]) -> Result<Vec<IpAddr>, IpamError> {
         self.release_ips_checked(ips, &HashMap::new()).await
     }
 
-    /// [`Ipam::release_ips`] with per-address expected sequence numbers.
+    /// [`Ipam::release_ips`], but an address listed in `sequence` is released only if its
+    /// allocation still carries that sequence number, i.e. it was not released and handed out
+    /// again since it was read (what `ipam release --from-report` relies on).
     pub async fn release_ips_checked(
         &self,
         ips: &[IpAddr],
@@ -1470,9 +1471,4 @@ fn host_offset(host: &str) -> u128 {
         h = h.wrapping_mul(0x100000001b3);
     }
     h as u128
-}
-
-/// For tests and tools: the u128 value of an address (re-exported arithmetic).
-pub fn ip_value(ip: IpAddr) -> u128 {
-    ip_to_u128(ip)
 }
