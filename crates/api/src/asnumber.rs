@@ -85,8 +85,10 @@ impl<'de> Deserialize<'de> for AsNumber {
                     .map_err(|_| E::custom(AsNumberError::Invalid(v.to_string())))
             }
             fn visit_f64<E: de::Error>(self, v: f64) -> Result<AsNumber, E> {
-                // YAML reads `1.10` as a float; its text is what the user meant.
-                Err(E::custom(AsNumberError::Invalid(v.to_string())))
+                // YAML reads `1.10` as the float 1.1, losing the digits the user wrote.
+                Err(E::custom(format!(
+                    "{v} is not an AS number; write the dotted form in quotes, e.g. \"1.10\""
+                )))
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<AsNumber, E> {
                 v.parse().map_err(E::custom)
@@ -138,6 +140,8 @@ mod tests {
         let v: Vec<AsNumber> = serde_json::from_str(r#"[64512, "64513", "1.10"]"#).unwrap();
         assert_eq!(serde_json::to_string(&v).unwrap(), "[64512,64513,65546]");
         assert!(serde_json::from_str::<AsNumber>("4294967296").is_err());
+        let e = serde_json::from_str::<AsNumber>("1.1").unwrap_err();
+        assert!(e.to_string().contains("in quotes"), "{e}");
     }
 
     proptest! {
