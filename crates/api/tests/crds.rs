@@ -240,3 +240,29 @@ fn crds_match_calicos_published_crds_field_for_field() {
         mismatches.len()
     );
 }
+
+/// The generated CRDs are valid `apiextensions.k8s.io/v1` objects for current Kubernetes,
+/// checked by `kubernetes-validate` (installed by scripts/setup.sh).
+#[test]
+fn crds_pass_kubernetes_validate() {
+    let dir = workspace_root().join("crds");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+        .collect();
+    files.sort();
+    assert!(!files.is_empty());
+    let out = std::process::Command::new("kubernetes-validate")
+        .arg("--strict")
+        .args(&files)
+        .output()
+        .expect("kubernetes-validate runs (scripts/setup.sh installs it)");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "kubernetes-validate failed:\n{text}");
+    assert_eq!(text.matches(" passed ").count(), files.len(), "{text}");
+}
