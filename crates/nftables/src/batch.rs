@@ -508,6 +508,12 @@ impl Batch {
         if set.verdict_map {
             a.be32(6, 0xffff_ff00); // NFT_DATA_VERDICT
         }
+        // nftnl user data NFTNL_UDATA_SET_KEYBYTEORDER: tells `nft` how to print keys (an
+        // interface name is a host-order string, addresses and ports are big endian).
+        let order: u32 = if set.key == KeyType::IfName { 1 } else { 2 };
+        let mut ud = vec![0u8, 4];
+        ud.extend_from_slice(&order.to_ne_bytes());
+        a.put(13, &ud);
         // NFTA_SET_ID: lets the kernel resolve references within this transaction.
         a.be32(10, self.messages.len() as u32 + 1);
         self.push(

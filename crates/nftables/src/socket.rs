@@ -1,5 +1,5 @@
 //! A `NETLINK_NETFILTER` socket: sends a [`Batch`] and reads the kernel's answer. After the
-//! batch we send `NFT_MSG_GETGEN` (as `nft` does): its reply comes after every error of the
+//! batch we send `NFT_MSG_GETGEN` in its own datagram: its reply comes after every error of the
 //! batch, so reading until it arrives collects them all without guessing at timeouts.
 
 use std::io;
@@ -154,11 +154,14 @@ impl NftSocket {
             return Ok(());
         }
         let first = self.seq;
-        let (mut buf, seqs) = batch.encode(first);
+        let (buf, seqs) = batch.encode(first);
         let gen_seq = first + seqs.len() as u32 + 2;
         self.seq = gen_seq + 1;
+        self.send_raw(&buf)?;
+        // A separate datagram: nfnetlink ignores whatever follows the batch end in one.
+        let mut getgen = Vec::new();
         put_msg(
-            &mut buf,
+            &mut getgen,
             (10 << 8) | msg::GETGEN,
             NLM_F_REQUEST,
             gen_seq,
@@ -166,7 +169,7 @@ impl NftSocket {
             [0, 0],
             &[],
         );
-        self.send_raw(&buf)?;
+        self.send_raw(&getgen)?;
         let mut first_error: Option<(u32, i32)> = None;
         let mut rbuf = vec![0u8; 1 << 16];
         loop {
