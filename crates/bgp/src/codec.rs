@@ -428,7 +428,19 @@ pub fn merge_as4_path(as_path: &AsPath, as4_path: &AsPath) -> AsPath {
             _ => out.segments.push(seg.clone()),
         }
     }
-    out.segments.extend(as4_path.segments.iter().cloned());
+    for seg in &as4_path.segments {
+        match out.segments.last_mut() {
+            // Join sequences split at the boundary, as the original path had them.
+            Some(last)
+                if last.kind == SegmentKind::Sequence
+                    && seg.kind == SegmentKind::Sequence
+                    && last.asns.len() + seg.asns.len() <= 255 =>
+            {
+                last.asns.extend_from_slice(&seg.asns)
+            }
+            _ => out.segments.push(seg.clone()),
+        }
+    }
     out
 }
 

@@ -57,7 +57,7 @@ fn attributes(four: bool) -> impl Strategy<Value = Vec<Attribute>> {
     (
         prop_oneof![Just(Origin::Igp), Just(Origin::Egp), Just(Origin::Incomplete)],
         as_path().prop_map(move |p| if four { p } else { p.to_two_octet() }),
-        any::<u32>().prop_map(|a| Ipv4Addr::from(a | 0x0100_0000)),
+        (1u32..0xe000_0000).prop_map(Ipv4Addr::from),
         prop::option::of(any::<u32>()),
         prop::option::of(any::<u32>()),
         prop::collection::vec(any::<u32>(), 0..5),
