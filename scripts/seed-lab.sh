@@ -100,7 +100,7 @@ say "One dockerd per node, and the images (busybox and calico-node, FROM scratch
 for n in "${NODES[@]}"; do
   start_dockerd "$n"
   images/busybox/build.sh "$(sock_of "$n")" busybox:latest >/dev/null
-  images/calico-node/build.sh "$(sock_of "$n")" calico-rs/node:latest target/debug/calico-node >/dev/null
+  images/calico-node/build.sh "$(sock_of "$n")" calico-rs/node:latest target/debug/calico-node /usr/sbin/ip >/dev/null
   echo "$n: dockerd $(docker_on "$n" version --format '{{.Server.Version}}') at $(sock_of "$n")"
 done
 

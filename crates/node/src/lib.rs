@@ -1,8 +1,11 @@
 //! calico-node: the per-node agent. It turns a host into a Calico router: registers the Node,
 //! creates default pools, and keeps routes and BGP sessions equal to what the datastore says.
 
+pub mod agent;
 pub mod autodetect;
+pub mod bgp;
 pub mod config;
+pub mod libnetwork;
 pub mod peering;
 pub mod routes;
 pub mod run;

@@ -1,0 +1,323 @@
+//! The agent's side of the BGP speaker (`calico-bgp`): turns the peering decision into the
+//! speaker's desired state, keeps the learned best paths for the route reconciler, and turns
+//! session status into `calicoctl node status` rows.
+//!
+//! BGP passwords: a BGPPeer names a secret (`secretKeyRef {name, key}`). The agent reads it from
+//! `<CALICO_BGP_SECRETS_DIR>/<name>/<key>` (default `/etc/calico/bgp-secrets`), the layout a
+//! Kubernetes Secret volume has, so the DaemonSet mounts the secret there and a Docker host
+//! writes the file by hand.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use calico_bgp::speaker::{
+    AfiName, NextHopMode, PeerConfig, Route, RouteEvent, Speaker, SpeakerConfig,
+};
+use ipnet::IpNet;
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+use crate::peering::{self, Session, SessionKind};
+use crate::status::{PeerRow, PeerType};
+
+/// Where BGP password secrets are read from unless `CALICO_BGP_SECRETS_DIR` says otherwise.
+pub const DEFAULT_SECRETS_DIR: &str = "/etc/calico/bgp-secrets";
+
+/// What the agent wants from BGP right now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpeakerView {
+    pub router_id: Option<IpAddr>,
+    pub local_as: u32,
+    pub listen_port: u16,
+    pub sessions: Vec<Session>,
+    pub announced: BTreeSet<IpNet>,
+    pub local_v4: Option<IpAddr>,
+    pub local_v6: Option<IpAddr>,
+    pub cluster_id: Option<Ipv4Addr>,
+}
+
+pub struct BgpControl {
+    speaker: Speaker,
+    learned: Arc<Mutex<BTreeMap<IpNet, IpAddr>>>,
+    synced: Arc<AtomicBool>,
+    /// Peer types by address, for the status table.
+    kinds: BTreeMap<IpAddr, SessionKind>,
+    last: Option<SpeakerConfig>,
+    restarted: bool,
+    secrets_dir: PathBuf,
+}
+
+fn read_secret(dir: &std::path::Path, r: &peering::SecretRef) -> Option<String> {
+    let path = dir.join(&r.name).join(&r.key);
+    match std::fs::read_to_string(&path) {
+        Ok(s) => Some(s.trim_end_matches('\n').to_string()),
+        Err(e) => {
+            warn!(path = %path.display(), error = %e, "BGP password secret not readable; session stays down");
+            None
+        }
+    }
+}
+
+/// The speaker's configuration for one view (pure apart from reading password files).
+pub fn speaker_config(
+    view: &SpeakerView,
+    restarted: bool,
+    secrets_dir: &std::path::Path,
+) -> SpeakerConfig {
+    let router_id = match view.router_id {
+        Some(IpAddr::V4(a)) => a,
+        // An IPv6-only node still needs a 32-bit router id: derive a stable one.
+        _ => Ipv4Addr::from(
+            view.local_v6
+                .map(|a| match a {
+                    IpAddr::V6(v6) => (u128::from(v6) as u32) | 0x0100_0000,
+                    IpAddr::V4(v4) => u32::from(v4),
+                })
+                .unwrap_or(0x0100_0001),
+        ),
+    };
+    let peers = view
+        .sessions
+        .iter()
+        .filter_map(|s| {
+            let password = match &s.password {
+                None => None,
+                Some(r) => Some(read_secret(secrets_dir, r)?),
+            };
+            Some(PeerConfig {
+                address: s.peer_address,
+                port: s.peer_port,
+                remote_as: s.peer_as,
+                local_as: (s.local_as != view.local_as).then_some(s.local_as),
+                password,
+                ttl_security: s.ttl_security,
+                keepalive: s.keepalive_secs.and_then(|k| u16::try_from(k).ok()),
+                hold_time: None,
+                graceful_restart_time: s.graceful_restart_secs.and_then(|t| u16::try_from(t).ok()),
+                next_hop_mode: match s.next_hop_mode {
+                    peering::NextHopMode::Auto => NextHopMode::Auto,
+                    peering::NextHopMode::SelfHop => NextHopMode::SelfMode,
+                    peering::NextHopMode::Keep => NextHopMode::Keep,
+                },
+                route_reflector_client: s.route_reflector_client,
+                import: vec![],
+                export: vec![],
+                passive: false,
+                families: Some(vec![AfiName::of(s.peer_address)]),
+                connect_retry: Some(1),
+            })
+        })
+        .collect();
+    SpeakerConfig {
+        router_id,
+        local_as: view.local_as,
+        listen_addr: None,
+        listen_port: view.listen_port,
+        next_hop_v4: match view.local_v4 {
+            Some(IpAddr::V4(a)) => Some(a),
+            _ => None,
+        },
+        next_hop_v6: match view.local_v6 {
+            Some(IpAddr::V6(a)) => Some(a),
+            _ => None::<Ipv6Addr>,
+        },
+        cluster_id: view.cluster_id,
+        restarted,
+        peers,
+        originated: view
+            .announced
+            .iter()
+            .map(|p| Route {
+                prefix: *p,
+                next_hop: None,
+                communities: vec![],
+                large_communities: vec![],
+            })
+            .collect(),
+    }
+}
+
+fn hhmmss(t: SystemTime) -> String {
+    let secs = t
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+        % 86_400;
+    format!("{:02}:{:02}:{:02}", secs / 3600, secs / 60 % 60, secs % 60)
+}
+
+impl BgpControl {
+    /// Starts the speaker. `restarted`: this agent finds its own routes already in the kernel,
+    /// so it asks its peers (graceful restart) to keep ours while it comes back.
+    pub fn start(restarted: bool, trigger: mpsc::Sender<()>) -> BgpControl {
+        let (speaker, mut events) = Speaker::start();
+        let learned = Arc::new(Mutex::new(BTreeMap::new()));
+        let synced = Arc::new(AtomicBool::new(false));
+        let (l, s) = (learned.clone(), synced.clone());
+        tokio::spawn(async move {
+            while let Some(ev) = events.recv().await {
+                {
+                    let mut map = l.lock().unwrap_or_else(|p| p.into_inner());
+                    match ev {
+                        RouteEvent::Best {
+                            prefix, next_hop, ..
+                        } => {
+                            map.insert(prefix, next_hop);
+                        }
+                        RouteEvent::Withdrawn { prefix } => {
+                            map.remove(&prefix);
+                        }
+                        RouteEvent::Synced => {
+                            info!("BGP speaker synchronised with its peers");
+                            s.store(true, Ordering::SeqCst);
+                        }
+                    }
+                }
+                if trigger.send(()).await.is_err() {
+                    return;
+                }
+            }
+        });
+        BgpControl {
+            speaker,
+            learned,
+            synced,
+            kinds: BTreeMap::new(),
+            last: None,
+            restarted,
+            secrets_dir: std::env::var("CALICO_BGP_SECRETS_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|_| PathBuf::from(DEFAULT_SECRETS_DIR)),
+        }
+    }
+
+    /// Gives the speaker the desired state for `view` (only when it changed).
+    pub fn apply(&mut self, view: &SpeakerView) {
+        self.kinds = view
+            .sessions
+            .iter()
+            .map(|s| (s.peer_address, s.kind))
+            .collect();
+        let cfg = speaker_config(view, self.restarted, &self.secrets_dir);
+        if self.last.as_ref() == Some(&cfg) {
+            return;
+        }
+        if let Err(e) = self.speaker.set_config(cfg.clone()) {
+            warn!(error = %e, "BGP speaker is not running");
+            return;
+        }
+        self.last = Some(cfg);
+    }
+
+    pub fn learned(&self) -> BTreeMap<IpNet, IpAddr> {
+        self.learned
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub fn initial_sync_done(&self) -> bool {
+        self.synced.load(Ordering::SeqCst)
+    }
+
+    /// Session rows for `calicoctl node status`, IPv4 then IPv6.
+    pub fn peer_rows(&self) -> (Vec<PeerRow>, Vec<PeerRow>) {
+        let mut v4 = vec![];
+        let mut v6 = vec![];
+        for p in self.speaker.status() {
+            let established = p.state == "Established";
+            let row = PeerRow {
+                peer_address: p.address.to_string(),
+                peer_type: match self.kinds.get(&p.address) {
+                    Some(SessionKind::Mesh) | None => PeerType::Mesh,
+                    Some(SessionKind::Global) => PeerType::Global,
+                    Some(SessionKind::Node) => PeerType::NodeSpecific,
+                },
+                state: if established { "up" } else { "start" }.to_string(),
+                since: hhmmss(p.since),
+                info: p.state.clone(),
+            };
+            match p.afi {
+                AfiName::Ipv4 => v4.push(row),
+                AfiName::Ipv6 => v6.push(row),
+            }
+        }
+        (v4, v6)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mesh_session(addr: &str) -> Session {
+        Session {
+            peer_address: addr.parse().unwrap(),
+            peer_port: 179,
+            peer_as: 64512,
+            local_as: 64512,
+            kind: SessionKind::Mesh,
+            bgp_peer: None,
+            peer_node: Some("node2".into()),
+            route_reflector_client: false,
+            password: None,
+            next_hop_mode: peering::NextHopMode::Auto,
+            graceful_restart_secs: None,
+            keepalive_secs: None,
+            ttl_security: None,
+            filters: vec![],
+        }
+    }
+
+    fn view() -> SpeakerView {
+        SpeakerView {
+            router_id: Some("192.168.33.11".parse().unwrap()),
+            local_as: 64512,
+            listen_port: 179,
+            sessions: vec![mesh_session("192.168.33.12")],
+            announced: ["192.168.166.128/26".parse().unwrap()].into(),
+            local_v4: Some("192.168.33.11".parse().unwrap()),
+            local_v6: None,
+            cluster_id: None,
+        }
+    }
+
+    #[test]
+    fn mesh_view_becomes_one_ipv4_peer_announcing_our_block() {
+        let cfg = speaker_config(&view(), false, std::path::Path::new("/nonexistent"));
+        assert_eq!(cfg.router_id, Ipv4Addr::new(192, 168, 33, 11));
+        assert_eq!(cfg.peers.len(), 1);
+        let p = &cfg.peers[0];
+        assert_eq!((p.remote_as, p.local_as), (64512, None));
+        assert_eq!(p.families, Some(vec![AfiName::Ipv4]));
+        assert_eq!(cfg.originated.len(), 1);
+        assert_eq!(cfg.next_hop_v4, Some(Ipv4Addr::new(192, 168, 33, 11)));
+    }
+
+    #[test]
+    fn password_comes_from_the_secret_file_and_a_missing_one_keeps_the_session_down() {
+        let dir = std::env::temp_dir().join(format!("bgp-secrets-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("bgp-secrets")).unwrap();
+        std::fs::write(dir.join("bgp-secrets/rr"), "s3cret\n").unwrap();
+        let mut v = view();
+        v.sessions[0].password = Some(peering::SecretRef {
+            name: "bgp-secrets".into(),
+            key: "rr".into(),
+        });
+        let cfg = speaker_config(&v, false, &dir);
+        assert_eq!(cfg.peers[0].password.as_deref(), Some("s3cret"));
+        v.sessions[0].password.as_mut().unwrap().key = "missing".into();
+        assert!(speaker_config(&v, false, &dir).peers.is_empty());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn since_is_utc_time_of_day() {
+        let t = UNIX_EPOCH + std::time::Duration::from_secs(86_400 * 3 + 7 * 3600 + 17 * 60 + 13);
+        assert_eq!(hhmmss(t), "07:17:13");
+    }
+}

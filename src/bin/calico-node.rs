@@ -1,0 +1,25 @@
+//! calico-node: the per-node agent (see crates/node). Configured by environment, as Calico's.
+
+use anyhow::Context;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("CALICO_LOG_LEVEL")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stdout)
+        .init();
+    let cfg = calico_node::config::NodeConfig::from_env().context("reading configuration")?;
+    let api = calico_datastore::CalicoApiConfig::from_env().context("datastore configuration")?;
+    let etcd_cfg = api.etcd_config().context("datastore configuration")?;
+    let etcd = calico_datastore::EtcdClient::connect(etcd_cfg)
+        .await
+        .context("connecting to etcd")?;
+    if cfg.libnetwork_enabled {
+        tokio::spawn(calico_node::libnetwork::serve(cfg.clone(), etcd.clone()));
+    }
+    calico_node::agent::run(cfg, etcd).await?;
+    Ok(())
+}
