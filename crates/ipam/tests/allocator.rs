@@ -472,3 +472,32 @@ async fn show_tables_and_split() {
     // Existing allocations stay valid and visible under the new pools.
     assert_eq!(ipam.ips_by_handle("h").await.unwrap().len(), 3);
 }
+
+#[tokio::test]
+async fn an_allocation_from_a_cached_block_is_one_etcd_round_trip() {
+    let etcd = Etcd::start();
+    let opts = IpamOptions {
+        settings_ttl: Duration::from_secs(600),
+        ..Default::default()
+    };
+    let ipam = Ipam::with_options(etcd.client().await, opts);
+    let ds = ipam.datastore().clone();
+    create_pool(&ds, "p", "10.60.0.0/24", 26, json!({})).await;
+    create_node(&ds, "n1", json!({})).await;
+    // Warm-up: reads settings and the host's affinities, claims a block.
+    ipam.auto_assign(args("n1", 1, 0, "warm")).await.unwrap();
+    let rpcs = |m| etcd_rpc_count(&etcd.url, m);
+    let (txn0, range0, put0, del0) = (rpcs("Txn"), rpcs("Range"), rpcs("Put"), rpcs("DeleteRange"));
+    for i in 0..20 {
+        ipam.auto_assign(args("n1", 1, 0, &format!("c{i}")))
+            .await
+            .unwrap();
+    }
+    assert_eq!(rpcs("Txn") - txn0, 20, "one transaction per allocation");
+    assert_eq!(rpcs("Range") - range0, 0, "no reads");
+    assert_eq!(
+        rpcs("Put") + rpcs("DeleteRange") - put0 - del0,
+        0,
+        "no other writes"
+    );
+}

@@ -222,3 +222,20 @@ pub fn read_event(r: &mut impl std::io::BufRead) -> Option<serde_json::Value> {
         }
     }
 }
+
+/// How many gRPC calls of `method` (e.g. `Txn`, `Range`) etcd has started, from its
+/// Prometheus endpoint on the client URL.
+pub fn etcd_rpc_count(url: &str, method: &str) -> u64 {
+    use std::io::{Read, Write};
+    let addr = url.trim_start_matches("http://");
+    let mut s = std::net::TcpStream::connect(addr).expect("connect to etcd metrics");
+    write!(s, "GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").expect("request metrics");
+    let mut body = String::new();
+    s.read_to_string(&mut body).expect("read metrics");
+    let needle = format!("grpc_method=\"{method}\"");
+    body.lines()
+        .filter(|l| l.starts_with("grpc_server_started_total{") && l.contains(&needle))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .map(|v| v as u64)
+        .sum()
+}
