@@ -63,6 +63,9 @@ pub struct DockerdConfig {
 pub struct Dockerd {
     child: Option<Child>,
     config: DockerdConfig,
+    /// Set once [`Dockerd::stop`] ran: a later stop (e.g. the drop of this value after a new
+    /// daemon was started on the same state dir) must not reap the new daemon's processes.
+    stopped: bool,
 }
 
 fn tail(path: &Path) -> String {
@@ -117,6 +120,7 @@ impl Dockerd {
         let mut daemon = Dockerd {
             child: Some(child),
             config,
+            stopped: false,
         };
         let engine = daemon.engine();
         let deadline = Instant::now() + daemon.config.start_timeout;
@@ -167,25 +171,103 @@ impl Dockerd {
         c
     }
 
-    /// Stops dockerd (SIGTERM, then SIGKILL after 15 s) and any containerd it left behind.
+    /// Stops dockerd (SIGTERM, then SIGKILL after 15 s), then kills what an unclean exit can
+    /// leave: its containerd, the containers' shims and the containers' processes.
     pub fn stop(&mut self) {
-        let Some(mut child) = self.child.take() else {
+        if self.stopped {
             return;
-        };
-        let pid = child.id() as i32;
-        // SAFETY: plain kill(2) on the pid of our own child, which we have not reaped yet.
-        unsafe { libc::kill(pid, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            match child.try_wait() {
-                Ok(Some(_)) | Err(_) => break,
-                Ok(None) if Instant::now() >= deadline => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    break;
+        }
+        self.stopped = true;
+        if let Some(mut child) = self.child.take() {
+            let pid = child.id() as i32;
+            // SAFETY: plain kill(2) on the pid of our own child, which we have not reaped yet.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(15);
+            loop {
+                match child.try_wait() {
+                    Ok(Some(_)) | Err(_) => break,
+                    Ok(None) if Instant::now() >= deadline => {
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        break;
+                    }
+                    Ok(None) => std::thread::sleep(Duration::from_millis(100)),
                 }
-                Ok(None) => std::thread::sleep(Duration::from_millis(100)),
             }
+        }
+        self.reap_containerd();
+        self.reap_shims();
+    }
+
+    /// Shims of this daemon (`containerd-shim-runc-v2 ... -id <id> -address <our exec root>/...`)
+    /// as (shim pid, container id).
+    pub fn leftover_shims(&self) -> Vec<(i32, String)> {
+        let exec_root = self.config.state_dir.join("exec");
+        let exec_root = exec_root.to_string_lossy();
+        let mut out = Vec::new();
+        let Ok(procs) = std::fs::read_dir("/proc") else {
+            return out;
+        };
+        for entry in procs.flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            let raw = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+            let args: Vec<String> = raw
+                .split(|b| *b == 0)
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect();
+            let is_shim = args.first().is_some_and(|a| a.contains("containerd-shim"));
+            let value = |flag: &str| {
+                args.iter()
+                    .position(|a| a == flag)
+                    .and_then(|i| args.get(i + 1))
+            };
+            let ours = value("-address").is_some_and(|a| a.starts_with(&*exec_root));
+            if let (true, true, Some(id)) = (is_shim, ours, value("-id")) {
+                out.push((pid, id.clone()));
+            }
+        }
+        out
+    }
+
+    /// Kills the processes of each leftover container (found through its cgroup, `docker/<id>`
+    /// under every v1 controller, as the cgroupfs driver lays them out), removes the emptied
+    /// cgroups, and kills the shim.
+    fn reap_shims(&self) {
+        for (shim, id) in self.leftover_shims() {
+            let dirs: Vec<PathBuf> = std::fs::read_dir("/sys/fs/cgroup")
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|c| c.path().join("docker").join(&id))
+                .filter(|d| d.is_dir())
+                .collect();
+            for dir in &dirs {
+                let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+                for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+                    // SAFETY: kill(2) on a process inside this daemon's container cgroup.
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                }
+            }
+            // SAFETY: kill(2) on a shim verified above to serve this daemon's containerd.
+            unsafe { libc::kill(shim, libc::SIGKILL) };
+            std::thread::sleep(Duration::from_millis(100));
+            for dir in &dirs {
+                let _ = std::fs::remove_dir(dir);
+            }
+            tracing::warn!(container = %id, "reaped a container left by an unclean dockerd exit");
+        }
+    }
+
+    /// Kills dockerd and its containerd abruptly (SIGKILL, as a crash of the service would),
+    /// leaving the containers' shims to the next start's clean-up. Used to test recovery.
+    /// (Killing dockerd alone leaves a containerd the next dockerd cannot reuse: its output
+    /// pipe went with the old daemon.)
+    pub fn crash(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
         }
         self.reap_containerd();
     }

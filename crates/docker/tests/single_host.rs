@@ -570,3 +570,61 @@ fn dockerd_restart_keeps_the_network_and_connectivity_without_leaking_addresses(
         host.shutdown().await;
     });
 }
+
+#[test]
+fn after_a_dockerd_crash_the_guard_reaps_containers_and_shims() {
+    let ns = Netns::new("cdk");
+    make_router(&ns.name);
+    let name = ns.name.clone();
+    in_netns(&ns.name.clone(), move || async move {
+        let dir = tempfile::tempdir().unwrap();
+        let etcd = Etcd::start(dir.path()).await;
+        let ds = Datastore::from_etcd(etcd.client().await);
+        add_pool(&ds, "default-ipv4-ippool", "192.168.0.0/16").await;
+        let mut host = Host::start("node1", &name, dir.path(), &etcd).await;
+        let sock = host.sock();
+        calico_docker::daemon::build_busybox_image(&host.dockerd, "busybox:latest").unwrap();
+        docker_ok(
+            &sock,
+            &[
+                "network",
+                "create",
+                "--driver",
+                "calico",
+                "--ipam-driver",
+                "calico-ipam",
+                "cal_net1",
+            ],
+        )
+        .await;
+        docker_ok(
+            &sock,
+            &[
+                "run", "-d", "--net", "cal_net1", "--name", "bbox1", "busybox", "sleep", "600",
+            ],
+        )
+        .await;
+        let pid: i32 = docker_ok(&sock, &["inspect", "-f", "{{.State.Pid}}", "bbox1"])
+            .await
+            .trim()
+            .parse()
+            .unwrap();
+
+        host.dockerd.crash();
+        let shims = host.dockerd.leftover_shims();
+        assert_eq!(
+            shims.len(),
+            1,
+            "the container's shim outlives a crash: {shims:?}"
+        );
+        assert!(std::path::Path::new(&format!("/proc/{pid}")).exists());
+        host.dockerd.stop();
+        assert!(host.dockerd.leftover_shims().is_empty());
+        eventually(5, "container process reaped", || async {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            // Gone, or a zombie waiting for init.
+            stat.is_empty() || stat.split_whitespace().nth(2) == Some("Z")
+        })
+        .await;
+    });
+}
