@@ -1,0 +1,783 @@
+//! The `calico` plugin: ADD, DEL, CHECK, STATUS, GC.
+//!
+//! ADD, in order (each step named in errors and in fault injection):
+//! 1. `ipam`: addresses from IPAM. `ipam.type: calico-ipam` calls the IPAM library in-process
+//!    (one process, one etcd connection: faster than exec'ing `calico-ipam`, same records);
+//!    any other `ipam.type` is exec'd from CNI_PATH with our environment and stdin, as CNI
+//!    delegation does.
+//! 2. `veth`: the pair, host side `cali…` with MAC ee:ee:ee:ee:ee:ee, peer CNI_IFNAME in the pod.
+//! 3. `container`: /32 (/128) addresses, 169.254.1.1 (and the host's link-local) routes,
+//!    container sysctls.
+//! 4. `host`: Calico's host-veth sysctls and the /32 (/128) route to the veth.
+//! 5. `endpoint`: the WorkloadEndpoint.
+//!
+//! A failure at any step undoes the earlier ones (endpoint deleted, veth deleted, which takes
+//! its peer, addresses and routes with it, addresses released by handle) before the error is
+//! returned.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use calico_api::{ObjectMeta, WorkloadEndpoint, WorkloadEndpointSpec, workload_endpoint_name};
+use calico_dataplane::sysctl::{self, Sysctl};
+use calico_dataplane::{CALICO_HOST_MAC, Netlink, RTPROT_BOOT, Route, RouteFilter, VethSpec};
+use calico_datastore::{Datastore, EtcdClient};
+use calico_ipam::{AutoAssignArgs, Ipam};
+use ipnet::IpNet;
+
+use crate::datastore::{self, DatastoreError};
+use crate::delegate;
+use crate::env::{CniEnv, PodRef};
+use crate::naming;
+use crate::netconf::NetConf;
+use crate::spec::{CniResult, Interface, IpConfig, RouteConfig};
+
+/// The IPv4 gateway every Calico workload routes through: answered by proxy ARP on the host
+/// veth, never configured anywhere.
+pub const GATEWAY_V4: &str = "169.254.1.1";
+
+/// Steps of ADD, in order.
+pub const ADD_STEPS: &[&str] = &["ipam", "veth", "container", "host", "endpoint"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum PluginError {
+    #[error(transparent)]
+    Datastore(#[from] DatastoreError),
+    #[error("step {step}: {reason}")]
+    Step { step: &'static str, reason: String },
+    #[error("step {step}: fault injected (CALICO_CNI_FAULT)")]
+    Injected { step: &'static str },
+    #[error("CHECK: {0}")]
+    Check(String),
+    #[error("CHECK needs prevResult")]
+    NoPrevResult,
+}
+
+impl PluginError {
+    fn step(step: &'static str, e: impl std::error::Error) -> PluginError {
+        PluginError::Step {
+            step,
+            reason: crate::error_chain(&e),
+        }
+    }
+}
+
+/// Fault injection for tests: `CALICO_CNI_FAULT=<step>` fails ADD right after `<step>`
+/// completed. Honoured only in debug builds, never in a release binary.
+fn fault(step: &'static str) -> Result<(), PluginError> {
+    if cfg!(debug_assertions) && std::env::var("CALICO_CNI_FAULT").is_ok_and(|v| v == step) {
+        return Err(PluginError::Injected { step });
+    }
+    Ok(())
+}
+
+/// Who the endpoint is for: a Kubernetes pod (CNI_ARGS) or, without one, the container.
+#[derive(Debug, Clone)]
+pub struct Workload {
+    pub node: String,
+    pub pod: Option<PodRef>,
+    pub container_id: String,
+    pub ifname: String,
+}
+
+impl Workload {
+    pub fn new(node: String, env: &CniEnv) -> Workload {
+        Workload {
+            node,
+            pod: env.pod(),
+            container_id: env.container_id.clone(),
+            ifname: env.ifname.clone(),
+        }
+    }
+
+    pub fn host_veth(&self) -> String {
+        match &self.pod {
+            Some(p) => naming::host_veth_name(&p.namespace, &p.name),
+            None => format!(
+                "{}{}",
+                naming::VETH_PREFIX,
+                &self.container_id[..self.container_id.len().min(11)]
+            ),
+        }
+    }
+
+    pub fn namespace(&self) -> &str {
+        self.pod
+            .as_ref()
+            .map_or("default", |p| p.namespace.as_str())
+    }
+
+    pub fn handle(&self) -> String {
+        naming::handle_id(&self.container_id)
+    }
+
+    fn spec(&self) -> WorkloadEndpointSpec {
+        let mut spec = WorkloadEndpointSpec {
+            node: Some(self.node.clone()),
+            endpoint: Some(self.ifname.clone()),
+            container_id: Some(self.container_id.clone()),
+            ..Default::default()
+        };
+        match &self.pod {
+            Some(p) => {
+                spec.orchestrator = Some("k8s".into());
+                spec.pod = Some(p.name.clone());
+                spec.profiles.push(format!("kns.{}", p.namespace));
+                if let Some(sa) = &p.service_account {
+                    spec.service_account_name = Some(sa.clone());
+                    spec.profiles.push(format!("ksa.{}.{sa}", p.namespace));
+                }
+            }
+            None => spec.orchestrator = Some("cni".into()),
+        }
+        spec
+    }
+
+    pub fn endpoint_name(&self) -> Result<String, PluginError> {
+        workload_endpoint_name(&self.spec()).map_err(|e| PluginError::step("endpoint", e))
+    }
+
+    /// The WorkloadEndpoint for `addrs` on `host_veth`, labelled as Calico labels pods'.
+    pub fn endpoint(
+        &self,
+        addrs: &[IpAddr],
+        mac: Option<[u8; 6]>,
+    ) -> Result<WorkloadEndpoint, PluginError> {
+        let name = self.endpoint_name()?;
+        let mut spec = self.spec();
+        spec.interface_name = Some(self.host_veth());
+        spec.ip_networks = addrs.iter().map(|a| IpNet::from(*a).to_string()).collect();
+        spec.mac = mac.map(|m| calico_dataplane::link::format_mac(&m));
+        let mut labels = BTreeMap::from([
+            (
+                "projectcalico.org/namespace".to_owned(),
+                self.namespace().to_owned(),
+            ),
+            (
+                "projectcalico.org/orchestrator".to_owned(),
+                spec.orchestrator.clone().unwrap_or_default(),
+            ),
+        ]);
+        if let Some(sa) = &spec.service_account_name {
+            labels.insert("projectcalico.org/serviceaccount".into(), sa.clone());
+        }
+        let mut wep = WorkloadEndpoint::new(&name, spec);
+        wep.metadata = ObjectMeta {
+            name: Some(name),
+            namespace: Some(self.namespace().to_owned()),
+            labels: Some(labels),
+            ..Default::default()
+        };
+        Ok(wep)
+    }
+}
+
+/// Addresses requested through CNI_ARGS (stand-ins for the pod annotations, see crate docs).
+fn requested(
+    env: &CniEnv,
+) -> Result<(Vec<IpAddr>, Option<Vec<IpNet>>, Option<Vec<IpNet>>), PluginError> {
+    let list = |key: &str| env.args.get(key).filter(|v| !v.is_empty()).cloned();
+    let bad = |what: &str, v: &str| PluginError::Step {
+        step: "ipam",
+        reason: format!("CNI_ARGS {what}: {v:?} is not a list of addresses/CIDRs"),
+    };
+    let ips = match list("IP") {
+        Some(v) => v
+            .split(',')
+            .map(|s| s.trim().parse::<IpAddr>().map_err(|_| bad("IP", &v)))
+            .collect::<Result<Vec<_>, _>>()?,
+        None => vec![],
+    };
+    let pools = |key: &str| -> Result<Option<Vec<IpNet>>, PluginError> {
+        list(key)
+            .map(|v| {
+                v.split(',')
+                    .map(|s| s.trim().parse::<IpNet>().map_err(|_| bad(key, &v)))
+                    .collect()
+            })
+            .transpose()
+    };
+    Ok((ips, pools("CALICO_IPV4POOLS")?, pools("CALICO_IPV6POOLS")?))
+}
+
+/// Allocates (or, for a repeated ADD, finds) the container's addresses.
+async fn ipam_add(
+    conf: &NetConf,
+    env: &CniEnv,
+    stdin: &[u8],
+    ipam: &Ipam,
+    wl: &Workload,
+) -> Result<Vec<IpAddr>, PluginError> {
+    let ipam_conf = conf.ipam.clone().unwrap_or_default();
+    if !ipam_conf.kind.is_empty() && ipam_conf.kind != "calico-ipam" {
+        let r = delegate::exec(&ipam_conf.kind, env, stdin, "ADD")
+            .await
+            .map_err(|e| PluginError::step("ipam", e))?;
+        let r: CniResult = serde_json::from_value(r.unwrap_or_default())
+            .map_err(|e| PluginError::step("ipam", e))?;
+        return Ok(r.ips.iter().map(|i| i.address.addr()).collect());
+    }
+    ipam_assign(conf, env, ipam, wl).await
+}
+
+/// What `calico-ipam` does for ADD, shared by the in-process path and the `calico-ipam` binary.
+pub async fn ipam_assign(
+    conf: &NetConf,
+    env: &CniEnv,
+    ipam: &Ipam,
+    wl: &Workload,
+) -> Result<Vec<IpAddr>, PluginError> {
+    let handle = wl.handle();
+    let existing = ipam
+        .ips_by_handle(&handle)
+        .await
+        .map_err(|e| PluginError::step("ipam", e))?;
+    if !existing.is_empty() {
+        tracing::info!(%handle, ips = ?existing, "addresses already allocated to this container");
+        return Ok(existing);
+    }
+    let mut attrs = BTreeMap::from([("node".to_owned(), wl.node.clone())]);
+    if let Some(p) = &wl.pod {
+        attrs.insert("namespace".into(), p.namespace.clone());
+        attrs.insert("pod".into(), p.name.clone());
+    }
+    attrs.insert("containerID".into(), wl.container_id.clone());
+    let (ips, v4_override, v6_override) = requested(env)?;
+    if !ips.is_empty() {
+        for ip in &ips {
+            ipam.assign_ip(*ip, Some(&handle), attrs.clone(), &wl.node)
+                .await
+                .map_err(|e| PluginError::step("ipam", e))?;
+        }
+        return Ok(ips);
+    }
+    let ipam_conf = conf.ipam.clone().unwrap_or_default();
+    let (v4_pools, v6_pools) = conf
+        .ipam_pools()
+        .map_err(|e| PluginError::step("ipam", e))?;
+    let got = ipam
+        .auto_assign(AutoAssignArgs {
+            num_v4: usize::from(ipam_conf.wants_v4()),
+            num_v6: usize::from(ipam_conf.wants_v6()),
+            handle_id: Some(handle),
+            attrs,
+            hostname: wl.node.clone(),
+            v4_pools: v4_override.unwrap_or(v4_pools),
+            v6_pools: v6_override.unwrap_or(v6_pools),
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| PluginError::step("ipam", e))?;
+    Ok(got.v4.into_iter().chain(got.v6).collect())
+}
+
+async fn ipam_release(
+    conf: &NetConf,
+    env: &CniEnv,
+    stdin: &[u8],
+    ipam: &Ipam,
+    wl: &Workload,
+) -> Result<(), PluginError> {
+    let kind = conf.ipam.as_ref().map(|i| i.kind.as_str()).unwrap_or("");
+    if !kind.is_empty() && kind != "calico-ipam" {
+        delegate::exec(kind, env, stdin, "DEL")
+            .await
+            .map_err(|e| PluginError::step("ipam release", e))?;
+        return Ok(());
+    }
+    let released = ipam
+        .release_by_handle(&wl.handle())
+        .await
+        .map_err(|e| PluginError::step("ipam release", e))?;
+    tracing::info!(handle = wl.handle(), ?released, "released");
+    Ok(())
+}
+
+/// What ADD built so far, undone in reverse on failure.
+#[derive(Default)]
+struct Undo {
+    ipam: bool,
+    veth: Option<String>,
+    endpoint: Option<(String, String)>,
+}
+
+pub struct Plugin {
+    pub conf: NetConf,
+    pub env: CniEnv,
+    pub stdin: Vec<u8>,
+    pub version: String,
+}
+
+impl Plugin {
+    pub fn new(conf: NetConf, env: CniEnv, stdin: Vec<u8>) -> Plugin {
+        let version = conf.effective_version();
+        Plugin {
+            conf,
+            env,
+            stdin,
+            version,
+        }
+    }
+
+    fn workload(&self) -> Result<Workload, PluginError> {
+        Ok(Workload::new(datastore::nodename(&self.conf)?, &self.env))
+    }
+
+    fn netns(&self) -> Result<&Path, PluginError> {
+        self.env.netns.as_deref().ok_or(PluginError::Step {
+            step: "veth",
+            reason: "CNI_NETNS is not set".into(),
+        })
+    }
+
+    pub async fn add(&self) -> Result<CniResult, PluginError> {
+        let wl = self.workload()?;
+        let kv = datastore::connect(&self.conf).await?;
+        let ipam = Ipam::new(kv.clone());
+        let ds = Datastore::from_etcd(kv);
+        let mut undo = Undo::default();
+        match self.add_steps(&wl, &ipam, &ds, &mut undo).await {
+            Ok(r) => Ok(r),
+            Err(e) => {
+                tracing::warn!(error = %e, "ADD failed, undoing");
+                self.rollback(&wl, &ipam, &ds, undo).await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn add_steps(
+        &self,
+        wl: &Workload,
+        ipam: &Ipam,
+        ds: &Datastore,
+        undo: &mut Undo,
+    ) -> Result<CniResult, PluginError> {
+        let netns = self.netns()?.to_owned();
+        undo.ipam = true;
+        let addrs = ipam_add(&self.conf, &self.env, &self.stdin, ipam, wl).await?;
+        if addrs.is_empty() {
+            return Err(PluginError::Step {
+                step: "ipam",
+                reason: "IPAM returned no address".into(),
+            });
+        }
+        fault("ipam")?;
+
+        let host_if = wl.host_veth();
+        let host_nl = Netlink::connect().map_err(|e| PluginError::step("veth", e))?;
+        undo.veth = Some(host_if.clone());
+        let pair = host_nl
+            .create_veth(&VethSpec {
+                host_mac: Some(CALICO_HOST_MAC),
+                mtu: self.conf.mtu,
+                ..VethSpec::new(&host_if, &wl.ifname, &netns)
+            })
+            .await
+            .map_err(|e| PluginError::step("veth", e))?;
+        fault("veth")?;
+
+        let routes = self.configure_container(&netns, &wl.ifname, &addrs).await?;
+        fault("container")?;
+
+        let has_v4 = addrs.iter().any(IpAddr::is_ipv4);
+        let has_v6 = addrs.iter().any(IpAddr::is_ipv6);
+        sysctl::apply(None, &sysctl::calico_host_veth(&host_if, has_v4, has_v6))
+            .map_err(|e| PluginError::step("host", e))?;
+        for a in &addrs {
+            host_nl
+                .replace_route(&Route::device(IpNet::from(*a), &host_if, RTPROT_BOOT))
+                .await
+                .map_err(|e| PluginError::step("host", e))?;
+        }
+        fault("host")?;
+
+        let wep = wl.endpoint(&addrs, pair.peer.mac)?;
+        let name = wep.metadata.name.clone().unwrap_or_default();
+        undo.endpoint = Some((wl.namespace().to_owned(), name.clone()));
+        // Replace whatever a previous sandbox of the same pod left: the endpoint follows the
+        // newest container.
+        let mut wep = wep;
+        if let Some(old) = ds
+            .get::<WorkloadEndpoint>(Some(wl.namespace()), &name)
+            .await
+            .map_err(|e| PluginError::step("endpoint", e))?
+        {
+            wep.metadata.resource_version = old.metadata.resource_version.clone();
+            wep.metadata.uid = old.metadata.uid.clone();
+            wep.metadata.creation_timestamp = old.metadata.creation_timestamp.clone();
+            ds.update(&wep)
+                .await
+                .map_err(|e| PluginError::step("endpoint", e))?;
+        } else {
+            ds.create(&wep)
+                .await
+                .map_err(|e| PluginError::step("endpoint", e))?;
+        }
+        fault("endpoint")?;
+        tracing::info!(
+            endpoint = name,
+            interface = host_if,
+            ?addrs,
+            "pod network ready"
+        );
+
+        Ok(self.result(wl, &netns, &pair.peer.mac, &addrs, routes))
+    }
+
+    fn result(
+        &self,
+        wl: &Workload,
+        netns: &Path,
+        peer_mac: &Option<[u8; 6]>,
+        addrs: &[IpAddr],
+        routes: Vec<RouteConfig>,
+    ) -> CniResult {
+        let mut r = self.conf.prev_result().ok().flatten().unwrap_or_default();
+        let base = r.interfaces.len();
+        r.interfaces.push(Interface {
+            name: wl.host_veth(),
+            mac: Some(calico_dataplane::link::format_mac(&CALICO_HOST_MAC)),
+            ..Default::default()
+        });
+        r.interfaces.push(Interface {
+            name: wl.ifname.clone(),
+            mac: peer_mac.map(|m| calico_dataplane::link::format_mac(&m)),
+            sandbox: Some(netns.display().to_string()),
+            ..Default::default()
+        });
+        for a in addrs {
+            r.ips.push(IpConfig {
+                version: None,
+                address: IpNet::from(*a),
+                gateway: None,
+                interface: Some(base + 1),
+            });
+        }
+        r.routes.extend(routes);
+        if let Some(dns) = &self.conf.dns {
+            r.dns = dns.clone();
+        }
+        r.for_version(&self.version)
+    }
+
+    /// Addresses, gateway routes and sysctls inside the pod; returns the routes for the result.
+    async fn configure_container(
+        &self,
+        netns: &Path,
+        ifname: &str,
+        addrs: &[IpAddr],
+    ) -> Result<Vec<RouteConfig>, PluginError> {
+        let step = |e: &dyn std::error::Error| PluginError::Step {
+            step: "container",
+            reason: crate::error_chain(e),
+        };
+        let has_v6 = addrs.iter().any(IpAddr::is_ipv6);
+        let mut settings = Vec::new();
+        if has_v6 {
+            // Pods may start with IPv6 off; the gateway route needs it on, DAD only delays.
+            settings.push(Sysctl::dotted("net.ipv6.conf.all.disable_ipv6", "0"));
+            settings.push(Sysctl::dotted("net.ipv6.conf.default.disable_ipv6", "0"));
+            settings.push(Sysctl::dotted("net.ipv6.conf.lo.disable_ipv6", "0"));
+            settings.push(Sysctl::ipv6_conf(ifname, "accept_dad", "0"));
+        }
+        if self.conf.container_settings.allow_ip_forwarding {
+            settings.push(Sysctl::ipv4_forwarding(true));
+            if has_v6 {
+                settings.push(Sysctl::ipv6_forwarding(true));
+            }
+        }
+        sysctl::apply(Some(netns), &settings).map_err(|e| step(&e))?;
+        let nl = Netlink::connect_in(netns).map_err(|e| step(&e))?;
+        let mut routes = Vec::new();
+        let gw4: IpAddr = GATEWAY_V4.parse().unwrap_or(IpAddr::from([169, 254, 1, 1]));
+        let gw6 = IpAddr::V6(naming::link_local_of_mac(CALICO_HOST_MAC));
+        if addrs.iter().any(IpAddr::is_ipv4) {
+            nl.replace_route(&Route::device(IpNet::from(gw4), ifname, RTPROT_BOOT))
+                .await
+                .map_err(|e| step(&e))?;
+            let dflt: IpNet = "0.0.0.0/0".parse().unwrap_or_default();
+            nl.replace_route(&Route::gateway(dflt, gw4, Some(ifname), RTPROT_BOOT))
+                .await
+                .map_err(|e| step(&e))?;
+            routes.push(RouteConfig::new(dflt, Some(gw4)));
+        }
+        if has_v6 {
+            let dflt: IpNet = "::/0".parse().unwrap_or_default();
+            nl.replace_route(&Route::gateway(dflt, gw6, Some(ifname), RTPROT_BOOT))
+                .await
+                .map_err(|e| step(&e))?;
+            routes.push(RouteConfig::new(dflt, Some(gw6)));
+        }
+        for a in addrs {
+            nl.add_address(ifname, IpNet::from(*a))
+                .await
+                .map_err(|e| step(&e))?;
+        }
+        Ok(routes)
+    }
+
+    async fn rollback(&self, wl: &Workload, ipam: &Ipam, ds: &Datastore, undo: Undo) {
+        if let Some((ns, name)) = undo.endpoint
+            && let Err(e) = ds.delete::<WorkloadEndpoint>(Some(&ns), &name, None).await
+            && !e.is_not_found()
+        {
+            tracing::error!(endpoint = name, error = %e, "rollback: endpoint not deleted");
+        }
+        if let Some(host_if) = undo.veth {
+            match Netlink::connect() {
+                Ok(nl) => {
+                    if let Err(e) = nl.delete_link(&host_if).await {
+                        tracing::error!(interface = host_if, error = %e, "rollback: veth not deleted");
+                    }
+                }
+                Err(e) => tracing::error!(error = %e, "rollback: no netlink"),
+            }
+        }
+        if undo.ipam
+            && let Err(e) = ipam_release(&self.conf, &self.env, &self.stdin, ipam, wl).await
+        {
+            tracing::error!(error = %e, "rollback: addresses not released");
+        }
+    }
+
+    /// DEL: idempotent; the namespace, the veth, the endpoint or the allocation may be gone.
+    pub async fn del(&self) -> Result<(), PluginError> {
+        let wl = self.workload()?;
+        let kv = datastore::connect(&self.conf).await?;
+        let ipam = Ipam::new(kv.clone());
+        let ds = Datastore::from_etcd(kv);
+        let name = wl.endpoint_name()?;
+        let wep = ds
+            .get::<WorkloadEndpoint>(Some(wl.namespace()), &name)
+            .await
+            .map_err(|e| PluginError::step("endpoint", e))?;
+        // A newer sandbox of the same pod owns the endpoint and the veth: leave them.
+        let ours = wep
+            .as_ref()
+            .is_none_or(|w| w.spec.container_id.as_deref() == Some(wl.container_id.as_str()));
+        if let Some(netns) = self.env.netns.as_deref().filter(|p| p.exists()) {
+            // Deleting the container side removes the pair and the host route with it.
+            let ifname = wl.ifname.clone();
+            let r = Netlink::connect_in(netns)
+                .map_err(|e| PluginError::step("veth", e))?
+                .delete_link(&ifname)
+                .await;
+            if let Err(e) = r {
+                tracing::warn!(interface = ifname, error = %e, "container interface not deleted");
+            }
+        }
+        if ours {
+            let host_if = wep
+                .as_ref()
+                .and_then(|w| w.spec.interface_name.clone())
+                .unwrap_or_else(|| wl.host_veth());
+            let nl = Netlink::connect().map_err(|e| PluginError::step("veth", e))?;
+            nl.delete_link(&host_if)
+                .await
+                .map_err(|e| PluginError::step("veth", e))?;
+        }
+        ipam_release(&self.conf, &self.env, &self.stdin, &ipam, &wl).await?;
+        if ours && wep.is_some() {
+            match ds
+                .delete::<WorkloadEndpoint>(Some(wl.namespace()), &name, None)
+                .await
+            {
+                Ok(_) => {}
+                Err(e) if e.is_not_found() => {}
+                Err(e) => return Err(PluginError::step("endpoint", e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// CHECK: the endpoint, the veth, the container's addresses and the host routes are all
+    /// as ADD left them (per prevResult).
+    pub async fn check(&self) -> Result<(), PluginError> {
+        let prev = self
+            .conf
+            .prev_result()
+            .map_err(|e| PluginError::Check(e.to_string()))?
+            .ok_or(PluginError::NoPrevResult)?;
+        let wl = self.workload()?;
+        let netns = self.netns()?.to_owned();
+        let kv = datastore::connect(&self.conf).await?;
+        let ds = Datastore::from_etcd(kv);
+        let name = wl.endpoint_name()?;
+        let wep = ds
+            .get::<WorkloadEndpoint>(Some(wl.namespace()), &name)
+            .await
+            .map_err(|e| PluginError::step("endpoint", e))?
+            .ok_or_else(|| PluginError::Check(format!("WorkloadEndpoint {name} is missing")))?;
+        if wep.spec.container_id.as_deref() != Some(wl.container_id.as_str()) {
+            return Err(PluginError::Check(format!(
+                "WorkloadEndpoint {name} belongs to container {:?}",
+                wep.spec.container_id
+            )));
+        }
+        let host_if = wl.host_veth();
+        let host_nl = Netlink::connect().map_err(|e| PluginError::Check(e.to_string()))?;
+        let link = host_nl
+            .link(&host_if)
+            .await
+            .map_err(|e| PluginError::Check(e.to_string()))?
+            .ok_or_else(|| PluginError::Check(format!("host interface {host_if} is missing")))?;
+        if link.mac != Some(CALICO_HOST_MAC) || !link.up {
+            return Err(PluginError::Check(format!(
+                "host interface {host_if} is down or has the wrong MAC"
+            )));
+        }
+        let ours: BTreeSet<IpNet> = prev
+            .ips
+            .iter()
+            .filter(|ip| {
+                ip.interface
+                    .and_then(|i| prev.interfaces.get(i))
+                    .is_none_or(|i| i.name == wl.ifname && i.sandbox.is_some())
+            })
+            .map(|ip| ip.address)
+            .collect();
+        let c_nl = Netlink::connect_in(&netns).map_err(|e| PluginError::Check(e.to_string()))?;
+        let have: BTreeSet<IpNet> = c_nl
+            .addresses(&wl.ifname)
+            .await
+            .map_err(|e| PluginError::Check(e.to_string()))?
+            .into_iter()
+            .collect();
+        let routes = host_nl
+            .routes(&RouteFilter::default())
+            .await
+            .map_err(|e| PluginError::Check(e.to_string()))?;
+        for addr in &ours {
+            if !have.contains(addr) {
+                return Err(PluginError::Check(format!(
+                    "{addr} is not on {} in {}",
+                    wl.ifname,
+                    netns.display()
+                )));
+            }
+            let want = Route::device(IpNet::from(addr.addr()), &host_if, RTPROT_BOOT);
+            if !routes
+                .iter()
+                .any(|r| r.dst == want.dst && r.target == want.target)
+            {
+                return Err(PluginError::Check(format!(
+                    "no host route {} dev {host_if}",
+                    want.dst
+                )));
+            }
+            if !wep
+                .spec
+                .ip_networks
+                .contains(&IpNet::from(addr.addr()).to_string())
+            {
+                return Err(PluginError::Check(format!(
+                    "WorkloadEndpoint {name} does not list {addr}"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// STATUS: ready when etcd answers.
+    pub async fn status(&self) -> Result<(), PluginError> {
+        datastore::connect_checked(&self.conf).await?;
+        Ok(())
+    }
+
+    /// GC: releases this node's allocations, endpoints and veths whose container is not in
+    /// `cni.dev/valid-attachments`. Returns the container ids cleaned up.
+    pub async fn gc(&self) -> Result<Vec<String>, PluginError> {
+        let node = datastore::nodename(&self.conf)?;
+        let kv = datastore::connect(&self.conf).await?;
+        gc(&self.conf, &kv, &node, true).await
+    }
+}
+
+/// GC shared with `calico-ipam` (which cleans only IPAM: `endpoints == false`).
+pub async fn gc(
+    conf: &NetConf,
+    kv: &EtcdClient,
+    node: &str,
+    endpoints: bool,
+) -> Result<Vec<String>, PluginError> {
+    let valid: BTreeSet<&str> = conf
+        .valid_attachments
+        .iter()
+        .flatten()
+        .map(|a| a.container_id.as_str())
+        .collect();
+    let step = |e: &dyn std::error::Error| PluginError::Step {
+        step: "gc",
+        reason: crate::error_chain(e),
+    };
+    let mut cleaned = BTreeSet::new();
+    if endpoints {
+        let ds = Datastore::from_etcd(kv.clone());
+        let nl = Netlink::connect().map_err(|e| step(&e))?;
+        let weps = ds
+            .list::<WorkloadEndpoint>(None)
+            .await
+            .map_err(|e| step(&e))?;
+        for w in weps.items {
+            let Some(cid) = w.spec.container_id.as_deref() else {
+                continue;
+            };
+            let mine = w.spec.node.as_deref() == Some(node)
+                && matches!(w.spec.orchestrator.as_deref(), Some("k8s" | "cni"));
+            if !mine || valid.contains(cid) {
+                continue;
+            }
+            if let Some(ifname) = &w.spec.interface_name {
+                nl.delete_link(ifname).await.map_err(|e| step(&e))?;
+            }
+            let name = w.metadata.name.clone().unwrap_or_default();
+            match ds
+                .delete::<WorkloadEndpoint>(w.metadata.namespace.as_deref(), &name, None)
+                .await
+            {
+                Ok(_) => {}
+                Err(e) if e.is_not_found() => {}
+                Err(e) => return Err(step(&e)),
+            }
+            cleaned.insert(cid.to_owned());
+        }
+    }
+    let ipam = Ipam::new(kv.clone());
+    let prefix = format!("{}k8s-pod-network.", calico_ipam::model::HANDLES_PREFIX);
+    let handles = kv.list(&prefix).await.map_err(|e| step(&e))?;
+    for h in handles.kvs {
+        let Some(handle) = calico_ipam::model::parse_handle_key(&h.key) else {
+            continue;
+        };
+        let Some(cid) = naming::container_of_handle(handle) else {
+            continue;
+        };
+        if valid.contains(cid) {
+            continue;
+        }
+        let ips = ipam.ips_by_handle(handle).await.map_err(|e| step(&e))?;
+        let mut on_this_node = false;
+        for ip in &ips {
+            if let Some(info) = ipam
+                .get_assignment_attributes(*ip)
+                .await
+                .map_err(|e| step(&e))?
+            {
+                on_this_node |=
+                    info.attributes.secondary.get("node").map(String::as_str) == Some(node);
+            }
+        }
+        if on_this_node {
+            ipam.release_by_handle(handle).await.map_err(|e| step(&e))?;
+            cleaned.insert(cid.to_owned());
+        }
+    }
+    Ok(cleaned.into_iter().collect())
+}
+
+/// The path of a plugin binary in CNI_PATH.
+pub fn find_in_path(name: &str, path: &[PathBuf]) -> Option<PathBuf> {
+    path.iter().map(|d| d.join(name)).find(|p| p.is_file())
+}
