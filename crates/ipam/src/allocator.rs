@@ -1191,8 +1191,8 @@ impl Ipam {
                 .await
                 .map_err(etcd(format!("release in {key}")))?
             {
-                TxnOutcome::Committed { .. } => {
-                    self.forget_block(cidr, block.host()).await;
+                TxnOutcome::Committed { revision } => {
+                    self.refresh_cached_block(block, revision).await;
                     return Ok(released);
                 }
                 TxnOutcome::Failed { .. } => conflict_pause(attempt).await,
@@ -1204,18 +1204,28 @@ impl Ipam {
         })
     }
 
-    /// Drops a block from the cache of its host in this process (its revision moved on).
-    async fn forget_block(&self, cidr: IpNet, host: Option<&str>) {
-        let Some(host) = host else { return };
+    /// After a committed write of `block` at `revision`: keeps this process's cache of the
+    /// block's host current, so the next allocation there is still one round trip.
+    async fn refresh_cached_block(&self, block: AllocationBlock, revision: i64) {
+        let Some(host) = block.host().map(str::to_owned) else {
+            return;
+        };
         let hc = {
             let hosts = self.hosts.lock().unwrap_or_else(|p| p.into_inner());
-            hosts.get(host).cloned()
+            hosts.get(&host).cloned()
         };
         if let Some(hc) = hc {
             let mut c = hc.lock().await;
-            c.blocks.remove(&cidr);
-            // Re-read lazily: mark the family unloaded so the block comes back.
-            c.loaded.remove(&Family::of_net(&cidr));
+            let cidr = block.cidr;
+            if c.blocks.get(&cidr).is_some_and(|old| old.rev < revision) {
+                c.blocks.insert(
+                    cidr,
+                    Cached {
+                        block,
+                        rev: revision,
+                    },
+                );
+            }
         }
     }
 

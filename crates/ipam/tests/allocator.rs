@@ -501,3 +501,30 @@ async fn an_allocation_from_a_cached_block_is_one_etcd_round_trip() {
         "no other writes"
     );
 }
+
+#[tokio::test]
+async fn releases_keep_the_block_cache_current() {
+    let etcd = Etcd::start();
+    let opts = IpamOptions {
+        settings_ttl: Duration::from_secs(600),
+        ..Default::default()
+    };
+    let ipam = Ipam::with_options(etcd.client().await, opts);
+    let ds = ipam.datastore().clone();
+    create_pool(&ds, "p", "10.61.0.0/24", 26, json!({})).await;
+    ipam.auto_assign(args("n1", 1, 0, "warm")).await.unwrap();
+    let txn0 = etcd_rpc_count(&etcd.url, "Txn");
+    let range0 = etcd_rpc_count(&etcd.url, "Range");
+    for i in 0..10 {
+        let got = ipam
+            .auto_assign(args("n1", 1, 0, &format!("c{i}")))
+            .await
+            .unwrap();
+        ipam.release_ips(&got.v4).await.unwrap();
+    }
+    // Each allocation is still one Txn after the release before it (no re-read of the host's
+    // affinities); a release is one read of the block (Range), one read of its handles (a
+    // read-only Txn) and one Txn.
+    assert_eq!(etcd_rpc_count(&etcd.url, "Txn") - txn0, 10 + 10 * 2);
+    assert_eq!(etcd_rpc_count(&etcd.url, "Range") - range0, 10);
+}
