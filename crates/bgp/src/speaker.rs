@@ -191,7 +191,7 @@ pub struct Route {
 
 /// A best-path change for the agent to program into the kernel.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", tag = "event")]
+#[serde(rename_all = "camelCase", rename_all_fields = "camelCase", tag = "event")]
 pub enum RouteEvent {
     /// `prefix` is reachable via `next_hop`, learned from peer `learned_from`.
     Best {
@@ -215,13 +215,28 @@ pub struct PeerStatus {
     pub address: IpAddr,
     /// FSM state name (`Idle`, `Connect`, `Active`, `OpenSent`, `OpenConfirm`, `Established`).
     pub state: String,
-    /// When the state last changed.
+    /// When the state last changed (JSON: seconds since the Unix epoch).
+    #[serde(with = "unix_seconds")]
     pub since: SystemTime,
     /// Last error or `Established`.
     pub info: String,
     /// Transport family (which `calicoctl node status` table the peer goes in).
     pub afi: AfiName,
     pub prefixes_received: usize,
+}
+
+mod unix_seconds {
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SystemTime, D::Error> {
+        Ok(UNIX_EPOCH + Duration::from_secs(u64::deserialize(d)?))
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
