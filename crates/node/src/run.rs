@@ -107,19 +107,94 @@ pub fn agent_env(o: &RunOptions) -> Result<Vec<(String, String)>, RunError> {
     Ok(env)
 }
 
+/// Linux capability names by bit number (capabilities(7)).
+const CAPABILITIES: [&str; 41] = [
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "DAC_READ_SEARCH",
+    "FOWNER",
+    "FSETID",
+    "KILL",
+    "SETGID",
+    "SETUID",
+    "SETPCAP",
+    "LINUX_IMMUTABLE",
+    "NET_BIND_SERVICE",
+    "NET_BROADCAST",
+    "NET_ADMIN",
+    "NET_RAW",
+    "IPC_LOCK",
+    "IPC_OWNER",
+    "SYS_MODULE",
+    "SYS_RAWIO",
+    "SYS_CHROOT",
+    "SYS_PTRACE",
+    "SYS_PACCT",
+    "SYS_ADMIN",
+    "SYS_BOOT",
+    "SYS_NICE",
+    "SYS_RESOURCE",
+    "SYS_TIME",
+    "SYS_TTY_CONFIG",
+    "MKNOD",
+    "LEASE",
+    "AUDIT_WRITE",
+    "AUDIT_CONTROL",
+    "SETFCAP",
+    "MAC_OVERRIDE",
+    "MAC_ADMIN",
+    "SYSLOG",
+    "WAKE_ALARM",
+    "BLOCK_SUSPEND",
+    "AUDIT_READ",
+    "PERFMON",
+    "BPF",
+    "CHECKPOINT_RESTORE",
+];
+
+/// Capabilities missing from this process's bounding set (`CapBnd` in /proc/self/status).
+fn missing_capabilities(status: &str) -> Vec<&'static str> {
+    let Some(bnd) = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapBnd:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+    else {
+        return vec![];
+    };
+    CAPABILITIES
+        .iter()
+        .enumerate()
+        .filter(|(bit, _)| bnd >> bit & 1 == 0)
+        .map(|(_, name)| *name)
+        .collect()
+}
+
+/// `--privileged` where the host can grant every capability; otherwise (a sandboxed host whose
+/// bounding set lacks some) every capability it has, which is what calico-node needs.
+fn privilege_args(missing: &[&str]) -> Vec<String> {
+    if missing.is_empty() {
+        return vec!["--privileged".into()];
+    }
+    let mut args = vec!["--cap-add=ALL".to_string()];
+    args.extend(missing.iter().map(|c| format!("--cap-drop={c}")));
+    args.push("--security-opt=seccomp=unconfined".into());
+    args
+}
+
 /// The `docker run` arguments that start calico-node (pure, so `--dryrun` prints them).
 pub fn docker_run_args(o: &RunOptions) -> Result<Vec<String>, RunError> {
-    let mut args: Vec<String> = [
-        "run",
-        "--net=host",
-        "--privileged",
-        &format!("--name={CONTAINER_NAME}"),
-        "-d",
-        "--restart=always",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let mut args: Vec<String> = vec!["run".into(), "--net=host".into()];
+    args.extend(privilege_args(&missing_capabilities(&status)));
+    args.extend(
+        [
+            &format!("--name={CONTAINER_NAME}"),
+            "-d",
+            "--restart=always",
+        ]
+        .iter()
+        .map(|s| s.to_string()),
+    );
     for (k, v) in agent_env(o)? {
         args.push("-e".into());
         args.push(format!("{k}={v}"));
@@ -361,9 +436,10 @@ mod tests {
     #[test]
     fn docker_command_matches_the_seed() {
         let args = docker_run_args(&opts()).unwrap().join(" ");
+        assert!(args.starts_with("run --net=host --"), "{args}");
         assert!(
-            args.starts_with(
-                "run --net=host --privileged --name=calico-node -d --restart=always \
+            args.contains(
+                "--name=calico-node -d --restart=always \
              -e NODENAME=node1 -e CALICO_NETWORKING_BACKEND=bird -e CALICO_LIBNETWORK_ENABLED=true \
              -e ETCD_ENDPOINTS=http://192.168.33.10:2379"
             ),
@@ -378,6 +454,23 @@ mod tests {
             "{args}"
         );
         assert!(args.ends_with(DEFAULT_IMAGE), "{args}");
+    }
+
+    #[test]
+    fn privileged_only_when_every_capability_can_be_granted() {
+        assert_eq!(privilege_args(&[]), ["--privileged"]);
+        let sandboxed = "CapInh:\t0000000000000000\nCapBnd:\t000001fffeffffff\n";
+        let missing = missing_capabilities(sandboxed);
+        assert_eq!(missing, ["SYS_RESOURCE"]);
+        assert_eq!(
+            privilege_args(&missing),
+            [
+                "--cap-add=ALL",
+                "--cap-drop=SYS_RESOURCE",
+                "--security-opt=seccomp=unconfined"
+            ]
+        );
+        assert!(missing_capabilities("CapBnd:\t000001ffffffffff\n").is_empty());
     }
 
     #[test]
