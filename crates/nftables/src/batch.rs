@@ -273,7 +273,7 @@ impl KeyType {
     }
 
     /// Key length in bytes.
-    pub fn len(self) -> u32 {
+    pub fn key_len(self) -> u32 {
         match self {
             KeyType::Ipv4Addr => 4,
             KeyType::Ipv6Addr => 16,
@@ -504,7 +504,7 @@ impl Batch {
         }
         a.be32(3, flags);
         a.be32(4, set.key.code());
-        a.be32(5, set.key.len());
+        a.be32(5, set.key.key_len());
         if set.verdict_map {
             a.be32(6, 0xffff_ff00); // NFT_DATA_VERDICT
         }

@@ -292,12 +292,12 @@ fn render_endpoint_chain(b: &mut Batch, name: &str, chain: &Chain) {
         }
     }
     b.add_rule(t, name, &mark_update(PASS_MARK, false), None);
-    for n in 0..tiers.len() {
+    for (n, tier) in tiers.iter().enumerate() {
         b.add_rule(
             t,
             name,
             &[Expr::Verdict(Verdict::Jump(format!("{name}-t{n}")))],
-            Some(&format!("tier {}", tiers[n].name)),
+            Some(&format!("tier {}", tier.name)),
         );
         b.add_rule(t, name, &mark_update(PASS_MARK, false), None);
     }

@@ -3,7 +3,7 @@
 //! the test checks that calico-policy's reference evaluator agrees and that real packets agree.
 
 use std::io::{Read, Write};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -30,6 +30,7 @@ struct Workload {
     name: &'static str,
     ns: Host,
     ip: Ipv4Addr,
+    ip6: Ipv6Addr,
     iface: String,
 }
 
@@ -66,7 +67,7 @@ fn start_servers(ns: &Host) -> Servers {
         let (tx, rx) = std::sync::mpsc::channel();
         threads.push(std::thread::spawn(move || {
             enter(&path);
-            let l = TcpListener::bind(("0.0.0.0", port)).expect("tcp bind");
+            let l = TcpListener::bind(("::", port)).expect("tcp bind");
             l.set_nonblocking(true).unwrap();
             tx.send(()).unwrap();
             while !stop.load(Ordering::SeqCst) {
@@ -85,7 +86,7 @@ fn start_servers(ns: &Host) -> Servers {
         let (tx, rx) = std::sync::mpsc::channel();
         threads.push(std::thread::spawn(move || {
             enter(&path);
-            let s = UdpSocket::bind(("0.0.0.0", port)).expect("udp bind");
+            let s = UdpSocket::bind(("::", port)).expect("udp bind");
             s.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
             tx.send(()).unwrap();
             let mut buf = [0u8; 64];
@@ -106,13 +107,22 @@ enum Probe {
     Ping,
     Tcp(u16),
     Udp(u16),
+    Ping6,
+    Tcp6(u16),
+    Udp6(u16),
 }
 
 const WAIT: Duration = Duration::from_millis(800);
 
 fn probe(from: &Workload, to: &Workload, p: Probe) -> Verdict {
-    let dst = to.ip;
+    let (dst, p): (IpAddr, Probe) = match p {
+        Probe::Ping6 => (to.ip6.into(), Probe::Ping),
+        Probe::Tcp6(n) => (to.ip6.into(), Probe::Tcp(n)),
+        Probe::Udp6(n) => (to.ip6.into(), Probe::Udp(n)),
+        other => (to.ip.into(), other),
+    };
     let ok = match p {
+        Probe::Ping6 | Probe::Tcp6(_) | Probe::Udp6(_) => unreachable!("mapped above"),
         Probe::Ping => from
             .ns
             .exec(&["ping", "-c1", "-W1", &dst.to_string()])
@@ -122,8 +132,7 @@ fn probe(from: &Workload, to: &Workload, p: Probe) -> Verdict {
         Probe::Tcp(port) => from
             .ns
             .run(move || {
-                let Ok(mut s) =
-                    TcpStream::connect_timeout(&SocketAddr::new(dst.into(), port), WAIT)
+                let Ok(mut s) = TcpStream::connect_timeout(&SocketAddr::new(dst, port), WAIT)
                 else {
                     return false;
                 };
@@ -136,7 +145,12 @@ fn probe(from: &Workload, to: &Workload, p: Probe) -> Verdict {
             .ns
             .run(move || {
                 // A fresh source port each time: no conntrack entry of an earlier case applies.
-                let s = UdpSocket::bind("0.0.0.0:0").unwrap();
+                let any: SocketAddr = if dst.is_ipv4() {
+                    "0.0.0.0:0".parse().unwrap()
+                } else {
+                    "[::]:0".parse().unwrap()
+                };
+                let s = UdpSocket::bind(any).unwrap();
                 s.set_read_timeout(Some(WAIT)).unwrap();
                 s.send_to(b"x", (dst, port)).unwrap();
                 let mut b = [0u8; 8];
@@ -148,15 +162,26 @@ fn probe(from: &Workload, to: &Workload, p: Probe) -> Verdict {
 }
 
 fn packet(from: &Workload, to: &Workload, p: Probe) -> Packet {
-    let (s, d) = (IpAddr::V4(from.ip), IpAddr::V4(to.ip));
+    let (s4, d4) = (IpAddr::V4(from.ip), IpAddr::V4(to.ip));
+    let (s6, d6) = (IpAddr::V6(from.ip6), IpAddr::V6(to.ip6));
     match p {
-        Probe::Ping => Packet::ping(s, d),
-        Probe::Tcp(port) => Packet::tcp(s, 40000, d, port),
-        Probe::Udp(port) => Packet::udp(s, 40000, d, port),
+        Probe::Ping => Packet::ping(s4, d4),
+        Probe::Tcp(port) => Packet::tcp(s4, 40000, d4, port),
+        Probe::Udp(port) => Packet::udp(s4, 40000, d4, port),
+        Probe::Ping6 => Packet::ping(s6, d6),
+        Probe::Tcp6(port) => Packet::tcp(s6, 40000, d6, port),
+        Probe::Udp6(port) => Packet::udp(s6, 40000, d6, port),
     }
 }
 
-async fn plumb(lab: &Lab, host: &Host, name: &'static str, iface: &str, ip: Ipv4Addr) -> Workload {
+async fn plumb(
+    lab: &Lab,
+    host: &Host,
+    name: &'static str,
+    iface: &str,
+    ip: Ipv4Addr,
+    ip6: Ipv6Addr,
+) -> Workload {
     let ns = lab.add_namespace(name).expect("workload namespace");
     let host_nl = Netlink::connect_in(&host.netns_path()).expect("host netlink");
     host_nl
@@ -186,17 +211,37 @@ async fn plumb(lab: &Lab, host: &Host, name: &'static str, iface: &str, ip: Ipv4
     .expect("default route");
     sysctl::apply(
         Some(&host.netns_path()),
-        &sysctl::calico_host_veth(iface, true, false),
+        &sysctl::calico_host_veth(iface, true, true),
     )
     .expect("sysctls");
     host_nl
         .replace_route(&Route::device(addr, iface, RTPROT_BOOT))
         .await
         .expect("workload route");
+    // IPv6 as Calico does it: the workload's /128 and a default route via the link-local
+    // address the host side derives from its MAC ee:ee:ee:ee:ee:ee.
+    let a6 = format!("{ip6}/128");
+    ns.exec_ok(&["ip", "-6", "addr", "add", &a6, "dev", "cali0", "nodad"])
+        .expect("v6 address");
+    ns.exec_ok(&[
+        "ip",
+        "-6",
+        "route",
+        "replace",
+        "default",
+        "via",
+        "fe80::ecee:eeff:feee:eeee",
+        "dev",
+        "cali0",
+    ])
+    .expect("v6 default route");
+    host.exec_ok(&["ip", "-6", "route", "replace", &a6, "dev", iface])
+        .expect("v6 workload route");
     Workload {
         name,
         ns,
         ip,
+        ip6,
         iface: iface.to_owned(),
     }
 }
@@ -217,10 +262,13 @@ async fn rig() -> Rig {
     let lab = Lab::new().expect("lab");
     let node = lab.add_host(NODE, "192.168.33.11/24").expect("node");
     sysctl::apply(Some(&node.netns_path()), &[Sysctl::ipv4_forwarding(true)]).expect("forwarding");
+    node.exec_ok(&["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"])
+        .expect("v6 forwarding");
     let mut wls = Vec::new();
     for (i, name) in ["w1", "w2", "w3"].into_iter().enumerate() {
         let ip = Ipv4Addr::new(192, 168, 166, 129 + i as u8);
-        wls.push(plumb(&lab, &node, name, &format!("cali{name}0a1b2c3d"), ip).await);
+        let ip6 = format!("fd00:166::{}", 129 + i).parse().unwrap();
+        wls.push(plumb(&lab, &node, name, &format!("cali{name}0a1b2c3d"), ip, ip6).await);
     }
     let servers = wls.iter().map(|w| start_servers(&w.ns)).collect();
     let dp = PolicyDataplane::new_in(&node.netns_path()).expect("policy dataplane");
@@ -232,6 +280,16 @@ async fn rig() -> Rig {
             "plumbing to {}",
             w.name
         );
+        // Link-local addresses finish duplicate address detection first; bounded wait.
+        let t0 = Instant::now();
+        while probe(&wls[0], w, Probe::Ping6) != Verdict::Allow {
+            assert!(
+                t0.elapsed() < Duration::from_secs(15),
+                "no IPv6 path to {}",
+                w.name
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
     }
     Rig {
         _lab: lab,
@@ -264,7 +322,10 @@ fn base_model(wls: &[Workload]) -> PolicyModel {
             interface_name: w.iface.clone(),
             labels: LabelMap::from([("role".to_string(), ROLES[i].to_string())]),
             orchestrator: Some("libnetwork".into()),
-            ips: vec![format!("{}/32", w.ip).parse().unwrap()],
+            ips: vec![
+                format!("{}/32", w.ip).parse().unwrap(),
+                format!("{}/128", w.ip6).parse().unwrap(),
+            ],
             profiles: vec![NETWORKS[i].into()],
             ..Default::default()
         });
@@ -349,6 +410,10 @@ async fn policy_matrix_with_real_traffic() {
             (2, 0, Probe::Ping, Deny),
             (2, 1, Probe::Tcp(80), Deny),
             (2, 0, Probe::Udp(5000), Deny),
+            (0, 1, Probe::Ping6, Allow),
+            (1, 0, Probe::Tcp6(443), Allow),
+            (2, 0, Probe::Ping6, Deny),
+            (2, 1, Probe::Udp6(53), Deny),
         ],
     );
 
@@ -371,13 +436,20 @@ async fn policy_matrix_with_real_traffic() {
             // db's egress has no policy: its profile still decides.
             (1, 0, Probe::Ping, Allow),
             (1, 2, Probe::Ping, Deny),
+            (0, 1, Probe::Tcp6(80), Allow),
+            (0, 1, Probe::Tcp6(8080), Deny),
+            (0, 1, Probe::Ping6, Deny),
         ],
     );
+    rig.assert_counted("db-ingress ingress rule 0");
+    rig.assert_counted("end of tier default");
 
     // 3. Deny by port, then allow everything (overrides the profiles).
     let mut m = base.clone();
     let mut p = Policy::new("no-8080", "all()");
+    // A Log rule first: it records and carries on.
     p.ingress = vec![
+        Rule::new(Action::Log),
         with_action(tcp(8080), Action::Deny),
         Rule::new(Action::Allow),
     ];
@@ -391,6 +463,8 @@ async fn policy_matrix_with_real_traffic() {
             (2, 0, Probe::Tcp(443), Allow),
             (2, 0, Probe::Udp(53), Allow),
             (1, 2, Probe::Ping, Allow),
+            (0, 1, Probe::Tcp6(8080), Deny),
+            (2, 0, Probe::Udp6(5000), Allow),
         ],
     );
 
@@ -423,6 +497,9 @@ async fn policy_matrix_with_real_traffic() {
             (0, 1, Probe::Tcp(443), Deny),
             (0, 1, Probe::Tcp(8080), Allow),
             (0, 1, Probe::Tcp(80), Deny),
+            // The ICMP rule is IPv4's: ICMPv6 echo is not allowed by it.
+            (0, 1, Probe::Ping6, Deny),
+            (0, 1, Probe::Udp6(53), Allow),
         ],
     );
 
@@ -530,6 +607,10 @@ async fn policy_matrix_with_real_traffic() {
             (1, 0, Probe::Ping, Deny),
             (2, 1, Probe::Tcp(80), Allow),
             (0, 1, Probe::Tcp(80), Deny),
+            // The nets rule exists for IPv4 only (Felix's per-family rendering).
+            (2, 1, Probe::Tcp6(80), Deny),
+            // The network set holds w3's IPv4 address only.
+            (2, 0, Probe::Ping6, Deny),
         ],
     );
 
@@ -584,6 +665,32 @@ async fn policy_matrix_with_real_traffic() {
     let pk = packet(&rig.wls[2], &rig.wls[0], Probe::Ping);
     assert_eq!(path_verdict(None, Some(ep), &new, &pk), Allow);
     assert_eq!(probe(&rig.wls[2], &rig.wls[0], Probe::Ping), Allow);
+}
+
+impl Rig {
+    /// The rule whose comment contains `what` counted at least one packet.
+    fn assert_counted(&self, what: &str) {
+        let out = self
+            .node
+            .exec_ok(&["nft", "-j", "list", "table", "inet", "calico-rs"])
+            .expect("nft list");
+        let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+        let rules: Vec<&serde_json::Value> = v["nftables"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|i| i.get("rule"))
+            .filter(|r| r["comment"].as_str().is_some_and(|c| c.contains(what)))
+            .collect();
+        assert!(!rules.is_empty(), "no rule {what:?}");
+        let packets: u64 = rules
+            .iter()
+            .flat_map(|r| r["expr"].as_array().unwrap())
+            .filter_map(|e| e.get("counter"))
+            .map(|c| c["packets"].as_u64().unwrap_or(0))
+            .sum();
+        assert!(packets > 0, "rule {what:?} counted nothing: {rules:?}");
+    }
 }
 
 trait TapProtocol {
