@@ -9,6 +9,15 @@
 //! - [`commands`]: create / apply / replace / delete / get / patch / label / validate / version;
 //! - [`output`] / [`kinds`]: Calico's table layouts and per-kind facts;
 //!
+//! Where this calicoctl deliberately differs from Calico's:
+//! - writes are all-or-nothing: every document is validated and every precondition checked
+//!   before anything is written, then one etcd transaction per 128 writes (Calico writes
+//!   document by document and reports partial success);
+//! - `apply` of an unchanged resource writes nothing (same resourceVersion afterwards);
+//! - `get KIND A B` prints one table with a row per resource (Calico prints one table each)
+//!   and `-o yaml|json` of several named resources prints a `<Kind>List`;
+//! - `label --remove` really removes the label (Calico's update path merges labels back).
+//!
 //! Configuration (`-c`, `/etc/calico/calicoctl.cfg`, DATASTORE_TYPE / ETCD_* variables) is
 //! loaded by `calico-datastore`'s `CalicoApiConfig`.
 
