@@ -857,6 +857,10 @@ impl Ipam {
                         .map_err(|e| (e, got.clone()))?;
                     // After two lost races, stop guessing and list the pool.
                     lost_claims = if won.is_some() { 0 } else { lost_claims + 1 };
+                    if won.is_some() {
+                        // Progress: the attempt budget bounds conflicts, not request size.
+                        attempt = 0;
+                    }
                     continue;
                 }
                 Step::Exhausted(reason) => {
@@ -927,6 +931,7 @@ impl Ipam {
                     }
                     debug!(host, %cidr, n = ips.len(), borrowed, "allocated");
                     got.extend(ips);
+                    attempt = 0;
                 }
                 TxnOutcome::Failed { current, .. } => {
                     if let Some(h) = handle.as_deref_mut() {

@@ -528,3 +528,20 @@ async fn releases_keep_the_block_cache_current() {
     assert_eq!(etcd_rpc_count(&etcd.url, "Txn") - txn0, 10 + 10 * 2);
     assert_eq!(etcd_rpc_count(&etcd.url, "Range") - range0, 10);
 }
+
+#[tokio::test]
+async fn a_large_request_spanning_many_blocks_is_not_cut_short_by_the_retry_budget() {
+    let etcd = Etcd::start();
+    let opts = IpamOptions {
+        max_attempts: 5,
+        ..Default::default()
+    };
+    let ipam = Ipam::with_options(etcd.client().await, opts);
+    let ds = ipam.datastore().clone();
+    create_pool(&ds, "p", "10.62.0.0/22", 29, json!({})).await;
+    // 400 addresses = 50 blocks of 8: far more steps than 5 attempts.
+    let got = ipam.auto_assign(args("n1", 400, 0, "big")).await.unwrap();
+    let unique: BTreeSet<IpAddr> = got.v4.iter().copied().collect();
+    assert_eq!(unique.len(), 400);
+    assert_eq!(ipam.ips_by_handle("big").await.unwrap().len(), 400);
+}
