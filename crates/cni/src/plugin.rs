@@ -333,7 +333,9 @@ impl Plugin {
 
     pub async fn add(&self) -> Result<CniResult, PluginError> {
         let wl = self.workload()?;
-        let kv = datastore::connect(&self.conf).await?;
+        // Checked: a datastore that is down fails ADD before anything is created, with
+        // "try again later" rather than a failure half-way through IPAM.
+        let kv = datastore::connect_checked(&self.conf).await?;
         let ipam = Ipam::new(kv.clone());
         let ds = Datastore::from_etcd(kv);
         let mut undo = Undo::default();
