@@ -360,7 +360,9 @@ impl AsPath {
     /// Prepends `asn` (eBGP export), keeping segments within 255 ASNs.
     pub fn prepend(&mut self, asn: u32) {
         match self.segments.first_mut() {
-            Some(s) if s.kind == SegmentKind::Sequence && s.asns.len() < 255 => s.asns.insert(0, asn),
+            Some(s) if s.kind == SegmentKind::Sequence && s.asns.len() < 255 => {
+                s.asns.insert(0, asn)
+            }
             _ => self.segments.insert(
                 0,
                 Segment {
@@ -517,7 +519,11 @@ pub enum Attribute {
     LargeCommunities(Vec<LargeCommunity>),
     /// Anything else (AGGREGATOR, extended communities, ...): flags and bytes as received, so
     /// optional transitive attributes pass through (with the Partial bit set when re-sent).
-    Unknown { flags: u8, code: u8, data: Vec<u8> },
+    Unknown {
+        flags: u8,
+        code: u8,
+        data: Vec<u8>,
+    },
 }
 
 impl Attribute {
@@ -590,7 +596,11 @@ pub enum DecodeError {
     #[error("attribute {code}: flags {flags:#04x} are wrong")]
     AttributeFlags { code: u8, flags: u8, raw: Vec<u8> },
     #[error("attribute {code}: length {length} is wrong")]
-    AttributeLength { code: u8, length: usize, raw: Vec<u8> },
+    AttributeLength {
+        code: u8,
+        length: usize,
+        raw: Vec<u8>,
+    },
     #[error("attribute {code} appears twice")]
     DuplicateAttribute { code: u8 },
     #[error("malformed attribute list: {reason}")]
@@ -602,7 +612,11 @@ pub enum DecodeError {
     #[error("prefix length {length} is too long for the family")]
     InvalidNetwork { length: u8 },
     #[error("MP next hop length {length} is not valid for AFI {afi}")]
-    BadMpNextHop { afi: u16, length: usize, raw: Vec<u8> },
+    BadMpNextHop {
+        afi: u16,
+        length: usize,
+        raw: Vec<u8>,
+    },
     #[error("missing well-known attribute {code}")]
     MissingWellKnown { code: u8 },
     #[error("unrecognized well-known attribute {code}")]
@@ -637,24 +651,25 @@ impl DecodeError {
             }
             DecodeError::BadCapability { .. } => (OPEN, 0, vec![]),
             DecodeError::BadBgpId { .. } => (OPEN, OPEN_BAD_BGP_ID, vec![]),
-            DecodeError::UnacceptableHoldTime { .. } => {
-                (OPEN, OPEN_UNACCEPTABLE_HOLD_TIME, vec![])
-            }
+            DecodeError::UnacceptableHoldTime { .. } => (OPEN, OPEN_UNACCEPTABLE_HOLD_TIME, vec![]),
             DecodeError::AttributeFlags { raw, .. } => (UPDATE, UPDATE_ATTR_FLAGS, raw.clone()),
             DecodeError::AttributeLength { raw, .. } => (UPDATE, UPDATE_ATTR_LENGTH, raw.clone()),
-            DecodeError::DuplicateAttribute { .. }
-            | DecodeError::MalformedAttributeList { .. } => {
+            DecodeError::DuplicateAttribute { .. } | DecodeError::MalformedAttributeList { .. } => {
                 (UPDATE, UPDATE_MALFORMED_ATTR_LIST, vec![])
             }
             DecodeError::InvalidOrigin { raw, .. } => (UPDATE, UPDATE_INVALID_ORIGIN, raw.clone()),
             DecodeError::MalformedAsPath { .. } => (UPDATE, UPDATE_MALFORMED_AS_PATH, vec![]),
             DecodeError::InvalidNetwork { .. } => (UPDATE, UPDATE_INVALID_NETWORK, vec![]),
             DecodeError::BadMpNextHop { raw, .. } => (UPDATE, UPDATE_OPTIONAL_ATTR, raw.clone()),
-            DecodeError::MissingWellKnown { code } => (UPDATE, UPDATE_MISSING_WELL_KNOWN, vec![*code]),
+            DecodeError::MissingWellKnown { code } => {
+                (UPDATE, UPDATE_MISSING_WELL_KNOWN, vec![*code])
+            }
             DecodeError::UnrecognizedWellKnown { raw, .. } => {
                 (UPDATE, UPDATE_UNRECOGNIZED_WELL_KNOWN, raw.clone())
             }
-            DecodeError::InvalidNextHop { raw, .. } => (UPDATE, UPDATE_INVALID_NEXT_HOP, raw.clone()),
+            DecodeError::InvalidNextHop { raw, .. } => {
+                (UPDATE, UPDATE_INVALID_NEXT_HOP, raw.clone())
+            }
             DecodeError::RouteRefreshLength { .. } => {
                 (ROUTE_REFRESH, ROUTE_REFRESH_BAD_LENGTH, vec![])
             }
@@ -852,7 +867,7 @@ fn decode_capability(code: u8, data: &[u8]) -> Result<Capability, DecodeError> {
             Capability::RouteRefresh
         }
         64 => {
-            if data.len() < 2 || (data.len() - 2) % 4 != 0 {
+            if data.len() < 2 || !(data.len() - 2).is_multiple_of(4) {
                 return Err(bad("graceful restart length must be 2 + 4n"));
             }
             let head = u16::from_be_bytes([data[0], data[1]]);
@@ -909,11 +924,19 @@ fn decode_prefixes(mut buf: &[u8], family: Family) -> Result<Vec<IpNet>, DecodeE
         let net = if family.afi == 2 {
             let mut b = [0u8; 16];
             b[..n].copy_from_slice(&rest[..n]);
-            IpNet::V6(Ipv6Net::new(Ipv6Addr::from(b), len).map_err(|_| DecodeError::InvalidNetwork { length: len })?.trunc())
+            IpNet::V6(
+                Ipv6Net::new(Ipv6Addr::from(b), len)
+                    .map_err(|_| DecodeError::InvalidNetwork { length: len })?
+                    .trunc(),
+            )
         } else {
             let mut b = [0u8; 4];
             b[..n].copy_from_slice(&rest[..n]);
-            IpNet::V4(Ipv4Net::new(Ipv4Addr::from(b), len).map_err(|_| DecodeError::InvalidNetwork { length: len })?.trunc())
+            IpNet::V4(
+                Ipv4Net::new(Ipv4Addr::from(b), len)
+                    .map_err(|_| DecodeError::InvalidNetwork { length: len })?
+                    .trunc(),
+            )
         };
         out.push(net);
         buf = &rest[n..];
@@ -968,20 +991,38 @@ fn decode_as_path(data: &[u8], width: usize) -> Result<AsPath, DecodeError> {
     };
     let mut segments = Vec::new();
     while !r.is_empty() {
-        let kind = match r.u8("segment type").map_err(|_| DecodeError::MalformedAsPath { reason: "truncated segment" })? {
+        let kind = match r
+            .u8("segment type")
+            .map_err(|_| DecodeError::MalformedAsPath {
+                reason: "truncated segment",
+            })? {
             1 => SegmentKind::Set,
             2 => SegmentKind::Sequence,
             3 => SegmentKind::ConfedSequence,
             4 => SegmentKind::ConfedSet,
-            _ => return Err(DecodeError::MalformedAsPath { reason: "unknown segment type" }),
+            _ => {
+                return Err(DecodeError::MalformedAsPath {
+                    reason: "unknown segment type",
+                });
+            }
         };
-        let count = usize::from(r.u8("segment length").map_err(|_| DecodeError::MalformedAsPath { reason: "truncated segment" })?);
+        let count =
+            usize::from(
+                r.u8("segment length")
+                    .map_err(|_| DecodeError::MalformedAsPath {
+                        reason: "truncated segment",
+                    })?,
+            );
         if count == 0 {
-            return Err(DecodeError::MalformedAsPath { reason: "empty segment" });
+            return Err(DecodeError::MalformedAsPath {
+                reason: "empty segment",
+            });
         }
         let body = r
             .take(count * width, "segment")
-            .map_err(|_| DecodeError::MalformedAsPath { reason: "segment runs past the attribute" })?;
+            .map_err(|_| DecodeError::MalformedAsPath {
+                reason: "segment runs past the attribute",
+            })?;
         let asns = body
             .chunks_exact(width)
             .map(|c| {
@@ -1068,7 +1109,9 @@ fn decode_attributes(mut buf: &[u8], ctx: Ctx) -> Result<Vec<Attribute>, DecodeE
                     }
                 })
             }
-            AS_PATH => Attribute::AsPath(decode_as_path(data, if ctx.four_octet_as { 4 } else { 2 })?),
+            AS_PATH => {
+                Attribute::AsPath(decode_as_path(data, if ctx.four_octet_as { 4 } else { 2 })?)
+            }
             AS4_PATH => Attribute::As4Path(decode_as_path(data, 4)?),
             NEXT_HOP => {
                 if len != 4 {
@@ -1272,7 +1315,9 @@ fn attribute_body(attr: &Attribute, ctx: Ctx) -> Vec<u8> {
         Attribute::NextHop(a) | Attribute::OriginatorId(a) => d.extend_from_slice(&a.octets()),
         Attribute::Med(v) | Attribute::LocalPref(v) => d.extend_from_slice(&v.to_be_bytes()),
         Attribute::AtomicAggregate => {}
-        Attribute::Communities(cs) => cs.iter().for_each(|c| d.extend_from_slice(&c.to_be_bytes())),
+        Attribute::Communities(cs) => cs
+            .iter()
+            .for_each(|c| d.extend_from_slice(&c.to_be_bytes())),
         Attribute::ClusterList(ids) => ids.iter().for_each(|c| d.extend_from_slice(&c.octets())),
         Attribute::LargeCommunities(cs) => {
             for c in cs {
@@ -1362,7 +1407,9 @@ pub fn encode(msg: &Message, ctx: Ctx) -> Result<Vec<u8>, EncodeError> {
         }
         Message::Update(u) => {
             let mut w = Vec::new();
-            u.withdrawn.iter().for_each(|n| put_prefix(&mut w, &IpNet::V4(*n)));
+            u.withdrawn
+                .iter()
+                .for_each(|n| put_prefix(&mut w, &IpNet::V4(*n)));
             let mut a = Vec::new();
             for attr in &u.attributes {
                 put_attribute(&mut a, attr, ctx)?;
@@ -1375,7 +1422,9 @@ pub fn encode(msg: &Message, ctx: Ctx) -> Result<Vec<u8>, EncodeError> {
                 out.extend_from_slice(&len.to_be_bytes());
                 out.extend_from_slice(part);
             }
-            u.nlri.iter().for_each(|n| put_prefix(&mut out, &IpNet::V4(*n)));
+            u.nlri
+                .iter()
+                .for_each(|n| put_prefix(&mut out, &IpNet::V4(*n)));
             MSG_UPDATE
         }
         Message::Notification(n) => {

@@ -54,7 +54,9 @@ pub enum Input {
     /// Start the session (configure the peer).
     Start,
     /// Stop the session: sends `Cease` with this subcode if a connection is open.
-    Stop { subcode: u8 },
+    Stop {
+        subcode: u8,
+    },
     /// A TCP connection is up (ours, or an accepted one handed to this FSM).
     Connected,
     /// Our connection attempt failed.
@@ -102,7 +104,10 @@ impl DownReason {
     /// Whether the peer may keep our routes as stale (RFC 4724 applies to transport failures
     /// and hold-timer expiry, not to an administrative stop or a NOTIFICATION).
     pub fn graceful(&self) -> bool {
-        matches!(self, DownReason::ConnectionClosed | DownReason::HoldTimerExpired)
+        matches!(
+            self,
+            DownReason::ConnectionClosed | DownReason::HoldTimerExpired
+        )
     }
 }
 
@@ -361,12 +366,10 @@ impl Fsm {
             (Idle, Input::TimerExpired(Timer::ConnectRetry)) if self.enabled => {
                 self.start(&mut out)
             }
-            (Connect | Active, Input::TimerExpired(Timer::ConnectRetry)) => {
-                if !self.cfg.passive {
-                    self.set_state(Connect, &mut out);
-                    out.push(Output::Connect);
-                    out.push(Output::SetTimer(Timer::ConnectRetry, self.retry_delay()));
-                }
+            (Connect | Active, Input::TimerExpired(Timer::ConnectRetry)) if !self.cfg.passive => {
+                self.set_state(Connect, &mut out);
+                out.push(Output::Connect);
+                out.push(Output::SetTimer(Timer::ConnectRetry, self.retry_delay()));
             }
             (Connect, Input::ConnectFailed) => {
                 self.failures = self.failures.saturating_add(1);
@@ -501,7 +504,9 @@ mod tests {
         assert!(out.contains(&Output::Connect));
         let out = f.handle(Input::Connected);
         assert_eq!(f.state(), State::OpenSent);
-        assert!(matches!(&out[1], Output::Send(Message::Open(o)) if o.asn() == 64512 && o.hold_time == 90));
+        assert!(
+            matches!(&out[1], Output::Send(Message::Open(o)) if o.asn() == 64512 && o.hold_time == 90)
+        );
         let out = f.handle(Input::Message(peer_open(65001, 30)));
         assert_eq!(f.state(), State::OpenConfirm);
         assert!(out.contains(&Output::Send(Message::Keepalive)));
@@ -527,7 +532,10 @@ mod tests {
         f.handle(Input::Start);
         f.handle(Input::Connected);
         let out = f.handle(Input::Message(peer_open(65001, 0)));
-        assert!(!out.iter().any(|o| matches!(o, Output::SetTimer(Timer::Hold | Timer::Keepalive, _))));
+        assert!(
+            !out.iter()
+                .any(|o| matches!(o, Output::SetTimer(Timer::Hold | Timer::Keepalive, _)))
+        );
     }
 
     #[test]
@@ -540,7 +548,10 @@ mod tests {
         assert!(out.iter().any(|o| matches!(o, Output::Send(Message::Notification(n)) if n.code == notif::OPEN && n.subcode == notif::OPEN_BAD_PEER_AS)));
         assert!(out.contains(&Output::Disconnect));
         // Automatic restart armed with backoff (one failure: 2 s).
-        assert!(out.contains(&Output::SetTimer(Timer::ConnectRetry, Duration::from_secs(2))));
+        assert!(out.contains(&Output::SetTimer(
+            Timer::ConnectRetry,
+            Duration::from_secs(2)
+        )));
         let out = f.handle(Input::TimerExpired(Timer::ConnectRetry));
         assert_eq!(f.state(), State::Connect);
         assert!(out.contains(&Output::Connect));
@@ -626,11 +637,13 @@ mod tests {
             value: 7,
             raw: vec![0x40, 1, 1, 7],
         }));
-        assert!(out.contains(&Output::Send(Message::Notification(Notification {
-            code: notif::UPDATE,
-            subcode: notif::UPDATE_INVALID_ORIGIN,
-            data: vec![0x40, 1, 1, 7]
-        }))));
+        assert!(
+            out.contains(&Output::Send(Message::Notification(Notification {
+                code: notif::UPDATE,
+                subcode: notif::UPDATE_INVALID_ORIGIN,
+                data: vec![0x40, 1, 1, 7]
+            })))
+        );
     }
 
     #[test]
@@ -640,12 +653,17 @@ mod tests {
         let out = f.handle(Input::Stop {
             subcode: notif::CEASE_PEER_DECONFIGURED,
         });
-        assert!(out.contains(&Output::Send(Message::Notification(Notification::new(
-            notif::CEASE,
-            notif::CEASE_PEER_DECONFIGURED
-        )))));
+        assert!(
+            out.contains(&Output::Send(Message::Notification(Notification::new(
+                notif::CEASE,
+                notif::CEASE_PEER_DECONFIGURED
+            ))))
+        );
         assert!(!out.iter().any(|o| matches!(o, Output::SetTimer(..))));
-        assert!(f.handle(Input::TimerExpired(Timer::ConnectRetry)).is_empty());
+        assert!(
+            f.handle(Input::TimerExpired(Timer::ConnectRetry))
+                .is_empty()
+        );
         assert_eq!(f.state(), State::Idle);
     }
 
@@ -658,7 +676,10 @@ mod tests {
         let out = f.handle(Input::Start);
         assert_eq!(f.state(), State::Active);
         assert!(!out.contains(&Output::Connect));
-        assert!(f.handle(Input::TimerExpired(Timer::ConnectRetry)).is_empty());
+        assert!(
+            f.handle(Input::TimerExpired(Timer::ConnectRetry))
+                .is_empty()
+        );
         f.handle(Input::Connected);
         assert_eq!(f.state(), State::OpenSent);
     }

@@ -319,7 +319,12 @@ pub struct ExportCtx {
 
 /// Whether `path` may be advertised to `peer`, and with which attributes (RFC 4271 9.1.3,
 /// RFC 4456 for reflection).
-pub fn export(ctx: &ExportCtx, prefix: &IpNet, path: &Path, peer: &ExportPeer) -> Option<PathAttrs> {
+pub fn export(
+    ctx: &ExportCtx,
+    prefix: &IpNet,
+    path: &Path,
+    peer: &ExportPeer,
+) -> Option<PathAttrs> {
     if path.source == Source::Peer(peer.address) {
         return None;
     }
@@ -345,9 +350,7 @@ pub fn export(ctx: &ExportCtx, prefix: &IpNet, path: &Path, peer: &ExportPeer) -
     } else {
         if learned_ibgp {
             // iBGP-learned routes go to iBGP peers only through reflection.
-            let Some(cluster_id) = ctx.cluster_id else {
-                return None;
-            };
+            let cluster_id = ctx.cluster_id?;
             if !path.from_rr_client && !peer.rr_client {
                 return None;
             }
@@ -400,8 +403,12 @@ mod tests {
         let a = path(peer("10.0.0.1"), |p| p.attrs.local_pref = Some(200));
         let b = path(peer("10.0.0.2"), |p| p.attrs.as_path = AsPath::default());
         assert_eq!(compare(&a, &b), Ordering::Less, "higher local-pref wins");
-        let a = path(peer("10.0.0.1"), |p| p.attrs.as_path = AsPath::sequence(vec![1]));
-        let b = path(peer("10.0.0.2"), |p| p.attrs.as_path = AsPath::sequence(vec![1, 2]));
+        let a = path(peer("10.0.0.1"), |p| {
+            p.attrs.as_path = AsPath::sequence(vec![1])
+        });
+        let b = path(peer("10.0.0.2"), |p| {
+            p.attrs.as_path = AsPath::sequence(vec![1, 2])
+        });
         assert_eq!(compare(&a, &b), Ordering::Less, "shorter AS path wins");
         let a = path(peer("10.0.0.1"), |p| p.attrs.origin = Origin::Igp);
         let b = path(peer("10.0.0.2"), |p| p.attrs.origin = Origin::Incomplete);
@@ -414,20 +421,34 @@ mod tests {
             p.attrs.as_path = AsPath::sequence(vec![7]);
             p.attrs.med = Some(1)
         });
-        assert_eq!(compare(&a, &b), Ordering::Greater, "lower MED from same AS wins");
+        assert_eq!(
+            compare(&a, &b),
+            Ordering::Greater,
+            "lower MED from same AS wins"
+        );
         let b2 = path(peer("10.0.0.2"), |p| {
             p.attrs.as_path = AsPath::sequence(vec![8]);
             p.attrs.med = Some(1);
             p.peer_router_id = Ipv4Addr::new(10, 0, 0, 99);
         });
-        assert_eq!(compare(&a, &b2), Ordering::Less, "MED ignored across ASes; router id decides");
+        assert_eq!(
+            compare(&a, &b2),
+            Ordering::Less,
+            "MED ignored across ASes; router id decides"
+        );
         let a = path(peer("10.0.0.1"), |p| p.ebgp = true);
         let b = path(peer("10.0.0.2"), |_| {});
         assert_eq!(compare(&a, &b), Ordering::Less, "eBGP over iBGP");
-        let a = path(peer("10.0.0.1"), |p| p.peer_router_id = Ipv4Addr::new(1, 1, 1, 1));
-        let b = path(peer("10.0.0.2"), |p| p.peer_router_id = Ipv4Addr::new(2, 2, 2, 2));
+        let a = path(peer("10.0.0.1"), |p| {
+            p.peer_router_id = Ipv4Addr::new(1, 1, 1, 1)
+        });
+        let b = path(peer("10.0.0.2"), |p| {
+            p.peer_router_id = Ipv4Addr::new(2, 2, 2, 2)
+        });
         assert_eq!(compare(&a, &b), Ordering::Less, "lower router id");
-        let b = path(peer("10.0.0.2"), |p| p.peer_router_id = Ipv4Addr::new(1, 1, 1, 1));
+        let b = path(peer("10.0.0.2"), |p| {
+            p.peer_router_id = Ipv4Addr::new(1, 1, 1, 1)
+        });
         assert_eq!(compare(&a, &b), Ordering::Less, "lower peer address");
     }
 
@@ -478,7 +499,10 @@ mod tests {
         ];
         assert!(filter_allows(&rules, &"10.1.0.0/16".parse().unwrap()));
         assert!(!filter_allows(&rules, &"10.1.0.0/26".parse().unwrap()));
-        assert!(filter_allows(&rules, &"192.168.0.0/26".parse().unwrap()), "no match accepts");
+        assert!(
+            filter_allows(&rules, &"192.168.0.0/26".parse().unwrap()),
+            "no match accepts"
+        );
         let v6only = FilterRule {
             cidr: None,
             min_len: Some(64),
@@ -541,9 +565,22 @@ mod tests {
         let a = export(&ctx(true), &pfx, &from_nonclient, &client).expect("reflected to client");
         assert_eq!(a.originator_id, Some(Ipv4Addr::new(10, 0, 0, 9)));
         assert_eq!(a.cluster_list, vec![Ipv4Addr::new(1, 2, 3, 4)]);
-        assert_eq!(a.next_hop, Some("10.0.0.9".parse().unwrap()), "next hop kept");
+        assert_eq!(
+            a.next_hop,
+            Some("10.0.0.9".parse().unwrap()),
+            "next hop kept"
+        );
         assert!(export(&ctx(true), &pfx, &from_client, &nonclient).is_some());
-        assert!(export(&ctx(true), &pfx, &from_client, &epeer("10.0.0.3", false, true)).is_none(), "not back to sender");
+        assert!(
+            export(
+                &ctx(true),
+                &pfx,
+                &from_client,
+                &epeer("10.0.0.3", false, true)
+            )
+            .is_none(),
+            "not back to sender"
+        );
         let local = path(Source::Local, |p| p.attrs.next_hop = None);
         let a = export(&ctx(false), &pfx, &local, &nonclient).expect("local to ibgp");
         assert_eq!(a.local_pref, Some(100));

@@ -104,7 +104,12 @@ fn setsockopt<T>(
 
 /// Installs (or with `None` removes) the TCP-MD5 key for `peer` on a socket. On a listening
 /// socket this covers connections accepted from that peer.
-pub fn set_md5(fd: RawFd, socket_is_v6: bool, peer: IpAddr, key: Option<&str>) -> Result<(), SockoptError> {
+pub fn set_md5(
+    fd: RawFd,
+    socket_is_v6: bool,
+    peer: IpAddr,
+    key: Option<&str>,
+) -> Result<(), SockoptError> {
     let bytes = key.unwrap_or("").as_bytes();
     if bytes.len() > MD5_MAX_KEY_LEN {
         return Err(SockoptError::KeyTooLong {
@@ -133,17 +138,43 @@ pub fn set_md5(fd: RawFd, socket_is_v6: bool, peer: IpAddr, key: Option<&str>) -
 }
 
 /// GTSM: send with TTL 255 and drop packets that crossed more than `hops` routers.
-pub fn set_ttl_security(fd: RawFd, socket_is_v6: bool, peer: IpAddr, hops: u8) -> Result<(), SockoptError> {
+pub fn set_ttl_security(
+    fd: RawFd,
+    socket_is_v6: bool,
+    peer: IpAddr,
+    hops: u8,
+) -> Result<(), SockoptError> {
     let ttl: libc::c_int = 255;
     let min: libc::c_int = 256 - libc::c_int::from(hops.max(1));
     if socket_is_v6 {
-        setsockopt(fd, libc::IPPROTO_IPV6, libc::IPV6_UNICAST_HOPS, &ttl, "IPV6_UNICAST_HOPS", peer)?;
-        setsockopt(fd, libc::IPPROTO_IPV6, IPV6_MINHOPCOUNT, &min, "IPV6_MINHOPCOUNT", peer)?;
+        setsockopt(
+            fd,
+            libc::IPPROTO_IPV6,
+            libc::IPV6_UNICAST_HOPS,
+            &ttl,
+            "IPV6_UNICAST_HOPS",
+            peer,
+        )?;
+        setsockopt(
+            fd,
+            libc::IPPROTO_IPV6,
+            IPV6_MINHOPCOUNT,
+            &min,
+            "IPV6_MINHOPCOUNT",
+            peer,
+        )?;
     }
     if !socket_is_v6 || peer.is_ipv4() {
         // For v4-mapped peers on a v6 socket the IPv4 options apply as well.
         setsockopt(fd, libc::IPPROTO_IP, libc::IP_TTL, &ttl, "IP_TTL", peer)?;
-        setsockopt(fd, libc::IPPROTO_IP, libc::IP_MINTTL, &min, "IP_MINTTL", peer)?;
+        setsockopt(
+            fd,
+            libc::IPPROTO_IP,
+            libc::IP_MINTTL,
+            &min,
+            "IP_MINTTL",
+            peer,
+        )?;
     }
     Ok(())
 }

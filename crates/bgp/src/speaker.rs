@@ -37,8 +37,8 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::codec::{
-    self, Attribute, Capability, Ctx, Family, GracefulRestart, LargeCommunity, Message,
-    MpNextHop, Notification, RefreshSubtype, RouteRefresh, Update, notif,
+    self, Attribute, Capability, Ctx, Family, GracefulRestart, LargeCommunity, Message, MpNextHop,
+    Notification, RefreshSubtype, RouteRefresh, Update, notif,
 };
 use crate::fsm::{self, DownReason, Fsm, FsmConfig, Input, Negotiated, Output, State, Timer};
 use crate::rib::{self, ExportCtx, ExportPeer, FilterRule, LocRib, Path, PathAttrs, Source};
@@ -151,7 +151,11 @@ impl AfiName {
         }
     }
     pub fn of(addr: IpAddr) -> AfiName {
-        if addr.is_ipv4() { AfiName::Ipv4 } else { AfiName::Ipv6 }
+        if addr.is_ipv4() {
+            AfiName::Ipv4
+        } else {
+            AfiName::Ipv6
+        }
     }
 }
 
@@ -191,7 +195,11 @@ pub struct Route {
 
 /// A best-path change for the agent to program into the kernel.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", rename_all_fields = "camelCase", tag = "event")]
+#[serde(
+    rename_all = "camelCase",
+    rename_all_fields = "camelCase",
+    tag = "event"
+)]
 pub enum RouteEvent {
     /// `prefix` is reachable via `next_hop`, learned from peer `learned_from`.
     Best {
@@ -231,7 +239,11 @@ mod unix_seconds {
     use serde::{Deserialize, Deserializer, Serializer};
 
     pub fn serialize<S: Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_u64(t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0))
+        s.serialize_u64(
+            t.duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+        )
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SystemTime, D::Error> {
@@ -390,12 +402,20 @@ impl Core {
                     generation,
                     event,
                 } => {
-                    if self.peers.get(&peer).is_some_and(|p| p.generation == generation) {
+                    if self
+                        .peers
+                        .get(&peer)
+                        .is_some_and(|p| p.generation == generation)
+                    {
                         self.session_event(peer, event);
                     }
                 }
                 CoreMsg::StaleTimeout { peer, generation } => {
-                    if self.peers.get(&peer).is_some_and(|p| p.generation == generation) {
+                    if self
+                        .peers
+                        .get(&peer)
+                        .is_some_and(|p| p.generation == generation)
+                    {
                         info!(%peer, "graceful restart timer expired, removing stale routes");
                         self.sweep_stale(peer, None);
                     }
@@ -471,7 +491,9 @@ impl Core {
                 Some(p) => {
                     let filters_changed = {
                         let rt = &self.peers[&addr];
-                        rt.cfg.import != p.import || rt.cfg.export != p.export || rt.cfg.next_hop_mode != p.next_hop_mode
+                        rt.cfg.import != p.import
+                            || rt.cfg.export != p.export
+                            || rt.cfg.next_hop_mode != p.next_hop_mode
                     };
                     if filters_changed {
                         self.update_filters(addr, (*p).clone());
@@ -487,8 +509,11 @@ impl Core {
         self.sync_listener_keys();
 
         // Originated routes.
-        let wanted_routes: HashMap<IpNet, &Route> =
-            new.originated.iter().map(|r| (r.prefix.trunc(), r)).collect();
+        let wanted_routes: HashMap<IpNet, &Route> = new
+            .originated
+            .iter()
+            .map(|r| (r.prefix.trunc(), r))
+            .collect();
         let current_local: Vec<IpNet> = self
             .rib
             .prefixes()
@@ -520,7 +545,9 @@ impl Core {
 
     fn has_local(&self, prefix: &IpNet) -> bool {
         // Local paths always sort first when present.
-        self.rib.best(prefix).is_some_and(|p| p.source == Source::Local)
+        self.rib
+            .best(prefix)
+            .is_some_and(|p| p.source == Source::Local)
     }
 
     fn ensure_listener(&mut self, cfg: &SpeakerConfig) {
@@ -539,7 +566,10 @@ impl Core {
                     loop {
                         match listener.accept().await {
                             Ok((stream, from)) => {
-                                if tx.send(CoreMsg::Incoming(stream, sockopt::canonical(from))).is_err() {
+                                if tx
+                                    .send(CoreMsg::Incoming(stream, sockopt::canonical(from)))
+                                    .is_err()
+                                {
                                     break;
                                 }
                             }
@@ -558,7 +588,9 @@ impl Core {
                     keys: HashMap::new(),
                 });
             }
-            Err(e) => warn!(%addr, error = %e, "cannot listen for BGP; only outgoing sessions will work"),
+            Err(e) => {
+                warn!(%addr, error = %e, "cannot listen for BGP; only outgoing sessions will work")
+            }
         }
     }
 
@@ -569,7 +601,9 @@ impl Core {
             .values()
             .filter_map(|p| p.cfg.password.clone().map(|k| (p.cfg.address, k)))
             .collect();
-        let Some(l) = self.listener.as_mut() else { return };
+        let Some(l) = self.listener.as_mut() else {
+            return;
+        };
         let old: Vec<IpAddr> = l.keys.keys().copied().collect();
         for peer in old {
             if !wanted.contains_key(&peer) {
@@ -598,7 +632,10 @@ impl Core {
         let generation = self.next_generation;
         let local_as = pc.local_as.unwrap_or(cfg.local_as);
         let families = pc.families();
-        let mut caps: Vec<Capability> = families.iter().map(|f| Capability::Multiprotocol(*f)).collect();
+        let mut caps: Vec<Capability> = families
+            .iter()
+            .map(|f| Capability::Multiprotocol(*f))
+            .collect();
         caps.push(Capability::RouteRefresh);
         caps.push(Capability::EnhancedRouteRefresh);
         let gr_time = pc.graceful_restart_time.unwrap_or(120);
@@ -677,19 +714,28 @@ impl Core {
                 t.abort();
             }
         }
-        self.status.lock().unwrap_or_else(|p| p.into_inner()).remove(&addr);
+        self.status
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&addr);
         let changes = self.rib.remove_where(Source::Peer(addr), |_, _| true);
         self.propagate(changes);
     }
 
     fn update_filters(&mut self, addr: IpAddr, new: PeerConfig) {
-        let Some(rt) = self.peers.get_mut(&addr) else { return };
+        let Some(rt) = self.peers.get_mut(&addr) else {
+            return;
+        };
         let import_changed = rt.cfg.import != new.import;
         rt.cfg = new;
         if import_changed {
             // Drop what the new rules reject; ask the peer to resend the rest.
             let rules = rt.cfg.import.clone();
-            let refresh = rt.up.as_ref().filter(|u| u.negotiated.route_refresh).map(|u| u.negotiated.families.clone());
+            let refresh = rt
+                .up
+                .as_ref()
+                .filter(|u| u.negotiated.route_refresh)
+                .map(|u| u.negotiated.families.clone());
             if let Some(fams) = refresh {
                 let msgs = fams
                     .into_iter()
@@ -718,7 +764,8 @@ impl Core {
             Some(rt) => {
                 if let Some(hops) = rt.cfg.ttl_security {
                     let is_v6 = stream.local_addr().map(|a| a.is_ipv6()).unwrap_or(false);
-                    if let Err(e) = sockopt::set_ttl_security(stream.as_raw_fd(), is_v6, peer, hops) {
+                    if let Err(e) = sockopt::set_ttl_security(stream.as_raw_fd(), is_v6, peer, hops)
+                    {
                         warn!(%peer, error = %e, "cannot apply TTL security to accepted connection");
                         return;
                     }
@@ -738,15 +785,13 @@ impl Core {
                     st.info = "Established".into();
                 }
             }),
-            SessionEvent::Established { negotiated, local } => self.established(peer, negotiated, local),
+            SessionEvent::Established { negotiated, local } => {
+                self.established(peer, negotiated, local)
+            }
             SessionEvent::Down(reason) => self.down(peer, reason),
             SessionEvent::Update(u) => self.update(peer, u),
             SessionEvent::RouteRefresh(rr) => {
-                let enhanced = self
-                    .peers
-                    .get(&peer)
-                    .and_then(|p| p.up.as_ref())
-                    .is_some();
+                let enhanced = self.peers.get(&peer).and_then(|p| p.up.as_ref()).is_some();
                 if enhanced && rr.subtype == RefreshSubtype::Normal {
                     // Resend everything for that family.
                     if let Some(rt) = self.peers.get_mut(&peer) {
@@ -754,7 +799,9 @@ impl Core {
                     }
                     self.readvertise(peer);
                     if let Some(rt) = self.peers.get(&peer) {
-                        let _ = rt.cmd.send(SessionCmd::Send(vec![Message::Update(Update::end_of_rib(rr.family))]));
+                        let _ = rt.cmd.send(SessionCmd::Send(vec![Message::Update(
+                            Update::end_of_rib(rr.family),
+                        )]));
                     }
                 }
             }
@@ -763,15 +810,28 @@ impl Core {
 
     fn established(&mut self, peer: IpAddr, negotiated: Negotiated, local: IpAddr) {
         info!(%peer, hold = negotiated.hold_time, families = ?negotiated.families, "session established");
-        let Some(rt) = self.peers.get_mut(&peer) else { return };
+        let Some(rt) = self.peers.get_mut(&peer) else {
+            return;
+        };
         // Graceful restart helper: if the peer did not keep forwarding state for a family, its
         // stale routes for that family go now (RFC 4724 4.2).
         let kept: HashSet<Family> = negotiated
             .peer_graceful_restart
             .as_ref()
-            .map(|gr| gr.families.iter().filter(|(_, f)| *f).map(|(fam, _)| *fam).collect())
+            .map(|gr| {
+                gr.families
+                    .iter()
+                    .filter(|(_, f)| *f)
+                    .map(|(fam, _)| *fam)
+                    .collect()
+            })
             .unwrap_or_default();
-        let drop_now: Vec<Family> = rt.stale_families.iter().copied().filter(|f| !kept.contains(f)).collect();
+        let drop_now: Vec<Family> = rt
+            .stale_families
+            .iter()
+            .copied()
+            .filter(|f| !kept.contains(f))
+            .collect();
         let families = negotiated.families.clone();
         rt.up = Some(EstablishedInfo { negotiated, local });
         rt.adj_out.clear();
@@ -797,15 +857,23 @@ impl Core {
         }
         info!(%peer, %reason, "session down");
         self.set_status(peer, |s| s.info = reason.to_string());
-        let Some(rt) = self.peers.get_mut(&peer) else { return };
+        let Some(rt) = self.peers.get_mut(&peer) else {
+            return;
+        };
         let was = rt.up.take();
         rt.adj_out.clear();
         let Some(was) = was else { return };
-        let peer_gr = was.negotiated.peer_graceful_restart.as_ref().filter(|gr| gr.restart_time > 0);
+        let peer_gr = was
+            .negotiated
+            .peer_graceful_restart
+            .as_ref()
+            .filter(|gr| gr.restart_time > 0);
         match peer_gr {
             Some(gr) if reason.graceful() => {
                 let n = self.rib.mark_stale(Source::Peer(peer));
-                let Some(rt) = self.peers.get_mut(&peer) else { return };
+                let Some(rt) = self.peers.get_mut(&peer) else {
+                    return;
+                };
                 rt.stale_families = was.negotiated.families.iter().copied().collect();
                 info!(%peer, routes = n, restart_time = gr.restart_time, "peer restarting, keeping its routes as stale");
                 let secs = u64::from(gr.restart_time);
@@ -853,9 +921,13 @@ impl Core {
     }
 
     fn update(&mut self, peer: IpAddr, u: Update) {
-        let Some(ectx) = self.export_ctx() else { return };
+        let Some(ectx) = self.export_ctx() else {
+            return;
+        };
         let Some(cfg) = self.cfg.as_ref() else { return };
-        let Some(rt) = self.peers.get_mut(&peer) else { return };
+        let Some(rt) = self.peers.get_mut(&peer) else {
+            return;
+        };
         let Some(up) = rt.up.as_ref() else { return };
         if let Some(f) = u.end_of_rib_family() {
             debug!(%peer, ?f, "End-of-RIB");
@@ -884,7 +956,9 @@ impl Core {
         for a in &u.attributes {
             match a {
                 Attribute::MpReach {
-                    next_hop, nlri, family,
+                    next_hop,
+                    nlri,
+                    family,
                 } if families.contains(family) => {
                     let (nh, ll) = match next_hop {
                         MpNextHop::V4(v4) => (IpAddr::V4(*v4), None),
@@ -931,7 +1005,9 @@ impl Core {
         }
         let all = self.peers.values().all(|p| {
             !p.ever_up
-                || p.up.as_ref().is_some_and(|u| u.negotiated.families.iter().all(|f| p.eor.contains(f)))
+                || p.up
+                    .as_ref()
+                    .is_some_and(|u| u.negotiated.families.iter().all(|f| p.eor.contains(f)))
         });
         if all && self.peers.values().any(|p| p.ever_up) {
             self.mark_synced();
@@ -966,7 +1042,13 @@ impl Core {
                 }),
                 _ => None,
             };
-            let was_learned = matches!(c.old, Some(Path { source: Source::Peer(_), .. }));
+            let was_learned = matches!(
+                c.old,
+                Some(Path {
+                    source: Source::Peer(_),
+                    ..
+                })
+            );
             match ev {
                 Some(ev) => {
                     let _ = self.routes.send(ev);
@@ -990,7 +1072,8 @@ impl Core {
                 .count();
             rt.received = n;
         }
-        let counts: Vec<(IpAddr, usize)> = self.peers.iter().map(|(a, r)| (*a, r.received)).collect();
+        let counts: Vec<(IpAddr, usize)> =
+            self.peers.iter().map(|(a, r)| (*a, r.received)).collect();
         for (a, n) in counts {
             self.set_status(a, |s| s.prefixes_received = n);
         }
@@ -1010,9 +1093,13 @@ impl Core {
     /// Computes what `peer` should have for `prefixes`, diffs against Adj-RIB-Out and sends the
     /// difference as packed UPDATEs.
     fn advertise(&mut self, peer: IpAddr, prefixes: &[IpNet]) {
-        let Some(ectx) = self.export_ctx() else { return };
+        let Some(ectx) = self.export_ctx() else {
+            return;
+        };
         let Some(cfg) = self.cfg.as_ref() else { return };
-        let Some(rt) = self.peers.get(&peer) else { return };
+        let Some(rt) = self.peers.get(&peer) else {
+            return;
+        };
         let Some(up) = rt.up.as_ref() else { return };
         let local_as = rt.cfg.local_as.unwrap_or(cfg.local_as);
         let ep = ExportPeer {
@@ -1067,7 +1154,9 @@ impl Core {
         for (attrs, nets) in announce {
             msgs.extend(build_announcements(&attrs, &nets, ctx));
         }
-        let Some(rt) = self.peers.get_mut(&peer) else { return };
+        let Some(rt) = self.peers.get_mut(&peer) else {
+            return;
+        };
         for (p, a) in new_out {
             match a {
                 Some(a) => {
@@ -1160,7 +1249,9 @@ fn build_announcements(a: &PathAttrs, nets: &[IpNet], ctx: Ctx) -> Vec<Message> 
         }
     }
     if !v6.is_empty() {
-        let Some(IpAddr::V6(global)) = a.next_hop else { return msgs };
+        let Some(IpAddr::V6(global)) = a.next_hop else {
+            return msgs;
+        };
         let base = wire_attributes(a, ctx, false);
         let next_hop = MpNextHop::V6 {
             global,
@@ -1240,6 +1331,9 @@ fn pack(nets: &[IpNet], overhead: usize) -> Vec<Vec<IpNet>> {
 
 // ---------------------------------------------------------------- session task
 
+/// One frame (or the read error that ended the connection), tagged with the connection id.
+type Frame = (u64, Result<Vec<u8>, std::io::Error>);
+
 enum SessionInput {
     Cmd(Option<SessionCmd>),
     Frame(u64, Result<Vec<u8>, std::io::Error>),
@@ -1256,7 +1350,7 @@ struct Session {
     fsm: Fsm,
     core: mpsc::UnboundedSender<CoreMsg>,
     writer: Option<OwnedWriteHalf>,
-    reader: Option<(JoinHandle<()>, mpsc::UnboundedReceiver<(u64, Result<Vec<u8>, std::io::Error>)>)>,
+    reader: Option<(JoinHandle<()>, mpsc::UnboundedReceiver<Frame>)>,
     conn_id: u64,
     /// The current connection is one we opened.
     outgoing: bool,
@@ -1299,8 +1393,16 @@ impl Session {
         });
     }
 
-    async fn next_input(&mut self, cmd_rx: &mut mpsc::UnboundedReceiver<SessionCmd>, connect_rx: &mut mpsc::UnboundedReceiver<(u64, std::io::Result<TcpStream>)>) -> SessionInput {
-        let next_timer = self.timers.iter().min_by_key(|(_, at)| **at).map(|(t, at)| (*t, *at));
+    async fn next_input(
+        &mut self,
+        cmd_rx: &mut mpsc::UnboundedReceiver<SessionCmd>,
+        connect_rx: &mut mpsc::UnboundedReceiver<(u64, std::io::Result<TcpStream>)>,
+    ) -> SessionInput {
+        let next_timer = self
+            .timers
+            .iter()
+            .min_by_key(|(_, at)| **at)
+            .map(|(t, at)| (*t, *at));
         let sleep = async {
             match next_timer {
                 Some((t, at)) => {
@@ -1331,7 +1433,9 @@ impl Session {
         loop {
             match self.next_input(&mut cmd_rx, &mut connect_rx).await {
                 SessionInput::Cmd(None) => {
-                    let out = self.fsm.handle(Input::Stop { subcode: notif::CEASE_ADMIN_SHUTDOWN });
+                    let out = self.fsm.handle(Input::Stop {
+                        subcode: notif::CEASE_ADMIN_SHUTDOWN,
+                    });
                     self.apply(out, &connect_tx).await;
                     break;
                 }
@@ -1371,7 +1475,9 @@ impl Session {
                 SessionInput::Frame(..) => {}
                 SessionInput::ConnectResult(attempt, r) if attempt == self.connect_attempt => {
                     match r {
-                        Ok(stream) if matches!(self.fsm.state(), State::Connect | State::Active) => {
+                        Ok(stream)
+                            if matches!(self.fsm.state(), State::Connect | State::Active) =>
+                        {
                             self.attach(stream, true);
                             let out = self.fsm.handle(Input::Connected);
                             self.apply(out, &connect_tx).await;
@@ -1396,7 +1502,11 @@ impl Session {
 
     /// An accepted connection from the peer: use it, keep it for collision resolution, or
     /// refuse it (RFC 4271 6.8).
-    async fn incoming(&mut self, stream: TcpStream, connect_tx: &mpsc::UnboundedSender<(u64, std::io::Result<TcpStream>)>) {
+    async fn incoming(
+        &mut self,
+        stream: TcpStream,
+        connect_tx: &mpsc::UnboundedSender<(u64, std::io::Result<TcpStream>)>,
+    ) {
         match self.fsm.state() {
             State::Idle | State::Connect | State::Active if self.fsm.enabled() => {
                 self.connect_attempt += 1; // forget any connect in flight
@@ -1413,18 +1523,25 @@ impl Session {
         }
     }
 
-    async fn resolve_collision(&mut self, connect_tx: &mpsc::UnboundedSender<(u64, std::io::Result<TcpStream>)>) {
-        let Some(stream) = self.pending_incoming.take() else { return };
+    async fn resolve_collision(
+        &mut self,
+        connect_tx: &mpsc::UnboundedSender<(u64, std::io::Result<TcpStream>)>,
+    ) {
+        let Some(stream) = self.pending_incoming.take() else {
+            return;
+        };
         let Some(n) = self.fsm.negotiated() else {
             self.pending_incoming = Some(stream);
             return;
         };
-        let keep_outgoing = fsm::collision_keeps_outgoing(self.fsm.config().router_id, n.peer_router_id);
+        let keep_outgoing =
+            fsm::collision_keeps_outgoing(self.fsm.config().router_id, n.peer_router_id);
         if keep_outgoing == self.outgoing {
             refuse(stream).await;
         } else {
             info!(peer = %self.peer, "connection collision: switching to the peer's connection");
-            let cease = Message::Notification(Notification::new(notif::CEASE, notif::CEASE_COLLISION));
+            let cease =
+                Message::Notification(Notification::new(notif::CEASE, notif::CEASE_COLLISION));
             self.send(&cease).await;
             let out = self.fsm.handle(Input::Closed);
             self.apply(out, connect_tx).await;
@@ -1455,7 +1572,9 @@ impl Session {
     }
 
     async fn send(&mut self, msg: &Message) -> bool {
-        let Some(w) = self.writer.as_mut() else { return false };
+        let Some(w) = self.writer.as_mut() else {
+            return false;
+        };
         match codec::encode(msg, self.ctx) {
             Ok(bytes) => w.write_all(&bytes).await.is_ok(),
             Err(e) => {
@@ -1465,14 +1584,23 @@ impl Session {
         }
     }
 
-    async fn apply(&mut self, outputs: Vec<Output>, connect_tx: &mpsc::UnboundedSender<(u64, std::io::Result<TcpStream>)>) {
+    async fn apply(
+        &mut self,
+        outputs: Vec<Output>,
+        connect_tx: &mpsc::UnboundedSender<(u64, std::io::Result<TcpStream>)>,
+    ) {
         let mut queue: std::collections::VecDeque<Output> = outputs.into();
         while let Some(o) = queue.pop_front() {
             match o {
                 Output::Connect => {
                     self.connect_attempt += 1;
                     let attempt = self.connect_attempt;
-                    let (peer, port, pw, ttl) = (self.peer, self.port, self.password.clone(), self.ttl_security);
+                    let (peer, port, pw, ttl) = (
+                        self.peer,
+                        self.port,
+                        self.password.clone(),
+                        self.ttl_security,
+                    );
                     let tx = connect_tx.clone();
                     tokio::spawn(async move {
                         let r = connect(peer, port, pw.as_deref(), ttl).await;
@@ -1520,7 +1648,10 @@ impl Session {
                         .and_then(|w| w.local_addr().ok())
                         .map(|a| a.ip().to_canonical())
                         .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
-                    self.emit(SessionEvent::Established { negotiated: n, local });
+                    self.emit(SessionEvent::Established {
+                        negotiated: n,
+                        local,
+                    });
                 }
                 Output::Down(r) => self.emit(SessionEvent::Down(r)),
                 Output::Update(u) => self.emit(SessionEvent::Update(u)),
@@ -1540,7 +1671,12 @@ async fn refuse(mut stream: TcpStream) {
     }
 }
 
-async fn connect(peer: IpAddr, port: u16, password: Option<&str>, ttl: Option<u8>) -> std::io::Result<TcpStream> {
+async fn connect(
+    peer: IpAddr,
+    port: u16,
+    password: Option<&str>,
+    ttl: Option<u8>,
+) -> std::io::Result<TcpStream> {
     let sock = if peer.is_ipv6() {
         TcpSocket::new_v6()?
     } else {
@@ -1553,7 +1689,10 @@ async fn connect(peer: IpAddr, port: u16, password: Option<&str>, ttl: Option<u8
     if let Some(hops) = ttl {
         sockopt::set_ttl_security(fd, peer.is_ipv6(), peer, hops).map_err(std::io::Error::other)?;
     }
-    tokio::time::timeout(Duration::from_secs(10), sock.connect(SocketAddr::new(peer, port)))
-        .await
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))?
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        sock.connect(SocketAddr::new(peer, port)),
+    )
+    .await
+    .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))?
 }

@@ -37,11 +37,15 @@ struct Ours {
 
 impl Ours {
     fn start(host: &Host, dir: &Path, cfg: &Value) -> Ours {
-        let config = dir.join("speaker.json");
+        Self::start_as(host, dir, cfg, "speaker")
+    }
+
+    fn start_as(host: &Host, dir: &Path, cfg: &Value, name: &str) -> Ours {
+        let config = dir.join(format!("{name}.json"));
         std::fs::write(&config, serde_json::to_vec_pretty(cfg).unwrap()).unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_calico-bgp-speaker"));
         cmd.arg(&config).env("RUST_LOG", "calico_bgp=info");
-        let guard = host.spawn(cmd, "speaker").expect("spawn speaker");
+        let guard = host.spawn(cmd, name).expect("spawn speaker");
         Ours { config, guard }
     }
 
@@ -79,12 +83,16 @@ impl Ours {
     }
 
     fn established(&self, peer: &str) -> bool {
-        self.lines().iter().rev().find_map(|l| l.get("status").cloned()).is_some_and(|s| {
-            s.as_array().is_some_and(|a| {
-                a.iter()
-                    .any(|p| p["address"] == peer && p["state"] == "Established")
+        self.lines()
+            .iter()
+            .rev()
+            .find_map(|l| l.get("status").cloned())
+            .is_some_and(|s| {
+                s.as_array().is_some_and(|a| {
+                    a.iter()
+                        .any(|p| p["address"] == peer && p["state"] == "Established")
+                })
             })
-        })
     }
 
     fn rewrite(&self, cfg: &Value) {
@@ -164,14 +172,22 @@ impl Case<'_> {
             deadline,
             || {
                 let r = self.ours.routes();
-                r.get(self.their_v4).is_some_and(|(_, from)| from == &self.them.v4)
-                    && r.get(self.their_v6).is_some_and(|(_, from)| from == &self.them.v6)
+                r.get(self.their_v4)
+                    .is_some_and(|(_, from)| from == &self.them.v4)
+                    && r.get(self.their_v6)
+                        .is_some_and(|(_, from)| from == &self.them.v6)
             },
             || format!("routes: {:?}\n{}", self.ours.routes(), self.diag()),
         );
         let r = self.ours.routes();
-        assert_eq!(r[self.their_v4].0, self.them.v4, "IPv4 next hop is the daemon");
-        assert_eq!(r[self.their_v6].0, self.them.v6, "IPv6 global next hop is the daemon");
+        assert_eq!(
+            r[self.their_v4].0, self.them.v4,
+            "IPv4 next hop is the daemon"
+        );
+        assert_eq!(
+            r[self.their_v6].0, self.them.v6,
+            "IPv6 global next hop is the daemon"
+        );
         wait_for(
             "our routes at the daemon",
             deadline,
@@ -193,7 +209,10 @@ impl Case<'_> {
             || !self.daemon.rib_dump().contains(self.our_v4),
             || self.diag(),
         );
-        assert!(self.daemon.rib_dump().contains(self.our_v6), "the IPv6 route stays");
+        assert!(
+            self.daemon.rib_dump().contains(self.our_v6),
+            "the IPv6 route stays"
+        );
     }
 }
 
@@ -216,11 +235,21 @@ struct Bird {
 }
 
 impl Bird {
-    fn start(n: &Node, dir: &Path, asn: u32, our_as: u32, password: Option<&str>, v4: &str, v6: &str) -> Bird {
+    fn start(
+        n: &Node,
+        dir: &Path,
+        asn: u32,
+        our_as: u32,
+        password: Option<&str>,
+        v4: &str,
+        v6: &str,
+    ) -> Bird {
         let conf = dir.join("bird.conf");
         let sock = dir.join("bird.ctl");
         let log = dir.join("bird.log");
-        let pw = password.map(|p| format!("password \"{p}\";")).unwrap_or_default();
+        let pw = password
+            .map(|p| format!("password \"{p}\";"))
+            .unwrap_or_default();
         let ibgp = asn == our_as;
         let nhs = if ibgp { "next hop self;" } else { "" };
         let text = format!(
@@ -293,9 +322,24 @@ fn run_bird(ibgp: bool, password: Option<&str>) {
     let us = node(&lab, "us", 11);
     let them = node(&lab, "bird", 12);
     let their_as = if ibgp { 64512 } else { 65002 };
-    let bird = Bird::start(&them, dir.path(), their_as, 64512, password, "10.12.0.0/24", "fd12::/64");
-    let peers = vec![peer(&them.v4, their_as, password), peer(&them.v6, their_as, password)];
-    let ours = Ours::start(&us.host, dir.path(), &our_config(64512, peers.clone(), &["10.11.0.0/24", "fd11::/64"]));
+    let bird = Bird::start(
+        &them,
+        dir.path(),
+        their_as,
+        64512,
+        password,
+        "10.12.0.0/24",
+        "fd12::/64",
+    );
+    let peers = vec![
+        peer(&them.v4, their_as, password),
+        peer(&them.v6, their_as, password),
+    ];
+    let ours = Ours::start(
+        &us.host,
+        dir.path(),
+        &our_config(64512, peers.clone(), &["10.11.0.0/24", "fd11::/64"]),
+    );
     let case = Case {
         daemon: &bird,
         ours: &ours,
@@ -309,11 +353,20 @@ fn run_bird(ibgp: bool, password: Option<&str>) {
     let dump = bird.rib_dump();
     // Communities and large communities arrive intact.
     assert!(dump.contains("(65000,1)"), "community at BIRD:\n{dump}");
-    assert!(dump.contains("(64512, 1, 2)"), "large community at BIRD:\n{dump}");
+    assert!(
+        dump.contains("(64512, 1, 2)"),
+        "large community at BIRD:\n{dump}"
+    );
     if !ibgp {
-        assert!(dump.contains("BGP.as_path: 64512"), "eBGP path has our AS:\n{dump}");
+        assert!(
+            dump.contains("BGP.as_path: 64512"),
+            "eBGP path has our AS:\n{dump}"
+        );
     } else {
-        assert!(dump.contains("BGP.local_pref: 100"), "iBGP carries LOCAL_PREF:\n{dump}");
+        assert!(
+            dump.contains("BGP.local_pref: 100"),
+            "iBGP carries LOCAL_PREF:\n{dump}"
+        );
     }
     case.check_withdraw(&our_config(64512, peers, &["fd11::/64"]));
 }
@@ -343,8 +396,33 @@ struct GoBgp {
 
 impl GoBgp {
     fn start(n: &Node, dir: &Path, asn: u32, our_as: u32, password: Option<&str>) -> GoBgp {
-        let conf = dir.join("gobgpd.toml");
-        let pw = password.map(|p| format!("auth-password = \"{p}\"")).unwrap_or_default();
+        Self::start_with(n, dir, asn, our_as, password, None, "gobgpd")
+    }
+
+    /// `restart`: `Some(restarting)` enables graceful restart (and `-r` when restarting).
+    fn start_with(
+        n: &Node,
+        dir: &Path,
+        asn: u32,
+        our_as: u32,
+        password: Option<&str>,
+        restart: Option<bool>,
+        name: &str,
+    ) -> GoBgp {
+        let conf = dir.join(format!("{name}.toml"));
+        let gr = if restart.is_some() {
+            "  [neighbors.graceful-restart.config]\n    enabled = true\n    restart-time = 20\n"
+        } else {
+            ""
+        };
+        let mp_gr = if restart.is_some() {
+            "    [neighbors.afi-safis.mp-graceful-restart.config]\n      enabled = true\n"
+        } else {
+            ""
+        };
+        let pw = password
+            .map(|p| format!("auth-password = \"{p}\""))
+            .unwrap_or_default();
         let neighbor = |addr: &str, afi: &str| {
             format!(
                 r#"
@@ -357,10 +435,10 @@ impl GoBgp {
     hold-time = 9
     keepalive-interval = 3
     connect-retry = 1
-  [[neighbors.afi-safis]]
+{gr}  [[neighbors.afi-safis]]
     [neighbors.afi-safis.config]
       afi-safi-name = "{afi}"
-"#
+{mp_gr}"#
             )
         };
         let text = format!(
@@ -372,7 +450,10 @@ impl GoBgp {
         std::fs::write(&conf, text).unwrap();
         let api = "127.0.0.1:50051".to_owned();
         let mut cmd = Command::new("gobgpd");
-        cmd.arg("-f").arg(&conf).arg("-p").arg(format!("--api-hosts={api}"));
+        cmd.arg("-f")
+            .arg(&conf)
+            .arg("-p")
+            .arg(format!("--api-hosts={api}"));
         let guard = n.host.spawn(cmd, "gobgpd").expect("spawn gobgpd");
         GoBgp {
             host: n.host.clone(),
@@ -387,7 +468,13 @@ impl GoBgp {
         argv.extend_from_slice(args);
         self.host
             .exec(&argv)
-            .map(|o| format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr)))
+            .map(|o| {
+                format!(
+                    "{}{}",
+                    String::from_utf8_lossy(&o.stdout),
+                    String::from_utf8_lossy(&o.stderr)
+                )
+            })
             .unwrap_or_default()
     }
 
@@ -428,8 +515,15 @@ fn run_gobgp(ibgp: bool, password: Option<&str>) {
     let gobgp = GoBgp::start(&them, dir.path(), their_as, 64512, password);
     gobgp.add("10.13.0.0/24", &them.v4, "ipv4");
     gobgp.add("fd13::/64", &them.v6, "ipv6");
-    let peers = vec![peer(&them.v4, their_as, password), peer(&them.v6, their_as, password)];
-    let ours = Ours::start(&us.host, dir.path(), &our_config(64512, peers.clone(), &["10.11.0.0/24", "fd11::/64"]));
+    let peers = vec![
+        peer(&them.v4, their_as, password),
+        peer(&them.v6, their_as, password),
+    ];
+    let ours = Ours::start(
+        &us.host,
+        dir.path(),
+        &our_config(64512, peers.clone(), &["10.11.0.0/24", "fd11::/64"]),
+    );
     let case = Case {
         daemon: &gobgp,
         ours: &ours,
@@ -469,13 +563,31 @@ struct Frr {
 }
 
 impl Frr {
-    fn start(n: &Node, dir: &Path, asn: u32, our_as: u32, password: Option<&str>, v4: &str, v6: &str) -> Frr {
+    fn start(
+        n: &Node,
+        dir: &Path,
+        asn: u32,
+        our_as: u32,
+        password: Option<&str>,
+        v4: &str,
+        v6: &str,
+    ) -> Frr {
         let conf = dir.join("bgpd.conf");
         let vty = dir.join("vty");
         std::fs::create_dir_all(&vty).unwrap();
         let log = dir.join("bgpd.log");
-        let pw = |addr: &str| password.map(|p| format!(" neighbor {addr} password {p}\n")).unwrap_or_default();
-        let nhs = |addr: &str| if asn == our_as { format!("  neighbor {addr} next-hop-self\n") } else { String::new() };
+        let pw = |addr: &str| {
+            password
+                .map(|p| format!(" neighbor {addr} password {p}\n"))
+                .unwrap_or_default()
+        };
+        let nhs = |addr: &str| {
+            if asn == our_as {
+                format!("  neighbor {addr} next-hop-self\n")
+            } else {
+                String::new()
+            }
+        };
         let text = format!(
             "frr defaults traditional\nhostname frr\nlog file {log}\n!\nrouter bgp {asn}\n bgp router-id {id}\n no bgp ebgp-requires-policy\n no bgp network import-check\n no bgp default ipv4-unicast\n neighbor {us4} remote-as {our_as}\n neighbor {us4} timers 3 9\n neighbor {us4} timers connect 1\n{pw4} neighbor {us6} remote-as {our_as}\n neighbor {us6} timers 3 9\n neighbor {us6} timers connect 1\n{pw6} !\n address-family ipv4 unicast\n  network {v4}\n  neighbor {us4} activate\n{nhs4} exit-address-family\n !\n address-family ipv6 unicast\n  network {v6}\n  neighbor {us6} activate\n{nhs6} exit-address-family\n!\n",
             log = log.display(),
@@ -509,7 +621,13 @@ impl Frr {
         let vty = self.vty.display().to_string();
         self.host
             .exec(&["vtysh", "--vty_socket", &vty, "-c", command])
-            .map(|o| format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr)))
+            .map(|o| {
+                format!(
+                    "{}{}",
+                    String::from_utf8_lossy(&o.stdout),
+                    String::from_utf8_lossy(&o.stderr)
+                )
+            })
             .unwrap_or_default()
     }
 }
@@ -534,9 +652,24 @@ fn run_frr(ibgp: bool, password: Option<&str>) {
     let us = node(&lab, "us", 11);
     let them = node(&lab, "frr", 14);
     let their_as = if ibgp { 64512 } else { 65004 };
-    let frr = Frr::start(&them, dir.path(), their_as, 64512, password, "10.14.0.0/24", "fd14::/64");
-    let peers = vec![peer(&them.v4, their_as, password), peer(&them.v6, their_as, password)];
-    let ours = Ours::start(&us.host, dir.path(), &our_config(64512, peers.clone(), &["10.11.0.0/24", "fd11::/64"]));
+    let frr = Frr::start(
+        &them,
+        dir.path(),
+        their_as,
+        64512,
+        password,
+        "10.14.0.0/24",
+        "fd14::/64",
+    );
+    let peers = vec![
+        peer(&them.v4, their_as, password),
+        peer(&them.v6, their_as, password),
+    ];
+    let ours = Ours::start(
+        &us.host,
+        dir.path(),
+        &our_config(64512, peers.clone(), &["10.11.0.0/24", "fd11::/64"]),
+    );
     let case = Case {
         daemon: &frr,
         ours: &ours,
@@ -573,8 +706,24 @@ fn route_reflector_between_bird_clients() {
     let us = node(&lab, "us", 11);
     let a = node(&lab, "ca", 21);
     let b = node(&lab, "cb", 22);
-    let bird_a = Bird::start(&a, dir_a.path(), 64512, 64512, None, "10.21.0.0/24", "fd21::/64");
-    let bird_b = Bird::start(&b, dir_b.path(), 64512, 64512, None, "10.22.0.0/24", "fd22::/64");
+    let bird_a = Bird::start(
+        &a,
+        dir_a.path(),
+        64512,
+        64512,
+        None,
+        "10.21.0.0/24",
+        "fd21::/64",
+    );
+    let bird_b = Bird::start(
+        &b,
+        dir_b.path(),
+        64512,
+        64512,
+        None,
+        "10.22.0.0/24",
+        "fd22::/64",
+    );
     let client = |addr: &str| {
         let mut p = peer(addr, 64512, None);
         p["routeReflectorClient"] = json!(true);
@@ -602,12 +751,151 @@ fn route_reflector_between_bird_clients() {
         || {
             let da = bird_a.rib_dump();
             let db = bird_b.rib_dump();
-            da.contains("10.22.0.0/24") && da.contains("fd22::/64") && db.contains("10.21.0.0/24") && db.contains("fd21::/64")
+            da.contains("10.22.0.0/24")
+                && da.contains("fd22::/64")
+                && db.contains("10.21.0.0/24")
+                && db.contains("fd21::/64")
         },
         diag,
     );
     let db = bird_b.rib_dump();
-    assert!(db.contains("BGP.originator_id: 192.168.33.21"), "originator id set:\n{db}");
-    assert!(db.contains("BGP.cluster_list: 1.2.3.4"), "cluster list set:\n{db}");
-    assert!(db.contains("BGP.next_hop: 192.168.33.21"), "next hop kept:\n{db}");
+    assert!(
+        db.contains("BGP.originator_id: 192.168.33.21"),
+        "originator id set:\n{db}"
+    );
+    assert!(
+        db.contains("BGP.cluster_list: 1.2.3.4"),
+        "cluster list set:\n{db}"
+    );
+    assert!(
+        db.contains("BGP.next_hop: 192.168.33.21"),
+        "next hop kept:\n{db}"
+    );
+}
+
+// ---------------------------------------------------------------- graceful restart
+
+/// We restart (SIGKILL, then start again with `restarted`): BIRD, as helper, keeps our routes
+/// the whole time, and our restarted speaker re-establishes and re-announces them.
+#[test]
+fn graceful_restart_bird_keeps_our_routes() {
+    let lab = Lab::new().expect("lab");
+    let dir = tempfile::tempdir().unwrap();
+    let us = node(&lab, "us", 11);
+    let them = node(&lab, "bird", 12);
+    let bird = Bird::start(
+        &them,
+        dir.path(),
+        65002,
+        64512,
+        None,
+        "10.12.0.0/24",
+        "fd12::/64",
+    );
+    let peers = vec![peer(&them.v4, 65002, None), peer(&them.v6, 65002, None)];
+    let cfg = our_config(64512, peers, &["10.11.0.0/24", "fd11::/64"]);
+    let mut ours = Ours::start(&us.host, dir.path(), &cfg);
+    let case = Case {
+        daemon: &bird,
+        ours: &ours,
+        them: &them,
+        their_v4: "10.12.0.0/24",
+        their_v6: "fd12::/64",
+        our_v4: "10.11.0.0/24",
+        our_v6: "fd11::/64",
+    };
+    case.check_exchange();
+    ours.guard.kill();
+    // Down for three seconds: BIRD must keep both routes (plain BGP would drop them at once).
+    let until = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < until {
+        let d = bird.rib_dump();
+        assert!(
+            d.contains("10.11.0.0/24") && d.contains("fd11::/64"),
+            "BIRD dropped our routes during restart:\n{d}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let mut cfg2 = cfg.clone();
+    cfg2["restarted"] = json!(true);
+    let ours2 = Ours::start_as(&us.host, dir.path(), &cfg2, "speaker2");
+    let deadline = Instant::now() + DEADLINE;
+    wait_for(
+        "sessions back after restart",
+        deadline,
+        || ours2.established(&them.v4) && ours2.established(&them.v6),
+        || format!("{}\n{}", tail(&ours2.guard.log()), bird.log()),
+    );
+    // After our End-of-RIB, the routes are fresh again, still present.
+    std::thread::sleep(Duration::from_secs(1));
+    let d = bird.rib_dump();
+    assert!(
+        d.contains("10.11.0.0/24") && d.contains("fd11::/64"),
+        "routes after restart:\n{d}"
+    );
+    assert!(!d.contains("stale"), "no route left stale:\n{d}");
+    wait_for(
+        "routes learned again",
+        deadline,
+        || ours2.routes().contains_key("10.12.0.0/24"),
+        || tail(&ours2.guard.log()),
+    );
+}
+
+/// GoBGP restarts (SIGKILL): we keep its routes as stale, and after it comes back with `-r` and
+/// sends End-of-RIB, what it did not re-announce goes.
+#[test]
+fn graceful_restart_helper_keeps_gobgp_routes() {
+    let lab = Lab::new().expect("lab");
+    let dir = tempfile::tempdir().unwrap();
+    let us = node(&lab, "us", 11);
+    let them = node(&lab, "gobgp", 13);
+    let mut gobgp = GoBgp::start_with(&them, dir.path(), 65003, 64512, None, Some(false), "gobgpd");
+    gobgp.add("10.13.0.0/24", &them.v4, "ipv4");
+    gobgp.add("fd13::/64", &them.v6, "ipv6");
+    let peers = vec![peer(&them.v4, 65003, None), peer(&them.v6, 65003, None)];
+    let ours = Ours::start(
+        &us.host,
+        dir.path(),
+        &our_config(64512, peers, &["10.11.0.0/24", "fd11::/64"]),
+    );
+    let case = Case {
+        daemon: &gobgp,
+        ours: &ours,
+        them: &them,
+        their_v4: "10.13.0.0/24",
+        their_v6: "fd13::/64",
+        our_v4: "10.11.0.0/24",
+        our_v6: "fd11::/64",
+    };
+    case.check_exchange();
+    gobgp.guard.kill();
+    let until = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < until {
+        let r = ours.routes();
+        assert!(
+            r.contains_key("10.13.0.0/24") && r.contains_key("fd13::/64"),
+            "we dropped a restarting peer's routes: {r:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let gobgp2 = GoBgp::start_with(&them, dir.path(), 65003, 64512, None, Some(true), "gobgpd2");
+    gobgp2.add("10.13.0.0/24", &them.v4, "ipv4");
+    let deadline = Instant::now() + DEADLINE;
+    wait_for(
+        "the route GoBGP did not re-announce to go after its End-of-RIB",
+        deadline,
+        || {
+            let r = ours.routes();
+            !r.contains_key("fd13::/64") && r.contains_key("10.13.0.0/24")
+        },
+        || {
+            format!(
+                "{:?}\n{}\n{}",
+                ours.routes(),
+                tail(&ours.guard.log()),
+                gobgp2.rib_dump()
+            )
+        },
+    );
 }

@@ -12,7 +12,8 @@ use calico_bgp::{RouteEvent, Speaker, SpeakerConfig};
 use tokio::io::AsyncWriteExt;
 
 fn load(path: &PathBuf) -> anyhow::Result<SpeakerConfig> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
 }
 
