@@ -295,8 +295,8 @@ pub fn pools_for_id<'a>(pool_id: &str, pools: &'a [Pool]) -> Result<Vec<&'a Pool
     }
 }
 
-impl Driver<crate::ipam::EtcdAllocator, crate::plumbing::IpCommandPlumber> {
-    /// The driver with this crate's etcd allocator and `ip`-command plumbing.
+impl Driver<crate::ipam::CalicoIpam, crate::plumbing::IpCommandPlumber> {
+    /// The production driver: `calico-ipam` for addresses, `ip`-command plumbing.
     pub fn with_etcd(
         hostname: impl Into<String>,
         kv: calico_datastore::EtcdClient,
@@ -307,7 +307,7 @@ impl Driver<crate::ipam::EtcdAllocator, crate::plumbing::IpCommandPlumber> {
                 hostname: hostname.into(),
             },
             datastore: Datastore::from_etcd(kv.clone()),
-            allocator: crate::ipam::EtcdAllocator::new(kv.clone()),
+            allocator: crate::ipam::CalicoIpam::new(kv.clone()),
             kv,
             plumber: crate::plumbing::IpCommandPlumber,
             engine: DockerEngine::new(docker_socket),

@@ -27,8 +27,8 @@
 //! # }
 //! ```
 //!
-//! [`ipam::EtcdAllocator`] and [`plumbing::IpCommandPlumber`] are stopgap adapters for the
-//! IPAM and dataplane crates (see their module docs).
+//! Addresses come from `calico-ipam` ([`ipam::CalicoIpam`]); [`plumbing::IpCommandPlumber`]
+//! is a stopgap for the dataplane crate (see its module doc).
 
 pub mod daemon;
 pub mod driver;
@@ -43,7 +43,7 @@ pub mod syncer;
 
 pub use driver::{Driver, DriverConfig, DriverError};
 pub use engine::DockerEngine;
-pub use ipam::{AddressAllocator, EtcdAllocator};
+pub use ipam::{AddressAllocator, CalicoIpam, EtcdAllocator};
 pub use plumbing::{EndpointPlumber, IpCommandPlumber};
 pub use server::{IPAM_PLUGIN, NETWORK_PLUGIN, serve};
 pub use syncer::{SyncerConfig, run_network_syncer};

@@ -7,7 +7,7 @@ use std::net::IpAddr;
 
 use calico_api::{IPPool, IPPoolSpec, ObjectMeta, Profile, WorkloadEndpoint};
 use calico_datastore::Datastore;
-use calico_docker::ipam::{AddressAllocator, EtcdAllocator};
+use calico_docker::ipam::{AddressAllocator, CalicoIpam};
 use calico_docker::naming;
 use common::*;
 use ipnet::IpNet;
@@ -95,12 +95,18 @@ fn containers_get_calico_interfaces_and_release_addresses() {
             assert!(pool.contains(&a.addr()), "{a} not in the pool");
         }
         assert_ne!(a1.addr(), a2.addr());
-        // Both from this host's first block.
-        let block: IpNet = "192.168.0.0/26".parse().unwrap();
+        // Both from this host's block (Calico's default /26).
+        let block = IpNet::new(a1.addr(), 26).unwrap().trunc();
         assert!(
-            block.contains(&a1.addr()) && block.contains(&a2.addr()),
-            "{a1} {a2}"
+            block.contains(&a2.addr()),
+            "{a1} and {a2} in different blocks"
         );
+        let owner = CalicoIpam::new(kv.clone())
+            .assignment(a1.addr())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(owner.host, "node1");
 
         // The container side: MAC and routes as the seed shows.
         let link = docker_ok(&sock, &["exec", "bbox1", "ip", "link", "show", "cali0"]).await;
@@ -181,7 +187,7 @@ fn containers_get_calico_interfaces_and_release_addresses() {
         );
 
         // Removal releases the address and leaves nothing behind.
-        let alloc = EtcdAllocator::new(kv.clone());
+        let alloc = CalicoIpam::new(kv.clone());
         let ip2: IpAddr = a2.addr();
         assert!(alloc.assignment(ip2).await.unwrap().is_some());
         let ep2 = docker_ok(
@@ -215,7 +221,8 @@ fn containers_get_calico_interfaces_and_release_addresses() {
                 .is_none()
         );
 
-        // The next container reuses the freed address (lowest free in the block).
+        // The next container gets a free address of the same block (the freed one may come back
+        // later: calico-ipam hands out a block's addresses in order).
         docker_ok(
             &sock,
             &[
@@ -223,7 +230,8 @@ fn containers_get_calico_interfaces_and_release_addresses() {
             ],
         )
         .await;
-        assert_eq!(container_addr(&sock, "bbox3").await.addr(), ip2);
+        let a3 = container_addr(&sock, "bbox3").await;
+        assert!(block.contains(&a3.addr()) && a3 != a1, "{a3}");
 
         host.shutdown().await;
     });
@@ -528,19 +536,17 @@ fn dockerd_restart_keeps_the_network_and_connectivity_without_leaking_addresses(
         let pool: IpNet = "192.168.0.0/16".parse().unwrap();
         assert!(pool.contains(&a1.addr()) && pool.contains(&a2.addr()));
         // Exactly the two live addresses are assigned: nothing leaked across the restart.
-        let assigned: Vec<String> = kv
-            .list(&format!("{}assignment/", calico_docker::ipam::IPAM_PREFIX))
+        let mut got = calico_ipam::Ipam::new(kv.clone())
+            .ips_by_handle("libnetwork.node1")
             .await
-            .unwrap()
-            .kvs
-            .into_iter()
-            .map(|e| e.key.rsplit('/').next().unwrap_or_default().to_string())
-            .collect();
-        let mut want = vec![a1.addr().to_string(), a2.addr().to_string()];
-        want.sort();
-        let mut got = assigned.clone();
+            .unwrap();
         got.sort();
-        assert_eq!(got, want, "assignments after restart");
+        let mut want = vec![a1.addr(), a2.addr()];
+        want.sort();
+        assert_eq!(
+            got, want,
+            "addresses held by this host's handle after the restart"
+        );
         let weps = ds
             .list::<WorkloadEndpoint>(Some("libnetwork"))
             .await

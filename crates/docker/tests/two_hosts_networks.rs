@@ -41,10 +41,7 @@ fn a_network_created_on_one_host_exists_on_the_other_and_deletion_follows() {
     link(&ns1.name, "10.200.0.1/24", &ns2.name, "10.200.0.2/24");
     // What the node agent will do (forwarding; routes to the other host's block, which BGP
     // will announce), plus the default route every real host has and proxy ARP needs.
-    for (ns, peer, block) in [
-        (&ns1.name, "10.200.0.2", "192.168.0.64/26"),
-        (&ns2.name, "10.200.0.1", "192.168.0.0/26"),
-    ] {
+    for (ns, peer) in [(&ns1.name, "10.200.0.2"), (&ns2.name, "10.200.0.1")] {
         sh_sync(&[
             "ip",
             "netns",
@@ -55,7 +52,6 @@ fn a_network_created_on_one_host_exists_on_the_other_and_deletion_follows() {
             "net.ipv4.ip_forward=1",
         ]);
         sh_sync(&["ip", "-n", ns, "route", "add", "default", "via", peer]);
-        sh_sync(&["ip", "-n", ns, "route", "add", block, "via", peer]);
     }
     let (n1, n2) = (ns1.name.clone(), ns2.name.clone());
     in_netns(&ns1.name.clone(), move || async move {
@@ -137,16 +133,32 @@ fn a_network_created_on_one_host_exists_on_the_other_and_deletion_follows() {
         )
         .await;
         let (a1, a2) = (addr(&s1, "bbox1").await, addr(&s2, "bbox2").await);
-        let b1: IpNet = "192.168.0.0/26".parse().unwrap();
-        let b2: IpNet = "192.168.0.64/26".parse().unwrap();
-        assert!(
-            b1.contains(&a1.addr()),
-            "node1's container {a1} not in node1's block {b1}"
-        );
-        assert!(
-            b2.contains(&a2.addr()),
-            "node2's container {a2} not in node2's block {b2}"
-        );
+        let b1 = IpNet::new(a1.addr(), 26).unwrap().trunc();
+        let b2 = IpNet::new(a2.addr(), 26).unwrap().trunc();
+        assert_ne!(b1, b2, "each host allocates from its own block");
+        let pool: IpNet = "192.168.0.0/16".parse().unwrap();
+        assert!(pool.contains(&a1.addr()) && pool.contains(&a2.addr()));
+        // Each host routes the other's block to it (what BGP will announce).
+        sh_sync(&[
+            "ip",
+            "-n",
+            &n1,
+            "route",
+            "add",
+            &b2.to_string(),
+            "via",
+            "10.200.0.2",
+        ]);
+        sh_sync(&[
+            "ip",
+            "-n",
+            &n2,
+            "route",
+            "add",
+            &b1.to_string(),
+            "via",
+            "10.200.0.1",
+        ]);
 
         // Names across hosts: bbox2 in bbox1's hosts file and back, and the seed's ping by name
         // over two routed hops (ttl 62).
