@@ -667,4 +667,45 @@ mod tests {
         assert!(a.len() <= 200 && b.len() <= 200);
         assert_ne!(a, b);
     }
+
+    /// What the kernel's interval lookup does with start/end elements: the greatest key not
+    /// above the address decides; a start means inside, an end (or nothing) outside.
+    fn lookup(elems: &[SetElem], addr: [u8; 4]) -> bool {
+        elems
+            .iter()
+            .filter(|e| e.key.as_slice() <= addr.as_slice())
+            .max_by(|a, b| a.key.cmp(&b.key))
+            .is_some_and(|e| !e.interval_end)
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn interval_elements_hold_exactly_the_union_of_the_nets(
+            nets in proptest::collection::vec((proptest::prelude::any::<u32>(), 0u8..=32), 0..8),
+            probes in proptest::collection::vec(proptest::prelude::any::<u32>(), 0..32),
+        ) {
+            let nets: Vec<IpNet> = nets
+                .into_iter()
+                .map(|(a, l)| IpNet::V4(ipnet::Ipv4Net::new(a.into(), l).unwrap().trunc()))
+                .collect();
+            let elems = interval_elems(nets.iter().copied());
+            // Keys strictly increase, starts and ends alternate: what the kernel accepts.
+            for w in elems.windows(2) {
+                proptest::prop_assert!(w[0].key < w[1].key);
+                proptest::prop_assert_ne!(w[0].interval_end, w[1].interval_end);
+            }
+            let mut addrs: Vec<u32> = probes;
+            for n in &nets {
+                if let IpNet::V4(n) = n {
+                    let (lo, hi) = (u32::from(n.network()), u32::from(n.broadcast()));
+                    addrs.extend([lo, hi, lo.wrapping_sub(1), hi.wrapping_add(1)]);
+                }
+            }
+            for a in addrs {
+                let ip = std::net::Ipv4Addr::from(a);
+                let want = nets.iter().any(|n| n.contains(&IpAddr::V4(ip)));
+                proptest::prop_assert_eq!(lookup(&elems, ip.octets()), want, "{}", ip);
+            }
+        }
+    }
 }
