@@ -27,7 +27,20 @@ pub struct Etcd {
 }
 
 impl Etcd {
+    /// Starts etcd; a start that fails (e.g. a port taken between our probe and etcd's bind)
+    /// is retried with fresh ports, at most three times.
     pub fn start() -> Etcd {
+        let mut last_log = String::new();
+        for _ in 0..3 {
+            match Etcd::try_start() {
+                Ok(e) => return e,
+                Err(log) => last_log = log,
+            }
+        }
+        panic!("etcd did not start in three attempts; last log:\n{last_log}");
+    }
+
+    fn try_start() -> Result<Etcd, String> {
         let base = if std::path::Path::new("/dev/shm").is_dir() {
             PathBuf::from("/dev/shm")
         } else {
@@ -40,7 +53,8 @@ impl Etcd {
         let (cport, pport) = (free_port(), free_port());
         let url = format!("http://127.0.0.1:{cport}");
         let name = format!("ipam-{}-{cport}", std::process::id());
-        let log = std::fs::File::create(dir.path().join("etcd.log")).expect("etcd log");
+        let log_path = dir.path().join("etcd.log");
+        let log = std::fs::File::create(&log_path).expect("etcd log");
         let mut cmd = Command::new("etcd");
         cmd.args([
             format!("--name={name}"),
@@ -66,31 +80,44 @@ impl Etcd {
             });
         }
         let child = cmd.spawn().expect("spawn etcd");
-        let etcd = Etcd {
+        let mut etcd = Etcd {
             child: Some(child),
             url,
             _dir: dir,
         };
-        etcd.wait_healthy();
-        etcd
+        if etcd.wait_healthy() {
+            Ok(etcd)
+        } else {
+            // Dropping `etcd` kills the child and removes the directory.
+            Err(std::fs::read_to_string(&log_path).unwrap_or_default())
+        }
     }
 
-    fn wait_healthy(&self) {
+    /// True once etcd answers; false if it exits or stays silent for 20 s.
+    fn wait_healthy(&mut self) -> bool {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
+            if let Some(c) = self.child.as_mut()
+                && let Ok(Some(_)) = c.try_wait()
+            {
+                return false;
+            }
             let out = Command::new("etcdctl")
                 .env("ETCDCTL_API", "3")
-                .args([&format!("--endpoints={}", self.url), "endpoint", "health"])
+                .args([
+                    &format!("--endpoints={}", self.url),
+                    "--command-timeout=2s",
+                    "endpoint",
+                    "health",
+                ])
                 .output()
                 .expect("run etcdctl");
             if out.status.success() {
-                return;
+                return true;
             }
-            assert!(
-                Instant::now() < deadline,
-                "etcd at {} never became healthy",
-                self.url
-            );
+            if Instant::now() > deadline {
+                return false;
+            }
             std::thread::sleep(Duration::from_millis(100));
         }
     }
