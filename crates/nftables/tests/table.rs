@@ -102,7 +102,11 @@ fn restarted_agent_replaces_the_table_and_sets_update_alone() {
         .labels
         .insert("role".into(), "db".into());
     let both = compile(&m, Some("node1")).unwrap();
-    assert_eq!(dp.update_sets(&both, &[db_set.clone()]).expect("update"), 4);
+    assert_eq!(
+        dp.update_sets(&both, std::slice::from_ref(&db_set))
+            .expect("update"),
+        4
+    );
     let text = listing(&ns).to_string();
     assert!(
         text.contains("10.65.0.1") && text.contains("fd00::1"),
