@@ -295,8 +295,8 @@ pub fn pools_for_id<'a>(pool_id: &str, pools: &'a [Pool]) -> Result<Vec<&'a Pool
     }
 }
 
-impl Driver<crate::ipam::CalicoIpam, crate::plumbing::IpCommandPlumber> {
-    /// The production driver: `calico-ipam` for addresses, `ip`-command plumbing.
+impl Driver<crate::ipam::CalicoIpam, crate::plumbing::DataplanePlumber> {
+    /// The production driver: `calico-ipam` for addresses, `calico-dataplane` for the host side.
     pub fn with_etcd(
         hostname: impl Into<String>,
         kv: calico_datastore::EtcdClient,
@@ -309,7 +309,7 @@ impl Driver<crate::ipam::CalicoIpam, crate::plumbing::IpCommandPlumber> {
             datastore: Datastore::from_etcd(kv.clone()),
             allocator: crate::ipam::CalicoIpam::new(kv.clone()),
             kv,
-            plumber: crate::plumbing::IpCommandPlumber,
+            plumber: crate::plumbing::DataplanePlumber::new(),
             engine: DockerEngine::new(docker_socket),
         }
     }

@@ -27,8 +27,8 @@
 //! # }
 //! ```
 //!
-//! Addresses come from `calico-ipam` ([`ipam::CalicoIpam`]); [`plumbing::IpCommandPlumber`]
-//! is a stopgap for the dataplane crate (see its module doc).
+//! Addresses come from `calico-ipam` ([`ipam::CalicoIpam`]), the host side is plumbed with
+//! `calico-dataplane` ([`plumbing::DataplanePlumber`]).
 
 pub mod daemon;
 pub mod driver;
@@ -44,6 +44,6 @@ pub mod syncer;
 pub use driver::{Driver, DriverConfig, DriverError};
 pub use engine::DockerEngine;
 pub use ipam::{AddressAllocator, CalicoIpam, EtcdAllocator};
-pub use plumbing::{EndpointPlumber, IpCommandPlumber};
+pub use plumbing::{DataplanePlumber, EndpointPlumber, IpCommandPlumber};
 pub use server::{IPAM_PLUGIN, NETWORK_PLUGIN, serve};
 pub use syncer::{SyncerConfig, run_network_syncer};

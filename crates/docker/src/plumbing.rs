@@ -1,11 +1,11 @@
 //! The host side of an endpoint: the veth pair, Calico's per-interface sysctls and the /32
 //! (/128) route to the container.
 //!
-//! STOPGAP ADAPTER: `calico-dataplane` (rtnetlink) had no committed code when this crate was
-//! written, so [`IpCommandPlumber`] drives iproute2's `ip` (argument vectors, never a shell)
-//! and writes /proc/sys directly. Everything acts on the network namespace of the calling
-//! thread, which is why the driver server must run inside the node's namespace. The driver
-//! uses only [`EndpointPlumber`]; replacing this with the dataplane crate is one impl.
+//! [`DataplanePlumber`] is the production implementation, on `calico-dataplane` (rtnetlink and
+//! /proc/sys). [`IpCommandPlumber`] drives iproute2's `ip` (argument vectors, never a shell); it
+//! came first, before the dataplane crate existed, and stays as a second implementation for
+//! comparison in tests. Both act on the network namespace of the calling thread (the process's,
+//! for the node agent), which is why the driver server must run inside the node's namespace.
 
 use std::net::IpAddr;
 use std::path::Path;
@@ -19,6 +19,14 @@ pub enum PlumbingError {
     Ip { args: String, stderr: String },
     #[error("could not run `ip`: {0}")]
     Spawn(#[source] std::io::Error),
+    #[error("netlink: {0}")]
+    Connect(#[from] calico_dataplane::ConnectError),
+    #[error(transparent)]
+    Link(#[from] calico_dataplane::LinkError),
+    #[error(transparent)]
+    Route(#[from] calico_dataplane::RouteError),
+    #[error(transparent)]
+    Sysctls(#[from] calico_dataplane::SysctlError),
     #[error("sysctl {path}: {source}")]
     Sysctl {
         path: String,
@@ -152,6 +160,77 @@ impl EndpointPlumber for IpCommandPlumber {
             }
             other => other,
         }
+    }
+}
+
+/// The endpoint plumbing on `calico-dataplane`. The netlink connection is opened on first use,
+/// on the runtime and in the namespace of that first call.
+#[derive(Debug, Default)]
+pub struct DataplanePlumber {
+    nl: tokio::sync::OnceCell<calico_dataplane::Netlink>,
+}
+
+/// The namespace of the calling thread, for a veth whose peer stays here until dockerd moves it.
+const HERE: &str = "/proc/thread-self/ns/net";
+
+impl DataplanePlumber {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    async fn nl(&self) -> Result<&calico_dataplane::Netlink, PlumbingError> {
+        Ok(self
+            .nl
+            .get_or_try_init(|| async { calico_dataplane::Netlink::connect() })
+            .await?)
+    }
+
+    async fn configure(
+        &self,
+        nl: &calico_dataplane::Netlink,
+        host_if: &str,
+        addresses: &[IpAddr],
+    ) -> Result<(), PlumbingError> {
+        let v4 = addresses.iter().any(|a| a.is_ipv4());
+        let v6 = addresses.iter().any(|a| a.is_ipv6());
+        calico_dataplane::sysctl::apply(
+            None,
+            &calico_dataplane::sysctl::calico_host_veth(host_if, v4 || !v6, v6),
+        )?;
+        for addr in addresses {
+            let route = calico_dataplane::Route::device(
+                IpNet::from(*addr),
+                host_if,
+                calico_dataplane::route::RTPROT_BOOT,
+            );
+            nl.replace_route(&route).await?;
+        }
+        Ok(())
+    }
+}
+
+impl EndpointPlumber for DataplanePlumber {
+    async fn create(
+        &self,
+        host_if: &str,
+        temp_if: &str,
+        addresses: &[IpAddr],
+    ) -> Result<(), PlumbingError> {
+        let nl = self.nl().await?;
+        let spec = calico_dataplane::VethSpec::new(host_if, temp_if, HERE);
+        nl.create_veth(&spec).await?;
+        if let Err(e) = self.configure(nl, host_if, addresses).await {
+            if let Err(cleanup) = nl.delete_link(host_if).await {
+                tracing::error!(interface = host_if, error = %cleanup, "cleanup after failed endpoint setup failed");
+            }
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    async fn remove(&self, host_if: &str) -> Result<(), PlumbingError> {
+        self.nl().await?.delete_link(host_if).await?;
+        Ok(())
     }
 }
 
