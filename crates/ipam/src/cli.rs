@@ -481,6 +481,12 @@ pub async fn check(ipam: &Ipam, show_problem_ips: bool) -> Result<CheckResult, C
         .iter()
         .filter_map(|n| n.metadata.name.clone())
         .collect();
+    // With no Node resources at all (an installation that does not register nodes), "node no
+    // longer exists" would condemn every block: skip that check rather than guess.
+    let nodes_known = !node_names.is_empty();
+    if !nodes_known {
+        text.push_str("No Node resources found: not checking for blocks of deleted nodes.\n");
+    }
     let mut in_use: HashMap<String, Vec<String>> = HashMap::new();
     for n in &nodes.items {
         let name = n.metadata.name.clone().unwrap_or_default();
@@ -526,6 +532,7 @@ pub async fn check(ipam: &Ipam, show_problem_ips: bool) -> Result<CheckResult, C
     for (b, _) in &blocks {
         let owner = b.host().map(str::to_owned);
         if let Some(o) = &owner
+            && nodes_known
             && !node_names.contains(o)
         {
             orphaned.push(OrphanedAffinity {
@@ -642,7 +649,7 @@ pub async fn check(ipam: &Ipam, show_problem_ips: bool) -> Result<CheckResult, C
                 key: kv.key.clone(),
                 source,
             })?;
-        let reason = if !node_names.contains(&node) {
+        let reason = if nodes_known && !node_names.contains(&node) {
             Some("affinity of a node that no longer exists")
         } else {
             match (block_owner.get(&cidr), v.state) {

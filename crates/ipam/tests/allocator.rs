@@ -545,3 +545,21 @@ async fn a_large_request_spanning_many_blocks_is_not_cut_short_by_the_retry_budg
     assert_eq!(unique.len(), 400);
     assert_eq!(ipam.ips_by_handle("big").await.unwrap().len(), 400);
 }
+
+#[tokio::test]
+async fn check_without_any_node_resources_does_not_condemn_every_block() {
+    let etcd = Etcd::start();
+    let ipam = etcd.ipam().await;
+    let ds = ipam.datastore().clone();
+    create_pool(&ds, "p", "10.63.0.0/24", 26, json!({})).await;
+    ipam.auto_assign(args("unregistered", 1, 0, "h"))
+        .await
+        .unwrap();
+    let r = cli::check(&ipam, false).await.unwrap();
+    assert!(
+        r.report.orphaned_affinities.is_empty(),
+        "{:?}",
+        r.report.orphaned_affinities
+    );
+    assert!(r.text.contains("No Node resources found"), "{}", r.text);
+}
