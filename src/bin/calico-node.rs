@@ -10,6 +10,7 @@ async fn main() -> anyhow::Result<()> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stdout)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .init();
     let cfg = calico_node::config::NodeConfig::from_env().context("reading configuration")?;
     let api = calico_datastore::CalicoApiConfig::from_env().context("datastore configuration")?;

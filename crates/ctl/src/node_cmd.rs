@@ -125,5 +125,6 @@ fn run_options(
         datastore_env: datastore_env(cfg),
         run_dir,
         docker_socket,
+        docker_root: None,
     }
 }

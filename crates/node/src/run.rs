@@ -61,6 +61,9 @@ pub struct RunOptions {
     pub run_dir: PathBuf,
     /// The Docker daemon's socket.
     pub docker_socket: PathBuf,
+    /// Docker's data root, shared with the agent so it can keep containers' hosts files
+    /// (names of containers on other hosts); read from `docker info` when not given.
+    pub docker_root: Option<PathBuf>,
 }
 
 fn hostname() -> String {
@@ -177,7 +180,9 @@ fn privilege_args(missing: &[&str]) -> Vec<String> {
     }
     let mut args = vec!["--cap-add=ALL".to_string()];
     args.extend(missing.iter().map(|c| format!("--cap-drop={c}")));
+    // What --privileged also does: no seccomp filter, and a writable /proc/sys (sysctls).
     args.push("--security-opt=seccomp=unconfined".into());
+    args.push("--security-opt=systempaths=unconfined".into());
     args
 }
 
@@ -210,6 +215,10 @@ pub fn docker_run_args(o: &RunOptions) -> Result<Vec<String>, RunError> {
     ] {
         args.push("-v".into());
         args.push(v);
+    }
+    if let Some(root) = &o.docker_root {
+        args.push("-v".into());
+        args.push(format!("{0}:{0}", root.display()));
     }
     args.push(o.node_image.clone().unwrap_or_else(|| DEFAULT_IMAGE.into()));
     Ok(args)
@@ -322,6 +331,16 @@ pub fn run(o: &RunOptions, out: &mut dyn Write) -> Result<(), RunError> {
         .stdout(Stdio::null())
         .stderr(Stdio::null());
     let _ = rm.status();
+    let mut o = o.clone();
+    if o.docker_root.is_none() {
+        let mut info = docker(&o);
+        info.args(["info", "--format", "{{.DockerRootDir}}"]);
+        o.docker_root = run_checked(info, "docker info")
+            .ok()
+            .map(|r| PathBuf::from(r.trim()))
+            .filter(|p| p.is_absolute());
+    }
+    let o = &o;
     let args = docker_run_args(o)?;
     let _ = writeln!(out, "Running the following command to start calico-node:\n");
     let _ = writeln!(out, "docker {}\n", args.join(" "));
@@ -454,6 +473,13 @@ mod tests {
             "{args}"
         );
         assert!(args.ends_with(DEFAULT_IMAGE), "{args}");
+        let mut o = opts();
+        o.docker_root = Some("/var/lib/docker".into());
+        let args = docker_run_args(&o).unwrap().join(" ");
+        assert!(
+            args.contains("-v /var/lib/docker:/var/lib/docker"),
+            "{args}"
+        );
     }
 
     #[test]
@@ -467,7 +493,8 @@ mod tests {
             [
                 "--cap-add=ALL",
                 "--cap-drop=SYS_RESOURCE",
-                "--security-opt=seccomp=unconfined"
+                "--security-opt=seccomp=unconfined",
+                "--security-opt=systempaths=unconfined"
             ]
         );
         assert!(missing_capabilities("CapBnd:\t000001ffffffffff\n").is_empty());
