@@ -46,7 +46,7 @@ pub enum DriverError {
     Plumbing {
         endpoint: String,
         #[source]
-        source: PlumbingError,
+        source: Box<PlumbingError>,
     },
     #[error("datastore: {0}")]
     Datastore(#[from] ResourceError),
@@ -572,7 +572,7 @@ impl<A: AddressAllocator, P: EndpointPlumber> Driver<A, P> {
             .collect::<Result<Vec<_>, _>>()?;
         let plumbing = |source| DriverError::Plumbing {
             endpoint: endpoint_id.to_string(),
-            source,
+            source: Box::new(source),
         };
         // A veth left by an earlier failed attempt of this same endpoint would block creation.
         self.plumber.remove(&host_if).await.map_err(plumbing)?;
@@ -613,7 +613,7 @@ impl<A: AddressAllocator, P: EndpointPlumber> Driver<A, P> {
             .await
             .map_err(|source| DriverError::Plumbing {
                 endpoint: endpoint_id.to_string(),
-                source,
+                source: Box::new(source),
             })?;
         Ok(json!({}))
     }
