@@ -6,7 +6,7 @@ use calico_policy::program::HostProgram;
 use calico_policy::sets::SetId;
 
 use crate::batch::{Batch, Family};
-use crate::render::{RenderError, TABLE_NAME, render_set_update, render_table};
+use crate::render::{EndpointToHost, RenderError, TABLE_NAME, render_set_update, render_table};
 use crate::socket::{NftError, NftSocket};
 
 /// Why a program could not be enforced.
@@ -24,6 +24,7 @@ pub enum ApplyError {
 #[derive(Debug)]
 pub struct PolicyDataplane {
     socket: NftSocket,
+    to_host: EndpointToHost,
 }
 
 impl PolicyDataplane {
@@ -31,6 +32,7 @@ impl PolicyDataplane {
     pub fn new() -> Result<PolicyDataplane, NftError> {
         Ok(PolicyDataplane {
             socket: NftSocket::open()?,
+            to_host: EndpointToHost::default(),
         })
     }
 
@@ -38,14 +40,21 @@ impl PolicyDataplane {
     pub fn new_in(path: &Path) -> Result<PolicyDataplane, NftError> {
         Ok(PolicyDataplane {
             socket: NftSocket::open_in(path)?,
+            to_host: EndpointToHost::default(),
         })
+    }
+
+    /// Sets what happens to traffic from workloads to the host (default: Felix's Drop);
+    /// takes effect with the next [`PolicyDataplane::apply`].
+    pub fn set_endpoint_to_host(&mut self, action: EndpointToHost) {
+        self.to_host = action;
     }
 
     /// Makes the kernel enforce exactly `program`: the previous table (if any, e.g. left by a
     /// previous run of the agent) is replaced in the same transaction, so there is no moment
     /// without enforcement and no half-applied policy. Returns the number of messages sent.
     pub fn apply(&mut self, program: &HostProgram) -> Result<usize, ApplyError> {
-        let batch = render_table(program)?;
+        let batch = render_table(program, self.to_host)?;
         self.socket.send(&batch)?;
         tracing::debug!(
             messages = batch.len(),

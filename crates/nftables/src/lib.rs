@@ -17,5 +17,5 @@ pub mod socket;
 
 pub use batch::{Batch, ChainSpec, Expr, Family, Hook, SetElem, SetSpec, Verdict};
 pub use dataplane::{ApplyError, PolicyDataplane};
-pub use render::{RenderError, TABLE_NAME, render_table};
+pub use render::{EndpointToHost, RenderError, TABLE_NAME, render_table};
 pub use socket::{NftError, NftSocket};

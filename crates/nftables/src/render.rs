@@ -118,9 +118,22 @@ pub fn rule_list_chain(id: &RuleListId) -> String {
     }
 }
 
+/// What happens to traffic from a workload to the host itself (Felix's
+/// `DefaultEndpointToHostAction`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum EndpointToHost {
+    /// Dropped whatever the workload's egress policy says (Felix's default), except
+    /// replies to connections the host opened, DHCP (UDP 67, 547) and, in both modes, IPv6
+    /// neighbour discovery, as Felix allows.
+    #[default]
+    Drop,
+    /// The workload's egress policy decides; allowed traffic is accepted.
+    Accept,
+}
+
 /// The whole table, as one batch that first removes any previous version of it: the kernel
 /// applies it atomically, so packets see either the old or the new table.
-pub fn render_table(host: &HostProgram) -> Result<Batch, RenderError> {
+pub fn render_table(host: &HostProgram, to_host: EndpointToHost) -> Result<Batch, RenderError> {
     let t = TABLE_NAME;
     let mut b = Batch::new(Family::Inet);
     // Create-if-missing then delete: the delete cannot fail, and the table is rebuilt below.
@@ -223,7 +236,84 @@ pub fn render_table(host: &HostProgram) -> Result<Batch, RenderError> {
             Some("dispatch to the workload's chain"),
         );
     }
+    render_to_host(&mut b, to_host);
     Ok(b)
+}
+
+/// Input hook: traffic from workload interfaces (`cali*`) to the host.
+fn render_to_host(b: &mut Batch, to_host: EndpointToHost) {
+    let t = TABLE_NAME;
+    let name = "wl-to-host";
+    b.add_chain(t, &ChainSpec::base(name, Hook::Input, 0, Verdict::Accept));
+    let from_wl = || {
+        vec![
+            Expr::Meta(MetaKey::IifName),
+            // A 4-byte compare of the 16-byte name: the prefix match `iifname "cali*"`.
+            Expr::Cmp(CmpOp::Eq, b"cali".to_vec()),
+        ]
+    };
+    let mut r = from_wl();
+    r.extend(ct_state_any(ct::INVALID));
+    r.extend([Expr::Counter, Expr::Verdict(Verdict::Drop)]);
+    b.add_rule(t, name, &r, Some("drop invalid"));
+    let mut r = from_wl();
+    r.extend(ct_state_any(ct::ESTABLISHED | ct::RELATED));
+    r.extend([Expr::Counter, Expr::Verdict(Verdict::Accept)]);
+    b.add_rule(t, name, &r, Some("allow established,related"));
+    // IPv6 needs MLD, router and neighbour solicitations/advertisements to the host (types
+    // 130-133, 135-136; not 134, a router advertisement from a workload), as Felix allows.
+    for (lo, hi) in [(130u8, 133u8), (135, 136)] {
+        let mut r = from_wl();
+        r.extend(meta_eq(MetaKey::L4Proto, vec![Protocol::ICMPV6.0]));
+        r.extend([
+            Expr::Payload {
+                base: PayloadBase::Transport,
+                offset: 0,
+                len: 1,
+            },
+            Expr::Cmp(CmpOp::Gte, vec![lo]),
+            Expr::Cmp(CmpOp::Lte, vec![hi]),
+            Expr::Counter,
+            Expr::Verdict(Verdict::Accept),
+        ]);
+        b.add_rule(
+            t,
+            name,
+            &r,
+            Some("allow ICMPv6 neighbour discovery and MLD"),
+        );
+    }
+    match to_host {
+        EndpointToHost::Accept => b.add_rule(
+            t,
+            name,
+            &[
+                Expr::Meta(MetaKey::IifName),
+                Expr::VerdictMap(FROM_WL_MAP.into()),
+            ],
+            Some("workload egress policy decides"),
+        ),
+        EndpointToHost::Drop => {
+            for port in [67u16, 547] {
+                let mut r = from_wl();
+                r.extend(meta_eq(MetaKey::L4Proto, vec![Protocol::UDP.0]));
+                r.extend([
+                    Expr::Payload {
+                        base: PayloadBase::Transport,
+                        offset: 2,
+                        len: 2,
+                    },
+                    Expr::Cmp(CmpOp::Eq, port.to_be_bytes().to_vec()),
+                    Expr::Counter,
+                    Expr::Verdict(Verdict::Accept),
+                ]);
+                b.add_rule(t, name, &r, Some("allow DHCP"));
+            }
+            let mut r = from_wl();
+            r.extend([Expr::Counter, Expr::Verdict(Verdict::Drop)]);
+            b.add_rule(t, name, &r, Some("DefaultEndpointToHostAction Drop"));
+        }
+    }
 }
 
 /// A batch that rewrites only the given sets' elements (flush and refill, one transaction).

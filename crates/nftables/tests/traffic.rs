@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use calico_dataplane::sysctl::{self, Sysctl};
 use calico_dataplane::{CALICO_HOST_MAC, Netlink, RTPROT_BOOT, Route, VethSpec};
 use calico_lab::{Host, Lab};
-use calico_nftables::PolicyDataplane;
+use calico_nftables::{EndpointToHost, PolicyDataplane};
 use calico_policy::model::{
     Action, Direction, IcmpFields, LabelMap, NetworkSet, Policy, PolicyModel, Port, Profile, Rule,
     Tier, TierDefaultAction, WorkloadEndpoint,
@@ -665,6 +665,33 @@ async fn policy_matrix_with_real_traffic() {
     let pk = packet(&rig.wls[2], &rig.wls[0], Probe::Ping);
     assert_eq!(path_verdict(None, Some(ep), &new, &pk), Allow);
     assert_eq!(probe(&rig.wls[2], &rig.wls[0], Probe::Ping), Allow);
+
+    // 11. Workload to host: Felix's default drops it whatever the policy; with Accept the
+    //     workload's egress policy decides.
+    let node_ip = rig.node.ip().to_string();
+    let ping_node = |w: &Workload| {
+        w.ns.exec(&["ping", "-c1", "-W1", &node_ip])
+            .expect("ping")
+            .status
+            .success()
+    };
+    rig.dp.remove().expect("remove");
+    assert!(ping_node(&rig.wls[0]), "no table: the host answers");
+    let mut m = base.clone();
+    let mut p = Policy::new("web-no-icmp", "role == 'web'");
+    let mut r = Rule::new(Action::Deny);
+    r.protocol = Some("ICMP".into());
+    p.egress = vec![r, Rule::new(Action::Allow)];
+    m.policies.push(p);
+    rig.apply(&m);
+    assert!(
+        !ping_node(&rig.wls[1]),
+        "endpoint-to-host Drop let a ping through"
+    );
+    rig.dp.set_endpoint_to_host(EndpointToHost::Accept);
+    rig.apply(&m);
+    assert!(ping_node(&rig.wls[1]), "egress allows: the host answers");
+    assert!(!ping_node(&rig.wls[0]), "egress denies ICMP to the host");
 }
 
 impl Rig {
