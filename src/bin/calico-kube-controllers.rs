@@ -1,0 +1,57 @@
+//! calico-kube-controllers: reconciles the projectcalico.org/v3 objects in Kubernetes into
+//! etcd (see crates/controllers). Configured by environment, as in the Helm chart:
+//! DATASTORE_TYPE/ETCD_* (the datastore), POD_NAME, POD_NAMESPACE, LEASE_NAME, METRICS_ADDR,
+//! CALICO_LOG_LEVEL.
+
+use std::time::Duration;
+
+use anyhow::Context;
+
+fn env_or(key: &str, default: &str) -> String {
+    std::env::var(key)
+        .ok()
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| default.to_string())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("CALICO_LOG_LEVEL")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stdout)
+        .init();
+    let identity = match std::env::var("POD_NAME").ok().filter(|v| !v.is_empty()) {
+        Some(name) => name,
+        None => std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .context("POD_NAME is unset and the hostname is unreadable")?
+            .trim()
+            .to_string(),
+    };
+    let settings = calico_controllers::run::Settings {
+        namespace: env_or("POD_NAMESPACE", "kube-system"),
+        lease_name: env_or("LEASE_NAME", "calico-kube-controllers"),
+        identity,
+        metrics_addr: env_or("METRICS_ADDR", "0.0.0.0:9094")
+            .parse()
+            .context("METRICS_ADDR: not ADDRESS:PORT")?,
+        lease_duration: Duration::from_secs(15),
+    };
+    let api = calico_datastore::CalicoApiConfig::from_env().context("datastore configuration")?;
+    let etcd_cfg = api.etcd_config().context("datastore configuration")?;
+    let ds = calico_datastore::Datastore::connect(&etcd_cfg)
+        .await
+        .context("connecting to etcd")?;
+    let client = calico_controllers::kube::Client::try_default()
+        .await
+        .context("connecting to the Kubernetes API")?;
+    calico_controllers::run::run(
+        client,
+        calico_controllers::mirror::EtcdMirror::new(ds),
+        settings,
+    )
+    .await?;
+    Ok(())
+}
