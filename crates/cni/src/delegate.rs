@@ -8,7 +8,6 @@ use tokio::process::Command;
 
 use crate::env::CniEnv;
 use crate::plugin::find_in_path;
-use crate::spec::CniError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DelegateError {
@@ -71,9 +70,19 @@ pub async fn exec(
     }
     let out = child.wait_with_output().await.map_err(spawn)?;
     if !out.status.success() {
-        let (code, msg) = match serde_json::from_slice::<CniError>(&out.stdout) {
-            Ok(e) => (e.code, e.msg),
-            Err(_) => (0, String::from_utf8_lossy(&out.stdout).trim().to_owned()),
+        // Older plugins print the error without `cniVersion`: read it leniently.
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        let (code, msg) = match (v["code"].as_u64(), v["msg"].as_str()) {
+            (Some(code), Some(msg)) => {
+                let details = v["details"].as_str().unwrap_or_default();
+                let msg = if details.is_empty() {
+                    msg.to_owned()
+                } else {
+                    format!("{msg}: {details}")
+                };
+                (u32::try_from(code).unwrap_or(u32::MAX), msg)
+            }
+            _ => (0, String::from_utf8_lossy(&out.stdout).trim().to_owned()),
         };
         return Err(DelegateError::Plugin {
             name: name.into(),

@@ -123,8 +123,13 @@ pub struct NetConf {
     pub log_level: Option<String>,
     #[serde(default)]
     pub log_file_path: Option<PathBuf>,
-    #[serde(default)]
+    /// `ipam` when its type is `calico-ipam` (strictly parsed); see [`NetConf::ipam_raw`].
+    #[serde(skip)]
     pub ipam: Option<IpamConf>,
+    /// The `ipam` object as given: another IPAM plugin's fields are that plugin's business,
+    /// so only `calico-ipam` sections are checked here.
+    #[serde(rename = "ipam", default)]
+    pub ipam_raw: Option<serde_json::Value>,
     #[serde(default)]
     pub container_settings: ContainerSettings,
     #[serde(default)]
@@ -173,7 +178,7 @@ impl NetConf {
     /// [`NetConf::effective_version`].
     pub fn parse(bytes: &[u8]) -> Result<NetConf, NetconfError> {
         let de = &mut serde_json::Deserializer::from_slice(bytes);
-        let conf: NetConf =
+        let mut conf: NetConf =
             serde_path_to_error::deserialize(de).map_err(|e| NetconfError::Field {
                 path: match e.path().to_string() {
                     p if p == "." => "(top level)".to_owned(),
@@ -181,6 +186,25 @@ impl NetConf {
                 },
                 reason: e.inner().to_string(),
             })?;
+        if let Some(raw) = &conf.ipam_raw {
+            let kind = raw.get("type").and_then(|t| t.as_str()).unwrap_or("");
+            if kind == "calico-ipam" || kind.is_empty() {
+                let ipam: IpamConf =
+                    serde_path_to_error::deserialize(raw).map_err(|e| NetconfError::Field {
+                        path: match e.path().to_string() {
+                            p if p == "." => "ipam".to_owned(),
+                            p => format!("ipam.{p}"),
+                        },
+                        reason: e.inner().to_string(),
+                    })?;
+                conf.ipam = Some(ipam);
+            } else {
+                conf.ipam = Some(IpamConf {
+                    kind: kind.to_owned(),
+                    ..Default::default()
+                });
+            }
+        }
         conf.validate()?;
         Ok(conf)
     }
@@ -384,6 +408,16 @@ mod tests {
         .unwrap();
         assert_eq!(c.valid_attachments.clone().unwrap()[0].container_id, "abc");
         assert_eq!(c.prev_result().unwrap().unwrap().interfaces[0].name, "lo");
+    }
+
+    #[test]
+    fn other_ipam_plugins_keep_their_fields() {
+        let c = NetConf::parse(
+            br#"{"cniVersion":"1.0.0","type":"calico","ipam":{"type":"host-local","ranges":[[{"subnet":"10.1.0.0/24"}]]}}"#,
+        )
+        .unwrap();
+        assert_eq!(c.ipam.unwrap().kind, "host-local");
+        assert!(c.ipam_raw.unwrap()["ranges"].is_array());
     }
 
     #[test]

@@ -173,10 +173,16 @@ impl Workload {
     }
 }
 
-/// Addresses requested through CNI_ARGS (stand-ins for the pod annotations, see crate docs).
-fn requested(
-    env: &CniEnv,
-) -> Result<(Vec<IpAddr>, Option<Vec<IpNet>>, Option<Vec<IpNet>>), PluginError> {
+/// What CNI_ARGS asks of IPAM (stand-ins for the pod annotations, see the crate docs).
+struct Requested {
+    /// `IP`: exactly these addresses (`cni.projectcalico.org/ipAddrs`).
+    ips: Vec<IpAddr>,
+    /// `CALICO_IPV4POOLS` / `CALICO_IPV6POOLS`: these pools instead of the netconf's.
+    v4_pools: Option<Vec<IpNet>>,
+    v6_pools: Option<Vec<IpNet>>,
+}
+
+fn requested(env: &CniEnv) -> Result<Requested, PluginError> {
     let list = |key: &str| env.args.get(key).filter(|v| !v.is_empty()).cloned();
     let bad = |what: &str, v: &str| PluginError::Step {
         step: "ipam",
@@ -198,7 +204,11 @@ fn requested(
             })
             .transpose()
     };
-    Ok((ips, pools("CALICO_IPV4POOLS")?, pools("CALICO_IPV6POOLS")?))
+    Ok(Requested {
+        ips,
+        v4_pools: pools("CALICO_IPV4POOLS")?,
+        v6_pools: pools("CALICO_IPV6POOLS")?,
+    })
 }
 
 /// Allocates (or, for a repeated ADD, finds) the container's addresses.
@@ -243,14 +253,14 @@ pub async fn ipam_assign(
         attrs.insert("pod".into(), p.name.clone());
     }
     attrs.insert("containerID".into(), wl.container_id.clone());
-    let (ips, v4_override, v6_override) = requested(env)?;
-    if !ips.is_empty() {
-        for ip in &ips {
+    let req = requested(env)?;
+    if !req.ips.is_empty() {
+        for ip in &req.ips {
             ipam.assign_ip(*ip, Some(&handle), attrs.clone(), &wl.node)
                 .await
                 .map_err(|e| PluginError::step("ipam", e))?;
         }
-        return Ok(ips);
+        return Ok(req.ips);
     }
     let ipam_conf = conf.ipam.clone().unwrap_or_default();
     let (v4_pools, v6_pools) = conf
@@ -263,8 +273,8 @@ pub async fn ipam_assign(
             handle_id: Some(handle),
             attrs,
             hostname: wl.node.clone(),
-            v4_pools: v4_override.unwrap_or(v4_pools),
-            v6_pools: v6_override.unwrap_or(v6_pools),
+            v4_pools: req.v4_pools.unwrap_or(v4_pools),
+            v6_pools: req.v6_pools.unwrap_or(v6_pools),
             ..Default::default()
         })
         .await
