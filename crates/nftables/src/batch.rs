@@ -190,6 +190,26 @@ pub enum Expr {
         /// Xor (same length as mask).
         xor: Vec<u8>,
     },
+    /// Load into a 32-bit register (`NFT_REG32_00` is 8): the parts of a concatenation.
+    PayloadReg {
+        /// Header.
+        base: PayloadBase,
+        /// Byte offset.
+        offset: u32,
+        /// Byte length.
+        len: u32,
+        /// Destination register.
+        reg: u32,
+    },
+    /// Look up the concatenation starting at a 32-bit register in a named set.
+    LookupReg {
+        /// Set name.
+        set: String,
+        /// First register.
+        reg: u32,
+        /// Negate.
+        inverted: bool,
+    },
     /// Register 1 is (or with `inverted`, is not) in a named set.
     Lookup {
         /// Set name.
@@ -260,6 +280,10 @@ pub enum KeyType {
     InetService,
     /// `ifname`.
     IfName,
+    /// `ipv4_addr . inet_service` (named ports).
+    Ipv4AddrPort,
+    /// `ipv6_addr . inet_service`.
+    Ipv6AddrPort,
 }
 
 impl KeyType {
@@ -269,6 +293,9 @@ impl KeyType {
             KeyType::Ipv6Addr => 8,
             KeyType::InetService => 13,
             KeyType::IfName => 41,
+            // nft's concatenated types: the parts' ids shifted by TYPE_BITS (6) each.
+            KeyType::Ipv4AddrPort => (7 << 6) | 13,
+            KeyType::Ipv6AddrPort => (8 << 6) | 13,
         }
     }
 
@@ -279,6 +306,9 @@ impl KeyType {
             KeyType::Ipv6Addr => 16,
             KeyType::InetService => 2,
             KeyType::IfName => 16,
+            // Each part padded to 4 bytes, as registers hold them.
+            KeyType::Ipv4AddrPort => 8,
+            KeyType::Ipv6AddrPort => 20,
         }
     }
 }
@@ -657,6 +687,34 @@ fn encode_expr(a: &mut Attrs, e: &Expr) {
             );
             d.be32(3, *offset);
             d.be32(4, *len);
+            d
+        }),
+        Expr::PayloadReg {
+            base,
+            offset,
+            len,
+            reg,
+        } => ("payload", {
+            let mut d = Attrs::default();
+            d.be32(1, *reg);
+            d.be32(
+                2,
+                match base {
+                    PayloadBase::Network => 1,
+                    PayloadBase::Transport => 2,
+                },
+            );
+            d.be32(3, *offset);
+            d.be32(4, *len);
+            d
+        }),
+        Expr::LookupReg { set, reg, inverted } => ("lookup", {
+            let mut d = Attrs::default();
+            d.str(1, set);
+            d.be32(2, *reg);
+            if *inverted {
+                d.be32(5, 1);
+            }
             d
         }),
         Expr::Cmp(op, value) => ("cmp", {

@@ -17,18 +17,21 @@
 //!   and a comment on every rule, rendered per IP family with `RuleMatch::for_family`;
 //! - every IP set becomes two named sets `<id>-4`/`<id>-6` (interval sets, CIDRs allowed).
 //!
-//! Not rendered (errors, so nothing is silently weaker): named-port sets, ports without a
-//! protocol. Host endpoints are skipped (see the crate report): only workload endpoints get
+//! Named ports: a named-port set is an nft set of `address . port` per family; a rule whose
+//! `ports` mix ranges and named ports becomes one nft rule per alternative.
+//!
+//! Not rendered (an error, so nothing is silently weaker): ports without a protocol. Host endpoints are skipped (see the crate report): only workload endpoints get
 //! chains.
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 
 use calico_policy::model::{Action, IpVersion, Protocol};
+use calico_policy::program::IpSet;
 use calico_policy::program::{
-    AddressMatch, Chain, EndOfTier, EndpointId, Fallthrough, HostProgram, PortMatch, RuleListId,
+    AddressMatch, Chain, EndOfTier, EndpointId, Fallthrough, HostProgram, RuleListId,
 };
-use calico_policy::sets::{Member, SetId};
+use calico_policy::sets::{Member, SetId, SetKey};
 use ipnet::IpNet;
 use sha1::{Digest, Sha1};
 
@@ -143,13 +146,9 @@ pub fn render_table(host: &HostProgram, to_host: EndpointToHost) -> Result<Batch
 
     for (id, set) in &host.sets {
         for v in [IpVersion::V4, IpVersion::V6] {
-            let name = set_name(id, v);
-            b.add_set(t, &ip_set_spec(&name, v));
-            let elems = interval_elems(set.members.iter().filter_map(|m| match m {
-                Member::Net(n) if IpVersion::of_net(n) == v => Some(*n),
-                _ => None,
-            }));
-            b.add_elements(t, &name, &elems);
+            let (spec, elems) = set_contents(id, set, v);
+            b.add_set(t, &spec);
+            b.add_elements(t, &spec.name, &elems);
         }
     }
 
@@ -322,18 +321,56 @@ pub fn render_set_update(host: &HostProgram, ids: &[SetId]) -> Batch {
     let mut b = Batch::new(Family::Inet);
     for id in ids {
         for v in [IpVersion::V4, IpVersion::V6] {
-            let name = set_name(id, v);
-            b.flush_set(TABLE_NAME, &name);
+            b.flush_set(TABLE_NAME, &set_name(id, v));
             if let Some(set) = host.sets.get(id) {
-                let elems = interval_elems(set.members.iter().filter_map(|m| match m {
-                    Member::Net(n) if IpVersion::of_net(n) == v => Some(*n),
-                    _ => None,
-                }));
-                b.add_elements(TABLE_NAME, &name, &elems);
+                let (spec, elems) = set_contents(id, set, v);
+                b.add_elements(TABLE_NAME, &spec.name, &elems);
             }
         }
     }
     b
+}
+
+/// The nft set of one family for an IP set: an interval set of addresses for a selector, a
+/// set of `address . port` for a named port (the protocol is part of the set's key, and the
+/// rule matches it already).
+fn set_contents(id: &SetId, set: &IpSet, v: IpVersion) -> (SetSpec, Vec<SetElem>) {
+    let name = set_name(id, v);
+    match &set.key {
+        SetKey::Selector(_) => {
+            let elems = interval_elems(set.members.iter().filter_map(|m| match m {
+                Member::Net(n) if IpVersion::of_net(n) == v => Some(*n),
+                _ => None,
+            }));
+            (ip_set_spec(&name, v), elems)
+        }
+        SetKey::NamedPort { .. } => {
+            let elems = set
+                .members
+                .iter()
+                .filter_map(|m| match m {
+                    Member::Port { addr, port, .. } if IpVersion::of(*addr) == v => {
+                        let mut k = addr_key(*addr);
+                        k.extend_from_slice(&port.to_be_bytes());
+                        k.extend_from_slice(&[0, 0]);
+                        Some(SetElem::key(k))
+                    }
+                    _ => None,
+                })
+                .collect();
+            let key = match v {
+                IpVersion::V4 => KeyType::Ipv4AddrPort,
+                IpVersion::V6 => KeyType::Ipv6AddrPort,
+            };
+            let spec = SetSpec {
+                name,
+                key,
+                interval: false,
+                verdict_map: false,
+            };
+            (spec, elems)
+        }
+    }
 }
 
 fn ip_set_spec(name: &str, v: IpVersion) -> SetSpec {
@@ -446,6 +483,10 @@ fn render_rule_list(
             if let Some(icmp) = &m.not_icmp {
                 e.extend(icmp_match(icmp.icmp_type, icmp.code, CmpOp::Neq));
             }
+            // `ports` is true when any entry matches: port ranges and each named-port set
+            // are alternatives, rendered as one nft rule each (the cross product of both
+            // sides'); everything else is a conjunction.
+            let mut variants: Vec<Vec<Expr>> = vec![Vec::new()];
             for (side, src) in [(&m.source, true), (&m.destination, false)] {
                 let mut ctx = SideCtx {
                     b: &mut *b,
@@ -456,21 +497,39 @@ fn render_rule_list(
                     rule: rule.index,
                     protocol: m.protocol,
                 };
-                e.extend(ctx.side(side, src)?);
-            }
-            e.push(Expr::Counter);
-            let what = format!("{list} rule {}", rule.index);
-            match rule.action {
-                Action::Allow => e.push(Expr::Verdict(Verdict::Accept)),
-                Action::Deny => e.push(Expr::Verdict(Verdict::Drop)),
-                Action::Log => e.push(Expr::Log(format!("calico-rs {what}: "))),
-                Action::Pass if is_policy => {
-                    e.extend(mark_update(PASS_MARK, true));
-                    e.push(Expr::Verdict(Verdict::Return));
+                let (all, alternatives) = ctx.side(side, src)?;
+                e.extend(all);
+                if !alternatives.is_empty() {
+                    variants = variants
+                        .iter()
+                        .flat_map(|v| {
+                            alternatives.iter().map(move |a| {
+                                let mut x = v.clone();
+                                x.extend(a.iter().cloned());
+                                x
+                            })
+                        })
+                        .collect();
                 }
-                Action::Pass => e.push(Expr::Verdict(Verdict::Return)),
             }
-            b.add_rule(t, chain, &e, Some(&what));
+            let what = format!("{list} rule {}", rule.index);
+            let mut verdict = vec![Expr::Counter];
+            match rule.action {
+                Action::Allow => verdict.push(Expr::Verdict(Verdict::Accept)),
+                Action::Deny => verdict.push(Expr::Verdict(Verdict::Drop)),
+                Action::Log => verdict.push(Expr::Log(format!("calico-rs {what}: "))),
+                Action::Pass if is_policy => {
+                    verdict.extend(mark_update(PASS_MARK, true));
+                    verdict.push(Expr::Verdict(Verdict::Return));
+                }
+                Action::Pass => verdict.push(Expr::Verdict(Verdict::Return)),
+            }
+            for variant in variants {
+                let mut r = e.clone();
+                r.extend(variant);
+                r.extend(verdict.iter().cloned());
+                b.add_rule(t, chain, &r, Some(&what));
+            }
         }
     }
     Ok(())
@@ -505,7 +564,12 @@ struct SideCtx<'a> {
 }
 
 impl SideCtx<'_> {
-    fn side(&mut self, m: &AddressMatch, src: bool) -> Result<Vec<Expr>, RenderError> {
+    /// The side's conjunctive matches, and the alternatives of its `ports` (empty: none).
+    fn side(
+        &mut self,
+        m: &AddressMatch,
+        src: bool,
+    ) -> Result<(Vec<Expr>, Vec<Vec<Expr>>), RenderError> {
         let mut e = Vec::new();
         let (off, len) = match (self.v, src) {
             (IpVersion::V4, true) => (12, 4),
@@ -546,38 +610,70 @@ impl SideCtx<'_> {
                 });
             }
         }
-        for (ports, inverted) in [(&m.ports, false), (&m.not_ports, true)] {
-            let Some(ports) = ports else { continue };
-            e.extend(self.ports(ports, inverted, src)?);
+        let mut alternatives = Vec::new();
+        if let Some(p) = &m.ports {
+            self.require_port_protocol()?;
+            if !p.ranges.is_empty() {
+                alternatives.push(self.ranges(&p.ranges, false, src));
+            }
+            for id in &p.named_port_sets {
+                alternatives.push(self.named_port(id, off, len, src, false));
+            }
         }
-        Ok(e)
+        if let Some(p) = &m.not_ports {
+            self.require_port_protocol()?;
+            if !p.ranges.is_empty() {
+                e.extend(self.ranges(&p.ranges, true, src));
+            }
+            for id in &p.named_port_sets {
+                e.extend(self.named_port(id, off, len, src, true));
+            }
+        }
+        Ok((e, alternatives))
     }
 
-    fn ports(
-        &mut self,
-        p: &PortMatch,
-        inverted: bool,
-        src: bool,
-    ) -> Result<Vec<Expr>, RenderError> {
-        if let Some(set) = p.named_port_sets.first() {
-            return Err(RenderError::NamedPortSet {
+    /// `address . port` of this side in a named-port set: the address in the 32-bit
+    /// registers from 8 (`NFT_REG32_00`), the port in the next one.
+    fn named_port(&self, id: &SetId, off: u32, len: u32, src: bool, inverted: bool) -> Vec<Expr> {
+        vec![
+            Expr::PayloadReg {
+                base: PayloadBase::Network,
+                offset: off,
+                len,
+                reg: 8,
+            },
+            Expr::PayloadReg {
+                base: PayloadBase::Transport,
+                offset: if src { 0 } else { 2 },
+                len: 2,
+                reg: 8 + len / 4,
+            },
+            Expr::LookupReg {
+                set: set_name(id, self.v),
+                reg: 8,
+                inverted,
+            },
+        ]
+    }
+
+    fn require_port_protocol(&self) -> Result<(), RenderError> {
+        if self.protocol.is_some_and(|p| p.has_ports()) {
+            Ok(())
+        } else {
+            Err(RenderError::PortsWithoutProtocol {
                 list: self.list.into(),
                 rule: self.rule,
-                set: set.clone(),
-            });
+            })
         }
-        if !self.protocol.is_some_and(|p| p.has_ports()) {
-            return Err(RenderError::PortsWithoutProtocol {
-                list: self.list.into(),
-                rule: self.rule,
-            });
-        }
+    }
+
+    fn ranges(&mut self, ranges: &[(u16, u16)], inverted: bool, src: bool) -> Vec<Expr> {
         let mut e = vec![Expr::Payload {
             base: PayloadBase::Transport,
             offset: if src { 0 } else { 2 },
             len: 2,
         }];
-        match p.ranges.as_slice() {
+        match ranges {
             [(lo, hi)] if lo == hi => e.push(Expr::Cmp(
                 if inverted { CmpOp::Neq } else { CmpOp::Eq },
                 lo.to_be_bytes().to_vec(),
@@ -602,7 +698,7 @@ impl SideCtx<'_> {
                 e.push(Expr::Lookup { set, inverted });
             }
         }
-        Ok(e)
+        e
     }
 
     fn aux_set(&mut self, mut spec: SetSpec, elems: Vec<SetElem>) -> String {

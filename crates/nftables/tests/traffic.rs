@@ -14,8 +14,8 @@ use calico_dataplane::{CALICO_HOST_MAC, Netlink, RTPROT_BOOT, Route, VethSpec};
 use calico_lab::{Host, Lab};
 use calico_nftables::{EndpointToHost, PolicyDataplane};
 use calico_policy::model::{
-    Action, Direction, IcmpFields, LabelMap, NetworkSet, Policy, PolicyModel, Port, Profile, Rule,
-    Tier, TierDefaultAction, WorkloadEndpoint,
+    Action, Direction, IcmpFields, LabelMap, NamedPort, NetworkSet, Policy, PolicyModel, Port,
+    Profile, Protocol, Rule, Tier, TierDefaultAction, WorkloadEndpoint,
 };
 use calico_policy::program::{EndpointId, HostProgram};
 use calico_policy::{Packet, Verdict, compile, path_verdict};
@@ -639,6 +639,38 @@ async fn policy_matrix_with_real_traffic() {
             (0, 2, Probe::Udp(53), Deny),
             (1, 2, Probe::Ping, Allow),
             (1, 0, Probe::Ping, Allow),
+        ],
+    );
+
+    // 9b. Named ports: "http" is 8080 on w1 and 80 on w2; rules say `ports: [http, 443]`.
+    let mut m = base.clone();
+    for (i, port) in [(0, 8080), (1, 80)] {
+        m.workload_endpoints[i].ports = vec![NamedPort {
+            name: "http".into(),
+            protocol: Protocol::TCP,
+            port,
+        }];
+    }
+    let mut p = Policy::new("named", "all()");
+    let mut r = Rule::new(Action::Allow);
+    r.protocol = Some("TCP".into());
+    r.destination.ports = vec![Port::Named("http".into()), Port::number(443)];
+    p.ingress = vec![r];
+    m.policies.push(p);
+    rig.check(
+        "named ports",
+        &m,
+        &[
+            (0, 1, Probe::Tcp(80), Allow),
+            (0, 1, Probe::Tcp(8080), Deny),
+            (0, 1, Probe::Tcp(443), Allow),
+            (1, 0, Probe::Tcp(8080), Allow),
+            (1, 0, Probe::Tcp(80), Deny),
+            (2, 1, Probe::Tcp(80), Allow),
+            (2, 0, Probe::Udp(53), Deny),
+            (0, 1, Probe::Tcp6(80), Allow),
+            (0, 1, Probe::Tcp6(8080), Deny),
+            (1, 0, Probe::Tcp6(8080), Allow),
         ],
     );
 
