@@ -1,21 +1,25 @@
 #!/bin/sh
 # Builds an image FROM scratch holding the given programs and exactly the shared libraries they
 # load (found with ldd, including the dynamic loader), and imports it into one dockerd. Used for
-# calico-node: its agent binary plus the tools it runs (for now `ip`, used by the Docker
-# driver's endpoint plumbing until the dataplane crate replaces it).
+# calico-node: its agent binary first, plus any tools wanted inside (e.g. `ip` for debugging;
+# the Docker driver itself plumbs endpoints over rtnetlink and needs none).
 #
-# usage: images/calico-node/build.sh DOCKER_SOCKET TAG ENTRYPOINT_BINARY [EXTRA_BINARY...]
+# usage: images/calico-node/build.sh DOCKER_SOCKET [TAG [ENTRYPOINT_BINARY [EXTRA_BINARY...]]]
+#   TAG defaults to calico-rs/node:latest, ENTRYPOINT_BINARY to target/debug/calico-node.
 # The first binary becomes the entrypoint; every binary is installed under /bin by base name.
 set -eu
-sock=${1:?usage: build.sh DOCKER_SOCKET TAG ENTRYPOINT_BINARY [EXTRA_BINARY...]}
-tag=${2:?missing TAG}
-shift 2
-[ $# -ge 1 ] || { echo "missing ENTRYPOINT_BINARY" >&2; exit 1; }
+sock=${1:?usage: build.sh DOCKER_SOCKET [TAG [ENTRYPOINT_BINARY [EXTRA_BINARY...]]]}
+tag=${2:-calico-rs/node:latest}
+shift
+[ $# -ge 1 ] && shift
+[ $# -ge 1 ] || set -- "$(dirname "$0")/../../target/debug/calico-node"
+[ -x "$1" ] || { echo "no executable at $1 (for calico-node: cargo build --bin calico-node)" >&2; exit 1; }
 entry=$(basename "$1")
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 root=$work/rootfs
-mkdir -p "$root/bin" "$root/etc" "$root/tmp" "$root/run" "$root/var/run" "$root/proc" "$root/sys" "$root/dev"
+mkdir -p "$root/bin" "$root/etc" "$root/tmp" "$root/run" "$root/var/run/calico" "$root/var/lib/calico" \
+    "$root/proc" "$root/sys" "$root/dev"
 chmod 1777 "$root/tmp"
 copy_with_parents() {
     # Keep the library's absolute path (the loader and the binaries' RUNPATHs expect it).
