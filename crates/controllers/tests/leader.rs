@@ -1,0 +1,211 @@
+//! Leader election over kube's client and a scripted API server (`tower_test::mock`): taking a
+//! free Lease, following a live holder, taking over an expired one (hand-over), renewing, and
+//! losing races (409) without error. The API server is a mock: the compare-and-swap it stands
+//! for (409 on a stale resourceVersion) is scripted, not exercised.
+
+use std::time::Duration;
+
+use calico_controllers::leader::LeaseLock;
+use http::{Request, Response};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::jiff::Timestamp;
+use kube::Api;
+use kube::client::Body;
+use serde_json::{Value, json};
+
+const PATH: &str =
+    "/apis/coordination.k8s.io/v1/namespaces/kube-system/leases/calico-kube-controllers";
+const COLLECTION: &str = "/apis/coordination.k8s.io/v1/namespaces/kube-system/leases";
+
+fn lease(holder: &str, renewed_secs_ago: i64, transitions: i32) -> Value {
+    let renewed = Timestamp::from_second(Timestamp::now().as_second() - renewed_secs_ago).unwrap();
+    json!({
+        "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+        "metadata": {"name": "calico-kube-controllers", "namespace": "kube-system", "resourceVersion": "77"},
+        "spec": {"holderIdentity": holder, "leaseDurationSeconds": 15,
+                 "acquireTime": renewed.to_string(), "renewTime": renewed.to_string(),
+                 "leaseTransitions": transitions}
+    })
+}
+
+fn status(code: u16, reason: &str) -> Value {
+    json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "message": reason,
+           "reason": reason, "code": code})
+}
+
+/// (method, path, reply status, reply body); returns the request bodies.
+async fn run_script(
+    me: &str,
+    script: Vec<(&'static str, &'static str, u16, Value)>,
+) -> (bool, Vec<Value>) {
+    let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let client = kube::Client::new(service, "kube-system");
+    let server = tokio::spawn(async move {
+        let mut bodies = Vec::new();
+        for (method, path, code, reply) in script {
+            let (req, send) = handle.next_request().await.expect("client stopped early");
+            assert_eq!(req.method().as_str(), method, "{}", req.uri());
+            assert_eq!(req.uri().path(), path);
+            let bytes = req.into_body().collect_bytes().await.unwrap();
+            bodies.push(if bytes.is_empty() {
+                Value::Null
+            } else {
+                serde_json::from_slice(&bytes).unwrap()
+            });
+            send.send_response(
+                Response::builder()
+                    .status(code)
+                    .body(Body::from(serde_json::to_vec(&reply).unwrap()))
+                    .unwrap(),
+            );
+        }
+        if let Some((req, _)) = handle.next_request().await {
+            panic!("unexpected request {} {}", req.method(), req.uri());
+        }
+        bodies
+    });
+    let api: Api<Lease> = Api::namespaced(client, "kube-system");
+    let lock = LeaseLock::new(
+        api,
+        "kube-system",
+        "calico-kube-controllers",
+        me,
+        Duration::from_secs(15),
+    );
+    let held = lock.try_acquire_or_renew().await.expect("no API error");
+    drop(lock);
+    (held, server.await.expect("scripted server"))
+}
+
+#[tokio::test]
+async fn creates_a_missing_lease() {
+    let (held, bodies) = run_script(
+        "pod-a",
+        vec![
+            ("GET", PATH, 404, status(404, "NotFound")),
+            ("POST", COLLECTION, 201, lease("pod-a", 0, 0)),
+        ],
+    )
+    .await;
+    assert!(held);
+    assert_eq!(bodies[1]["spec"]["holderIdentity"], "pod-a");
+    assert_eq!(bodies[1]["spec"]["leaseDurationSeconds"], 15);
+}
+
+#[tokio::test]
+async fn losing_the_create_race_is_following() {
+    let (held, _) = run_script(
+        "pod-a",
+        vec![
+            ("GET", PATH, 404, status(404, "NotFound")),
+            ("POST", COLLECTION, 409, status(409, "AlreadyExists")),
+        ],
+    )
+    .await;
+    assert!(!held);
+}
+
+#[tokio::test]
+async fn follows_a_live_holder_without_writing() {
+    let (held, bodies) = run_script("pod-b", vec![("GET", PATH, 200, lease("pod-a", 2, 0))]).await;
+    assert!(!held);
+    assert_eq!(bodies.len(), 1);
+}
+
+#[tokio::test]
+async fn takes_over_an_expired_lease() {
+    // pod-a stopped renewing 60 s ago (15 s duration): pod-b takes over, keeping the
+    // resourceVersion it read (the compare-and-swap) and counting the transition.
+    let (held, bodies) = run_script(
+        "pod-b",
+        vec![
+            ("GET", PATH, 200, lease("pod-a", 60, 3)),
+            ("PUT", PATH, 200, lease("pod-b", 0, 4)),
+        ],
+    )
+    .await;
+    assert!(held);
+    let put = &bodies[1];
+    assert_eq!(put["spec"]["holderIdentity"], "pod-b");
+    assert_eq!(put["spec"]["leaseTransitions"], 4);
+    assert_eq!(put["metadata"]["resourceVersion"], "77");
+}
+
+#[tokio::test]
+async fn two_replicas_racing_for_an_expired_lease_only_one_wins() {
+    let (won, _) = run_script(
+        "pod-b",
+        vec![
+            ("GET", PATH, 200, lease("pod-a", 60, 3)),
+            ("PUT", PATH, 200, lease("pod-b", 0, 4)),
+        ],
+    )
+    .await;
+    // pod-c read the same expired Lease (resourceVersion 77) but writes second: 409.
+    let (lost, _) = run_script(
+        "pod-c",
+        vec![
+            ("GET", PATH, 200, lease("pod-a", 60, 3)),
+            ("PUT", PATH, 409, status(409, "Conflict")),
+        ],
+    )
+    .await;
+    assert!(won && !lost);
+}
+
+#[tokio::test]
+async fn holder_renews() {
+    let (held, bodies) = run_script(
+        "pod-a",
+        vec![
+            ("GET", PATH, 200, lease("pod-a", 5, 1)),
+            ("PUT", PATH, 200, lease("pod-a", 0, 1)),
+        ],
+    )
+    .await;
+    assert!(held);
+    let renewed: Timestamp = bodies[1]["spec"]["renewTime"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(Timestamp::now().as_second() - renewed.as_second() <= 2);
+    assert_eq!(
+        bodies[1]["spec"]["leaseTransitions"], 1,
+        "a renewal is not a transition"
+    );
+}
+
+#[tokio::test]
+async fn api_errors_are_reported() {
+    let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let client = kube::Client::new(service, "kube-system");
+    let server = tokio::spawn(async move {
+        let (_, send) = handle.next_request().await.unwrap();
+        send.send_response(
+            Response::builder()
+                .status(403)
+                .body(Body::from(
+                    serde_json::to_vec(&status(403, "Forbidden")).unwrap(),
+                ))
+                .unwrap(),
+        );
+    });
+    let lock = LeaseLock::new(
+        Api::namespaced(client, "kube-system"),
+        "kube-system",
+        "calico-kube-controllers",
+        "pod-a",
+        Duration::from_secs(15),
+    );
+    let err = lock
+        .try_acquire_or_renew()
+        .await
+        .expect_err("403 is an error");
+    assert!(
+        err.to_string()
+            .contains("kube-system/calico-kube-controllers"),
+        "{err}"
+    );
+    server.await.unwrap();
+}
