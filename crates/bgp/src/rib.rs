@@ -5,6 +5,7 @@
 use std::cmp::Ordering;
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::Arc;
 
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
@@ -92,7 +93,8 @@ impl PathAttrs {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Path {
     pub source: Source,
-    pub attrs: PathAttrs,
+    /// Shared between the prefixes of one UPDATE.
+    pub attrs: Arc<PathAttrs>,
     /// Learned over eBGP.
     pub ebgp: bool,
     /// Router id of the peer it came from (ours for local paths).
@@ -189,6 +191,8 @@ impl LocRib {
     pub fn insert(&mut self, prefix: IpNet, path: Path) -> Option<BestChange> {
         self.change(prefix, |paths| {
             paths.retain(|p| p.source != path.source);
+            // Most prefixes have one path: do not let the first push allocate room for four.
+            paths.reserve_exact(1);
             paths.push(path);
         })
     }
@@ -329,7 +333,7 @@ pub fn export(
         return None;
     }
     let learned_ibgp = matches!(path.source, Source::Peer(_)) && !path.ebgp;
-    let mut a = path.attrs.clone();
+    let mut a = (*path.attrs).clone();
     let self_nh = || match prefix {
         IpNet::V4(_) => peer.self_v4.map(IpAddr::V4),
         IpNet::V6(_) => peer.self_v6.map(IpAddr::V6),
@@ -385,7 +389,7 @@ mod tests {
     fn path(source: Source, f: impl FnOnce(&mut Path)) -> Path {
         let mut p = Path {
             source,
-            attrs: PathAttrs::local(Some("10.0.0.9".parse().unwrap())),
+            attrs: Arc::new(PathAttrs::local(Some("10.0.0.9".parse().unwrap()))),
             ebgp: false,
             peer_router_id: Ipv4Addr::new(10, 0, 0, 9),
             from_rr_client: false,
@@ -400,26 +404,34 @@ mod tests {
 
     #[test]
     fn decision_order() {
-        let a = path(peer("10.0.0.1"), |p| p.attrs.local_pref = Some(200));
-        let b = path(peer("10.0.0.2"), |p| p.attrs.as_path = AsPath::default());
+        let a = path(peer("10.0.0.1"), |p| {
+            Arc::make_mut(&mut p.attrs).local_pref = Some(200)
+        });
+        let b = path(peer("10.0.0.2"), |p| {
+            Arc::make_mut(&mut p.attrs).as_path = AsPath::default()
+        });
         assert_eq!(compare(&a, &b), Ordering::Less, "higher local-pref wins");
         let a = path(peer("10.0.0.1"), |p| {
-            p.attrs.as_path = AsPath::sequence(vec![1])
+            Arc::make_mut(&mut p.attrs).as_path = AsPath::sequence(vec![1])
         });
         let b = path(peer("10.0.0.2"), |p| {
-            p.attrs.as_path = AsPath::sequence(vec![1, 2])
+            Arc::make_mut(&mut p.attrs).as_path = AsPath::sequence(vec![1, 2])
         });
         assert_eq!(compare(&a, &b), Ordering::Less, "shorter AS path wins");
-        let a = path(peer("10.0.0.1"), |p| p.attrs.origin = Origin::Igp);
-        let b = path(peer("10.0.0.2"), |p| p.attrs.origin = Origin::Incomplete);
-        assert_eq!(compare(&a, &b), Ordering::Less, "IGP origin wins");
         let a = path(peer("10.0.0.1"), |p| {
-            p.attrs.as_path = AsPath::sequence(vec![7]);
-            p.attrs.med = Some(5)
+            Arc::make_mut(&mut p.attrs).origin = Origin::Igp
         });
         let b = path(peer("10.0.0.2"), |p| {
-            p.attrs.as_path = AsPath::sequence(vec![7]);
-            p.attrs.med = Some(1)
+            Arc::make_mut(&mut p.attrs).origin = Origin::Incomplete
+        });
+        assert_eq!(compare(&a, &b), Ordering::Less, "IGP origin wins");
+        let a = path(peer("10.0.0.1"), |p| {
+            Arc::make_mut(&mut p.attrs).as_path = AsPath::sequence(vec![7]);
+            Arc::make_mut(&mut p.attrs).med = Some(5)
+        });
+        let b = path(peer("10.0.0.2"), |p| {
+            Arc::make_mut(&mut p.attrs).as_path = AsPath::sequence(vec![7]);
+            Arc::make_mut(&mut p.attrs).med = Some(1)
         });
         assert_eq!(
             compare(&a, &b),
@@ -427,8 +439,8 @@ mod tests {
             "lower MED from same AS wins"
         );
         let b2 = path(peer("10.0.0.2"), |p| {
-            p.attrs.as_path = AsPath::sequence(vec![8]);
-            p.attrs.med = Some(1);
+            Arc::make_mut(&mut p.attrs).as_path = AsPath::sequence(vec![8]);
+            Arc::make_mut(&mut p.attrs).med = Some(1);
             p.peer_router_id = Ipv4Addr::new(10, 0, 0, 99);
         });
         assert_eq!(
@@ -456,7 +468,9 @@ mod tests {
     fn rib_reports_best_changes_only() {
         let mut rib = LocRib::default();
         let pfx: IpNet = "10.1.0.0/24".parse().unwrap();
-        let a = path(peer("10.0.0.1"), |p| p.attrs.local_pref = Some(50));
+        let a = path(peer("10.0.0.1"), |p| {
+            Arc::make_mut(&mut p.attrs).local_pref = Some(50)
+        });
         let b = path(peer("10.0.0.2"), |_| {});
         assert!(rib.insert(pfx, a.clone()).is_some());
         let c = rib.insert(pfx, b.clone()).expect("b is better");
@@ -538,9 +552,9 @@ mod tests {
     fn ebgp_export_prepends_and_sets_next_hop_self() {
         let pfx: IpNet = "10.1.0.0/24".parse().unwrap();
         let p = path(peer("10.0.0.1"), |p| {
-            p.attrs.local_pref = Some(300);
-            p.attrs.med = Some(9);
-            p.attrs.as_path = AsPath::sequence(vec![65001]);
+            Arc::make_mut(&mut p.attrs).local_pref = Some(300);
+            Arc::make_mut(&mut p.attrs).med = Some(9);
+            Arc::make_mut(&mut p.attrs).as_path = AsPath::sequence(vec![65001]);
             p.ebgp = true;
         });
         let a = export(&ctx(false), &pfx, &p, &epeer("10.0.0.2", true, false)).expect("exported");
@@ -581,7 +595,9 @@ mod tests {
             .is_none(),
             "not back to sender"
         );
-        let local = path(Source::Local, |p| p.attrs.next_hop = None);
+        let local = path(Source::Local, |p| {
+            Arc::make_mut(&mut p.attrs).next_hop = None
+        });
         let a = export(&ctx(false), &pfx, &local, &nonclient).expect("local to ibgp");
         assert_eq!(a.local_pref, Some(100));
         assert_eq!(a.next_hop, Some("10.0.0.100".parse().unwrap()));

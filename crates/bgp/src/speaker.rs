@@ -532,7 +532,7 @@ impl Core {
             attrs.large_communities = r.large_communities.clone();
             let path = Path {
                 source: Source::Local,
-                attrs,
+                attrs: Arc::new(attrs),
                 ebgp: false,
                 peer_router_id: new.router_id,
                 from_rr_client: false,
@@ -974,6 +974,9 @@ impl Core {
             changes.extend(self.rib.remove(prefix, Source::Peer(peer)));
         }
         let looped = rib::import_loop(&base, local_as, ebgp, &ectx);
+        // One shared attribute set per next hop (all IPv4 NLRI of an UPDATE share one).
+        let mut shared: HashMap<(Option<IpAddr>, Option<Ipv6Addr>), Arc<PathAttrs>> =
+            HashMap::new();
         for (prefix, nh, ll) in announced {
             if !families.contains(&Family::of_net(&prefix)) {
                 continue;
@@ -983,9 +986,15 @@ impl Core {
                 changes.extend(self.rib.remove(prefix, Source::Peer(peer)));
                 continue;
             }
-            let mut attrs = base.clone();
-            attrs.next_hop = nh;
-            attrs.link_local = ll;
+            let attrs = shared
+                .entry((nh, ll))
+                .or_insert_with(|| {
+                    let mut a = base.clone();
+                    a.next_hop = nh;
+                    a.link_local = ll;
+                    Arc::new(a)
+                })
+                .clone();
             let path = Path {
                 source: Source::Peer(peer),
                 attrs,
