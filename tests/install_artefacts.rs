@@ -397,3 +397,53 @@ fn chart_crds_are_identical_to_repo_crds() {
         );
     }
 }
+
+/// The `cni_network_config` conflist from a render (the ConfigMap's block scalar).
+fn conflist(rendered: &str) -> serde_json::Value {
+    let mut lines = rendered
+        .lines()
+        .skip_while(|l| !l.trim_start().starts_with("cni_network_config: |-"));
+    let header = lines.next().expect("cni_network_config in the ConfigMap");
+    let indent = header.len() - header.trim_start().len();
+    let block: Vec<&str> = lines
+        .take_while(|l| l.trim().is_empty() || l.len() - l.trim_start().len() > indent)
+        .collect();
+    serde_json::from_str(&block.join("\n")).expect("cni_network_config is JSON")
+}
+
+#[test]
+fn installed_conflist_is_accepted_by_our_calico_plugin() {
+    // What the kubelet's runtime hands the `calico` plugin: the first plugin object of the
+    // conflist with the list's name and cniVersion, after install-cni filled in the node name.
+    for (values, mtu, v6) in [
+        (None, 1440, false),
+        (Some(non_default_values()), 8950, true),
+    ] {
+        let rendered = render(values.as_deref());
+        let list = conflist(&rendered);
+        let plugins = list["plugins"].as_array().expect("plugins");
+        assert_eq!(plugins[0]["type"], "calico");
+        assert_eq!(plugins[1]["type"], "portmap");
+        let mut plugin = plugins[0].clone();
+        plugin["name"] = list["name"].clone();
+        plugin["cniVersion"] = list["cniVersion"].clone();
+        let text = serde_json::to_string(&plugin)
+            .expect("JSON")
+            .replace("__KUBERNETES_NODE_NAME__", "node-1");
+        let conf = calico_cni::netconf::NetConf::parse(text.as_bytes()).unwrap_or_else(|e| {
+            panic!("our calico plugin rejects the chart's conflist: {e}\n{text}")
+        });
+        assert_eq!(conf.mtu, Some(mtu));
+        assert_eq!(conf.nodename.as_deref(), Some("node-1"));
+        assert_eq!(conf.datastore_type.as_deref(), Some("etcdv3"));
+        let ipam = conf.ipam.expect("calico-ipam section");
+        assert!(ipam.wants_v4());
+        assert_eq!(ipam.wants_v6(), v6);
+        if v6 {
+            assert_eq!(
+                conf.etcd_ca_cert_file.as_deref(),
+                Some(Path::new("/etc/cni/net.d/calico-tls/etcd-ca"))
+            );
+        }
+    }
+}
