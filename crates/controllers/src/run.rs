@@ -94,8 +94,9 @@ pub async fn run(client: Client, mirror: EtcdMirror, settings: Settings) -> Resu
                 match lock.try_acquire_or_renew().await {
                     Ok(true) => last_ok = tokio::time::Instant::now(),
                     Ok(false) => break,
-                    // Keep trying until the Lease would have expired for the others.
-                    Err(e) if last_ok.elapsed() < duration => {
+                    // Keep trying, but give up one renewal period before the Lease could
+                    // expire for the others, so two leaders never reconcile at once.
+                    Err(e) if last_ok.elapsed() + lock.renew_every() < duration => {
                         warn!(error = %e, "renewing the Lease")
                     }
                     Err(e) => {
