@@ -1,12 +1,14 @@
 //! The kinds the controllers reconcile, and where each one reports its status.
 //!
-//! Calico's published CRDs give only IPPool a status subresource (BGPPeer, NetworkPolicy and
-//! GlobalNetworkPolicy have no `status` in their schema, and we keep the CRDs identical to
-//! Calico's), so IPPools get `status.conditions` and the other kinds get the same information
-//! in annotations under `status.projectcalico.org/`.
+//! Calico's published CRDs give only IPPool and Tier a status subresource with conditions
+//! (BGPPeer, BGPConfiguration, BGPFilter, NetworkPolicy and GlobalNetworkPolicy have no
+//! `status` in their schema, and we keep the CRDs identical to Calico's), so IPPools and Tiers
+//! get `status.conditions` and the other kinds get the same information in annotations under
+//! `status.projectcalico.org/`.
 
 use calico_api::{
-    BGPPeer, CalicoResource, Condition, GlobalNetworkPolicy, IPPool, NetworkPolicy, Validate,
+    BGPConfiguration, BGPFilter, BGPPeer, CalicoResource, Condition, GlobalNetworkPolicy, IPPool,
+    NetworkPolicy, Tier, Validate,
 };
 use kube::{Api, Client};
 use serde::{Serialize, de::DeserializeOwned};
@@ -89,5 +91,32 @@ impl MirroredKind for NetworkPolicy {
             Some(ns) => Api::namespaced(client, ns),
             None => Api::all(client),
         }
+    }
+}
+
+impl MirroredKind for Tier {
+    const STATUS: StatusMode = StatusMode::Conditions;
+    fn api(client: Client, _: Option<&str>) -> Api<Self> {
+        Api::all(client)
+    }
+    fn conditions(&self) -> &[Condition] {
+        self.status
+            .as_ref()
+            .map(|s| s.conditions.as_slice())
+            .unwrap_or(&[])
+    }
+}
+
+impl MirroredKind for BGPConfiguration {
+    const STATUS: StatusMode = StatusMode::Annotations;
+    fn api(client: Client, _: Option<&str>) -> Api<Self> {
+        Api::all(client)
+    }
+}
+
+impl MirroredKind for BGPFilter {
+    const STATUS: StatusMode = StatusMode::Annotations;
+    fn api(client: Client, _: Option<&str>) -> Api<Self> {
+        Api::all(client)
     }
 }

@@ -11,8 +11,10 @@
 //! - [`health`]: /healthz, /readyz and /metrics;
 //! - [`run`]: wires the controllers together for the binary.
 //!
-//! Not done yet (issue 8): BGPConfiguration/BGPFilter/Tier reconcilers, IPPool address
-//! counts, BGPPeer session state, reflecting etcd-only objects back, Namespace/ServiceAccount
+//! Reconciled kinds: IPPool, BGPPeer, BGPConfiguration, BGPFilter, Tier, NetworkPolicy,
+//! GlobalNetworkPolicy.
+//!
+//! Not done yet (issue 8): IPPool address counts, BGPPeer session state, reflecting etcd-only objects back, Namespace/ServiceAccount
 //! profiles, Kubernetes NetworkPolicy translation, Node sync and IPAM garbage collection.
 
 pub mod health;

@@ -5,8 +5,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use calico_api::{BGPPeer, GlobalNetworkPolicy, IPPool, NetworkPolicy};
-use futures::StreamExt;
+use calico_api::{
+    BGPConfiguration, BGPFilter, BGPPeer, GlobalNetworkPolicy, IPPool, NetworkPolicy, Tier,
+};
+use futures::{FutureExt, StreamExt};
 use kube::runtime::{Controller, watcher};
 use kube::{Api, Client};
 use tokio::sync::watch;
@@ -114,12 +116,15 @@ pub async fn run(client: Client, mirror: EtcdMirror, settings: Settings) -> Resu
         mirror,
         metrics: metrics.clone(),
     });
-    let controllers = futures::future::join4(
-        controller::<IPPool>(ctx.clone(), lost_rx.clone()),
-        controller::<BGPPeer>(ctx.clone(), lost_rx.clone()),
-        controller::<GlobalNetworkPolicy>(ctx.clone(), lost_rx.clone()),
-        controller::<NetworkPolicy>(ctx.clone(), lost_rx.clone()),
-    );
+    let controllers = futures::future::join_all([
+        controller::<IPPool>(ctx.clone(), lost_rx.clone()).boxed(),
+        controller::<BGPPeer>(ctx.clone(), lost_rx.clone()).boxed(),
+        controller::<BGPConfiguration>(ctx.clone(), lost_rx.clone()).boxed(),
+        controller::<BGPFilter>(ctx.clone(), lost_rx.clone()).boxed(),
+        controller::<Tier>(ctx.clone(), lost_rx.clone()).boxed(),
+        controller::<GlobalNetworkPolicy>(ctx.clone(), lost_rx.clone()).boxed(),
+        controller::<NetworkPolicy>(ctx.clone(), lost_rx.clone()).boxed(),
+    ]);
     tokio::select! {
         _ = controllers => {}
         r = server => {

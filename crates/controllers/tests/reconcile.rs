@@ -467,3 +467,59 @@ async fn namespaced_policy_is_mirrored_under_its_namespace() {
         Some(OWNER_KUBERNETES)
     );
 }
+
+#[tokio::test]
+async fn tier_reports_conditions_and_bgpconfiguration_annotations() {
+    let tier = json!({
+        "apiVersion": "projectcalico.org/v3", "kind": "Tier",
+        "metadata": {"name": "security", "generation": 1, "resourceVersion": "3", "finalizers": [FINALIZER]},
+        "spec": {"order": 100}
+    });
+    let config = json!({
+        "apiVersion": "projectcalico.org/v3", "kind": "BGPConfiguration",
+        "metadata": {"name": "default", "generation": 4, "resourceVersion": "9", "finalizers": [FINALIZER]},
+        "spec": {"asNumber": 64512, "nodeToNodeMeshEnabled": false}
+    });
+    let s = setup(vec![
+        expect(
+            "PATCH",
+            "/apis/projectcalico.org/v3/tiers/security/status",
+            tier.clone(),
+            |body| {
+                assert_eq!(ready(body)["status"], "True", "{body}");
+            },
+        ),
+        expect(
+            "PATCH",
+            "/apis/projectcalico.org/v3/bgpconfigurations/default",
+            config.clone(),
+            |body| {
+                let a = &body["metadata"]["annotations"];
+                assert_eq!(a["status.projectcalico.org/ready"], "True", "{body}");
+                assert_eq!(a["status.projectcalico.org/observed-generation"], "4");
+            },
+        ),
+    ])
+    .await;
+    let t: calico_api::Tier = serde_json::from_value(tier).unwrap();
+    reconcile(Arc::new(t), s.ctx.clone())
+        .await
+        .expect("reconcile tier");
+    let c: calico_api::BGPConfiguration = serde_json::from_value(config).unwrap();
+    reconcile(Arc::new(c), s.ctx.clone())
+        .await
+        .expect("reconcile bgpconfiguration");
+    let (_, ds, _etcd) = s.finish().await;
+    let t = ds
+        .get::<calico_api::Tier>(None, "security")
+        .await
+        .unwrap()
+        .expect("tier in etcd");
+    assert_eq!(t.spec.order, Some(100.0));
+    let c = ds
+        .get::<calico_api::BGPConfiguration>(None, "default")
+        .await
+        .unwrap()
+        .expect("config in etcd");
+    assert_eq!(c.spec.node_to_node_mesh_enabled, Some(false));
+}
