@@ -343,9 +343,11 @@ impl Plugin {
 
     pub async fn add(&self) -> Result<CniResult, PluginError> {
         let wl = self.workload()?;
+        let started = std::time::Instant::now();
         // Checked: a datastore that is down fails ADD before anything is created, with
         // "try again later" rather than a failure half-way through IPAM.
         let kv = datastore::connect_checked(&self.conf).await?;
+        tracing::debug!(elapsed = ?started.elapsed(), "etcd connected");
         let ipam = Ipam::new(kv.clone());
         let ds = Datastore::from_etcd(kv);
         let mut undo = Undo::default();
@@ -366,6 +368,7 @@ impl Plugin {
         ds: &Datastore,
         undo: &mut Undo,
     ) -> Result<CniResult, PluginError> {
+        let started = std::time::Instant::now();
         let netns = self.netns()?.to_owned();
         undo.ipam = true;
         let addrs = ipam_add(&self.conf, &self.env, &self.stdin, ipam, wl).await?;
@@ -375,6 +378,7 @@ impl Plugin {
                 reason: "IPAM returned no address".into(),
             });
         }
+        tracing::debug!(step = "ipam", elapsed = ?started.elapsed(), "done");
         fault("ipam")?;
 
         let host_if = wl.host_veth();
@@ -388,9 +392,11 @@ impl Plugin {
             })
             .await
             .map_err(|e| PluginError::step("veth", e))?;
+        tracing::debug!(step = "veth", elapsed = ?started.elapsed(), "done");
         fault("veth")?;
 
         let routes = self.configure_container(&netns, &wl.ifname, &addrs).await?;
+        tracing::debug!(step = "container", elapsed = ?started.elapsed(), "done");
         fault("container")?;
 
         let has_v4 = addrs.iter().any(IpAddr::is_ipv4);
@@ -403,6 +409,7 @@ impl Plugin {
                 .await
                 .map_err(|e| PluginError::step("host", e))?;
         }
+        tracing::debug!(step = "host", elapsed = ?started.elapsed(), "done");
         fault("host")?;
 
         let wep = wl.endpoint(&addrs, pair.peer.mac)?;
@@ -427,6 +434,7 @@ impl Plugin {
                 .await
                 .map_err(|e| PluginError::step("endpoint", e))?;
         }
+        tracing::debug!(step = "endpoint", elapsed = ?started.elapsed(), "done");
         fault("endpoint")?;
         tracing::info!(
             endpoint = name,
@@ -571,13 +579,17 @@ impl Plugin {
             .is_none_or(|w| w.spec.container_id.as_deref() == Some(wl.container_id.as_str()));
         if let Some(netns) = self.env.netns.as_deref().filter(|p| p.exists()) {
             // Deleting the container side removes the pair and the host route with it.
+            // A stale path (namespace already released) is not an error for DEL.
             let ifname = wl.ifname.clone();
-            let r = Netlink::connect_in(netns)
-                .map_err(|e| PluginError::step("veth", e))?
-                .delete_link(&ifname)
-                .await;
-            if let Err(e) = r {
-                tracing::warn!(interface = ifname, error = %e, "container interface not deleted");
+            match Netlink::connect_in(netns) {
+                Ok(nl) => {
+                    if let Err(e) = nl.delete_link(&ifname).await {
+                        tracing::warn!(interface = ifname, error = %e, "container interface not deleted");
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(netns = %netns.display(), error = %e, "namespace not usable")
+                }
             }
         }
         if ours {

@@ -37,6 +37,10 @@ fn add_del_latency_against_ptp_host_local() {
     let w = World::new("10.80.0.0/16", 26);
     let mut calico = w.netconf();
     calico["log_level"] = json!("warn");
+    if let Ok(path) = std::env::var("CNI_BENCH_LOG") {
+        calico["log_level"] = json!("debug");
+        calico["log_file_path"] = json!(path);
+    }
     let ptp = json!({
         "cniVersion": "1.0.0", "name": "bench-ptp", "type": "ptp", "ipMasq": false,
         "ipam": {"type": "host-local", "subnet": "10.90.0.0/16",
