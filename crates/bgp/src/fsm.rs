@@ -208,7 +208,8 @@ impl Fsm {
         }
     }
 
-    fn open_message(&self) -> Message {
+    /// The OPEN this FSM sends (also sent on a colliding connection before it is resolved).
+    pub fn open_message(&self) -> Message {
         Message::Open(Open::new(
             self.cfg.local_as,
             self.cfg.hold_time,

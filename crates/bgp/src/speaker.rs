@@ -671,8 +671,10 @@ impl Core {
             writer: None,
             reader: None,
             conn_id: 0,
+            next_conn_id: 0,
             outgoing: false,
-            pending_incoming: None,
+            pending: None,
+            open_sent: false,
             connect_attempt: 0,
             ctx: Ctx::default(),
             timers: HashMap::new(),
@@ -1343,9 +1345,18 @@ fn pack(nets: &[IpNet], overhead: usize) -> Vec<Vec<IpNet>> {
 /// One frame (or the read error that ended the connection), tagged with the connection id.
 type Frame = (u64, Result<Vec<u8>, std::io::Error>);
 
+struct Pending {
+    /// Connection id its frames are tagged with (becomes `conn_id` if adopted).
+    id: u64,
+    writer: OwnedWriteHalf,
+    reader: JoinHandle<()>,
+    rx: mpsc::UnboundedReceiver<Frame>,
+}
+
 enum SessionInput {
     Cmd(Option<SessionCmd>),
     Frame(u64, Result<Vec<u8>, std::io::Error>),
+    PendingFrame(Result<Vec<u8>, std::io::Error>),
     ConnectResult(u64, std::io::Result<TcpStream>),
     Timer(Timer),
 }
@@ -1361,10 +1372,15 @@ struct Session {
     writer: Option<OwnedWriteHalf>,
     reader: Option<(JoinHandle<()>, mpsc::UnboundedReceiver<Frame>)>,
     conn_id: u64,
+    next_conn_id: u64,
     /// The current connection is one we opened.
     outgoing: bool,
-    /// An accepted connection waiting for collision resolution.
-    pending_incoming: Option<TcpStream>,
+    /// An accepted connection that collided with ours: we sent it our OPEN and wait for the
+    /// peer's OPEN on it to decide which connection stays (RFC 4271 6.8).
+    pending: Option<Pending>,
+    /// The OPEN for the next `Connected` was already sent (on a connection adopted from
+    /// `pending`): do not send it twice.
+    open_sent: bool,
     connect_attempt: u64,
     ctx: Ctx,
     timers: HashMap<Timer, Instant>,
@@ -1427,9 +1443,16 @@ impl Session {
                 None => std::future::pending().await,
             }
         };
+        let pending = async {
+            match self.pending.as_mut() {
+                Some(p) => p.rx.recv().await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             c = cmd_rx.recv() => SessionInput::Cmd(c),
             Some((id, r)) = frame => SessionInput::Frame(id, r),
+            Some((_, r)) = pending => SessionInput::PendingFrame(r),
             Some((attempt, r)) = connect_rx.recv() => SessionInput::ConnectResult(attempt, r),
             t = sleep => SessionInput::Timer(t),
         }
@@ -1482,6 +1505,7 @@ impl Session {
                     self.apply(out, &connect_tx).await;
                 }
                 SessionInput::Frame(..) => {}
+                SessionInput::PendingFrame(r) => self.pending_frame(r, &connect_tx).await,
                 SessionInput::ConnectResult(attempt, r) if attempt == self.connect_attempt => {
                     match r {
                         Ok(stream)
@@ -1523,47 +1547,93 @@ impl Session {
                 let out = self.fsm.handle(Input::Connected);
                 self.apply(out, connect_tx).await;
             }
-            State::OpenSent => self.pending_incoming = Some(stream),
-            State::OpenConfirm => {
-                self.pending_incoming = Some(stream);
-                self.resolve_collision(connect_tx).await;
+            State::OpenSent | State::OpenConfirm if self.pending.is_none() => {
+                let _ = stream.set_nodelay(true);
+                let (rd, mut wr) = stream.into_split();
+                match codec::encode(&self.fsm.open_message(), Ctx::default()) {
+                    Ok(bytes) if wr.write_all(&bytes).await.is_ok() => {
+                        let (tx, rx) = mpsc::unbounded_channel();
+                        self.next_conn_id += 1;
+                        let id = self.next_conn_id;
+                        let reader = tokio::spawn(read_frames(rd, id, tx));
+                        self.pending = Some(Pending {
+                            id,
+                            writer: wr,
+                            reader,
+                            rx,
+                        });
+                    }
+                    _ => debug!(peer = %self.peer, "colliding connection failed before its OPEN"),
+                }
             }
             _ => refuse(stream).await,
         }
     }
 
-    async fn resolve_collision(
+    /// The first message on a colliding connection: its OPEN carries the identifier that decides
+    /// which connection stays.
+    async fn pending_frame(
         &mut self,
+        r: Result<Vec<u8>, std::io::Error>,
         connect_tx: &mpsc::UnboundedSender<(u64, std::io::Result<TcpStream>)>,
     ) {
-        let Some(stream) = self.pending_incoming.take() else {
+        let Some(mut pending) = self.pending.take() else {
             return;
         };
-        let Some(n) = self.fsm.negotiated() else {
-            self.pending_incoming = Some(stream);
-            return;
+        let open = match r.map(|b| codec::decode(&b, Ctx::default())) {
+            Ok(Ok(Message::Open(open))) => open,
+            _ => {
+                // Not a usable connection.
+                pending.reader.abort();
+                return;
+            }
         };
         let keep_outgoing =
-            fsm::collision_keeps_outgoing(self.fsm.config().router_id, n.peer_router_id);
-        if keep_outgoing == self.outgoing {
-            refuse(stream).await;
-        } else {
-            info!(peer = %self.peer, "connection collision: switching to the peer's connection");
-            let cease =
-                Message::Notification(Notification::new(notif::CEASE, notif::CEASE_COLLISION));
+            fsm::collision_keeps_outgoing(self.fsm.config().router_id, open.router_id);
+        let cease = Message::Notification(Notification::new(notif::CEASE, notif::CEASE_COLLISION));
+        let current_alive = matches!(self.fsm.state(), State::OpenSent | State::OpenConfirm);
+        // Keep the current connection if it is the one the rule picks (or if both were
+        // accepted, which the rule cannot order).
+        if current_alive && (keep_outgoing == self.outgoing || !self.outgoing) {
+            if let Ok(bytes) = codec::encode(&cease, Ctx::default()) {
+                let _ = pending.writer.write_all(&bytes).await;
+            }
+            pending.reader.abort();
+            return;
+        }
+        if current_alive {
+            info!(peer = %self.peer, "connection collision: keeping the peer's connection");
             self.send(&cease).await;
             let out = self.fsm.handle(Input::Closed);
             self.apply(out, connect_tx).await;
-            self.attach(stream, false);
-            let out = self.fsm.handle(Input::Connected);
-            self.apply(out, connect_tx).await;
         }
+        if !matches!(
+            self.fsm.state(),
+            State::Idle | State::Connect | State::Active
+        ) || !self.fsm.enabled()
+        {
+            pending.reader.abort();
+            return;
+        }
+        // Adopt it: our OPEN is already on it, and the peer's is `open`.
+        self.detach();
+        self.connect_attempt += 1; // forget any connect in flight
+        self.conn_id = pending.id;
+        self.outgoing = false;
+        self.reader = Some((pending.reader, pending.rx));
+        self.writer = Some(pending.writer);
+        self.open_sent = true;
+        let out = self.fsm.handle(Input::Connected);
+        self.apply(out, connect_tx).await;
+        let out = self.fsm.handle(Input::Message(Message::Open(open)));
+        self.apply(out, connect_tx).await;
     }
 
     fn attach(&mut self, stream: TcpStream, outgoing: bool) {
         self.detach();
         let _ = stream.set_nodelay(true);
-        self.conn_id += 1;
+        self.next_conn_id += 1;
+        self.conn_id = self.next_conn_id;
         self.outgoing = outgoing;
         let (rd, wr) = stream.into_split();
         let (tx, rx) = mpsc::unbounded_channel();
@@ -1622,6 +1692,7 @@ impl Session {
                     }
                     self.detach();
                 }
+                Output::Send(Message::Open(_)) if self.open_sent => self.open_sent = false,
                 Output::Send(m) => {
                     if !self.send(&m).await && !matches!(m, Message::Notification(_)) {
                         queue.extend(self.fsm.handle(Input::Closed));
@@ -1636,16 +1707,6 @@ impl Session {
                 Output::StateChanged(s) => {
                     debug!(peer = %self.peer, state = %s, "state");
                     self.emit(SessionEvent::State(s));
-                    if s == State::OpenConfirm && self.pending_incoming.is_some() {
-                        Box::pin(self.resolve_collision(connect_tx)).await;
-                    }
-                    if s == State::Idle
-                        && let Some(stream) = self.pending_incoming.take()
-                    {
-                        // Our connection failed; the peer's is still good.
-                        self.attach(stream, false);
-                        queue.extend(self.fsm.handle(Input::Connected));
-                    }
                 }
                 Output::Established(n) => {
                     self.ctx = Ctx {

@@ -899,3 +899,82 @@ fn graceful_restart_helper_keeps_gobgp_routes() {
         },
     );
 }
+
+// ---------------------------------------------------------------- ours against ours
+
+/// Two of our speakers, the node-to-node mesh case: iBGP over IPv4 and IPv6, both sides active
+/// so their connections collide and RFC 4271 6.8 picks one; routes flow both ways. Then the
+/// peer is removed from one side's config and the other side's routes go.
+#[test]
+fn ours_mesh_ibgp_with_collision() {
+    let lab = Lab::new().expect("lab");
+    let dir_a = tempfile::tempdir().unwrap();
+    let dir_b = tempfile::tempdir().unwrap();
+    let a = node(&lab, "us", 11);
+    let b = node(&lab, "us2", 12);
+    let cfg = |me: &Node, other: &Node, routes: &[&str]| {
+        let mut c = our_config(
+            64512,
+            vec![
+                peer(&other.v4, 64512, Some("mesh")),
+                peer(&other.v6, 64512, Some("mesh")),
+            ],
+            routes,
+        );
+        c["routerId"] = json!(me.v4);
+        c
+    };
+    let oa = Ours::start(
+        &a.host,
+        dir_a.path(),
+        &cfg(&a, &b, &["10.11.0.0/24", "fd11::/64"]),
+    );
+    let ob = Ours::start(
+        &b.host,
+        dir_b.path(),
+        &cfg(&b, &a, &["10.12.0.0/24", "fd12::/64"]),
+    );
+    let deadline = Instant::now() + DEADLINE;
+    let diag = || {
+        format!(
+            "--- a\n{}\n--- b\n{}",
+            tail(&oa.guard.log()),
+            tail(&ob.guard.log())
+        )
+    };
+    wait_for(
+        "routes both ways",
+        deadline,
+        || {
+            let ra = oa.routes();
+            let rb = ob.routes();
+            ra.get("10.12.0.0/24").is_some_and(|(nh, _)| nh == &b.v4)
+                && ra.get("fd12::/64").is_some_and(|(nh, _)| nh == &b.v6)
+                && rb.get("10.11.0.0/24").is_some_and(|(nh, _)| nh == &a.v4)
+                && rb.get("fd11::/64").is_some_and(|(nh, _)| nh == &a.v6)
+        },
+        diag,
+    );
+    wait_for(
+        "status Established on both",
+        deadline,
+        || {
+            oa.established(&b.v4)
+                && oa.established(&b.v6)
+                && ob.established(&a.v4)
+                && ob.established(&a.v6)
+        },
+        diag,
+    );
+    // B forgets A: B sends Cease, A's routes from B go (no graceful restart for a Cease).
+    ob.rewrite(&our_config(64512, vec![], &["10.12.0.0/24"]));
+    wait_for(
+        "B's routes withdrawn at A",
+        Instant::now() + Duration::from_secs(15),
+        || {
+            let ra = oa.routes();
+            !ra.contains_key("10.12.0.0/24") && !ra.contains_key("fd12::/64")
+        },
+        diag,
+    );
+}
