@@ -16,12 +16,13 @@
 //! `*` (all-interfaces) host endpoint beyond having no interface name; incremental updates of
 //! tiers and profiles (rebuild the [`Compiler`]; policies have [`Compiler::upsert_policy`] and
 //! [`Compiler::remove_policy`], endpoints and network sets [`sets::SetIndex`]); garbage
-//! collection of sets no policy uses any more; the conversion from `calico-api` types.
+//! collection of sets no policy uses any more. [`from_api`] converts `calico-api` resources.
 //! Left to the dataplane: allowing established/related and dropping invalid packets before the
 //! chains, the workload-to-host default action, and dropping encapsulated packets from
 //! workloads.
 
 pub mod compile;
+pub mod from_api;
 pub mod knp;
 pub mod labels;
 pub mod model;
