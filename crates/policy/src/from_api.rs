@@ -189,7 +189,7 @@ fn policy(
     staged: bool,
     p: PolicyParts<'_>,
 ) -> Result<Policy, ConvertError> {
-    let (ctx, name, namespace) = Ctx::new(kind, &meta)?;
+    let (ctx, name, namespace) = Ctx::new(kind, meta)?;
     let namespace = if namespaced {
         Some(namespace.ok_or_else(|| ctx.err("metadata.namespace", "missing"))?)
     } else {
