@@ -637,7 +637,8 @@ impl Core {
             .map(|f| Capability::Multiprotocol(*f))
             .collect();
         caps.push(Capability::RouteRefresh);
-        caps.push(Capability::EnhancedRouteRefresh);
+        // Enhanced route refresh (RFC 7313) is decoded and encoded but not announced: the
+        // BoRR/EoRR stale marking is not implemented in the speaker.
         let gr_time = pc.graceful_restart_time.unwrap_or(120);
         if gr_time > 0 {
             caps.push(Capability::GracefulRestart(GracefulRestart {
@@ -799,12 +800,8 @@ impl Core {
                     if let Some(rt) = self.peers.get_mut(&peer) {
                         rt.adj_out.retain(|p, _| Family::of_net(p) != rr.family);
                     }
+                    // RFC 2918: resend the family's Adj-RIB-Out.
                     self.readvertise(peer);
-                    if let Some(rt) = self.peers.get(&peer) {
-                        let _ = rt.cmd.send(SessionCmd::Send(vec![Message::Update(
-                            Update::end_of_rib(rr.family),
-                        )]));
-                    }
                 }
             }
         }
@@ -1765,4 +1762,110 @@ async fn connect(
     )
     .await
     .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nets(n: u32, v6: bool) -> Vec<IpNet> {
+        (0..n)
+            .map(|i| {
+                if v6 {
+                    IpNet::V6(
+                        ipnet::Ipv6Net::new(
+                            Ipv6Addr::from((0xfd00u128 << 112) | (u128::from(i) << 64)),
+                            64,
+                        )
+                        .unwrap(),
+                    )
+                } else {
+                    IpNet::V4(
+                        ipnet::Ipv4Net::new(Ipv4Addr::from(0x0a00_0000 + (i << 8)), 24).unwrap(),
+                    )
+                }
+            })
+            .collect()
+    }
+
+    /// Many prefixes are packed into several UPDATEs that each fit 4096 bytes and together carry
+    /// every prefix once.
+    #[test]
+    fn announcements_and_withdrawals_pack_within_message_limit() {
+        let mut attrs = PathAttrs::local(Some("192.168.33.11".parse().unwrap()));
+        attrs.as_path = codec::AsPath::sequence(vec![4_200_000_000, 64512]);
+        attrs.communities = vec![1, 2, 3];
+        for v6 in [false, true] {
+            if v6 {
+                attrs.next_hop = Some("fd00::11".parse().unwrap());
+                attrs.link_local = Some("fe80::11".parse().unwrap());
+            }
+            let all = nets(3000, v6);
+            for ctx in [
+                Ctx {
+                    four_octet_as: true,
+                },
+                Ctx {
+                    four_octet_as: false,
+                },
+            ] {
+                let mut seen = Vec::new();
+                let msgs = build_announcements(&attrs, &all, ctx);
+                assert!(msgs.len() > 1);
+                for m in &msgs {
+                    let bytes = codec::encode(m, ctx).expect("fits");
+                    assert!(bytes.len() <= codec::MAX_MESSAGE_LEN);
+                    let Message::Update(u) = codec::decode(&bytes, ctx).expect("decodes") else {
+                        panic!("not an update")
+                    };
+                    let back = PathAttrs::from_attributes(&u.attributes);
+                    assert_eq!(back.as_path, attrs.as_path, "AS4_PATH restores the path");
+                    seen.extend(u.nlri.iter().map(|n| IpNet::V4(*n)));
+                    for a in &u.attributes {
+                        if let Attribute::MpReach { nlri, next_hop, .. } = a {
+                            assert_eq!(next_hop.addr(), attrs.next_hop.unwrap());
+                            seen.extend(nlri.iter().copied());
+                        }
+                    }
+                }
+                assert_eq!(seen, all);
+            }
+            let mut seen = Vec::new();
+            for m in build_withdrawals(&all) {
+                let bytes = codec::encode(&m, Ctx::default()).expect("fits");
+                let Message::Update(u) = codec::decode(&bytes, Ctx::default()).unwrap() else {
+                    panic!("not an update")
+                };
+                seen.extend(u.withdrawn.iter().map(|n| IpNet::V4(*n)));
+                for a in &u.attributes {
+                    if let Attribute::MpUnreach { withdrawn, .. } = a {
+                        seen.extend(withdrawn.iter().copied());
+                    }
+                }
+            }
+            assert_eq!(seen, all);
+        }
+    }
+
+    #[test]
+    fn config_json_uses_calico_style_names() {
+        let cfg: SpeakerConfig = serde_json::from_value(serde_json::json!({
+            "routerId": "10.0.0.1", "localAs": 64512,
+            "peers": [{"address": "10.0.0.2", "remoteAs": 65000, "nextHopMode": "Self",
+                       "export": [{"cidr": "192.168.0.0/16", "action": "Reject"}]}],
+            "originated": [{"prefix": "192.168.1.0/26"}]
+        }))
+        .expect("parses");
+        assert_eq!(cfg.listen_port, 179);
+        assert_eq!(cfg.peers[0].next_hop_mode, NextHopMode::SelfMode);
+        assert_eq!(cfg.peers[0].families(), vec![Family::IPV4_UNICAST]);
+        assert!(!cfg.peers[0].needs_restart(&PeerConfig {
+            export: vec![],
+            ..cfg.peers[0].clone()
+        }));
+        assert!(cfg.peers[0].needs_restart(&PeerConfig {
+            remote_as: 1,
+            ..cfg.peers[0].clone()
+        }));
+    }
 }
