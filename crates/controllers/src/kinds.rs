@@ -13,6 +13,11 @@ use calico_api::{
 use kube::{Api, Client};
 use serde::{Serialize, de::DeserializeOwned};
 
+use crate::status::Outcome;
+
+/// IPPool condition type shown in Calico's printer column.
+pub const ALLOCATABLE: &str = "Allocatable";
+
 /// Prefix of the status annotations (kinds without a status subresource).
 pub const STATUS_ANNOTATION_PREFIX: &str = "status.projectcalico.org/";
 /// `Ready` condition status: `True` / `False`.
@@ -55,7 +60,15 @@ pub trait MirroredKind:
     fn conditions(&self) -> &[Condition] {
         &[]
     }
+
+    /// Kind-specific conditions besides `Ready`.
+    fn extra_conditions(&self, _outcome: &Outcome) -> Vec<ExtraCondition> {
+        Vec::new()
+    }
 }
+
+/// A condition other than `Ready`: type, status, reason, message.
+pub type ExtraCondition = (&'static str, bool, &'static str, String);
 
 impl MirroredKind for IPPool {
     const STATUS: StatusMode = StatusMode::Conditions;
@@ -67,6 +80,32 @@ impl MirroredKind for IPPool {
             .as_ref()
             .map(|s| s.conditions.as_slice())
             .unwrap_or(&[])
+    }
+
+    /// `Allocatable` (shown in the IPPool printer column): whether calico-ipam may hand out
+    /// addresses from this pool as it stands in etcd.
+    fn extra_conditions(&self, outcome: &Outcome) -> Vec<ExtraCondition> {
+        let (status, reason, message) = match outcome {
+            Outcome::Mirrored if !self.spec.is_enabled() => {
+                (false, "Disabled", "spec.disabled is true".to_string())
+            }
+            Outcome::Mirrored => (
+                true,
+                "Enabled",
+                "addresses are allocated from this pool".into(),
+            ),
+            Outcome::Invalid(_) => (
+                false,
+                "Invalid",
+                "this version is not applied; see the Ready condition".into(),
+            ),
+            Outcome::Conflict(_) => (
+                false,
+                "Conflict",
+                "etcd holds another pool of this name; see the Ready condition".into(),
+            ),
+        };
+        vec![(ALLOCATABLE, status, reason, message)]
     }
 }
 

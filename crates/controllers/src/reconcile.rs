@@ -19,7 +19,7 @@ use crate::kinds::{
     REASON_ANNOTATION, StatusMode,
 };
 use crate::mirror::{EtcdMirror, MirrorError};
-use crate::status::{Outcome, READY, merge_conditions, ready_condition};
+use crate::status::{Outcome, READY, condition, merge_conditions, ready_condition};
 
 /// How often a mirrored object is reconciled again without a change, so an etcd copy deleted
 /// or edited behind our back is restored.
@@ -149,13 +149,24 @@ pub async fn write_status<K: MirroredKind>(
     match K::STATUS {
         StatusMode::Conditions => {
             let current = obj.conditions();
-            let previous = current.iter().find(|c| c.r#type == READY);
             let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-            let ready = ready_condition(outcome, generation, previous, &now);
-            if previous == Some(&ready) {
+            let previous = current.iter().find(|c| c.r#type == READY);
+            let mut conditions = merge_conditions(
+                current,
+                ready_condition(outcome, generation, previous, &now),
+            );
+            for (kind, status, reason, message) in obj.extra_conditions(outcome) {
+                let previous = current.iter().find(|c| c.r#type == kind);
+                let c = condition(kind, status, reason, message, generation, previous, &now);
+                conditions.retain(|x| x.r#type != kind);
+                conditions.push(c);
+            }
+            // Compared as sets by type: the order the API server returns them in is not ours.
+            let same =
+                conditions.len() == current.len() && conditions.iter().all(|c| current.contains(c));
+            if same {
                 return Ok(());
             }
-            let conditions = merge_conditions(current, ready);
             let patch = json!({ "status": { "conditions": conditions } });
             api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
                 .await

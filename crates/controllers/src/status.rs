@@ -58,16 +58,41 @@ pub fn ready_condition(
     previous: Option<&calico_api::Condition>,
     now: &str,
 ) -> calico_api::Condition {
-    let status = outcome.status();
+    condition(
+        READY,
+        outcome.status() == ConditionStatus::True,
+        outcome.reason(),
+        outcome.message(),
+        generation,
+        previous,
+        now,
+    )
+}
+
+/// Any condition, keeping the transition time of `previous` when the status did not change.
+pub fn condition(
+    r#type: &str,
+    status: bool,
+    reason: &str,
+    message: String,
+    generation: Option<i64>,
+    previous: Option<&calico_api::Condition>,
+    now: &str,
+) -> calico_api::Condition {
+    let status = if status {
+        ConditionStatus::True
+    } else {
+        ConditionStatus::False
+    };
     let last_transition_time = match previous {
         Some(p) if p.status == status => p.last_transition_time.clone(),
         _ => now.to_string(),
     };
     calico_api::Condition {
-        r#type: READY.into(),
+        r#type: r#type.into(),
         status,
-        reason: outcome.reason().into(),
-        message: outcome.message(),
+        reason: reason.into(),
+        message,
         observed_generation: generation,
         last_transition_time,
     }

@@ -158,11 +158,15 @@ fn pool(v: &Value) -> Arc<IPPool> {
 const POOL_PATH: &str = "/apis/projectcalico.org/v3/ippools/pool-a";
 const POOL_STATUS_PATH: &str = "/apis/projectcalico.org/v3/ippools/pool-a/status";
 
-fn ready(body: &Value) -> &Value {
+fn condition<'a>(body: &'a Value, kind: &str) -> &'a Value {
     body["status"]["conditions"]
         .as_array()
-        .and_then(|c| c.iter().find(|c| c["type"] == "Ready"))
-        .unwrap_or_else(|| panic!("no Ready condition in {body}"))
+        .and_then(|c| c.iter().find(|c| c["type"] == kind))
+        .unwrap_or_else(|| panic!("no {kind} condition in {body}"))
+}
+
+fn ready(body: &Value) -> &Value {
+    condition(body, "Ready")
 }
 
 #[tokio::test]
@@ -205,6 +209,9 @@ async fn valid_pool_is_mirrored_and_reported_ready() {
                     .as_str()
                     .is_some_and(|t| t.ends_with('Z'))
             );
+            let a = condition(body, "Allocatable");
+            assert_eq!(a["status"], "True", "{body}");
+            assert_eq!(a["reason"], "Enabled");
         },
     )])
     .await;
@@ -249,6 +256,10 @@ async fn settled_object_causes_no_write() {
         "type": "Ready", "status": "True", "reason": "Mirrored",
         "message": "valid; mirrored into etcd", "observedGeneration": 2,
         "lastTransitionTime": "2026-01-01T00:00:00Z"
+    }, {
+        "type": "Allocatable", "status": "True", "reason": "Enabled",
+        "message": "addresses are allocated from this pool", "observedGeneration": 2,
+        "lastTransitionTime": "2026-01-01T00:00:00Z"
     }]});
     let obj = pool_json(26, true, false, Some(status));
     let s = setup(vec![]).await;
@@ -281,6 +292,7 @@ async fn invalid_pool_reports_the_field_and_is_not_mirrored() {
                 "{body}"
             );
             assert_eq!(r["observedGeneration"], 2);
+            assert_eq!(condition(body, "Allocatable")["status"], "False", "{body}");
         },
     )])
     .await;
@@ -522,4 +534,32 @@ async fn tier_reports_conditions_and_bgpconfiguration_annotations() {
         .unwrap()
         .expect("config in etcd");
     assert_eq!(c.spec.node_to_node_mesh_enabled, Some(false));
+}
+
+#[tokio::test]
+async fn disabled_pool_is_ready_but_not_allocatable() {
+    let mut obj = pool_json(26, true, false, None);
+    obj["spec"]["disabled"] = json!(true);
+    let s = setup(vec![expect(
+        "PATCH",
+        POOL_STATUS_PATH,
+        obj.clone(),
+        |body| {
+            assert_eq!(ready(body)["status"], "True", "{body}");
+            let a = condition(body, "Allocatable");
+            assert_eq!(a["status"], "False", "{body}");
+            assert_eq!(a["reason"], "Disabled");
+        },
+    )])
+    .await;
+    reconcile(pool(&obj), s.ctx.clone())
+        .await
+        .expect("reconcile");
+    let (_, ds, _etcd) = s.finish().await;
+    let copy = ds
+        .get::<IPPool>(None, "pool-a")
+        .await
+        .unwrap()
+        .expect("etcd copy");
+    assert_eq!(copy.spec.disabled, Some(true));
 }
