@@ -7,6 +7,7 @@ pub mod bgp;
 pub mod config;
 pub mod libnetwork;
 pub mod peering;
+pub mod policy;
 pub mod routes;
 pub mod run;
 pub mod snapshot;
