@@ -726,4 +726,62 @@ mod tests {
         assert!(DownReason::HoldTimerExpired.graceful());
         assert!(!DownReason::Stopped.graceful());
     }
+
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn input() -> impl Strategy<Value = Input> {
+            prop_oneof![
+                Just(Input::Start),
+                Just(Input::Stop {
+                    subcode: notif::CEASE_ADMIN_SHUTDOWN
+                }),
+                Just(Input::Connected),
+                Just(Input::ConnectFailed),
+                Just(Input::Closed),
+                Just(Input::Message(Message::Keepalive)),
+                Just(Input::Message(peer_open(65001, 30))),
+                Just(Input::Message(peer_open(65002, 30))),
+                Just(Input::Message(Message::Update(Update::default()))),
+                Just(Input::Message(Message::Notification(Notification::new(
+                    6, 2
+                )))),
+                Just(Input::TimerExpired(Timer::ConnectRetry)),
+                Just(Input::TimerExpired(Timer::Hold)),
+                Just(Input::TimerExpired(Timer::Keepalive)),
+            ]
+        }
+
+        proptest! {
+            /// Whatever arrives: Established is reported only on OpenConfirm + KEEPALIVE, every
+            /// Established is followed by at most one Down before the next, a stopped machine
+            /// never connects, and UPDATEs reach the RIB only when Established.
+            #[test]
+            fn invariants_hold(inputs in prop::collection::vec(input(), 0..60)) {
+                let mut f = Fsm::new(cfg());
+                let mut up = false;
+                for i in inputs {
+                    let before = f.state();
+                    let is_keepalive = matches!(i, Input::Message(Message::Keepalive));
+                    let out = f.handle(i);
+                    for o in &out {
+                        match o {
+                            Output::Established(_) => {
+                                prop_assert!(before == State::OpenConfirm && is_keepalive);
+                                prop_assert!(!up);
+                                up = true;
+                            }
+                            Output::Down(_) => up = false,
+                            Output::Connect => prop_assert!(f.enabled()),
+                            Output::Update(_) => prop_assert_eq!(before, State::Established),
+                            _ => {}
+                        }
+                    }
+                    prop_assert_eq!(up, f.state() == State::Established);
+                    prop_assert!(f.retry_delay() <= Duration::from_secs(30));
+                }
+            }
+        }
+    }
 }
