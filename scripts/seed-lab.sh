@@ -138,6 +138,8 @@ in_node node1 ip r
 say "[root@node2 ~]# ip r"
 in_node node2 ip r
 
+# Names of containers on other hosts reach the hosts file within a sync round.
+wait_for 30 "the name bbox2 on node1" docker_on node1 exec bbox1 grep -qw bbox2 /etc/hosts
 say "[root@node1 ~]# docker exec bbox1 ping -c 4 bbox2"
 docker_on node1 exec bbox1 ping -c 4 bbox2
 
