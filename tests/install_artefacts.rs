@@ -4,7 +4,7 @@
 //! - `helm lint --strict` and `helm template` with the default values and with
 //!   charts/calico-rs/ci/non-default-values.yaml (values.schema.json is enforced by both);
 //! - every rendered object and manifests/calico-rs.yaml with `kubernetes-validate --strict`
-//!   against Kubernetes 1.33 (built-in kinds and the CRD objects themselves);
+//!   against Kubernetes 1.35 (built-in kinds and the CRD objects themselves);
 //! - the example custom resources (ippool.yaml, bgppeer.yaml, policy.yaml), which
 //!   kubernetes-validate cannot check (it has no schema for projectcalico.org kinds), against
 //!   our CRDs' openAPIV3Schema with unknown fields rejected (tests/support/crd_validate.py) and
@@ -20,7 +20,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-const K8S_VERSION: &str = "1.33.0";
+const K8S_VERSION: &str = "1.35.0";
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
