@@ -32,11 +32,11 @@ pub enum PolicyError {
         kind: &'static str,
         /// What the datastore said.
         #[source]
-        source: ResourceError,
+        source: Box<ResourceError>,
     },
     /// A resource does not convert into the policy model.
     #[error("policy sync: {0}")]
-    Convert(#[from] ConvertError),
+    Convert(#[from] Box<ConvertError>),
     /// The model does not compile (e.g. an invalid selector).
     #[error("policy sync: compiling for node {node}: {source}")]
     Compile {
@@ -44,7 +44,7 @@ pub enum PolicyError {
         node: String,
         /// The compiler's error (names the resource and field).
         #[source]
-        source: CompileError,
+        source: Box<CompileError>,
     },
     /// The kernel refused the table, or it could not be rendered.
     #[error("policy sync: applying for node {node}: {source}")]
@@ -53,7 +53,7 @@ pub enum PolicyError {
         node: String,
         /// The dataplane's error.
         #[source]
-        source: ApplyError,
+        source: Box<ApplyError>,
     },
 }
 
@@ -123,7 +123,7 @@ impl<E: Enforcer> PolicySync<E> {
             .enforce(&program)
             .map_err(|source| PolicyError::Apply {
                 node: node.to_string(),
-                source,
+                source: Box::new(source),
             })?;
         tracing::info!(
             node,
@@ -139,10 +139,10 @@ impl<E: Enforcer> PolicySync<E> {
 
 /// Converts and compiles: the program of `node`'s workload endpoints.
 pub fn compile_for(resources: &ApiResources, node: &str) -> Result<HostProgram, PolicyError> {
-    let model = from_api::model_from_resources(resources)?;
+    let model = from_api::model_from_resources(resources).map_err(Box::new)?;
     compile(&model, Some(node)).map_err(|source| PolicyError::Compile {
         node: node.to_string(),
-        source,
+        source: Box::new(source),
     })
 }
 
@@ -155,7 +155,10 @@ pub async fn read_resources(ds: &Datastore) -> Result<ApiResources, PolicyError>
         Ok(ds
             .list::<T>(None)
             .await
-            .map_err(|source| PolicyError::Datastore { kind, source })?
+            .map_err(|source| PolicyError::Datastore {
+                kind,
+                source: Box::new(source),
+            })?
             .items)
     }
     Ok(ApiResources {
