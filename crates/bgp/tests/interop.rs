@@ -244,6 +244,21 @@ impl Bird {
         v4: &str,
         v6: &str,
     ) -> Bird {
+        Self::start_with(n, dir, asn, our_as, password, v4, v6, "")
+    }
+
+    /// `extra`: more options for both BGP protocols (e.g. `ttl security on;`).
+    #[allow(clippy::too_many_arguments)]
+    fn start_with(
+        n: &Node,
+        dir: &Path,
+        asn: u32,
+        our_as: u32,
+        password: Option<&str>,
+        v4: &str,
+        v6: &str,
+        extra: &str,
+    ) -> Bird {
         let conf = dir.join("bird.conf");
         let sock = dir.join("bird.ctl");
         let log = dir.join("bird.log");
@@ -264,6 +279,7 @@ protocol bgp us4 {{
   local {id} as {asn};
   neighbor {us4} as {our_as};
   {pw}
+  {extra}
   hold time 9;
   connect retry time 1;
   ipv4 {{ import all; export where source = RTS_STATIC; {nhs} }};
@@ -272,6 +288,7 @@ protocol bgp us6 {{
   local {id6} as {asn};
   neighbor {us6} as {our_as};
   {pw}
+  {extra}
   hold time 9;
   connect retry time 1;
   ipv6 {{ import all; export where source = RTS_STATIC; {nhs} }};
@@ -384,6 +401,45 @@ fn bird_ibgp_md5() {
 #[test]
 fn bird_ebgp_md5() {
     run_bird(false, Some("s3cr3t"));
+}
+
+/// GTSM (RFC 5082) on both sides: the session comes up with TTL 255 and a minimum TTL of 255
+/// for a directly connected peer; routes flow both ways.
+#[test]
+fn bird_ebgp_ttl_security() {
+    let lab = Lab::new().expect("lab");
+    let dir = tempfile::tempdir().unwrap();
+    let us = node(&lab, "us", 11);
+    let them = node(&lab, "bird", 12);
+    let bird = Bird::start_with(
+        &them,
+        dir.path(),
+        65002,
+        64512,
+        None,
+        "10.12.0.0/24",
+        "fd12::/64",
+        "ttl security on;",
+    );
+    let mut peers = vec![peer(&them.v4, 65002, None), peer(&them.v6, 65002, None)];
+    for p in &mut peers {
+        p["ttlSecurity"] = json!(1);
+    }
+    let ours = Ours::start(
+        &us.host,
+        dir.path(),
+        &our_config(64512, peers, &["10.11.0.0/24", "fd11::/64"]),
+    );
+    Case {
+        daemon: &bird,
+        ours: &ours,
+        them: &them,
+        their_v4: "10.12.0.0/24",
+        their_v6: "fd12::/64",
+        our_v4: "10.11.0.0/24",
+        our_v6: "fd11::/64",
+    }
+    .check_exchange();
 }
 
 // ---------------------------------------------------------------- GoBGP
