@@ -1,0 +1,554 @@
+//! calico-node agents as real processes in lab namespaces, with a real etcd: the node-to-node
+//! mesh, routes for IPAM blocks learned over BGP, node removal, and a SIGKILLed agent that
+//! restarts while traffic flows.
+//!
+//! Topology: one LAN (192.168.33.0/24, every host's `eth1`), etcd on its own host
+//! (192.168.33.2), agents on node1..node3 (192.168.33.11..13). The pool is 10.65.0.0/16 so no
+//! block can overlap the LAN. The test process itself talks to etcd only from inside the etcd
+//! host's namespace (never from the host namespace).
+//!
+//! Needs root and the binaries `target/debug/calico-node` and `target/debug/calicoctl`
+//! (`cargo build -p calico-rs --bin calico-node --bin calicoctl`); without them a test says so
+//! and fails.
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use calico_api::{ObjectMeta, WorkloadEndpoint, WorkloadEndpointSpec};
+use calico_datastore::{Datastore, EtcdClient, EtcdConfig};
+use calico_ipam::{AutoAssignArgs, Ipam};
+use calico_lab::etcd::{Etcd, EtcdOptions};
+use calico_lab::{Host, Lab, ProcessGuard};
+
+const POOL: &str = "10.65.0.0/16";
+const WAIT: Duration = Duration::from_secs(30);
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target"))
+}
+
+fn binary(name: &str) -> PathBuf {
+    let bin = target_dir().join("debug").join(name);
+    assert!(
+        bin.is_file(),
+        "{} is not built: cargo build -p calico-rs --bin calico-node --bin calicoctl",
+        bin.display()
+    );
+    bin
+}
+
+/// Polls `f` every 100 ms until it returns `Some` or `timeout` passes.
+fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// One agent host: its namespace, its run directory and (while running) its agent.
+struct Node {
+    // Declared first: the agent is killed before anything else of the node is dropped.
+    agent: Option<ProcessGuard>,
+    host: Host,
+    name: String,
+    run_dir: PathBuf,
+}
+
+/// The lab, etcd and the nodes. Field order is drop order: agents, then etcd, then the lab.
+struct Cluster {
+    nodes: Vec<Node>,
+    etcd: Etcd,
+    etcd_host: Host,
+    lab: Lab,
+}
+
+impl Cluster {
+    fn new(n: usize) -> Cluster {
+        let lab = Lab::new().expect("lab");
+        let etcd_host = lab.add_host("etcd", "192.168.33.2/24").expect("etcd host");
+        let etcd = Etcd::start(EtcdOptions::in_netns(
+            etcd_host.netns_path(),
+            etcd_host.ip(),
+        ))
+        .expect("etcd");
+        let nodes = (1..=n)
+            .map(|i| {
+                let name = format!("node{i}");
+                let host = lab
+                    .add_host(&name, &format!("192.168.33.{}/24", 10 + i))
+                    .expect("host");
+                let run_dir = lab.dir().join(format!("{name}-run"));
+                Node {
+                    agent: None,
+                    host,
+                    name,
+                    run_dir,
+                }
+            })
+            .collect();
+        Cluster {
+            nodes,
+            etcd,
+            etcd_host,
+            lab,
+        }
+    }
+
+    fn node(&self, i: usize) -> &Node {
+        &self.nodes[i - 1]
+    }
+
+    /// Starts (or restarts) node `i`'s agent and waits for its start-up line.
+    fn start_agent(&mut self, i: usize) {
+        let endpoint = self.etcd.endpoint();
+        let node = &mut self.nodes[i - 1];
+        let mut cmd = Command::new(binary("calico-node"));
+        cmd.env_clear()
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .env("NODENAME", &node.name)
+            .env("DATASTORE_TYPE", "etcdv3")
+            .env("ETCD_ENDPOINTS", &endpoint)
+            .env("IP", format!("{}/24", node.host.ip()))
+            .env("IP6", "none")
+            .env("CALICO_NETWORKING_BACKEND", "bird")
+            .env("CALICO_IPV4POOL_CIDR", POOL)
+            .env("NO_DEFAULT_POOLS", "false")
+            .env("CALICO_RUN_DIR", &node.run_dir)
+            .env("CALICO_STATE_DIR", node.run_dir.join("lib"))
+            .env("CALICO_LOG_LEVEL", "info");
+        // Each start gets its own log so a restart's log does not overwrite the first one.
+        let log = format!(
+            "calico-node-{}",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis())
+                .unwrap_or(0)
+        );
+        let guard = node.host.spawn(cmd, &log).expect("spawn calico-node");
+        let log_path = node.host.log_path(&log);
+        node.agent = Some(guard);
+        let started = wait_for(WAIT, || {
+            std::fs::read_to_string(&log_path)
+                .ok()
+                .filter(|l| l.contains("Calico node started successfully"))
+        });
+        assert!(
+            started.is_some(),
+            "{} did not start:\n{}",
+            node.name,
+            std::fs::read_to_string(&log_path).unwrap_or_default()
+        );
+    }
+
+    fn agent_log(&self, i: usize) -> String {
+        self.node(i)
+            .agent
+            .as_ref()
+            .map(|a| a.log())
+            .unwrap_or_default()
+    }
+
+    /// Runs `f` with a datastore and IPAM client, inside the etcd host's namespace.
+    fn with_datastore<R: Send>(&self, f: impl AsyncFnOnce(&Datastore, &Ipam) -> R + Send) -> R {
+        let endpoint = self.etcd.endpoint();
+        self.etcd_host
+            .run_async(move || async move {
+                let kv = EtcdClient::connect(&EtcdConfig::new([endpoint]))
+                    .await
+                    .expect("etcd client");
+                let ds = Datastore::from_etcd(kv.clone());
+                let ipam = Ipam::new(kv);
+                f(&ds, &ipam).await
+            })
+            .expect("run in the etcd namespace")
+    }
+
+    /// Allocates one address for a workload on `node` (handle `wl-<node>`), so that the node
+    /// claims a block. Returns the address and the node's block.
+    fn allocate(&self, node: &str) -> (IpAddr, String) {
+        let node = node.to_string();
+        self.with_datastore(async move |_, ipam: &Ipam| {
+            let got = ipam
+                .auto_assign(AutoAssignArgs {
+                    num_v4: 1,
+                    handle_id: Some(format!("wl-{node}")),
+                    hostname: node.clone(),
+                    ..Default::default()
+                })
+                .await
+                .expect("auto_assign");
+            let ip = got.v4[0];
+            let blocks = ipam.host_affinities(&node).await.expect("affinities");
+            let block = blocks
+                .iter()
+                .map(|(b, _)| *b)
+                .find(|b| b.contains(&ip))
+                .expect("the address is in a block affine to the node");
+            (ip, block.to_string())
+        })
+    }
+
+    /// `calicoctl node status` on node `i`.
+    fn node_status(&self, i: usize) -> String {
+        let node = self.node(i);
+        let run_dir = format!("CALICO_RUN_DIR={}", node.run_dir.display());
+        let ctl = binary("calicoctl");
+        let out = node
+            .host
+            .exec(&["env", &run_dir, &ctl.display().to_string(), "node", "status"])
+            .expect("calicoctl node status");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Waits until node `i`'s status shows an Established mesh session to every address.
+    fn wait_established(&self, i: usize, peers: &[IpAddr]) {
+        let ok = wait_for(WAIT, || {
+            let status = self.node_status(i);
+            peers
+                .iter()
+                .all(|p| {
+                    status.lines().any(|l| {
+                        l.contains(&format!("| {p} ")) && l.contains("node-to-node mesh")
+                            && l.contains("| up ")
+                            && l.contains("Established")
+                    })
+                })
+                .then_some(())
+        });
+        assert!(
+            ok.is_some(),
+            "node{i} never had Established sessions to {peers:?}:\n{}\nlog:\n{}",
+            self.node_status(i),
+            self.agent_log(i)
+        );
+    }
+
+    fn routes(&self, i: usize) -> BTreeSet<String> {
+        routes_of(&self.node(i).host)
+    }
+
+    /// Waits until node `i`'s `ip -4 route` holds every line of `want` and none of `gone`.
+    fn wait_routes(&self, i: usize, want: &[String], gone: &[String]) {
+        let ok = wait_for(WAIT, || {
+            let r = self.routes(i);
+            (want.iter().all(|w| r.contains(w)) && gone.iter().all(|g| !r.contains(g)))
+                .then_some(())
+        });
+        assert!(
+            ok.is_some(),
+            "node{i}: wanted {want:?} and not {gone:?}, have {:?}\nlog:\n{}",
+            self.routes(i),
+            self.agent_log(i)
+        );
+    }
+}
+
+fn routes_of(host: &Host) -> BTreeSet<String> {
+    let out = host.exec(&["ip", "-4", "route", "show"]).expect("ip route");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| l.trim().to_string())
+        .filter(|l| !l.is_empty())
+        .collect()
+}
+
+fn blackhole(block: &str) -> String {
+    format!("blackhole {block} proto bird")
+}
+
+fn via(block: &str, peer: IpAddr) -> String {
+    format!("{block} via {peer} dev eth1 proto bird")
+}
+
+#[test]
+fn two_agents_mesh_and_route_each_others_blocks() {
+    let mut c = Cluster::new(2);
+    c.start_agent(1);
+    c.start_agent(2);
+    let (ip1, ip2) = (c.node(1).host.ip(), c.node(2).host.ip());
+    c.wait_established(1, &[ip2]);
+    c.wait_established(2, &[ip1]);
+    let status = c.node_status(1);
+    assert!(
+        status.starts_with("Calico process is running.\n\nIPv4 BGP status\n"),
+        "{status}"
+    );
+
+    let (_, block1) = c.allocate("node1");
+    let (_, block2) = c.allocate("node2");
+    assert_ne!(block1, block2);
+    c.wait_routes(1, &[blackhole(&block1), via(&block2, ip2)], &[]);
+    c.wait_routes(2, &[blackhole(&block2), via(&block1, ip1)], &[]);
+}
+
+#[test]
+fn three_agents_full_mesh_and_a_deleted_node_is_withdrawn() {
+    let mut c = Cluster::new(3);
+    for i in 1..=3 {
+        c.start_agent(i);
+    }
+    let ips: Vec<IpAddr> = (1..=3).map(|i| c.node(i).host.ip()).collect();
+    for i in 1..=3 {
+        let others: Vec<IpAddr> = ips
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| *j != i - 1)
+            .map(|(_, a)| *a)
+            .collect();
+        c.wait_established(i, &others);
+    }
+    let blocks: Vec<String> = (1..=3)
+        .map(|i| c.allocate(&format!("node{i}")).1)
+        .collect();
+    for i in 1..=3 {
+        let mut want = vec![blackhole(&blocks[i - 1])];
+        for j in 1..=3 {
+            if j != i {
+                want.push(via(&blocks[j - 1], ips[j - 1]));
+            }
+        }
+        c.wait_routes(i, &want, &[]);
+    }
+
+    // Remove node3 as an operator would: stop its agent, delete the Node, release its blocks.
+    if let Some(mut agent) = c.nodes[2].agent.take() {
+        agent.kill();
+    }
+    let ctl = binary("calicoctl");
+    let endpoint = format!("ETCD_ENDPOINTS={}", c.etcd.endpoint());
+    let out = c
+        .etcd_host
+        .exec(&[
+            "env",
+            "DATASTORE_TYPE=etcdv3",
+            &endpoint,
+            &ctl.display().to_string(),
+            "delete",
+            "node",
+            "node3",
+        ])
+        .expect("calicoctl delete node");
+    assert!(
+        out.status.success(),
+        "calicoctl delete node node3: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    c.with_datastore(async |_, ipam: &Ipam| {
+        ipam.release_by_handle("wl-node3")
+            .await
+            .expect("release node3's address");
+        let n = ipam
+            .release_host_affinities("node3")
+            .await
+            .expect("release node3's affinities");
+        assert_eq!(n, 1, "node3 had one block");
+    });
+    let gone = via(&blocks[2], ips[2]);
+    for i in 1..=2 {
+        c.wait_routes(i, &[blackhole(&blocks[i - 1])], std::slice::from_ref(&gone));
+        let status = c.node_status(i);
+        assert!(
+            !status.contains(&format!("| {} ", ips[2])),
+            "node{i} still has a session to node3:\n{status}"
+        );
+    }
+}
+
+/// A workload namespace behind a veth on `node`, with address `ip`, plumbed as Calico's CNI
+/// plugin does (host side `cali…` with proxy ARP, workload default route via 169.254.1.1),
+/// and its WorkloadEndpoint in the datastore.
+fn add_workload(c: &Cluster, lab_name: &str, node: usize, ip: IpAddr) -> Host {
+    let wl = c.lab.add_namespace(lab_name).expect("workload namespace");
+    let host = &c.node(node).host;
+    let iface = format!("cali{lab_name}");
+    let run = |h: &Host, argv: &[&str]| {
+        let out = h.exec(argv).expect("exec");
+        assert!(
+            out.status.success(),
+            "{argv:?} in {}: {}",
+            h.name(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run(
+        host,
+        &[
+            "ip", "link", "add", &iface, "type", "veth", "peer", "name", "eth0", "netns",
+            wl.netns(),
+        ],
+    );
+    run(
+        host,
+        &["sysctl", "-qw", &format!("net.ipv4.conf.{iface}.proxy_arp=1")],
+    );
+    run(host, &["ip", "link", "set", &iface, "up"]);
+    run(&wl, &["ip", "addr", "add", &format!("{ip}/32"), "dev", "eth0"]);
+    run(&wl, &["ip", "link", "set", "eth0", "up"]);
+    run(
+        &wl,
+        &[
+            "ip",
+            "route",
+            "add",
+            "169.254.1.1",
+            "dev",
+            "eth0",
+            "scope",
+            "link",
+        ],
+    );
+    run(
+        &wl,
+        &["ip", "route", "add", "default", "via", "169.254.1.1", "dev", "eth0"],
+    );
+    let node_name = c.node(node).name.clone();
+    let wep_name = format!("{node_name}-libnetwork-libnetwork-{lab_name}");
+    c.with_datastore(async move |ds: &Datastore, _| {
+        let spec = WorkloadEndpointSpec {
+            orchestrator: Some("libnetwork".into()),
+            workload: Some("libnetwork".into()),
+            node: Some(node_name),
+            endpoint: Some(lab_name.to_string()),
+            interface_name: Some(iface),
+            ip_networks: vec![format!("{ip}/32")],
+            ..Default::default()
+        };
+        let mut wep = WorkloadEndpoint::new(&wep_name, spec);
+        wep.metadata = ObjectMeta {
+            name: Some(wep_name.clone()),
+            namespace: Some("default".into()),
+            ..Default::default()
+        };
+        ds.create(&wep).await.expect("create WorkloadEndpoint");
+    });
+    wl
+}
+
+/// Samples `ip -4 route` on every host every 20 ms while running; records each baseline line
+/// found missing.
+fn route_sampler(
+    hosts: Vec<(Host, BTreeSet<String>)>,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<(usize, Vec<String>)> {
+    std::thread::spawn(move || {
+        let mut samples = 0;
+        let mut missing = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(50);
+        while !stop.load(Ordering::SeqCst) && Instant::now() < deadline {
+            for (h, baseline) in &hosts {
+                let now = routes_of(h);
+                for line in baseline.difference(&now) {
+                    missing.push(format!("{}: {line}", h.name()));
+                }
+            }
+            samples += 1;
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        (samples, missing)
+    })
+}
+
+#[test]
+fn sigkilled_agent_restarts_without_losing_a_route_or_a_packet() {
+    let mut c = Cluster::new(2);
+    c.start_agent(1);
+    c.start_agent(2);
+    let (ip1, ip2) = (c.node(1).host.ip(), c.node(2).host.ip());
+    c.wait_established(1, &[ip2]);
+    c.wait_established(2, &[ip1]);
+    let (wl1_ip, block1) = c.allocate("node1");
+    let (wl2_ip, block2) = c.allocate("node2");
+    let wl1 = add_workload(&c, "wl1", 1, wl1_ip);
+    let _wl2 = add_workload(&c, "wl2", 2, wl2_ip);
+    let local1 = format!("{wl1_ip} dev caliwl1 scope link");
+    let local2 = format!("{wl2_ip} dev caliwl2 scope link");
+    c.wait_routes(1, &[blackhole(&block1), via(&block2, ip2), local1], &[]);
+    c.wait_routes(2, &[blackhole(&block2), via(&block1, ip1), local2], &[]);
+    assert!(
+        wl1.wait_ping(&wl2_ip.to_string(), Duration::from_secs(10))
+            .expect("ping"),
+        "wl1 cannot reach wl2 before the restart"
+    );
+
+    let before = [c.routes(1), c.routes(2)];
+    let stop = Arc::new(AtomicBool::new(false));
+    let sampler = route_sampler(
+        vec![
+            (c.node(1).host.clone(), before[0].clone()),
+            (c.node(2).host.clone(), before[1].clone()),
+        ],
+        stop.clone(),
+    );
+    // 1500 echo requests, one every 10 ms: about 15 s of traffic around the restart.
+    let mut ping = Command::new("ip");
+    ping.args([
+        "netns",
+        "exec",
+        wl1.netns(),
+        "ping",
+        "-n",
+        "-q",
+        "-i",
+        "0.01",
+        "-c",
+        "1500",
+        "-W",
+        "1",
+        &wl2_ip.to_string(),
+    ]);
+    let ping = std::thread::spawn(move || ping.output());
+
+    std::thread::sleep(Duration::from_secs(2));
+    let pid = c.node(1).agent.as_ref().and_then(|a| a.pid()).expect("pid");
+    // SAFETY: kill(2) on the agent this test started; no memory is touched.
+    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGKILL) }, 0);
+    if let Some(mut old) = c.nodes[0].agent.take() {
+        // Reaps the killed agent (kill is idempotent on an exited process).
+        old.kill();
+    }
+    let killed_at = Instant::now();
+    c.start_agent(1);
+    c.wait_established(1, &[ip2]);
+    c.wait_established(2, &[ip1]);
+    eprintln!(
+        "node1 agent back and Established {:?} after SIGKILL",
+        killed_at.elapsed()
+    );
+
+    let out = ping
+        .join()
+        .expect("ping thread")
+        .expect("ping ran");
+    stop.store(true, Ordering::SeqCst);
+    let (samples, missing) = sampler.join().expect("sampler");
+    let after = [c.routes(1), c.routes(2)];
+    let summary = String::from_utf8_lossy(&out.stdout).into_owned();
+    let restart_log = c.agent_log(1);
+
+    assert!(samples > 10, "route sampler took only {samples} samples");
+    assert!(
+        missing.is_empty(),
+        "routes missing during the restart ({samples} samples): {missing:?}\nnode1 log:\n{restart_log}"
+    );
+    for (i, (b, a)) in before.iter().zip(&after).enumerate() {
+        assert_eq!(b, a, "node{}'s routes changed across the restart", i + 1);
+    }
+    assert!(
+        summary.contains("1500 packets transmitted, 1500 received"),
+        "packets lost while node1's agent restarted:\n{summary}\nnode1 log after restart:\n{restart_log}"
+    );
+}
