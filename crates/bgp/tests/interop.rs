@@ -1034,3 +1034,43 @@ fn ours_mesh_ibgp_with_collision() {
         diag,
     );
 }
+
+/// A 4-octet local AS (RFC 6793): BIRD sees it in the OPEN capability and the AS path.
+#[test]
+fn bird_ebgp_four_octet_as() {
+    let lab = Lab::new().expect("lab");
+    let dir = tempfile::tempdir().unwrap();
+    let us = node(&lab, "us", 11);
+    let them = node(&lab, "bird", 12);
+    let big = 4_200_000_001u32;
+    let bird = Bird::start(
+        &them,
+        dir.path(),
+        65002,
+        big,
+        None,
+        "10.12.0.0/24",
+        "fd12::/64",
+    );
+    let peers = vec![peer(&them.v4, 65002, None), peer(&them.v6, 65002, None)];
+    let ours = Ours::start(
+        &us.host,
+        dir.path(),
+        &our_config(big, peers, &["10.11.0.0/24", "fd11::/64"]),
+    );
+    let case = Case {
+        daemon: &bird,
+        ours: &ours,
+        them: &them,
+        their_v4: "10.12.0.0/24",
+        their_v6: "fd12::/64",
+        our_v4: "10.11.0.0/24",
+        our_v6: "fd11::/64",
+    };
+    case.check_exchange();
+    let dump = bird.rib_dump();
+    assert!(
+        dump.contains("BGP.as_path: 4200000001"),
+        "4-octet AS in the path:\n{dump}"
+    );
+}
