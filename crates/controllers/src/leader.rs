@@ -177,6 +177,30 @@ impl LeaseLock {
     }
 }
 
+/// Renews the Lease every [`LeaseLock::renew_every`] and returns once leadership is lost: the
+/// Lease was taken by someone else, or could not be renewed for `duration - renew_every`
+/// (one renewal period before it could expire for the others, so two leaders never overlap).
+pub async fn keep_renewing(lock: &LeaseLock, duration: Duration) {
+    let mut last_ok = tokio::time::Instant::now();
+    loop {
+        tokio::time::sleep(lock.renew_every()).await;
+        match lock.try_acquire_or_renew().await {
+            Ok(true) => last_ok = tokio::time::Instant::now(),
+            Ok(false) => {
+                tracing::warn!(identity = lock.identity(), "the Lease was taken over");
+                return;
+            }
+            Err(e) if last_ok.elapsed() + lock.renew_every() < duration => {
+                tracing::warn!(error = %e, "renewing the Lease; will retry");
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "could not renew the Lease in time; giving it up");
+                return;
+            }
+        }
+    }
+}
+
 fn is_conflict(e: &kube::Error) -> bool {
     matches!(e, kube::Error::Api(s) if s.code == 409)
 }

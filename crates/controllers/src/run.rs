@@ -12,11 +12,11 @@ use futures::{FutureExt, StreamExt};
 use kube::runtime::{Controller, watcher};
 use kube::{Api, Client};
 use tokio::sync::watch;
-use tracing::{error, info, warn};
+use tracing::{info, warn};
 
 use crate::health::{Metrics, router};
 use crate::kinds::MirroredKind;
-use crate::leader::LeaseLock;
+use crate::leader::{LeaseLock, keep_renewing};
 use crate::mirror::EtcdMirror;
 use crate::reconcile::{Context, error_policy, reconcile};
 
@@ -90,23 +90,7 @@ pub async fn run(client: Client, mirror: EtcdMirror, settings: Settings) -> Resu
         let lock = lock.clone();
         let duration = settings.lease_duration;
         tokio::spawn(async move {
-            let mut last_ok = tokio::time::Instant::now();
-            loop {
-                tokio::time::sleep(lock.renew_every()).await;
-                match lock.try_acquire_or_renew().await {
-                    Ok(true) => last_ok = tokio::time::Instant::now(),
-                    Ok(false) => break,
-                    // Keep trying, but give up one renewal period before the Lease could
-                    // expire for the others, so two leaders never reconcile at once.
-                    Err(e) if last_ok.elapsed() + lock.renew_every() < duration => {
-                        warn!(error = %e, "renewing the Lease")
-                    }
-                    Err(e) => {
-                        error!(error = %e, "could not renew the Lease in time");
-                        break;
-                    }
-                }
-            }
+            keep_renewing(&lock, duration).await;
             let _ = lost_tx.send(true);
         })
     };

@@ -209,3 +209,77 @@ async fn api_errors_are_reported() {
     );
     server.await.unwrap();
 }
+
+/// Serves `script` and counts requests; returns when the client is dropped.
+fn scripted(
+    script: Vec<(&'static str, u16, Value)>,
+) -> (kube::Client, tokio::task::JoinHandle<usize>) {
+    let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let client = kube::Client::new(service, "kube-system");
+    let server = tokio::spawn(async move {
+        let mut n = 0;
+        for (method, code, reply) in script {
+            let (req, send) = handle.next_request().await.expect("client stopped early");
+            assert_eq!(req.method().as_str(), method, "{}", req.uri());
+            n += 1;
+            send.send_response(
+                Response::builder()
+                    .status(code)
+                    .body(Body::from(serde_json::to_vec(&reply).unwrap()))
+                    .unwrap(),
+            );
+        }
+        if let Some((req, _)) = handle.next_request().await {
+            panic!("unexpected request {} {}", req.method(), req.uri());
+        }
+        n
+    });
+    (client, server)
+}
+
+fn lock(client: kube::Client) -> LeaseLock {
+    LeaseLock::new(
+        Api::namespaced(client, "kube-system"),
+        "kube-system",
+        "calico-kube-controllers",
+        "pod-a",
+        Duration::from_secs(15),
+    )
+}
+
+#[tokio::test(start_paused = true)]
+async fn leader_stops_when_the_lease_is_taken_over() {
+    // Two renewals, then another replica holds a live Lease (e.g. after a long GC pause of
+    // ours): keep_renewing returns, which stops the controllers.
+    let (client, server) = scripted(vec![
+        ("GET", 200, lease("pod-a", 5, 0)),
+        ("PUT", 200, lease("pod-a", 0, 0)),
+        ("GET", 200, lease("pod-a", 5, 0)),
+        ("PUT", 200, lease("pod-a", 0, 0)),
+        ("GET", 200, lease("pod-b", 1, 1)),
+    ]);
+    let l = lock(client);
+    let started = tokio::time::Instant::now();
+    calico_controllers::leader::keep_renewing(&l, Duration::from_secs(15)).await;
+    assert_eq!(
+        started.elapsed(),
+        Duration::from_secs(15),
+        "three renewal periods of 5 s"
+    );
+    drop(l);
+    assert_eq!(server.await.unwrap(), 5);
+}
+
+#[tokio::test(start_paused = true)]
+async fn leader_gives_up_before_the_lease_can_expire() {
+    // The API server fails every renewal: with a 15 s Lease renewed every 5 s, the leader
+    // retries at 5 s and gives up at 10 s, before anyone else may take over at 15 s.
+    let fail = || ("GET", 500, status(500, "InternalError"));
+    let (client, server) = scripted(vec![fail(), fail()]);
+    let l = lock(client);
+    let started = tokio::time::Instant::now();
+    calico_controllers::leader::keep_renewing(&l, Duration::from_secs(15)).await;
+    assert_eq!(started.elapsed(), Duration::from_secs(10));
+    drop(l);
+    assert_eq!(server.await.unwrap(), 2);
+}
