@@ -241,6 +241,17 @@ pub enum NodeCommand {
     Run(NodeRunArgs),
     /// Show the status of calico-node on this host (BGP sessions).
     Status,
+    /// Print the BGP sessions a node must have, computed from the datastore alone.
+    Peers(NodePeersArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct NodePeersArgs {
+    /// The node whose sessions to print.
+    pub name: String,
+    /// Output format: yaml or json.
+    #[arg(short = 'o', long = "output", default_value = "yaml")]
+    pub output: String,
 }
 
 #[derive(Debug, Args)]

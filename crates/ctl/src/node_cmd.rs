@@ -1,14 +1,16 @@
-//! `calicoctl node run` and `calicoctl node status`, delegating to `calico-node`'s
-//! implementations; this module turns flags and the datastore configuration into their
-//! inputs.
+//! `calicoctl node run`, `calicoctl node status` and `calicoctl node peers`, delegating to
+//! `calico-node`'s implementations; this module turns flags and the datastore configuration
+//! into their inputs.
 
 use std::path::PathBuf;
 
-use calico_datastore::CalicoApiConfig;
+use calico_datastore::{CalicoApiConfig, Datastore};
+use calico_ipam::Ipam;
 use calico_node::run::{RunError, RunOptions};
+use calico_node::snapshot::{self, SnapshotError};
 use calico_node::status::{self, StatusError};
 
-use crate::cli::{NodeCommand, NodeRunArgs};
+use crate::cli::{NodeCommand, NodePeersArgs, NodeRunArgs};
 use crate::commands::{CtlError, Io, Session};
 
 #[derive(Debug, thiserror::Error)]
@@ -22,6 +24,20 @@ pub enum NodeCmdError {
     Status(StatusError),
     #[error("This command must be run as root.")]
     NotRoot,
+    /// `node peers` could not read or interpret the datastore for this node.
+    #[error("computing the BGP sessions of node {node:?}: {source}")]
+    Peers {
+        node: String,
+        #[source]
+        source: Box<SnapshotError>,
+    },
+    #[error("unsupported output format {0:?} for node peers: expected yaml or json")]
+    PeersOutput(String),
+    #[error("encoding the sessions as {format}: {reason}")]
+    Encode {
+        format: &'static str,
+        reason: String,
+    },
 }
 
 /// calico-node's run directory: `CALICO_RUN_DIR`, else `/var/run/calico`.
@@ -59,6 +75,7 @@ pub async fn run(
                 Err(e) => Err(CtlError::Node(NodeCmdError::Status(e))),
             }
         }
+        NodeCommand::Peers(args) => peers(args, config_path, io, session).await,
         NodeCommand::Run(args) => {
             let cfg = CalicoApiConfig::load_with(
                 config_path.map(std::path::Path::new),
@@ -68,6 +85,63 @@ pub async fn run(
             let options = run_options(args, &cfg, run_dir(io), io);
             calico_node::run::run(&options, io.out).map_err(|e| CtlError::Node(e.into()))
         }
+    }
+}
+
+/// `calicoctl node peers NAME`: the sessions `calico-node` would run for NAME, from the
+/// datastore alone (nothing is asked of a running agent), so a design can be checked first.
+async fn peers(
+    args: &NodePeersArgs,
+    config_path: Option<&str>,
+    io: &mut Io<'_>,
+    session: &Session,
+) -> Result<(), CtlError> {
+    let format = match args.output.as_str() {
+        "yaml" => PeersFormat::Yaml,
+        "json" => PeersFormat::Json,
+        other => return Err(CtlError::Node(NodeCmdError::PeersOutput(other.to_string()))),
+    };
+    let kv = session.etcd_client(config_path, io).await?;
+    let ds = Datastore::from_etcd(kv.clone());
+    let ipam = Ipam::new(kv);
+    let sessions = snapshot::sessions_of(&ds, &ipam, &args.name)
+        .await
+        .map_err(|source| {
+            CtlError::Node(NodeCmdError::Peers {
+                node: args.name.clone(),
+                source: Box::new(source),
+            })
+        })?;
+    let text = render_sessions(&sessions, format).map_err(CtlError::Node)?;
+    let _ = io.out.write_all(text.as_bytes());
+    Ok(())
+}
+
+#[derive(Debug, Clone, Copy)]
+enum PeersFormat {
+    Yaml,
+    Json,
+}
+
+/// Renders sessions as a YAML or JSON list (an empty list when the node has no sessions).
+fn render_sessions(
+    sessions: &[calico_node::peering::Session],
+    format: PeersFormat,
+) -> Result<String, NodeCmdError> {
+    match format {
+        PeersFormat::Yaml => serde_yaml_ng::to_string(sessions).map_err(|e| NodeCmdError::Encode {
+            format: "yaml",
+            reason: e.to_string(),
+        }),
+        PeersFormat::Json => serde_json::to_string_pretty(sessions)
+            .map(|mut s| {
+                s.push('\n');
+                s
+            })
+            .map_err(|e| NodeCmdError::Encode {
+                format: "json",
+                reason: e.to_string(),
+            }),
     }
 }
 

@@ -208,7 +208,13 @@ impl Cluster {
         let ctl = binary("calicoctl");
         let out = node
             .host
-            .exec(&["env", &run_dir, &ctl.display().to_string(), "node", "status"])
+            .exec(&[
+                "env",
+                &run_dir,
+                &ctl.display().to_string(),
+                "node",
+                "status",
+            ])
             .expect("calicoctl node status");
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
@@ -221,7 +227,8 @@ impl Cluster {
                 .iter()
                 .all(|p| {
                     status.lines().any(|l| {
-                        l.contains(&format!("| {p} ")) && l.contains("node-to-node mesh")
+                        l.contains(&format!("| {p} "))
+                            && l.contains("node-to-node mesh")
                             && l.contains("| up ")
                             && l.contains("Established")
                     })
@@ -310,9 +317,7 @@ fn three_agents_full_mesh_and_a_deleted_node_is_withdrawn() {
             .collect();
         c.wait_established(i, &others);
     }
-    let blocks: Vec<String> = (1..=3)
-        .map(|i| c.allocate(&format!("node{i}")).1)
-        .collect();
+    let blocks: Vec<String> = (1..=3).map(|i| c.allocate(&format!("node{i}")).1).collect();
     for i in 1..=3 {
         let mut want = vec![blackhole(&blocks[i - 1])];
         for j in 1..=3 {
@@ -387,16 +392,32 @@ fn add_workload(c: &Cluster, lab_name: &str, node: usize, ip: IpAddr) -> Host {
     run(
         host,
         &[
-            "ip", "link", "add", &iface, "type", "veth", "peer", "name", "eth0", "netns",
+            "ip",
+            "link",
+            "add",
+            &iface,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
             wl.netns(),
         ],
     );
     run(
         host,
-        &["sysctl", "-qw", &format!("net.ipv4.conf.{iface}.proxy_arp=1")],
+        &[
+            "sysctl",
+            "-qw",
+            &format!("net.ipv4.conf.{iface}.proxy_arp=1"),
+        ],
     );
     run(host, &["ip", "link", "set", &iface, "up"]);
-    run(&wl, &["ip", "addr", "add", &format!("{ip}/32"), "dev", "eth0"]);
+    run(
+        &wl,
+        &["ip", "addr", "add", &format!("{ip}/32"), "dev", "eth0"],
+    );
     run(&wl, &["ip", "link", "set", "eth0", "up"]);
     run(
         &wl,
@@ -413,7 +434,16 @@ fn add_workload(c: &Cluster, lab_name: &str, node: usize, ip: IpAddr) -> Host {
     );
     run(
         &wl,
-        &["ip", "route", "add", "default", "via", "169.254.1.1", "dev", "eth0"],
+        &[
+            "ip",
+            "route",
+            "add",
+            "default",
+            "via",
+            "169.254.1.1",
+            "dev",
+            "eth0",
+        ],
     );
     let node_name = c.node(node).name.clone();
     let wep_name = format!("{node_name}-libnetwork-libnetwork-{lab_name}");
@@ -529,10 +559,7 @@ fn sigkilled_agent_restarts_without_losing_a_route_or_a_packet() {
         killed_at.elapsed()
     );
 
-    let out = ping
-        .join()
-        .expect("ping thread")
-        .expect("ping ran");
+    let out = ping.join().expect("ping thread").expect("ping ran");
     stop.store(true, Ordering::SeqCst);
     let (samples, missing) = sampler.join().expect("sampler");
     let after = [c.routes(1), c.routes(2)];
