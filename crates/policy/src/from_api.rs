@@ -833,4 +833,29 @@ spec: {order: 100, defaultAction: Pass}
         let members: usize = prog.sets.values().map(|s| s.members.len()).sum();
         assert_eq!(members, 2);
     }
+
+    proptest::proptest! {
+        /// Ports: the API's parse and this conversion agree with the model's own parser.
+        #[test]
+        fn ports_agree_with_the_model(a in 0u16.., b in 0u16.., name in "[a-z][a-z0-9-]{0,14}") {
+            let (lo, hi) = (a.min(b), a.max(b));
+            for text in [format!("{lo}:{hi}"), lo.to_string(), name] {
+                let api_port = api::Port::parse(&text).expect("valid port");
+                proptest::prop_assert_eq!(Some(port(&api_port)), Port::parse(&text));
+            }
+        }
+
+        /// Nets: any CIDR converts to its network (host bits cleared), any address to a host
+        /// route of its family.
+        #[test]
+        fn nets_are_normalised(addr in proptest::prelude::any::<std::net::Ipv4Addr>(), len in 0u8..=32, v6 in proptest::prelude::any::<std::net::Ipv6Addr>()) {
+            let ctx = Ctx { kind: "GlobalNetworkSet", name: "p".into() };
+            let text = format!("{addr}/{len}");
+            let got = net(&ctx, "spec.nets[0]", &text).expect("cidr");
+            proptest::prop_assert_eq!(got, text.parse::<IpNet>().expect("cidr").trunc());
+            proptest::prop_assert!(got.contains(&IpAddr::from(addr)));
+            proptest::prop_assert_eq!(net(&ctx, "f", &addr.to_string()).expect("v4").prefix_len(), 32);
+            proptest::prop_assert_eq!(net(&ctx, "f", &v6.to_string()).expect("v6").prefix_len(), 128);
+        }
+    }
 }
