@@ -259,5 +259,30 @@ async fn docker_default_profiles_enforced_then_opened_by_global_policy() {
         !pings(&w1, &w3),
         "w1 (net1) -> w3 (net2) still dropped (net2's profile)"
     );
+
+    // A restarted agent (a new PolicySync, nothing applied yet) replaces the table in one
+    // apply and enforces the same; then deleting the policy closes net2 -> net1 again.
+    drop(sync);
+    let (restarted, removed) = node
+        .run_async(move || async move {
+            let ds = connect(ep.clone()).await;
+            let mut sync = PolicySync::new().expect("policy dataplane");
+            let restarted = sync.sync(&ds, NODE).await.expect("sync after restart");
+            ds.delete::<GlobalNetworkPolicy>(None, "allow-net2-ping-net1", None)
+                .await
+                .expect("delete policy");
+            let removed = sync.sync(&ds, NODE).await.expect("sync after delete");
+            (restarted, removed)
+        })
+        .expect("run in node");
+    assert!(restarted && removed, "both syncs apply");
+    assert!(
+        !pings(&w3, &w1),
+        "policy deleted: w3 (net2) -> w1 (net1) dropped again"
+    );
+    assert!(
+        eventually_pings(&w1, &w2),
+        "w1 -> w2 (net1) after the delete"
+    );
     drop(etcd);
 }
