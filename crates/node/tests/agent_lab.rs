@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use calico_api::{ObjectMeta, WorkloadEndpoint, WorkloadEndpointSpec};
+use calico_api::{ObjectMeta, Profile, ProfileSpec, WorkloadEndpoint, WorkloadEndpointSpec};
 use calico_datastore::{Datastore, EtcdClient, EtcdConfig};
 use calico_ipam::{AutoAssignArgs, Ipam};
 use calico_lab::etcd::{Etcd, EtcdOptions};
@@ -373,9 +373,12 @@ fn three_agents_full_mesh_and_a_deleted_node_is_withdrawn() {
     }
 }
 
+/// The profile every test workload uses: allow all traffic in and out.
+const ALLOW_ALL: &str = "lab-allow-all";
+
 /// A workload namespace behind a veth on `node`, with address `ip`, plumbed as Calico's CNI
 /// plugin does (host side `cali…` with proxy ARP, workload default route via 169.254.1.1),
-/// and its WorkloadEndpoint in the datastore.
+/// and its WorkloadEndpoint in the datastore with an allow-all profile.
 fn add_workload(c: &Cluster, lab_name: &str, node: usize, ip: IpAddr) -> Host {
     let wl = c.lab.add_namespace(lab_name).expect("workload namespace");
     let host = &c.node(node).host;
@@ -455,8 +458,18 @@ fn add_workload(c: &Cluster, lab_name: &str, node: usize, ip: IpAddr) -> Host {
             endpoint: Some(lab_name.to_string()),
             interface_name: Some(iface),
             ip_networks: vec![format!("{ip}/32")],
+            profiles: vec![ALLOW_ALL.into()],
             ..Default::default()
         };
+        // The agent enforces policy: without a profile allowing it, workload traffic drops.
+        let allow: ProfileSpec = serde_json::from_value(serde_json::json!({
+            "ingress": [{"action": "Allow"}],
+            "egress": [{"action": "Allow"}],
+        }))
+        .expect("profile spec");
+        ds.apply(&Profile::new(ALLOW_ALL, allow))
+            .await
+            .expect("apply Profile");
         let mut wep = WorkloadEndpoint::new(&wep_name, spec);
         wep.metadata = ObjectMeta {
             name: Some(wep_name.clone()),
@@ -566,6 +579,19 @@ fn sigkilled_agent_restarts_without_losing_a_route_or_a_packet() {
     let summary = String::from_utf8_lossy(&out.stdout).into_owned();
     let restart_log = c.agent_log(1);
 
+    eprintln!("ping during the restart: {}", summary.trim());
+    let peer_log = c.agent_log(2);
+    for line in peer_log
+        .lines()
+        .filter(|l| l.contains("restart") || l.contains("stale") || l.contains("End-of-RIB"))
+    {
+        eprintln!("node2: {line}");
+    }
+
+    assert!(
+        restart_log.contains("restarting gracefully"),
+        "the restarted agent did not see its own routes in the kernel:\n{restart_log}"
+    );
     assert!(samples > 10, "route sampler took only {samples} samples");
     assert!(
         missing.is_empty(),
