@@ -7,6 +7,7 @@
 //! - [`mirror`]: the etcd copy of an object and the ownership rule (who may write it);
 //! - [`kinds`]: which kinds are reconciled and where each reports its status;
 //! - [`reconcile`]: one reconcile pass (validate → mirror → status), finalizer on delete;
+//! - [`profiles`]: Namespaces and ServiceAccounts as `kns.*` / `ksa.*` profiles;
 //! - [`leader`]: leader election on a coordination.k8s.io Lease;
 //! - [`health`]: /healthz, /readyz and /metrics;
 //! - [`run`]: wires the controllers together for the binary.
@@ -14,13 +15,13 @@
 //! Reconciled kinds: IPPool, BGPPeer, BGPConfiguration, BGPFilter, Tier, NetworkPolicy,
 //! GlobalNetworkPolicy.
 //!
-//! Not done yet (issue 8): IPPool address counts, BGPPeer session state, reflecting etcd-only objects back, Namespace/ServiceAccount
-//! profiles, Kubernetes NetworkPolicy translation, Node sync and IPAM garbage collection.
+//! Not done yet (issue 8): IPPool address counts, BGPPeer session state, reflecting etcd-only objects back, Kubernetes NetworkPolicy translation, Node sync and IPAM garbage collection.
 
 pub mod health;
 pub mod kinds;
 pub mod leader;
 pub mod mirror;
+pub mod profiles;
 pub mod reconcile;
 pub mod run;
 pub mod status;

@@ -9,6 +9,8 @@ use calico_api::{
     BGPConfiguration, BGPFilter, BGPPeer, GlobalNetworkPolicy, IPPool, NetworkPolicy, Tier,
 };
 use futures::{FutureExt, StreamExt};
+use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
+use kube::api::ListParams;
 use kube::runtime::{Controller, watcher};
 use kube::{Api, Client};
 use tokio::sync::watch;
@@ -18,6 +20,7 @@ use crate::health::{Metrics, router};
 use crate::kinds::MirroredKind;
 use crate::leader::{LeaseLock, keep_renewing};
 use crate::mirror::EtcdMirror;
+use crate::profiles;
 use crate::reconcile::{Context, error_policy, reconcile};
 
 /// Settings read from the environment by the binary.
@@ -109,8 +112,9 @@ pub async fn run(client: Client, mirror: EtcdMirror, settings: Settings) -> Resu
         controller::<GlobalNetworkPolicy>(ctx.clone(), lost_rx.clone()).boxed(),
         controller::<NetworkPolicy>(ctx.clone(), lost_rx.clone()).boxed(),
     ]);
+    let profiles = profiles_loop(ctx.clone(), lost_rx.clone());
     tokio::select! {
-        _ = controllers => {}
+        _ = futures::future::join(controllers, profiles) => {}
         r = server => {
             let source = match r {
                 Ok(Ok(())) => std::io::Error::other("server stopped"),
@@ -139,4 +143,36 @@ async fn controller<K: MirroredKind>(ctx: Arc<Context>, mut lost: watch::Receive
             }
         })
         .await;
+}
+
+/// How often Namespaces and ServiceAccounts are listed and their profiles synced.
+pub const PROFILE_SYNC: Duration = Duration::from_secs(30);
+
+/// Keeps the `kns.*` / `ksa.*` profiles in etcd in line with the cluster (list and sync every
+/// [`PROFILE_SYNC`]; level-triggered, so a missed change is repaired at the next round), until
+/// `lost` turns true.
+async fn profiles_loop(ctx: Arc<Context>, mut lost: watch::Receiver<bool>) {
+    let namespaces: Api<Namespace> = Api::all(ctx.client.clone());
+    let accounts: Api<ServiceAccount> = Api::all(ctx.client.clone());
+    loop {
+        let lp = ListParams::default();
+        match futures::future::try_join(namespaces.list(&lp), accounts.list(&lp)).await {
+            Ok((ns, sas)) => {
+                if let Err(e) = profiles::sync(&ctx.mirror, &ns.items, &sas.items).await {
+                    ctx.metrics.reconcile_failed("Profile");
+                    warn!(error = %e, "syncing profiles");
+                } else {
+                    ctx.metrics.reconcile_started("Profile");
+                }
+            }
+            Err(e) => {
+                ctx.metrics.reconcile_failed("Profile");
+                warn!(error = %e, "listing Namespaces and ServiceAccounts");
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(PROFILE_SYNC) => {}
+            _ = lost.wait_for(|l| *l) => return,
+        }
+    }
 }
