@@ -160,6 +160,67 @@ fn seed_lab_two_docker_hosts_route_busybox_to_busybox_over_bgp() {
     assert!(ping_out.contains("ttl=62"), "{ping_out}");
     assert!(ping_out.contains(" 0% packet loss"), "{ping_out}");
 
+    // Step 10, the default policy: containers talk only within their Calico network. bbox3 on
+    // a second network (on node2, beside bbox2) cannot reach bbox1; bbox2 on cal_net1 can.
+    let net2 = docker(
+        "node1",
+        &[
+            "network",
+            "create",
+            "--driver",
+            "calico",
+            "--ipam-driver",
+            "calico-ipam",
+            "cal_net2",
+        ],
+    );
+    assert!(
+        net2.status.success(),
+        "{}",
+        String::from_utf8_lossy(&net2.stderr)
+    );
+    let mut on_node2 = false;
+    for _ in 0..60 {
+        if docker("node2", &["network", "inspect", "cal_net2"])
+            .status
+            .success()
+        {
+            on_node2 = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    assert!(on_node2, "cal_net2 never appeared on node2");
+    let run3 = docker(
+        "node2",
+        &[
+            "run", "--net", "cal_net2", "--name", "bbox3", "-tid", "busybox",
+        ],
+    );
+    assert!(
+        run3.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run3.stderr)
+    );
+    let same_net = docker(
+        "node2",
+        &["exec", "bbox2", "ping", "-c", "2", "-W", "2", &bbox1],
+    );
+    assert!(
+        same_net.status.success(),
+        "bbox2 (cal_net1) cannot reach bbox1: {}",
+        String::from_utf8_lossy(&same_net.stdout)
+    );
+    let other_net = docker(
+        "node2",
+        &["exec", "bbox3", "ping", "-c", "3", "-W", "1", &bbox1],
+    );
+    let other_out = String::from_utf8_lossy(&other_net.stdout).into_owned();
+    assert!(
+        !other_net.status.success() && other_out.contains("100% packet loss"),
+        "bbox3 on cal_net2 reached bbox1 on cal_net1:\n{other_out}"
+    );
+
     // Removing a container releases its address: the next container gets it back or the
     // block holds it no more (ipam show --ip says so).
     let rm = docker("node2", &["rm", "-f", "bbox2"]);

@@ -26,11 +26,12 @@ use calico_datastore::{Datastore, EtcdClient};
 use calico_ipam::Ipam;
 use futures::StreamExt;
 use tokio::sync::mpsc;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::bgp::{BgpControl, SpeakerView};
 use crate::config::{NetworkingBackend, NodeConfig};
 use crate::peering;
+use crate::policy::PolicySync;
 use crate::routes::{self, KernelRoute, ROUTE_PROTOCOL, RouteInputs, Target};
 use crate::snapshot::{SnapshotError, read_snapshot};
 use crate::startup::{self, Started};
@@ -206,11 +207,26 @@ pub async fn run(cfg: NodeConfig, etcd: EtcdClient) -> Result<(), AgentError> {
         }
     });
 
+    // Policy: the previous run's table keeps enforcing until the first sync replaces it in
+    // one transaction, so a restart never opens a gap.
+    let mut policy = match PolicySync::new() {
+        Ok(p) => Some(p),
+        Err(e) => {
+            error!(error = %e, "nftables is not usable: policy is NOT enforced on this node");
+            None
+        }
+    };
+
     println!("Calico node started successfully");
     let started_at = Instant::now();
     loop {
         if let Err(e) = reconcile(&ds, &ipam, &nl, &started, speaker.as_mut(), started_at).await {
             warn!(error = %e, source = ?std::error::Error::source(&e), "reconcile failed; will retry");
+        }
+        if let Some(p) = policy.as_mut()
+            && let Err(e) = p.sync(&ds, &started.node_name).await
+        {
+            warn!(error = %e, source = ?std::error::Error::source(&e), "policy sync failed; the last table stays in force");
         }
         if let Some(sp) = &speaker
             && let Ok(mut s) = status.lock()
