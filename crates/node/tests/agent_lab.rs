@@ -592,6 +592,10 @@ fn sigkilled_agent_restarts_without_losing_a_route_or_a_packet() {
         restart_log.contains("restarting gracefully"),
         "the restarted agent did not see its own routes in the kernel:\n{restart_log}"
     );
+    assert!(
+        peer_log.contains("peer restarting, keeping its routes as stale"),
+        "node2 did not hold node1's routes through graceful restart:\n{peer_log}"
+    );
     assert!(samples > 10, "route sampler took only {samples} samples");
     assert!(
         missing.is_empty(),
