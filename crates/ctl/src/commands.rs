@@ -104,6 +104,12 @@ pub enum ResourceError {
         "operation {operation} is not supported on {id}: kubernetes network policies must be managed through the kubernetes API"
     )]
     KubernetesPolicy { operation: &'static str, id: String },
+    /// The operator mirrors objects applied with kubectl into etcd and marks them; Kubernetes
+    /// is their owner, so an edit here would be overwritten at the next resync.
+    #[error(
+        "operation {operation} is not supported on {id}: it is owned by Kubernetes (annotation {OWNER_ANNOTATION}=kubernetes); change it with kubectl"
+    )]
+    OwnedByKubernetes { operation: &'static str, id: String },
     #[error(
         "error with field Metadata.ResourceVersion = '{revision}' (field must not be set for a Create request)"
     )]
@@ -459,6 +465,12 @@ pub async fn write_from_files(
                 ),
             }),
             (_, None) => errors.push(ResourceError::DoesNotExist(id)),
+            (_, Some(cur)) if owned_by_kubernetes(&cur.value) => {
+                errors.push(ResourceError::OwnedByKubernetes {
+                    operation: verb.operation(),
+                    id,
+                })
+            }
             (_, Some(cur)) => {
                 if let Some(given) = p.given_revision
                     && given != cur.revision
@@ -608,6 +620,17 @@ fn keys_from_files(
     .map_err(|problems| CtlError::Invalid { verb, problems })
 }
 
+/// Annotation the Kubernetes controllers put on the etcd copies of objects they own.
+pub const OWNER_ANNOTATION: &str = "projectcalico.org/owner";
+
+fn owned_by_kubernetes(stored: &serde_json::Value) -> bool {
+    stored
+        .pointer("/metadata/annotations")
+        .and_then(|a| a.get(OWNER_ANNOTATION))
+        .and_then(serde_json::Value::as_str)
+        == Some("kubernetes")
+}
+
 pub async fn delete(
     args: &DeleteArgs,
     config_path: Option<&str>,
@@ -657,6 +680,12 @@ pub async fn delete(
         match store.get(key).await? {
             None if args.skip_not_exists => skipped += 1,
             None => errors.push(ResourceError::DoesNotExist(key.identifier())),
+            Some(cur) if owned_by_kubernetes(&cur.value) => {
+                errors.push(ResourceError::OwnedByKubernetes {
+                    operation: Verb::Delete.operation(),
+                    id: key.identifier(),
+                })
+            }
             Some(cur) => match given {
                 Some(g) if *g != cur.revision => errors.push(ResourceError::OutOfDate {
                     id: key.identifier(),

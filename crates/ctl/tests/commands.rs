@@ -698,3 +698,31 @@ async fn node_and_workload_endpoint_tables_match_calico_layouts() {
         "{out:?}"
     );
 }
+
+#[tokio::test]
+async fn kubernetes_owned_objects_are_refused_with_a_pointer_to_kubectl() {
+    let etcd = Etcd::start();
+    let ctl = Ctl::new(&etcd);
+    // What the Kubernetes controllers write: the etcd copy carries the owner annotation.
+    let owned = "apiVersion: projectcalico.org/v3
+kind: IPPool
+metadata:
+  name: pool-a
+  annotations:
+    projectcalico.org/owner: kubernetes
+spec:
+  cidr: 10.10.0.0/16
+";
+    let f = write(etcd.dir.path(), "owned.yaml", owned);
+    ctl.run(&["create", "-f", &f]).await.ok();
+    let before = etcd.dump().await;
+    let edit = write(etcd.dir.path(), "edit.yaml", POOL_A);
+    let applied = ctl.run(&["apply", "-f", &edit]).await;
+    let out = applied.failed();
+    assert!(out.stderr.contains("owned by Kubernetes"), "{}", out.stderr);
+    assert!(out.stderr.contains("kubectl"), "{}", out.stderr);
+    let deleted = ctl.run(&["delete", "ippool", "pool-a"]).await;
+    let out = deleted.failed();
+    assert!(out.stderr.contains("owned by Kubernetes"), "{}", out.stderr);
+    assert_eq!(etcd.dump().await, before, "a refused edit changed etcd");
+}
