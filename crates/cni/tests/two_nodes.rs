@@ -1,48 +1,140 @@
-//! Two pods on two nodes sharing one etcd. The node agent (BGP) is not started here: the
-//! routes between the nodes' blocks are added statically, as BIRD would install them, so
-//! this checks what the plugin owns (per-node blocks, host routes, endpoints) end to end.
+//! Two pods on two nodes sharing one etcd, with a real calico-node agent on each node: the
+//! agents mesh over BGP and install each other's block routes (`proto bird`), and the pods
+//! ping each other across two routed hops. This checks the plugin (per-node blocks, host
+//! routes, WorkloadEndpoints) together with the agent that routes and polices them.
+//!
+//! Topology: one LAN (192.168.33.0/24), etcd on its own lab host (192.168.33.10), nodes at
+//! .11 and .12. The pool is 10.65.0.0/16 so no block can overlap the LAN. The test process
+//! talks to etcd only from inside the etcd host's namespace.
+//!
+//! Needs root and `cargo build -p calico-rs --bin calico-node --bin calico --bin calico-ipam
+//! --bin calicoctl`.
 
 mod common;
 
-use std::time::Duration;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
 
-use calico_lab::{Etcd, EtcdOptions, Lab};
+use calico_lab::{Etcd, EtcdOptions, Host, Lab, ProcessGuard};
 use common::*;
 use serde_json::json;
 
+const POOL: &str = "10.65.0.0/16";
+/// Bound on each wait (sessions up, routes in place).
+const WAIT: Duration = Duration::from_secs(30);
+
+/// Polls `f` every 100 ms until it returns true or `timeout` passes.
+fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if f() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Starts calico-node in `host`'s namespace; it is killed when the guard drops.
+fn start_agent(host: &Host, name: &str, etcd: &str, run_dir: &Path) -> ProcessGuard {
+    let mut cmd = Command::new(bin_dir().join("calico-node"));
+    cmd.env_clear()
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .env("NODENAME", name)
+        .env("DATASTORE_TYPE", "etcdv3")
+        .env("ETCD_ENDPOINTS", etcd)
+        .env("IP", format!("{}/24", host.ip()))
+        .env("IP6", "none")
+        .env("CALICO_NETWORKING_BACKEND", "bird")
+        .env("NO_DEFAULT_POOLS", "true")
+        .env("CALICO_RUN_DIR", run_dir)
+        .env("CALICO_STATE_DIR", run_dir.join("lib"))
+        .env("CALICO_LOG_LEVEL", "info");
+    host.spawn(cmd, "calico-node").expect("spawn calico-node")
+}
+
+/// `calicoctl node status` run in the node's namespace with its run directory.
+fn node_status(host: &Host, run_dir: &Path) -> String {
+    let run_dir = format!("CALICO_RUN_DIR={}", run_dir.display());
+    let ctl = bin_dir().join("calicoctl").display().to_string();
+    let out = host
+        .exec(&["env", &run_dir, &ctl, "node", "status"])
+        .expect("calicoctl node status");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 #[test]
 fn pods_on_two_nodes_reach_each_other() {
+    assert!(
+        bin_dir().join("calico-node").is_file() && bin_dir().join("calicoctl").is_file(),
+        "build the agent first: cargo build -p calico-rs --bin calico-node --bin calicoctl"
+    );
     let lab = Lab::new().unwrap();
+    let etcd_host = lab.add_host("etcd", "192.168.33.10/24").unwrap();
     let n1 = lab.add_host("node1", "192.168.33.11/24").unwrap();
     let n2 = lab.add_host("node2", "192.168.33.12/24").unwrap();
     let etcd = Etcd::start(EtcdOptions::in_netns(
-        n1.netns_path(),
-        "192.168.33.11".parse().unwrap(),
+        etcd_host.netns_path(),
+        etcd_host.ip(),
     ))
     .unwrap();
     let ep = etcd.endpoint();
-    n1.run_async(|| {
-        let ep = ep.clone();
-        async move {
-            let kv =
-                calico_datastore::EtcdClient::connect(&calico_datastore::EtcdConfig::new([ep]))
+    etcd_host
+        .run_async(|| {
+            let ep = ep.clone();
+            async move {
+                let kv =
+                    calico_datastore::EtcdClient::connect(&calico_datastore::EtcdConfig::new([ep]))
+                        .await
+                        .unwrap();
+                let ds = calico_datastore::Datastore::from_etcd(kv);
+                let p: calico_api::IPPool = serde_json::from_value(json!({
+                    "apiVersion": "projectcalico.org/v3", "kind": "IPPool",
+                    "metadata": {"name": "pool1"}, "spec": {"cidr": POOL, "blockSize": 26}
+                }))
+                .unwrap();
+                ds.create(&p).await.unwrap();
+                // The agent enforces policy and the plugin gives each pod the profiles
+                // `kns.<namespace>` and `ksa.<namespace>.<serviceaccount>`. With no such
+                // Profile, Calico drops the pod's traffic; the Kubernetes controllers create
+                // `kns.<namespace>` allowing all ingress and egress, so we write it as they would.
+                let allow: calico_api::ProfileSpec = serde_json::from_value(json!({
+                    "ingress": [{"action": "Allow"}],
+                    "egress": [{"action": "Allow"}],
+                }))
+                .unwrap();
+                ds.apply(&calico_api::Profile::new("kns.default", allow))
                     .await
                     .unwrap();
-            let p: calico_api::IPPool = serde_json::from_value(json!({
-                "apiVersion": "projectcalico.org/v3", "kind": "IPPool",
-                "metadata": {"name": "pool1"}, "spec": {"cidr": "192.168.0.0/16", "blockSize": 26}
-            }))
-            .unwrap();
-            calico_datastore::Datastore::from_etcd(kv)
-                .create(&p)
-                .await
-                .unwrap();
-        }
-    })
-    .unwrap();
-    for n in [&n1, &n2] {
-        sh(n, &["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+            }
+        })
+        .unwrap();
+
+    // Agents: declared after the lab and etcd, so they are dropped (killed) first.
+    let run_dir = |n: &str| -> PathBuf { lab.dir().join(format!("{n}-run")) };
+    let nodes = [(&n1, "node1"), (&n2, "node2")];
+    let agents: Vec<ProcessGuard> = nodes
+        .iter()
+        .map(|(h, n)| start_agent(h, n, &ep, &run_dir(n)))
+        .collect();
+    for ((h, n), peer) in nodes.iter().zip([n2.ip(), n1.ip()]) {
+        let up = wait_until(WAIT, || {
+            node_status(h, &run_dir(n))
+                .lines()
+                .any(|l| l.contains(&format!("| {peer} ")) && l.contains("Established"))
+        });
+        let log = agents.iter().map(|a| a.log()).collect::<Vec<_>>();
+        assert!(
+            up,
+            "{n} has no Established session to {peer}:\n{}\nagent logs:\n{log:#?}",
+            node_status(h, &run_dir(n))
+        );
     }
+
     let conf = |node: &str| {
         json!({
             "cniVersion": "1.1.0", "name": "k8s-pod-network", "type": "calico",
@@ -74,37 +166,35 @@ fn pods_on_two_nodes_reach_each_other() {
         r["ips"][0]["address"].as_str().unwrap().parse().unwrap()
     };
     let (a1, a2) = (net(&r1).addr(), net(&r2).addr());
-    // Each node has its own block.
-    let block = |a: std::net::Ipv4Addr| ipnet::Ipv4Net::new(a, 26).unwrap().trunc();
+    // Each node has its own block, and learns the other's from its peer over BGP.
+    let block = |a: Ipv4Addr| ipnet::Ipv4Net::new(a, 26).unwrap().trunc();
     assert_ne!(block(a1), block(a2), "nodes must get different blocks");
-    sh(
-        &n1,
-        &[
-            "ip",
-            "route",
-            "add",
-            &block(a2).to_string(),
-            "via",
-            "192.168.33.12",
-        ],
-    );
-    sh(
-        &n2,
-        &[
-            "ip",
-            "route",
-            "add",
-            &block(a1).to_string(),
-            "via",
-            "192.168.33.11",
-        ],
-    );
+    for (h, n, want) in [
+        (
+            &n1,
+            "node1",
+            format!("{} via {} dev eth1 proto bird", block(a2), n2.ip()),
+        ),
+        (
+            &n2,
+            "node2",
+            format!("{} via {} dev eth1 proto bird", block(a1), n1.ip()),
+        ),
+    ] {
+        let routes = || sh(h, &["ip", "-4", "route", "show"]);
+        let learned = wait_until(WAIT, || routes().lines().any(|l| l.trim() == want));
+        assert!(learned, "{n}: no route `{want}`:\n{}", routes());
+    }
+
     assert!(
         bbox1
             .wait_ping(&a2.to_string(), Duration::from_secs(10))
-            .unwrap()
+            .unwrap(),
+        "pod on node1 cannot reach {a2}"
     );
     let out = sh(&bbox1, &["ping", "-c1", "-W2", "-n", &a2.to_string()]);
+    assert!(out.contains("ttl=62"), "two routed hops expected: {out}");
+    let out = sh(&bbox2, &["ping", "-c1", "-W2", "-n", &a1.to_string()]);
     assert!(out.contains("ttl=62"), "two routed hops expected: {out}");
     for (n, c, pod, ns, node) in [
         (&n1, "c1", "bbox1", &bbox1, "node1"),
