@@ -84,6 +84,8 @@ pub struct NodeConfig {
     pub as_number: Option<u32>,
     pub backend: NetworkingBackend,
     pub no_default_pools: bool,
+    /// `FELIX_IPV6SUPPORT` (default true): IPv6 is used where the kernel has it.
+    pub ipv6_support: bool,
     pub ipv4_pool: DefaultPool,
     pub ipv6_pool: DefaultPool,
     pub run_dir: PathBuf,
@@ -157,6 +159,7 @@ impl NodeConfig {
             as_number,
             backend,
             no_default_pools: parse_bool(&var, "NO_DEFAULT_POOLS", false)?,
+            ipv6_support: parse_bool(&var, "FELIX_IPV6SUPPORT", true)?,
             ipv4_pool,
             ipv6_pool,
             run_dir: var("CALICO_RUN_DIR")
@@ -382,6 +385,12 @@ mod tests {
         assert_eq!(c.ipv4_pool.cidr, Some("192.168.0.0/16".parse().unwrap()));
         assert!(c.ipv4_pool.nat_outgoing);
         assert!(!c.ipv6_pool.nat_outgoing);
+        assert!(c.ipv6_support);
+        assert!(
+            !parse(&[("FELIX_IPV6SUPPORT", "false")])
+                .unwrap()
+                .ipv6_support
+        );
         assert_eq!(c.ipv6_pool.cidr, None);
         assert_eq!(c.run_dir, PathBuf::from("/var/run/calico"));
         assert_eq!(c.state_dir, PathBuf::from("/var/lib/calico"));

@@ -221,7 +221,12 @@ pub async fn run(cfg: &NodeConfig, ds: &Datastore) -> Result<Started, StartupErr
     ensure_cluster_information(ds).await?;
     if !cfg.no_default_pools {
         ensure_default_pool(ds, DEFAULT_IPV4_POOL_NAME, &cfg.ipv4_pool, false).await?;
-        if !matches!(cfg.ipv6, AddressSource::None) || cfg.ipv6_pool.cidr.is_some() {
+        // As Calico: an IPv6 pool too whenever this host supports IPv6 (FELIX_IPV6SUPPORT
+        // defaults to true), even if this node has no IPv6 address of its own.
+        let ipv6_supported =
+            cfg.ipv6_support && std::path::Path::new("/proc/net/if_inet6").exists();
+        info!("IPv6 supported on this platform: {ipv6_supported}");
+        if ipv6_supported {
             ensure_default_pool(ds, DEFAULT_IPV6_POOL_NAME, &cfg.ipv6_pool, true).await?;
         }
     }
