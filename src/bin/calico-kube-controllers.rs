@@ -41,7 +41,7 @@ async fn main() -> anyhow::Result<()> {
     };
     let api = calico_datastore::CalicoApiConfig::from_env().context("datastore configuration")?;
     let etcd_cfg = api.etcd_config().context("datastore configuration")?;
-    let ds = calico_datastore::Datastore::connect(&etcd_cfg)
+    let ds = calico_datastore::Datastore::connect(etcd_cfg)
         .await
         .context("connecting to etcd")?;
     let client = calico_controllers::kube::Client::try_default()

@@ -80,7 +80,10 @@ fn calicoctl_env(cmd: &mut Command, host: &str) {
     cmd.env("DATASTORE_TYPE", "etcdv3")
         .env("ETCD_ENDPOINTS", seed::ETCD_ENDPOINT)
         // The node's own agent and dockerd, as scripts/seed-lab.sh lays them out.
-        .env("CALICO_RUN_DIR", format!("{}/{host}/run", seed::lab_dir().display()))
+        .env(
+            "CALICO_RUN_DIR",
+            format!("{}/{host}/run", seed::lab_dir().display()),
+        )
         .env(
             "DOCKER_HOST",
             format!("unix:///var/tmp/calico-lab/{host}/docker/docker.sock"),
