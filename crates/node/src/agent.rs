@@ -258,6 +258,7 @@ async fn reconcile(
         own_blocks: snap.own_blocks.clone(),
         learned: BTreeMap::new(),
         workloads: snap.workloads.clone(),
+        no_export: snap.no_export.clone(),
     };
     let mut synced = started_at.elapsed() > LEARNED_ROUTES_GRACE;
     if let Some(sp) = speaker {

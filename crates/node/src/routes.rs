@@ -57,6 +57,8 @@ pub struct RouteInputs {
     /// Best paths learned over BGP: prefix → next hop.
     pub learned: BTreeMap<IpNet, IpAddr>,
     pub workloads: Vec<LocalWorkload>,
+    /// Pools with `disableBGPExport`: their blocks and addresses are never announced.
+    pub no_export: Vec<IpNet>,
 }
 
 /// The routes this node's main table must hold.
@@ -89,10 +91,12 @@ pub fn desired_routes(inputs: &RouteInputs) -> BTreeSet<KernelRoute> {
 
 /// The prefixes this node announces: its blocks, and host routes for workloads whose address
 /// was borrowed from another node's block (the longer prefix wins on every other router).
+/// Nothing inside a pool with `disableBGPExport` is announced.
 pub fn announced_prefixes(inputs: &RouteInputs) -> BTreeSet<IpNet> {
-    let mut out: BTreeSet<IpNet> = inputs.own_blocks.clone();
+    let exported = |n: &IpNet| !inputs.no_export.iter().any(|p| p.contains(n));
+    let mut out: BTreeSet<IpNet> = inputs.own_blocks.iter().copied().filter(exported).collect();
     for w in &inputs.workloads {
-        if !inputs.own_blocks.iter().any(|b| b.contains(&w.ip.addr())) {
+        if !inputs.own_blocks.iter().any(|b| b.contains(&w.ip.addr())) && exported(&w.ip) {
             out.insert(w.ip);
         }
     }
@@ -135,6 +139,7 @@ mod tests {
                 ip: net("192.168.166.128/32"),
                 interface: "calicce21fc3677".into(),
             }],
+            no_export: vec![],
         }
     }
 
@@ -184,6 +189,20 @@ mod tests {
         assert_eq!(
             ann,
             [net("192.168.166.128/26"), net("192.168.104.7/32")].into()
+        );
+    }
+
+    #[test]
+    fn pools_with_bgp_export_disabled_are_routed_but_not_announced() {
+        let mut inputs = seed_node1();
+        inputs.no_export = vec![net("192.168.166.0/24")];
+        assert!(announced_prefixes(&inputs).is_empty());
+        // The blackhole and the workload route stay: only the announcement is suppressed.
+        assert_eq!(desired_routes(&inputs).len(), 3);
+        inputs.no_export = vec![net("10.0.0.0/8")];
+        assert_eq!(
+            announced_prefixes(&inputs),
+            [net("192.168.166.128/26")].into()
         );
     }
 

@@ -40,6 +40,8 @@ pub struct Snapshot {
     pub peers: Vec<PeerView>,
     pub own_blocks: BTreeSet<IpNet>,
     pub workloads: Vec<LocalWorkload>,
+    /// CIDRs of pools with `disableBGPExport: true`: routed locally, never announced.
+    pub no_export: Vec<IpNet>,
 }
 
 /// Converts a Calico Node into what the peering rules read.
@@ -229,7 +231,17 @@ pub async fn read_snapshot(
         })
         .filter(|w| !w.interface.is_empty())
         .collect();
+    let no_export = ds
+        .list::<calico_api::IPPool>(None)
+        .await
+        .map_err(err("listing IPPools"))?
+        .items
+        .iter()
+        .filter(|p| p.spec.disable_bgp_export == Some(true))
+        .filter_map(|p| p.spec.cidr.parse::<IpNet>().ok())
+        .collect();
     Ok(Snapshot {
+        no_export,
         nodes,
         global: global_view(&configs),
         peers,
