@@ -169,6 +169,7 @@ pub async fn read_resources(ds: &Datastore) -> Result<ApiResources, PolicyError>
         staged_global_network_policies: all(ds, "StagedGlobalNetworkPolicy").await?,
         profiles: all(ds, "Profile").await?,
         workload_endpoints: all(ds, "WorkloadEndpoint").await?,
+        host_endpoints: all(ds, "HostEndpoint").await?,
         network_sets: all(ds, "NetworkSet").await?,
         global_network_sets: all(ds, "GlobalNetworkSet").await?,
     })

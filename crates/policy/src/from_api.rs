@@ -4,8 +4,7 @@
 //! Every error names the resource (`Kind namespace/name`) and the field path (`spec.ingress[0]
 //! .source.nets[1]`), so a bad resource in the datastore is easy to find.
 //!
-//! Not converted (yet): HostEndpoints and FelixConfiguration failsafe ports (the nftables
-//! renderer does not render host endpoints), namespace and service-account labels (etcd mode
+//! Not converted (yet): FelixConfiguration failsafe ports (Calico's defaults are used), namespace and service-account labels (etcd mode
 //! has no Namespace/ServiceAccount resources; `pcns.`/`pcsa.` labels stay empty). Rules with
 //! `http` or `services` matches are refused rather than silently widened.
 
@@ -15,8 +14,8 @@ use calico_api::kinds as api;
 use ipnet::IpNet;
 
 use crate::model::{
-    Action, DEFAULT_TIER, DEFAULT_TIER_ORDER, Direction, EntityRule, IcmpFields, IpVersion,
-    LabelMap, NamedPort, NetworkSet, Policy, PolicyModel, Port, Profile, Protocol, Rule,
+    Action, DEFAULT_TIER, DEFAULT_TIER_ORDER, Direction, EntityRule, HostEndpoint, IcmpFields,
+    IpVersion, LabelMap, NamedPort, NetworkSet, Policy, PolicyModel, Port, Profile, Protocol, Rule,
     ServiceAccountMatch, Tier, TierDefaultAction, WorkloadEndpoint,
 };
 
@@ -60,6 +59,8 @@ pub struct ApiResources {
     pub profiles: Vec<api::Profile>,
     /// Workload endpoints of every node (remote ones still fill IP sets).
     pub workload_endpoints: Vec<api::WorkloadEndpoint>,
+    /// Host endpoints of every node (remote ones still fill IP sets).
+    pub host_endpoints: Vec<api::HostEndpoint>,
     /// Namespaced network sets.
     pub network_sets: Vec<api::NetworkSet>,
     /// Global network sets.
@@ -131,7 +132,11 @@ pub fn model_from_resources(r: &ApiResources) -> Result<PolicyModel, ConvertErro
             .iter()
             .map(workload_endpoint)
             .collect::<Result<_, _>>()?,
-        host_endpoints: Vec::new(),
+        host_endpoints: r
+            .host_endpoints
+            .iter()
+            .map(host_endpoint)
+            .collect::<Result<_, _>>()?,
         network_sets,
         failsafe: Default::default(),
     })
@@ -359,6 +364,69 @@ pub fn workload_endpoint(w: &api::WorkloadEndpoint) -> Result<WorkloadEndpoint, 
         service_account: s.service_account_name.clone().filter(|n| !n.is_empty()),
         service_account_labels: LabelMap::new(),
         ips,
+        ports,
+        profiles: s.profiles.clone(),
+    })
+}
+
+/// A HostEndpoint: node, interface (`*` or absent: all of the host's interfaces), expected
+/// IPs, labels, profiles and named ports.
+pub fn host_endpoint(h: &api::HostEndpoint) -> Result<HostEndpoint, ConvertError> {
+    let (ctx, name, _) = Ctx::new("HostEndpoint", &h.metadata)?;
+    let s = &h.spec;
+    let node = s
+        .node
+        .clone()
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| ctx.err("spec.node", "missing"))?;
+    let interface_name = s.interface_name.clone().filter(|i| !i.is_empty());
+    if interface_name.is_none() && s.expected_ips.is_empty() {
+        // Calico's validation: a host endpoint names an interface or its expected IPs.
+        return Err(ctx.err(
+            "spec.interfaceName",
+            "either interfaceName or expectedIPs must be set",
+        ));
+    }
+    let expected_ips = s
+        .expected_ips
+        .iter()
+        .enumerate()
+        .map(|(i, a)| {
+            a.parse::<IpAddr>().map_err(|e| {
+                ctx.err(
+                    format!("spec.expectedIPs[{i}]"),
+                    format!("{a:?} is not an IP address: {e}"),
+                )
+            })
+        })
+        .collect::<Result<_, _>>()?;
+    let ports = s
+        .ports
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let port = u16::try_from(p.port)
+                .ok()
+                .filter(|n| *n != 0)
+                .ok_or_else(|| {
+                    ctx.err(
+                        format!("spec.ports[{i}].port"),
+                        format!("{} is not a port number (1-65535)", p.port),
+                    )
+                })?;
+            Ok(NamedPort {
+                name: p.name.clone(),
+                protocol: Protocol(p.protocol.number()),
+                port,
+            })
+        })
+        .collect::<Result<_, ConvertError>>()?;
+    Ok(HostEndpoint {
+        name,
+        node,
+        interface_name,
+        expected_ips,
+        labels: h.metadata.labels.clone().unwrap_or_default(),
         ports,
         profiles: s.profiles.clone(),
     })
@@ -807,6 +875,54 @@ spec: {order: 100, defaultAction: Pass}
                 .to_string()
                 .contains("metadata.namespace: missing")
         );
+    }
+
+    #[test]
+    fn host_endpoint_converts_and_compiles_with_failsafe() {
+        let h: api::HostEndpoint = yaml(
+            "metadata: {name: n1-eth1, labels: {role: edge}}\nspec: {node: n1, interfaceName: eth1, expectedIPs: [10.1.0.1, 'fd01::1'], ports: [{name: web, protocol: TCP, port: 8080}]}\n",
+        );
+        let h = host_endpoint(&h).unwrap();
+        assert_eq!(h.interface_name.as_deref(), Some("eth1"));
+        assert_eq!(h.expected_ips.len(), 2);
+        assert_eq!(h.labels.get("role").map(String::as_str), Some("edge"));
+        assert_eq!(h.ports[0].port, 8080);
+
+        let all: api::HostEndpoint =
+            yaml("metadata: {name: all}\nspec: {node: n1, interfaceName: '*'}\n");
+        assert_eq!(
+            host_endpoint(&all).unwrap().interface_name.as_deref(),
+            Some("*")
+        );
+        let bad: api::HostEndpoint =
+            yaml("metadata: {name: bad}\nspec: {node: n1, expectedIPs: [not-an-ip]}\n");
+        let e = host_endpoint(&bad).unwrap_err().to_string();
+        assert!(e.contains("HostEndpoint bad: spec.expectedIPs[0]"), "{e}");
+        let neither: api::HostEndpoint = yaml("metadata: {name: x}\nspec: {node: n1}\n");
+        assert!(host_endpoint(&neither).is_err());
+        let no_node: api::HostEndpoint = yaml("metadata: {name: x}\nspec: {interfaceName: eth0}\n");
+        assert!(
+            host_endpoint(&no_node)
+                .unwrap_err()
+                .to_string()
+                .contains("spec.node")
+        );
+
+        let r = ApiResources {
+            host_endpoints: vec![yaml(
+                "metadata: {name: n1-eth1}\nspec: {node: n1, interfaceName: eth1}\n",
+            )],
+            ..Default::default()
+        };
+        let prog = crate::compile(&model_from_resources(&r).unwrap(), Some("n1")).unwrap();
+        let ep = prog
+            .endpoints
+            .values()
+            .next()
+            .expect("the host endpoint has a program");
+        assert_eq!(ep.interface.as_deref(), Some("eth1"));
+        let ssh = ep.ingress.failsafe.iter().any(|f| f.port == 22);
+        assert!(ssh, "Calico's default inbound failsafe ports apply");
     }
 
     #[test]
