@@ -3,6 +3,7 @@
 #
 #   sudo scripts/seed-lab.sh          # install, build, bring the lab up and show it working
 #   sudo scripts/seed-lab.sh down     # tear everything down (containers, daemons, namespaces)
+#   sudo scripts/seed-lab.sh dockerd-start node1   # start a stopped node's dockerd again
 #
 # Hosts are network namespaces on one LAN segment (see crates/lab): lab-etcd 192.168.33.10,
 # lab-node1 192.168.33.11, lab-node2 192.168.33.12. Each node runs its own dockerd (own plugin
@@ -78,6 +79,13 @@ down() {
   [[ -x $LAB ]] && $LAB down || true
   rm -rf "$DATA"
 }
+
+# Start one node's dockerd again the way `up` does (e.g. after stopping it to test a restart).
+if [[ ${1:-up} == dockerd-start ]]; then
+  [[ -n ${2:-} ]] || { echo "usage: seed-lab.sh dockerd-start NODE" >&2; exit 2; }
+  start_dockerd "$2"
+  exit 0
+fi
 
 if [[ ${1:-up} == down ]]; then
   down
