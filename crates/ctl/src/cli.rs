@@ -240,9 +240,16 @@ pub enum NodeCommand {
     /// --no-docker) connected to the configured datastore.
     Run(NodeRunArgs),
     /// Show the status of calico-node on this host (BGP sessions).
-    Status,
+    Status(NodeStatusArgs),
     /// Print the BGP sessions a node must have, computed from the datastore alone.
     Peers(NodePeersArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct NodeStatusArgs {
+    /// Output format: the table Calico prints (default), or json.
+    #[arg(short = 'o', long = "output", default_value = "table")]
+    pub output: String,
 }
 
 #[derive(Debug, Args)]

@@ -31,6 +31,8 @@ pub enum NodeCmdError {
         #[source]
         source: Box<SnapshotError>,
     },
+    #[error("unsupported output format {0:?} for node status: expected table or json")]
+    StatusFormat(String),
     #[error("unsupported output format {0:?} for node peers: expected yaml or json")]
     PeersOutput(String),
     #[error("encoding the sessions as {format}: {reason}")]
@@ -60,11 +62,25 @@ pub async fn run(
     session: &Session,
 ) -> Result<(), CtlError> {
     match cmd {
-        NodeCommand::Status => {
+        NodeCommand::Status(args) => {
             if !is_root() {
                 return Err(CtlError::Node(NodeCmdError::NotRoot));
             }
+            let json = match args.output.as_str() {
+                "table" => false,
+                "json" => true,
+                other => {
+                    return Err(CtlError::Node(NodeCmdError::StatusFormat(
+                        other.to_string(),
+                    )));
+                }
+            };
             match status::query(&run_dir(io)).await {
+                Ok(s) if json => {
+                    let text = serde_json::to_string_pretty(&s).unwrap_or_default();
+                    let _ = writeln!(io.out, "{text}");
+                    Ok(())
+                }
                 Ok(s) => {
                     let _ = io.out.write_all(status::render(&s).as_bytes());
                     Ok(())

@@ -40,7 +40,13 @@ async fn node_status_prints_the_agents_bgp_table_or_says_it_is_not_running() {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     let out = run_raw(args(), "", &env, &session).await;
+    let mut json_args = args();
+    json_args.extend(["-o".to_string(), "json".into()]);
+    let json_out = run_raw(json_args, "", &env, &session).await;
     server.abort();
+    assert_eq!(json_out.code, 0, "{json_out:?}");
+    let parsed: NodeStatus = serde_json::from_str(&json_out.stdout).expect("node status -o json");
+    assert_eq!(parsed, status);
     assert_eq!(out.code, 0, "{out:?}");
     assert_eq!(out.stdout, calico_node::status::render(&status));
     assert!(
