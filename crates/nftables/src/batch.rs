@@ -225,6 +225,8 @@ pub enum Expr {
     Counter,
     /// Log with a prefix.
     Log(String),
+    /// Exempt the packet from connection tracking (`notrack`; raw-priority chains only).
+    Notrack,
     /// Apply a verdict.
     Verdict(Verdict),
 }
@@ -239,6 +241,8 @@ pub mod ct {
     pub const RELATED: u32 = 1 << 2;
     /// new.
     pub const NEW: u32 = 1 << 3;
+    /// untracked (exempted by `notrack`).
+    pub const UNTRACKED: u32 = 1 << 6;
 }
 
 /// A chain to create.
@@ -766,6 +770,7 @@ fn encode_expr(a: &mut Attrs, e: &Expr) {
             d.str(2, prefix);
             d
         }),
+        Expr::Notrack => ("notrack", Attrs::default()),
         Expr::Verdict(v) => ("immediate", {
             let mut d = Attrs::default();
             d.be32(1, REG_VERDICT);

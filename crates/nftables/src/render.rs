@@ -20,16 +20,18 @@
 //! Named ports: a named-port set is an nft set of `address . port` per family; a rule whose
 //! `ports` mix ranges and named ports becomes one nft rule per alternative.
 //!
-//! Not rendered (an error, so nothing is silently weaker): ports without a protocol. Host endpoints are skipped (see the crate report): only workload endpoints get
-//! chains.
+//! Host endpoints: see [`render_host_endpoints`].
+//!
+//! Not rendered (an error, so nothing is silently weaker): ports without a protocol.
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 
-use calico_policy::model::{Action, IpVersion, Protocol};
+use calico_policy::model::{Action, Direction, FailsafePort, IpVersion, Protocol};
 use calico_policy::program::IpSet;
 use calico_policy::program::{
-    AddressMatch, Chain, EndOfTier, EndpointId, Fallthrough, HostProgram, RuleListId,
+    AddressMatch, Chain, ChainKind, EndOfTier, EndpointProgram, Fallthrough, HostChains,
+    HostProgram, RuleListId,
 };
 use calico_policy::sets::{Member, SetId, SetKey};
 use ipnet::IpNet;
@@ -153,13 +155,21 @@ pub fn render_table(host: &HostProgram, to_host: EndpointToHost) -> Result<Batch
     }
 
     // Shared rule-list chains (staged policies are never enforced, so never rendered).
+    // A doNotTrack policy is only ever in untracked chains (the compiler keeps it out of the
+    // others), so its shared chain can render Allow as `notrack` + `accept`.
     let mut used: BTreeSet<&RuleListId> = BTreeSet::new();
+    let mut untracked: BTreeSet<&RuleListId> = BTreeSet::new();
     for ep in host.endpoints.values() {
-        for chain in [&ep.ingress, &ep.egress] {
+        for chain in ep.chains() {
+            let mut ids = Vec::new();
             for tier in &chain.tiers {
-                used.extend(tier.policies.iter().filter(|p| !p.staged).map(|p| &p.rules));
+                ids.extend(tier.policies.iter().filter(|p| !p.staged).map(|p| &p.rules));
             }
-            used.extend(chain.profiles.iter().map(|p| &p.rules));
+            ids.extend(chain.profiles.iter().map(|p| &p.rules));
+            if chain.kind == ChainKind::Untracked {
+                untracked.extend(ids.iter().copied());
+            }
+            used.extend(ids);
         }
     }
     let mut rule_batches = Vec::new();
@@ -169,15 +179,16 @@ pub fn render_table(host: &HostProgram, to_host: EndpointToHost) -> Result<Batch
         rule_batches.push((id, chain));
     }
     for (id, chain) in &rule_batches {
-        render_rule_list(&mut b, host, id, chain)?;
+        render_rule_list(&mut b, host, id, chain, untracked.contains(*id))?;
     }
 
     // Endpoint chains.
     let mut from = Vec::new();
     let mut to = Vec::new();
+    let mut heps = Vec::new();
     for ep in host.endpoints.values() {
-        if !matches!(ep.id, EndpointId::Workload { .. }) {
-            tracing::debug!(endpoint = %ep.id, "host endpoints are not rendered");
+        if let Some(chains) = &ep.host {
+            heps.push((ep.interface.as_deref(), ep, chains));
             continue;
         }
         let iface = ep
@@ -236,7 +247,113 @@ pub fn render_table(host: &HostProgram, to_host: EndpointToHost) -> Result<Batch
         );
     }
     render_to_host(&mut b, to_host);
+    if !heps.is_empty() {
+        // Named interfaces before `*`: a named host endpoint takes precedence (as in Felix).
+        heps.sort_by_key(|(iface, _, _)| iface.is_none());
+        render_host_endpoints(&mut b, &heps);
+    }
     Ok(b)
+}
+
+/// One host endpoint: its interface (`None`: every interface but loopback and workloads'),
+/// its program and its extra chains.
+type HostEp<'a> = (Option<&'a str>, &'a EndpointProgram, &'a HostChains);
+
+/// Host endpoints: per endpoint the chains Felix names `fh-`/`th-` (from/to the host
+/// endpoint: its ingress/egress), `fhfw-`/`thfw-` (forwarded, `applyOnForward`), `fhpd-`
+/// (pre-DNAT ingress) and `fhu-`/`thu-` (untracked, `doNotTrack`), suffixed by the interface
+/// (`*` for all). Base chains dispatch to them by interface:
+/// - `hep-raw-in` (prerouting, priority -300, raw) and `hep-raw-out` (output, -300):
+///   untracked chains, before conntrack; an allowed packet is exempted from tracking;
+/// - `hep-prednat` (prerouting, -150, where Felix's mangle PREROUTING runs, before DNAT at
+///   -100): pre-DNAT ingress;
+/// - `hep-in` (input, 1) and `hep-out` (output, 1): traffic to and from the host itself,
+///   failsafe ports first;
+/// - `hep-fwd-in` (forward, 2) and `hep-fwd-out` (forward, 3): forwarded traffic arriving
+///   through and leaving through the interface.
+///
+/// Loopback and workload interfaces (`cali*`) are never host endpoint traffic. Tracked base
+/// chains allow established/related and untracked (already allowed by a doNotTrack policy)
+/// packets and drop invalid ones before any policy, as Felix does.
+fn render_host_endpoints(b: &mut Batch, heps: &[HostEp<'_>]) {
+    let t = TABLE_NAME;
+    let suffix = |iface: Option<&str>| iface.unwrap_or("*").to_owned();
+    type Pick = fn(&EndpointProgram, &HostChains) -> Chain;
+    let stages: [(&str, Pick); 7] = [
+        ("fh", |e, _| e.ingress.clone()),
+        ("th", |e, _| e.egress.clone()),
+        ("fhfw", |_, h| h.forward_ingress.clone()),
+        ("thfw", |_, h| h.forward_egress.clone()),
+        ("fhpd", |_, h| h.pre_dnat_ingress.clone()),
+        ("fhu", |_, h| h.untracked_ingress.clone()),
+        ("thu", |_, h| h.untracked_egress.clone()),
+    ];
+    for (iface, ep, chains) in heps {
+        for (prefix, pick) in stages {
+            let name = format!("{prefix}-{}", suffix(*iface));
+            render_endpoint_chain(b, &name, &pick(ep, chains));
+        }
+    }
+    // (base chain, hook, priority, incoming?, tracked?, endpoint chain prefix)
+    let bases = [
+        ("hep-raw-in", Hook::Prerouting, -300, true, false, "fhu"),
+        ("hep-raw-out", Hook::Output, -300, false, false, "thu"),
+        ("hep-prednat", Hook::Prerouting, -150, true, true, "fhpd"),
+        ("hep-in", Hook::Input, 1, true, true, "fh"),
+        ("hep-out", Hook::Output, 1, false, true, "th"),
+        ("hep-fwd-in", Hook::Forward, 2, true, true, "fhfw"),
+        ("hep-fwd-out", Hook::Forward, 3, false, true, "thfw"),
+    ];
+    for (name, hook, prio, incoming, tracked, prefix) in bases {
+        b.add_chain(t, &ChainSpec::base(name, hook, prio, Verdict::Accept));
+        let key = if incoming {
+            MetaKey::IifName
+        } else {
+            MetaKey::OifName
+        };
+        b.add_rule(
+            t,
+            name,
+            &[
+                Expr::Meta(key),
+                Expr::Cmp(CmpOp::Eq, ifname_key("lo")),
+                Expr::Verdict(Verdict::Accept),
+            ],
+            Some("loopback is not a host endpoint"),
+        );
+        b.add_rule(
+            t,
+            name,
+            &[
+                Expr::Meta(key),
+                Expr::Cmp(CmpOp::Eq, b"cali".to_vec()),
+                Expr::Verdict(Verdict::Accept),
+            ],
+            Some("workload interfaces have their own chains"),
+        );
+        if tracked {
+            let mut r = ct_state_any(ct::INVALID);
+            r.extend([Expr::Counter, Expr::Verdict(Verdict::Drop)]);
+            b.add_rule(t, name, &r, Some("drop invalid"));
+            let mut r = ct_state_any(ct::ESTABLISHED | ct::RELATED | ct::UNTRACKED);
+            r.extend([Expr::Counter, Expr::Verdict(Verdict::Accept)]);
+            b.add_rule(t, name, &r, Some("allow established,related,untracked"));
+        }
+        for (iface, _, _) in heps {
+            let chain = format!("{prefix}-{}", suffix(*iface));
+            let mut r = Vec::new();
+            if let Some(i) = iface {
+                r.extend([Expr::Meta(key), Expr::Cmp(CmpOp::Eq, ifname_key(i))]);
+            }
+            r.push(Expr::Verdict(Verdict::Goto(chain)));
+            b.add_rule(
+                t,
+                name,
+                &r,
+                Some(&format!("host endpoint {}", suffix(*iface))),
+            );
+        }
+    }
 }
 
 /// Input hook: traffic from workload interfaces (`cali*`) to the host.
@@ -418,6 +535,9 @@ fn render_endpoint_chain(b: &mut Batch, name: &str, chain: &Chain) {
             );
         }
     }
+    for f in &chain.failsafe {
+        render_failsafe(b, name, chain.direction, f);
+    }
     b.add_rule(t, name, &mark_update(PASS_MARK, false), None);
     for (n, tier) in tiers.iter().enumerate() {
         b.add_rule(
@@ -446,11 +566,55 @@ fn render_endpoint_chain(b: &mut Batch, name: &str, chain: &Chain) {
     }
 }
 
+/// Failsafe: always allowed, before any policy. Inbound entries match the destination port
+/// and the source network, outbound entries the destination port and destination network.
+fn render_failsafe(b: &mut Batch, chain: &str, direction: Direction, f: &FailsafePort) {
+    let mut r = Vec::new();
+    if let Some(net) = &f.net {
+        let v = IpVersion::of_net(net);
+        let (nfproto, off, len) = match (v, direction) {
+            (IpVersion::V4, Direction::Ingress) => (NFPROTO_IPV4, 12, 4),
+            (IpVersion::V4, Direction::Egress) => (NFPROTO_IPV4, 16, 4),
+            (IpVersion::V6, Direction::Ingress) => (NFPROTO_IPV6, 8, 16),
+            (IpVersion::V6, Direction::Egress) => (NFPROTO_IPV6, 24, 16),
+        };
+        r.extend(meta_eq(MetaKey::NfProto, vec![nfproto]));
+        r.push(Expr::Payload {
+            base: PayloadBase::Network,
+            offset: off,
+            len,
+        });
+        r.extend(prefix_cmp(net, CmpOp::Eq));
+    }
+    r.extend(meta_eq(MetaKey::L4Proto, vec![f.protocol.0]));
+    r.extend([
+        Expr::Payload {
+            base: PayloadBase::Transport,
+            offset: 2,
+            len: 2,
+        },
+        Expr::Cmp(CmpOp::Eq, f.port.to_be_bytes().to_vec()),
+        Expr::Counter,
+        Expr::Verdict(Verdict::Accept),
+    ]);
+    let dir = match direction {
+        Direction::Ingress => "inbound",
+        Direction::Egress => "outbound",
+    };
+    b.add_rule(
+        TABLE_NAME,
+        chain,
+        &r,
+        Some(&format!("failsafe {dir} {} {}", f.protocol.0, f.port)),
+    );
+}
+
 fn render_rule_list(
     b: &mut Batch,
     host: &HostProgram,
     id: &RuleListId,
     chain: &str,
+    untracked: bool,
 ) -> Result<(), RenderError> {
     let t = TABLE_NAME;
     let is_policy = matches!(id, RuleListId::Policy { .. });
@@ -515,6 +679,9 @@ fn render_rule_list(
             let what = format!("{list} rule {}", rule.index);
             let mut verdict = vec![Expr::Counter];
             match rule.action {
+                Action::Allow if untracked => {
+                    verdict.extend([Expr::Notrack, Expr::Verdict(Verdict::Accept)])
+                }
                 Action::Allow => verdict.push(Expr::Verdict(Verdict::Accept)),
                 Action::Deny => verdict.push(Expr::Verdict(Verdict::Drop)),
                 Action::Log => verdict.push(Expr::Log(format!("calico-rs {what}: "))),

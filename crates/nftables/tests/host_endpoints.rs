@@ -1,0 +1,355 @@
+//! Host endpoints with real traffic: a lab host `node1` whose `eth1` is a host endpoint, a
+//! client `client` on the same LAN, and a workload behind node1 (plumbed as Calico does it).
+//! Covers failsafe ports before policy, a doNotTrack allow that leaves no conntrack entry,
+//! and an applyOnForward deny on traffic forwarded to the workload.
+
+use std::io::{Read, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use calico_dataplane::sysctl::{self, Sysctl};
+use calico_dataplane::{CALICO_HOST_MAC, Netlink, RTPROT_BOOT, Route, VethSpec};
+use calico_lab::{Host, Lab};
+use calico_nftables::PolicyDataplane;
+use calico_policy::compile;
+use calico_policy::model::{
+    Action, Direction, HostEndpoint, LabelMap, Policy, PolicyModel, Port, Profile, Rule,
+    WorkloadEndpoint,
+};
+
+const NODE: &str = "node1";
+const NODE_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 33, 11);
+const WL_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 167, 2);
+const WL_IFACE: &str = "calihep0wl1";
+const WAIT: Duration = Duration::from_millis(800);
+
+/// TCP servers (answer one byte) in a namespace, stopped on drop.
+struct Servers {
+    stop: Arc<AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Servers {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+fn tcp_servers(ns: &Host, ports: &[u16]) -> Servers {
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut threads = Vec::new();
+    for &port in ports {
+        let (stop, path) = (stop.clone(), ns.netns_path());
+        let (tx, rx) = std::sync::mpsc::channel();
+        threads.push(std::thread::spawn(move || {
+            let f = std::fs::File::open(&path).expect("netns file");
+            // SAFETY: setns on a valid fd, affecting only this server thread.
+            assert_eq!(unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) }, 0);
+            let l = TcpListener::bind(("0.0.0.0", port)).expect("tcp bind");
+            l.set_nonblocking(true).expect("nonblocking");
+            tx.send(()).expect("ready");
+            while !stop.load(Ordering::SeqCst) {
+                match l.accept() {
+                    Ok((mut s, _)) => {
+                        let _ = s.write_all(b"k");
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        }));
+        rx.recv().expect("server started");
+    }
+    Servers { stop, threads }
+}
+
+/// Whether a TCP connection from `from` to `dst:port` gets the server's byte.
+fn tcp_ok(from: &Host, dst: Ipv4Addr, port: u16) -> bool {
+    from.run(move || {
+        let addr = SocketAddr::new(IpAddr::V4(dst), port);
+        let Ok(mut s) = TcpStream::connect_timeout(&addr, WAIT) else {
+            return false;
+        };
+        s.set_read_timeout(Some(WAIT)).expect("timeout");
+        let mut b = [0u8; 1];
+        matches!(s.read(&mut b), Ok(1))
+    })
+    .expect("tcp probe")
+}
+
+struct Rig {
+    _lab: Lab,
+    node: Host,
+    client: Host,
+    _wl: Host,
+    dp: PolicyDataplane,
+    _servers: Vec<Servers>,
+}
+
+async fn rig() -> Rig {
+    let lab = Lab::new().expect("lab");
+    let node = lab.add_host(NODE, "192.168.33.11/24").expect("node");
+    let client = lab.add_host("client", "192.168.33.12/24").expect("client");
+    sysctl::apply(Some(&node.netns_path()), &[Sysctl::ipv4_forwarding(true)]).expect("forwarding");
+    // A workload behind node1, as Calico plumbs it (IPv4 is enough here).
+    let wl = lab.add_namespace("wl1").expect("workload namespace");
+    let host_nl = Netlink::connect_in(&node.netns_path()).expect("node netlink");
+    host_nl
+        .create_veth(&VethSpec {
+            host_mac: Some(CALICO_HOST_MAC),
+            ..VethSpec::new(WL_IFACE, "cali0", wl.netns_path())
+        })
+        .await
+        .expect("veth");
+    let c = Netlink::connect_in(&wl.netns_path()).expect("workload netlink");
+    let addr = format!("{WL_IP}/32").parse().expect("cidr");
+    c.add_address("cali0", addr).await.expect("address");
+    c.replace_route(&Route::device(
+        "169.254.1.1/32".parse().expect("cidr"),
+        "cali0",
+        RTPROT_BOOT,
+    ))
+    .await
+    .expect("gateway route");
+    c.replace_route(&Route::gateway(
+        "0.0.0.0/0".parse().expect("cidr"),
+        "169.254.1.1".parse().expect("ip"),
+        Some("cali0"),
+        RTPROT_BOOT,
+    ))
+    .await
+    .expect("default route");
+    sysctl::apply(
+        Some(&node.netns_path()),
+        &sysctl::calico_host_veth(WL_IFACE, true, false),
+    )
+    .expect("sysctls");
+    host_nl
+        .replace_route(&Route::device(addr, WL_IFACE, RTPROT_BOOT))
+        .await
+        .expect("workload route");
+    // The client reaches the workload through node1 (inside the lab's namespaces only).
+    client
+        .exec_ok(&[
+            "ip",
+            "route",
+            "replace",
+            &format!("{WL_IP}/32"),
+            "via",
+            "192.168.33.11",
+        ])
+        .expect("client route");
+    let servers = vec![
+        tcp_servers(&node, &[22, 7070, 8080, 9090]),
+        tcp_servers(&wl, &[80, 443]),
+    ];
+    let dp = PolicyDataplane::new_in(&node.netns_path()).expect("policy dataplane");
+    Rig {
+        _lab: lab,
+        node,
+        client,
+        _wl: wl,
+        dp,
+        _servers: servers,
+    }
+}
+
+/// node1's eth1 as a host endpoint (label `role: edge`) and the workload (profile allowing
+/// everything), no policy yet.
+fn base_model() -> PolicyModel {
+    let mut m = PolicyModel::default();
+    m.profiles.push(Profile {
+        name: "open".into(),
+        labels_to_apply: LabelMap::new(),
+        ingress: vec![Rule::new(Action::Allow)],
+        egress: vec![Rule::new(Action::Allow)],
+    });
+    m.workload_endpoints.push(WorkloadEndpoint {
+        name: "wl1".into(),
+        node: NODE.into(),
+        namespace: "default".into(),
+        interface_name: WL_IFACE.into(),
+        ips: vec![format!("{WL_IP}/32").parse().expect("cidr")],
+        profiles: vec!["open".into()],
+        ..Default::default()
+    });
+    m.host_endpoints.push(HostEndpoint {
+        name: "node1-eth1".into(),
+        node: NODE.into(),
+        interface_name: Some("eth1".into()),
+        expected_ips: vec![IpAddr::V4(NODE_IP)],
+        labels: LabelMap::from([("role".to_string(), "edge".to_string())]),
+        ..Default::default()
+    });
+    m
+}
+
+fn tcp_rule(action: Action, dport: Option<u16>, sport: Option<u16>) -> Rule {
+    let mut r = Rule::new(action);
+    r.protocol = Some("TCP".into());
+    if let Some(p) = dport {
+        r.destination.ports = vec![Port::number(p)];
+    }
+    if let Some(p) = sport {
+        r.source.ports = vec![Port::number(p)];
+    }
+    r
+}
+
+/// Ingress to the host endpoint: only TCP 8080 (egress open so the host can answer new flows
+/// it starts; replies are established anyway).
+fn only_8080() -> Policy {
+    let mut p = Policy::new("edge-in", "role == 'edge'");
+    p.types = vec![Direction::Ingress, Direction::Egress];
+    p.ingress = vec![tcp_rule(Action::Allow, Some(8080), None)];
+    p.egress = vec![Rule::new(Action::Allow)];
+    p
+}
+
+impl Rig {
+    fn apply(&mut self, m: &PolicyModel) {
+        let prog = compile(m, Some(NODE)).expect("compile");
+        self.dp.apply(&prog).expect("apply");
+    }
+
+    fn table(&self) -> String {
+        self.node
+            .exec(&["nft", "list", "table", "inet", "calico-rs"])
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default()
+    }
+
+    /// Conntrack entries of node1 for a TCP destination port.
+    fn conntrack_entries(&self, dport: u16) -> usize {
+        let text = self
+            .node
+            .exec_ok(&["cat", "/proc/net/nf_conntrack"])
+            .expect("read conntrack table");
+        let needle = format!("dport={dport} ");
+        text.lines().filter(|l| l.contains(&needle)).count()
+    }
+
+    fn expect(&self, label: &str, cases: &[(Ipv4Addr, u16, bool)]) {
+        let mut failures = Vec::new();
+        for &(dst, port, allowed) in cases {
+            let real = tcp_ok(&self.client, dst, port);
+            if real != allowed {
+                failures.push(format!(
+                    "{label}: client -> {dst}:{port}: expected allowed={allowed}, got {real}"
+                ));
+            }
+        }
+        assert!(
+            failures.is_empty(),
+            "{}\n{}",
+            failures.join("\n"),
+            self.table()
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_endpoint_failsafe_donottrack_and_forward() {
+    let mut rig = rig().await;
+
+    // Without a host endpoint policy everything flows (the plumbing works).
+    rig.apply(&PolicyModel {
+        host_endpoints: Vec::new(),
+        ..base_model()
+    });
+    rig.expect(
+        "plumbing",
+        &[
+            (NODE_IP, 22, true),
+            (NODE_IP, 8080, true),
+            (NODE_IP, 9090, true),
+            (WL_IP, 80, true),
+        ],
+    );
+
+    // Ingress only 8080: 9090 denied, 22 still allowed as a failsafe port (Calico's default
+    // inbound list), checked before any policy.
+    let mut m = base_model();
+    m.policies.push(only_8080());
+    rig.apply(&m);
+    rig.expect(
+        "only 8080 + failsafe",
+        &[
+            (NODE_IP, 8080, true),
+            (NODE_IP, 22, true),
+            (NODE_IP, 9090, false),
+            (NODE_IP, 7070, false),
+        ],
+    );
+    // Without the failsafe list, 22 is denied like 9090: the failsafe rule is what let it in.
+    let mut no_failsafe = m.clone();
+    no_failsafe.failsafe.inbound.clear();
+    rig.apply(&no_failsafe);
+    rig.expect(
+        "no failsafe",
+        &[(NODE_IP, 22, false), (NODE_IP, 8080, true)],
+    );
+
+    // doNotTrack: allows 7070 (a port no earlier step connected to) both ways before
+    // conntrack, although the normal policy above denies it, and leaves no conntrack entry,
+    // while tracked 8080 does.
+    let mut dnt = Policy::new("edge-untracked", "role == 'edge'");
+    dnt.do_not_track = true;
+    dnt.apply_on_forward = true;
+    dnt.types = vec![Direction::Ingress, Direction::Egress];
+    dnt.ingress = vec![tcp_rule(Action::Allow, Some(7070), None)];
+    dnt.egress = vec![tcp_rule(Action::Allow, None, Some(7070))];
+    let mut m2 = m.clone();
+    m2.policies.push(dnt);
+    rig.apply(&m2);
+    rig.expect(
+        "doNotTrack 7070",
+        &[
+            (NODE_IP, 7070, true),
+            (NODE_IP, 8080, true),
+            (NODE_IP, 9090, false),
+        ],
+    );
+    assert_eq!(
+        rig.conntrack_entries(7070),
+        0,
+        "untracked flow has a conntrack entry\n{}",
+        rig.table()
+    );
+    assert!(
+        rig.conntrack_entries(8080) > 0,
+        "the tracked flow should leave a conntrack entry (the check must be able to fail)"
+    );
+
+    // applyOnForward: a host endpoint ingress policy denying TCP 80 to the workload applies to
+    // traffic forwarded through eth1; 443 to the same workload still flows.
+    let mut fwd = Policy::new("edge-forward", "role == 'edge'");
+    fwd.apply_on_forward = true;
+    fwd.order = Some(10.0);
+    fwd.types = vec![Direction::Ingress];
+    let mut deny80 = tcp_rule(Action::Deny, Some(80), None);
+    deny80.destination.nets = vec![format!("{WL_IP}/32").parse().expect("cidr")];
+    fwd.ingress = vec![deny80, Rule::new(Action::Allow)];
+    let mut m3 = base_model();
+    m3.policies.push(fwd);
+    rig.apply(&m3);
+    rig.expect(
+        "applyOnForward deny 80",
+        &[
+            (WL_IP, 80, false),
+            (WL_IP, 443, true),
+            (NODE_IP, 9090, true),
+        ],
+    );
+    // The same policy without applyOnForward does not touch forwarded traffic.
+    m3.policies[0].apply_on_forward = false;
+    rig.apply(&m3);
+    rig.expect("not applyOnForward", &[(WL_IP, 80, true)]);
+
+    rig.dp.remove().expect("remove");
+}
