@@ -351,5 +351,64 @@ async fn host_endpoint_failsafe_donottrack_and_forward() {
     rig.apply(&m3);
     rig.expect("not applyOnForward", &[(WL_IP, 80, true)]);
 
+    // preDNAT: node1 DNATs :8888 to the workload's :80 (a lab-only nat table). A preDNAT
+    // policy sees the packet before DNAT, so it matches the original port 8888, and blocks it
+    // while the same workload port stays reachable directly.
+    rig.node
+        .exec_ok(&["nft", "add table ip lab-nat"])
+        .expect("nat table");
+    rig.node
+        .exec_ok(&[
+            "nft",
+            "add chain ip lab-nat pre { type nat hook prerouting priority -100; }",
+        ])
+        .expect("nat chain");
+    rig.node
+        .exec_ok(&[
+            "nft",
+            &format!("add rule ip lab-nat pre tcp dport 8888 dnat to {WL_IP}:80"),
+        ])
+        .expect("dnat rule");
+    let open = base_model();
+    rig.apply(&open);
+    rig.expect("DNAT without policy", &[(NODE_IP, 8888, true)]);
+    let mut pre = Policy::new("edge-prednat", "role == 'edge'");
+    pre.pre_dnat = true;
+    pre.apply_on_forward = true;
+    pre.types = vec![Direction::Ingress];
+    pre.ingress = vec![tcp_rule(Action::Deny, Some(8888), None)];
+    let mut m4 = base_model();
+    m4.policies.push(pre.clone());
+    rig.apply(&m4);
+    rig.expect(
+        "preDNAT deny 8888",
+        &[(NODE_IP, 8888, false), (WL_IP, 80, true)],
+    );
+    // Matching the post-DNAT port instead would not catch it: a preDNAT deny of 80 to the
+    // workload's address never sees that destination on the DNATed flow (Calico's reason for
+    // preDNAT), and blocks only the direct path.
+    pre.ingress = vec![tcp_rule(Action::Deny, Some(80), None)];
+    let mut m5 = base_model();
+    m5.policies.push(pre);
+    rig.apply(&m5);
+    rig.expect(
+        "preDNAT deny 80 sees original port",
+        &[(NODE_IP, 8888, true), (WL_IP, 80, false)],
+    );
+
+    // `interfaceName: "*"`: the host endpoint covers every interface but loopback and
+    // workloads; eth1 included.
+    let mut all = m.clone();
+    all.host_endpoints[0].interface_name = Some("*".into());
+    rig.apply(&all);
+    rig.expect(
+        "interface *",
+        &[
+            (NODE_IP, 8080, true),
+            (NODE_IP, 22, true),
+            (NODE_IP, 9090, false),
+        ],
+    );
+
     rig.dp.remove().expect("remove");
 }
