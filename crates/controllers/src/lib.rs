@@ -19,6 +19,7 @@
 
 pub mod health;
 pub mod kinds;
+pub mod knp;
 pub mod leader;
 pub mod mirror;
 pub mod profiles;

@@ -148,7 +148,8 @@ async fn controller<K: MirroredKind>(ctx: Arc<Context>, mut lost: watch::Receive
 /// How often Namespaces and ServiceAccounts are listed and their profiles synced.
 pub const PROFILE_SYNC: Duration = Duration::from_secs(30);
 
-/// Keeps the `kns.*` / `ksa.*` profiles in etcd in line with the cluster (list and sync every
+/// Keeps the `kns.*` / `ksa.*` profiles and the `knp.default.*` policies in etcd in line with
+/// the cluster (list and sync every
 /// [`PROFILE_SYNC`]; level-triggered, so a missed change is repaired at the next round), until
 /// `lost` turns true.
 async fn profiles_loop(ctx: Arc<Context>, mut lost: watch::Receiver<bool>) {
@@ -168,6 +169,14 @@ async fn profiles_loop(ctx: Arc<Context>, mut lost: watch::Receiver<bool>) {
             Err(e) => {
                 ctx.metrics.reconcile_failed("Profile");
                 warn!(error = %e, "listing Namespaces and ServiceAccounts");
+            }
+        }
+        // Kubernetes NetworkPolicies -> knp.default.* policies, level-triggered the same way.
+        match crate::knp::list_and_sync(ctx.client.clone(), &ctx.mirror).await {
+            Ok(_) => ctx.metrics.reconcile_started("KubernetesNetworkPolicy"),
+            Err(e) => {
+                ctx.metrics.reconcile_failed("KubernetesNetworkPolicy");
+                warn!(error = %e, "syncing Kubernetes NetworkPolicies");
             }
         }
         tokio::select! {
