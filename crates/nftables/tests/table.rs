@@ -132,3 +132,97 @@ fn restarted_agent_replaces_the_table_and_sets_update_alone() {
     assert!(!out.status.success(), "table still there");
     dp.remove().expect("removing twice is fine");
 }
+
+/// Host endpoint chains as `nft -j` reads them back: hooks, priorities, failsafe rules first,
+/// and `notrack` in a doNotTrack policy's allow.
+#[test]
+fn host_endpoint_chains_read_back() {
+    use calico_policy::model::{Direction, HostEndpoint};
+    let lab = Lab::new().expect("lab");
+    let ns = lab.add_namespace("hep").expect("namespace");
+    let mut m = model("all()");
+    m.host_endpoints.push(HostEndpoint {
+        name: "n1-eth1".into(),
+        node: "node1".into(),
+        interface_name: Some("eth1".into()),
+        labels: LabelMap::from([("hep".to_string(), String::new())]),
+        ..Default::default()
+    });
+    let mut dnt = Policy::new("untracked", "has(hep)");
+    dnt.do_not_track = true;
+    dnt.apply_on_forward = true;
+    dnt.types = vec![Direction::Ingress];
+    dnt.ingress = vec![Rule::new(Action::Allow)];
+    m.policies.push(dnt);
+    let prog = compile(&m, Some("node1")).unwrap();
+    let mut dp = PolicyDataplane::new_in(&ns.netns_path()).expect("dataplane");
+    dp.apply(&prog).expect("apply");
+    let v = listing(&ns);
+    let items = v["nftables"].as_array().unwrap();
+    let chain = |name: &str| {
+        items
+            .iter()
+            .filter_map(|i| i.get("chain"))
+            .find(|c| c["name"] == name)
+            .unwrap_or_else(|| panic!("chain {name} missing"))
+            .clone()
+    };
+    for (name, hook, prio) in [
+        ("hep-raw-in", "prerouting", -300),
+        ("hep-raw-out", "output", -300),
+        ("hep-prednat", "prerouting", -150),
+        ("hep-in", "input", 1),
+        ("hep-out", "output", 1),
+        ("hep-fwd-in", "forward", 2),
+        ("hep-fwd-out", "forward", 3),
+    ] {
+        let c = chain(name);
+        assert_eq!(c["hook"], hook, "{name}");
+        assert_eq!(c["prio"], prio, "{name}");
+        assert_eq!(c["policy"], "accept", "{name}");
+    }
+    for name in [
+        "fh-eth1",
+        "th-eth1",
+        "fhfw-eth1",
+        "thfw-eth1",
+        "fhpd-eth1",
+        "fhu-eth1",
+    ] {
+        chain(name);
+    }
+    let rules: Vec<&Value> = items.iter().filter_map(|i| i.get("rule")).collect();
+    let comments_of = |c: &str| -> Vec<String> {
+        rules
+            .iter()
+            .filter(|r| r["chain"] == c)
+            .map(|r| r["comment"].as_str().unwrap_or("").to_owned())
+            .collect()
+    };
+    let fh = comments_of("fh-eth1");
+    assert_eq!(
+        fh.first().map(String::as_str),
+        Some("failsafe inbound 6 22")
+    );
+    let th = comments_of("th-eth1");
+    assert_eq!(
+        th.first().map(String::as_str),
+        Some("failsafe outbound 17 53")
+    );
+    assert!(
+        comments_of("fhfw-eth1")
+            .iter()
+            .all(|c| !c.starts_with("failsafe"))
+    );
+    let untracked = rules
+        .iter()
+        .filter(|r| r["chain"] == "pol:i:untracked")
+        .collect::<Vec<_>>();
+    assert!(!untracked.is_empty());
+    for r in untracked {
+        let text = r["expr"].to_string();
+        assert!(text.contains("\"notrack\""), "no notrack in {text}");
+        assert!(text.contains("\"accept\""), "no accept in {text}");
+    }
+    dp.remove().expect("remove");
+}
