@@ -14,16 +14,20 @@ use calico_dataplane::sysctl::{self, Sysctl};
 use calico_dataplane::{CALICO_HOST_MAC, Netlink, RTPROT_BOOT, Route, VethSpec};
 use calico_lab::{Host, Lab};
 use calico_nftables::PolicyDataplane;
-use calico_policy::compile;
 use calico_policy::model::{
     Action, Direction, HostEndpoint, LabelMap, Policy, PolicyModel, Port, Profile, Rule,
     WorkloadEndpoint,
 };
+use calico_policy::program::{EndpointId, HostProgram};
+use calico_policy::verdict::Outcome;
+use calico_policy::{Packet, Verdict, compile, evaluate, verdict};
 
 const NODE: &str = "node1";
 const NODE_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 33, 11);
 const WL_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 167, 2);
 const WL_IFACE: &str = "calihep0wl1";
+/// node1 DNATs this port to the workload's port 80 (preDNAT case).
+const DNAT_PORT: u16 = 8888;
 const WAIT: Duration = Duration::from_millis(800);
 
 /// TCP servers (answer one byte) in a namespace, stopped on drop.
@@ -83,6 +87,8 @@ fn tcp_ok(from: &Host, dst: Ipv4Addr, port: u16) -> bool {
 }
 
 struct Rig {
+    /// The last program applied (for the reference evaluator).
+    prog: HostProgram,
     _lab: Lab,
     node: Host,
     client: Host,
@@ -150,6 +156,7 @@ async fn rig() -> Rig {
     ];
     let dp = PolicyDataplane::new_in(&node.netns_path()).expect("policy dataplane");
     Rig {
+        prog: HostProgram::default(),
         _lab: lab,
         node,
         client,
@@ -215,6 +222,34 @@ impl Rig {
     fn apply(&mut self, m: &PolicyModel) {
         let prog = compile(m, Some(NODE)).expect("compile");
         self.dp.apply(&prog).expect("apply");
+        self.prog = prog;
+    }
+
+    /// calico-policy's reference evaluator for a new TCP connection from the client to the
+    /// host itself, through the host endpoint's chains in packet order: untracked ingress (an
+    /// allow there is final), pre-DNAT ingress (a deny is final), normal ingress (failsafe
+    /// ports first). `None` when the destination is not the host or node1 has no host
+    /// endpoint on eth1.
+    fn reference_to_host(&self, dst: Ipv4Addr, port: u16) -> Option<bool> {
+        if dst != NODE_IP || port == DNAT_PORT {
+            // DNAT_PORT is forwarded to the workload, not delivered to the host.
+            return None;
+        }
+        let ep = self.prog.endpoints.get(&EndpointId::Host {
+            name: "node1-eth1".into(),
+        })?;
+        let client = IpAddr::V4(Ipv4Addr::new(192, 168, 33, 12));
+        let p = Packet::tcp(client, 40000, IpAddr::V4(dst), port);
+        let h = ep.host.as_ref()?;
+        match evaluate(&h.untracked_ingress, &self.prog, &p).outcome {
+            Outcome::Allow => return Some(true),
+            Outcome::Deny => return Some(false),
+            Outcome::Continue => {}
+        }
+        if evaluate(&h.pre_dnat_ingress, &self.prog, &p).outcome == Outcome::Deny {
+            return Some(false);
+        }
+        Some(verdict(ep, Direction::Ingress, &self.prog, &p) == Verdict::Allow)
     }
 
     fn table(&self) -> String {
@@ -238,9 +273,10 @@ impl Rig {
         let mut failures = Vec::new();
         for &(dst, port, allowed) in cases {
             let real = tcp_ok(&self.client, dst, port);
-            if real != allowed {
+            let reference = self.reference_to_host(dst, port);
+            if real != allowed || reference.is_some_and(|r| r != allowed) {
                 failures.push(format!(
-                    "{label}: client -> {dst}:{port}: expected allowed={allowed}, got {real}"
+                    "{label}: client -> {dst}:{port}: expected allowed={allowed}, got {real}, reference {reference:?}"
                 ));
             }
         }
