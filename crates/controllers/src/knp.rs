@@ -8,6 +8,11 @@
 //! [`list_and_sync`] lists the KNPs through the API first. A KNP that cannot be translated is
 //! reported and its last etcd copy is kept (an invalid update is never mirrored); a
 //! `knp.default.*` policy without the owner mark is never touched.
+//!
+//! Calico's name rules let a user apply a projectcalico.org NetworkPolicy named `knp.default.x`
+//! too, and the CRD reconciler mirrors it with the same owner mark. So the copies made here also
+//! carry [`SOURCE_ANNOTATION`]: this sync deletes or overwrites only policies with that mark,
+//! and the two writers can never undo each other (a clash is logged and the etcd copy kept).
 
 use std::collections::BTreeSet;
 
@@ -26,6 +31,20 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::{Api, ListParams, ObjectMeta};
 
 use crate::mirror::{EtcdMirror, MirrorError, owned_by_kubernetes};
+
+/// Marks an etcd policy as the translation of a Kubernetes NetworkPolicy.
+pub const SOURCE_ANNOTATION: &str = "projectcalico.org/source";
+/// Value of [`SOURCE_ANNOTATION`] on translated policies.
+pub const SOURCE_KNP: &str = "networking.k8s.io/NetworkPolicy";
+
+fn from_knp(meta: &ObjectMeta) -> bool {
+    owned_by_kubernetes(meta)
+        && meta
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(SOURCE_ANNOTATION))
+            .is_some_and(|v| v == SOURCE_KNP)
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum KnpSyncError {
@@ -336,6 +355,7 @@ pub fn calico_policy(knp: &k8s::NetworkPolicy) -> Result<NetworkPolicy, KnpSyncE
         metadata: ObjectMeta {
             name: Some(p.name.clone()),
             namespace: Some(input.namespace.clone()),
+            annotations: Some([(SOURCE_ANNOTATION.to_string(), SOURCE_KNP.to_string())].into()),
             ..ObjectMeta::default()
         },
         spec: NetworkPolicySpec {
@@ -355,6 +375,9 @@ pub fn calico_policy(knp: &k8s::NetworkPolicy) -> Result<NetworkPolicy, KnpSyncE
 pub struct Plan {
     /// Policies to create or update (the mirror skips unchanged ones).
     pub upsert: Vec<NetworkPolicy>,
+    /// `(namespace, name)` of translations not written because etcd holds a policy of that
+    /// name from another writer (calicoctl, or a projectcalico.org object in Kubernetes).
+    pub clash: Vec<(String, String)>,
     /// `(namespace, name)` of Kubernetes-owned `knp.default.*` policies whose KNP is gone.
     pub delete: Vec<(String, String)>,
     /// KNPs that could not be translated (their etcd copies, if any, are kept).
@@ -371,13 +394,28 @@ pub fn plan(knps: &[k8s::NetworkPolicy], in_etcd: &[NetworkPolicy]) -> Plan {
         let name = knp.metadata.name.clone().unwrap_or_default();
         existing.insert((ns, format!("{KNP_PREFIX}{name}")));
         match calico_policy(knp) {
-            Ok(p) => out.upsert.push(p),
+            Ok(p) => {
+                let key = (
+                    p.metadata.namespace.clone().unwrap_or_default(),
+                    p.metadata.name.clone().unwrap_or_default(),
+                );
+                let other_writer = in_etcd.iter().any(|s| {
+                    s.metadata.namespace.as_ref() == Some(&key.0)
+                        && s.metadata.name.as_ref() == Some(&key.1)
+                        && !from_knp(&s.metadata)
+                });
+                if other_writer {
+                    out.clash.push(key);
+                } else {
+                    out.upsert.push(p);
+                }
+            }
             Err(e) => out.invalid.push(e.to_string()),
         }
     }
     out.delete = in_etcd
         .iter()
-        .filter(|p| owned_by_kubernetes(&p.metadata))
+        .filter(|p| from_knp(&p.metadata))
         .filter_map(|p| Some((p.metadata.namespace.clone()?, p.metadata.name.clone()?)))
         .filter(|(_, n)| n.starts_with(KNP_PREFIX))
         .filter(|key| !existing.contains(key))
@@ -397,14 +435,15 @@ pub async fn sync(mirror: &EtcdMirror, knps: &[k8s::NetworkPolicy]) -> Result<Pl
     for reason in &plan.invalid {
         tracing::warn!(%reason, "Kubernetes NetworkPolicy not mirrored");
     }
+    for (namespace, name) in &plan.clash {
+        tracing::warn!(
+            %namespace, %name,
+            "Kubernetes NetworkPolicy not mirrored: etcd holds a policy of that name from \
+             calicoctl or a projectcalico.org object; rename or delete one of them"
+        );
+    }
     for p in &plan.upsert {
-        match mirror.upsert(p).await {
-            Ok(_) => {}
-            Err(e @ MirrorError::NotOwned { .. }) => {
-                tracing::warn!(error = %e, "Kubernetes NetworkPolicy not mirrored")
-            }
-            Err(e) => return Err(e.into()),
-        }
+        mirror.upsert(p).await?;
     }
     for (ns, name) in &plan.delete {
         if let Some(p) = in_etcd.iter().find(|p| {
@@ -521,31 +560,50 @@ mod tests {
                 "metadata": {"name": name, "namespace": ns}, "spec": {"podSelector": {}}
             })))
             .unwrap();
-            p.metadata.annotations = Some(
-                [(
+            p.metadata
+                .annotations
+                .get_or_insert_with(Default::default)
+                .insert(
                     crate::OWNER_ANNOTATION.to_string(),
                     crate::OWNER_KUBERNETES.to_string(),
-                )]
-                .into(),
-            );
+                );
             p
         };
         let mut foreign = owned("n", "foreign");
         foreign.metadata.annotations = None;
+        // A projectcalico.org NetworkPolicy applied with kubectl under a knp. name: owned by
+        // Kubernetes but not a translation; never deleted or overwritten here.
+        let mut crd = owned("n", "crd");
+        crd.metadata
+            .annotations
+            .as_mut()
+            .expect("annotations")
+            .remove(SOURCE_ANNOTATION);
         let in_etcd = vec![
             owned("n", "keep"),
             owned("n", "gone"),
             owned("n", "broken"),
             owned("other", "keep"),
             foreign,
+            crd.clone(),
+            {
+                let mut c = crd;
+                c.metadata.name = Some("knp.default.crd2".into());
+                c
+            },
         ];
         let knps = [
             knp(json!({"metadata": {"name": "keep", "namespace": "n"}, "spec": {}})),
+            knp(json!({"metadata": {"name": "crd", "namespace": "n"}, "spec": {}})),
             knp(json!({"metadata": {"name": "broken", "namespace": "n"},
                        "spec": {"policyTypes": ["Sideways"]}})),
         ];
         let p = plan(&knps, &in_etcd);
         assert_eq!(p.upsert.len(), 1);
+        assert_eq!(
+            p.clash,
+            vec![("n".to_string(), "knp.default.crd".to_string())]
+        );
         assert_eq!(p.invalid.len(), 1, "{:?}", p.invalid);
         assert!(
             p.invalid[0].contains("spec.policyTypes[0]"),

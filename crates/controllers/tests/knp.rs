@@ -3,7 +3,7 @@
 //! written to a REAL etcd (calico_lab).
 
 use calico_api::NetworkPolicy;
-use calico_controllers::knp::list_and_sync;
+use calico_controllers::knp::{SOURCE_ANNOTATION, SOURCE_KNP, list_and_sync};
 use calico_controllers::mirror::EtcdMirror;
 use calico_controllers::{OWNER_ANNOTATION, OWNER_KUBERNETES};
 use calico_datastore::{Datastore, EtcdConfig};
@@ -117,6 +117,10 @@ async fn kubernetes_network_policies_follow_into_etcd() {
     assert_eq!(
         web.metadata.annotations.as_ref().expect("annotations")[OWNER_ANNOTATION],
         OWNER_KUBERNETES
+    );
+    assert_eq!(
+        web.metadata.annotations.as_ref().expect("annotations")[SOURCE_ANNOTATION],
+        SOURCE_KNP
     );
     assert_eq!(web.spec.order, Some(1000.0));
     assert_eq!(web.spec.tier.as_deref(), Some("default"));
