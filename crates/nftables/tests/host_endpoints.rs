@@ -153,6 +153,7 @@ async fn rig() -> Rig {
     let servers = vec![
         tcp_servers(&node, &[22, 7070, 8080, 9090]),
         tcp_servers(&wl, &[80, 443]),
+        tcp_servers(&client, &[179, 9090]),
     ];
     let dp = PolicyDataplane::new_in(&node.netns_path()).expect("policy dataplane");
     Rig {
@@ -431,6 +432,34 @@ async fn host_endpoint_failsafe_donottrack_and_forward() {
         "preDNAT deny 80 sees original port",
         &[(NODE_IP, 8888, true), (WL_IP, 80, false)],
     );
+
+    // Egress from the host: a policy with no egress rule drops what node1 sends out of eth1,
+    // except Calico's outbound failsafe ports (TCP 179 here).
+    let mut egress = Policy::new("edge-out", "role == 'edge'");
+    egress.types = vec![Direction::Egress];
+    let mut m6 = base_model();
+    m6.policies.push(egress);
+    rig.apply(&m6);
+    let client_ip = Ipv4Addr::new(192, 168, 33, 12);
+    let out_9090 = tcp_ok(&rig.node, client_ip, 9090);
+    let out_179 = tcp_ok(&rig.node, client_ip, 179);
+    assert!(
+        !out_9090 && out_179,
+        "host egress: 9090 allowed={out_9090} (want false), failsafe 179 allowed={out_179} (want true)\n{}",
+        rig.table()
+    );
+    // A host endpoint with no policy at all is default-deny too (Calico); without the host
+    // endpoint the host's traffic is not policed.
+    rig.apply(&base_model());
+    assert!(
+        !tcp_ok(&rig.node, client_ip, 9090),
+        "host endpoint without policy"
+    );
+    rig.apply(&PolicyModel {
+        host_endpoints: Vec::new(),
+        ..base_model()
+    });
+    assert!(tcp_ok(&rig.node, client_ip, 9090), "no host endpoint");
 
     // `interfaceName: "*"`: the host endpoint covers every interface but loopback and
     // workloads; eth1 included.
