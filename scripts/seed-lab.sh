@@ -58,6 +58,9 @@ start_dockerd() {
 stop_dockerd() {
   local n=$1 dir=$DATA/$1/docker
   if docker_on "$n" version >/dev/null 2>&1; then
+    # Workloads first, while calico-node still serves the drivers: removing them after it is
+    # gone makes dockerd retry every driver call for ~15 s each.
+    docker_on "$n" ps -a --format '{{.ID}} {{.Names}}' | awk '$2 != "calico-node" {print $1}' | xargs -r docker -H "unix://$(sock_of "$n")" rm -f >/dev/null 2>&1 || true
     docker_on "$n" ps -aq | xargs -r docker -H "unix://$(sock_of "$n")" rm -f >/dev/null 2>&1 || true
   fi
   if [[ -f $dir/docker.pid ]]; then

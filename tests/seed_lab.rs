@@ -70,6 +70,11 @@ fn seed_lab_two_docker_hosts_route_busybox_to_busybox_over_bgp() {
         eprintln!("skipped: needs root (network namespaces)");
         return;
     }
+    // One user of the fixed lab-* namespaces at a time (tests/seed_restart.rs,
+    // scripts/bench-docker.sh): held until the test ends, after the guard's teardown.
+    std::fs::create_dir_all("/run/calico-lab").expect("create /run/calico-lab");
+    let seed_lock = std::fs::File::create("/run/calico-lab/seed.lock").expect("open the seed lock");
+    seed_lock.lock().expect("lock /run/calico-lab/seed.lock");
     let _guard = LabGuard;
     let up = script(&[]);
     let text = String::from_utf8_lossy(&up.stdout).into_owned();
