@@ -283,6 +283,7 @@ async fn reconcile(
                 .find(|n| n.name == started.node_name)
                 .and_then(|n| n.rr_cluster_id.as_deref())
                 .and_then(|c| c.parse().ok()),
+            bgp_filters: snap.bgp_filters.clone(),
         };
         sp.apply(&view);
         inputs.learned = sp.learned();

@@ -21,6 +21,7 @@ use ipnet::IpNet;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
+use crate::bgpfilter;
 use crate::peering::{self, Session, SessionKind};
 use crate::status::{PeerRow, PeerType};
 
@@ -28,7 +29,7 @@ use crate::status::{PeerRow, PeerType};
 pub const DEFAULT_SECRETS_DIR: &str = "/etc/calico/bgp-secrets";
 
 /// What the agent wants from BGP right now.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct SpeakerView {
     pub router_id: Option<IpAddr>,
     pub local_as: u32,
@@ -38,6 +39,8 @@ pub struct SpeakerView {
     pub local_v4: Option<IpAddr>,
     pub local_v6: Option<IpAddr>,
     pub cluster_id: Option<Ipv4Addr>,
+    /// BGPFilter resources by name, for the sessions' `filters`.
+    pub bgp_filters: BTreeMap<String, calico_api::BGPFilterSpec>,
 }
 
 pub struct BgpControl {
@@ -88,6 +91,18 @@ pub fn speaker_config(
                 None => None,
                 Some(r) => Some(read_secret(secrets_dir, r)?),
             };
+            // A filter we cannot honour keeps the session down rather than leak routes.
+            let filters = match bgpfilter::peer_filters(
+                &s.filters,
+                &view.bgp_filters,
+                s.peer_address.is_ipv6(),
+            ) {
+                Ok(f) => f,
+                Err(e) => {
+                    warn!(peer = %s.peer_address, error = %e, "BGP session stays down");
+                    return None;
+                }
+            };
             Some(PeerConfig {
                 address: s.peer_address,
                 port: s.peer_port,
@@ -104,8 +119,8 @@ pub fn speaker_config(
                     peering::NextHopMode::Keep => NextHopMode::Keep,
                 },
                 route_reflector_client: s.route_reflector_client,
-                import: vec![],
-                export: vec![],
+                import: filters.import,
+                export: filters.export,
                 passive: false,
                 families: Some(vec![AfiName::of(s.peer_address)]),
                 connect_retry: Some(1),
@@ -283,6 +298,7 @@ mod tests {
             local_v4: Some("192.168.33.11".parse().unwrap()),
             local_v6: None,
             cluster_id: None,
+            bgp_filters: BTreeMap::new(),
         }
     }
 
@@ -313,6 +329,22 @@ mod tests {
         v.sessions[0].password.as_mut().unwrap().key = "missing".into();
         assert!(speaker_config(&v, false, &dir).peers.is_empty());
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn peer_filters_reach_the_speaker_and_a_bad_one_keeps_the_session_down() {
+        let mut v = view();
+        v.sessions[0].filters = vec!["f".into()];
+        let dir = std::path::Path::new("/nonexistent");
+        // Unknown filter: no session.
+        assert!(speaker_config(&v, false, dir).peers.is_empty());
+        v.bgp_filters.insert(
+            "f".into(),
+            serde_yaml_ng::from_str("exportV4:\n  - action: Reject\n").unwrap(),
+        );
+        let cfg = speaker_config(&v, false, dir);
+        assert_eq!(cfg.peers[0].export.len(), 1);
+        assert!(cfg.peers[0].import.is_empty());
     }
 
     #[test]

@@ -4,6 +4,7 @@
 pub mod agent;
 pub mod autodetect;
 pub mod bgp;
+pub mod bgpfilter;
 pub mod config;
 pub mod libnetwork;
 pub mod peering;

@@ -42,6 +42,8 @@ pub struct Snapshot {
     pub workloads: Vec<LocalWorkload>,
     /// CIDRs of pools with `disableBGPExport: true`: routed locally, never announced.
     pub no_export: Vec<IpNet>,
+    /// BGPFilter resources by name (BGPPeers refer to them).
+    pub bgp_filters: BTreeMap<String, calico_api::BGPFilterSpec>,
 }
 
 /// Converts a Calico Node into what the peering rules read.
@@ -240,8 +242,17 @@ pub async fn read_snapshot(
         .filter(|p| p.spec.disable_bgp_export == Some(true))
         .filter_map(|p| p.spec.cidr.parse::<IpNet>().ok())
         .collect();
+    let bgp_filters = ds
+        .list::<calico_api::BGPFilter>(None)
+        .await
+        .map_err(err("listing BGPFilters"))?
+        .items
+        .into_iter()
+        .filter_map(|f| Some((f.metadata.name?, f.spec)))
+        .collect();
     Ok(Snapshot {
         no_export,
+        bgp_filters,
         nodes,
         global: global_view(&configs),
         peers,

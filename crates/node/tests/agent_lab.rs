@@ -301,6 +301,94 @@ fn two_agents_mesh_and_route_each_others_blocks() {
     c.wait_routes(2, &[blackhole(&block2), via(&block1, ip1)], &[]);
 }
 
+/// Applies Calico YAML documents (one per string) from inside the etcd host's namespace.
+fn apply_yaml(c: &Cluster, docs: &[&str]) {
+    let docs: Vec<String> = docs.iter().map(|d| d.to_string()).collect();
+    c.with_datastore(async move |ds: &Datastore, _| {
+        for doc in docs {
+            let value: serde_json::Value = serde_yaml_ng::from_str(&doc).expect("yaml");
+            match value["kind"].as_str() {
+                Some("BGPConfiguration") => ds
+                    .apply(&serde_json::from_value::<calico_api::BGPConfiguration>(value).unwrap())
+                    .await
+                    .map(|_| ()),
+                Some("BGPPeer") => ds
+                    .apply(&serde_json::from_value::<calico_api::BGPPeer>(value).unwrap())
+                    .await
+                    .map(|_| ()),
+                Some("BGPFilter") => ds
+                    .apply(&serde_json::from_value::<calico_api::BGPFilter>(value).unwrap())
+                    .await
+                    .map(|_| ()),
+                other => panic!("unexpected kind {other:?}"),
+            }
+            .expect("apply");
+        }
+    })
+}
+
+#[test]
+fn a_bgp_filter_on_an_explicit_peer_stops_the_export_until_it_is_removed() {
+    let mut c = Cluster::new(2);
+    let (ip1, ip2) = (c.node(1).host.ip(), c.node(2).host.ip());
+    // No mesh: two node-specific peers, node1's with an export filter rejecting all IPv4.
+    let peer1 = |filters: &str| {
+        format!(
+            "apiVersion: projectcalico.org/v3\nkind: BGPPeer\nmetadata:\n  name: node1-to-node2\n\
+             spec:\n  node: node1\n  peerIP: {ip2}\n  asNumber: 64512\n  filters: {filters}\n"
+        )
+    };
+    let peer2 = format!(
+        "apiVersion: projectcalico.org/v3\nkind: BGPPeer\nmetadata:\n  name: node2-to-node1\n\
+         spec:\n  node: node2\n  peerIP: {ip1}\n  asNumber: 64512\n"
+    );
+    apply_yaml(
+        &c,
+        &[
+            "apiVersion: projectcalico.org/v3\nkind: BGPConfiguration\nmetadata:\n  name: default\n\
+             spec:\n  nodeToNodeMeshEnabled: false\n",
+            "apiVersion: projectcalico.org/v3\nkind: BGPFilter\nmetadata:\n  name: export-nothing\n\
+             spec:\n  exportV4:\n    - action: Reject\n",
+            &peer1("[export-nothing]"),
+            &peer2,
+        ],
+    );
+    c.start_agent(1);
+    c.start_agent(2);
+    let established = |i: usize, peer: IpAddr| {
+        wait_for(WAIT, || {
+            let st = c.node_status(i);
+            st.lines()
+                .any(|l| {
+                    l.contains(&format!("| {peer} "))
+                        && l.contains("node specific")
+                        && l.contains("Established")
+                })
+                .then_some(())
+        })
+        .unwrap_or_else(|| panic!("node{i}: no session to {peer}:\n{}", c.agent_log(i)))
+    };
+    established(1, ip2);
+    established(2, ip1);
+
+    let (_, block1) = c.allocate("node1");
+    let (_, block2) = c.allocate("node2");
+    // node2 exports to node1 (no filter on that side) ...
+    c.wait_routes(1, &[blackhole(&block1), via(&block2, ip2)], &[]);
+    c.wait_routes(2, &[blackhole(&block2)], &[]);
+    // ... while node1's filter keeps its block from node2, well after routes have flowed.
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        !c.routes(2).contains(&via(&block1, ip1)),
+        "node1 exported its block through a Reject-all filter: {:?}\nnode1 log:\n{}",
+        c.routes(2),
+        c.agent_log(1)
+    );
+    // Removing the filter lets the block through: the filter was what held it back.
+    apply_yaml(&c, &[&peer1("[]")]);
+    c.wait_routes(2, &[via(&block1, ip1)], &[]);
+}
+
 #[test]
 fn three_agents_full_mesh_and_a_deleted_node_is_withdrawn() {
     let mut c = Cluster::new(3);
