@@ -39,6 +39,8 @@ use crate::status::{self, NodeStatus};
 
 /// How often the agent recomputes everything even without a trigger.
 const RESYNC_EVERY: Duration = Duration::from_secs(30);
+/// How often the status rows served to `calicoctl node status` are refreshed.
+const STATUS_REFRESH: Duration = Duration::from_secs(1);
 /// Longest wait for the speaker's initial sync before stale learned routes may be removed.
 const LEARNED_ROUTES_GRACE: Duration = Duration::from_secs(120);
 /// Triggers arriving within this window are handled by one reconcile.
@@ -220,26 +222,37 @@ pub async fn run(cfg: NodeConfig, etcd: EtcdClient) -> Result<(), AgentError> {
     println!("Calico node started successfully");
     let started_at = Instant::now();
     loop {
+        let mut failed = false;
         if let Err(e) = reconcile(&ds, &ipam, &nl, &started, speaker.as_mut(), started_at).await {
             warn!(error = %e, source = ?std::error::Error::source(&e), "reconcile failed; will retry");
+            failed = true;
         }
         if let Some(p) = policy.as_mut()
             && let Err(e) = p.sync(&ds, &started.node_name).await
         {
             warn!(error = %e, source = ?std::error::Error::source(&e), "policy sync failed; the last table stays in force");
+            failed = true;
         }
-        if let Some(sp) = &speaker
-            && let Ok(mut s) = status.lock()
-        {
-            let (v4, v6) = sp.peer_rows();
-            s.ipv4_peers = v4;
-            s.ipv6_peers = v6;
+        // Wait for the next trigger. Session state changes do not trigger a reconcile (nothing
+        // in the datastore changed), so the status rows are refreshed every second meanwhile:
+        // cheap, and `calicoctl node status` never lags a session by more than that.
+        loop {
+            if let Some(sp) = &speaker
+                && let Ok(mut s) = status.lock()
+            {
+                let (v4, v6) = sp.peer_rows();
+                s.ipv4_peers = v4;
+                s.ipv6_peers = v6;
+            }
+            match tokio::time::timeout(STATUS_REFRESH, trigger_rx.recv()).await {
+                Ok(Some(())) => break,
+                Ok(None) => return Ok(()),
+                // A failed round is retried after one refresh period, not at the next resync.
+                Err(_elapsed) if failed => break,
+                Err(_elapsed) => {}
+            }
         }
-        // Wait for the next trigger, then swallow those that arrive right behind it.
-        let waited = tokio::time::timeout(Duration::from_secs(1), trigger_rx.recv()).await;
-        if let Ok(None) = waited {
-            return Ok(());
-        }
+        // Swallow the triggers that arrive right behind the first.
         tokio::time::sleep(COALESCE).await;
         while trigger_rx.try_recv().is_ok() {}
     }
