@@ -112,13 +112,13 @@ where
     })
 }
 
-/// Runs the future made by `f` on a new thread inside the namespace at `path`, with that
-/// thread's own current-thread runtime and a netlink connection opened there. Blocks the
-/// caller until it finishes: from async code, call it through `spawn_blocking`, or prefer
-/// [`Netlink::connect_in`], which needs no thread per call.
-pub fn with_netlink_in<R, F, Fut>(path: &Path, f: F) -> Result<R, NetnsError>
+/// Runs the future made by `f` to completion on a new thread inside the namespace at `path`,
+/// on that thread's own current-thread tokio runtime (sockets it opens belong to the
+/// namespace). Blocks the caller until it finishes: from async code, call it through
+/// `spawn_blocking`.
+pub fn run_async_in<R, F, Fut>(path: &Path, f: F) -> Result<R, NetnsError>
 where
-    F: FnOnce(Netlink) -> Fut + Send,
+    F: FnOnce() -> Fut + Send,
     Fut: Future<Output = R>,
     R: Send,
 {
@@ -130,12 +130,23 @@ where
                 path: path.to_owned(),
                 source,
             })?;
-        rt.block_on(async {
-            let nl = Netlink::connect().map_err(|source| NetnsError::Connect {
-                path: path.to_owned(),
-                source: Box::new(source),
-            })?;
-            Ok(f(nl).await)
-        })
+        Ok(rt.block_on(f()))
+    })?
+}
+
+/// [`run_async_in`] with a netlink connection opened inside the namespace. Prefer
+/// [`Netlink::connect_in`], which needs no thread per call.
+pub fn with_netlink_in<R, F, Fut>(path: &Path, f: F) -> Result<R, NetnsError>
+where
+    F: FnOnce(Netlink) -> Fut + Send,
+    Fut: Future<Output = R>,
+    R: Send,
+{
+    run_async_in(path, || async {
+        let nl = Netlink::connect().map_err(|source| NetnsError::Connect {
+            path: path.to_owned(),
+            source: Box::new(source),
+        })?;
+        Ok(f(nl).await)
     })?
 }
