@@ -50,8 +50,12 @@ const COALESCE: Duration = Duration::from_millis(20);
 pub enum AgentError {
     #[error(transparent)]
     Snapshot(#[from] SnapshotError),
-    #[error("kernel: {what}: {detail}")]
-    Kernel { what: String, detail: String },
+    #[error("kernel: {what}")]
+    Kernel {
+        what: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     #[error("peering")]
     Peering(#[from] peering::PeeringError),
     #[error("start-up")]
@@ -85,7 +89,7 @@ async fn present_routes(nl: &Netlink) -> Result<BTreeSet<KernelRoute>, AgentErro
         .await
         .map_err(|e| AgentError::Kernel {
             what: "listing routes".into(),
-            detail: e.to_string(),
+            source: Box::new(e),
         })?;
     Ok(all
         .iter()
@@ -117,7 +121,7 @@ async fn apply_routes(
             .await
             .map_err(|e| AgentError::Kernel {
                 what: format!("installing {}", to_kernel(r)),
-                detail: e.to_string(),
+                source: Box::new(e),
             })?;
     }
     for r in &diff.remove {
@@ -130,7 +134,7 @@ async fn apply_routes(
             .await
             .map_err(|e| AgentError::Kernel {
                 what: format!("removing {}", to_kernel(r)),
-                detail: e.to_string(),
+                source: Box::new(e),
             })?;
     }
     Ok(())
@@ -163,7 +167,7 @@ pub async fn run(cfg: NodeConfig, etcd: EtcdClient) -> Result<(), AgentError> {
 
     let nl = Netlink::connect().map_err(|e| AgentError::Kernel {
         what: "opening netlink".into(),
-        detail: e.to_string(),
+        source: Box::new(e),
     })?;
     let (trigger_tx, mut trigger_rx) = mpsc::channel::<()>(64);
     // Our own routes already in the kernel mean this agent is restarting: peers are asked
@@ -173,7 +177,7 @@ pub async fn run(cfg: NodeConfig, etcd: EtcdClient) -> Result<(), AgentError> {
         .await
         .map_err(|e| AgentError::Kernel {
             what: "listing routes".into(),
-            detail: e.to_string(),
+            source: Box::new(e),
         })?
         .is_empty();
     if restarted {
