@@ -326,14 +326,21 @@ impl StateDir {
                 })?;
                 Ok(StateDir::Fixed(p.to_owned()))
             }
-            None => tempfile::Builder::new()
-                .prefix("calico-lab-etcd-")
-                .tempdir()
-                .map(StateDir::Temp)
-                .map_err(|source| EtcdError::StateDir {
-                    path: std::env::temp_dir(),
+            None => {
+                let dir = tempfile::Builder::new()
+                    .prefix(crate::state::ETCD_TEMP_PREFIX)
+                    .tempdir()
+                    .map_err(|source| EtcdError::StateDir {
+                        path: std::env::temp_dir(),
+                        source,
+                    })?;
+                // Dropped with us; if we are killed first, the sweeper finds the owner gone.
+                crate::state::write_owner(dir.path()).map_err(|source| EtcdError::StateDir {
+                    path: dir.path().to_owned(),
                     source,
-                }),
+                })?;
+                Ok(StateDir::Temp(dir))
+            }
         }
     }
 

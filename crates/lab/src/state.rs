@@ -103,17 +103,63 @@ impl RunRecord {
 
     /// True when the owner is gone (or was replaced by another process with its PID).
     pub fn owner_dead(&self) -> bool {
-        let Some(pid) = self.owner_pid else {
-            return false;
-        };
-        if !pid_alive(pid) {
-            return true;
-        }
-        match (self.owner_start, pid_start_time(pid)) {
-            (Some(recorded), Some(now)) => recorded != now,
-            _ => false,
-        }
+        self.owner_pid
+            .is_some_and(|pid| process_gone(pid, self.owner_start))
     }
+}
+
+/// Whether process `pid` (started at `start`, when known) no longer exists: dead, or its PID
+/// now belongs to another process.
+fn process_gone(pid: u32, start: Option<u64>) -> bool {
+    if !pid_alive(pid) {
+        return true;
+    }
+    match (start, pid_start_time(pid)) {
+        (Some(recorded), Some(now)) => recorded != now,
+        _ => false,
+    }
+}
+
+/// Prefix of the temporary directories that etcds started by tests keep their data in.
+pub const ETCD_TEMP_PREFIX: &str = "calico-lab-etcd-";
+/// File in such a directory naming the process that owns it: `<pid> <start time>`.
+const OWNER_FILE: &str = "lab-owner";
+
+/// Marks `dir` as owned by this process, so that [`sweep`] removes it if the process is
+/// killed before it can clean up (a SIGKILLed test never runs its destructors).
+pub fn write_owner(dir: &Path) -> std::io::Result<()> {
+    let pid = std::process::id();
+    let start = pid_start_time(pid).unwrap_or(0);
+    std::fs::write(dir.join(OWNER_FILE), format!("{pid} {start}"))
+}
+
+/// Owned temporary directories (see [`write_owner`]) whose owner is gone.
+fn orphaned_temp_dirs() -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with(ETCD_TEMP_PREFIX)
+        })
+        .map(|e| e.path())
+        .filter(|dir| {
+            let Ok(text) = std::fs::read_to_string(dir.join(OWNER_FILE)) else {
+                return false; // no owner recorded: not ours to judge
+            };
+            let mut parts = text.split_whitespace();
+            match (
+                parts.next().and_then(|p| p.parse::<u32>().ok()),
+                parts.next().and_then(|s| s.parse::<u64>().ok()),
+            ) {
+                (Some(pid), start) => process_gone(pid, start.filter(|s| *s != 0)),
+                _ => false,
+            }
+        })
+        .collect()
 }
 
 /// Every run record on disk (unreadable ones are skipped with a warning).
@@ -215,5 +261,38 @@ pub fn sweep() -> Vec<String> {
             swept.push(rec.id);
         }
     }
+    for dir in orphaned_temp_dirs() {
+        tracing::info!(dir = %dir.display(), "removing the data of a dead test's etcd");
+        if std::fs::remove_dir_all(&dir).is_ok() {
+            swept.push(dir.display().to_string());
+        }
+    }
     swept
+}
+
+#[cfg(test)]
+mod owner_tests {
+    use super::*;
+
+    #[test]
+    fn temp_dirs_of_dead_owners_are_orphans_and_live_ones_are_not() {
+        let mine = tempfile::Builder::new()
+            .prefix(ETCD_TEMP_PREFIX)
+            .tempdir()
+            .unwrap();
+        write_owner(mine.path()).unwrap();
+        let dead = tempfile::Builder::new()
+            .prefix(ETCD_TEMP_PREFIX)
+            .tempdir()
+            .unwrap();
+        // A process that has exited (and been reaped) owns the second one.
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        child.wait().unwrap();
+        std::fs::write(dead.path().join(OWNER_FILE), format!("{pid} 1")).unwrap();
+
+        let orphans = orphaned_temp_dirs();
+        assert!(orphans.contains(&dead.path().to_path_buf()), "{orphans:?}");
+        assert!(!orphans.contains(&mine.path().to_path_buf()), "{orphans:?}");
+    }
 }
