@@ -7,16 +7,12 @@
 
 use serde_json::Value;
 
-/// Facts about one kind that the CLI needs.
+/// What the CLI adds to calico-api's facts about one kind: table columns and ownership.
 #[derive(Debug)]
 pub struct KindInfo {
-    /// `kind` as written in YAML, e.g. `IPPool`.
+    /// `kind` as written in YAML, e.g. `IPPool`; its names, plural and scope come from
+    /// calico-api's registry (reached through `Deref`), so the CLI cannot disagree with it.
     pub kind: &'static str,
-    /// Lower-case plural used in datastore keys, e.g. `ippools`.
-    pub plural: &'static str,
-    pub namespaced: bool,
-    /// Names accepted on the command line (matched case-insensitively).
-    pub aliases: &'static [&'static str],
     /// `-o ps` columns.
     pub headings: &'static [&'static str],
     /// `-o wide` columns.
@@ -26,6 +22,15 @@ pub struct KindInfo {
     /// Another component owns it (calico/node: ClusterInformation; IPAM: blocks, handles
     /// and affinities): calicoctl may read it but not create, change or delete it.
     pub read_only: bool,
+}
+
+impl std::ops::Deref for KindInfo {
+    type Target = calico_api::KindInfo;
+
+    fn deref(&self) -> &Self::Target {
+        calico_api::lookup_kind(self.kind)
+            .expect("every calicoctl kind is registered in calico-api")
+    }
 }
 
 impl KindInfo {
@@ -49,14 +54,6 @@ const NAME: &[&str] = &["NAME"];
 pub static KINDS: &[KindInfo] = &[
     KindInfo {
         kind: "BGPConfiguration",
-        plural: "bgpconfigurations",
-        namespaced: false,
-        aliases: &[
-            "bgpconfiguration",
-            "bgpconfigurations",
-            "bgpconfig",
-            "bgpconfigs",
-        ],
         headings: &["NAME", "LOGSEVERITY", "MESHENABLED", "ASNUMBER"],
         wide_headings: &["NAME", "LOGSEVERITY", "MESHENABLED", "ASNUMBER"],
         all_headings: &["NAME", "LOGSEVERITY", "MESHENABLED", "ASNUMBER"],
@@ -64,9 +61,6 @@ pub static KINDS: &[KindInfo] = &[
     },
     KindInfo {
         kind: "BGPFilter",
-        plural: "bgpfilters",
-        namespaced: false,
-        aliases: &["bgpfilter", "bgpfilters", "bgpf", "bgpfs", "bf", "bfs"],
         headings: &["NAME", "NUMEXPORT", "NUMIMPORT"],
         wide_headings: &["NAME", "NUMEXPORT", "NUMIMPORT"],
         all_headings: &["NAME", "NUMEXPORT", "NUMIMPORT"],
@@ -74,9 +68,6 @@ pub static KINDS: &[KindInfo] = &[
     },
     KindInfo {
         kind: "BGPPeer",
-        plural: "bgppeers",
-        namespaced: false,
-        aliases: &["bgppeer", "bgppeers", "bgpp", "bgpps", "bp", "bps"],
         headings: &["NAME", "PEERIP", "NODE", "ASN"],
         wide_headings: &["NAME", "PEERIP", "NODE", "ASN"],
         all_headings: &["NAME", "PEERIP", "NODE", "ASN"],
@@ -84,9 +75,6 @@ pub static KINDS: &[KindInfo] = &[
     },
     KindInfo {
         kind: "BlockAffinity",
-        plural: "blockaffinities",
-        namespaced: false,
-        aliases: &["blockaffinity", "blockaffinities", "affinity", "affinities"],
         headings: &["NAME", "NODE", "CIDR", "STATE"],
         wide_headings: &["NAME", "NODE", "CIDR", "STATE"],
         all_headings: &["NAME", "NODE", "CIDR", "STATE"],
@@ -94,14 +82,6 @@ pub static KINDS: &[KindInfo] = &[
     },
     KindInfo {
         kind: "CalicoNodeStatus",
-        plural: "caliconodestatuses",
-        namespaced: false,
-        aliases: &[
-            "caliconodestatus",
-            "caliconodestatuses",
-            "nodestatus",
-            "nodestatuses",
-        ],
         headings: &["NAME", "NODE"],
         wide_headings: &["NAME", "NODE", "CLASSES"],
         all_headings: &["NAME", "NODE", "CLASSES"],
@@ -109,14 +89,6 @@ pub static KINDS: &[KindInfo] = &[
     },
     KindInfo {
         kind: "ClusterInformation",
-        plural: "clusterinformations",
-        namespaced: false,
-        aliases: &[
-            "clusterinformation",
-            "clusterinformations",
-            "clusterinfo",
-            "clusterinfos",
-        ],
         headings: &[
             "NAME",
             "CLUSTERGUID",
@@ -142,14 +114,6 @@ pub static KINDS: &[KindInfo] = &[
     },
     KindInfo {
         kind: "FelixConfiguration",
-        plural: "felixconfigurations",
-        namespaced: false,
-        aliases: &[
-            "felixconfiguration",
-            "felixconfigurations",
-            "felixconfig",
-            "felixconfigs",
-        ],
         headings: NAME,
         wide_headings: NAME,
         all_headings: NAME,
@@ -157,15 +121,6 @@ pub static KINDS: &[KindInfo] = &[
     },
     KindInfo {
         kind: "GlobalNetworkPolicy",
-        plural: "globalnetworkpolicies",
-        namespaced: false,
-        aliases: &[
-            "globalnetworkpolicy",
-            "globalnetworkpolicies",
-            "gnp",
-            "gnps",
-            "cgnp",
-        ],
         headings: &["NAME"],
         wide_headings: &["NAME", "ORDER", "SELECTOR"],
         all_headings: &["NAME", "TIER", "ORDER", "SELECTOR"],
@@ -173,9 +128,6 @@ pub static KINDS: &[KindInfo] = &[
     },
     KindInfo {
         kind: "GlobalNetworkSet",
-        plural: "globalnetworksets",
-        namespaced: false,
-        aliases: &["globalnetworkset", "globalnetworksets", "gnetsets", "gns"],
         headings: NAME,
         wide_headings: &["NAME", "NETS"],
         all_headings: &["NAME", "NETS"],
@@ -183,9 +135,6 @@ pub static KINDS: &[KindInfo] = &[
     },
     KindInfo {
         kind: "HostEndpoint",
-        plural: "hostendpoints",
-        namespaced: false,
-        aliases: &["hostendpoint", "hostendpoints", "hep", "heps"],
         headings: &["NAME", "NODE"],
         wide_headings: &["NAME", "NODE", "INTERFACE", "IPS", "PROFILES"],
         all_headings: &["NAME", "NODE", "INTERFACE", "IPS", "PROFILES"],
@@ -193,9 +142,6 @@ pub static KINDS: &[KindInfo] = &[
     },
     KindInfo {
         kind: "IPAMBlock",
-        plural: "ipamblocks",
-        namespaced: false,
-        aliases: &["ipamblock", "ipamblocks"],
         headings: &["NAME", "CIDR", "AFFINITY"],
         wide_headings: &["NAME", "CIDR", "AFFINITY"],
         all_headings: &["NAME", "CIDR", "AFFINITY"],
@@ -203,14 +149,6 @@ pub static KINDS: &[KindInfo] = &[
     },
     KindInfo {
         kind: "IPAMConfiguration",
-        plural: "ipamconfigurations",
-        namespaced: false,
-        aliases: &[
-            "ipamconfiguration",
-            "ipamconfigurations",
-            "ipamconfig",
-            "ipamconfigs",
-        ],
         headings: &["NAME", "STRICTAFFINITY", "AUTOALLOCATEBLOCKS"],
         wide_headings: &[
             "NAME",
@@ -228,9 +166,6 @@ pub static KINDS: &[KindInfo] = &[
     },
     KindInfo {
         kind: "IPAMHandle",
-        plural: "ipamhandles",
-        namespaced: false,
-        aliases: &["ipamhandle", "ipamhandles"],
         headings: &["NAME", "HANDLEID"],
         wide_headings: &["NAME", "HANDLEID"],
         all_headings: &["NAME", "HANDLEID"],
@@ -238,9 +173,6 @@ pub static KINDS: &[KindInfo] = &[
     },
     KindInfo {
         kind: "IPPool",
-        plural: "ippools",
-        namespaced: false,
-        aliases: &["ippool", "ippools", "ipp", "ipps", "pool", "pools"],
         headings: &["NAME", "CIDR", "SELECTOR"],
         wide_headings: &[
             "NAME",
@@ -266,14 +198,6 @@ pub static KINDS: &[KindInfo] = &[
     },
     KindInfo {
         kind: "IPReservation",
-        plural: "ipreservations",
-        namespaced: false,
-        aliases: &[
-            "ipreservation",
-            "ipreservations",
-            "reservation",
-            "reservations",
-        ],
         headings: NAME,
         wide_headings: &["NAME", "CIDRS"],
         all_headings: &["NAME", "CIDRS"],
@@ -281,16 +205,6 @@ pub static KINDS: &[KindInfo] = &[
     },
     KindInfo {
         kind: "KubeControllersConfiguration",
-        plural: "kubecontrollersconfigurations",
-        namespaced: false,
-        aliases: &[
-            "kubecontrollersconfiguration",
-            "kubecontrollersconfigurations",
-            "kubecontrollersconfig",
-            "kubecontrollersconfigs",
-            "kcc",
-            "kccs",
-        ],
         headings: NAME,
         wide_headings: NAME,
         all_headings: NAME,
@@ -298,19 +212,6 @@ pub static KINDS: &[KindInfo] = &[
     },
     KindInfo {
         kind: "NetworkPolicy",
-        plural: "networkpolicies",
-        namespaced: true,
-        aliases: &[
-            "networkpolicy",
-            "networkpolicies",
-            "policy",
-            "np",
-            "policies",
-            "pol",
-            "pols",
-            "cnp",
-            "caliconetworkpolicy",
-        ],
         headings: &["NAME", "TIER"],
         wide_headings: &["NAME", "TIER", "ORDER", "SELECTOR"],
         all_headings: &["NAMESPACE", "NAME", "TIER", "ORDER", "SELECTOR"],
@@ -318,9 +219,6 @@ pub static KINDS: &[KindInfo] = &[
     },
     KindInfo {
         kind: "NetworkSet",
-        plural: "networksets",
-        namespaced: true,
-        aliases: &["networkset", "networksets", "netsets"],
         headings: NAME,
         wide_headings: &["NAME", "NETS"],
         all_headings: &["NAMESPACE", "NAME", "NETS"],
@@ -328,9 +226,6 @@ pub static KINDS: &[KindInfo] = &[
     },
     KindInfo {
         kind: "Node",
-        plural: "nodes",
-        namespaced: false,
-        aliases: &["node", "nodes", "no", "nos"],
         headings: NAME,
         wide_headings: &["NAME", "ASN", "IPV4", "IPV6"],
         all_headings: &["NAME", "ASN", "IPV4", "IPV6"],
@@ -338,9 +233,6 @@ pub static KINDS: &[KindInfo] = &[
     },
     KindInfo {
         kind: "Profile",
-        plural: "profiles",
-        namespaced: false,
-        aliases: &["profile", "profiles", "pro", "pros"],
         headings: NAME,
         wide_headings: &["NAME", "LABELS"],
         all_headings: &["NAME", "LABELS"],
@@ -348,14 +240,6 @@ pub static KINDS: &[KindInfo] = &[
     },
     KindInfo {
         kind: "StagedGlobalNetworkPolicy",
-        plural: "stagedglobalnetworkpolicies",
-        namespaced: false,
-        aliases: &[
-            "stagedglobalnetworkpolicy",
-            "stagedglobalnetworkpolicies",
-            "sgnp",
-            "sgnps",
-        ],
         headings: &["NAME", "TIER"],
         wide_headings: &["NAME", "TIER", "ORDER", "SELECTOR"],
         all_headings: &["NAME", "TIER", "ORDER", "SELECTOR"],
@@ -363,17 +247,6 @@ pub static KINDS: &[KindInfo] = &[
     },
     KindInfo {
         kind: "StagedKubernetesNetworkPolicy",
-        plural: "stagedkubernetesnetworkpolicies",
-        namespaced: true,
-        aliases: &[
-            "stagedkubernetesnetworkpolicy",
-            "stagedkubernetesnetworkpolicies",
-            "stagedkubernetespolicy",
-            "sknp",
-            "stagedkubernetespolicies",
-            "skpol",
-            "skpols",
-        ],
         headings: NAME,
         wide_headings: &["NAME", "PODSELECTOR"],
         all_headings: &["NAMESPACE", "NAME", "PODSELECTOR"],
@@ -381,17 +254,6 @@ pub static KINDS: &[KindInfo] = &[
     },
     KindInfo {
         kind: "StagedNetworkPolicy",
-        plural: "stagednetworkpolicies",
-        namespaced: true,
-        aliases: &[
-            "stagednetworkpolicy",
-            "stagednetworkpolicies",
-            "stagedpolicy",
-            "snp",
-            "stagedpolicies",
-            "spol",
-            "spols",
-        ],
         headings: &["NAME", "TIER"],
         wide_headings: &["NAME", "TIER", "ORDER", "SELECTOR"],
         all_headings: &["NAMESPACE", "NAME", "TIER", "ORDER", "SELECTOR"],
@@ -399,9 +261,6 @@ pub static KINDS: &[KindInfo] = &[
     },
     KindInfo {
         kind: "Tier",
-        plural: "tiers",
-        namespaced: false,
-        aliases: &["tier", "tiers"],
         headings: &["NAME", "ORDER"],
         wide_headings: &["NAME", "ORDER"],
         all_headings: &["NAME", "ORDER"],
@@ -409,9 +268,6 @@ pub static KINDS: &[KindInfo] = &[
     },
     KindInfo {
         kind: "WorkloadEndpoint",
-        plural: "workloadendpoints",
-        namespaced: true,
-        aliases: &["workloadendpoint", "workloadendpoints", "wep", "weps"],
         headings: &["WORKLOAD", "NODE", "NETWORKS", "INTERFACE"],
         wide_headings: &[
             "NAME",
@@ -442,12 +298,10 @@ pub fn by_kind(kind: &str) -> Option<&'static KindInfo> {
     KINDS.iter().find(|k| k.kind == kind)
 }
 
-/// The kind a user names on the command line: any alias, or the kind itself, any case.
+/// The kind a user names on the command line: kind, singular, plural or short name, any
+/// case, as calico-api's registry knows them.
 pub fn by_cli_name(name: &str) -> Option<&'static KindInfo> {
-    let lower = name.to_ascii_lowercase();
-    KINDS
-        .iter()
-        .find(|k| k.aliases.contains(&lower.as_str()) || k.kind.eq_ignore_ascii_case(&lower))
+    calico_api::lookup_kind(name).and_then(|k| by_kind(k.kind))
 }
 
 /// What the table printer needs beyond the object itself.
@@ -704,14 +558,16 @@ mod tests {
     }
 
     #[test]
-    fn every_alias_is_unique_across_kinds() {
-        let mut seen = std::collections::HashMap::new();
+    fn the_cli_knows_every_registered_kind_and_nothing_else() {
+        let cli: Vec<&str> = KINDS.iter().map(|k| k.kind).collect();
+        let mut api: Vec<&str> = calico_api::KINDS.iter().map(|k| k.kind).collect();
+        api.sort_unstable();
+        let mut sorted = cli.clone();
+        sorted.sort_unstable();
+        assert_eq!(sorted, api);
+        // Deref reaches the registry entry of the same kind.
         for k in KINDS {
-            for a in k.aliases {
-                if let Some(other) = seen.insert(*a, k.kind) {
-                    panic!("alias {a} used by {other} and {}", k.kind);
-                }
-            }
+            assert_eq!(k.plural, calico_api::lookup_kind(k.kind).unwrap().plural);
         }
     }
 
