@@ -8,10 +8,12 @@
 //!   `inet calico-rs`;
 //! - [`PolicyDataplane`]: what the node agent calls: [`PolicyDataplane::apply`] replaces the
 //!   whole table in one transaction, [`PolicyDataplane::update_sets`] rewrites only the
-//!   elements of the sets whose membership changed.
+//!   elements of the sets whose membership changed;
+//! - [`read`]: the table read back (chains, rules, comments, counters, verdicts).
 
 pub mod batch;
 pub mod dataplane;
+pub mod read;
 pub mod render;
 pub mod socket;
 

@@ -49,7 +49,8 @@ pub enum NftError {
 #[derive(Debug)]
 pub struct NftSocket {
     fd: OwnedFd,
-    seq: u32,
+    /// Next sequence number (also used by `read`'s dump requests).
+    pub(crate) seq: u32,
 }
 
 impl NftSocket {
@@ -214,7 +215,7 @@ impl NftSocket {
         }
     }
 
-    fn send_raw(&self, buf: &[u8]) -> Result<(), NftError> {
+    pub(crate) fn send_raw(&self, buf: &[u8]) -> Result<(), NftError> {
         // SAFETY: zeroed sockaddr_nl addresses the kernel (pid 0).
         let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
         addr.nl_family = libc::AF_NETLINK as u16;
@@ -244,7 +245,7 @@ impl NftSocket {
         Ok(())
     }
 
-    fn recv_raw(&self, buf: &mut [u8]) -> Result<usize, NftError> {
+    pub(crate) fn recv_raw(&self, buf: &mut [u8]) -> Result<usize, NftError> {
         loop {
             // SAFETY: buf is valid for writes of its length.
             let rc =
