@@ -301,6 +301,7 @@ async fn reconcile(
                 .and_then(|n| n.rr_cluster_id.as_deref())
                 .and_then(|c| c.parse().ok()),
             bgp_filters: snap.bgp_filters.clone(),
+            prefix_advertisements: snap.global.prefix_advertisements.clone(),
         };
         sp.apply(&view);
         inputs.learned = sp.learned();

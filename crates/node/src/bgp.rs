@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use calico_bgp::speaker::{
-    AfiName, NextHopMode, PeerConfig, Route, RouteEvent, Speaker, SpeakerConfig,
+    AfiName, NextHopMode, PeerConfig, PrefixCommunities, Route, RouteEvent, Speaker, SpeakerConfig,
 };
 use ipnet::IpNet;
 use tokio::sync::mpsc;
@@ -41,6 +41,8 @@ pub struct SpeakerView {
     pub cluster_id: Option<Ipv4Addr>,
     /// BGPFilter resources by name, for the sessions' `filters`.
     pub bgp_filters: BTreeMap<String, calico_api::BGPFilterSpec>,
+    /// Communities every exported route inside a CIDR carries (`prefixAdvertisements`).
+    pub prefix_advertisements: Vec<PrefixCommunities>,
 }
 
 pub struct BgpControl {
@@ -96,6 +98,7 @@ pub fn speaker_config(
                 &s.filters,
                 &view.bgp_filters,
                 s.peer_address.is_ipv6(),
+                s.is_ebgp(),
             ) {
                 Ok(f) => f,
                 Err(e) => {
@@ -153,6 +156,7 @@ pub fn speaker_config(
                 large_communities: vec![],
             })
             .collect(),
+        prefix_communities: view.prefix_advertisements.clone(),
     }
 }
 
@@ -251,6 +255,9 @@ impl BgpControl {
                     Some(SessionKind::Mesh) | None => PeerType::Mesh,
                     Some(SessionKind::Global) => PeerType::Global,
                     Some(SessionKind::Node) => PeerType::NodeSpecific,
+                    // Calico's documented reflector set-up gives the reflectors node-scoped
+                    // BGPPeers (a nodeSelector), which its status table shows as node specific.
+                    Some(SessionKind::ReflectorClient) => PeerType::NodeSpecific,
                 },
                 state: if established { "up" } else { "start" }.to_string(),
                 since: hhmmss(p.since),
@@ -299,6 +306,7 @@ mod tests {
             local_v6: None,
             cluster_id: None,
             bgp_filters: BTreeMap::new(),
+            prefix_advertisements: vec![],
         }
     }
 

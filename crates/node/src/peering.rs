@@ -50,6 +50,9 @@ pub struct GlobalBgp {
     pub listen_port: u16,
     pub mesh_password: Option<SecretRef>,
     pub mesh_max_restart_time_secs: Option<u32>,
+    /// Communities for exported routes inside a CIDR (`prefixAdvertisements`, names resolved;
+    /// a node's own `node.<name>` configuration replaces the default's list).
+    pub prefix_advertisements: Vec<calico_bgp::speaker::PrefixCommunities>,
 }
 
 impl Default for GlobalBgp {
@@ -60,6 +63,7 @@ impl Default for GlobalBgp {
             listen_port: 179,
             mesh_password: None,
             mesh_max_restart_time_secs: None,
+            prefix_advertisements: Vec::new(),
         }
     }
 }
@@ -99,6 +103,10 @@ pub enum SessionKind {
     Mesh,
     Global,
     Node,
+    /// A route reflector's session with one of its clients (whatever BGPPeer asked for it):
+    /// routes learned from the client are reflected to every other iBGP peer.
+    #[serde(rename = "reflector-client")]
+    ReflectorClient,
 }
 
 /// One BGP session a node must run.
@@ -267,7 +275,11 @@ pub fn sessions_for(
                 peer_port: port,
                 peer_as,
                 local_as: peer.local_as_number.unwrap_or(local_as),
-                kind: kind_of(peer),
+                kind: if rr_client {
+                    SessionKind::ReflectorClient
+                } else {
+                    kind_of(peer)
+                },
                 bgp_peer: Some(peer.name.clone()),
                 peer_node: peer_node.map(|n| n.name.clone()),
                 route_reflector_client: rr_client,
@@ -437,9 +449,14 @@ mod tests {
         let at_rr = sessions_for("rr", &nodes, &global, &peers).unwrap();
         assert_eq!(addrs(&at_rr), ["192.168.33.11", "192.168.33.12"]);
         assert!(at_rr.iter().all(|s| s.route_reflector_client));
+        assert!(at_rr.iter().all(|s| s.kind == SessionKind::ReflectorClient));
         let at_client = sessions_for("node1", &nodes, &global, &peers).unwrap();
         assert_eq!(addrs(&at_client), ["192.168.33.20"]);
         assert!(!at_client[0].route_reflector_client);
+        // The client sees an ordinary session (peerSelector over all nodes, so "global").
+        assert_eq!(at_client[0].kind, SessionKind::Global);
+        let yaml = serde_yaml_ng::to_string(&at_rr[0]).unwrap();
+        assert!(yaml.contains("type: reflector-client"), "{yaml}");
     }
 
     #[test]

@@ -254,7 +254,14 @@ pub async fn read_snapshot(
         no_export,
         bgp_filters,
         nodes,
-        global: global_view(&configs),
+        global: GlobalBgp {
+            prefix_advertisements: crate::bgpfilter::prefix_advertisements(&configs, name)
+                .unwrap_or_else(|e| {
+                    tracing::warn!(error = %e, "prefixAdvertisements ignored");
+                    Vec::new()
+                }),
+            ..global_view(&configs)
+        },
         peers,
         own_blocks,
         workloads,
