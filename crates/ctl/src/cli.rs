@@ -243,6 +243,32 @@ pub enum NodeCommand {
     Status(NodeStatusArgs),
     /// Print the BGP sessions a node must have, computed from the datastore alone.
     Peers(NodePeersArgs),
+    /// Show the policy enforced on this host per endpoint: tiers, policies and profiles in
+    /// evaluation order, with each rule's action and packet/byte counters (from the kernel).
+    Policy(NodePolicyArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct NodePolicyArgs {
+    /// Only the endpoint on this host interface (e.g. cali0123456789a, or eth0 for a host
+    /// endpoint).
+    #[arg(long = "interface", value_name = "IFACE")]
+    pub interface: Option<String>,
+    /// Only this WorkloadEndpoint or HostEndpoint (looked up in the datastore for its
+    /// interface).
+    #[arg(long = "endpoint", value_name = "NAME", conflicts_with = "interface")]
+    pub endpoint: Option<String>,
+    /// Namespace of the --endpoint WorkloadEndpoint (default: any).
+    #[arg(
+        short = 'n',
+        long = "namespace",
+        value_name = "NS",
+        requires = "endpoint"
+    )]
+    pub namespace: Option<String>,
+    /// Output format: table (default) or json.
+    #[arg(short = 'o', long = "output", default_value = "table")]
+    pub output: String,
 }
 
 #[derive(Debug, Args)]

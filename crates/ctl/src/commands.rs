@@ -184,6 +184,8 @@ pub enum CtlError {
     Ipam(crate::ipam_cmd::IpamCmdError),
     #[error("{0}")]
     Node(crate::node_cmd::NodeCmdError),
+    #[error("{0}")]
+    PolicyView(crate::policy_view::PolicyViewError),
     #[error("IPAM commands need a real etcd datastore")]
     NoEtcd,
     #[error("Failed to patch '{kind}' resource: patch is not a JSON or YAML object: {reason}")]
@@ -286,7 +288,7 @@ impl Session {
             })
     }
 
-    async fn store(
+    pub(crate) async fn store(
         &self,
         config_path: Option<&str>,
         io: &Io<'_>,

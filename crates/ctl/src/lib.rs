@@ -31,6 +31,7 @@ pub mod merge;
 pub mod model;
 pub mod node_cmd;
 pub mod output;
+pub mod policy_view;
 pub mod store;
 pub mod validate;
 

@@ -92,6 +92,7 @@ pub async fn run(
             }
         }
         NodeCommand::Peers(args) => peers(args, config_path, io, session).await,
+        NodeCommand::Policy(args) => crate::policy_view::run(args, config_path, io, session).await,
         NodeCommand::Run(args) => {
             let cfg = CalicoApiConfig::load_with(
                 config_path.map(std::path::Path::new),
