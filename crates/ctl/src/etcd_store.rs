@@ -14,14 +14,13 @@
 //! when another writer races with us.
 
 use async_trait::async_trait;
-use calico_datastore::{Compare, EtcdClient, EtcdConfig, KeyValue, KvError, TxnOutcome, Write};
+use calico_datastore::{
+    Compare, EtcdClient, EtcdConfig, KeyValue, KvError, TxnOutcome, Write, txn_chunks,
+};
 use serde_json::Value;
 
 use crate::kinds::KindInfo;
 use crate::store::{ResourceKey, Store, StoreError, Stored, WriteOp, prefix, strip_revision};
-
-/// Bytes per transaction, well under etcd's default 1.5 MiB request limit.
-const MAX_TXN_BYTES: usize = 1024 * 1024;
 
 pub struct EtcdStore {
     kv: EtcdClient,
@@ -103,56 +102,42 @@ impl Store for EtcdStore {
     }
 
     async fn commit(&self, ops: &[WriteOp]) -> Result<Vec<i64>, StoreError> {
-        let max_ops = self.kv.max_txn_ops().max(1);
+        let parts = ops.iter().map(txn_parts).collect::<Result<Vec<_>, _>>()?;
+        let sizes: Vec<usize> = parts.iter().map(|(_, _, size)| *size).collect();
+        let mut parts = parts.into_iter();
         let mut revisions = Vec::with_capacity(ops.len());
-        let mut start = 0;
-        while start < ops.len() {
-            let mut end = start;
-            let mut bytes = 0;
-            let mut compares = Vec::new();
-            let mut writes = Vec::new();
-            while end < ops.len() && end - start < max_ops {
-                let (cmp, write, size) = txn_parts(&ops[end])?;
-                if end > start && bytes + size > MAX_TXN_BYTES {
-                    break;
-                }
-                bytes += size;
-                compares.push(cmp);
-                writes.push(write);
-                end += 1;
-            }
+        for chunk in txn_chunks(&sizes, self.kv.max_txn_ops()) {
+            let (compares, writes): (Vec<_>, Vec<_>) = parts
+                .by_ref()
+                .take(chunk.len())
+                .map(|(cmp, write, _)| (cmp, write))
+                .unzip();
             let failure = match self.kv.txn(compares, writes).await {
                 Ok(TxnOutcome::Committed { revision }) => {
-                    for op in &ops[start..end] {
-                        revisions.push(if matches!(op, WriteOp::Delete { .. }) {
-                            0
-                        } else {
-                            revision
-                        });
-                    }
-                    None
+                    revisions.extend(ops[chunk.clone()].iter().map(|op| match op {
+                        WriteOp::Delete { .. } => 0,
+                        _ => revision,
+                    }));
+                    continue;
                 }
-                Ok(TxnOutcome::Failed { failed, .. }) => Some(StoreError::Conflict {
+                Ok(TxnOutcome::Failed { failed, .. }) => StoreError::Conflict {
                     identifiers: failed
                         .iter()
-                        .filter_map(|i| ops.get(start + i))
+                        .filter_map(|i| ops.get(chunk.start + i))
                         .map(|op| op.key().identifier())
                         .collect::<Vec<_>>()
                         .join(", "),
-                }),
-                Err(e) => Some(backend("transaction")(e)),
+                },
+                Err(e) => backend("transaction")(e),
             };
-            if let Some(err) = failure {
-                if start == 0 {
-                    return Err(err);
-                }
-                return Err(StoreError::Partial {
-                    written: start,
-                    total: ops.len(),
-                    reason: err.to_string(),
-                });
+            if chunk.start == 0 {
+                return Err(failure);
             }
-            start = end;
+            return Err(StoreError::Partial {
+                written: chunk.start,
+                total: ops.len(),
+                reason: failure.to_string(),
+            });
         }
         Ok(revisions)
     }

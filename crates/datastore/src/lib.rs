@@ -19,6 +19,7 @@ pub use kv::{
     WatchEvent, Write,
 };
 pub use resource::{
-    Applied, Atomicity, BatchOp, BatchOutcome, Datastore, EtcdResourceStore, KindRef, ObjectId,
-    ResourceError, ResourceEvent, ResourceList, ResourceStore, ResourceWatch,
+    Applied, Atomicity, BatchOp, BatchOutcome, Datastore, EtcdResourceStore, KindRef,
+    MAX_TXN_BYTES, ObjectId, ResourceError, ResourceEvent, ResourceList, ResourceStore,
+    ResourceWatch, txn_chunks,
 };

@@ -152,23 +152,34 @@ pub(super) async fn write_batch(
     Ok(outcome)
 }
 
-/// Consecutive runs of at most `limit` items and [`MAX_TXN_BYTES`] estimated bytes (a single
-/// item over the byte limit still gets its own chunk; etcd then judges it).
-fn chunks(items: &[Item], limit: usize) -> Vec<&[Item]> {
+/// How to split writes of the given estimated `sizes` into etcd transactions: consecutive
+/// index ranges of at most `max_ops` writes and [`MAX_TXN_BYTES`] bytes each (a single write
+/// over the byte limit still gets its own range; etcd then judges it). Every writer that
+/// chunks a batch (this module, calicoctl) splits it this way.
+pub fn txn_chunks(sizes: &[usize], max_ops: usize) -> Vec<std::ops::Range<usize>> {
+    let max_ops = max_ops.max(1);
     let mut out = Vec::new();
     let (mut start, mut bytes) = (0, 0);
-    for (i, item) in items.iter().enumerate() {
-        if i > start && (i - start == limit || bytes + item.size > MAX_TXN_BYTES) {
-            out.push(&items[start..i]);
+    for (i, size) in sizes.iter().enumerate() {
+        if i > start && (i - start == max_ops || bytes + size > MAX_TXN_BYTES) {
+            out.push(start..i);
             start = i;
             bytes = 0;
         }
-        bytes += item.size;
+        bytes += size;
     }
-    if start < items.len() {
-        out.push(&items[start..]);
+    if start < sizes.len() {
+        out.push(start..sizes.len());
     }
     out
+}
+
+fn chunks(items: &[Item], limit: usize) -> Vec<&[Item]> {
+    let sizes: Vec<usize> = items.iter().map(|i| i.size).collect();
+    txn_chunks(&sizes, limit)
+        .into_iter()
+        .map(|r| &items[r])
+        .collect()
 }
 
 /// One atomic transaction for `chunk` (at most `max_txn_ops` items).

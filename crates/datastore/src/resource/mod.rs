@@ -26,7 +26,7 @@ use async_trait::async_trait;
 use futures::stream::BoxStream;
 use serde_json::Value;
 
-pub use batch::{Atomicity, BatchOp, BatchOutcome};
+pub use batch::{Atomicity, BatchOp, BatchOutcome, MAX_TXN_BYTES, txn_chunks};
 pub use etcd::EtcdResourceStore;
 pub use typed::Datastore;
 
