@@ -1,0 +1,419 @@
+//! Shared harness of the policy tests that run the real `calico-node` binary: one lab host
+//! (`node1`, 192.168.33.11) running etcd and the agent in its namespace, workloads plumbed
+//! as Calico's CNI plugin does (host side `cali…` with proxy ARP; workload side /32 with a
+//! default route via 169.254.1.1) and declared as WorkloadEndpoints, TCP servers inside
+//! workloads, probes from workloads, and `calicoctl` run inside the node.
+//!
+//! The agent runs with `CALICO_NETWORKING_BACKEND=none` (no BGP: one node), so what these
+//! tests exercise is its policy path and its local workload routes.
+//!
+//! Needs root and `target/debug/calico-node` and `target/debug/calicoctl`
+//! (`cargo build -p calico-rs --bin calico-node --bin calicoctl`).
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use calico_api::{ObjectMeta, WorkloadEndpoint, WorkloadEndpointSpec};
+use calico_datastore::{Datastore, EtcdConfig};
+use calico_lab::etcd::{Etcd, EtcdOptions};
+use calico_lab::{Host, Lab, ProcessGuard};
+
+pub const NODE: &str = "node1";
+pub const NODE_IP: &str = "192.168.33.11";
+pub const WAIT: Duration = Duration::from_secs(20);
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target"))
+}
+
+pub fn binary(name: &str) -> PathBuf {
+    let bin = target_dir().join("debug").join(name);
+    assert!(
+        bin.is_file(),
+        "{} is not built: cargo build -p calico-rs --bin calico-node --bin calicoctl",
+        bin.display()
+    );
+    bin
+}
+
+/// Polls `f` every 50 ms until it returns `Some` or `timeout` passes.
+pub fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// One workload: its namespace, address, host-side interface and endpoint name.
+pub struct Workload {
+    pub ns: Host,
+    pub ip: IpAddr,
+    pub iface: String,
+    pub namespace: String,
+    pub name: String,
+}
+
+/// The lab. Field order is drop order: servers, agent, etcd, then the lab (namespaces).
+pub struct PolicyLab {
+    servers: Vec<Server>,
+    pub agent: Option<ProcessGuard>,
+    pub etcd: Etcd,
+    pub node: Host,
+    pub run_dir: PathBuf,
+    pub lab: Lab,
+    logs: usize,
+}
+
+impl PolicyLab {
+    pub fn new() -> PolicyLab {
+        let lab = Lab::new().expect("lab");
+        let node = lab
+            .add_host(NODE, &format!("{NODE_IP}/24"))
+            .expect("node host");
+        run(&node, &["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+        let etcd = Etcd::start(EtcdOptions::in_netns(
+            node.netns_path(),
+            NODE_IP.parse().expect("node ip"),
+        ))
+        .expect("etcd");
+        let run_dir = lab.dir().join("node1-run");
+        PolicyLab {
+            servers: Vec::new(),
+            agent: None,
+            etcd,
+            node,
+            run_dir,
+            lab,
+            logs: 0,
+        }
+    }
+
+    /// Starts (or restarts) the agent and waits for its start-up line. Returns its log path.
+    pub fn start_agent(&mut self) -> PathBuf {
+        let mut cmd = Command::new(binary("calico-node"));
+        cmd.env_clear()
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .env("NODENAME", NODE)
+            .env("DATASTORE_TYPE", "etcdv3")
+            .env("ETCD_ENDPOINTS", self.etcd.endpoint())
+            .env("IP", format!("{NODE_IP}/24"))
+            .env("IP6", "none")
+            .env("CALICO_NETWORKING_BACKEND", "none")
+            .env("CALICO_IPV4POOL_CIDR", "10.65.0.0/16")
+            .env("CALICO_RUN_DIR", &self.run_dir)
+            .env("CALICO_STATE_DIR", self.run_dir.join("lib"))
+            .env("CALICO_LOG_LEVEL", "info");
+        self.logs += 1;
+        let log = format!("calico-node-{}", self.logs);
+        let guard = self.node.spawn(cmd, &log).expect("spawn calico-node");
+        let log_path = self.node.log_path(&log);
+        self.agent = Some(guard);
+        let started = wait_for(WAIT, || {
+            std::fs::read_to_string(&log_path)
+                .ok()
+                .filter(|l| l.contains("Calico node started successfully"))
+        });
+        assert!(
+            started.is_some(),
+            "calico-node did not start:\n{}",
+            std::fs::read_to_string(&log_path).unwrap_or_default()
+        );
+        log_path
+    }
+
+    pub fn agent_log(&self) -> String {
+        self.agent.as_ref().map(|a| a.log()).unwrap_or_default()
+    }
+
+    /// Runs `f` with a datastore client, inside the node's namespace (where etcd listens).
+    pub fn with_datastore<R: Send>(&self, f: impl AsyncFnOnce(&Datastore) -> R + Send) -> R {
+        let endpoint = self.etcd.endpoint();
+        self.node
+            .run_async(move || async move {
+                let ds = Datastore::connect(&EtcdConfig::new([endpoint]))
+                    .await
+                    .expect("etcd client");
+                f(&ds).await
+            })
+            .expect("run in the node's namespace")
+    }
+
+    /// Applies Calico resources given as YAML documents (Profile, NetworkPolicy,
+    /// GlobalNetworkPolicy).
+    pub fn apply_yaml(&self, docs: &[String]) {
+        let docs = docs.to_vec();
+        self.with_datastore(async move |ds: &Datastore| {
+            for doc in docs {
+                let value: serde_json::Value = serde_yaml_ng::from_str(&doc).expect("yaml");
+                let r = match value["kind"].as_str() {
+                    Some("Profile") => ds
+                        .apply(&serde_json::from_value::<calico_api::Profile>(value).unwrap())
+                        .await
+                        .map(|_| ()),
+                    Some("NetworkPolicy") => ds
+                        .apply(&serde_json::from_value::<calico_api::NetworkPolicy>(value).unwrap())
+                        .await
+                        .map(|_| ()),
+                    Some("GlobalNetworkPolicy") => ds
+                        .apply(
+                            &serde_json::from_value::<calico_api::GlobalNetworkPolicy>(value)
+                                .unwrap(),
+                        )
+                        .await
+                        .map(|_| ()),
+                    other => panic!("unexpected kind {other:?}"),
+                };
+                r.expect("apply");
+            }
+        })
+    }
+
+    /// A workload `pod` in `namespace` at `ip` (10.65.0.0/16), plumbed and declared as a k8s
+    /// WorkloadEndpoint with `labels` and the namespace's profile `kns.<namespace>` (what
+    /// Calico's CNI plugin writes in etcd mode).
+    pub fn add_workload(
+        &self,
+        lab_name: &str,
+        namespace: &str,
+        pod: &str,
+        ip: &str,
+        labels: &[(&str, &str)],
+    ) -> Workload {
+        let wl = self
+            .lab
+            .add_namespace(lab_name)
+            .expect("workload namespace");
+        let iface = format!("cali{lab_name}");
+        let ip: IpAddr = ip.parse().expect("workload ip");
+        run(
+            &self.node,
+            &[
+                "ip",
+                "link",
+                "add",
+                &iface,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "eth0",
+                "netns",
+                wl.netns(),
+            ],
+        );
+        run(
+            &self.node,
+            &[
+                "sysctl",
+                "-qw",
+                &format!("net.ipv4.conf.{iface}.proxy_arp=1"),
+            ],
+        );
+        run(&self.node, &["ip", "link", "set", &iface, "up"]);
+        run(
+            &wl,
+            &["ip", "addr", "add", &format!("{ip}/32"), "dev", "eth0"],
+        );
+        run(&wl, &["ip", "link", "set", "eth0", "up"]);
+        run(&wl, &["ip", "link", "set", "lo", "up"]);
+        run(
+            &wl,
+            &[
+                "ip",
+                "route",
+                "add",
+                "169.254.1.1",
+                "dev",
+                "eth0",
+                "scope",
+                "link",
+            ],
+        );
+        run(
+            &wl,
+            &[
+                "ip",
+                "route",
+                "add",
+                "default",
+                "via",
+                "169.254.1.1",
+                "dev",
+                "eth0",
+            ],
+        );
+        let spec = WorkloadEndpointSpec {
+            orchestrator: Some("k8s".into()),
+            node: Some(NODE.into()),
+            pod: Some(pod.into()),
+            endpoint: Some("eth0".into()),
+            interface_name: Some(iface.clone()),
+            ip_networks: vec![format!("{ip}/32")],
+            profiles: vec![format!("kns.{namespace}")],
+            ..Default::default()
+        };
+        let name = calico_api::workload_endpoint_name(&spec).expect("endpoint name");
+        let mut all: std::collections::BTreeMap<String, String> = labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        all.insert("projectcalico.org/namespace".into(), namespace.into());
+        all.insert("projectcalico.org/orchestrator".into(), "k8s".into());
+        let mut wep = WorkloadEndpoint::new(&name, spec);
+        wep.metadata = ObjectMeta {
+            name: Some(name.clone()),
+            namespace: Some(namespace.into()),
+            labels: Some(all),
+            ..Default::default()
+        };
+        self.with_datastore(async move |ds: &Datastore| {
+            ds.create(&wep).await.expect("create WorkloadEndpoint");
+        });
+        Workload {
+            ns: wl,
+            ip,
+            iface,
+            namespace: namespace.into(),
+            name,
+        }
+    }
+
+    /// A TCP server in `w` on `port` answering each connection with one byte, until the lab
+    /// is dropped.
+    pub fn serve_tcp(&mut self, w: &Workload, port: u16) {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let host = w.ns.clone();
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            host.run(move || {
+                let l = TcpListener::bind(("0.0.0.0", port)).expect("tcp bind");
+                l.set_nonblocking(true).expect("nonblocking");
+                let _ = tx.send(());
+                let deadline = Instant::now() + Duration::from_secs(120);
+                while !flag.load(Ordering::SeqCst) && Instant::now() < deadline {
+                    match l.accept() {
+                        Ok((mut s, _)) => {
+                            let _ = s.write_all(b"k");
+                        }
+                        Err(_) => std::thread::sleep(Duration::from_millis(2)),
+                    }
+                }
+            })
+            .expect("server in the workload's namespace");
+        });
+        rx.recv_timeout(Duration::from_secs(10))
+            .expect("server listening");
+        self.servers.push(Server {
+            stop,
+            thread: Some(thread),
+        });
+    }
+
+    /// `calicoctl ARGS` inside the node (as calico-node's host), with the datastore
+    /// configured; returns (success, stdout, stderr).
+    pub fn calicoctl(&self, args: &[&str]) -> (bool, String, String) {
+        let ctl = binary("calicoctl").display().to_string();
+        let endpoints = format!("ETCD_ENDPOINTS={}", self.etcd.endpoint());
+        let mut argv = vec!["env", "DATASTORE_TYPE=etcdv3", endpoints.as_str(), &ctl];
+        argv.extend_from_slice(args);
+        let out = self
+            .node
+            .exec_timeout(&argv, Duration::from_secs(20))
+            .expect("calicoctl");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+}
+
+struct Server {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Runs a command in `h`, failing the test with its stderr.
+pub fn run(h: &Host, argv: &[&str]) {
+    let out = h.exec(argv).expect("exec");
+    assert!(
+        out.status.success(),
+        "{argv:?} in {}: {}",
+        h.name(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// One TCP connection from `from` to `to:port` that gets the server's byte (timeout 1 s).
+pub fn tcp_connects(from: &Workload, to: &Workload, port: u16) -> bool {
+    let dst = SocketAddr::new(to.ip, port);
+    from.ns
+        .run(move || {
+            let Ok(mut s) = TcpStream::connect_timeout(&dst, Duration::from_secs(1)) else {
+                return false;
+            };
+            let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
+            let mut b = [0u8; 1];
+            matches!(s.read(&mut b), Ok(1))
+        })
+        .expect("probe in the workload's namespace")
+}
+
+/// One ping (one echo request, its own ICMP id, so a new conntrack entry each time).
+pub fn pings(from: &Workload, to: &Workload) -> bool {
+    from.ns
+        .exec_timeout(
+            &["ping", "-n", "-c1", "-W1", &to.ip.to_string()],
+            Duration::from_secs(5),
+        )
+        .expect("ping")
+        .status
+        .success()
+}
+
+/// Waits until `f` holds (policy is applied by the agent asynchronously).
+pub fn eventually(what: &str, lab: &PolicyLab, mut f: impl FnMut() -> bool) {
+    assert!(
+        wait_for(WAIT, || f().then_some(())).is_some(),
+        "{what}: not so after {WAIT:?}\nagent log:\n{}",
+        lab.agent_log()
+    );
+}
+
+/// The namespace profile Calico's controllers write for a Namespace (`kns.<ns>`): allow all,
+/// the namespace's labels applied to its endpoints as `pcns.<key>` (what namespaceSelector
+/// matches).
+pub fn namespace_profile(ns: &str, labels: &[(&str, &str)]) -> String {
+    let mut apply = format!("    pcns.projectcalico.org/name: {ns}\n");
+    for (k, v) in labels {
+        apply.push_str(&format!("    pcns.{k}: {v}\n"));
+    }
+    format!(
+        "apiVersion: projectcalico.org/v3\nkind: Profile\nmetadata:\n  name: kns.{ns}\nspec:\n  \
+         ingress:\n  - action: Allow\n  egress:\n  - action: Allow\n  labelsToApply:\n{apply}"
+    )
+}
