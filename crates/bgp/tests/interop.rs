@@ -1074,3 +1074,130 @@ fn bird_ebgp_four_octet_as() {
         "4-octet AS in the path:\n{dump}"
     );
 }
+
+// ---------------------------------------------------------------- policy (BGPFilter, prefixAdvertisements)
+
+/// The attributes GoBGP holds for `prefix` in its global RIB (`gobgp global rib -j`).
+fn gobgp_attrs(gobgp: &GoBgp, prefix: &str) -> Option<Vec<Value>> {
+    let rib: Value =
+        serde_json::from_str(&gobgp.gobgp(&["global", "rib", "-a", "ipv4", "-j"])).ok()?;
+    let paths = rib.get(prefix)?.as_array()?;
+    paths.first()?.get("attrs")?.as_array().cloned()
+}
+
+fn attr_of(attrs: &[Value], type_code: u64) -> Option<&Value> {
+    attrs.iter().find(|a| a["type"] == type_code)
+}
+
+/// Our speaker exports with the communities of a prefix advertisement (standard and large) and
+/// of an accepting export rule's operations (with its AS-path prepend); GoBGP sees them. An
+/// import rule `NotIn 10.13.0.0/16` rejects GoBGP's 10.99.0.0/24 until the rule is removed.
+#[test]
+fn gobgp_sees_prefix_communities_and_not_in_import_rejects() {
+    let lab = Lab::new().expect("lab");
+    let dir = tempfile::tempdir().unwrap();
+    let us = node(&lab, "us", 11);
+    let them = node(&lab, "gobgp", 13);
+    let gobgp = GoBgp::start(&them, dir.path(), 65003, 64512, None);
+    gobgp.add("10.99.0.0/24", &them.v4, "ipv4");
+    gobgp.add("10.13.0.0/24", &them.v4, "ipv4");
+    let std_comm = (65000u32 << 16) | 100;
+    let op_comm = (65000u32 << 16) | 200;
+    let config = |import: Value| {
+        let mut p = peer(&them.v4, 65003, None);
+        p["import"] = import;
+        p["export"] = json!([{
+            "cidr": "10.12.0.0/24", "minLen": 24, "maxLen": 24, "familyV6": false,
+            "action": "Accept",
+            "operations": [{"addCommunity": {"standard": op_comm}}, {"prependAsPath": [65100]}],
+        }]);
+        json!({
+            "routerId": US4,
+            "localAs": 64512,
+            "peers": [p],
+            "originated": [{"prefix": "10.11.0.0/24"}, {"prefix": "10.12.0.0/24"}],
+            "prefixCommunities": [{
+                "cidr": "10.11.0.0/16",
+                "communities": [std_comm],
+                "largeCommunities": [{"global": 64512, "local1": 7, "local2": 8}],
+            }],
+        })
+    };
+    let not_in =
+        json!([{"cidr": "10.13.0.0/16", "negate": true, "familyV6": false, "action": "Reject"}]);
+    let ours = Ours::start(&us.host, dir.path(), &config(not_in));
+    let diag = || {
+        format!(
+            "--- our log\n{}\n--- gobgp rib\n{}\n--- gobgp log\n{}",
+            tail(&ours.guard.log()),
+            gobgp.rib_dump(),
+            tail(&gobgp.log())
+        )
+    };
+    let deadline = Instant::now() + DEADLINE;
+    wait_for("the session", deadline, || ours.established(&them.v4), diag);
+    wait_for(
+        "both our routes at GoBGP",
+        deadline,
+        || {
+            gobgp_attrs(&gobgp, "10.11.0.0/24").is_some()
+                && gobgp_attrs(&gobgp, "10.12.0.0/24").is_some()
+        },
+        diag,
+    );
+
+    // 10.11.0.0/24 lies in the advertisement's CIDR: both communities, nothing else added.
+    let a = gobgp_attrs(&gobgp, "10.11.0.0/24").unwrap();
+    let shown = format!("{a:?}");
+    assert_eq!(
+        attr_of(&a, 8).map(|c| c["communities"].clone()),
+        Some(json!([std_comm])),
+        "standard community from prefixCommunities: {shown}"
+    );
+    let large = attr_of(&a, 32).unwrap_or_else(|| panic!("large community missing: {shown}"));
+    assert_eq!(large["value"][0]["ASN"], 64512, "{shown}");
+    assert_eq!(large["value"][0]["LocalData1"], 7, "{shown}");
+    assert_eq!(large["value"][0]["LocalData2"], 8, "{shown}");
+    // 10.12.0.0/24 is outside it: only the export rule's community, and its prepend after ours.
+    let b = gobgp_attrs(&gobgp, "10.12.0.0/24").unwrap();
+    let shown = format!("{b:?}");
+    assert_eq!(
+        attr_of(&b, 8).map(|c| c["communities"].clone()),
+        Some(json!([op_comm])),
+        "{shown}"
+    );
+    assert!(attr_of(&b, 32).is_none(), "{shown}");
+    let path = attr_of(&b, 2).unwrap_or_else(|| panic!("no AS path: {shown}"));
+    assert_eq!(
+        path["as_paths"][0]["asns"],
+        json!([64512, 65100]),
+        "{shown}"
+    );
+
+    // Import: 10.13.0.0/24 accepted; 10.99.0.0/24 (sent, as GoBGP's adj-out shows) rejected.
+    wait_for(
+        "10.13.0.0/24 at our speaker",
+        deadline,
+        || ours.routes().contains_key("10.13.0.0/24"),
+        diag,
+    );
+    let adj_out = gobgp.gobgp(&["neighbor", US4, "adj-out", "-a", "ipv4"]);
+    assert!(
+        adj_out.contains("10.99.0.0/24"),
+        "GoBGP sent it:\n{adj_out}"
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        !ours.routes().contains_key("10.99.0.0/24"),
+        "NotIn 10.13.0.0/16 rejects 10.99.0.0/24: {:?}",
+        ours.routes()
+    );
+    // Without the rule the same session learns it (route refresh, no reset).
+    ours.rewrite(&config(json!([])));
+    wait_for(
+        "10.99.0.0/24 once the import rule is gone",
+        Instant::now() + Duration::from_secs(15),
+        || ours.routes().contains_key("10.99.0.0/24"),
+        diag,
+    );
+}
