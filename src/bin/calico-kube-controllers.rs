@@ -1,7 +1,8 @@
 //! calico-kube-controllers: reconciles the projectcalico.org/v3 objects in Kubernetes into
 //! etcd (see crates/controllers). Configured by environment, as in the Helm chart:
 //! DATASTORE_TYPE/ETCD_* (the datastore), POD_NAME, POD_NAMESPACE, LEASE_NAME, METRICS_ADDR,
-//! CALICO_LOG_LEVEL.
+//! CALICO_LOG_LEVEL, IPAM_LEAK_GRACE_PERIOD (default 15m when no
+//! KubeControllersConfiguration sets spec.controllers.node.leakGracePeriod).
 
 use std::time::Duration;
 
@@ -38,18 +39,24 @@ async fn main() -> anyhow::Result<()> {
             .parse()
             .context("METRICS_ADDR: not ADDRESS:PORT")?,
         lease_duration: Duration::from_secs(15),
+        leak_grace: std::env::var(calico_controllers::ipam_gc::LEAK_GRACE_ENV)
+            .ok()
+            .filter(|v| !v.is_empty()),
     };
     let api = calico_datastore::CalicoApiConfig::from_env().context("datastore configuration")?;
     let etcd_cfg = api.etcd_config().context("datastore configuration")?;
-    let ds = calico_datastore::Datastore::connect(etcd_cfg)
+    let kv = calico_datastore::EtcdClient::connect(etcd_cfg)
         .await
         .context("connecting to etcd")?;
+    let ds = calico_datastore::Datastore::from_etcd(kv.clone());
+    let ipam = std::sync::Arc::new(calico_controllers::calico_ipam::Ipam::new(kv));
     let client = calico_controllers::kube::Client::try_default()
         .await
         .context("connecting to the Kubernetes API")?;
     calico_controllers::run::run(
         client,
         calico_controllers::mirror::EtcdMirror::new(ds),
+        ipam,
         settings,
     )
     .await?;

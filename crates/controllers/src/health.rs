@@ -20,11 +20,81 @@ use crate::status::Outcome;
 #[derive(Debug, Default)]
 pub struct Metrics {
     counters: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
+    /// Gauges and labelled counters: (metric, label name, label value) → value.
+    series: Mutex<BTreeMap<(&'static str, &'static str, String), (Type, u128)>>,
     ready: AtomicBool,
     leader: AtomicBool,
 }
 
+/// Prometheus metric type of a series.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Type {
+    Gauge,
+    Counter,
+}
+
+impl Type {
+    fn as_str(self) -> &'static str {
+        match self {
+            Type::Gauge => "gauge",
+            Type::Counter => "counter",
+        }
+    }
+}
+
+/// Changes not yet synced, per watch-driven sync loop (`queue` label).
+pub const QUEUE_DEPTH: &str = "calico_controllers_queue_depth";
+/// Addresses allocated in each IPPool (`pool` label), from the IPAM blocks in etcd.
+pub const IPAM_ALLOCATED: &str = "calico_controllers_ipam_allocated_addresses";
+/// Addresses free in each IPPool (`pool` label).
+pub const IPAM_FREE: &str = "calico_controllers_ipam_free_addresses";
+/// Addresses released by IPAM garbage collection (`reason`: `leaked` or `node_deleted`).
+pub const IPAM_GC_RELEASED: &str = "calico_controllers_ipam_gc_released_total";
+/// Leak candidates waiting out the grace period.
+pub const IPAM_LEAK_CANDIDATES: &str = "calico_controllers_ipam_leak_candidates";
+
 impl Metrics {
+    fn series<R>(
+        &self,
+        f: impl FnOnce(&mut BTreeMap<(&'static str, &'static str, String), (Type, u128)>) -> R,
+    ) -> R {
+        f(&mut self.series.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Sets gauge `name{label="value"}`.
+    pub fn set_gauge(&self, name: &'static str, label: &'static str, value: &str, v: u128) {
+        self.series(|s| s.insert((name, label, value.to_string()), (Type::Gauge, v)));
+    }
+
+    /// Replaces every series of gauge `name` (e.g. the pools that exist now).
+    pub fn replace_gauges(
+        &self,
+        name: &'static str,
+        label: &'static str,
+        values: &[(String, u128)],
+    ) {
+        self.series(|s| {
+            s.retain(|(n, _, _), _| *n != name);
+            for (l, v) in values {
+                s.insert((name, label, l.clone()), (Type::Gauge, *v));
+            }
+        });
+    }
+
+    /// Adds `n` to counter `name{label="value"}`.
+    pub fn add_counter(&self, name: &'static str, label: &'static str, value: &str, n: u128) {
+        self.series(|s| {
+            s.entry((name, label, value.to_string()))
+                .or_insert((Type::Counter, 0))
+                .1 += n
+        });
+    }
+
+    /// Current value of a series (for tests and logs).
+    pub fn value(&self, name: &'static str, label: &'static str, value: &str) -> Option<u128> {
+        self.series(|s| s.get(&(name, label, value.to_string())).map(|(_, v)| *v))
+    }
+
     fn bump(&self, name: &'static str, kind: &'static str) {
         let mut c = self.counters.lock().unwrap_or_else(|p| p.into_inner());
         *c.entry((name, kind)).or_default() += 1;
@@ -70,6 +140,18 @@ impl Metrics {
             }
             out.push_str(&format!("{name}{{kind=\"{kind}\"}} {v}\n"));
         }
+        drop(c);
+        self.series(|s| {
+            let mut last = "";
+            for ((name, label, value), (ty, v)) in s.iter() {
+                if *name != last {
+                    out.push_str(&format!("# TYPE {name} {}\n", ty.as_str()));
+                    last = name;
+                }
+                let value = value.replace('\\', "\\\\").replace('"', "\\\"");
+                out.push_str(&format!("{name}{{{label}=\"{value}\"}} {v}\n"));
+            }
+        });
         out.push_str("# TYPE calico_controllers_leader gauge\n");
         out.push_str(&format!(
             "calico_controllers_leader {}\n",
@@ -126,6 +208,24 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("calico_controllers_leader 1\n"), "{text}");
+        m.replace_gauges(IPAM_FREE, "pool", &[("a".into(), 3), ("b".into(), 4)]);
+        m.replace_gauges(IPAM_FREE, "pool", &[("b".into(), 5)]);
+        m.add_counter(IPAM_GC_RELEASED, "reason", "leaked", 2);
+        m.add_counter(IPAM_GC_RELEASED, "reason", "leaked", 1);
+        let text = m.render();
+        assert!(!text.contains("pool=\"a\""), "{text}");
+        assert!(
+            text.contains("calico_controllers_ipam_free_addresses{pool=\"b\"} 5\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("# TYPE calico_controllers_ipam_gc_released_total counter\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("calico_controllers_ipam_gc_released_total{reason=\"leaked\"} 3\n"),
+            "{text}"
+        );
         assert_eq!(
             text.matches("# TYPE calico_controllers_reconciles_total")
                 .count(),

@@ -8,6 +8,11 @@
 //! - [`kinds`]: which kinds are reconciled and where each reports its status;
 //! - [`reconcile`]: one reconcile pass (validate → mirror → status), finalizer on delete;
 //! - [`profiles`]: Namespaces and ServiceAccounts as `kns.*` / `ksa.*` profiles;
+//! - [`nodes`]: Kubernetes Nodes as Calico Nodes (orchRefs, labels), deletion with IPAM release;
+//! - [`pods`]: pod labels and service account on their WorkloadEndpoints;
+//! - [`ipam_gc`]: IPAM garbage collection (leaked pod addresses, deleted nodes) and pool usage;
+//! - [`pool_status`]: IPPools' allocated/free address counts on the Kubernetes objects;
+//! - [`watch`]: watch-driven, level-triggered sync loops (with a slow resync);
 //! - [`leader`]: leader election on a coordination.k8s.io Lease;
 //! - [`health`]: /healthz, /readyz and /metrics;
 //! - [`run`]: wires the controllers together for the binary.
@@ -15,18 +20,26 @@
 //! Reconciled kinds: IPPool, BGPPeer, BGPConfiguration, BGPFilter, Tier, NetworkPolicy,
 //! GlobalNetworkPolicy.
 //!
-//! Not done yet (issue 8): IPPool address counts, BGPPeer session state, reflecting etcd-only objects back, Kubernetes NetworkPolicy translation, Node sync and IPAM garbage collection.
+//! Not done yet (issue 8): BGPPeer session state (calico-node publishes none in etcd),
+//! reflecting etcd-only objects back.
 
 pub mod health;
+pub mod ipam_gc;
 pub mod kinds;
 pub mod knp;
 pub mod leader;
 pub mod mirror;
+pub mod nodes;
+pub mod pods;
+pub mod pool_status;
 pub mod profiles;
 pub mod reconcile;
 pub mod run;
 pub mod status;
+pub mod watch;
 
+/// Re-exported so the binary builds the IPAM client without its own dependency.
+pub use calico_ipam;
 /// Re-exported so the binary builds a client without its own kube dependency.
 pub use kube;
 

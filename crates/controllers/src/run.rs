@@ -8,20 +8,22 @@ use std::time::Duration;
 use calico_api::{
     BGPConfiguration, BGPFilter, BGPPeer, GlobalNetworkPolicy, IPPool, NetworkPolicy, Tier,
 };
+use calico_ipam::Ipam;
 use futures::{FutureExt, StreamExt};
-use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
-use kube::api::ListParams;
+use k8s_openapi::api::core::v1::{Namespace, Node as KubeNode, Pod, ServiceAccount};
+use kube::runtime::reflector::Store;
 use kube::runtime::{Controller, watcher};
 use kube::{Api, Client};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use crate::health::{Metrics, router};
+use crate::health::{IPAM_GC_RELEASED, IPAM_LEAK_CANDIDATES, Metrics, router};
 use crate::kinds::MirroredKind;
 use crate::leader::{LeaseLock, keep_renewing};
 use crate::mirror::EtcdMirror;
-use crate::profiles;
 use crate::reconcile::{Context, error_policy, reconcile};
+use crate::watch::{self as watch_sync, Trigger};
+use crate::{ipam_gc, knp, nodes, pods, pool_status, profiles};
 
 /// Settings read from the environment by the binary.
 #[derive(Clone, Debug)]
@@ -36,6 +38,9 @@ pub struct Settings {
     pub metrics_addr: SocketAddr,
     /// Lease duration.
     pub lease_duration: Duration,
+    /// `IPAM_LEAK_GRACE_PERIOD`: the leak grace period when no KubeControllersConfiguration
+    /// sets `spec.controllers.node.leakGracePeriod` (Go duration; 0 turns leak collection off).
+    pub leak_grace: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -52,7 +57,12 @@ pub enum RunError {
 
 /// Runs until leadership is lost (an error, so the pod restarts as a follower) or the health
 /// server fails.
-pub async fn run(client: Client, mirror: EtcdMirror, settings: Settings) -> Result<(), RunError> {
+pub async fn run(
+    client: Client,
+    mirror: EtcdMirror,
+    ipam: Arc<Ipam>,
+    settings: Settings,
+) -> Result<(), RunError> {
     let metrics = Arc::new(Metrics::default());
     let listener = tokio::net::TcpListener::bind(settings.metrics_addr)
         .await
@@ -112,9 +122,14 @@ pub async fn run(client: Client, mirror: EtcdMirror, settings: Settings) -> Resu
         controller::<GlobalNetworkPolicy>(ctx.clone(), lost_rx.clone()).boxed(),
         controller::<NetworkPolicy>(ctx.clone(), lost_rx.clone()).boxed(),
     ]);
-    let profiles = profiles_loop(ctx.clone(), lost_rx.clone());
+    let inputs = kubernetes_inputs(
+        ctx.clone(),
+        ipam,
+        settings.leak_grace.clone(),
+        lost_rx.clone(),
+    );
     tokio::select! {
-        _ = futures::future::join(controllers, profiles) => {}
+        _ = futures::future::join(controllers, inputs) => {}
         r = server => {
             let source = match r {
                 Ok(Ok(())) => std::io::Error::other("server stopped"),
@@ -145,43 +160,229 @@ async fn controller<K: MirroredKind>(ctx: Arc<Context>, mut lost: watch::Receive
         .await;
 }
 
-/// How often Namespaces and ServiceAccounts are listed and their profiles synced.
-pub const PROFILE_SYNC: Duration = Duration::from_secs(30);
+/// How often IPAM is garbage collected and the pools' usage reported.
+pub const IPAM_ROUND: Duration = Duration::from_secs(30);
 
-/// Keeps the `kns.*` / `ksa.*` profiles and the `knp.default.*` policies in etcd in line with
-/// the cluster (list and sync every
-/// [`PROFILE_SYNC`]; level-triggered, so a missed change is repaired at the next round), until
-/// `lost` turns true.
-async fn profiles_loop(ctx: Arc<Context>, mut lost: watch::Receiver<bool>) {
-    let namespaces: Api<Namespace> = Api::all(ctx.client.clone());
-    let accounts: Api<ServiceAccount> = Api::all(ctx.client.clone());
-    loop {
-        let lp = ListParams::default();
-        match futures::future::try_join(namespaces.list(&lp), accounts.list(&lp)).await {
-            Ok((ns, sas)) => {
-                if let Err(e) = profiles::sync(&ctx.mirror, &ns.items, &sas.items).await {
-                    ctx.metrics.reconcile_failed("Profile");
-                    warn!(error = %e, "syncing profiles");
-                } else {
-                    ctx.metrics.reconcile_started("Profile");
+/// The Kubernetes-native inputs (Namespaces, ServiceAccounts, NetworkPolicies, Nodes, Pods),
+/// each kept by a watch, and the loops that sync them into etcd, until `lost` turns true.
+async fn kubernetes_inputs(
+    ctx: Arc<Context>,
+    ipam: Arc<Ipam>,
+    leak_grace_env: Option<String>,
+    lost: watch::Receiver<bool>,
+) {
+    let client = ctx.client.clone();
+    let metrics = ctx.metrics.clone();
+    let profiles_t = Trigger::new("profiles", metrics.clone());
+    let knp_t = Trigger::new("kubernetes-network-policies", metrics.clone());
+    let nodes_t = Trigger::new("nodes", metrics.clone());
+    let pods_t = Trigger::new("pods", metrics.clone());
+    let (namespaces, ns_watch) = watch_sync::reflect(
+        Api::<Namespace>::all(client.clone()),
+        vec![profiles_t.clone()],
+    );
+    let (accounts, sa_watch) = watch_sync::reflect(
+        Api::<ServiceAccount>::all(client.clone()),
+        vec![profiles_t.clone()],
+    );
+    let (knps, knp_watch) = watch_sync::reflect(
+        Api::<k8s_openapi::api::networking::v1::NetworkPolicy>::all(client.clone()),
+        vec![knp_t.clone()],
+    );
+    let (kube_nodes, node_watch) =
+        watch_sync::reflect(Api::<KubeNode>::all(client.clone()), vec![nodes_t.clone()]);
+    let (pods, pod_watch) =
+        watch_sync::reflect(Api::<Pod>::all(client.clone()), vec![pods_t.clone()]);
+    let timing = watch_sync::Timing::default();
+
+    let profiles = {
+        let (ctx, namespaces, accounts) = (ctx.clone(), namespaces.clone(), accounts.clone());
+        watch_sync::sync_loop(
+            profiles_t,
+            "Profile",
+            metrics.clone(),
+            timing,
+            watch_sync::all_ready(vec![
+                watch_sync::ready(&namespaces),
+                watch_sync::ready(&accounts),
+            ]),
+            lost.clone(),
+            move || {
+                let (ctx, ns, sa) = (
+                    ctx.clone(),
+                    watch_sync::objects(&namespaces),
+                    watch_sync::objects(&accounts),
+                );
+                async move { profiles::sync(&ctx.mirror, &ns, &sa).await.map(|_| ()) }
+            },
+        )
+    };
+    let knp = {
+        let (ctx, knps) = (ctx.clone(), knps.clone());
+        watch_sync::sync_loop(
+            knp_t,
+            "KubernetesNetworkPolicy",
+            metrics.clone(),
+            timing,
+            watch_sync::ready(&knps),
+            lost.clone(),
+            move || {
+                let (ctx, items) = (ctx.clone(), watch_sync::objects(&knps));
+                async move { knp::sync(&ctx.mirror, &items).await.map(|_| ()) }
+            },
+        )
+    };
+    let node_sync = {
+        let (ctx, ipam, kube_nodes, pods) =
+            (ctx.clone(), ipam.clone(), kube_nodes.clone(), pods.clone());
+        watch_sync::sync_loop(
+            nodes_t,
+            "Node",
+            metrics.clone(),
+            timing,
+            watch_sync::all_ready(vec![
+                watch_sync::ready(&kube_nodes),
+                watch_sync::ready(&pods),
+            ]),
+            lost.clone(),
+            move || {
+                let (ctx, ipam) = (ctx.clone(), ipam.clone());
+                let (kn, ps) = (watch_sync::objects(&kube_nodes), watch_sync::objects(&pods));
+                async move {
+                    let r = nodes::sync(ctx.mirror.datastore(), &ipam, &kn, &ps).await?;
+                    if !r.released.is_empty() {
+                        ctx.metrics.add_counter(
+                            IPAM_GC_RELEASED,
+                            "reason",
+                            "node_deleted",
+                            r.released.len() as u128,
+                        );
+                    }
+                    Ok::<_, nodes::NodeSyncError>(())
                 }
-            }
+            },
+        )
+    };
+    let pod_sync = {
+        let (ctx, pods) = (ctx.clone(), pods.clone());
+        watch_sync::sync_loop(
+            pods_t,
+            "WorkloadEndpoint",
+            metrics.clone(),
+            timing,
+            watch_sync::ready(&pods),
+            lost.clone(),
+            move || {
+                let (ctx, items) = (ctx.clone(), watch_sync::objects(&pods));
+                async move { pods::sync(ctx.mirror.datastore(), &items).await.map(|_| ()) }
+            },
+        )
+    };
+    let ipam_loop = ipam_loop(
+        ctx.clone(),
+        ipam,
+        kube_nodes,
+        pods,
+        leak_grace_env,
+        lost.clone(),
+    );
+    let watches = futures::future::join_all([ns_watch, sa_watch, knp_watch, node_watch, pod_watch]);
+    let mut lost = lost;
+    tokio::select! {
+        _ = futures::future::join5(profiles, knp, node_sync, pod_sync, ipam_loop) => {}
+        _ = watches => warn!("a watch stream ended"),
+        _ = lost.wait_for(|l| *l) => {}
+    }
+}
+
+/// Every [`IPAM_ROUND`]: garbage-collects IPAM and reports the pools' usage (metrics and the
+/// Kubernetes IPPools' annotations).
+async fn ipam_loop(
+    ctx: Arc<Context>,
+    ipam: Arc<Ipam>,
+    kube_nodes: Store<KubeNode>,
+    pods: Store<Pod>,
+    leak_grace_env: Option<String>,
+    mut lost: watch::Receiver<bool>,
+) {
+    tokio::select! {
+        _ = watch_sync::all_ready(vec![watch_sync::ready(&kube_nodes), watch_sync::ready(&pods)]) => {}
+        _ = lost.wait_for(|l| *l) => return,
+    }
+    let mut tracker = ipam_gc::LeakTracker::default();
+    loop {
+        let (kn, ps) = (watch_sync::objects(&kube_nodes), watch_sync::objects(&pods));
+        let now = std::time::Instant::now();
+        match ipam_round(
+            &ctx,
+            &ipam,
+            &mut tracker,
+            &kn,
+            &ps,
+            leak_grace_env.as_deref(),
+            now,
+        )
+        .await
+        {
+            Ok(_) => ctx.metrics.reconcile_started("IPAM"),
             Err(e) => {
-                ctx.metrics.reconcile_failed("Profile");
-                warn!(error = %e, "listing Namespaces and ServiceAccounts");
-            }
-        }
-        // Kubernetes NetworkPolicies -> knp.default.* policies, level-triggered the same way.
-        match crate::knp::list_and_sync(ctx.client.clone(), &ctx.mirror).await {
-            Ok(_) => ctx.metrics.reconcile_started("KubernetesNetworkPolicy"),
-            Err(e) => {
-                ctx.metrics.reconcile_failed("KubernetesNetworkPolicy");
-                warn!(error = %e, "syncing Kubernetes NetworkPolicies");
+                ctx.metrics.reconcile_started("IPAM");
+                ctx.metrics.reconcile_failed("IPAM");
+                warn!(error = %e, "IPAM garbage collection / pool usage");
             }
         }
         tokio::select! {
-            _ = tokio::time::sleep(PROFILE_SYNC) => {}
+            _ = tokio::time::sleep(IPAM_ROUND) => {}
             _ = lost.wait_for(|l| *l) => return,
         }
     }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum IpamRoundError {
+    #[error(transparent)]
+    Gc(#[from] ipam_gc::GcError),
+    #[error(transparent)]
+    Status(#[from] pool_status::PoolStatusError),
+}
+
+fn record_gc(metrics: &Metrics, report: &ipam_gc::GcReport, tracker: &ipam_gc::LeakTracker) {
+    metrics.add_counter(
+        IPAM_GC_RELEASED,
+        "reason",
+        "leaked",
+        report.released_leaked.len() as u128,
+    );
+    metrics.add_counter(
+        IPAM_GC_RELEASED,
+        "reason",
+        "node_deleted",
+        report.released_node_gone.len() as u128,
+    );
+    metrics.set_gauge(
+        IPAM_LEAK_CANDIDATES,
+        "scope",
+        "cluster",
+        tracker.pending() as u128,
+    );
+}
+
+/// One IPAM round (what [`ipam_loop`] runs every [`IPAM_ROUND`]): leak grace period from
+/// configuration, garbage collection at `now`, pool usage as metrics and on the IPPools.
+pub async fn ipam_round(
+    ctx: &Context,
+    ipam: &Ipam,
+    tracker: &mut ipam_gc::LeakTracker,
+    kube_nodes: &[KubeNode],
+    pods: &[Pod],
+    leak_grace_env: Option<&str>,
+    now: std::time::Instant,
+) -> Result<ipam_gc::GcReport, IpamRoundError> {
+    let grace = ipam_gc::leak_grace(ctx.mirror.datastore(), leak_grace_env).await?;
+    let report = ipam_gc::collect(ipam, tracker, kube_nodes, pods, now, grace).await?;
+    record_gc(&ctx.metrics, &report, tracker);
+    let usage = ipam_gc::pool_usage(ipam).await?;
+    pool_status::record_metrics(&ctx.metrics, &usage);
+    pool_status::report(ctx.client.clone(), &usage).await?;
+    Ok(report)
 }
