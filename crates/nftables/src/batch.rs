@@ -13,8 +13,13 @@ pub(crate) mod msg {
     pub const NEWTABLE: u16 = 0;
     pub const DELTABLE: u16 = 2;
     pub const NEWCHAIN: u16 = 3;
+    pub const GETCHAIN: u16 = 4;
+    pub const DELCHAIN: u16 = 5;
     pub const NEWRULE: u16 = 6;
+    pub const DELRULE: u16 = 8;
     pub const NEWSET: u16 = 9;
+    pub const GETSET: u16 = 10;
+    pub const DELSET: u16 = 11;
     pub const NEWSETELEM: u16 = 12;
     pub const DELSETELEM: u16 = 14;
     pub const NEWGEN: u16 = 15;
@@ -291,7 +296,8 @@ pub enum KeyType {
 }
 
 impl KeyType {
-    fn code(self) -> u32 {
+    /// nft's type id, as stored in the kernel.
+    pub fn code(self) -> u32 {
         match self {
             KeyType::Ipv4Addr => 7,
             KeyType::Ipv6Addr => 8,
@@ -583,6 +589,45 @@ impl Batch {
                 format!("{} elements of set {table} {set} (delete)", chunk.len()),
             );
         }
+    }
+
+    /// Remove every rule of a chain; the chain (and its handle) stays.
+    pub fn flush_chain(&mut self, table: &str, chain: &str) {
+        let mut a = Attrs::default();
+        a.str(1, table);
+        a.str(2, chain);
+        self.push(msg::DELRULE, 0, a, format!("chain {table} {chain} (flush)"));
+    }
+
+    /// Delete an empty chain nothing refers to.
+    pub fn delete_chain(&mut self, table: &str, chain: &str) {
+        let mut a = Attrs::default();
+        a.str(1, table);
+        a.str(3, chain);
+        self.push(
+            msg::DELCHAIN,
+            0,
+            a,
+            format!("chain {table} {chain} (delete)"),
+        );
+    }
+
+    /// Delete a set nothing refers to.
+    pub fn delete_set(&mut self, table: &str, set: &str) {
+        let mut a = Attrs::default();
+        a.str(1, table);
+        a.str(2, set);
+        self.push(msg::DELSET, 0, a, format!("set {table} {set} (delete)"));
+    }
+
+    /// Appends the messages of another batch (same family).
+    pub fn append(&mut self, other: Batch) {
+        self.messages.extend(other.messages);
+    }
+
+    /// Descriptions of the messages, in order (what each one touches; tests and logs).
+    pub fn describe(&self) -> Vec<&str> {
+        self.messages.iter().map(|m| m.what.as_str()).collect()
     }
 
     /// Remove every element of a set.

@@ -5,9 +5,25 @@ use std::path::Path;
 use calico_policy::program::HostProgram;
 use calico_policy::sets::SetId;
 
-use crate::batch::{Batch, Family};
-use crate::render::{EndpointToHost, RenderError, TABLE_NAME, render_set_update, render_table};
+use std::collections::BTreeSet;
+
+use crate::batch::{Batch, ChainSpec, Family, Hook, KeyType, SetSpec, Verdict};
+use crate::render::{EndpointToHost, RenderError, TABLE_NAME, render_set_update, render_spec};
 use crate::socket::{NftError, NftSocket};
+use crate::table::{Applied, Op, TableSpec, diff, full_batch, to_batch};
+
+/// What one [`PolicyDataplane::apply_changes`] sent.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ApplyReport {
+    /// The whole table was replaced (first apply, or the difference was refused).
+    pub full: bool,
+    /// Messages in the transaction (0: nothing changed, nothing sent).
+    pub messages: usize,
+    /// Chains whose rules the transaction flushed, wrote or deleted (empty for a full apply).
+    pub chains: BTreeSet<String>,
+    /// Sets (and verdict maps) whose elements it changed, or that it created or deleted.
+    pub sets: BTreeSet<String>,
+}
 
 /// Why a program could not be enforced.
 #[derive(Debug, thiserror::Error)]
@@ -25,6 +41,8 @@ pub enum ApplyError {
 pub struct PolicyDataplane {
     socket: NftSocket,
     to_host: EndpointToHost,
+    /// What the table holds, as far as we know: `None` until the first apply or adoption.
+    applied: Option<Applied>,
 }
 
 impl PolicyDataplane {
@@ -33,6 +51,7 @@ impl PolicyDataplane {
         Ok(PolicyDataplane {
             socket: NftSocket::open()?,
             to_host: EndpointToHost::default(),
+            applied: None,
         })
     }
 
@@ -41,6 +60,7 @@ impl PolicyDataplane {
         Ok(PolicyDataplane {
             socket: NftSocket::open_in(path)?,
             to_host: EndpointToHost::default(),
+            applied: None,
         })
     }
 
@@ -54,8 +74,10 @@ impl PolicyDataplane {
     /// previous run of the agent) is replaced in the same transaction, so there is no moment
     /// without enforcement and no half-applied policy. Returns the number of messages sent.
     pub fn apply(&mut self, program: &HostProgram) -> Result<usize, ApplyError> {
-        let batch = render_table(program, self.to_host)?;
+        let spec = render_spec(program, self.to_host)?;
+        let batch = full_batch(TABLE_NAME, &spec);
         self.socket.send(&batch)?;
+        self.applied = Some(Applied::Exactly(spec));
         tracing::debug!(
             messages = batch.len(),
             endpoints = program.endpoints.len(),
@@ -74,7 +96,146 @@ impl PolicyDataplane {
     ) -> Result<usize, ApplyError> {
         let batch = render_set_update(program, ids);
         self.socket.send(&batch)?;
+        // The table now differs from the last applied one in ways not recorded here: the next
+        // `apply_changes` replaces the whole table.
+        self.applied = None;
         Ok(batch.len())
+    }
+
+    /// Makes the kernel enforce exactly `program` by sending only the difference from what
+    /// was applied last (see [`crate::table::diff`]), in one transaction: a rule change in one
+    /// policy rewrites that policy's chains only; a membership change, that set's elements.
+    /// The first call (nothing applied, nothing adopted) replaces the whole table; so does a
+    /// difference the kernel refuses (e.g. someone changed the table behind our back), in
+    /// the same atomic way.
+    pub fn apply_changes(&mut self, program: &HostProgram) -> Result<ApplyReport, ApplyError> {
+        let spec = render_spec(program, self.to_host)?;
+        let Some(applied) = &self.applied else {
+            return self.replace(spec);
+        };
+        let ops = diff(applied, &spec);
+        if ops.is_empty() {
+            return Ok(ApplyReport::default());
+        }
+        let batch = to_batch(TABLE_NAME, &ops);
+        if let Err(e) = self.socket.send(&batch) {
+            tracing::warn!(error = %e, "incremental policy update refused; replacing the whole table");
+            return self.replace(spec);
+        }
+        let mut report = ApplyReport {
+            full: false,
+            messages: batch.len(),
+            ..Default::default()
+        };
+        for op in &ops {
+            match op {
+                Op::FlushChain(c) | Op::DeleteChain(c) | Op::AddRule(c, _) => {
+                    report.chains.insert(c.clone());
+                }
+                Op::AddChain(c) => {
+                    report.chains.insert(c.name.clone());
+                }
+                Op::AddSet(s) => {
+                    report.sets.insert(s.name.clone());
+                }
+                Op::DeleteSet(s) | Op::FlushSet(s) | Op::AddElems(s, _) | Op::DeleteElems(s, _) => {
+                    report.sets.insert(s.clone());
+                }
+            }
+        }
+        tracing::debug!(
+            messages = report.messages,
+            chains = report.chains.len(),
+            sets = report.sets.len(),
+            "policy difference applied"
+        );
+        self.applied = Some(Applied::Exactly(spec));
+        Ok(report)
+    }
+
+    fn replace(&mut self, spec: TableSpec) -> Result<ApplyReport, ApplyError> {
+        let batch = full_batch(TABLE_NAME, &spec);
+        self.socket.send(&batch)?;
+        self.applied = Some(Applied::Exactly(spec));
+        Ok(ApplyReport {
+            full: true,
+            messages: batch.len(),
+            ..Default::default()
+        })
+    }
+
+    /// Recognises a table `inet calico-rs` left by a previous run (the restart path): reads
+    /// which chains and sets it has, and leaves it enforcing untouched. The next
+    /// [`PolicyDataplane::apply_changes`] then keeps every chain and set the new program
+    /// still has (same name and kind): it rewrites their rules and elements in place, adds
+    /// what is new and deletes what is gone, in one transaction, so there is no moment
+    /// without the table. Rule counters restart then (rules are rewritten, chains kept).
+    /// Returns the number of chains and sets found (`(0, 0)`: no table).
+    pub fn adopt_existing(&mut self) -> Result<(usize, usize), NftError> {
+        let mut t = TableSpec::default();
+        for c in self.socket.list_chains()? {
+            if c.table != TABLE_NAME {
+                continue;
+            }
+            let base = match (c.hook, c.policy) {
+                (Some((num, prio)), policy) => {
+                    let hook = match num {
+                        0 => Hook::Prerouting,
+                        1 => Hook::Input,
+                        2 => Hook::Forward,
+                        3 => Hook::Output,
+                        _ => Hook::Postrouting,
+                    };
+                    let policy = if policy == Some(0) {
+                        Verdict::Drop
+                    } else {
+                        Verdict::Accept
+                    };
+                    Some((hook, prio, policy))
+                }
+                (None, _) => None,
+            };
+            t.add_chain(&ChainSpec { name: c.name, base });
+        }
+        for s in self.socket.list_sets()? {
+            if s.table != TABLE_NAME {
+                continue;
+            }
+            let key = [
+                KeyType::Ipv4Addr,
+                KeyType::Ipv6Addr,
+                KeyType::InetService,
+                KeyType::IfName,
+                KeyType::Ipv4AddrPort,
+                KeyType::Ipv6AddrPort,
+            ]
+            .into_iter()
+            .find(|k| k.code() == s.key_type && k.key_len() == s.key_len);
+            let Some(key) = key else {
+                // Not one of ours: a full replace is the only safe thing.
+                tracing::warn!(set = %s.name, "unknown set type in our table; it will be replaced whole");
+                self.applied = None;
+                return Ok((0, 0));
+            };
+            t.add_set(&SetSpec {
+                name: s.name,
+                key,
+                interval: s.flags & 0x4 != 0,
+                verdict_map: s.flags & 0x8 != 0,
+            });
+        }
+        let found = (t.chains.len(), t.sets.len());
+        self.applied = if found == (0, 0) {
+            None
+        } else {
+            Some(Applied::Adopted(t))
+        };
+        Ok(found)
+    }
+
+    /// The socket, for reading the kernel's view (listing chains, sets, rules).
+    pub fn socket(&mut self) -> &mut NftSocket {
+        &mut self.socket
     }
 
     /// Removes the table (agent uninstall); no error when it is absent.
@@ -82,11 +243,15 @@ impl PolicyDataplane {
         let mut b = Batch::new(Family::Inet);
         b.add_table(TABLE_NAME);
         b.delete_table(TABLE_NAME);
-        self.socket.send(&b)
+        self.socket.send(&b)?;
+        self.applied = None;
+        Ok(())
     }
 
     /// Sends a hand-built batch (tests, tools).
     pub fn send(&mut self, batch: &Batch) -> Result<(), NftError> {
+        // It may change anything: the next `apply_changes` replaces the whole table.
+        self.applied = None;
         self.socket.send(batch)
     }
 }

@@ -8,7 +8,8 @@
 //!   `inet calico-rs`;
 //! - [`PolicyDataplane`]: what the node agent calls: [`PolicyDataplane::apply`] replaces the
 //!   whole table in one transaction, [`PolicyDataplane::update_sets`] rewrites only the
-//!   elements of the sets whose membership changed;
+//!   elements of the sets whose membership changed, [`PolicyDataplane::apply_changes`] sends
+//!   only the difference from the last applied table ([`table::diff`]);
 //! - [`read`]: the table read back (chains, rules, comments, counters, verdicts).
 
 pub mod batch;
@@ -16,8 +17,10 @@ pub mod dataplane;
 pub mod read;
 pub mod render;
 pub mod socket;
+pub mod table;
 
 pub use batch::{Batch, ChainSpec, Expr, Family, Hook, SetElem, SetSpec, Verdict};
-pub use dataplane::{ApplyError, PolicyDataplane};
-pub use render::{EndpointToHost, RenderError, TABLE_NAME, render_table};
-pub use socket::{NftError, NftSocket};
+pub use dataplane::{ApplyError, ApplyReport, PolicyDataplane};
+pub use render::{EndpointToHost, RenderError, TABLE_NAME, render_spec, render_table};
+pub use socket::{ListedChain, ListedSet, NftError, NftSocket};
+pub use table::{Applied, TableSpec};

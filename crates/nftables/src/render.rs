@@ -1,4 +1,5 @@
-//! A [`HostProgram`] rendered as the table `inet calico-rs`, in one [`Batch`].
+//! A [`HostProgram`] rendered as the table `inet calico-rs`: as data ([`render_spec`]) and as
+//! one [`Batch`] replacing the whole table ([`render_table`]).
 //!
 //! Layout (names follow Felix's iptables chains where there is one):
 //! - two `forward` base chains: `from-wl` (priority 0) sends packets arriving from a workload
@@ -42,6 +43,7 @@ use crate::batch::{
     Batch, ChainSpec, CmpOp, Expr, Family, Hook, KeyType, MetaKey, NFPROTO_IPV4, NFPROTO_IPV6,
     PayloadBase, SetElem, SetSpec, Verdict, ct,
 };
+use crate::table::{TableSpec, full_batch};
 
 /// The table calico-rs owns (and recognises after a restart).
 pub const TABLE_NAME: &str = "calico-rs";
@@ -139,18 +141,19 @@ pub enum EndpointToHost {
 /// The whole table, as one batch that first removes any previous version of it: the kernel
 /// applies it atomically, so packets see either the old or the new table.
 pub fn render_table(host: &HostProgram, to_host: EndpointToHost) -> Result<Batch, RenderError> {
-    let t = TABLE_NAME;
-    let mut b = Batch::new(Family::Inet);
-    // Create-if-missing then delete: the delete cannot fail, and the table is rebuilt below.
-    b.add_table(t);
-    b.delete_table(t);
-    b.add_table(t);
+    Ok(full_batch(TABLE_NAME, &render_spec(host, to_host)?))
+}
+
+/// The whole table as data (every chain with its rules, every set with its elements): what
+/// [`render_table`] sends, and what [`crate::table::diff`] compares between two programs.
+pub fn render_spec(host: &HostProgram, to_host: EndpointToHost) -> Result<TableSpec, RenderError> {
+    let mut b = TableSpec::default();
 
     for (id, set) in &host.sets {
         for v in [IpVersion::V4, IpVersion::V6] {
             let (spec, elems) = set_contents(id, set, v);
-            b.add_set(t, &spec);
-            b.add_elements(t, &spec.name, &elems);
+            b.add_set(&spec);
+            b.add_elements(&spec.name, &elems);
         }
     }
 
@@ -175,7 +178,7 @@ pub fn render_table(host: &HostProgram, to_host: EndpointToHost) -> Result<Batch
     let mut rule_batches = Vec::new();
     for id in &used {
         let chain = rule_list_chain(id);
-        b.add_chain(t, &ChainSpec::regular(&chain));
+        b.add_chain(&ChainSpec::regular(&chain));
         rule_batches.push((id, chain));
     }
     for (id, chain) in &rule_batches {
@@ -212,16 +215,13 @@ pub fn render_table(host: &HostProgram, to_host: EndpointToHost) -> Result<Batch
         });
     }
     for (map, elems) in [(FROM_WL_MAP, from), (TO_WL_MAP, to)] {
-        b.add_set(
-            t,
-            &SetSpec {
-                name: map.into(),
-                key: KeyType::IfName,
-                interval: false,
-                verdict_map: true,
-            },
-        );
-        b.add_elements(t, map, &elems);
+        b.add_set(&SetSpec {
+            name: map.into(),
+            key: KeyType::IfName,
+            interval: false,
+            verdict_map: true,
+        });
+        b.add_elements(map, &elems);
     }
 
     // Base chains last: they go live with the commit, complete.
@@ -229,18 +229,14 @@ pub fn render_table(host: &HostProgram, to_host: EndpointToHost) -> Result<Batch
         ("from-wl", 0, MetaKey::IifName, FROM_WL_MAP),
         ("to-wl", 1, MetaKey::OifName, TO_WL_MAP),
     ] {
-        b.add_chain(
-            t,
-            &ChainSpec::base(name, Hook::Forward, prio, Verdict::Accept),
-        );
+        b.add_chain(&ChainSpec::base(name, Hook::Forward, prio, Verdict::Accept));
         let mut r = ct_state_any(ct::INVALID);
         r.extend([Expr::Counter, Expr::Verdict(Verdict::Drop)]);
-        b.add_rule(t, name, &r, Some("drop invalid"));
+        b.add_rule(name, &r, Some("drop invalid"));
         let mut r = ct_state_any(ct::ESTABLISHED | ct::RELATED);
         r.extend([Expr::Counter, Expr::Verdict(Verdict::Accept)]);
-        b.add_rule(t, name, &r, Some("allow established,related"));
+        b.add_rule(name, &r, Some("allow established,related"));
         b.add_rule(
-            t,
             name,
             &[Expr::Meta(key), Expr::VerdictMap(map.into())],
             Some("dispatch to the workload's chain"),
@@ -275,8 +271,7 @@ type HostEp<'a> = (Option<&'a str>, &'a EndpointProgram, &'a HostChains);
 /// Loopback and workload interfaces (`cali*`) are never host endpoint traffic. Tracked base
 /// chains allow established/related and untracked (already allowed by a doNotTrack policy)
 /// packets and drop invalid ones before any policy, as Felix does.
-fn render_host_endpoints(b: &mut Batch, heps: &[HostEp<'_>]) {
-    let t = TABLE_NAME;
+fn render_host_endpoints(b: &mut TableSpec, heps: &[HostEp<'_>]) {
     let suffix = |iface: Option<&str>| iface.unwrap_or("*").to_owned();
     type Pick = fn(&EndpointProgram, &HostChains) -> Chain;
     let stages: [(&str, Pick); 7] = [
@@ -305,14 +300,13 @@ fn render_host_endpoints(b: &mut Batch, heps: &[HostEp<'_>]) {
         ("hep-fwd-out", Hook::Forward, 3, false, true, "thfw"),
     ];
     for (name, hook, prio, incoming, tracked, prefix) in bases {
-        b.add_chain(t, &ChainSpec::base(name, hook, prio, Verdict::Accept));
+        b.add_chain(&ChainSpec::base(name, hook, prio, Verdict::Accept));
         let key = if incoming {
             MetaKey::IifName
         } else {
             MetaKey::OifName
         };
         b.add_rule(
-            t,
             name,
             &[
                 Expr::Meta(key),
@@ -322,7 +316,6 @@ fn render_host_endpoints(b: &mut Batch, heps: &[HostEp<'_>]) {
             Some("loopback is not a host endpoint"),
         );
         b.add_rule(
-            t,
             name,
             &[
                 Expr::Meta(key),
@@ -334,10 +327,10 @@ fn render_host_endpoints(b: &mut Batch, heps: &[HostEp<'_>]) {
         if tracked {
             let mut r = ct_state_any(ct::INVALID);
             r.extend([Expr::Counter, Expr::Verdict(Verdict::Drop)]);
-            b.add_rule(t, name, &r, Some("drop invalid"));
+            b.add_rule(name, &r, Some("drop invalid"));
             let mut r = ct_state_any(ct::ESTABLISHED | ct::RELATED | ct::UNTRACKED);
             r.extend([Expr::Counter, Expr::Verdict(Verdict::Accept)]);
-            b.add_rule(t, name, &r, Some("allow established,related,untracked"));
+            b.add_rule(name, &r, Some("allow established,related,untracked"));
         }
         for (iface, _, _) in heps {
             let chain = format!("{prefix}-{}", suffix(*iface));
@@ -346,21 +339,15 @@ fn render_host_endpoints(b: &mut Batch, heps: &[HostEp<'_>]) {
                 r.extend([Expr::Meta(key), Expr::Cmp(CmpOp::Eq, ifname_key(i))]);
             }
             r.push(Expr::Verdict(Verdict::Goto(chain)));
-            b.add_rule(
-                t,
-                name,
-                &r,
-                Some(&format!("host endpoint {}", suffix(*iface))),
-            );
+            b.add_rule(name, &r, Some(&format!("host endpoint {}", suffix(*iface))));
         }
     }
 }
 
 /// Input hook: traffic from workload interfaces (`cali*`) to the host.
-fn render_to_host(b: &mut Batch, to_host: EndpointToHost) {
-    let t = TABLE_NAME;
+fn render_to_host(b: &mut TableSpec, to_host: EndpointToHost) {
     let name = "wl-to-host";
-    b.add_chain(t, &ChainSpec::base(name, Hook::Input, 0, Verdict::Accept));
+    b.add_chain(&ChainSpec::base(name, Hook::Input, 0, Verdict::Accept));
     let from_wl = || {
         vec![
             Expr::Meta(MetaKey::IifName),
@@ -371,11 +358,11 @@ fn render_to_host(b: &mut Batch, to_host: EndpointToHost) {
     let mut r = from_wl();
     r.extend(ct_state_any(ct::INVALID));
     r.extend([Expr::Counter, Expr::Verdict(Verdict::Drop)]);
-    b.add_rule(t, name, &r, Some("drop invalid"));
+    b.add_rule(name, &r, Some("drop invalid"));
     let mut r = from_wl();
     r.extend(ct_state_any(ct::ESTABLISHED | ct::RELATED));
     r.extend([Expr::Counter, Expr::Verdict(Verdict::Accept)]);
-    b.add_rule(t, name, &r, Some("allow established,related"));
+    b.add_rule(name, &r, Some("allow established,related"));
     // IPv6 needs MLD, router and neighbour solicitations/advertisements to the host (types
     // 130-133, 135-136; not 134, a router advertisement from a workload), as Felix allows.
     for (lo, hi) in [(130u8, 133u8), (135, 136)] {
@@ -392,16 +379,10 @@ fn render_to_host(b: &mut Batch, to_host: EndpointToHost) {
             Expr::Counter,
             Expr::Verdict(Verdict::Accept),
         ]);
-        b.add_rule(
-            t,
-            name,
-            &r,
-            Some("allow ICMPv6 neighbour discovery and MLD"),
-        );
+        b.add_rule(name, &r, Some("allow ICMPv6 neighbour discovery and MLD"));
     }
     match to_host {
         EndpointToHost::Accept => b.add_rule(
-            t,
             name,
             &[
                 Expr::Meta(MetaKey::IifName),
@@ -423,11 +404,11 @@ fn render_to_host(b: &mut Batch, to_host: EndpointToHost) {
                     Expr::Counter,
                     Expr::Verdict(Verdict::Accept),
                 ]);
-                b.add_rule(t, name, &r, Some("allow DHCP"));
+                b.add_rule(name, &r, Some("allow DHCP"));
             }
             let mut r = from_wl();
             r.extend([Expr::Counter, Expr::Verdict(Verdict::Drop)]);
-            b.add_rule(t, name, &r, Some("DefaultEndpointToHostAction Drop"));
+            b.add_rule(name, &r, Some("DefaultEndpointToHostAction Drop"));
         }
     }
 }
@@ -502,9 +483,8 @@ fn ip_set_spec(name: &str, v: IpVersion) -> SetSpec {
     }
 }
 
-fn render_endpoint_chain(b: &mut Batch, name: &str, chain: &Chain) {
-    let t = TABLE_NAME;
-    b.add_chain(t, &ChainSpec::regular(name));
+fn render_endpoint_chain(b: &mut TableSpec, name: &str, chain: &Chain) {
+    b.add_chain(&ChainSpec::regular(name));
     let tiers: Vec<_> = chain
         .tiers
         .iter()
@@ -514,21 +494,19 @@ fn render_endpoint_chain(b: &mut Batch, name: &str, chain: &Chain) {
         .collect();
     for (n, tier) in tiers.iter().enumerate() {
         let tc = format!("{name}-t{n}");
-        b.add_chain(t, &ChainSpec::regular(&tc));
+        b.add_chain(&ChainSpec::regular(&tc));
         for p in tier.policies.iter().filter(|p| !p.staged) {
             b.add_rule(
-                t,
                 &tc,
                 &[Expr::Verdict(Verdict::Jump(rule_list_chain(&p.rules)))],
                 Some(&format!("policy {}", p.name)),
             );
             let mut r = mark_any(PASS_MARK);
             r.push(Expr::Verdict(Verdict::Return));
-            b.add_rule(t, &tc, &r, Some("passed"));
+            b.add_rule(&tc, &r, Some("passed"));
         }
         if tier.end_of_tier == EndOfTier::Deny {
             b.add_rule(
-                t,
                 &tc,
                 &[Expr::Counter, Expr::Verdict(Verdict::Drop)],
                 Some(&format!("end of tier {}", tier.name)),
@@ -538,19 +516,17 @@ fn render_endpoint_chain(b: &mut Batch, name: &str, chain: &Chain) {
     for f in &chain.failsafe {
         render_failsafe(b, name, chain.direction, f);
     }
-    b.add_rule(t, name, &mark_update(PASS_MARK, false), None);
+    b.add_rule(name, &mark_update(PASS_MARK, false), None);
     for (n, tier) in tiers.iter().enumerate() {
         b.add_rule(
-            t,
             name,
             &[Expr::Verdict(Verdict::Jump(format!("{name}-t{n}")))],
             Some(&format!("tier {}", tier.name)),
         );
-        b.add_rule(t, name, &mark_update(PASS_MARK, false), None);
+        b.add_rule(name, &mark_update(PASS_MARK, false), None);
     }
     for p in &chain.profiles {
         b.add_rule(
-            t,
             name,
             &[Expr::Verdict(Verdict::Jump(rule_list_chain(&p.rules)))],
             Some(&format!("profile {}", p.name)),
@@ -562,13 +538,13 @@ fn render_endpoint_chain(b: &mut Batch, name: &str, chain: &Chain) {
         Fallthrough::Continue => (None, ""),
     };
     if let Some(v) = v {
-        b.add_rule(t, name, &[Expr::Counter, Expr::Verdict(v)], Some(what));
+        b.add_rule(name, &[Expr::Counter, Expr::Verdict(v)], Some(what));
     }
 }
 
 /// Failsafe: always allowed, before any policy. Inbound entries match the destination port
 /// and the source network, outbound entries the destination port and destination network.
-fn render_failsafe(b: &mut Batch, chain: &str, direction: Direction, f: &FailsafePort) {
+fn render_failsafe(b: &mut TableSpec, chain: &str, direction: Direction, f: &FailsafePort) {
     let mut r = Vec::new();
     if let Some(net) = &f.net {
         let v = IpVersion::of_net(net);
@@ -602,7 +578,6 @@ fn render_failsafe(b: &mut Batch, chain: &str, direction: Direction, f: &Failsaf
         Direction::Egress => "outbound",
     };
     b.add_rule(
-        TABLE_NAME,
         chain,
         &r,
         Some(&format!("failsafe {dir} {} {}", f.protocol.0, f.port)),
@@ -610,13 +585,12 @@ fn render_failsafe(b: &mut Batch, chain: &str, direction: Direction, f: &Failsaf
 }
 
 fn render_rule_list(
-    b: &mut Batch,
+    b: &mut TableSpec,
     host: &HostProgram,
     id: &RuleListId,
     chain: &str,
     untracked: bool,
 ) -> Result<(), RenderError> {
-    let t = TABLE_NAME;
     let is_policy = matches!(id, RuleListId::Policy { .. });
     let mut aux = 0usize;
     for rule in host.rules(id) {
@@ -695,7 +669,7 @@ fn render_rule_list(
                 let mut r = e.clone();
                 r.extend(variant);
                 r.extend(verdict.iter().cloned());
-                b.add_rule(t, chain, &r, Some(&what));
+                b.add_rule(chain, &r, Some(&what));
             }
         }
     }
@@ -721,7 +695,7 @@ fn icmp_match(icmp_type: Option<u8>, code: Option<u8>, op: CmpOp) -> Vec<Expr> {
 }
 
 struct SideCtx<'a> {
-    b: &'a mut Batch,
+    b: &'a mut TableSpec,
     chain: &'a str,
     aux: &'a mut usize,
     v: IpVersion,
@@ -872,8 +846,8 @@ impl SideCtx<'_> {
         *self.aux += 1;
         let name = format!("{}#{}", self.chain, self.aux);
         spec.name = name.clone();
-        self.b.add_set(TABLE_NAME, &spec);
-        self.b.add_elements(TABLE_NAME, &name, &elems);
+        self.b.add_set(&spec);
+        self.b.add_elements(&name, &elems);
         name
     }
 }

@@ -4,7 +4,10 @@
 //! Every error names the resource (`Kind namespace/name`) and the field path (`spec.ingress[0]
 //! .source.nets[1]`), so a bad resource in the datastore is easy to find.
 //!
-//! Not converted (yet): FelixConfiguration failsafe ports (Calico's defaults are used), namespace and service-account labels (etcd mode
+//! FelixConfiguration's policy fields are converted by [`crate::felix`] (the model's failsafe
+//! ports are Calico's defaults until the caller sets them from there).
+//!
+//! Not converted (yet): namespace and service-account labels (etcd mode
 //! has no Namespace/ServiceAccount resources; `pcns.`/`pcsa.` labels stay empty). Rules with
 //! `http` or `services` matches are refused rather than silently widened.
 

@@ -6,7 +6,9 @@
 //! - [`sets::SetIndex`]: set membership kept up to date incrementally, reporting exactly the
 //!   sets an endpoint change touches;
 //! - [`verdict()`]/[`verdict::evaluate`]: a reference evaluator for tests and cross-checks;
-//! - [`knp::translate`]: Kubernetes NetworkPolicy → Calico policy.
+//! - [`knp::translate`]: Kubernetes NetworkPolicy → Calico policy;
+//! - [`felix::settings_for`]: failsafe ports and `DefaultEndpointToHostAction` from
+//!   FelixConfiguration (`default`, then `node.<name>`).
 //!
 //! Pure: no I/O. The nftables dataplane consumes [`program::HostProgram`]: endpoints' chains
 //! refer to shared rule lists (one per policy or profile and direction) and to IP sets by
@@ -22,6 +24,7 @@
 //! workloads.
 
 pub mod compile;
+pub mod felix;
 pub mod from_api;
 pub mod knp;
 pub mod labels;

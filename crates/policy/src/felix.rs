@@ -1,0 +1,273 @@
+//! The policy settings of FelixConfiguration: failsafe ports and what happens to traffic from
+//! workloads to the host. Felix reads the `default` FelixConfiguration and then
+//! `node.<nodename>`; a field set in the per-node resource wins over the global one, a field
+//! set in neither keeps Calico's default.
+//!
+//! Absent and empty are different: `failsafeInboundHostPorts: []` disables the inbound
+//! failsafe ports, an absent field keeps Calico's defaults. That is why this reads the stored
+//! JSON document, not the typed resource (whose empty list is indistinguishable from absent).
+
+use ipnet::IpNet;
+use serde_json::Value;
+
+use crate::model::{Failsafe, FailsafePort, Protocol};
+
+/// Felix's `DefaultEndpointToHostAction`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum EndpointToHostAction {
+    /// Drop whatever the workload's egress policy says (Calico's default).
+    #[default]
+    Drop,
+    /// After the workload's egress policy, hand the packet back to the host's own rules.
+    Return,
+    /// After the workload's egress policy, accept.
+    Accept,
+}
+
+/// What the policy dataplane takes from FelixConfiguration.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct FelixPolicySettings {
+    /// Failsafe ports (Calico's defaults unless configured).
+    pub failsafe: Failsafe,
+    /// Traffic from workloads to the host.
+    pub endpoint_to_host: EndpointToHostAction,
+}
+
+/// A FelixConfiguration field that does not convert.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("FelixConfiguration {name}: {field}: {reason}")]
+pub struct FelixConfigError {
+    /// Resource name (`default`, `node.<name>`).
+    pub name: String,
+    /// Field path.
+    pub field: String,
+    /// Why it was refused.
+    pub reason: String,
+}
+
+/// The settings for `node` from the stored FelixConfiguration documents (any number, in any
+/// order; only `default` and `node.<node>` matter).
+pub fn settings_for(docs: &[Value], node: &str) -> Result<FelixPolicySettings, FelixConfigError> {
+    let by_name = |want: &str| {
+        docs.iter()
+            .find(|d| d.pointer("/metadata/name").and_then(Value::as_str) == Some(want))
+    };
+    let mut out = FelixPolicySettings::default();
+    // Global first, the node's own resource last: its fields win.
+    for name in ["default".to_string(), format!("node.{node}")] {
+        let Some(doc) = by_name(&name) else { continue };
+        let spec = doc.get("spec").cloned().unwrap_or(Value::Null);
+        if let Some(v) = spec.get("failsafeInboundHostPorts") {
+            out.failsafe.inbound = ports(&name, "spec.failsafeInboundHostPorts", v)?;
+        }
+        if let Some(v) = spec.get("failsafeOutboundHostPorts") {
+            out.failsafe.outbound = ports(&name, "spec.failsafeOutboundHostPorts", v)?;
+        }
+        match spec.get("defaultEndpointToHostAction") {
+            None | Some(Value::Null) => {}
+            Some(Value::String(s)) if s.is_empty() => {}
+            Some(Value::String(s)) => {
+                out.endpoint_to_host = match s.to_ascii_lowercase().as_str() {
+                    "drop" => EndpointToHostAction::Drop,
+                    "return" => EndpointToHostAction::Return,
+                    "accept" => EndpointToHostAction::Accept,
+                    _ => {
+                        return Err(err(
+                            &name,
+                            "spec.defaultEndpointToHostAction",
+                            format!("{s:?} is not Drop, Return or Accept"),
+                        ));
+                    }
+                }
+            }
+            Some(other) => {
+                return Err(err(
+                    &name,
+                    "spec.defaultEndpointToHostAction",
+                    format!("expected a string, got {other}"),
+                ));
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn err(name: &str, field: &str, reason: impl Into<String>) -> FelixConfigError {
+    FelixConfigError {
+        name: name.to_owned(),
+        field: field.to_owned(),
+        reason: reason.into(),
+    }
+}
+
+/// A list of `{protocol, port, net}`; protocol defaults to TCP, net to any.
+fn ports(name: &str, field: &str, v: &Value) -> Result<Vec<FailsafePort>, FelixConfigError> {
+    let list = match v {
+        Value::Null => return Ok(Vec::new()),
+        Value::Array(a) => a,
+        other => return Err(err(name, field, format!("expected a list, got {other}"))),
+    };
+    let mut out = Vec::new();
+    for (i, p) in list.iter().enumerate() {
+        let at = |sub: &str| format!("{field}[{i}]{sub}");
+        let port = p
+            .get("port")
+            .and_then(Value::as_u64)
+            .filter(|n| (1..=65535).contains(n))
+            .ok_or_else(|| err(name, &at(".port"), "a port 1-65535 is required"))?
+            as u16;
+        let protocol = match p.get("protocol").and_then(Value::as_str) {
+            None | Some("") => Protocol::TCP,
+            Some(text) => match text.to_ascii_lowercase().as_str() {
+                "tcp" => Protocol::TCP,
+                "udp" => Protocol::UDP,
+                "sctp" => Protocol::SCTP,
+                _ => {
+                    return Err(err(
+                        name,
+                        &at(".protocol"),
+                        format!("{text:?} is not TCP, UDP or SCTP"),
+                    ));
+                }
+            },
+        };
+        let net = match p.get("net").and_then(Value::as_str) {
+            None | Some("") => None,
+            Some(text) => Some(parse_net(text).ok_or_else(|| {
+                err(
+                    name,
+                    &at(".net"),
+                    format!("{text:?} is not a CIDR or address"),
+                )
+            })?),
+        };
+        out.push(FailsafePort {
+            protocol,
+            port,
+            net,
+        });
+    }
+    Ok(out)
+}
+
+fn parse_net(text: &str) -> Option<IpNet> {
+    text.parse::<IpNet>()
+        .ok()
+        .map(|n| n.trunc())
+        .or_else(|| text.parse::<std::net::IpAddr>().ok().map(IpNet::from))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn fc(name: &str, spec: Value) -> Value {
+        json!({"apiVersion": "projectcalico.org/v3", "kind": "FelixConfiguration",
+               "metadata": {"name": name}, "spec": spec})
+    }
+
+    #[test]
+    fn nothing_configured_keeps_calicos_defaults() {
+        let s = settings_for(&[fc("default", json!({"logSeverityScreen": "Info"}))], "n1").unwrap();
+        assert_eq!(s, FelixPolicySettings::default());
+        assert!(s.failsafe.inbound.iter().any(|p| p.port == 22));
+        assert_eq!(s.endpoint_to_host, EndpointToHostAction::Drop);
+    }
+
+    #[test]
+    fn default_replaces_the_lists_and_empty_disables() {
+        let docs = [fc(
+            "default",
+            json!({
+                "failsafeInboundHostPorts": [{"port": 2222}, {"protocol": "UDP", "port": 53, "net": "10.0.0.0/8"}],
+                "failsafeOutboundHostPorts": [],
+                "defaultEndpointToHostAction": "ACCEPT"
+            }),
+        )];
+        let s = settings_for(&docs, "n1").unwrap();
+        assert_eq!(
+            s.failsafe.inbound,
+            vec![
+                FailsafePort {
+                    protocol: Protocol::TCP,
+                    port: 2222,
+                    net: None
+                },
+                FailsafePort {
+                    protocol: Protocol::UDP,
+                    port: 53,
+                    net: Some("10.0.0.0/8".parse().unwrap())
+                },
+            ]
+        );
+        assert!(
+            s.failsafe.outbound.is_empty(),
+            "[] disables outbound failsafe"
+        );
+        assert_eq!(s.endpoint_to_host, EndpointToHostAction::Accept);
+    }
+
+    #[test]
+    fn the_nodes_resource_wins_field_by_field() {
+        let docs = [
+            fc(
+                "node.n1",
+                json!({"failsafeInboundHostPorts": [{"port": 7}]}),
+            ),
+            fc(
+                "default",
+                json!({"failsafeInboundHostPorts": [{"port": 9}], "defaultEndpointToHostAction": "Return"}),
+            ),
+            fc("node.n2", json!({"defaultEndpointToHostAction": "Accept"})),
+        ];
+        let s = settings_for(&docs, "n1").unwrap();
+        assert_eq!(s.failsafe.inbound.len(), 1);
+        assert_eq!(s.failsafe.inbound[0].port, 7);
+        assert_eq!(s.failsafe.outbound, Failsafe::default().outbound);
+        assert_eq!(s.endpoint_to_host, EndpointToHostAction::Return);
+        let s = settings_for(&docs, "n2").unwrap();
+        assert_eq!(s.failsafe.inbound[0].port, 9);
+        assert_eq!(s.endpoint_to_host, EndpointToHostAction::Accept);
+    }
+
+    #[test]
+    fn bad_fields_are_named() {
+        let e = settings_for(
+            &[fc("default", json!({"failsafeInboundHostPorts": [{"port": 22}, {"protocol": "icmp", "port": 1}]}))],
+            "n1",
+        )
+        .unwrap_err();
+        assert_eq!(e.field, "spec.failsafeInboundHostPorts[1].protocol");
+        let e = settings_for(
+            &[fc(
+                "node.n1",
+                json!({"failsafeOutboundHostPorts": [{"port": 0}]}),
+            )],
+            "n1",
+        )
+        .unwrap_err();
+        assert_eq!(
+            (e.name.as_str(), e.field.as_str()),
+            ("node.n1", "spec.failsafeOutboundHostPorts[0].port")
+        );
+        let e = settings_for(
+            &[fc(
+                "default",
+                json!({"defaultEndpointToHostAction": "Reject"}),
+            )],
+            "n1",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("defaultEndpointToHostAction"), "{e}");
+        let e = settings_for(
+            &[fc(
+                "default",
+                json!({"failsafeInboundHostPorts": [{"port": 22, "net": "nope"}]}),
+            )],
+            "n1",
+        )
+        .unwrap_err();
+        assert!(e.field.ends_with(".net"));
+    }
+}
