@@ -18,8 +18,9 @@
 use std::path::PathBuf;
 
 use futures::TryStreamExt;
+use netlink_packet_route::link::{InfoData, InfoKind, InfoVeth};
 use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
-use rtnetlink::{LinkUnspec, LinkVeth};
+use rtnetlink::{LinkMessageBuilder, LinkUnspec, LinkVeth};
 
 use crate::conn::{Netlink, errno, is_not_found};
 use crate::netns::{NetnsError, NetnsFile};
@@ -131,6 +132,23 @@ impl VethSpec {
 pub struct VethPair {
     pub host: Link,
     pub peer: Link,
+}
+
+/// What [`Netlink::create_veth_direct`] made, as requested (nothing is read back).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VethCreated {
+    pub host_name: String,
+    pub peer_name: String,
+    /// `None`: the kernel picked one (the spec did not ask for a host MAC).
+    pub host_mac: Option<[u8; 6]>,
+    pub peer_mac: [u8; 6],
+}
+
+/// A random locally administered unicast MAC (what the kernel's `eth_hw_addr_random` makes).
+pub fn random_mac() -> [u8; 6] {
+    let mut mac: [u8; 6] = rand::random();
+    mac[0] = (mac[0] & 0xfe) | 0x02;
+    mac
 }
 
 /// Checks an interface name as the kernel would (`dev_valid_name`).
@@ -296,6 +314,69 @@ impl Netlink {
         Ok(VethPair {
             host: self.require_link(&spec.host_name).await?,
             peer: peer_nl.require_link(&spec.peer_name).await?,
+        })
+    }
+
+    /// Like [`Netlink::create_veth`], in ONE `RTM_NEWLINK` request: the peer is born inside
+    /// `spec.peer_netns` under its final name (`IFLA_NET_NS_FD` in the peer's attributes), with
+    /// its MAC and MTU; the host end is created up when `spec.host_up`. The peer is left DOWN:
+    /// the kernel cannot open a veth end before its pair is linked (`veth_open` says ENOTCONN),
+    /// so the caller brings it up from inside its namespace, where it configures it anyway
+    /// (unlike [`Netlink::create_veth`], which does that itself). No temporary name, no
+    /// rename, no move (a move costs the kernel a `synchronize_net`), no socket in the peer
+    /// namespace and no read-back: the peer MAC is generated here when `spec.peer_mac` is `None` (a random
+    /// locally administered unicast address, as the kernel would pick), so the caller knows
+    /// both MACs without asking. Replace semantics for `spec.host_name` like `create_veth`;
+    /// an existing `spec.peer_name` in the peer namespace is [`LinkError::PeerExists`].
+    pub async fn create_veth_direct(&self, spec: &VethSpec) -> Result<VethCreated, LinkError> {
+        check_ifname(&spec.host_name)?;
+        check_ifname(&spec.peer_name)?;
+        let ns = NetnsFile::open(&spec.peer_netns).map_err(|source| LinkError::Netns {
+            name: spec.peer_name.clone(),
+            source,
+        })?;
+        self.delete_link(&spec.host_name).await?;
+        let peer_mac = spec.peer_mac.unwrap_or_else(random_mac);
+        let mut peer = LinkUnspec::new_with_name(&spec.peer_name)
+            .setns_by_fd(ns.fd())
+            .address(peer_mac.to_vec());
+        let mut host = LinkMessageBuilder::<LinkVeth>::new_with_info_kind(InfoKind::Veth)
+            .name(spec.host_name.clone());
+        if let Some(mtu) = spec.mtu {
+            peer = peer.mtu(mtu);
+            host = host.mtu(mtu);
+        }
+        if let Some(mac) = spec.host_mac {
+            host = host.address(mac.to_vec());
+        }
+        if spec.host_up {
+            host = host.up();
+        }
+        let msg = host
+            .set_info_data(InfoData::Veth(InfoVeth::Peer(peer.build())))
+            .build();
+        match self.handle.link().add(msg).execute().await {
+            Ok(()) => {}
+            // The host name was free a moment ago (deleted above): the clash is the peer's.
+            Err(e) if is_exists(&e) && self.link(&spec.host_name).await?.is_none() => {
+                return Err(LinkError::PeerExists {
+                    name: spec.peer_name.clone(),
+                    netns: spec.peer_netns.clone(),
+                });
+            }
+            Err(source) => {
+                return Err(LinkError::Netlink {
+                    op: "create veth",
+                    name: spec.host_name.clone(),
+                    source,
+                });
+            }
+        }
+        Ok(VethCreated {
+            host_name: spec.host_name.clone(),
+            peer_name: spec.peer_name.clone(),
+            host_mac: spec.host_mac,
+            peer_mac,
         })
     }
 
