@@ -152,7 +152,7 @@ impl PolicyLab {
             .expect("run in the node's namespace")
     }
 
-    /// Applies Calico resources given as YAML documents (Profile, NetworkPolicy,
+    /// Applies Calico resources given as YAML documents (Tier, Profile, NetworkPolicy,
     /// GlobalNetworkPolicy).
     pub fn apply_yaml(&self, docs: &[String]) {
         let docs = docs.to_vec();
@@ -160,6 +160,10 @@ impl PolicyLab {
             for doc in docs {
                 let value: serde_json::Value = serde_yaml_ng::from_str(&doc).expect("yaml");
                 let r = match value["kind"].as_str() {
+                    Some("Tier") => ds
+                        .apply(&serde_json::from_value::<calico_api::Tier>(value).unwrap())
+                        .await
+                        .map(|_| ()),
                     Some("Profile") => ds
                         .apply(&serde_json::from_value::<calico_api::Profile>(value).unwrap())
                         .await
