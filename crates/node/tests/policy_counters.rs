@@ -165,7 +165,10 @@ fn node_policy_shows_the_order_and_counts_real_packets_per_rule() {
     // The table layout and the lookup by endpoint name through the datastore.
     let (ok, table, err) = lab.calicoctl(&["node", "policy", "--endpoint", &srv.name, "-n", "app"]);
     assert!(ok, "{err}");
-    eprintln!("calicoctl node policy --endpoint {} -n app:\n{table}", srv.name);
+    eprintln!(
+        "calicoctl node policy --endpoint {} -n app:\n{table}",
+        srv.name
+    );
     assert!(
         table.starts_with(&format!(
             "WorkloadEndpoint app/{} (interface {}), ingress (chain tw-{}):\nSTEP ",
