@@ -43,19 +43,16 @@ impl Command {
     }
 }
 
-/// CNI_ARGS keys we understand. `IP` and `CALICO_IPV4POOLS`/`CALICO_IPV6POOLS` stand in for
-/// the pod annotations `cni.projectcalico.org/ipAddrs` and `ipv4pools`/`ipv6pools` (no
-/// Kubernetes API is read here); `K8S_POD_SERVICE_ACCOUNT` for the pod's service account.
+/// CNI_ARGS keys we understand: the pod identity containerd and CRI-O pass, and `IP` (the CNI
+/// convention `calico-ipam` honours: assign exactly these comma-separated addresses). Pod
+/// labels, annotations and service account come from the Kubernetes API ([`crate::k8s`]).
 const KNOWN_ARGS: &[&str] = &[
     "IgnoreUnknown",
     "K8S_POD_NAMESPACE",
     "K8S_POD_NAME",
     "K8S_POD_INFRA_CONTAINER_ID",
     "K8S_POD_UID",
-    "K8S_POD_SERVICE_ACCOUNT",
     "IP",
-    "CALICO_IPV4POOLS",
-    "CALICO_IPV6POOLS",
 ];
 
 /// Parses `K=V;K=V`. Unknown keys are an error unless `IgnoreUnknown` is true-ish.
@@ -156,11 +153,6 @@ impl CniEnv {
         Some(PodRef {
             namespace: ns.clone(),
             name: name.clone(),
-            service_account: self
-                .args
-                .get("K8S_POD_SERVICE_ACCOUNT")
-                .filter(|v| !v.is_empty())
-                .cloned(),
         })
     }
 }
@@ -169,7 +161,6 @@ impl CniEnv {
 pub struct PodRef {
     pub namespace: String,
     pub name: String,
-    pub service_account: Option<String>,
 }
 
 #[cfg(test)]

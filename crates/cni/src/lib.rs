@@ -8,19 +8,22 @@
 //! - [`naming`]: veth names, handles, the IPv6 gateway.
 //! - [`plugin`]: ADD/DEL/CHECK/STATUS/GC against etcd, IPAM and the kernel.
 //! - [`delegate`]: exec'ing a non-Calico IPAM plugin from CNI_PATH.
+//! - [`k8s`]: the pod and its namespace from the Kubernetes API (kube's client).
+//! - [`pod`]: labels, profiles and Calico's pod/namespace annotations (pure).
 //!
-//! Pod annotations: without a Kubernetes API client, the annotations
-//! `cni.projectcalico.org/ipAddrs` and `ipv4pools`/`ipv6pools` are taken from CNI_ARGS keys
-//! `IP` (comma-separated addresses) and `CALICO_IPV4POOLS`/`CALICO_IPV6POOLS`
-//! (comma-separated CIDRs); the service account from `K8S_POD_SERVICE_ACCOUNT`. Pod labels,
-//! `ipAddrsNoIpam`, `floatingIPs` and namespace-level annotations are NOT implemented.
+//! Pod labels, annotations and service account come from the Kubernetes API when the netconf
+//! names one (`kubernetes.kubeconfig` or an API root) and `policy.type` is `k8s`, as Calico's
+//! plugin reads them. Without an API the endpoint carries only Calico's own labels and the
+//! `kns.<namespace>` profile, and no annotation applies (CNI_ARGS `IP` still does).
 
 pub mod datastore;
 pub mod delegate;
 pub mod env;
+pub mod k8s;
 pub mod naming;
 pub mod netconf;
 pub mod plugin;
+pub mod pod;
 pub mod spec;
 
 use std::io::{Read, Write};
@@ -77,6 +80,14 @@ fn plugin_error(version: &str, cmd: Command, e: &PluginError) -> CniError {
             ErrorCode::NotAvailable
         }
         PluginError::Datastore(DatastoreError::Unreachable { .. }) => ErrorCode::TryAgainLater,
+        // STATUS of a delegated IPAM plugin that failed: its STATUS code when it is one of
+        // the spec's STATUS codes, else "not available".
+        PluginError::IpamStatus { code, .. }
+            if *code == ErrorCode::NotAvailableLimitedConnectivity.code() =>
+        {
+            ErrorCode::NotAvailableLimitedConnectivity
+        }
+        PluginError::IpamStatus { .. } => ErrorCode::NotAvailable,
         PluginError::Datastore(DatastoreError::Netconf(n)) => return netconf_error(version, n),
         _ => ErrorCode::PluginFailure,
     };
@@ -214,7 +225,11 @@ async fn calico_ipam(p: &Plugin) -> Result<Option<serde_json::Value>, PluginErro
         Command::Add => {
             let kv = datastore::connect(&p.conf).await?;
             let ipam = Ipam::new(kv);
-            let addrs = plugin::ipam_assign(&p.conf, &p.env, &ipam, &wl).await?;
+            let req = plugin::IpamRequest {
+                ips: plugin::cni_args_ips(&p.env)?,
+                ..Default::default()
+            };
+            let addrs = plugin::ipam_assign(&p.conf, &ipam, &wl, &req).await?;
             let r = CniResult {
                 ips: addrs
                     .into_iter()

@@ -69,6 +69,9 @@ pub struct KubernetesConf {
 pub struct PolicyConf {
     #[serde(rename = "type")]
     pub kind: String,
+    /// Calico's older spelling of `kubernetes.k8s_api_root` (which wins when both are set).
+    #[serde(default)]
+    pub k8s_api_root: Option<String>,
 }
 
 /// `feature_control`: opt-ins Calico keeps behind flags.

@@ -19,7 +19,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
-use calico_api::{ObjectMeta, WorkloadEndpoint, WorkloadEndpointSpec, workload_endpoint_name};
+use calico_api::{
+    IPNAT, IPPool, ObjectMeta, WorkloadEndpoint, WorkloadEndpointSpec, workload_endpoint_name,
+};
 use calico_dataplane::sysctl::{self, Sysctl};
 use calico_dataplane::{CALICO_HOST_MAC, Netlink, RTPROT_BOOT, Route, RouteFilter, VethSpec};
 use calico_datastore::{Datastore, EtcdClient};
@@ -29,8 +31,10 @@ use ipnet::IpNet;
 use crate::datastore::{self, DatastoreError};
 use crate::delegate;
 use crate::env::{CniEnv, PodRef};
+use crate::k8s::{self, K8sError};
 use crate::naming;
 use crate::netconf::NetConf;
+use crate::pod::{self, AnnotationError, PodInfo, Requests};
 use crate::spec::{CniResult, Interface, IpConfig, RouteConfig};
 
 /// The IPv4 gateway every Calico workload routes through: answered by proxy ARP on the host
@@ -44,6 +48,10 @@ pub const ADD_STEPS: &[&str] = &["ipam", "veth", "container", "host", "endpoint"
 pub enum PluginError {
     #[error(transparent)]
     Datastore(#[from] DatastoreError),
+    #[error("step pod: {0}")]
+    Kubernetes(#[from] K8sError),
+    #[error("step ipam: {0}")]
+    Annotation(#[from] AnnotationError),
     #[error("step {step}: {reason}")]
     Step { step: &'static str, reason: String },
     #[error("step {step}: fault injected (CALICO_CNI_FAULT)")]
@@ -52,6 +60,12 @@ pub enum PluginError {
     Check(String),
     #[error("CHECK needs prevResult")]
     NoPrevResult,
+    #[error("STATUS of IPAM plugin {plugin}: {msg}")]
+    IpamStatus {
+        plugin: String,
+        code: u32,
+        msg: String,
+    },
 }
 
 impl PluginError {
@@ -77,6 +91,9 @@ fn fault(step: &'static str) -> Result<(), PluginError> {
 pub struct Workload {
     pub node: String,
     pub pod: Option<PodRef>,
+    /// Labels, annotations, service account, ports: from the Kubernetes API when one is
+    /// configured, else empty.
+    pub info: PodInfo,
     pub container_id: String,
     pub ifname: String,
 }
@@ -86,6 +103,7 @@ impl Workload {
         Workload {
             node,
             pod: env.pod(),
+            info: PodInfo::default(),
             container_id: env.container_id.clone(),
             ifname: env.ifname.clone(),
         }
@@ -123,11 +141,9 @@ impl Workload {
             Some(p) => {
                 spec.orchestrator = Some("k8s".into());
                 spec.pod = Some(p.name.clone());
-                spec.profiles.push(format!("kns.{}", p.namespace));
-                if let Some(sa) = &p.service_account {
-                    spec.service_account_name = Some(sa.clone());
-                    spec.profiles.push(format!("ksa.{}.{sa}", p.namespace));
-                }
+                spec.profiles = self.info.profiles(&p.namespace);
+                spec.service_account_name = self.info.service_account.clone();
+                spec.ports = self.info.ports.clone();
             }
             None => spec.orchestrator = Some("cni".into()),
         }
@@ -138,77 +154,89 @@ impl Workload {
         workload_endpoint_name(&self.spec()).map_err(|e| PluginError::step("endpoint", e))
     }
 
-    /// The WorkloadEndpoint for `addrs` on `host_veth`, labelled as Calico labels pods'.
+    /// The WorkloadEndpoint for `addrs` on `host_veth`, labelled as Calico labels pods': the
+    /// pod's labels plus `projectcalico.org/namespace|orchestrator|serviceaccount`.
     pub fn endpoint(
         &self,
         addrs: &[IpAddr],
         mac: Option<[u8; 6]>,
+        ip_nats: Vec<IPNAT>,
     ) -> Result<WorkloadEndpoint, PluginError> {
         let name = self.endpoint_name()?;
         let mut spec = self.spec();
         spec.interface_name = Some(self.host_veth());
         spec.ip_networks = addrs.iter().map(|a| IpNet::from(*a).to_string()).collect();
         spec.mac = mac.map(|m| calico_dataplane::link::format_mac(&m));
-        let mut labels = BTreeMap::from([
-            (
-                "projectcalico.org/namespace".to_owned(),
-                self.namespace().to_owned(),
-            ),
-            (
-                "projectcalico.org/orchestrator".to_owned(),
-                spec.orchestrator.clone().unwrap_or_default(),
-            ),
-        ]);
-        if let Some(sa) = &spec.service_account_name {
-            labels.insert("projectcalico.org/serviceaccount".into(), sa.clone());
-        }
+        spec.ip_nats = ip_nats;
+        let labels = self.info.endpoint_labels(
+            self.namespace(),
+            spec.orchestrator.as_deref().unwrap_or_default(),
+        );
         let mut wep = WorkloadEndpoint::new(&name, spec);
         wep.metadata = ObjectMeta {
             name: Some(name),
             namespace: Some(self.namespace().to_owned()),
             labels: Some(labels),
+            generate_name: self.info.generate_name.clone(),
             ..Default::default()
         };
         Ok(wep)
     }
 }
 
-/// What CNI_ARGS asks of IPAM (stand-ins for the pod annotations, see the crate docs).
-struct Requested {
-    /// `IP`: exactly these addresses (`cni.projectcalico.org/ipAddrs`).
-    ips: Vec<IpAddr>,
-    /// `CALICO_IPV4POOLS` / `CALICO_IPV6POOLS`: these pools instead of the netconf's.
-    v4_pools: Option<Vec<IpNet>>,
-    v6_pools: Option<Vec<IpNet>>,
+/// What ADD asks of Calico IPAM.
+#[derive(Debug, Clone, Default)]
+pub struct IpamRequest {
+    /// Exactly these addresses (`ipAddrs` annotation, else CNI_ARGS `IP`).
+    pub ips: Vec<IpAddr>,
+    /// These pools instead of the netconf's (pool annotations).
+    pub v4_pools: Option<Vec<IpNet>>,
+    pub v6_pools: Option<Vec<IpNet>>,
 }
 
-fn requested(env: &CniEnv) -> Result<Requested, PluginError> {
-    let list = |key: &str| env.args.get(key).filter(|v| !v.is_empty()).cloned();
-    let bad = |what: &str, v: &str| PluginError::Step {
-        step: "ipam",
-        reason: format!("CNI_ARGS {what}: {v:?} is not a list of addresses/CIDRs"),
+/// CNI_ARGS `IP=a[,b]`: the CNI convention `calico-ipam` honours.
+pub fn cni_args_ips(env: &CniEnv) -> Result<Vec<IpAddr>, PluginError> {
+    let Some(v) = env.args.get("IP").filter(|v| !v.is_empty()) else {
+        return Ok(vec![]);
     };
-    let ips = match list("IP") {
-        Some(v) => v
-            .split(',')
-            .map(|s| s.trim().parse::<IpAddr>().map_err(|_| bad("IP", &v)))
-            .collect::<Result<Vec<_>, _>>()?,
-        None => vec![],
-    };
-    let pools = |key: &str| -> Result<Option<Vec<IpNet>>, PluginError> {
-        list(key)
-            .map(|v| {
-                v.split(',')
-                    .map(|s| s.trim().parse::<IpNet>().map_err(|_| bad(key, &v)))
-                    .collect()
+    v.split(',')
+        .map(|s| {
+            s.trim().parse::<IpAddr>().map_err(|_| PluginError::Step {
+                step: "ipam",
+                reason: format!("CNI_ARGS IP: {v:?} is not a list of addresses"),
             })
-            .transpose()
+        })
+        .collect()
+}
+
+/// Pool annotation entries are CIDRs or IPPool names (resolved to their CIDR in the datastore).
+async fn resolve_pools(
+    ds: &Datastore,
+    entries: Option<&Vec<String>>,
+) -> Result<Option<Vec<IpNet>>, PluginError> {
+    let Some(entries) = entries else {
+        return Ok(None);
     };
-    Ok(Requested {
-        ips,
-        v4_pools: pools("CALICO_IPV4POOLS")?,
-        v6_pools: pools("CALICO_IPV6POOLS")?,
-    })
+    let mut out = Vec::new();
+    for e in entries {
+        if let Ok(net) = e.parse::<IpNet>() {
+            out.push(net);
+            continue;
+        }
+        let pool = ds
+            .get::<IPPool>(None, e)
+            .await
+            .map_err(|err| PluginError::step("ipam", err))?
+            .ok_or_else(|| PluginError::Step {
+                step: "ipam",
+                reason: format!("pool annotation: no IPPool named {e:?} (and not a CIDR)"),
+            })?;
+        out.push(pool.spec.cidr.parse().map_err(|_| PluginError::Step {
+            step: "ipam",
+            reason: format!("IPPool {e}: cidr {:?} is not a CIDR", pool.spec.cidr),
+        })?);
+    }
+    Ok(Some(out))
 }
 
 /// Allocates (or, for a repeated ADD, finds) the container's addresses.
@@ -218,6 +246,7 @@ async fn ipam_add(
     stdin: &[u8],
     ipam: &Ipam,
     wl: &Workload,
+    req: &IpamRequest,
 ) -> Result<Vec<IpAddr>, PluginError> {
     let ipam_conf = conf.ipam.clone().unwrap_or_default();
     if !ipam_conf.kind.is_empty() && ipam_conf.kind != "calico-ipam" {
@@ -228,15 +257,15 @@ async fn ipam_add(
             .map_err(|e| PluginError::step("ipam", e))?;
         return Ok(r.ips.iter().map(|i| i.address.addr()).collect());
     }
-    ipam_assign(conf, env, ipam, wl).await
+    ipam_assign(conf, ipam, wl, req).await
 }
 
 /// What `calico-ipam` does for ADD, shared by the in-process path and the `calico-ipam` binary.
 pub async fn ipam_assign(
     conf: &NetConf,
-    env: &CniEnv,
     ipam: &Ipam,
     wl: &Workload,
+    req: &IpamRequest,
 ) -> Result<Vec<IpAddr>, PluginError> {
     let handle = wl.handle();
     let existing = ipam
@@ -253,14 +282,13 @@ pub async fn ipam_assign(
         attrs.insert("pod".into(), p.name.clone());
     }
     attrs.insert("containerID".into(), wl.container_id.clone());
-    let req = requested(env)?;
     if !req.ips.is_empty() {
         for ip in &req.ips {
             ipam.assign_ip(*ip, Some(&handle), attrs.clone(), &wl.node)
                 .await
                 .map_err(|e| PluginError::step("ipam", e))?;
         }
-        return Ok(req.ips);
+        return Ok(req.ips.clone());
     }
     let ipam_conf = conf.ipam.clone().unwrap_or_default();
     let (v4_pools, v6_pools) = conf
@@ -273,8 +301,8 @@ pub async fn ipam_assign(
             handle_id: Some(handle),
             attrs,
             hostname: wl.node.clone(),
-            v4_pools: req.v4_pools.unwrap_or(v4_pools),
-            v6_pools: req.v6_pools.unwrap_or(v6_pools),
+            v4_pools: req.v4_pools.clone().unwrap_or(v4_pools),
+            v6_pools: req.v6_pools.clone().unwrap_or(v6_pools),
             ..Default::default()
         })
         .await
@@ -341,13 +369,42 @@ impl Plugin {
         })
     }
 
+    /// ADD. With a Kubernetes API configured ([`k8s::api_configured`]) the pod and its
+    /// namespace are read from it, concurrently with the etcd connection; otherwise the pod is
+    /// known by its CNI_ARGS identity only.
     pub async fn add(&self) -> Result<CniResult, PluginError> {
         let wl = self.workload()?;
         let started = std::time::Instant::now();
         // Checked: a datastore that is down fails ADD before anything is created, with
         // "try again later" rather than a failure half-way through IPAM.
+        let etcd = datastore::connect_checked(&self.conf);
+        let (kv, info) = match (&wl.pod, k8s::api_configured(&self.conf)) {
+            (Some(p), true) => {
+                let lookup = async {
+                    let client = k8s::client(&self.conf).await?;
+                    k8s::lookup(client, &p.namespace, &p.name).await
+                };
+                let (kv, info) = tokio::join!(etcd, lookup);
+                (kv?, info?)
+            }
+            _ => (etcd.await?, PodInfo::default()),
+        };
+        tracing::debug!(elapsed = ?started.elapsed(), "etcd connected, pod read");
+        self.add_connected(Workload { info, ..wl }, kv).await
+    }
+
+    /// ADD for a pod whose [`PodInfo`] is already known (what [`Plugin::add`] reads from the
+    /// Kubernetes API), e.g. from a caller that has the pod in hand.
+    pub async fn add_with_pod_info(&self, info: PodInfo) -> Result<CniResult, PluginError> {
+        let wl = Workload {
+            info,
+            ..self.workload()?
+        };
         let kv = datastore::connect_checked(&self.conf).await?;
-        tracing::debug!(elapsed = ?started.elapsed(), "etcd connected");
+        self.add_connected(wl, kv).await
+    }
+
+    async fn add_connected(&self, wl: Workload, kv: EtcdClient) -> Result<CniResult, PluginError> {
         let ipam = Ipam::new(kv.clone());
         let ds = Datastore::from_etcd(kv);
         let mut undo = Undo::default();
@@ -361,6 +418,33 @@ impl Plugin {
         }
     }
 
+    /// Addresses for the pod: `ipAddrsNoIpam` as given, else IPAM (with `ipAddrs` or CNI_ARGS
+    /// `IP`, and the pool annotations).
+    async fn addresses(
+        &self,
+        wl: &Workload,
+        req: &Requests,
+        ipam: &Ipam,
+        ds: &Datastore,
+        undo: &mut Undo,
+    ) -> Result<Vec<IpAddr>, PluginError> {
+        if !req.ip_addrs_no_ipam.is_empty() {
+            tracing::info!(ips = ?req.ip_addrs_no_ipam, "ipAddrsNoIpam: IPAM bypassed");
+            return Ok(req.ip_addrs_no_ipam.clone());
+        }
+        let ipam_req = IpamRequest {
+            ips: if req.ip_addrs.is_empty() {
+                cni_args_ips(&self.env)?
+            } else {
+                req.ip_addrs.clone()
+            },
+            v4_pools: resolve_pools(ds, req.v4_pools.as_ref()).await?,
+            v6_pools: resolve_pools(ds, req.v6_pools.as_ref()).await?,
+        };
+        undo.ipam = true;
+        ipam_add(&self.conf, &self.env, &self.stdin, ipam, wl, &ipam_req).await
+    }
+
     async fn add_steps(
         &self,
         wl: &Workload,
@@ -370,22 +454,25 @@ impl Plugin {
     ) -> Result<CniResult, PluginError> {
         let started = std::time::Instant::now();
         let netns = self.netns()?.to_owned();
-        undo.ipam = true;
-        let addrs = ipam_add(&self.conf, &self.env, &self.stdin, ipam, wl).await?;
+        let req = pod::requests(&wl.info, &self.conf)?;
+        let addrs = self.addresses(wl, &req, ipam, ds, undo).await?;
         if addrs.is_empty() {
             return Err(PluginError::Step {
                 step: "ipam",
                 reason: "IPAM returned no address".into(),
             });
         }
+        let ip_nats = pod::ip_nats(&req.floating_ips, &addrs)?;
         tracing::debug!(step = "ipam", elapsed = ?started.elapsed(), "done");
         fault("ipam")?;
 
         let host_if = wl.host_veth();
         let host_nl = Netlink::connect().map_err(|e| PluginError::step("veth", e))?;
         undo.veth = Some(host_if.clone());
+        // One request: the peer is created inside the pod under its final name (brought up
+        // with the rest of the pod side in `configure_container`).
         let pair = host_nl
-            .create_veth(&VethSpec {
+            .create_veth_direct(&VethSpec {
                 host_mac: Some(CALICO_HOST_MAC),
                 mtu: self.conf.mtu,
                 ..VethSpec::new(&host_if, &wl.ifname, &netns)
@@ -412,27 +499,30 @@ impl Plugin {
         tracing::debug!(step = "host", elapsed = ?started.elapsed(), "done");
         fault("host")?;
 
-        let wep = wl.endpoint(&addrs, pair.peer.mac)?;
+        let peer_mac = Some(pair.peer_mac);
+        let mut wep = wl.endpoint(&addrs, peer_mac, ip_nats)?;
         let name = wep.metadata.name.clone().unwrap_or_default();
         undo.endpoint = Some((wl.namespace().to_owned(), name.clone()));
-        // Replace whatever a previous sandbox of the same pod left: the endpoint follows the
-        // newest container.
-        let mut wep = wep;
-        if let Some(old) = ds
-            .get::<WorkloadEndpoint>(Some(wl.namespace()), &name)
-            .await
-            .map_err(|e| PluginError::step("endpoint", e))?
-        {
-            wep.metadata.resource_version = old.metadata.resource_version.clone();
-            wep.metadata.uid = old.metadata.uid.clone();
-            wep.metadata.creation_timestamp = old.metadata.creation_timestamp.clone();
-            ds.update(&wep)
-                .await
-                .map_err(|e| PluginError::step("endpoint", e))?;
-        } else {
-            ds.create(&wep)
-                .await
-                .map_err(|e| PluginError::step("endpoint", e))?;
+        // Create; an endpoint left by a previous sandbox of the same pod is replaced (the
+        // endpoint follows the newest container). Create first: the common case is one round
+        // trip.
+        match ds.create(&wep).await {
+            Ok(_) => {}
+            Err(e) if e.is_already_exists() => {
+                let old = ds
+                    .get::<WorkloadEndpoint>(Some(wl.namespace()), &name)
+                    .await
+                    .map_err(|e| PluginError::step("endpoint", e))?;
+                if let Some(old) = old {
+                    wep.metadata.resource_version = old.metadata.resource_version.clone();
+                    wep.metadata.uid = old.metadata.uid.clone();
+                    wep.metadata.creation_timestamp = old.metadata.creation_timestamp.clone();
+                }
+                ds.update(&wep)
+                    .await
+                    .map_err(|e| PluginError::step("endpoint", e))?;
+            }
+            Err(e) => return Err(PluginError::step("endpoint", e)),
         }
         tracing::debug!(step = "endpoint", elapsed = ?started.elapsed(), "done");
         fault("endpoint")?;
@@ -443,7 +533,7 @@ impl Plugin {
             "pod network ready"
         );
 
-        Ok(self.result(wl, &netns, &pair.peer.mac, &addrs, routes))
+        Ok(self.result(wl, &netns, &peer_mac, &addrs, routes))
     }
 
     fn result(
@@ -483,6 +573,8 @@ impl Plugin {
     }
 
     /// Addresses, gateway routes and sysctls inside the pod; returns the routes for the result.
+    /// One short-lived thread enters the pod's namespace once: it writes the sysctls and opens
+    /// the netlink socket the routes and addresses then go through.
     async fn configure_container(
         &self,
         netns: &Path,
@@ -508,8 +600,16 @@ impl Plugin {
                 settings.push(Sysctl::ipv6_forwarding(true));
             }
         }
-        sysctl::apply(Some(netns), &settings).map_err(|e| step(&e))?;
-        let nl = Netlink::connect_in(netns).map_err(|e| step(&e))?;
+        let rt = tokio::runtime::Handle::current();
+        let nl = calico_dataplane::netns::run_in(netns, || {
+            sysctl::apply(None, &settings).map_err(|e| step(&e))?;
+            // The socket belongs to the namespace it is created in; its I/O runs on our runtime.
+            let _rt = rt.enter();
+            Netlink::connect().map_err(|e| step(&e))
+        })
+        .map_err(|e| step(&e))??;
+        // The veth was created with its pod end down (see `create_veth_direct`).
+        nl.set_link_up(ifname, true).await.map_err(|e| step(&e))?;
         let mut routes = Vec::new();
         let gw4: IpAddr = GATEWAY_V4.parse().unwrap_or(IpAddr::from([169, 254, 1, 1]));
         let gw6 = IpAddr::V6(naming::link_local_of_mac(CALICO_HOST_MAC));
@@ -704,9 +804,32 @@ impl Plugin {
         Ok(())
     }
 
-    /// STATUS: ready when etcd answers.
+    /// STATUS: ready when etcd answers and, with a delegated IPAM plugin and a 1.1.0 netconf,
+    /// when that plugin's STATUS succeeds (the spec: a plugin relying on a delegated plugin
+    /// must pass STATUS on to it). Earlier versions have no STATUS to delegate.
     pub async fn status(&self) -> Result<(), PluginError> {
         datastore::connect_checked(&self.conf).await?;
+        let kind = self.conf.ipam.as_ref().map_or("", |i| i.kind.as_str());
+        let delegated = !kind.is_empty() && kind != "calico-ipam";
+        if delegated && crate::spec::parse_version(&self.version) >= Some((1, 1, 0)) {
+            match delegate::exec(kind, &self.env, &self.stdin, "STATUS").await {
+                Ok(_) => {}
+                Err(delegate::DelegateError::Plugin { name, code, msg }) => {
+                    return Err(PluginError::IpamStatus {
+                        plugin: name,
+                        code,
+                        msg,
+                    });
+                }
+                Err(e) => {
+                    return Err(PluginError::IpamStatus {
+                        plugin: kind.to_owned(),
+                        code: 0,
+                        msg: crate::error_chain(&e),
+                    });
+                }
+            }
+        }
         Ok(())
     }
 

@@ -26,10 +26,13 @@ pub enum ErrorCode {
     DecodeFailure = 6,
     InvalidNetworkConfig = 7,
     TryAgainLater = 11,
-    /// STATUS: the plugin is not available (e.g. the datastore cannot be reached).
+    /// STATUS (spec 1.1.0): the plugin cannot service ADD requests (e.g. the datastore
+    /// cannot be reached, or no address is left in the pools ADD would use).
     NotAvailable = 50,
-    /// STATUS: no IP addresses are available for new pods.
-    NoIpsAvailable = 51,
+    /// STATUS (spec 1.1.0): the plugin cannot service ADD, *and* existing containers in the
+    /// network may have limited connectivity. Not returned by calico-rs: with etcd down the
+    /// routes and policy already programmed keep working.
+    NotAvailableLimitedConnectivity = 51,
     /// Calico-rs: a step of ADD/DEL against the datastore, IPAM or the kernel failed.
     PluginFailure = 100,
 }

@@ -1,4 +1,4 @@
-//! IPAM paths: requested addresses and pools (the annotations' stand-ins in CNI_ARGS), the
+//! IPAM paths: a requested address (CNI_ARGS `IP`), the
 //! standalone `calico-ipam` binary, and delegation to another IPAM plugin through CNI_PATH.
 
 mod common;
@@ -7,33 +7,14 @@ use common::*;
 use serde_json::json;
 
 #[test]
-fn requested_address_and_pool() {
+fn requested_address() {
     let w = World::new("10.70.0.0/24", 26);
-    w.ds(|ds| async move {
-        let p: calico_api::IPPool = serde_json::from_value(json!({
-            "apiVersion": "projectcalico.org/v3", "kind": "IPPool",
-            "metadata": {"name": "pool2"}, "spec": {"cidr": "10.71.0.0/24", "blockSize": 26}
-        }))
-        .unwrap();
-        ds.create(&p).await.unwrap();
-    });
     let conf = w.netconf();
     let p1 = w.pod_netns("p1");
-    let p2 = w.pod_netns("p2");
     let mut c = Call::new("ADD", "c1", "web-1", Some(&p1));
     c.args.push_str(";IP=10.70.0.77");
     let r = ok(invoke(&w.node, &c, &conf), "ADD with IP").unwrap();
     assert_eq!(r["ips"][0]["address"], "10.70.0.77/32");
-    let mut c = Call::new("ADD", "c2", "web-2", Some(&p2));
-    c.args.push_str(";CALICO_IPV4POOLS=10.71.0.0/24");
-    let r = ok(invoke(&w.node, &c, &conf), "ADD with pool").unwrap();
-    assert!(
-        r["ips"][0]["address"]
-            .as_str()
-            .unwrap()
-            .starts_with("10.71.0."),
-        "{r}"
-    );
     // A taken address fails cleanly.
     let p3 = w.pod_netns("p3");
     let mut c = Call::new("ADD", "c3", "web-3", Some(&p3));
@@ -46,8 +27,8 @@ fn requested_address_and_pool() {
             .unwrap()
             .contains("already allocated")
     );
-    assert_eq!(allocated(&w), 2);
-    assert_eq!(cali_links(&w.node).len(), 2);
+    assert_eq!(allocated(&w), 1);
+    assert_eq!(cali_links(&w.node).len(), 1);
 }
 
 #[test]

@@ -139,8 +139,7 @@ fn add_check_del_status_gc_and_ping() {
     );
 
     // A second pod on the same node, then a real ping between them.
-    let mut call2 = Call::new("ADD", "c2", "web-2", Some(&pod2));
-    call2.args.push_str(";K8S_POD_SERVICE_ACCOUNT=builder");
+    let call2 = Call::new("ADD", "c2", "web-2", Some(&pod2));
     let r2 = ok(invoke(&w.node, &call2, &conf), "ADD p2").unwrap();
     let ip2 = ip_of(&r2);
     assert_ne!(ip1, ip2);
@@ -156,10 +155,13 @@ fn add_check_del_status_gc_and_ping() {
         .into_iter()
         .find(|e| e.spec.pod.as_deref() == Some("web-2"))
         .unwrap();
-    assert_eq!(
-        wep2.spec.profiles,
-        vec!["kns.default".to_string(), "ksa.default.builder".to_string()]
-    );
+    // No Kubernetes API configured: Calico's own labels and the namespace profile only
+    // (labels and service accounts from the API: tests/annotations.rs, tests/k8s_lookup.rs).
+    assert_eq!(wep2.spec.profiles, vec!["kns.default".to_string()]);
+    let labels = wep2.metadata.labels.clone().unwrap();
+    assert_eq!(labels["projectcalico.org/namespace"], "default");
+    assert_eq!(labels["projectcalico.org/orchestrator"], "k8s");
+    assert_eq!(labels.len(), 2, "{labels:?}");
 
     sh(&w.node, &["ip", "route", "del", &format!("{ip1}/32")]);
     let bad = invoke(

@@ -119,8 +119,9 @@ impl World {
             "log_file_path": self.lab.dir().join("cni.log"),
             "ipam": {"type": "calico-ipam", "assign_ipv4": "true"},
             "container_settings": {"allow_ip_forwarding": false},
-            "policy": {"type": "k8s"},
-            "kubernetes": {"kubeconfig": "/etc/cni/net.d/calico-kubeconfig"}
+            // No `kubernetes` section: there is no API server here, so pods are known by their
+            // CNI_ARGS identity (annotations are fed through `Plugin::add_with_pod_info`).
+            "policy": {"type": "k8s"}
         })
     }
 
