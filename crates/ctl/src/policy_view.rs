@@ -544,6 +544,9 @@ mod tests {
         rule(Some(comment), None, Some(Verdict::Jump(to.into())))
     }
 
+    /// (step, kind, name, rule, action, packets) of a row.
+    type Line<'a> = (usize, &'a str, &'a str, Option<usize>, &'a str, u64);
+
     /// The layout the renderer produces for one workload with a tier of two policies, a
     /// profile and the default fallthrough.
     fn table() -> TableDump {
@@ -641,7 +644,7 @@ mod tests {
             .map(|d| (d.direction, d.chain.as_str()))
             .collect();
         assert_eq!(dirs, vec![("ingress", "tw-cali1"), ("egress", "fw-cali1")]);
-        let got: Vec<(usize, &str, &str, Option<usize>, &str, u64)> = w.directions[0]
+        let got: Vec<Line<'_>> = w.directions[0]
             .rows
             .iter()
             .map(|r| (r.step, r.kind, r.name.as_str(), r.rule, r.action, r.packets))
