@@ -2,12 +2,14 @@
 //! selection, import/export filters, and the iBGP/eBGP/route-reflector export rules.
 //! Nothing here does I/O; the speaker calls these functions from its core loop.
 
+use std::borrow::Borrow;
 use std::cmp::Ordering;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::hash::{Hash, Hasher};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
-use ipnet::IpNet;
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Serialize};
 
 use crate::codec::{AsPath, Attribute, LargeCommunity, Origin, merge_as4_path};
@@ -89,8 +91,9 @@ impl PathAttrs {
     }
 }
 
-/// One candidate path for a prefix.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One candidate path for a prefix. The Loc-RIB keeps one shared copy of each distinct path
+/// (see [`LocRib`]), so every prefix of an UPDATE points at the same `Path`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Path {
     pub source: Source,
     /// Shared between the prefixes of one UPDATE.
@@ -138,10 +141,122 @@ pub fn compare(a: &Path, b: &Path) -> Ordering {
         .then_with(|| a.source.cmp(&b.source))
 }
 
-/// All paths per prefix; the best one is recomputed on every change.
+/// All paths per prefix, best first; the best one is recomputed on every change.
+///
+/// Memory per prefix is what decides whether a speaker holds a full table on a small node, so
+/// the layout is compact (docs/BENCHMARKS.md compares it with BIRD):
+/// - IPv4 and IPv6 prefixes live in separate maps keyed by `Ipv4Net` (5 bytes) and `Ipv6Net`
+///   (17 bytes) rather than one map keyed by `IpNet` (18 bytes for either family);
+/// - a prefix with a single path, nearly every prefix, holds one pointer inline, no `Vec`;
+/// - each distinct [`Path`] is stored once and shared (interned, as BIRD's attribute cache
+///   does): the prefixes of an UPDATE, and of every UPDATE that carries the same attributes,
+///   point at one `Path` and one `PathAttrs`.
 #[derive(Debug, Default)]
 pub struct LocRib {
-    entries: BTreeMap<IpNet, Vec<Path>>,
+    v4: BTreeMap<Ipv4Net, Paths>,
+    v6: BTreeMap<Ipv6Net, Paths>,
+    interned: PathCache,
+}
+
+/// The candidate paths of one prefix, best first. Never empty in the maps.
+#[derive(Debug)]
+enum Paths {
+    One(Arc<Path>),
+    /// Two or more (several peers announce the prefix, or a local route and a learned one).
+    Many(Box<[Arc<Path>]>),
+}
+
+impl Paths {
+    fn as_slice(&self) -> &[Arc<Path>] {
+        match self {
+            Paths::One(p) => std::slice::from_ref(p),
+            Paths::Many(v) => v,
+        }
+    }
+
+    fn as_mut_slice(&mut self) -> &mut [Arc<Path>] {
+        match self {
+            Paths::One(p) => std::slice::from_mut(p),
+            Paths::Many(v) => v,
+        }
+    }
+
+    fn into_vec(self) -> Vec<Arc<Path>> {
+        match self {
+            Paths::One(p) => vec![p],
+            Paths::Many(v) => v.into_vec(),
+        }
+    }
+
+    /// `None` for no paths (the prefix leaves the RIB).
+    fn from_vec(mut v: Vec<Arc<Path>>) -> Option<Paths> {
+        match v.len() {
+            0 => None,
+            1 => v.pop().map(Paths::One),
+            _ => Some(Paths::Many(v.into_boxed_slice())),
+        }
+    }
+}
+
+/// The set of distinct paths in the RIB. Entries nobody else refers to any more are dropped
+/// whenever the set has doubled since the last sweep, so it stays within twice the number of
+/// paths in use and the sweeps cost O(1) per insert, amortized.
+#[derive(Debug, Default)]
+struct PathCache {
+    set: HashSet<Interned>,
+    swept_at: usize,
+    /// The last path interned: consecutive inserts from one UPDATE (or a run of UPDATEs with the
+    /// same attributes) find it with a pointer comparison instead of hashing the attributes.
+    last: Option<Arc<Path>>,
+}
+
+/// An interned path, hashed and compared by value so the set can be searched with a `&Path`.
+#[derive(Debug)]
+struct Interned(Arc<Path>);
+
+impl PartialEq for Interned {
+    fn eq(&self, other: &Interned) -> bool {
+        *self.0 == *other.0
+    }
+}
+
+impl Eq for Interned {}
+
+impl Hash for Interned {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        (*self.0).hash(state)
+    }
+}
+
+impl Borrow<Path> for Interned {
+    fn borrow(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl PathCache {
+    fn intern(&mut self, path: Path) -> Arc<Path> {
+        // `Arc<PathAttrs>` compares by pointer first, so this is cheap for one UPDATE's paths.
+        if let Some(last) = &self.last
+            && **last == path
+        {
+            return last.clone();
+        }
+        let shared = match self.set.get(&path) {
+            Some(found) => found.0.clone(),
+            None => {
+                if self.set.len() >= 2 * self.swept_at.max(32) {
+                    self.set.retain(|p| Arc::strong_count(&p.0) > 1);
+                    self.swept_at = self.set.len();
+                }
+                let shared = Arc::new(path);
+                self.set.insert(Interned(shared.clone()));
+                shared
+            }
+        };
+        self.last = Some(shared.clone());
+        shared
+    }
 }
 
 /// A change in the best path of a prefix.
@@ -152,53 +267,102 @@ pub struct BestChange {
     pub new: Option<Path>,
 }
 
+/// Applies `f` to the paths of `key`, re-sorts them and returns the old and new best path if
+/// the best path changed (by value).
+fn change_in<K: Ord>(
+    map: &mut BTreeMap<K, Paths>,
+    key: K,
+    f: impl FnOnce(&mut Vec<Arc<Path>>),
+) -> Option<(Option<Path>, Option<Path>)> {
+    use std::collections::btree_map::Entry;
+    let (old, new) = match map.entry(key) {
+        Entry::Occupied(mut e) => {
+            // Placeholder while the paths are out; an empty boxed slice does not allocate.
+            let taken = std::mem::replace(e.get_mut(), Paths::Many(Box::default()));
+            let mut paths = taken.into_vec();
+            let old = paths.first().cloned();
+            f(&mut paths);
+            paths.sort_by(|a, b| compare(a, b));
+            let new = paths.first().cloned();
+            match Paths::from_vec(paths) {
+                Some(p) => *e.get_mut() = p,
+                None => {
+                    e.remove();
+                }
+            }
+            (old, new)
+        }
+        Entry::Vacant(e) => {
+            let mut paths = Vec::new();
+            f(&mut paths);
+            paths.sort_by(|a, b| compare(a, b));
+            let new = paths.first().cloned();
+            if let Some(p) = Paths::from_vec(paths) {
+                e.insert(p);
+            }
+            (None, new)
+        }
+    };
+    (old != new).then(|| (old.map(|p| (*p).clone()), new.map(|p| (*p).clone())))
+}
+
 impl LocRib {
     pub fn best(&self, prefix: &IpNet) -> Option<&Path> {
-        self.entries.get(prefix).and_then(|v| v.first())
+        let paths = match prefix {
+            IpNet::V4(n) => self.v4.get(n),
+            IpNet::V6(n) => self.v6.get(n),
+        }?;
+        paths.as_slice().first().map(|p| &**p)
     }
 
-    pub fn prefixes(&self) -> impl Iterator<Item = &IpNet> {
-        self.entries.keys()
+    /// Every prefix with at least one path: IPv4 before IPv6, each in address order (the order
+    /// of `IpNet`).
+    pub fn prefixes(&self) -> impl Iterator<Item = IpNet> + '_ {
+        self.iter().map(|(k, _)| k)
     }
 
-    pub fn iter_best(&self) -> impl Iterator<Item = (&IpNet, &Path)> {
-        self.entries
-            .iter()
-            .filter_map(|(k, v)| v.first().map(|p| (k, p)))
+    pub fn iter_best(&self) -> impl Iterator<Item = (IpNet, &Path)> {
+        self.iter()
+            .filter_map(|(k, v)| v.first().map(|p| (k, &**p)))
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (IpNet, &[Arc<Path>])> {
+        let v4 = self.v4.iter().map(|(k, v)| (IpNet::V4(*k), v.as_slice()));
+        let v6 = self.v6.iter().map(|(k, v)| (IpNet::V6(*k), v.as_slice()));
+        v4.chain(v6)
     }
 
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.v4.len() + self.v6.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.v4.is_empty() && self.v6.is_empty()
     }
 
-    fn change(&mut self, prefix: IpNet, f: impl FnOnce(&mut Vec<Path>)) -> Option<BestChange> {
-        let paths = self.entries.entry(prefix).or_default();
-        let old = paths.first().cloned();
-        f(paths);
-        paths.sort_by(compare);
-        let new = paths.first().cloned();
-        if paths.is_empty() {
-            self.entries.remove(&prefix);
-        }
-        (old != new).then_some(BestChange { prefix, old, new })
+    fn change(&mut self, prefix: IpNet, f: impl FnOnce(&mut Vec<Arc<Path>>)) -> Option<BestChange> {
+        let (old, new) = match prefix {
+            IpNet::V4(n) => change_in(&mut self.v4, n, f),
+            IpNet::V6(n) => change_in(&mut self.v6, n, f),
+        }?;
+        Some(BestChange { prefix, old, new })
     }
 
     /// Adds or replaces the path from `path.source`.
     pub fn insert(&mut self, prefix: IpNet, path: Path) -> Option<BestChange> {
+        let path = self.interned.intern(path);
         self.change(prefix, |paths| {
             paths.retain(|p| p.source != path.source);
-            // Most prefixes have one path: do not let the first push allocate room for four.
-            paths.reserve_exact(1);
             paths.push(path);
         })
     }
 
     pub fn remove(&mut self, prefix: IpNet, source: Source) -> Option<BestChange> {
-        if !self.entries.contains_key(&prefix) {
+        let present = match &prefix {
+            IpNet::V4(n) => self.v4.contains_key(n),
+            IpNet::V6(n) => self.v6.contains_key(n),
+        };
+        if !present {
             return None;
         }
         self.change(prefix, |paths| paths.retain(|p| p.source != source))
@@ -211,10 +375,9 @@ impl LocRib {
         pred: impl Fn(&IpNet, &Path) -> bool,
     ) -> Vec<BestChange> {
         let affected: Vec<IpNet> = self
-            .entries
             .iter()
             .filter(|(k, v)| v.iter().any(|p| p.source == source && pred(k, p)))
-            .map(|(k, _)| *k)
+            .map(|(k, _)| k)
             .collect();
         affected
             .into_iter()
@@ -228,13 +391,32 @@ impl LocRib {
 
     /// Marks every path from `source` stale (graceful restart helper).
     pub fn mark_stale(&mut self, source: Source) -> usize {
+        let LocRib { v4, v6, interned } = self;
+        // Each shared path becomes one shared stale path. The old path is kept alive in the map
+        // until the end so that no new allocation can reuse its address (the key).
+        let mut stale_of: HashMap<*const Path, (Arc<Path>, Arc<Path>)> = HashMap::new();
         let mut n = 0;
-        for paths in self.entries.values_mut() {
-            for p in paths.iter_mut().filter(|p| p.source == source) {
-                p.stale = true;
+        for paths in v4.values_mut().chain(v6.values_mut()) {
+            let mut touched = false;
+            for p in paths
+                .as_mut_slice()
+                .iter_mut()
+                .filter(|p| p.source == source)
+            {
+                let (_, stale) = stale_of.entry(Arc::as_ptr(p)).or_insert_with(|| {
+                    let stale = interned.intern(Path {
+                        stale: true,
+                        ..(**p).clone()
+                    });
+                    (p.clone(), stale)
+                });
+                *p = stale.clone();
                 n += 1;
+                touched = true;
             }
-            paths.sort_by(compare);
+            if touched && let Paths::Many(v) = paths {
+                v.sort_by(|a, b| compare(a, b));
+            }
         }
         n
     }

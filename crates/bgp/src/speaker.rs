@@ -712,7 +712,6 @@ impl Core {
         let current_local: Vec<IpNet> = self
             .rib
             .prefixes()
-            .copied()
             .filter(|p| self.has_local(p))
             .collect();
         let mut changes = Vec::new();
@@ -1297,7 +1296,7 @@ impl Core {
 
     /// Re-evaluates everything for one peer (session up, export filter change, refresh).
     fn readvertise(&mut self, peer: IpAddr) {
-        let mut prefixes: Vec<IpNet> = self.rib.prefixes().copied().collect();
+        let mut prefixes: Vec<IpNet> = self.rib.prefixes().collect();
         if let Some(rt) = self.peers.get(&peer) {
             prefixes.extend(rt.adj_out.keys().copied());
         }
