@@ -1,20 +1,27 @@
 //! Keeps this host's nftables policy table equal to the datastore's policy resources.
 //!
-//! One [`PolicySync::sync`] reads every policy-relevant resource, converts it with
-//! `calico_policy::from_api`, compiles the program of this node's workload endpoints and, when
-//! it differs from the last one applied, replaces the table `inet calico-rs` in one atomic
+//! One [`PolicySync::sync`] reads every policy-relevant resource (and the `default` and
+//! `node.<name>` FelixConfiguration for failsafe ports and `DefaultEndpointToHostAction`),
+//! converts it with `calico_policy::from_api`, compiles the program of this node's endpoints
+//! and, when it differs from the last one applied, sends the kernel only the difference
+//! (`PolicyDataplane::apply_changes`): the chains of the policies whose rules changed, the
+//! endpoint chains whose policies changed, the sets whose members changed, in one atomic
 //! nf_tables transaction. Any failure (datastore, a resource that does not convert or compile,
 //! the kernel) leaves the previously applied table enforcing: a bad resource never opens
 //! traffic by being skipped.
 //!
-//! Not done here: watching (the agent calls `sync` on its own cadence), incremental set
-//! updates (`PolicyDataplane::update_sets`; every change is a full, atomic apply), host
-//! endpoints and FelixConfiguration (failsafe ports, `DefaultEndpointToHostAction`: Felix's
-//! default `Drop` applies).
+//! Restart: [`PolicySync::new`] recognises the table a previous run left (its chains and sets)
+//! and leaves it enforcing; the first sync, made from a complete listing of the datastore,
+//! rewrites it in place in one transaction (no moment without the table).
+//!
+//! `DefaultEndpointToHostAction: Return` is enforced like `Accept`: in nftables an `accept`
+//! ends only our base chain, the host's own input rules (other tables) still run, which is
+//! what Felix's RETURN to the INPUT chain achieves.
 
 use calico_api as api;
-use calico_datastore::{Datastore, ResourceError};
-use calico_nftables::{ApplyError, NftError, PolicyDataplane};
+use calico_datastore::{Datastore, KindRef, ResourceError};
+use calico_nftables::{ApplyError, ApplyReport, EndpointToHost, NftError, PolicyDataplane};
+use calico_policy::felix::{self, EndpointToHostAction, FelixConfigError, FelixPolicySettings};
 use calico_policy::from_api::{self, ApiResources, ConvertError};
 use calico_policy::program::HostProgram;
 use calico_policy::{CompileError, compile};
@@ -37,6 +44,9 @@ pub enum PolicyError {
     /// A resource does not convert into the policy model.
     #[error("policy sync: {0}")]
     Convert(#[from] Box<ConvertError>),
+    /// A FelixConfiguration policy field does not convert.
+    #[error("policy sync: {0}")]
+    Felix(#[from] FelixConfigError),
     /// The model does not compile (e.g. an invalid selector).
     #[error("policy sync: compiling for node {node}: {source}")]
     Compile {
@@ -60,13 +70,26 @@ pub enum PolicyError {
 /// Where a compiled program is enforced. [`PolicyDataplane`] in production; tests substitute
 /// a recorder.
 pub trait Enforcer {
-    /// Replaces whatever is enforced with `program`, atomically.
-    fn enforce(&mut self, program: &HostProgram) -> Result<(), ApplyError>;
+    /// Makes the enforced program `program`, atomically.
+    fn enforce(
+        &mut self,
+        program: &HostProgram,
+        to_host: EndpointToHostAction,
+    ) -> Result<ApplyReport, ApplyError>;
 }
 
 impl Enforcer for PolicyDataplane {
-    fn enforce(&mut self, program: &HostProgram) -> Result<(), ApplyError> {
-        self.apply(program).map(|_| ())
+    fn enforce(
+        &mut self,
+        program: &HostProgram,
+        to_host: EndpointToHostAction,
+    ) -> Result<ApplyReport, ApplyError> {
+        self.set_endpoint_to_host(match to_host {
+            EndpointToHostAction::Drop => EndpointToHost::Drop,
+            // See the module comment: RETURN and ACCEPT are the same thing in nftables.
+            EndpointToHostAction::Return | EndpointToHostAction::Accept => EndpointToHost::Accept,
+        });
+        self.apply_changes(program)
     }
 }
 
@@ -74,21 +97,31 @@ impl Enforcer for PolicyDataplane {
 #[derive(Debug)]
 pub struct PolicySync<E: Enforcer = PolicyDataplane> {
     enforcer: E,
-    applied: Option<HostProgram>,
+    applied: Option<(HostProgram, EndpointToHostAction)>,
 }
 
 impl PolicySync<PolicyDataplane> {
-    /// For the current thread's network namespace.
+    /// For the current thread's network namespace. A table left by a previous run is
+    /// recognised and kept enforcing until the first sync rewrites it in place.
     pub fn new() -> Result<Self, PolicyError> {
-        Ok(Self::with_enforcer(
-            PolicyDataplane::new().map_err(PolicyError::Open)?,
-        ))
+        let mut dp = PolicyDataplane::new().map_err(PolicyError::Open)?;
+        match dp.adopt_existing() {
+            Ok((0, 0)) => {}
+            Ok((chains, sets)) => tracing::info!(
+                chains,
+                sets,
+                "found the policy table of a previous run; it stays in force until the first sync"
+            ),
+            // Not fatal: the first sync then replaces the table whole (still atomically).
+            Err(e) => tracing::warn!(error = %e, "cannot read the existing policy table"),
+        }
+        Ok(Self::with_enforcer(dp))
     }
 }
 
 impl<E: Enforcer> PolicySync<E> {
     /// Around any enforcer. Nothing is considered applied yet, so the first sync always
-    /// applies (that is also the restart path: it replaces a table left by a previous run).
+    /// enforces (that is also the restart path).
     pub fn with_enforcer(enforcer: E) -> Self {
         PolicySync {
             enforcer,
@@ -98,52 +131,102 @@ impl<E: Enforcer> PolicySync<E> {
 
     /// The program last applied successfully.
     pub fn applied(&self) -> Option<&HostProgram> {
-        self.applied.as_ref()
+        self.applied.as_ref().map(|(p, _)| p)
     }
 
     /// Reads every policy-relevant resource, compiles for `node`, applies only if it changed.
-    /// Returns whether the table was replaced.
+    /// Returns whether anything was sent to the kernel.
     pub async fn sync(&mut self, ds: &Datastore, node: &str) -> Result<bool, PolicyError> {
         let resources = read_resources(ds).await?;
-        self.sync_resources(&resources, node)
+        let felix = read_felix_settings(ds, node).await?;
+        self.sync_with(&resources, &felix, node)
     }
 
-    /// The pure half of [`PolicySync::sync`]: compiles `resources` for `node` and enforces the
-    /// program when it differs from the last one applied.
+    /// [`PolicySync::sync_with`] with FelixConfiguration's defaults.
     pub fn sync_resources(
         &mut self,
         resources: &ApiResources,
         node: &str,
     ) -> Result<bool, PolicyError> {
-        let program = compile_for(resources, node)?;
-        if self.applied.as_ref() == Some(&program) {
+        self.sync_with(resources, &FelixPolicySettings::default(), node)
+    }
+
+    /// The pure half of [`PolicySync::sync`]: compiles `resources` for `node` with `felix`'s
+    /// failsafe ports and enforces the program when it differs from the last one applied.
+    pub fn sync_with(
+        &mut self,
+        resources: &ApiResources,
+        felix: &FelixPolicySettings,
+        node: &str,
+    ) -> Result<bool, PolicyError> {
+        let program = compile_with(resources, felix, node)?;
+        let to_host = felix.endpoint_to_host;
+        if self
+            .applied
+            .as_ref()
+            .is_some_and(|(p, t)| *p == program && *t == to_host)
+        {
             return Ok(false);
         }
-        self.enforcer
-            .enforce(&program)
-            .map_err(|source| PolicyError::Apply {
-                node: node.to_string(),
-                source: Box::new(source),
-            })?;
+        let report =
+            self.enforcer
+                .enforce(&program, to_host)
+                .map_err(|source| PolicyError::Apply {
+                    node: node.to_string(),
+                    source: Box::new(source),
+                })?;
         tracing::info!(
             node,
             endpoints = program.endpoints.len(),
             rule_lists = program.rule_lists.len(),
             sets = program.sets.len(),
+            full = report.full,
+            messages = report.messages,
+            chains_touched = report.chains.len(),
+            sets_touched = report.sets.len(),
             "policy applied"
         );
-        self.applied = Some(program);
+        self.applied = Some((program, to_host));
         Ok(true)
     }
 }
 
-/// Converts and compiles: the program of `node`'s workload endpoints.
+/// Converts and compiles: the program of `node`'s endpoints, with Calico's default failsafe
+/// ports.
 pub fn compile_for(resources: &ApiResources, node: &str) -> Result<HostProgram, PolicyError> {
-    let model = from_api::model_from_resources(resources).map_err(Box::new)?;
+    compile_with(resources, &FelixPolicySettings::default(), node)
+}
+
+/// Converts and compiles with FelixConfiguration's failsafe ports.
+pub fn compile_with(
+    resources: &ApiResources,
+    felix: &FelixPolicySettings,
+    node: &str,
+) -> Result<HostProgram, PolicyError> {
+    let mut model = from_api::model_from_resources(resources).map_err(Box::new)?;
+    model.failsafe = felix.failsafe.clone();
     compile(&model, Some(node)).map_err(|source| PolicyError::Compile {
         node: node.to_string(),
         source: Box::new(source),
     })
+}
+
+/// The policy settings of FelixConfiguration `default` and `node.<node>`, read as stored
+/// documents (an explicit empty failsafe list must stay apart from an absent one).
+pub async fn read_felix_settings(
+    ds: &Datastore,
+    node: &str,
+) -> Result<FelixPolicySettings, PolicyError> {
+    let docs = ds
+        .dynamic()
+        .list(&KindRef::of::<api::FelixConfiguration>(), None)
+        .await
+        .map_err(|source| PolicyError::Datastore {
+            kind: "FelixConfiguration",
+            source: Box::new(source),
+        })?
+        .items;
+    Ok(felix::settings_for(&docs, node)?)
 }
 
 /// Lists every kind the policy model uses.
@@ -188,7 +271,11 @@ mod tests {
     }
 
     impl Enforcer for Recorder {
-        fn enforce(&mut self, program: &HostProgram) -> Result<(), ApplyError> {
+        fn enforce(
+            &mut self,
+            program: &HostProgram,
+            _to_host: EndpointToHostAction,
+        ) -> Result<ApplyReport, ApplyError> {
             if self.refuse {
                 return Err(ApplyError::Kernel(NftError::Rejected {
                     what: "test".into(),
@@ -196,7 +283,7 @@ mod tests {
                 }));
             }
             self.applied.push(program.clone());
-            Ok(())
+            Ok(ApplyReport::default())
         }
     }
 
