@@ -21,10 +21,13 @@ use crate::status::Outcome;
 pub struct Metrics {
     counters: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
     /// Gauges and labelled counters: (metric, label name, label value) → value.
-    series: Mutex<BTreeMap<(&'static str, &'static str, String), (Type, u128)>>,
+    series: Mutex<Series>,
     ready: AtomicBool,
     leader: AtomicBool,
 }
+
+/// (metric, label name, label value) → (type, value).
+type Series = BTreeMap<(&'static str, &'static str, String), (Type, u128)>;
 
 /// Prometheus metric type of a series.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -54,10 +57,7 @@ pub const IPAM_GC_RELEASED: &str = "calico_controllers_ipam_gc_released_total";
 pub const IPAM_LEAK_CANDIDATES: &str = "calico_controllers_ipam_leak_candidates";
 
 impl Metrics {
-    fn series<R>(
-        &self,
-        f: impl FnOnce(&mut BTreeMap<(&'static str, &'static str, String), (Type, u128)>) -> R,
-    ) -> R {
+    fn series<R>(&self, f: impl FnOnce(&mut Series) -> R) -> R {
         f(&mut self.series.lock().unwrap_or_else(|p| p.into_inner()))
     }
 

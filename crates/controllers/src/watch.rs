@@ -150,7 +150,7 @@ pub async fn sync_loop<E, F, Fut>(
 {
     tokio::select! {
         _ = ready => {}
-        _ = lost.wait_for(|l| *l) => return,
+        _ = until_lost(&mut lost) => return,
     }
     loop {
         trigger.take();
@@ -171,9 +171,15 @@ pub async fn sync_loop<E, F, Fut>(
                 tokio::time::sleep(timing.debounce).await;
             }
             _ = tokio::time::sleep(next) => {}
-            _ = lost.wait_for(|l| *l) => return,
+            _ = until_lost(&mut lost) => return,
         }
     }
+}
+
+/// Completes when `lost` turns true (or its sender is gone). The guard `wait_for` returns is
+/// dropped here, so a loop that selects on this stays `Send`.
+pub async fn until_lost(lost: &mut watch::Receiver<bool>) {
+    let _ = lost.wait_for(|l| *l).await;
 }
 
 /// Waits until every store in a group has its first complete list.
@@ -195,9 +201,9 @@ where
 }
 
 /// The objects of a store, owned.
-pub fn objects<K: Clone>(store: &Store<K>) -> Vec<K>
+pub fn objects<K>(store: &Store<K>) -> Vec<K>
 where
-    K: Resource<DynamicType = ()> + 'static,
+    K: Resource<DynamicType = ()> + Clone + 'static,
 {
     store.state().iter().map(|o| (**o).clone()).collect()
 }
