@@ -12,7 +12,9 @@ mod policy_support;
 
 use std::collections::BTreeMap;
 
-use policy_support::{PolicyLab, Workload, eventually, namespace_profile, pings, tcp_connects};
+use policy_support::{
+    PolicyLab, Workload, eventually, namespace_profile, pings, tcp_connects, tcp_connects_from,
+};
 use serde_json::Value;
 
 /// (step, tier, kind, name, rule, action) → packets, for one direction of the view.
@@ -196,4 +198,99 @@ fn node_policy_shows_the_order_and_counts_real_packets_per_rule() {
         err.contains("no WorkloadEndpoint or HostEndpoint named \"nope\""),
         "{err}"
     );
+}
+
+/// `(kind, name, rule, action)` → packets of one direction of a host endpoint's view.
+fn host_rows(lab: &PolicyLab, endpoint: &str, direction: &str) -> BTreeMap<String, u64> {
+    let (ok, out, err) = lab.calicoctl(&["node", "policy", "--endpoint", endpoint, "-o", "json"]);
+    assert!(ok, "calicoctl node policy --endpoint {endpoint}: {err}");
+    let views: Value = serde_json::from_str(&out).expect("json");
+    let view = &views[0];
+    assert_eq!(view["kind"], "host", "{out}");
+    assert_eq!(view["interface"], "eth1", "{out}");
+    assert_eq!(
+        view["endpoint"],
+        format!("HostEndpoint {endpoint}").as_str()
+    );
+    let dir = view["directions"]
+        .as_array()
+        .and_then(|d| d.iter().find(|d| d["direction"] == direction))
+        .unwrap_or_else(|| panic!("no {direction} direction in {out}"));
+    dir["rows"]
+        .as_array()
+        .expect("rows")
+        .iter()
+        .map(|r| {
+            let rule = r["rule"].as_u64().map_or("-".into(), |i| i.to_string());
+            (
+                format!(
+                    "{} {} {} {}",
+                    r["kind"].as_str().unwrap_or("?"),
+                    r["name"].as_str().unwrap_or("?"),
+                    rule,
+                    r["action"].as_str().unwrap_or("?")
+                ),
+                r["packets"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn node_policy_shows_a_host_endpoint_with_failsafe_and_rule_counters() {
+    let mut lab = PolicyLab::new();
+    let client = lab
+        .lab
+        .add_host("client", "192.168.33.50/24")
+        .expect("client host");
+    lab.apply_yaml(&[
+        "apiVersion: projectcalico.org/v3\nkind: HostEndpoint\nmetadata:\n  name: node1-eth1\n  \
+         labels:\n    role: node\nspec:\n  node: node1\n  interfaceName: eth1\n  \
+         expectedIPs: [192.168.33.11]\n"
+            .to_string(),
+        "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata:\n  name: hep-guard\n\
+         spec:\n  selector: role == 'node'\n  types: [Ingress]\n  ingress:\n  \
+         - action: Deny\n    protocol: TCP\n    destination:\n      ports: [9999]\n  \
+         - action: Allow\n    protocol: TCP\n    destination:\n      ports: [8088]\n"
+            .to_string(),
+    ]);
+    lab.start_agent();
+    let node = lab.node.clone();
+    for port in [22, 8088, 9999, 7000] {
+        lab.serve_tcp_in(&node, port);
+    }
+    let node_ip = node.ip();
+    eventually("the host endpoint policy drops 9999", &lab, || {
+        !tcp_connects_from(&client, node_ip, 9999)
+    });
+
+    let before = host_rows(&lab, "node1-eth1", "ingress");
+    let names: Vec<&str> = before.keys().map(String::as_str).collect();
+    for want in [
+        "failsafe inbound 6 22 - Allow",
+        "policy hep-guard 0 Deny",
+        "policy hep-guard 1 Allow",
+        "end of tier default - Deny",
+    ] {
+        assert!(names.contains(&want), "no row {want:?} in {names:#?}");
+    }
+    assert!(tcp_connects_from(&client, node_ip, 22), "failsafe 22");
+    assert!(tcp_connects_from(&client, node_ip, 8088), "allowed 8088");
+    assert!(!tcp_connects_from(&client, node_ip, 9999), "denied 9999");
+    assert!(!tcp_connects_from(&client, node_ip, 7000), "no rule: 7000");
+    let after = host_rows(&lab, "node1-eth1", "ingress");
+    let delta = |k: &str| after[k] - before[k];
+    // One SYN per allowed connection (the rest is established); a dropped SYN may be
+    // retransmitted once within the 1 s timeout.
+    assert_eq!(delta("failsafe inbound 6 22 - Allow"), 1);
+    assert_eq!(delta("policy hep-guard 1 Allow"), 1);
+    assert!(
+        (1..=2).contains(&delta("policy hep-guard 0 Deny")),
+        "{after:#?}"
+    );
+    assert!(
+        (1..=2).contains(&delta("end of tier default - Deny")),
+        "{after:#?}"
+    );
+    assert_eq!(delta("failsafe inbound 6 179 - Allow"), 0);
 }

@@ -152,7 +152,7 @@ impl PolicyLab {
             .expect("run in the node's namespace")
     }
 
-    /// Applies Calico resources given as YAML documents (Tier, Profile, NetworkPolicy,
+    /// Applies Calico resources given as YAML documents (Tier, Profile, HostEndpoint, NetworkPolicy,
     /// GlobalNetworkPolicy).
     pub fn apply_yaml(&self, docs: &[String]) {
         let docs = docs.to_vec();
@@ -162,6 +162,10 @@ impl PolicyLab {
                 let r = match value["kind"].as_str() {
                     Some("Tier") => ds
                         .apply(&serde_json::from_value::<calico_api::Tier>(value).unwrap())
+                        .await
+                        .map(|_| ()),
+                    Some("HostEndpoint") => ds
+                        .apply(&serde_json::from_value::<calico_api::HostEndpoint>(value).unwrap())
                         .await
                         .map(|_| ()),
                     Some("Profile") => ds
@@ -299,9 +303,14 @@ impl PolicyLab {
     /// A TCP server in `w` on `port` answering each connection with one byte, until the lab
     /// is dropped.
     pub fn serve_tcp(&mut self, w: &Workload, port: u16) {
+        self.serve_tcp_in(&w.ns, port);
+    }
+
+    /// The same in any namespace of the lab (e.g. the node itself).
+    pub fn serve_tcp_in(&mut self, h: &Host, port: u16) {
         let stop = Arc::new(AtomicBool::new(false));
         let (tx, rx) = std::sync::mpsc::channel();
-        let host = w.ns.clone();
+        let host = h.clone();
         let flag = stop.clone();
         let thread = std::thread::spawn(move || {
             host.run(move || {
@@ -374,17 +383,21 @@ pub fn run(h: &Host, argv: &[&str]) {
 
 /// One TCP connection from `from` to `to:port` that gets the server's byte (timeout 1 s).
 pub fn tcp_connects(from: &Workload, to: &Workload, port: u16) -> bool {
-    let dst = SocketAddr::new(to.ip, port);
-    from.ns
-        .run(move || {
-            let Ok(mut s) = TcpStream::connect_timeout(&dst, Duration::from_secs(1)) else {
-                return false;
-            };
-            let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
-            let mut b = [0u8; 1];
-            matches!(s.read(&mut b), Ok(1))
-        })
-        .expect("probe in the workload's namespace")
+    tcp_connects_from(&from.ns, to.ip, port)
+}
+
+/// The same from any namespace of the lab to any address.
+pub fn tcp_connects_from(from: &Host, to: IpAddr, port: u16) -> bool {
+    let dst = SocketAddr::new(to, port);
+    from.run(move || {
+        let Ok(mut s) = TcpStream::connect_timeout(&dst, Duration::from_secs(1)) else {
+            return false;
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
+        let mut b = [0u8; 1];
+        matches!(s.read(&mut b), Ok(1))
+    })
+    .expect("probe in the workload's namespace")
 }
 
 /// One ping (one echo request, its own ICMP id, so a new conntrack entry each time).
