@@ -105,6 +105,20 @@ fn delegates_to_host_local_through_cni_path() {
         .filter(|e| e.file_name().to_string_lossy().starts_with("10.74."))
         .collect();
     assert!(leases.is_empty(), "host-local lease not released");
+    // STATUS (spec 1.1.0) is passed on to the delegated IPAM plugin. Debian's host-local
+    // speaks up to 1.0.0 and has no STATUS: with a 1.1.0 netconf it fails, so we report 50
+    // naming it (its ADD would fail too). Below 1.1.0 there is no STATUS to delegate.
+    ok(
+        invoke(&w.node, &Call::new("STATUS", "", "x", None), &conf),
+        "STATUS 1.0.0",
+    );
+    let mut v11 = conf.clone();
+    v11["cniVersion"] = json!("1.1.0");
+    let r = invoke(&w.node, &Call::new("STATUS", "", "x", None), &v11);
+    assert!(!r.ok);
+    let e = r.json.expect("error JSON");
+    assert_eq!(e["code"], 50, "{e}");
+    assert!(e["msg"].as_str().unwrap().contains("host-local"), "{e}");
     assert!(cali_links(&w.node).is_empty());
     assert!(endpoints(&w).is_empty());
 }
