@@ -267,29 +267,32 @@ pub fn peer_filters(
         let spec = all
             .get(name)
             .ok_or_else(|| FilterError::Missing(name.clone()))?;
-        let mut push = |list: &'static str, views: Vec<RuleView<'_>>| -> Result<(), FilterError> {
+        let (import, export) = if want_v6 {
+            (
+                (
+                    "importV6",
+                    spec.import_v6.iter().map(v6).collect::<Vec<_>>(),
+                ),
+                (
+                    "exportV6",
+                    spec.export_v6.iter().map(v6).collect::<Vec<_>>(),
+                ),
+            )
+        } else {
+            (
+                ("importV4", spec.import_v4.iter().map(v4).collect()),
+                ("exportV4", spec.export_v4.iter().map(v4).collect()),
+            )
+        };
+        for ((list, views), rules) in [(import, &mut out.import), (export, &mut out.export)] {
             for (index, r) in views.iter().enumerate() {
                 let at = At {
                     filter: name,
                     list,
                     index,
                 };
-                if let Some(rule) = convert(&at, r, want_v6, ebgp)? {
-                    if list.starts_with("import") {
-                        out.import.push(rule);
-                    } else {
-                        out.export.push(rule);
-                    }
-                }
+                rules.extend(convert(&at, r, want_v6, ebgp)?);
             }
-            Ok(())
-        };
-        if want_v6 {
-            push("importV6", spec.import_v6.iter().map(v6).collect())?;
-            push("exportV6", spec.export_v6.iter().map(v6).collect())?;
-        } else {
-            push("importV4", spec.import_v4.iter().map(v4).collect())?;
-            push("exportV4", spec.export_v4.iter().map(v4).collect())?;
         }
     }
     Ok(out)
