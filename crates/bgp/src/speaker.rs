@@ -709,11 +709,7 @@ impl Core {
             .iter()
             .map(|r| (r.prefix.trunc(), r))
             .collect();
-        let current_local: Vec<IpNet> = self
-            .rib
-            .prefixes()
-            .filter(|p| self.has_local(p))
-            .collect();
+        let current_local: Vec<IpNet> = self.rib.prefixes().filter(|p| self.has_local(p)).collect();
         let mut changes = Vec::new();
         for prefix in current_local {
             if !wanted_routes.contains_key(&prefix) {
