@@ -165,7 +165,7 @@ pub const IPAM_ROUND: Duration = Duration::from_secs(30);
 
 /// The Kubernetes-native inputs (Namespaces, ServiceAccounts, NetworkPolicies, Nodes, Pods),
 /// each kept by a watch, and the loops that sync them into etcd, until `lost` turns true.
-async fn kubernetes_inputs(
+pub async fn kubernetes_inputs(
     ctx: Arc<Context>,
     ipam: Arc<Ipam>,
     leak_grace_env: Option<String>,
