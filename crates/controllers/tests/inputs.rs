@@ -140,14 +140,14 @@ async fn every_input_reaches_etcd_and_the_loops_stop_with_leadership() {
         let ipam_ran = metrics
             .render()
             .contains("calico_controllers_reconciles_total{kind=\"IPAM\"}");
-        if profile.is_some()
+        if let Some(node) = node
+            && profile.is_some()
             && sa.is_some()
             && policy.is_some()
-            && node.is_some()
             && labelled
             && ipam_ran
         {
-            break node.expect("node");
+            break node;
         }
         assert!(
             start.elapsed() < Duration::from_secs(15),
