@@ -664,6 +664,19 @@ prefixAdvertisements:
             proptest::prop_assert_eq!(!verdict(eq("Equal")), p == cidr);
         }
 
+        /// Every standard and large community Calico can write parses to its wire value.
+        #[test]
+        fn communities_round_trip(a: u16, n: u16, g: u32, l1: u32, l2: u32) {
+            proptest::prop_assert_eq!(
+                parse_community(&format!("{a}:{n}")),
+                Ok(Community::Standard((u32::from(a) << 16) | u32::from(n)))
+            );
+            proptest::prop_assert_eq!(
+                parse_community(&format!("{g}:{l1}:{l2}")),
+                Ok(Community::Large(LargeCommunity { global: g, local1: l1, local2: l2 }))
+            );
+        }
+
         /// A rule for one peer type is present for sessions of that type only.
         #[test]
         fn peer_type_selects_sessions(ebgp in proptest::bool::ANY, rule_ebgp in proptest::bool::ANY) {
