@@ -140,15 +140,24 @@ pub fn plan(kube_nodes: &[KubeNode], calico_nodes: &[Node]) -> Plan {
             .iter()
             .find(|c| kubernetes_name(c) == Some(name))
             .or_else(|| {
+                // Adopted only when it stands for no Kubernetes node yet: one whose orchRef
+                // names a deleted Kubernetes node is deleted below, never re-targeted.
                 calico_nodes.iter().find(|c| {
-                    c.metadata.name.as_deref() == Some(name)
-                        // Not a node that already stands for another Kubernetes node.
-                        && kubernetes_name(c).is_none_or(|k| !kube_names.contains(k))
+                    c.metadata.name.as_deref() == Some(name) && kubernetes_name(c).is_none()
                 })
             });
         let Some(desired) = desired_node(existing, kube) else {
             continue;
         };
+        if existing.is_none()
+            && calico_nodes
+                .iter()
+                .any(|c| c.metadata.name.as_deref() == Some(name))
+        {
+            // The name is taken by a Calico Node of another (deleted) Kubernetes node: created
+            // once that one is gone.
+            continue;
+        }
         match existing {
             None => out.create.push(desired),
             Some(c) if *c != desired => out.update.push(desired),
@@ -343,6 +352,18 @@ mod tests {
             "{again:?}"
         );
         assert_eq!(again.delete.len(), 1);
+    }
+
+    #[test]
+    fn a_calico_node_of_a_deleted_kubernetes_node_is_deleted_not_retargeted() {
+        // Calico Node "n" stood for Kubernetes node "x" (names may differ in Calico); "x" is
+        // gone and a Kubernetes node "n" exists.
+        let p = plan(&[kube("n", json!({}))], &[calico("n", Some("x"))]);
+        assert!(p.update.is_empty() && p.create.is_empty(), "{p:?}");
+        assert_eq!(p.delete.iter().map(name_of).collect::<Vec<_>>(), ["n"]);
+        // Once it is gone, "n" gets its own.
+        let p = plan(&[kube("n", json!({}))], &[]);
+        assert_eq!(p.create.iter().map(name_of).collect::<Vec<_>>(), ["n"]);
     }
 
     #[test]

@@ -113,25 +113,32 @@ pub async fn sync(ds: &Datastore, pods: &[Pod]) -> Result<Vec<String>, PodSyncEr
         .map_err(PodSyncError::List)?
         .items;
     let mut done = Vec::new();
+    let mut first_error = None;
     for w in plan(pods, &weps) {
         let namespace = w.metadata.namespace.clone().unwrap_or_default();
         let name = w.metadata.name.clone().unwrap_or_default();
         match ds.update(&w).await {
-            Ok(_) => {}
+            Ok(_) => {
+                tracing::info!(%namespace, %name, "WorkloadEndpoint labels synced from its pod");
+                done.push(name);
+            }
             // The pod's endpoint went away meanwhile (CNI DEL): nothing to label.
-            Err(e) if e.is_not_found() => continue,
+            Err(e) if e.is_not_found() => {}
+            // One endpoint changed meanwhile (or etcd failed): the others still get their
+            // labels; the pass reports the first failure and is retried.
             Err(source) => {
-                return Err(PodSyncError::Update {
+                first_error.get_or_insert(PodSyncError::Update {
                     namespace,
                     name,
                     source,
                 });
             }
         }
-        tracing::info!(%namespace, %name, "WorkloadEndpoint labels synced from its pod");
-        done.push(name);
     }
-    Ok(done)
+    match first_error {
+        Some(e) => Err(e),
+        None => Ok(done),
+    }
 }
 
 #[cfg(test)]
