@@ -627,4 +627,53 @@ mod tests {
             assert!(e.contains("spec.x"), "{e}");
         }
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            /// No allocation is ever released before it has been a candidate for the whole
+            /// grace period, whatever the order and spacing of the rounds.
+            #[test]
+            fn never_released_before_the_grace_period(
+                rounds in proptest::collection::vec((0u64..400, proptest::collection::vec(0u8..4, 0..4)), 1..12)
+            ) {
+                let grace = Duration::from_secs(600);
+                let allocs: Vec<Allocation> = (0..4)
+                    .map(|i| alloc(&format!("10.0.0.{i}"), "k1", Some(("a", "dead"))))
+                    .collect();
+                let t0 = Instant::now();
+                let mut t = LeakTracker::default();
+                let mut now = t0;
+                // When each allocation became a candidate without interruption.
+                let mut since: HashMap<IpAddr, Instant> = HashMap::new();
+                for (step, present) in rounds {
+                    now += Duration::from_secs(step);
+                    let cands: Vec<&Allocation> = allocs
+                        .iter()
+                        .enumerate()
+                        .filter(|(i, _)| present.contains(&(*i as u8)))
+                        .map(|(_, a)| a)
+                        .collect();
+                    since.retain(|ip, _| cands.iter().any(|a| a.ip == *ip));
+                    for a in &cands {
+                        since.entry(a.ip).or_insert(now);
+                    }
+                    for a in t.observe(cands.iter().copied(), now, grace) {
+                        prop_assert!(now.duration_since(since[&a.ip]) >= grace);
+                    }
+                }
+            }
+
+            #[test]
+            fn durations_round_trip(h in 0u64..48, m in 0u64..60, s in 0u64..60) {
+                let text = format!("{h}h{m}m{s}s");
+                prop_assert_eq!(
+                    parse_duration("f", &text).unwrap(),
+                    Duration::from_secs(h * 3600 + m * 60 + s)
+                );
+            }
+        }
+    }
 }

@@ -371,4 +371,42 @@ mod tests {
         let p = plan(&[], &[calico("k1", Some("k1"))]);
         assert!(p.delete.is_empty());
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn label_map() -> impl Strategy<Value = BTreeMap<String, String>> {
+            proptest::collection::btree_map("[a-e]", "[xy]", 0..5)
+        }
+
+        proptest! {
+            /// Whatever the Calico Node held and Kubernetes held before: after a pass the node
+            /// carries exactly Kubernetes' current labels plus the labels Kubernetes never set,
+            /// and a second pass changes nothing.
+            #[test]
+            fn label_sync_is_exact_and_idempotent(
+                own in label_map(), before in label_map(), now in label_map()
+            ) {
+                let mut c = calico("n", Some("n"));
+                let mut labels = own.clone();
+                labels.extend(before.clone());
+                c.metadata.labels = Some(labels);
+                c.metadata.annotations = Some([(
+                    KUBE_LABELS_ANNOTATION.to_string(),
+                    serde_json::to_string(&before).unwrap(),
+                )].into());
+                let k = kube("n", serde_json::to_value(&now).unwrap());
+                let d = desired_node(Some(&c), &k).unwrap();
+                let got = d.metadata.labels.clone().unwrap_or_default();
+                let mut want: BTreeMap<String, String> = own
+                    .into_iter()
+                    .filter(|(key, _)| !before.contains_key(key))
+                    .collect();
+                want.extend(now);
+                prop_assert_eq!(got, want);
+                prop_assert_eq!(desired_node(Some(&d), &k), Some(d));
+            }
+        }
+    }
 }
