@@ -97,6 +97,13 @@ fn node_policy_shows_the_order_and_counts_real_packets_per_rule() {
          - action: Allow\n    protocol: TCP\n    destination:\n      ports: [7777]\n"
             .to_string(),
     ]);
+    // No agent yet, no table: the command says so instead of showing nothing.
+    let (ok, _, err) = lab.calicoctl(&["node", "policy"]);
+    assert!(!ok);
+    assert!(
+        err.starts_with("no table inet calico-rs on this host"),
+        "{err}"
+    );
     lab.start_agent();
     let srv = lab.add_workload("srv", "app", "srv", "10.65.0.30", &[("app", "srv")]);
     let good = lab.add_workload("good", "app", "good", "10.65.0.31", &[("role", "ok")]);
