@@ -1,24 +1,34 @@
 //! IPAM garbage collection, as Calico's kube-controllers does it in etcd mode.
 //!
-//! Every allocation in the IPAM blocks is judged ([`verdict`], pure):
-//! - it belongs to a node: its `node` attribute, else its block's affinity;
-//! - a node that is not Kubernetes' (a Calico Node without a `k8s` orchRef: a Docker host),
-//!   or that nothing identifies as Kubernetes', is never touched ([`Verdict::NotKubernetes`]);
-//! - on a Kubernetes node that was deleted, the allocation is released at once
-//!   ([`Verdict::NodeGone`]), unless its pod still exists with that address;
-//! - an allocation of a pod (attributes `namespace` and `pod`, set by the CNI plugin with the
-//!   handle `k8s-pod-network.<containerID>`) whose pod no longer exists, or exists with other
-//!   addresses, is a leak candidate ([`Verdict::Leaked`]); it is released only once it has
-//!   been a candidate for the whole grace period (Calico's `leakGracePeriod`, default 15 min;
-//!   0 turns leak collection off), so a pod still being set up or torn down never loses its
-//!   address;
-//! - everything else (a live pod's address, a node's tunnel address) is in use.
+//! Allocations are judged node by node (the allocation's `node` attribute, else its block's
+//! affinity), pure in [`judge`]:
+//! - a node that is not Kubernetes' (a Calico Node without a `k8s` orchRef: a Docker host), or
+//!   that nothing identifies as Kubernetes' (no Calico Node and no Kubernetes Node of that
+//!   name), is never touched;
+//! - on a live Kubernetes node, a pod's allocation (attributes `namespace` and `pod`, set by the
+//!   CNI plugin with the handle `k8s-pod-network.<containerID>`) whose pod no longer exists, was
+//!   rescheduled to another node, or reports other addresses is a leak candidate; it is
+//!   released only once it has been a candidate for the whole grace period (Calico's
+//!   `leakGracePeriod`, default 15 min; 0 turns leak collection off), so a pod being set up or
+//!   torn down never loses its address. A pod without an address reported yet holds it;
+//! - on a Kubernetes node that was deleted, a pod's allocation whose pod is gone is released
+//!   at once; the node's tunnel addresses (`type` attribute) go too, but only when nothing else
+//!   on the node is still in use. An allocation of unknown origin (neither a pod's nor a
+//!   tunnel's) is never released and keeps the node from being cleaned up, as in Calico;
+//! - everything else (a live pod's address, a live node's tunnel address, allocations of
+//!   unknown origin) is in use.
 //!
+//! A leaked address is released only together with every other address of its handle (a
+//! dual-stack pod's IPv4 and IPv6 go together, never one of them while the other is in use).
 //! Releases compare the allocation's sequence number, so an address released and handed out
 //! again since it was read is never released by mistake.
 //!
 //! The candidates' first-seen times live in memory ([`LeakTracker`]), as in Calico: a restarted
 //! (or newly elected) controller starts the grace period again, which errs on keeping.
+//!
+//! Unlike Calico, allocations whose node has no Calico Node and no Kubernetes Node are left
+//! alone (Calico collects their pods' addresses): a Docker host removed with calicoctl must
+//! never lose addresses here; `calicoctl ipam check` reports them.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
@@ -77,11 +87,28 @@ pub struct Allocation {
     pub node: Option<String>,
     pub namespace: Option<String>,
     pub pod: Option<String>,
+    /// The `type` attribute (tunnel addresses: `ipipTunnelAddress`, `vxlanTunnelAddress`, ...).
+    pub kind: Option<String>,
 }
+
+/// Calico's `type` attribute values of node tunnel addresses.
+pub const TUNNEL_TYPES: &[&str] = &[
+    "ipipTunnelAddress",
+    "vxlanTunnelAddress",
+    "vxlanV6TunnelAddress",
+    "wireguardTunnelAddress",
+    "wireguardV6TunnelAddress",
+];
 
 impl Allocation {
     fn is_pod(&self) -> bool {
         self.namespace.is_some() && self.pod.is_some()
+    }
+
+    fn is_tunnel(&self) -> bool {
+        self.kind
+            .as_deref()
+            .is_some_and(|k| TUNNEL_TYPES.contains(&k))
     }
 }
 
@@ -120,6 +147,7 @@ pub async fn read_allocations(
                     .or_else(|| host.clone()),
                 namespace: attr.secondary.get(model::ATTR_NAMESPACE).cloned(),
                 pod: attr.secondary.get(model::ATTR_POD).cloned(),
+                kind: attr.secondary.get(model::ATTR_TYPE).cloned(),
             });
         }
         blocks.push(b);
@@ -136,8 +164,10 @@ pub struct ClusterView {
     other_nodes: BTreeSet<String>,
     /// Kubernetes Nodes that exist.
     live_kube_nodes: BTreeSet<String>,
-    /// (namespace, name) → the pod's addresses (empty while it has none yet).
-    pods: HashMap<(String, String), Vec<IpAddr>>,
+    /// Kubernetes nodes known to be deleted, whatever the node list says.
+    deleted: BTreeSet<String>,
+    /// (namespace, name) → the pod's node and addresses (empty while it has none yet).
+    pods: HashMap<(String, String), (Option<String>, Vec<IpAddr>)>,
 }
 
 fn pod_ips(p: &Pod) -> Vec<IpAddr> {
@@ -175,24 +205,49 @@ impl ClusterView {
         v.pods = pods
             .iter()
             .filter_map(|p| {
+                let node = p.spec.as_ref().and_then(|s| s.node_name.clone());
                 Some((
                     (p.metadata.namespace.clone()?, p.metadata.name.clone()?),
-                    pod_ips(p),
+                    (node, pod_ips(p)),
                 ))
             })
             .collect();
         v
     }
 
-    /// Whether a live pod holds this allocation: the pod exists and has this address or no
-    /// address reported yet (still being set up).
-    fn pod_holds(&self, a: &Allocation) -> bool {
+    /// Whether a live pod holds this allocation made on Kubernetes node `kube_node`: the pod
+    /// exists, was not rescheduled to another node, and has this address or no address
+    /// reported yet (still being set up).
+    fn pod_holds(&self, a: &Allocation, kube_node: Option<&str>) -> bool {
         let (Some(ns), Some(pod)) = (&a.namespace, &a.pod) else {
             return false;
         };
-        self.pods
-            .get(&(ns.clone(), pod.clone()))
-            .is_some_and(|ips| ips.is_empty() || ips.contains(&a.ip))
+        let Some((node, ips)) = self.pods.get(&(ns.clone(), pod.clone())) else {
+            return false;
+        };
+        if let (Some(now), Some(then)) = (node.as_deref(), kube_node)
+            && now != then
+        {
+            return false;
+        }
+        ips.is_empty() || ips.contains(&a.ip)
+    }
+
+    /// The Kubernetes node behind Calico node `node`, and whether it still exists; None when
+    /// the node is not Kubernetes'.
+    fn kubernetes_node<'a>(&'a self, node: &'a str) -> Option<(&'a str, bool)> {
+        let kube_name = match self.kubernetes_nodes.get(node) {
+            Some(k) => k.as_str(),
+            None if self.other_nodes.contains(node) => return None,
+            // No Calico Node yet, but a Kubernetes Node of that name: Kubernetes'.
+            None if self.live_kube_nodes.contains(node) => node,
+            // Neither: a host nobody knows (e.g. a removed Docker host); not ours to judge.
+            None => return None,
+        };
+        // An empty Kubernetes node list is treated as "unknown", never as "all deleted".
+        let live = !self.deleted.contains(kube_name)
+            && (self.live_kube_nodes.is_empty() || self.live_kube_nodes.contains(kube_name));
+        Some((kube_name, live))
     }
 }
 
@@ -201,39 +256,70 @@ impl ClusterView {
 pub enum Verdict {
     /// Not on a Kubernetes node: never touched.
     NotKubernetes,
-    /// Held by a live pod, or not a pod's (a node's tunnel address) on a live node.
+    /// In use: a live pod's, a live node's tunnel address, or of unknown origin.
     InUse,
-    /// A pod's address whose pod is gone: released after the grace period.
+    /// A pod's address on a live node whose pod is gone: released after the grace period.
     Leaked,
-    /// On a Kubernetes node that was deleted: released now.
+    /// On a Kubernetes node that was deleted and not in use: released now.
     NodeGone,
 }
 
-/// The verdict on one allocation (pure).
+/// The verdict on every allocation, in the order given (pure). Judged per node, because a
+/// deleted node's tunnel addresses go only when nothing else on it is in use.
+pub fn judge(allocs: &[Allocation], view: &ClusterView) -> Vec<Verdict> {
+    let mut out = vec![Verdict::NotKubernetes; allocs.len()];
+    let mut by_node: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+    for (i, a) in allocs.iter().enumerate() {
+        if let Some(n) = a.node.as_deref() {
+            by_node.entry(n).or_default().push(i);
+        }
+    }
+    for (node, idx) in by_node {
+        let Some((kube_name, live)) = view.kubernetes_node(node) else {
+            continue;
+        };
+        let mut tunnels = Vec::new();
+        let mut node_in_use = false;
+        for i in idx {
+            let a = &allocs[i];
+            out[i] = if a.is_tunnel() {
+                tunnels.push(i);
+                Verdict::InUse
+            } else if !a.is_pod() || view.pod_holds(a, Some(kube_name)) {
+                node_in_use = true;
+                Verdict::InUse
+            } else if live {
+                Verdict::Leaked
+            } else {
+                Verdict::NodeGone
+            };
+        }
+        if !live && !node_in_use {
+            for i in tunnels {
+                out[i] = Verdict::NodeGone;
+            }
+        }
+    }
+    out
+}
+
+/// The verdict on one allocation judged alone (see [`judge`]).
 pub fn verdict(a: &Allocation, view: &ClusterView) -> Verdict {
-    let Some(node) = &a.node else {
-        return Verdict::NotKubernetes;
-    };
-    let kube_name = match view.kubernetes_nodes.get(node) {
-        Some(k) => k.as_str(),
-        None if view.other_nodes.contains(node) => return Verdict::NotKubernetes,
-        // No Calico Node yet, but a Kubernetes Node of that name: Kubernetes'.
-        None if view.live_kube_nodes.contains(node) => node.as_str(),
-        // Neither: a host nobody knows (e.g. a removed Docker host); not ours to judge.
-        None => return Verdict::NotKubernetes,
-    };
-    if view.pod_holds(a) {
-        return Verdict::InUse;
-    }
-    // An empty Kubernetes node list is treated as "unknown", never as "all deleted".
-    if !view.live_kube_nodes.is_empty() && !view.live_kube_nodes.contains(kube_name) {
-        return Verdict::NodeGone;
-    }
-    if a.is_pod() {
-        Verdict::Leaked
-    } else {
-        Verdict::InUse
-    }
+    judge(std::slice::from_ref(a), view)[0]
+}
+
+/// `due` without the allocations whose handle also has an allocation that is not due (pure).
+fn whole_handles<'a>(due: Vec<&'a Allocation>, all: &[Allocation]) -> Vec<&'a Allocation> {
+    let due_keys: BTreeSet<(IpAddr, Option<u64>)> =
+        due.iter().map(|a| (a.ip, a.sequence_number)).collect();
+    let partial: BTreeSet<&str> = all
+        .iter()
+        .filter(|a| !due_keys.contains(&(a.ip, a.sequence_number)))
+        .filter_map(|a| a.handle.as_deref())
+        .collect();
+    due.into_iter()
+        .filter(|a| a.handle.as_deref().is_none_or(|h| !partial.contains(h)))
+        .collect()
 }
 
 /// When each leak candidate was first seen; an allocation is identified by address, handle and
@@ -384,8 +470,8 @@ pub async fn collect(
     let mut report = GcReport::default();
     let mut leaked = Vec::new();
     let mut node_gone = Vec::new();
-    for a in &allocs {
-        match verdict(a, &view) {
+    for (a, v) in allocs.iter().zip(judge(&allocs, &view)) {
+        match v {
             Verdict::NotKubernetes => report.not_kubernetes += 1,
             Verdict::InUse => report.in_use += 1,
             Verdict::Leaked => leaked.push(a),
@@ -399,6 +485,13 @@ pub async fn collect(
             Vec::new()
         }
     };
+    let mut ready: Vec<&Allocation> = due.iter().chain(node_gone.iter()).copied().collect();
+    ready = whole_handles(ready, &allocs);
+    let due: Vec<&Allocation> = due.into_iter().filter(|a| ready.contains(a)).collect();
+    let node_gone: Vec<&Allocation> = node_gone
+        .into_iter()
+        .filter(|a| ready.contains(a))
+        .collect();
     report.waiting = leaked.len() - due.len();
     for a in &due {
         tracing::info!(ip = %a.ip, handle = ?a.handle, namespace = ?a.namespace, pod = ?a.pod,
@@ -420,18 +513,34 @@ pub struct NodeRelease {
     pub in_use: Vec<IpAddr>,
 }
 
-/// Releases every allocation of Calico node `node` (a deleted Kubernetes node) that no live
-/// pod holds.
+/// Releases the allocations of Calico node `node`, a deleted Kubernetes node, as [`judge`]
+/// does for a deleted node: pods' addresses no live pod holds, then its tunnel addresses if
+/// nothing else on it is in use. Everything left is reported as in use.
 pub async fn release_node(ipam: &Ipam, node: &str, pods: &[Pod]) -> Result<NodeRelease, GcError> {
-    let view = ClusterView::new(&[], &[], pods);
+    let mut view = ClusterView::new(&[], &[], pods);
+    view.kubernetes_nodes
+        .insert(node.to_string(), node.to_string());
+    view.deleted.insert(node.to_string());
     let (_, allocs) = read_allocations(ipam).await?;
-    let (in_use, free): (Vec<&Allocation>, Vec<&Allocation>) = allocs
-        .iter()
+    let mine: Vec<Allocation> = allocs
+        .into_iter()
         .filter(|a| a.node.as_deref() == Some(node))
-        .partition(|a| view.pod_holds(a));
+        .collect();
+    let verdicts = judge(&mine, &view);
+    let free: Vec<&Allocation> = mine
+        .iter()
+        .zip(&verdicts)
+        .filter(|(_, v)| **v == Verdict::NodeGone)
+        .map(|(a, _)| a)
+        .collect();
+    let released = release(ipam, &free).await?;
     Ok(NodeRelease {
-        released: release(ipam, &free).await?,
-        in_use: in_use.iter().map(|a| a.ip).collect(),
+        in_use: mine
+            .iter()
+            .map(|a| a.ip)
+            .filter(|ip| !released.contains(ip))
+            .collect(),
+        released,
     })
 }
 
@@ -504,6 +613,14 @@ mod tests {
             node: Some(node.into()),
             namespace: pod.map(|(n, _)| n.into()),
             pod: pod.map(|(_, p)| p.into()),
+            kind: None,
+        }
+    }
+
+    fn tunnel(ip: &str, node: &str) -> Allocation {
+        Allocation {
+            kind: Some("ipipTunnelAddress".into()),
+            ..alloc(ip, node, None)
         }
     }
 
@@ -526,6 +643,7 @@ mod tests {
         let ips: Vec<_> = ips.iter().map(|i| json!({"ip": i})).collect();
         serde_json::from_value(json!({
             "metadata": {"name": name, "namespace": ns},
+            "spec": {"containers": [], "nodeName": "k1"},
             "status": {"podIPs": ips}
         }))
         .unwrap()
@@ -547,41 +665,63 @@ mod tests {
             ],
         );
         let v = |a: Allocation| verdict(&a, &view);
-        assert_eq!(
-            v(alloc("10.0.0.1", "k1", Some(("a", "live")))),
-            Verdict::InUse
-        );
-        assert_eq!(
-            v(alloc("10.0.0.2", "k1", Some(("a", "new")))),
-            Verdict::InUse
-        );
-        assert_eq!(
-            v(alloc("10.0.0.3", "k1", Some(("a", "moved")))),
-            Verdict::Leaked
-        );
-        assert_eq!(
-            v(alloc("10.0.0.4", "k1", Some(("a", "dead")))),
-            Verdict::Leaked
-        );
+        let pod_on = |ip, node, name| alloc(ip, node, Some(("a", name)));
+        assert_eq!(v(pod_on("10.0.0.1", "k1", "live")), Verdict::InUse);
+        assert_eq!(v(pod_on("10.0.0.2", "k1", "new")), Verdict::InUse);
+        assert_eq!(v(pod_on("10.0.0.3", "k1", "moved")), Verdict::Leaked);
+        assert_eq!(v(pod_on("10.0.0.4", "k1", "dead")), Verdict::Leaked);
+        // Unknown origin (no pod, not a tunnel): in use, wherever it is.
         assert_eq!(v(alloc("10.0.0.5", "k1", None)), Verdict::InUse);
-        assert_eq!(v(alloc("10.0.0.6", "gone", None)), Verdict::NodeGone);
+        assert_eq!(v(alloc("10.0.0.6", "gone", None)), Verdict::InUse);
+        assert_eq!(v(tunnel("10.0.0.6", "k1")), Verdict::InUse);
+        assert_eq!(v(tunnel("10.0.0.6", "gone")), Verdict::NodeGone);
+        assert_eq!(v(pod_on("10.0.0.7", "gone", "dead")), Verdict::NodeGone);
         assert_eq!(
-            v(alloc("10.0.0.7", "gone", Some(("a", "dead")))),
-            Verdict::NodeGone
-        );
-        assert_eq!(
-            v(alloc("10.0.0.8", "docker", Some(("a", "dead")))),
+            v(pod_on("10.0.0.8", "docker", "dead")),
             Verdict::NotKubernetes
         );
         assert_eq!(
-            v(alloc("10.0.0.9", "stranger", Some(("a", "dead")))),
+            v(pod_on("10.0.0.9", "stranger", "dead")),
             Verdict::NotKubernetes
         );
-        // A live pod on a deleted node keeps its address.
+        // A live pod's address on a deleted node stays (the pod still says it runs there).
+        let mut there = pod("a", "still", &["10.0.0.1"]);
+        there.spec.as_mut().unwrap().node_name = Some("gone".into());
+        let view2 = ClusterView::new(&[calico("gone", true)], &[kube("k1")], &[there]);
         assert_eq!(
-            v(alloc("10.0.0.1", "gone", Some(("a", "live")))),
+            verdict(&pod_on("10.0.0.1", "gone", "still"), &view2),
             Verdict::InUse
         );
+    }
+
+    #[test]
+    fn a_deleted_nodes_tunnel_goes_only_when_nothing_else_is_in_use() {
+        let view = ClusterView::new(
+            &[calico("gone", true)],
+            &[kube("k1")],
+            &[pod("a", "still", &[])],
+        );
+        let mut still = alloc("10.0.0.2", "gone", Some(("a", "still")));
+        still.node = Some("gone".into());
+        let blocked = judge(&[tunnel("10.0.0.1", "gone"), still.clone()], &view);
+        // "still" runs on k1 (rescheduled): its old address on "gone" is not held.
+        assert_eq!(blocked, [Verdict::NodeGone, Verdict::NodeGone]);
+        let unknown = alloc("10.0.0.3", "gone", None);
+        let blocked = judge(&[tunnel("10.0.0.1", "gone"), unknown], &view);
+        assert_eq!(blocked, [Verdict::InUse, Verdict::InUse]);
+    }
+
+    #[test]
+    fn a_handle_is_released_whole_or_not_at_all() {
+        let v4 = alloc("10.0.0.1", "k1", Some(("a", "dead")));
+        let mut v6 = alloc("fd00::1", "k1", Some(("a", "dead")));
+        v6.sequence_number = Some(7);
+        let all = vec![v4.clone(), v6.clone()];
+        assert_eq!(
+            whole_handles(vec![&all[0]], &all),
+            Vec::<&Allocation>::new()
+        );
+        assert_eq!(whole_handles(vec![&all[0], &all[1]], &all).len(), 2);
     }
 
     #[test]

@@ -32,10 +32,23 @@ async fn kubernetes_nodes_become_calico_nodes_and_deleted_ones_release_their_add
         .assign(
             "old",
             "ipip-tunnel-addr-old",
-            BTreeMap::from([("node".into(), "old".into())]),
+            BTreeMap::from([
+                ("node".into(), "old".into()),
+                ("type".into(), "ipipTunnelAddress".into()),
+            ]),
         )
         .await;
     let busy_ip = lab.pod_ip("busy", "shop", "still-there", "b1").await;
+    // Of unknown origin (neither a pod's nor a tunnel's) on a deleted node: never released,
+    // and the node is not cleaned up while it is there (Calico's rule).
+    lab.node("odd", true).await;
+    let odd_ip = lab
+        .assign(
+            "odd",
+            "odd-1",
+            BTreeMap::from([("node".into(), "odd".into())]),
+        )
+        .await;
     // A calicoctl label on k2 that Kubernetes never set.
     let mut k2 = calico(&lab, "k2").await.expect("k2");
     k2.metadata.labels = Some([("rack".to_string(), "r7".to_string())].into());
@@ -52,7 +65,7 @@ async fn kubernetes_nodes_become_calico_nodes_and_deleted_ones_release_their_add
     assert_eq!(r.created, ["k1"]);
     assert_eq!(r.updated, ["k2"]);
     assert_eq!(r.deleted, ["old"]);
-    assert_eq!(r.kept, ["busy"]);
+    assert_eq!(r.kept, ["busy", "odd"]);
     let mut released = r.released.clone();
     released.sort();
     let mut want = vec![old_pod, old_tunnel];
@@ -82,6 +95,8 @@ async fn kubernetes_nodes_become_calico_nodes_and_deleted_ones_release_their_add
     // A live pod's address on a deleted node stays, and so does the node, for now.
     assert!(lab.allocated(busy_ip).await);
     assert!(calico(&lab, "busy").await.is_some());
+    assert!(lab.allocated(odd_ip).await);
+    assert!(calico(&lab, "odd").await.is_some());
     // The Docker host is untouched.
     let docker = calico(&lab, "docker1").await.expect("docker1");
     assert!(docker.spec.orch_refs.is_empty() && docker.metadata.annotations.is_none());
