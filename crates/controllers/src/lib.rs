@@ -8,6 +8,7 @@
 //! - [`kinds`]: which kinds are reconciled and where each reports its status;
 //! - [`reconcile`]: one reconcile pass (validate → mirror → status), finalizer on delete;
 //! - [`profiles`]: Namespaces and ServiceAccounts as `kns.*` / `ksa.*` profiles;
+//! - [`knp`]: Kubernetes NetworkPolicies as `knp.default.*` Calico policies;
 //! - [`nodes`]: Kubernetes Nodes as Calico Nodes (orchRefs, labels), deletion with IPAM release;
 //! - [`pods`]: pod labels and service account on their WorkloadEndpoints;
 //! - [`ipam_gc`]: IPAM garbage collection (leaked pod addresses, deleted nodes) and pool usage;

@@ -7,8 +7,9 @@
 //! profiles in etcd; [`sync`] applies the difference. Profiles without the owner mark (made by
 //! calicoctl or Docker hosts) are never touched.
 //!
-//! The binary runs [`sync`] every 30 s from a fresh list of Namespaces and ServiceAccounts
-//! (`run::profiles_loop`); [`sync`] itself is tested against a real etcd.
+//! The binary runs [`sync`] from watched stores of Namespaces and ServiceAccounts after every
+//! change and every 5 minutes (`run::kubernetes_inputs`, `watch::sync_loop`); [`sync`] itself
+//! is tested against a real etcd.
 
 use std::collections::BTreeMap;
 
