@@ -600,6 +600,7 @@ impl Plugin {
                 settings.push(Sysctl::ipv6_forwarding(true));
             }
         }
+        let started = std::time::Instant::now();
         let rt = tokio::runtime::Handle::current();
         let nl = calico_dataplane::netns::run_in(netns, || {
             sysctl::apply(None, &settings).map_err(|e| step(&e))?;
@@ -608,8 +609,10 @@ impl Plugin {
             Netlink::connect().map_err(|e| step(&e))
         })
         .map_err(|e| step(&e))??;
+        tracing::debug!(elapsed = ?started.elapsed(), "container: sysctls, netlink socket");
         // The veth was created with its pod end down (see `create_veth_direct`).
         nl.set_link_up(ifname, true).await.map_err(|e| step(&e))?;
+        tracing::debug!(elapsed = ?started.elapsed(), "container: link up");
         let mut routes = Vec::new();
         let gw4: IpAddr = GATEWAY_V4.parse().unwrap_or(IpAddr::from([169, 254, 1, 1]));
         let gw6 = IpAddr::V6(naming::link_local_of_mac(CALICO_HOST_MAC));
@@ -630,11 +633,13 @@ impl Plugin {
                 .map_err(|e| step(&e))?;
             routes.push(RouteConfig::new(dflt, Some(gw6)));
         }
+        tracing::debug!(elapsed = ?started.elapsed(), "container: routes");
         for a in addrs {
             nl.add_address(ifname, IpNet::from(*a))
                 .await
                 .map_err(|e| step(&e))?;
         }
+        tracing::debug!(elapsed = ?started.elapsed(), "container: addresses");
         Ok(routes)
     }
 
