@@ -144,118 +144,123 @@ pub fn compare(a: &Path, b: &Path) -> Ordering {
 /// All paths per prefix, best first; the best one is recomputed on every change.
 ///
 /// Memory per prefix is what decides whether a speaker holds a full table on a small node, so
-/// the layout is compact (docs/BENCHMARKS.md compares it with BIRD):
+/// the layout is compact (docs/BENCHMARKS.md compares it with BIRD): about 25 bytes per IPv4
+/// prefix with one path.
 /// - IPv4 and IPv6 prefixes live in separate maps keyed by `Ipv4Net` (5 bytes) and `Ipv6Net`
 ///   (17 bytes) rather than one map keyed by `IpNet` (18 bytes for either family);
-/// - a prefix with a single path, nearly every prefix, holds one pointer inline, no `Vec`;
-/// - each distinct [`Path`] is stored once and shared (interned, as BIRD's attribute cache
-///   does): the prefixes of an UPDATE, and of every UPDATE that carries the same attributes,
-///   point at one `Path` and one `PathAttrs`.
+/// - the value is one thin pointer to the prefix's candidate list;
+/// - each distinct [`Path`] is stored once (interned, as BIRD's attribute cache does), and so
+///   is the one-path list of each: every prefix of an UPDATE, and of every UPDATE that carries
+///   the same attributes, points at the same list. Lists of two or more paths (several peers
+///   announce the prefix) are per prefix.
 #[derive(Debug, Default)]
 pub struct LocRib {
-    v4: BTreeMap<Ipv4Net, Paths>,
-    v6: BTreeMap<Ipv6Net, Paths>,
+    v4: BTreeMap<Ipv4Net, Arc<PathList>>,
+    v6: BTreeMap<Ipv6Net, Arc<PathList>>,
     interned: PathCache,
 }
 
-/// The candidate paths of one prefix, best first. Never empty in the maps.
+/// The candidate paths of one prefix, best first, never empty.
 #[derive(Debug)]
-enum Paths {
-    One(Arc<Path>),
-    /// Two or more (several peers announce the prefix, or a local route and a learned one).
-    Many(Box<[Arc<Path>]>),
-}
+struct PathList(Box<[Arc<Path>]>);
 
-impl Paths {
-    fn as_slice(&self) -> &[Arc<Path>] {
-        match self {
-            Paths::One(p) => std::slice::from_ref(p),
-            Paths::Many(v) => v,
-        }
-    }
-
-    fn as_mut_slice(&mut self) -> &mut [Arc<Path>] {
-        match self {
-            Paths::One(p) => std::slice::from_mut(p),
-            Paths::Many(v) => v,
-        }
-    }
-
-    fn into_vec(self) -> Vec<Arc<Path>> {
-        match self {
-            Paths::One(p) => vec![p],
-            Paths::Many(v) => v.into_vec(),
-        }
-    }
-
-    /// `None` for no paths (the prefix leaves the RIB).
-    fn from_vec(mut v: Vec<Arc<Path>>) -> Option<Paths> {
-        match v.len() {
-            0 => None,
-            1 => v.pop().map(Paths::One),
-            _ => Some(Paths::Many(v.into_boxed_slice())),
-        }
+impl PathList {
+    fn best(&self) -> Option<&Path> {
+        self.0.first().map(|p| &**p)
     }
 }
 
-/// The set of distinct paths in the RIB. Entries nobody else refers to any more are dropped
-/// whenever the set has doubled since the last sweep, so it stays within twice the number of
-/// paths in use and the sweeps cost O(1) per insert, amortized.
+/// The distinct paths in the RIB, each as its one-path list. Entries nobody else refers to any
+/// more are dropped whenever the set has doubled since the last sweep, so it stays within twice
+/// the number of lists in use and sweeps cost O(1) per insert, amortized.
 #[derive(Debug, Default)]
 struct PathCache {
-    set: HashSet<Interned>,
+    set: HashSet<Single>,
     swept_at: usize,
-    /// The last path interned: consecutive inserts from one UPDATE (or a run of UPDATEs with the
-    /// same attributes) find it with a pointer comparison instead of hashing the attributes.
-    last: Option<Arc<Path>>,
+    /// The last list handed out: consecutive inserts from one UPDATE (or a run of UPDATEs with
+    /// the same attributes) find it by comparing pointers instead of hashing the attributes.
+    last: Option<Arc<PathList>>,
 }
 
-/// An interned path, hashed and compared by value so the set can be searched with a `&Path`.
+/// A one-path list, hashed and compared by the value of its path so that the set can be
+/// searched with a `&Path`.
 #[derive(Debug)]
-struct Interned(Arc<Path>);
+struct Single(Arc<PathList>);
 
-impl PartialEq for Interned {
-    fn eq(&self, other: &Interned) -> bool {
-        *self.0 == *other.0
+impl Single {
+    fn path(&self) -> &Path {
+        // Only one-path lists are ever wrapped (`PathCache::insert`).
+        &self.0.0[0]
     }
 }
 
-impl Eq for Interned {}
+impl PartialEq for Single {
+    fn eq(&self, other: &Single) -> bool {
+        self.path() == other.path()
+    }
+}
 
-impl Hash for Interned {
+impl Eq for Single {}
+
+impl Hash for Single {
     fn hash<H: Hasher>(&self, state: &mut H) {
-        (*self.0).hash(state)
+        self.path().hash(state)
     }
 }
 
-impl Borrow<Path> for Interned {
+impl Borrow<Path> for Single {
     fn borrow(&self) -> &Path {
-        &self.0
+        self.path()
     }
 }
 
 impl PathCache {
-    fn intern(&mut self, path: Path) -> Arc<Path> {
+    /// The shared one-path list for `path`.
+    fn intern(&mut self, path: Path) -> Arc<PathList> {
         // `Arc<PathAttrs>` compares by pointer first, so this is cheap for one UPDATE's paths.
         if let Some(last) = &self.last
-            && **last == path
+            && last.0.first().is_some_and(|p| **p == path)
         {
             return last.clone();
         }
-        let shared = match self.set.get(&path) {
+        let list = match self.set.get(&path) {
             Some(found) => found.0.clone(),
-            None => {
-                if self.set.len() >= 2 * self.swept_at.max(32) {
-                    self.set.retain(|p| Arc::strong_count(&p.0) > 1);
-                    self.swept_at = self.set.len();
-                }
-                let shared = Arc::new(path);
-                self.set.insert(Interned(shared.clone()));
-                shared
-            }
+            None => self.insert(Arc::new(path)),
         };
-        self.last = Some(shared.clone());
-        shared
+        self.last = Some(list.clone());
+        list
+    }
+
+    /// The shared one-path list for a path already in the RIB (what is left of a longer list).
+    fn single(&mut self, path: &Arc<Path>) -> Arc<PathList> {
+        if let Some(last) = &self.last
+            && last.0.first().is_some_and(|p| Arc::ptr_eq(p, path))
+        {
+            return last.clone();
+        }
+        match self.set.get(&**path) {
+            Some(found) => found.0.clone(),
+            None => self.insert(path.clone()),
+        }
+    }
+
+    fn insert(&mut self, path: Arc<Path>) -> Arc<PathList> {
+        if self.set.len() >= 2 * self.swept_at.max(32) {
+            self.set.retain(|s| Arc::strong_count(&s.0) > 1);
+            self.swept_at = self.set.len();
+        }
+        let list = Arc::new(PathList(Box::new([path])));
+        self.set.insert(Single(list.clone()));
+        list
+    }
+
+    /// The list for `paths` (sorted, best first); `None` when empty.
+    fn list(&mut self, paths: Vec<Arc<Path>>) -> Option<Arc<PathList>> {
+        match paths.as_slice() {
+            [] => None,
+            [one] => Some(self.single(one)),
+            _ => Some(Arc::new(PathList(paths.into_boxed_slice()))),
+        }
     }
 }
 
@@ -270,49 +275,89 @@ pub struct BestChange {
 /// Applies `f` to the paths of `key`, re-sorts them and returns the old and new best path if
 /// the best path changed (by value).
 fn change_in<K: Ord>(
-    map: &mut BTreeMap<K, Paths>,
+    map: &mut BTreeMap<K, Arc<PathList>>,
+    cache: &mut PathCache,
     key: K,
     f: impl FnOnce(&mut Vec<Arc<Path>>),
 ) -> Option<(Option<Path>, Option<Path>)> {
     use std::collections::btree_map::Entry;
-    let (old, new) = match map.entry(key) {
-        Entry::Occupied(mut e) => {
-            // Placeholder while the paths are out; an empty boxed slice does not allocate.
-            let taken = std::mem::replace(e.get_mut(), Paths::Many(Box::default()));
-            let mut paths = taken.into_vec();
-            let old = paths.first().cloned();
-            f(&mut paths);
-            paths.sort_by(|a, b| compare(a, b));
-            let new = paths.first().cloned();
-            match Paths::from_vec(paths) {
-                Some(p) => *e.get_mut() = p,
-                None => {
-                    e.remove();
-                }
-            }
-            (old, new)
-        }
-        Entry::Vacant(e) => {
-            let mut paths = Vec::new();
-            f(&mut paths);
-            paths.sort_by(|a, b| compare(a, b));
-            let new = paths.first().cloned();
-            if let Some(p) = Paths::from_vec(paths) {
-                e.insert(p);
-            }
-            (None, new)
-        }
+    let entry = map.entry(key);
+    let mut paths = match &entry {
+        Entry::Occupied(e) => e.get().0.to_vec(),
+        Entry::Vacant(_) => Vec::new(),
     };
+    let old = paths.first().cloned();
+    f(&mut paths);
+    paths.sort_by(|a, b| compare(a, b));
+    let new = paths.first().cloned();
+    match (entry, cache.list(paths)) {
+        (Entry::Occupied(mut e), Some(list)) => {
+            e.insert(list);
+        }
+        (Entry::Occupied(e), None) => {
+            e.remove();
+        }
+        (Entry::Vacant(e), Some(list)) => {
+            e.insert(list);
+        }
+        (Entry::Vacant(_), None) => {}
+    }
     (old != new).then(|| (old.map(|p| (*p).clone()), new.map(|p| (*p).clone())))
+}
+
+/// Marks the paths from `source` in every list of `map` stale, sharing one stale path per
+/// shared path and one new list per shared list. Returns how many paths it marked.
+fn mark_stale_in<K>(
+    map: &mut BTreeMap<K, Arc<PathList>>,
+    cache: &mut PathCache,
+    source: Source,
+    // Old list (kept alive so that no new allocation reuses its address, the key) -> new list.
+    lists: &mut HashMap<*const PathList, (Arc<PathList>, Arc<PathList>)>,
+) -> usize {
+    let mut n = 0;
+    for list in map.values_mut() {
+        let from_source = list.0.iter().filter(|p| p.source == source).count();
+        if from_source == 0 {
+            continue;
+        }
+        n += from_source;
+        let (_, new) = lists.entry(Arc::as_ptr(list)).or_insert_with(|| {
+            let mut paths: Vec<Arc<Path>> = list
+                .0
+                .iter()
+                .map(|p| {
+                    if p.source == source {
+                        let stale = Path {
+                            stale: true,
+                            ..(**p).clone()
+                        };
+                        // Interning makes one `Arc<Path>` of equal stale paths.
+                        cache.intern(stale).0[0].clone()
+                    } else {
+                        p.clone()
+                    }
+                })
+                .collect();
+            paths.sort_by(|a, b| compare(a, b));
+            let new = match cache.list(paths) {
+                Some(new) => new,
+                // Unreachable: the list had at least one path and still has as many.
+                None => list.clone(),
+            };
+            (list.clone(), new)
+        });
+        *list = new.clone();
+    }
+    n
 }
 
 impl LocRib {
     pub fn best(&self, prefix: &IpNet) -> Option<&Path> {
-        let paths = match prefix {
+        match prefix {
             IpNet::V4(n) => self.v4.get(n),
             IpNet::V6(n) => self.v6.get(n),
-        }?;
-        paths.as_slice().first().map(|p| &**p)
+        }?
+        .best()
     }
 
     /// Every prefix with at least one path: IPv4 before IPv6, each in address order (the order
@@ -327,8 +372,8 @@ impl LocRib {
     }
 
     fn iter(&self) -> impl Iterator<Item = (IpNet, &[Arc<Path>])> {
-        let v4 = self.v4.iter().map(|(k, v)| (IpNet::V4(*k), v.as_slice()));
-        let v6 = self.v6.iter().map(|(k, v)| (IpNet::V6(*k), v.as_slice()));
+        let v4 = self.v4.iter().map(|(k, v)| (IpNet::V4(*k), &*v.0));
+        let v6 = self.v6.iter().map(|(k, v)| (IpNet::V6(*k), &*v.0));
         v4.chain(v6)
     }
 
@@ -342,15 +387,16 @@ impl LocRib {
 
     fn change(&mut self, prefix: IpNet, f: impl FnOnce(&mut Vec<Arc<Path>>)) -> Option<BestChange> {
         let (old, new) = match prefix {
-            IpNet::V4(n) => change_in(&mut self.v4, n, f),
-            IpNet::V6(n) => change_in(&mut self.v6, n, f),
+            IpNet::V4(n) => change_in(&mut self.v4, &mut self.interned, n, f),
+            IpNet::V6(n) => change_in(&mut self.v6, &mut self.interned, n, f),
         }?;
         Some(BestChange { prefix, old, new })
     }
 
     /// Adds or replaces the path from `path.source`.
     pub fn insert(&mut self, prefix: IpNet, path: Path) -> Option<BestChange> {
-        let path = self.interned.intern(path);
+        let list = self.interned.intern(path);
+        let path = list.0[0].clone();
         self.change(prefix, |paths| {
             paths.retain(|p| p.source != path.source);
             paths.push(path);
@@ -391,34 +437,9 @@ impl LocRib {
 
     /// Marks every path from `source` stale (graceful restart helper).
     pub fn mark_stale(&mut self, source: Source) -> usize {
-        let LocRib { v4, v6, interned } = self;
-        // Each shared path becomes one shared stale path. The old path is kept alive in the map
-        // until the end so that no new allocation can reuse its address (the key).
-        let mut stale_of: HashMap<*const Path, (Arc<Path>, Arc<Path>)> = HashMap::new();
-        let mut n = 0;
-        for paths in v4.values_mut().chain(v6.values_mut()) {
-            let mut touched = false;
-            for p in paths
-                .as_mut_slice()
-                .iter_mut()
-                .filter(|p| p.source == source)
-            {
-                let (_, stale) = stale_of.entry(Arc::as_ptr(p)).or_insert_with(|| {
-                    let stale = interned.intern(Path {
-                        stale: true,
-                        ..(**p).clone()
-                    });
-                    (p.clone(), stale)
-                });
-                *p = stale.clone();
-                n += 1;
-                touched = true;
-            }
-            if touched && let Paths::Many(v) = paths {
-                v.sort_by(|a, b| compare(a, b));
-            }
-        }
-        n
+        let mut lists = HashMap::new();
+        let n = mark_stale_in(&mut self.v4, &mut self.interned, source, &mut lists);
+        n + mark_stale_in(&mut self.v6, &mut self.interned, source, &mut lists)
     }
 }
 
@@ -798,5 +819,234 @@ mod tests {
         let mut a = PathAttrs::local(None);
         a.originator_id = Some(c.router_id);
         assert!(import_loop(&a, 64512, false, &c));
+    }
+
+    /// The compact layout adds no per-prefix allocation for single-path prefixes: the
+    /// prefixes of one UPDATE share one list, and equal paths from different UPDATEs (equal
+    /// attributes in different `Arc`s) are merged.
+    #[test]
+    fn prefixes_share_one_path_list() {
+        let mut rib = LocRib::default();
+        let mk = || path(peer("10.0.0.1"), |_| {});
+        for i in 0..100u32 {
+            let pfx = IpNet::V4(Ipv4Net::new(Ipv4Addr::from(0x0a00_0000 + (i << 8)), 24).unwrap());
+            // A fresh `Arc<PathAttrs>` every time, as from separate UPDATEs.
+            rib.insert(pfx, mk());
+        }
+        let lists: HashSet<*const PathList> = rib.v4.values().map(Arc::as_ptr).collect();
+        assert_eq!(lists.len(), 1);
+        let first = rib.v4.values().next().expect("one entry");
+        // The maps, the cache's set and its `last` hold it; nothing else was allocated.
+        assert_eq!(Arc::strong_count(first), 100 + 2);
+        assert_eq!(rib.interned.set.len(), 1);
+        assert_eq!(std::mem::size_of::<Arc<PathList>>(), 8);
+    }
+
+    #[test]
+    fn unused_paths_are_swept_from_the_cache() {
+        let mut rib = LocRib::default();
+        let pfx: IpNet = "10.1.0.0/24".parse().unwrap();
+        for i in 0..1000u32 {
+            rib.insert(
+                pfx,
+                path(peer("10.0.0.1"), |p| {
+                    Arc::make_mut(&mut p.attrs).med = Some(i)
+                }),
+            );
+        }
+        assert!(
+            rib.interned.set.len() <= 64,
+            "{} paths kept for one prefix",
+            rib.interned.set.len()
+        );
+        assert_eq!(rib.best(&pfx).and_then(|p| p.attrs.med), Some(999));
+    }
+
+    /// The Loc-RIB before it was made compact: one `BTreeMap<IpNet, Vec<Path>>`. The compact
+    /// one must behave exactly like it.
+    #[derive(Default)]
+    struct ModelRib(BTreeMap<IpNet, Vec<Path>>);
+
+    impl ModelRib {
+        fn change(&mut self, prefix: IpNet, f: impl FnOnce(&mut Vec<Path>)) -> Option<BestChange> {
+            let paths = self.0.entry(prefix).or_default();
+            let old = paths.first().cloned();
+            f(paths);
+            paths.sort_by(compare);
+            let new = paths.first().cloned();
+            if paths.is_empty() {
+                self.0.remove(&prefix);
+            }
+            (old != new).then_some(BestChange { prefix, old, new })
+        }
+        fn insert(&mut self, prefix: IpNet, path: Path) -> Option<BestChange> {
+            self.change(prefix, |paths| {
+                paths.retain(|p| p.source != path.source);
+                paths.push(path);
+            })
+        }
+        fn remove(&mut self, prefix: IpNet, source: Source) -> Option<BestChange> {
+            if !self.0.contains_key(&prefix) {
+                return None;
+            }
+            self.change(prefix, |paths| paths.retain(|p| p.source != source))
+        }
+        fn remove_where(
+            &mut self,
+            source: Source,
+            pred: impl Fn(&IpNet, &Path) -> bool,
+        ) -> Vec<BestChange> {
+            let affected: Vec<IpNet> = self
+                .0
+                .iter()
+                .filter(|(k, v)| v.iter().any(|p| p.source == source && pred(k, p)))
+                .map(|(k, _)| *k)
+                .collect();
+            affected
+                .into_iter()
+                .filter_map(|prefix| {
+                    self.change(prefix, |paths| {
+                        paths.retain(|p| !(p.source == source && pred(&prefix, p)))
+                    })
+                })
+                .collect()
+        }
+        fn mark_stale(&mut self, source: Source) -> usize {
+            let mut n = 0;
+            for paths in self.0.values_mut() {
+                for p in paths.iter_mut().filter(|p| p.source == source) {
+                    p.stale = true;
+                    n += 1;
+                }
+                paths.sort_by(compare);
+            }
+            n
+        }
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Insert {
+            prefix: usize,
+            source: usize,
+            attrs: usize,
+            stale: bool,
+        },
+        Remove {
+            prefix: usize,
+            source: usize,
+        },
+        RemoveStale {
+            source: usize,
+            v6_only: bool,
+        },
+        RemoveAll {
+            source: usize,
+        },
+        MarkStale {
+            source: usize,
+        },
+    }
+
+    fn prefix_of(i: usize) -> IpNet {
+        let v4 = [
+            "10.0.0.0/24",
+            "10.0.1.0/24",
+            "10.0.0.0/16",
+            "192.168.0.0/26",
+            "0.0.0.0/0",
+        ];
+        let v6 = ["fd00::/64", "fd00:1::/64", "fd00::/48", "::/0"];
+        let all: Vec<&str> = v4.iter().chain(v6.iter()).copied().collect();
+        all[i % all.len()].parse().unwrap()
+    }
+
+    fn source_of(i: usize) -> Source {
+        match i % 4 {
+            0 => Source::Local,
+            1 => peer("10.0.0.1"),
+            2 => peer("10.0.0.2"),
+            _ => peer("fd00::3"),
+        }
+    }
+
+    fn path_of(source: usize, attrs: usize, stale: bool) -> Path {
+        path(source_of(source), |p| {
+            let a = Arc::make_mut(&mut p.attrs);
+            match attrs % 4 {
+                0 => {}
+                1 => a.local_pref = Some(200),
+                2 => a.as_path = AsPath::sequence(vec![65001, 65002]),
+                _ => a.med = Some(7),
+            }
+            p.ebgp = source % 2 == 1;
+            p.peer_router_id = Ipv4Addr::new(1, 1, 1, source as u8);
+            p.stale = stale;
+        })
+    }
+
+    fn op() -> impl proptest::strategy::Strategy<Value = Op> {
+        use proptest::prelude::*;
+        prop_oneof![
+            4 => (0..9usize, 0..4usize, 0..4usize, any::<bool>()).prop_map(
+                |(prefix, source, attrs, stale)| Op::Insert { prefix, source, attrs, stale }
+            ),
+            2 => (0..9usize, 0..4usize).prop_map(|(prefix, source)| Op::Remove { prefix, source }),
+            1 => (0..4usize, any::<bool>())
+                .prop_map(|(source, v6_only)| Op::RemoveStale { source, v6_only }),
+            1 => (0..4usize).prop_map(|source| Op::RemoveAll { source }),
+            1 => (0..4usize).prop_map(|source| Op::MarkStale { source }),
+        ]
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn compact_rib_behaves_as_the_plain_one(ops in proptest::collection::vec(op(), 1..80)) {
+            let mut rib = LocRib::default();
+            let mut model = ModelRib::default();
+            for op in ops {
+                match op {
+                    Op::Insert { prefix, source, attrs, stale } => {
+                        let p = path_of(source, attrs, stale);
+                        proptest::prop_assert_eq!(
+                            rib.insert(prefix_of(prefix), p.clone()),
+                            model.insert(prefix_of(prefix), p)
+                        );
+                    }
+                    Op::Remove { prefix, source } => proptest::prop_assert_eq!(
+                        rib.remove(prefix_of(prefix), source_of(source)),
+                        model.remove(prefix_of(prefix), source_of(source))
+                    ),
+                    Op::RemoveStale { source, v6_only } => {
+                        let pred = |n: &IpNet, p: &Path| {
+                            p.stale && (!v6_only || matches!(n, IpNet::V6(_)))
+                        };
+                        proptest::prop_assert_eq!(
+                            rib.remove_where(source_of(source), pred),
+                            model.remove_where(source_of(source), pred)
+                        );
+                    }
+                    Op::RemoveAll { source } => proptest::prop_assert_eq!(
+                        rib.remove_where(source_of(source), |_, _| true),
+                        model.remove_where(source_of(source), |_, _| true)
+                    ),
+                    Op::MarkStale { source } => proptest::prop_assert_eq!(
+                        rib.mark_stale(source_of(source)),
+                        model.mark_stale(source_of(source))
+                    ),
+                }
+                let ours: Vec<(IpNet, Vec<Path>)> = rib
+                    .iter()
+                    .map(|(k, v)| (k, v.iter().map(|p| (**p).clone()).collect()))
+                    .collect();
+                let theirs: Vec<(IpNet, Vec<Path>)> =
+                    model.0.iter().map(|(k, v)| (*k, v.clone())).collect();
+                proptest::prop_assert_eq!(ours, theirs);
+                proptest::prop_assert_eq!(rib.len(), model.0.len());
+                for (k, v) in &model.0 {
+                    proptest::prop_assert_eq!(rib.best(k), v.first());
+                }
+            }
+        }
     }
 }
