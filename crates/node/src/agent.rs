@@ -187,6 +187,8 @@ pub async fn run(cfg: NodeConfig, etcd: EtcdClient) -> Result<(), AgentError> {
         NetworkingBackend::Bgp => Some(BgpControl::start(restarted, trigger_tx.clone())),
         NetworkingBackend::None => None,
     };
+    let node_status =
+        crate::node_status::Publisher::spawn(ds.clone(), started.node_name.clone(), nl.clone());
 
     // Any change under /calico/ may change our desired state: one watch covers them all.
     let watch_tx = trigger_tx.clone();
@@ -194,8 +196,11 @@ pub async fn run(cfg: NodeConfig, etcd: EtcdClient) -> Result<(), AgentError> {
     tokio::spawn(async move {
         let mut events = watch_kv.watch("/calico/", 0);
         while let Some(ev) = events.next().await {
-            if let Err(e) = ev {
-                warn!(error = %e, "datastore watch error; resyncing");
+            match &ev {
+                Err(e) => warn!(error = %e, "datastore watch error; resyncing"),
+                // Status reports (our own writes among them) change nothing we reconcile.
+                Ok(ev) if crate::node_status::is_node_status_event(ev) => continue,
+                Ok(_) => {}
             }
             if watch_tx.send(()).await.is_err() {
                 return;
@@ -248,6 +253,7 @@ pub async fn run(cfg: NodeConfig, etcd: EtcdClient) -> Result<(), AgentError> {
                 s.ipv4_peers = v4;
                 s.ipv6_peers = v6;
             }
+            node_status.observe(speaker.as_ref());
             match tokio::time::timeout(STATUS_REFRESH, trigger_rx.recv()).await {
                 Ok(Some(())) => break,
                 Ok(None) => return Ok(()),

@@ -47,13 +47,18 @@ pub struct SpeakerView {
 
 pub struct BgpControl {
     speaker: Speaker,
-    learned: Arc<Mutex<BTreeMap<IpNet, IpAddr>>>,
+    /// Best learned path per prefix: (next hop, peer it was learned from).
+    learned: Arc<Mutex<BTreeMap<IpNet, (IpAddr, IpAddr)>>>,
     synced: Arc<AtomicBool>,
     /// Peer types by address, for the status table.
     kinds: BTreeMap<IpAddr, SessionKind>,
     last: Option<SpeakerConfig>,
     restarted: bool,
     secrets_dir: PathBuf,
+    /// When the speaker started and was last given a new configuration (CalicoNodeStatus
+    /// `lastBootTime` / `lastReconfigurationTime`).
+    booted: SystemTime,
+    reconfigured: Option<SystemTime>,
 }
 
 fn read_secret(dir: &std::path::Path, r: &peering::SecretRef) -> Option<String> {
@@ -183,9 +188,12 @@ impl BgpControl {
                     let mut map = l.lock().unwrap_or_else(|p| p.into_inner());
                     match ev {
                         RouteEvent::Best {
-                            prefix, next_hop, ..
+                            prefix,
+                            next_hop,
+                            learned_from,
+                            ..
                         } => {
-                            map.insert(prefix, next_hop);
+                            map.insert(prefix, (next_hop, learned_from));
                         }
                         RouteEvent::Withdrawn { prefix } => {
                             map.remove(&prefix);
@@ -211,6 +219,8 @@ impl BgpControl {
             secrets_dir: std::env::var("CALICO_BGP_SECRETS_DIR")
                 .map(PathBuf::from)
                 .unwrap_or_else(|_| PathBuf::from(DEFAULT_SECRETS_DIR)),
+            booted: SystemTime::now(),
+            reconfigured: None,
         }
     }
 
@@ -230,13 +240,34 @@ impl BgpControl {
             return;
         }
         self.last = Some(cfg);
+        self.reconfigured = Some(SystemTime::now());
     }
 
     pub fn learned(&self) -> BTreeMap<IpNet, IpAddr> {
         self.learned
             .lock()
             .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(p, (nh, _))| (*p, *nh))
+            .collect()
+    }
+
+    /// Best learned paths: prefix → (next hop, peer it was learned from).
+    pub fn learned_paths(&self) -> BTreeMap<IpNet, (IpAddr, IpAddr)> {
+        self.learned
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+
+    /// The configuration the speaker runs with, once it has one.
+    pub fn config(&self) -> Option<&SpeakerConfig> {
+        self.last.as_ref()
+    }
+
+    /// When the speaker started, and when it last took a new configuration.
+    pub fn times(&self) -> (SystemTime, Option<SystemTime>) {
+        (self.booted, self.reconfigured)
     }
 
     pub fn initial_sync_done(&self) -> bool {

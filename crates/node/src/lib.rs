@@ -7,6 +7,7 @@ pub mod bgp;
 pub mod bgpfilter;
 pub mod config;
 pub mod libnetwork;
+pub mod node_status;
 pub mod peering;
 pub mod policy;
 pub mod routes;
