@@ -252,7 +252,7 @@ pub fn route_status(kernel: &[Route], live: &LiveState) -> CalicoNodeBGPRouteSta
             Some((r.dst, row))
         })
         .collect();
-    rows.sort_by(|a, b| a.0.cmp(&b.0));
+    rows.sort_by_key(|(dst, _)| *dst);
     let (v4, v6): (Vec<_>, Vec<_>) = rows.into_iter().partition(|(d, _)| d.addr().is_ipv4());
     CalicoNodeBGPRouteStatus {
         routes_v4: v4.into_iter().map(|(_, r)| r).collect(),

@@ -1,0 +1,322 @@
+//! CalicoNodeStatus through the whole agent: two real `calico-node` processes in lab
+//! namespaces with a real etcd. A CalicoNodeStatus for node1 with every class and
+//! `updatePeriodSeconds: 1` gets, from node1's agent, its mesh session to node2 Established
+//! and node2's block learned from it; one with period 0 is never written; the spec of both is
+//! never touched.
+//!
+//! Topology: one LAN (192.168.33.0/24, every host's `eth1`), etcd on 192.168.33.2, agents on
+//! node1, node2 (192.168.33.11, .12). Pool 10.65.0.0/16.
+//!
+//! Needs root and the binaries `target/debug/calico-node` and `target/debug/calicoctl`
+//! (`cargo build -p calico-rs --bin calico-node --bin calicoctl`).
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use calico_api::{
+    BGPDaemonState, CalicoNodePeerState, CalicoNodePeerType, CalicoNodeRouteLearnedFromSourceType,
+    CalicoNodeRouteType, CalicoNodeStatus, CalicoNodeStatusSpec, NodeStatusClassType,
+};
+use calico_datastore::{Datastore, EtcdClient, EtcdConfig};
+use calico_ipam::{AutoAssignArgs, Ipam};
+use calico_lab::etcd::{Etcd, EtcdOptions};
+use calico_lab::{Host, Lab, ProcessGuard};
+
+const POOL: &str = "10.65.0.0/16";
+const WAIT: Duration = Duration::from_secs(30);
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target"))
+}
+
+fn binary(name: &str) -> PathBuf {
+    let bin = target_dir().join("debug").join(name);
+    assert!(
+        bin.is_file(),
+        "{} is not built: cargo build -p calico-rs --bin calico-node --bin calicoctl",
+        bin.display()
+    );
+    bin
+}
+
+/// Polls `f` every 100 ms until it returns `Some` or `timeout` passes.
+fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+struct Node {
+    // Declared first: the agent is killed before anything else of the node is dropped.
+    agent: Option<ProcessGuard>,
+    host: Host,
+    name: String,
+    run_dir: PathBuf,
+}
+
+/// The lab, etcd and the nodes. Field order is drop order: agents, then etcd, then the lab.
+struct Cluster {
+    nodes: Vec<Node>,
+    etcd: Etcd,
+    etcd_host: Host,
+    // Kept for its Drop: removes the namespaces last.
+    _lab: Lab,
+}
+
+impl Cluster {
+    fn new(n: usize) -> Cluster {
+        let lab = Lab::new().expect("lab");
+        let etcd_host = lab.add_host("etcd", "192.168.33.2/24").expect("etcd host");
+        let etcd = Etcd::start(EtcdOptions::in_netns(
+            etcd_host.netns_path(),
+            etcd_host.ip(),
+        ))
+        .expect("etcd");
+        let nodes = (1..=n)
+            .map(|i| {
+                let name = format!("node{i}");
+                let host = lab
+                    .add_host(&name, &format!("192.168.33.{}/24", 10 + i))
+                    .expect("host");
+                let run_dir = lab.dir().join(format!("{name}-run"));
+                Node {
+                    agent: None,
+                    host,
+                    name,
+                    run_dir,
+                }
+            })
+            .collect();
+        Cluster {
+            nodes,
+            etcd,
+            etcd_host,
+            _lab: lab,
+        }
+    }
+
+    fn node(&self, i: usize) -> &Node {
+        &self.nodes[i - 1]
+    }
+
+    fn ip(&self, i: usize) -> IpAddr {
+        self.node(i).host.ip()
+    }
+
+    /// Starts node `i`'s agent and waits for its start-up line.
+    fn start_agent(&mut self, i: usize) {
+        let endpoint = self.etcd.endpoint();
+        let node = &mut self.nodes[i - 1];
+        let mut cmd = Command::new(binary("calico-node"));
+        cmd.env_clear()
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .env("NODENAME", &node.name)
+            .env("DATASTORE_TYPE", "etcdv3")
+            .env("ETCD_ENDPOINTS", &endpoint)
+            .env("IP", format!("{}/24", node.host.ip()))
+            .env("IP6", "none")
+            .env("CALICO_NETWORKING_BACKEND", "bird")
+            .env("CALICO_IPV4POOL_CIDR", POOL)
+            .env("FELIX_IPV6SUPPORT", "false")
+            .env("CALICO_RUN_DIR", &node.run_dir)
+            .env("CALICO_STATE_DIR", node.run_dir.join("lib"))
+            .env("CALICO_LOG_LEVEL", "info");
+        let guard = node
+            .host
+            .spawn(cmd, "calico-node")
+            .expect("spawn calico-node");
+        let log_path = node.host.log_path("calico-node");
+        node.agent = Some(guard);
+        let started = wait_for(WAIT, || {
+            std::fs::read_to_string(&log_path)
+                .ok()
+                .filter(|l| l.contains("Calico node started successfully"))
+        });
+        assert!(
+            started.is_some(),
+            "{} did not start:\n{}",
+            node.name,
+            std::fs::read_to_string(&log_path).unwrap_or_default()
+        );
+    }
+
+    fn agent_log(&self, i: usize) -> String {
+        self.node(i)
+            .agent
+            .as_ref()
+            .map(|a| a.log())
+            .unwrap_or_default()
+    }
+
+    /// Runs `f` with a datastore and IPAM client, inside the etcd host's namespace.
+    fn with_datastore<R: Send>(&self, f: impl AsyncFnOnce(&Datastore, &Ipam) -> R + Send) -> R {
+        let endpoint = self.etcd.endpoint();
+        self.etcd_host
+            .run_async(move || async move {
+                let kv = EtcdClient::connect(&EtcdConfig::new([endpoint]))
+                    .await
+                    .expect("etcd client");
+                let ds = Datastore::from_etcd(kv.clone());
+                let ipam = Ipam::new(kv);
+                f(&ds, &ipam).await
+            })
+            .expect("run in the etcd namespace")
+    }
+
+    /// Allocates one address on `node` so that it claims a block; returns the block.
+    fn allocate(&self, node: &str) -> String {
+        let node = node.to_string();
+        self.with_datastore(async move |_, ipam: &Ipam| {
+            let got = ipam
+                .auto_assign(AutoAssignArgs {
+                    num_v4: 1,
+                    handle_id: Some(format!("wl-{node}")),
+                    hostname: node.clone(),
+                    ..Default::default()
+                })
+                .await
+                .expect("auto_assign");
+            let ip = got.v4[0];
+            let blocks = ipam.host_affinities(&node).await.expect("affinities");
+            blocks
+                .iter()
+                .map(|(b, _)| *b)
+                .find(|b| b.contains(&ip))
+                .expect("the address is in a block affine to the node")
+                .to_string()
+        })
+    }
+
+    /// Creates a CalicoNodeStatus; returns its resourceVersion.
+    fn create_status(&self, name: &str, node: &str, period: i32) -> String {
+        let obj = CalicoNodeStatus::new(
+            name,
+            CalicoNodeStatusSpec {
+                classes: vec![
+                    NodeStatusClassType::Agent,
+                    NodeStatusClassType::BGP,
+                    NodeStatusClassType::Routes,
+                ],
+                node: Some(node.to_string()),
+                update_period_seconds: Some(period),
+            },
+        );
+        self.with_datastore(async move |ds: &Datastore, _| {
+            let created = ds.create(&obj).await.expect("create CalicoNodeStatus");
+            created
+                .metadata
+                .resource_version
+                .expect("a stored object has a resourceVersion")
+        })
+    }
+
+    fn get_status(&self, name: &str) -> CalicoNodeStatus {
+        let name = name.to_string();
+        self.with_datastore(async move |ds: &Datastore, _| {
+            ds.get::<CalicoNodeStatus>(None, &name)
+                .await
+                .expect("get CalicoNodeStatus")
+                .expect("the CalicoNodeStatus exists")
+        })
+    }
+}
+
+/// Whether `s` shows the mesh session to `peer` Established and `block` learned from it.
+fn shows_session_and_route(s: &CalicoNodeStatus, peer: IpAddr, block: &str) -> bool {
+    let Some(status) = &s.status else {
+        return false;
+    };
+    let session = status.bgp.as_ref().is_some_and(|b| {
+        b.number_established_v4 == 1
+            && b.number_not_established_v4 == 0
+            && b.peers_v4.iter().any(|p| {
+                p.peer_ip.as_deref() == Some(&peer.to_string())
+                    && p.r#type == Some(CalicoNodePeerType::NodeMesh)
+                    && p.state == Some(CalicoNodePeerState::Established)
+                    && p.since.is_some()
+            })
+    });
+    let route = status.routes.as_ref().is_some_and(|r| {
+        r.routes_v4.iter().any(|r| {
+            r.destination.as_deref() == Some(block)
+                && r.r#type == Some(CalicoNodeRouteType::FIB)
+                && r.gateway.as_deref() == Some(&peer.to_string())
+                && r.interface.as_deref() == Some("eth1")
+                && r.learned_from.as_ref().is_some_and(|l| {
+                    l.peer_ip.as_deref() == Some(&peer.to_string())
+                        && l.source_type == Some(CalicoNodeRouteLearnedFromSourceType::NodeMesh)
+                })
+        })
+    });
+    session && route
+}
+
+#[test]
+fn node_status_reports_the_mesh_session_and_the_learned_block_and_period_zero_is_never_written() {
+    let mut c = Cluster::new(2);
+    c.start_agent(1);
+    c.start_agent(2);
+    let (ip1, ip2) = (c.ip(1), c.ip(2));
+    let block2 = c.allocate("node2");
+
+    let never_rv = c.create_status("node1-never", "node1", 0);
+    c.create_status("node1-all", "node1", 1);
+
+    let reported = wait_for(WAIT, || {
+        let s = c.get_status("node1-all");
+        shows_session_and_route(&s, ip2, &block2).then_some(s)
+    });
+    let Some(s) = reported else {
+        panic!(
+            "node1-all never showed the Established mesh session to {ip2} and {block2} learned \
+             from it:\n{:#?}\nlog:\n{}",
+            c.get_status("node1-all").status,
+            c.agent_log(1)
+        );
+    };
+    // The spec is exactly as created.
+    assert_eq!(s.spec.node.as_deref(), Some("node1"));
+    assert_eq!(s.spec.update_period_seconds, Some(1));
+    assert_eq!(s.spec.classes.len(), 3);
+    let status = s.status.as_ref().expect("status");
+    let bird = status
+        .agent
+        .as_ref()
+        .and_then(|a| a.bird_v4.as_ref())
+        .expect("agent.birdV4");
+    assert_eq!(bird.state, Some(BGPDaemonState::Ready));
+    assert_eq!(bird.router_id.as_deref(), Some(ip1.to_string().as_str()));
+    assert!(
+        bird.last_boot_time.is_some() && bird.version.is_some(),
+        "{bird:?}"
+    );
+    let first = status.last_updated.clone().expect("lastUpdated");
+    assert!(first.ends_with('Z'), "RFC 3339 UTC: {first}");
+
+    // Written again every period: lastUpdated moves.
+    let moved = wait_for(Duration::from_secs(10), || {
+        let later = c.get_status("node1-all");
+        let at = later.status.and_then(|s| s.last_updated);
+        (at.as_deref() != Some(first.as_str())).then_some(at)
+    });
+    assert!(moved.is_some(), "lastUpdated stayed at {first}");
+
+    // Period 0: never written, not even once, after several periods of the other one.
+    let never = c.get_status("node1-never");
+    assert!(never.status.is_none(), "{:?}", never.status);
+    assert_eq!(
+        never.metadata.resource_version.as_deref(),
+        Some(never_rv.as_str())
+    );
+}
