@@ -14,6 +14,7 @@ pub(crate) mod msg {
     pub const DELTABLE: u16 = 2;
     pub const NEWCHAIN: u16 = 3;
     pub const GETCHAIN: u16 = 4;
+    pub const GETRULE: u16 = 7;
     pub const DELCHAIN: u16 = 5;
     pub const NEWRULE: u16 = 6;
     pub const DELRULE: u16 = 8;
@@ -27,7 +28,6 @@ pub(crate) mod msg {
 }
 
 pub(crate) const NLM_F_REQUEST: u16 = 0x1;
-const NLM_F_ACK: u16 = 0x4;
 const NLM_F_CREATE: u16 = 0x400;
 const NLA_F_NESTED: u16 = 0x8000;
 
@@ -455,7 +455,10 @@ impl Batch {
     fn push(&mut self, ty: u16, flags: u16, attrs: Attrs, what: String) {
         self.messages.push(Message {
             ty,
-            flags: NLM_F_REQUEST | NLM_F_ACK | flags,
+            // No NLM_F_ACK: nfnetlink reports every failed message of a batch anyway, and an
+            // acknowledgement per message overflows the socket's receive buffer (ENOBUFS)
+            // for tables of tens of thousands of rules.
+            flags: NLM_F_REQUEST | flags,
             family: self.family.code(),
             attrs: attrs.0,
             what,

@@ -334,6 +334,12 @@ impl NftSocket {
     /// Dumps every object of one kind (`NFT_MSG_GET*` with `NLM_F_DUMP`) of the `inet`
     /// family; returns each reply's attributes.
     fn dump(&mut self, get: u16) -> Result<Vec<Vec<u8>>, NftError> {
+        self.dump_with(get, &[])
+    }
+
+    /// A dump whose request carries attributes (the kernel filters rule dumps by table and
+    /// chain).
+    fn dump_with(&mut self, get: u16, attrs: &[u8]) -> Result<Vec<Vec<u8>>, NftError> {
         let seq = self.seq;
         self.seq += 1;
         let mut req = Vec::new();
@@ -345,7 +351,7 @@ impl NftSocket {
             seq,
             1,
             [0, 0],
-            &[],
+            attrs,
         );
         self.send_raw(&req)?;
         let mut out = Vec::new();
@@ -448,5 +454,41 @@ impl NftSocket {
                 s
             })
             .collect())
+    }
+
+    /// The comments of one chain's rules, in order (a dump the kernel filters to that chain,
+    /// so it costs the chain's size, not the table's): cheap enough to poll.
+    pub fn rule_comments(&mut self, table: &str, chain: &str) -> Result<Vec<String>, NftError> {
+        let mut req = Vec::new();
+        for (ty, v) in [(1u16, table), (2u16, chain)] {
+            let mut data = v.as_bytes().to_vec();
+            data.push(0);
+            req.extend_from_slice(&((4 + data.len()) as u16).to_ne_bytes());
+            req.extend_from_slice(&ty.to_ne_bytes());
+            req.extend_from_slice(&data);
+            while req.len() % 4 != 0 {
+                req.push(0);
+            }
+        }
+        let mut out = Vec::new();
+        for m in self.dump_with(msg::GETRULE, &req)? {
+            let mut comment = None;
+            let mut in_chain = false;
+            for (ty, v) in attrs_of(&m) {
+                match ty {
+                    2 => in_chain = attr_str(v) == chain,
+                    // nftnl user data: TLV, type 0 is the comment.
+                    7 if v.len() >= 2 && v[0] == 0 => {
+                        let l = (v[1] as usize).min(v.len() - 2);
+                        comment = Some(attr_str(&v[2..2 + l]));
+                    }
+                    _ => {}
+                }
+            }
+            if in_chain && let Some(c) = comment {
+                out.push(c);
+            }
+        }
+        Ok(out)
     }
 }
