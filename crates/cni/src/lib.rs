@@ -8,6 +8,7 @@
 //! - [`naming`]: veth names, handles, the IPv6 gateway.
 //! - [`plugin`]: ADD/DEL/CHECK/STATUS/GC against etcd, IPAM and the kernel.
 //! - [`delegate`]: exec'ing a non-Calico IPAM plugin from CNI_PATH.
+//! - [`nsenter`]: one synchronous visit of the pod's network namespace on this thread.
 //! - [`k8s`]: the pod and its namespace from the Kubernetes API (kube's client).
 //! - [`pod`]: labels, profiles and Calico's pod/namespace annotations (pure).
 //!
@@ -22,6 +23,7 @@ pub mod env;
 pub mod k8s;
 pub mod naming;
 pub mod netconf;
+pub mod nsenter;
 pub mod plugin;
 pub mod pod;
 pub mod spec;

@@ -34,6 +34,7 @@ use crate::env::{CniEnv, PodRef};
 use crate::k8s::{self, K8sError};
 use crate::naming;
 use crate::netconf::NetConf;
+use crate::nsenter;
 use crate::pod::{self, AnnotationError, PodInfo, Requests};
 use crate::spec::{CniResult, Interface, IpConfig, RouteConfig};
 
@@ -573,8 +574,8 @@ impl Plugin {
     }
 
     /// Addresses, gateway routes and sysctls inside the pod; returns the routes for the result.
-    /// One short-lived thread enters the pod's namespace once: it writes the sysctls and opens
-    /// the netlink socket the routes and addresses then go through.
+    /// This thread enters the pod's namespace once ([`nsenter::in_netns`]): it writes the
+    /// sysctls and opens the netlink socket the routes and addresses then go through.
     async fn configure_container(
         &self,
         netns: &Path,
@@ -601,11 +602,9 @@ impl Plugin {
             }
         }
         let started = std::time::Instant::now();
-        let rt = tokio::runtime::Handle::current();
-        let nl = calico_dataplane::netns::run_in(netns, || {
+        let nl = nsenter::in_netns(netns, || {
             sysctl::apply(None, &settings).map_err(|e| step(&e))?;
-            // The socket belongs to the namespace it is created in; its I/O runs on our runtime.
-            let _rt = rt.enter();
+            // The socket belongs to the namespace it is created in, for good.
             Netlink::connect().map_err(|e| step(&e))
         })
         .map_err(|e| step(&e))??;
