@@ -13,6 +13,7 @@
 //! - [`pods`]: pod labels and service account on their WorkloadEndpoints;
 //! - [`ipam_gc`]: IPAM garbage collection (leaked pod addresses, deleted nodes) and pool usage;
 //! - [`pool_status`]: IPPools' allocated/free address counts on the Kubernetes objects;
+//! - [`bgppeer_status`]: BGPPeers' per-node session state, from the CalicoNodeStatus in etcd;
 //! - [`watch`]: watch-driven, level-triggered sync loops (with a slow resync);
 //! - [`leader`]: leader election on a coordination.k8s.io Lease;
 //! - [`health`]: /healthz, /readyz and /metrics;
@@ -21,9 +22,9 @@
 //! Reconciled kinds: IPPool, BGPPeer, BGPConfiguration, BGPFilter, Tier, NetworkPolicy,
 //! GlobalNetworkPolicy.
 //!
-//! Not done yet (issue 8): BGPPeer session state (calico-node publishes none in etcd),
-//! reflecting etcd-only objects back.
+//! Not done yet (issue 8): reflecting etcd-only objects back.
 
+pub mod bgppeer_status;
 pub mod health;
 pub mod ipam_gc;
 pub mod kinds;

@@ -128,8 +128,9 @@ pub async fn run(
         settings.leak_grace.clone(),
         lost_rx.clone(),
     );
+    let sessions = crate::bgppeer_status::run_loop(ctx.clone(), lost_rx.clone());
     tokio::select! {
-        _ = futures::future::join(controllers, inputs) => {}
+        _ = futures::future::join3(controllers, inputs, sessions) => {}
         r = server => {
             let source = match r {
                 Ok(Ok(())) => std::io::Error::other("server stopped"),
