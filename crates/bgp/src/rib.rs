@@ -4,7 +4,7 @@
 
 use std::borrow::Borrow;
 use std::cmp::Ordering;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::hash::{Hash, Hasher};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
@@ -144,122 +144,175 @@ pub fn compare(a: &Path, b: &Path) -> Ordering {
 /// All paths per prefix, best first; the best one is recomputed on every change.
 ///
 /// Memory per prefix is what decides whether a speaker holds a full table on a small node, so
-/// the layout is compact (docs/BENCHMARKS.md compares it with BIRD): about 25 bytes per IPv4
+/// the layout is compact (docs/BENCHMARKS.md compares it with BIRD): about 20 bytes per IPv4
 /// prefix with one path.
 /// - IPv4 and IPv6 prefixes live in separate maps keyed by `Ipv4Net` (5 bytes) and `Ipv6Net`
 ///   (17 bytes) rather than one map keyed by `IpNet` (18 bytes for either family);
-/// - the value is one thin pointer to the prefix's candidate list;
+/// - the value is a 4-byte index of the prefix's candidate list in [`Lists`];
 /// - each distinct [`Path`] is stored once (interned, as BIRD's attribute cache does), and so
-///   is the one-path list of each: every prefix of an UPDATE, and of every UPDATE that carries
-///   the same attributes, points at the same list. Lists of two or more paths (several peers
-///   announce the prefix) are per prefix.
+///   is its one-path list: every prefix of an UPDATE, and of every UPDATE that carries the same
+///   attributes, points at the same list. Lists of two or more paths (several peers announce
+///   the prefix) are per prefix.
 #[derive(Debug, Default)]
 pub struct LocRib {
-    v4: BTreeMap<Ipv4Net, Arc<PathList>>,
-    v6: BTreeMap<Ipv6Net, Arc<PathList>>,
-    interned: PathCache,
+    v4: BTreeMap<Ipv4Net, ListId>,
+    v6: BTreeMap<Ipv6Net, ListId>,
+    lists: Lists,
 }
 
-/// The candidate paths of one prefix, best first, never empty.
-#[derive(Debug)]
-struct PathList(Box<[Arc<Path>]>);
+/// Index of a candidate list in [`Lists`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct ListId(u32);
 
-impl PathList {
-    fn best(&self) -> Option<&Path> {
-        self.0.first().map(|p| &**p)
-    }
-}
-
-/// The distinct paths in the RIB, each as its one-path list. Entries nobody else refers to any
-/// more are dropped whenever the set has doubled since the last sweep, so it stays within twice
-/// the number of lists in use and sweeps cost O(1) per insert, amortized.
+/// The candidate lists prefixes point at, reference counted here (an `Arc` per prefix would
+/// cost 8 bytes instead of 4). Functions returning a [`ListId`] hand the caller one reference.
 #[derive(Debug, Default)]
-struct PathCache {
-    set: HashSet<Single>,
-    swept_at: usize,
-    /// The last list handed out: consecutive inserts from one UPDATE (or a run of UPDATEs with
-    /// the same attributes) find it by comparing pointers instead of hashing the attributes.
-    last: Option<Arc<PathList>>,
+struct Lists {
+    slots: Vec<Slot>,
+    /// Indexes of free slots, reused first.
+    free: Vec<u32>,
+    /// The one-path list of each distinct path, found by the path's value.
+    singles: HashMap<ByValue, ListId>,
+    /// The last one-path list handed out: the prefixes of one UPDATE (or of a run of UPDATEs
+    /// with the same attributes) find it by comparing pointers instead of hashing attributes.
+    last: Option<ListId>,
 }
 
-/// A one-path list, hashed and compared by the value of its path so that the set can be
-/// searched with a `&Path`.
+#[derive(Debug, Default)]
+struct Slot {
+    /// Best first; empty while the slot is free.
+    paths: Box<[Arc<Path>]>,
+    refs: u32,
+}
+
+/// A path hashed and compared by value, so that the map can be searched with a `&Path`.
 #[derive(Debug)]
-struct Single(Arc<PathList>);
+struct ByValue(Arc<Path>);
 
-impl Single {
-    fn path(&self) -> &Path {
-        // Only one-path lists are ever wrapped (`PathCache::insert`).
-        &self.0.0[0]
+impl PartialEq for ByValue {
+    fn eq(&self, other: &ByValue) -> bool {
+        *self.0 == *other.0
     }
 }
 
-impl PartialEq for Single {
-    fn eq(&self, other: &Single) -> bool {
-        self.path() == other.path()
-    }
-}
+impl Eq for ByValue {}
 
-impl Eq for Single {}
-
-impl Hash for Single {
+impl Hash for ByValue {
     fn hash<H: Hasher>(&self, state: &mut H) {
-        self.path().hash(state)
+        (*self.0).hash(state)
     }
 }
 
-impl Borrow<Path> for Single {
+impl Borrow<Path> for ByValue {
     fn borrow(&self) -> &Path {
-        self.path()
+        &self.0
     }
 }
 
-impl PathCache {
-    /// The shared one-path list for `path`.
-    fn intern(&mut self, path: Path) -> Arc<PathList> {
-        // `Arc<PathAttrs>` compares by pointer first, so this is cheap for one UPDATE's paths.
-        if let Some(last) = &self.last
-            && last.0.first().is_some_and(|p| **p == path)
-        {
-            return last.clone();
+impl Lists {
+    fn paths(&self, id: ListId) -> &[Arc<Path>] {
+        self.slots
+            .get(id.0 as usize)
+            .map(|s| &*s.paths)
+            .unwrap_or(&[])
+    }
+
+    fn acquire(&mut self, id: ListId) {
+        if let Some(s) = self.slots.get_mut(id.0 as usize) {
+            s.refs += 1;
         }
-        let list = match self.set.get(&path) {
-            Some(found) => found.0.clone(),
-            None => self.insert(Arc::new(path)),
+    }
+
+    fn release(&mut self, id: ListId) {
+        let Some(s) = self.slots.get_mut(id.0 as usize) else {
+            return;
         };
-        self.last = Some(list.clone());
-        list
-    }
-
-    /// The shared one-path list for a path already in the RIB (what is left of a longer list).
-    fn single(&mut self, path: &Arc<Path>) -> Arc<PathList> {
-        if let Some(last) = &self.last
-            && last.0.first().is_some_and(|p| Arc::ptr_eq(p, path))
+        s.refs = s.refs.saturating_sub(1);
+        if s.refs > 0 {
+            return;
+        }
+        let paths = std::mem::take(&mut s.paths);
+        if let [one] = &*paths
+            && self.singles.get(&**one) == Some(&id)
         {
-            return last.clone();
+            self.singles.remove(&**one);
         }
-        match self.set.get(&**path) {
-            Some(found) => found.0.clone(),
-            None => self.insert(path.clone()),
+        if self.last == Some(id) {
+            self.last = None;
+        }
+        self.free.push(id.0);
+    }
+
+    fn alloc(&mut self, paths: Box<[Arc<Path>]>) -> ListId {
+        let slot = Slot { paths, refs: 1 };
+        match self.free.pop() {
+            Some(i) => {
+                if let Some(s) = self.slots.get_mut(i as usize) {
+                    *s = slot;
+                }
+                ListId(i)
+            }
+            None => {
+                // A RIB with 2^32 lists would need 100 GB for the slots alone.
+                let i = u32::try_from(self.slots.len()).expect("fewer than 2^32 path lists");
+                self.slots.push(slot);
+                ListId(i)
+            }
         }
     }
 
-    fn insert(&mut self, path: Arc<Path>) -> Arc<PathList> {
-        if self.set.len() >= 2 * self.swept_at.max(32) {
-            self.set.retain(|s| Arc::strong_count(&s.0) > 1);
-            self.swept_at = self.set.len();
-        }
-        let list = Arc::new(PathList(Box::new([path])));
-        self.set.insert(Single(list.clone()));
-        list
+    /// The one-path list of `path`.
+    fn single(&mut self, path: Path) -> ListId {
+        // `Arc<PathAttrs>` compares by pointer first, so this is cheap for one UPDATE's paths.
+        let id = match self.last {
+            Some(last) if self.paths(last).first().is_some_and(|p| **p == path) => {
+                self.acquire(last);
+                last
+            }
+            _ => match self.singles.get(&path).copied() {
+                Some(id) => {
+                    self.acquire(id);
+                    id
+                }
+                None => self.new_single(Arc::new(path)),
+            },
+        };
+        self.last = Some(id);
+        id
+    }
+
+    /// The one-path list of a path already in the RIB.
+    fn single_of(&mut self, path: &Arc<Path>) -> ListId {
+        let id = match self.last {
+            Some(last)
+                if self
+                    .paths(last)
+                    .first()
+                    .is_some_and(|p| Arc::ptr_eq(p, path)) =>
+            {
+                last
+            }
+            _ => match self.singles.get(&**path).copied() {
+                Some(id) => id,
+                None => return self.new_single(path.clone()),
+            },
+        };
+        self.acquire(id);
+        id
+    }
+
+    fn new_single(&mut self, path: Arc<Path>) -> ListId {
+        let id = self.alloc(Box::new([path.clone()]));
+        self.singles.insert(ByValue(path), id);
+        id
     }
 
     /// The list for `paths` (sorted, best first); `None` when empty.
-    fn list(&mut self, paths: Vec<Arc<Path>>) -> Option<Arc<PathList>> {
+    fn list(&mut self, paths: Vec<Arc<Path>>) -> Option<ListId> {
         match paths.as_slice() {
             [] => None,
-            [one] => Some(self.single(one)),
-            _ => Some(Arc::new(PathList(paths.into_boxed_slice()))),
+            [one] => Some(self.single_of(one)),
+            _ => Some(self.alloc(paths.into_boxed_slice())),
         }
     }
 }
@@ -275,89 +328,93 @@ pub struct BestChange {
 /// Applies `f` to the paths of `key`, re-sorts them and returns the old and new best path if
 /// the best path changed (by value).
 fn change_in<K: Ord>(
-    map: &mut BTreeMap<K, Arc<PathList>>,
-    cache: &mut PathCache,
+    map: &mut BTreeMap<K, ListId>,
+    lists: &mut Lists,
     key: K,
     f: impl FnOnce(&mut Vec<Arc<Path>>),
 ) -> Option<(Option<Path>, Option<Path>)> {
-    use std::collections::btree_map::Entry;
-    let entry = map.entry(key);
-    let mut paths = match &entry {
-        Entry::Occupied(e) => e.get().0.to_vec(),
-        Entry::Vacant(_) => Vec::new(),
-    };
+    let old_id = map.get(&key).copied();
+    let mut paths = old_id
+        .map(|id| lists.paths(id).to_vec())
+        .unwrap_or_default();
     let old = paths.first().cloned();
     f(&mut paths);
     paths.sort_by(|a, b| compare(a, b));
     let new = paths.first().cloned();
-    match (entry, cache.list(paths)) {
-        (Entry::Occupied(mut e), Some(list)) => {
-            e.insert(list);
+    match lists.list(paths) {
+        Some(id) => {
+            map.insert(key, id);
         }
-        (Entry::Occupied(e), None) => {
-            e.remove();
+        None => {
+            map.remove(&key);
         }
-        (Entry::Vacant(e), Some(list)) => {
-            e.insert(list);
-        }
-        (Entry::Vacant(_), None) => {}
+    }
+    if let Some(id) = old_id {
+        lists.release(id);
     }
     (old != new).then(|| (old.map(|p| (*p).clone()), new.map(|p| (*p).clone())))
 }
 
-/// Marks the paths from `source` in every list of `map` stale, sharing one stale path per
-/// shared path and one new list per shared list. Returns how many paths it marked.
+/// Marks the paths from `source` in every list of `map` stale, making one new list per old
+/// list (`memo`, which holds a reference to both). Returns how many paths it marked.
 fn mark_stale_in<K>(
-    map: &mut BTreeMap<K, Arc<PathList>>,
-    cache: &mut PathCache,
+    map: &mut BTreeMap<K, ListId>,
+    lists: &mut Lists,
     source: Source,
-    // Old list (kept alive so that no new allocation reuses its address, the key) -> new list.
-    lists: &mut HashMap<*const PathList, (Arc<PathList>, Arc<PathList>)>,
+    memo: &mut HashMap<ListId, ListId>,
 ) -> usize {
     let mut n = 0;
-    for list in map.values_mut() {
-        let from_source = list.0.iter().filter(|p| p.source == source).count();
+    for id in map.values_mut() {
+        let from_source = lists
+            .paths(*id)
+            .iter()
+            .filter(|p| p.source == source)
+            .count();
         if from_source == 0 {
             continue;
         }
         n += from_source;
-        let (_, new) = lists.entry(Arc::as_ptr(list)).or_insert_with(|| {
-            let mut paths: Vec<Arc<Path>> = list
-                .0
-                .iter()
-                .map(|p| {
-                    if p.source == source {
-                        let stale = Path {
-                            stale: true,
-                            ..(**p).clone()
-                        };
-                        // Interning makes one `Arc<Path>` of equal stale paths.
-                        cache.intern(stale).0[0].clone()
-                    } else {
-                        p.clone()
+        let new = match memo.get(id) {
+            Some(new) => *new,
+            None => {
+                let mut held = Vec::new();
+                let mut paths: Vec<Arc<Path>> = lists.paths(*id).to_vec();
+                for p in paths.iter_mut().filter(|p| p.source == source) {
+                    // Interned, so equal stale paths become one `Arc<Path>`.
+                    let stale = lists.single(Path {
+                        stale: true,
+                        ..(**p).clone()
+                    });
+                    if let Some(s) = lists.paths(stale).first() {
+                        *p = s.clone();
                     }
-                })
-                .collect();
-            paths.sort_by(|a, b| compare(a, b));
-            let new = match cache.list(paths) {
-                Some(new) => new,
-                // Unreachable: the list had at least one path and still has as many.
-                None => list.clone(),
-            };
-            (list.clone(), new)
-        });
-        *list = new.clone();
+                    held.push(stale);
+                }
+                paths.sort_by(|a, b| compare(a, b));
+                // Never `None`: the list keeps its length.
+                let new = lists.list(paths).unwrap_or(*id);
+                for s in held {
+                    lists.release(s);
+                }
+                lists.acquire(*id);
+                memo.insert(*id, new);
+                new
+            }
+        };
+        lists.acquire(new);
+        lists.release(*id);
+        *id = new;
     }
     n
 }
 
 impl LocRib {
     pub fn best(&self, prefix: &IpNet) -> Option<&Path> {
-        match prefix {
+        let id = match prefix {
             IpNet::V4(n) => self.v4.get(n),
             IpNet::V6(n) => self.v6.get(n),
-        }?
-        .best()
+        }?;
+        self.lists.paths(*id).first().map(|p| &**p)
     }
 
     /// Every prefix with at least one path: IPv4 before IPv6, each in address order (the order
@@ -372,8 +429,14 @@ impl LocRib {
     }
 
     fn iter(&self) -> impl Iterator<Item = (IpNet, &[Arc<Path>])> {
-        let v4 = self.v4.iter().map(|(k, v)| (IpNet::V4(*k), &*v.0));
-        let v6 = self.v6.iter().map(|(k, v)| (IpNet::V6(*k), &*v.0));
+        let v4 = self
+            .v4
+            .iter()
+            .map(|(k, v)| (IpNet::V4(*k), self.lists.paths(*v)));
+        let v6 = self
+            .v6
+            .iter()
+            .map(|(k, v)| (IpNet::V6(*k), self.lists.paths(*v)));
         v4.chain(v6)
     }
 
@@ -387,20 +450,24 @@ impl LocRib {
 
     fn change(&mut self, prefix: IpNet, f: impl FnOnce(&mut Vec<Arc<Path>>)) -> Option<BestChange> {
         let (old, new) = match prefix {
-            IpNet::V4(n) => change_in(&mut self.v4, &mut self.interned, n, f),
-            IpNet::V6(n) => change_in(&mut self.v6, &mut self.interned, n, f),
+            IpNet::V4(n) => change_in(&mut self.v4, &mut self.lists, n, f),
+            IpNet::V6(n) => change_in(&mut self.v6, &mut self.lists, n, f),
         }?;
         Some(BestChange { prefix, old, new })
     }
 
     /// Adds or replaces the path from `path.source`.
     pub fn insert(&mut self, prefix: IpNet, path: Path) -> Option<BestChange> {
-        let list = self.interned.intern(path);
-        let path = list.0[0].clone();
-        self.change(prefix, |paths| {
-            paths.retain(|p| p.source != path.source);
-            paths.push(path);
-        })
+        let single = self.lists.single(path);
+        let path = self.lists.paths(single).first().cloned();
+        let change = path.and_then(|path| {
+            self.change(prefix, |paths| {
+                paths.retain(|p| p.source != path.source);
+                paths.push(path);
+            })
+        });
+        self.lists.release(single);
+        change
     }
 
     pub fn remove(&mut self, prefix: IpNet, source: Source) -> Option<BestChange> {
@@ -437,9 +504,14 @@ impl LocRib {
 
     /// Marks every path from `source` stale (graceful restart helper).
     pub fn mark_stale(&mut self, source: Source) -> usize {
-        let mut lists = HashMap::new();
-        let n = mark_stale_in(&mut self.v4, &mut self.interned, source, &mut lists);
-        n + mark_stale_in(&mut self.v6, &mut self.interned, source, &mut lists)
+        let mut memo = HashMap::new();
+        let n = mark_stale_in(&mut self.v4, &mut self.lists, source, &mut memo);
+        let n = n + mark_stale_in(&mut self.v6, &mut self.lists, source, &mut memo);
+        for (old, new) in memo {
+            self.lists.release(old);
+            self.lists.release(new);
+        }
+        n
     }
 }
 
@@ -588,6 +660,7 @@ pub fn import_loop(attrs: &PathAttrs, local_as: u32, ebgp: bool, ctx: &ExportCtx
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::HashSet;
 
     fn path(source: Source, f: impl FnOnce(&mut Path)) -> Path {
         let mut p = Path {
@@ -833,17 +906,16 @@ mod tests {
             // A fresh `Arc<PathAttrs>` every time, as from separate UPDATEs.
             rib.insert(pfx, mk());
         }
-        let lists: HashSet<*const PathList> = rib.v4.values().map(Arc::as_ptr).collect();
+        let lists: HashSet<ListId> = rib.v4.values().copied().collect();
         assert_eq!(lists.len(), 1);
-        let first = rib.v4.values().next().expect("one entry");
-        // The maps, the cache's set and its `last` hold it; nothing else was allocated.
-        assert_eq!(Arc::strong_count(first), 100 + 2);
-        assert_eq!(rib.interned.set.len(), 1);
-        assert_eq!(std::mem::size_of::<Arc<PathList>>(), 8);
+        assert_eq!(rib.lists.slots.len(), 1, "one list allocated");
+        assert_eq!(rib.lists.slots[0].refs, 100);
+        assert_eq!(rib.lists.singles.len(), 1);
+        assert_eq!(std::mem::size_of::<ListId>(), 4);
     }
 
     #[test]
-    fn unused_paths_are_swept_from_the_cache() {
+    fn unused_lists_are_freed_and_reused() {
         let mut rib = LocRib::default();
         let pfx: IpNet = "10.1.0.0/24".parse().unwrap();
         for i in 0..1000u32 {
@@ -854,12 +926,23 @@ mod tests {
                 }),
             );
         }
+        let live = rib.lists.slots.iter().filter(|s| s.refs > 0).count();
+        assert_eq!(live, 1);
         assert!(
-            rib.interned.set.len() <= 64,
-            "{} paths kept for one prefix",
-            rib.interned.set.len()
+            rib.lists.slots.len() <= 2,
+            "{} slots",
+            rib.lists.slots.len()
         );
+        assert_eq!(rib.lists.singles.len(), 1);
         assert_eq!(rib.best(&pfx).and_then(|p| p.attrs.med), Some(999));
+        rib.remove(pfx, peer("10.0.0.1"));
+        assert!(
+            rib.lists
+                .slots
+                .iter()
+                .all(|s| s.refs == 0 && s.paths.is_empty())
+        );
+        assert!(rib.lists.singles.is_empty());
     }
 
     /// The Loc-RIB before it was made compact: one `BTreeMap<IpNet, Vec<Path>>`. The compact
@@ -1045,6 +1128,20 @@ mod tests {
                 proptest::prop_assert_eq!(rib.len(), model.0.len());
                 for (k, v) in &model.0 {
                     proptest::prop_assert_eq!(rib.best(k), v.first());
+                }
+                // Every list's count is the number of prefixes pointing at it; free ones are
+                // empty and no longer found as singles.
+                let mut users: HashMap<ListId, u32> = HashMap::new();
+                for id in rib.v4.values().chain(rib.v6.values()) {
+                    *users.entry(*id).or_default() += 1;
+                }
+                for (i, slot) in rib.lists.slots.iter().enumerate() {
+                    let id = ListId(i as u32);
+                    proptest::prop_assert_eq!(slot.refs, users.get(&id).copied().unwrap_or(0));
+                    proptest::prop_assert_eq!(slot.refs == 0, slot.paths.is_empty());
+                }
+                for id in rib.lists.singles.values() {
+                    proptest::prop_assert!(rib.lists.slots[id.0 as usize].refs > 0);
                 }
             }
         }
