@@ -5,6 +5,9 @@
 //! GoBGP's RIB is loaded from an MRT TABLE_DUMP_V2 file (RFC 6396) this test writes, with
 //! `gobgp mrt inject global`. Each speaker is then started fresh in the `us` namespace; the
 //! clock runs from its start until `ip -4 route show proto P` counts N routes.
+//!
+//! `loc_rib_bytes_per_prefix` measures the Loc-RIB alone (heap bytes per IPv4 prefix from
+//! glibc's `mallinfo2`), without sockets.
 
 use std::io::Write;
 use std::path::Path;
@@ -231,4 +234,60 @@ fn receive_and_install_10k() {
 #[ignore = "benchmark: scripts/bench-bgp.sh"]
 fn receive_and_install_100k() {
     run(100_000);
+}
+
+/// Heap bytes in use (glibc).
+fn heap_in_use() -> usize {
+    // SAFETY: mallinfo2 only reads the allocator's counters.
+    unsafe { libc::mallinfo2() }.uordblks
+}
+
+/// Loc-RIB memory per prefix: 100,000 IPv4 /24s from one peer in one attribute set (as from
+/// GoBGP in the benchmark above), inserted in address order and in a shuffled order (B-tree
+/// nodes fill differently).
+#[test]
+#[ignore = "benchmark: scripts/bench-bgp.sh"]
+fn loc_rib_bytes_per_prefix() {
+    use calico_bgp::rib::{LocRib, Path, PathAttrs, Source};
+    use std::net::Ipv4Addr;
+    use std::sync::Arc;
+
+    const N: u32 = 100_000;
+    let peer: std::net::IpAddr = PEER.parse().unwrap();
+    let mut orders = vec![("address order", (0..N).collect::<Vec<u32>>())];
+    let mut shuffled: Vec<u32> = (0..N).collect();
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    for i in (1..shuffled.len()).rev() {
+        // xorshift64: a fixed, dependency-free shuffle.
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        shuffled.swap(i, (x % (i as u64 + 1)) as usize);
+    }
+    orders.push(("shuffled", shuffled));
+    for (name, order) in orders {
+        let before = heap_in_use();
+        let mut rib = LocRib::default();
+        for i in order {
+            let attrs = Arc::new(PathAttrs::local(Some(peer)));
+            let prefix = ipnet::Ipv4Net::new(Ipv4Addr::from(0x0a00_0000 + (i << 8)), 24).unwrap();
+            rib.insert(
+                ipnet::IpNet::V4(prefix),
+                Path {
+                    source: Source::Peer(peer),
+                    attrs,
+                    ebgp: true,
+                    peer_router_id: Ipv4Addr::new(192, 168, 33, 13),
+                    from_rr_client: false,
+                    stale: false,
+                },
+            );
+        }
+        let bytes = heap_in_use().saturating_sub(before);
+        assert_eq!(rib.len(), N as usize);
+        println!(
+            "BENCH loc_rib order=\"{name}\" prefixes={N} heap_bytes={bytes} bytes_per_prefix={:.1}",
+            bytes as f64 / f64::from(N)
+        );
+    }
 }
