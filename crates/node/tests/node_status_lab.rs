@@ -70,8 +70,8 @@ struct Cluster {
     nodes: Vec<Node>,
     etcd: Etcd,
     etcd_host: Host,
-    // Kept for its Drop: removes the namespaces last.
-    _lab: Lab,
+    // Removes the namespaces last (its Drop); also where test files go.
+    lab: Lab,
 }
 
 impl Cluster {
@@ -102,7 +102,7 @@ impl Cluster {
             nodes,
             etcd,
             etcd_host,
-            _lab: lab,
+            lab,
         }
     }
 
@@ -221,6 +221,21 @@ impl Cluster {
         })
     }
 
+    /// `calicoctl ARGS` against the cluster's etcd, from inside the etcd host's namespace.
+    fn calicoctl(&self, args: &[&str]) -> String {
+        let endpoints = format!("ETCD_ENDPOINTS={}", self.etcd.endpoint());
+        let ctl = binary("calicoctl").display().to_string();
+        let mut argv = vec!["env", "DATASTORE_TYPE=etcdv3", &endpoints, &ctl];
+        argv.extend_from_slice(args);
+        let out = self.etcd_host.exec(&argv).expect("calicoctl");
+        assert!(
+            out.status.success(),
+            "calicoctl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     fn get_status(&self, name: &str) -> CalicoNodeStatus {
         let name = name.to_string();
         self.with_datastore(async move |ds: &Datastore, _| {
@@ -271,7 +286,15 @@ fn node_status_reports_the_mesh_session_and_the_learned_block_and_period_zero_is
     let block2 = c.allocate("node2");
 
     let never_rv = c.create_status("node1-never", "node1", 0);
-    c.create_status("node1-all", "node1", 1);
+    // Created as the docs show it, with calicoctl.
+    let manifest = c.lab.dir().join("node1-all.yaml");
+    std::fs::write(
+        &manifest,
+        "apiVersion: projectcalico.org/v3\nkind: CalicoNodeStatus\nmetadata:\n  name: node1-all\n\
+         spec:\n  node: node1\n  classes: [Agent, BGP, Routes]\n  updatePeriodSeconds: 1\n",
+    )
+    .expect("write manifest");
+    c.calicoctl(&["create", "-f", &manifest.display().to_string()]);
 
     let reported = wait_for(WAIT, || {
         let s = c.get_status("node1-all");
@@ -311,6 +334,13 @@ fn node_status_reports_the_mesh_session_and_the_learned_block_and_period_zero_is
         (at.as_deref() != Some(first.as_str())).then_some(at)
     });
     assert!(moved.is_some(), "lastUpdated stayed at {first}");
+
+    // calicoctl shows the status too.
+    let yaml = c.calicoctl(&["get", "caliconodestatus", "node1-all", "-o", "yaml"]);
+    assert!(
+        yaml.contains(&format!("peerIP: {ip2}")) && yaml.contains("state: Established"),
+        "{yaml}"
+    );
 
     // Period 0: never written, not even once, after several periods of the other one.
     let never = c.get_status("node1-never");
