@@ -32,7 +32,10 @@ use calico_docker::naming;
 use calico_lab::etcd::{Etcd, EtcdOptions};
 use calico_lab::{Host, Lab};
 use calico_nftables::render::rule_list_chain;
-use calico_nftables::{EndpointToHost, NftSocket, PolicyDataplane, TABLE_NAME, render_spec};
+use calico_nftables::table::{diff, to_batch};
+use calico_nftables::{
+    Applied, EndpointToHost, NftSocket, PolicyDataplane, TABLE_NAME, render_spec,
+};
 use calico_node::policy::{PolicySync, compile_with, read_resources};
 use calico_policy::felix::FelixPolicySettings;
 use calico_policy::model::{self as m, Direction};
@@ -311,13 +314,39 @@ fn scale(endpoints: usize, rules: usize) {
         }
     }
     let one = median(one);
+    // Where the one-rule change's time goes: rendering the program and diffing it against
+    // the last table (our CPU, grows with the table), and the kernel transaction alone.
+    let mut cpu = Vec::new();
+    let mut batches = Vec::new();
+    for (from, to) in [(&program_a, &program_b), (&program_b, &program_a)] {
+        let t = Instant::now();
+        let from_spec = render_spec(from, EndpointToHost::Drop).expect("render");
+        let to_spec = render_spec(to, EndpointToHost::Drop).expect("render");
+        let ops = diff(&Applied::Exactly(from_spec), &to_spec);
+        let batch = to_batch(TABLE_NAME, &ops);
+        // Two renders were timed; one is what apply_changes does (it keeps the last table).
+        cpu.push(t.elapsed() / 2);
+        batches.push(batch);
+    }
+    let mut kernel = Vec::new();
+    let mut socket = NftSocket::open_in(&node.netns_path()).expect("socket");
+    for _ in 0..5 {
+        for b in &batches {
+            let t = Instant::now();
+            socket.send(b).expect("send");
+            kernel.push(t.elapsed());
+        }
+    }
+    let (cpu, kernel) = (median(cpu), median(kernel));
     println!(
-        "BENCH|scale|{endpoints}|{rules}|{kernel_rules}|{}|{}|{}|{}|{}|{messages}",
+        "BENCH|scale|{endpoints}|{rules}|{kernel_rules}|{}|{}|{}|{}|{}|{}|{}|{messages}",
         ms(write_to_enforced),
         ms(first_sync),
         ms(full),
         ms(nft_f),
-        ms(one)
+        ms(one),
+        ms(cpu),
+        ms(kernel)
     );
     drop(etcd);
 }
@@ -326,7 +355,7 @@ fn scale(endpoints: usize, rules: usize) {
 #[ignore = "benchmark: scripts/bench-policy.sh"]
 fn policy_scale() {
     println!(
-        "BENCH|header|endpoints|policy rules|kernel rules|write → enforced (ms)|first sync (ms)|full apply, netlink (ms)|nft -f floor (ms)|one-rule change (ms)|messages"
+        "BENCH|header|endpoints|policy rules|kernel rules|write → enforced (ms)|first sync (ms)|full apply, netlink (ms)|nft -f floor (ms)|one-rule change (ms)|of which render + diff (ms)|of which kernel (ms)|messages"
     );
     // BENCH_QUICK=1: the smallest scale only (a smoke test of the benchmark itself).
     let quick = std::env::var_os("BENCH_QUICK").is_some();
