@@ -693,6 +693,49 @@ mod tests {
         assert!(view.is_empty());
     }
 
+    proptest::proptest! {
+        /// Every session becomes exactly one peer entry with its address, and the counts
+        /// split each family's sessions into established and not.
+        #[test]
+        fn every_session_is_one_peer_and_the_counts_add_up(
+            rows in proptest::collection::vec(
+                (0u8..=255, 0usize..3, proptest::sample::select(vec![
+                    "Idle", "Connect", "Active", "OpenSent", "OpenConfirm", "Established",
+                ])),
+                0..20,
+            ),
+            split in 0usize..20,
+        ) {
+            let rows: Vec<PeerRow> = rows
+                .iter()
+                .map(|(last, t, info)| {
+                    let t = [PeerType::Mesh, PeerType::Global, PeerType::NodeSpecific][*t];
+                    row(&format!("192.168.33.{last}"), t, info)
+                })
+                .collect();
+            let (v4, v6) = rows.split_at(split.min(rows.len()));
+            let b = bgp_status(v4, v6);
+            let up = |r: &[PeerRow]| r.iter().filter(|r| r.info == "Established").count() as i64;
+            proptest::prop_assert_eq!(b.number_established_v4, up(v4));
+            proptest::prop_assert_eq!(
+                b.number_established_v4 + b.number_not_established_v4,
+                v4.len() as i64
+            );
+            proptest::prop_assert_eq!(
+                b.number_established_v6 + b.number_not_established_v6,
+                v6.len() as i64
+            );
+            for (r, p) in v4.iter().zip(&b.peers_v4).chain(v6.iter().zip(&b.peers_v6)) {
+                proptest::prop_assert_eq!(p.peer_ip.as_deref(), Some(r.peer_address.as_str()));
+                proptest::prop_assert!(p.state.is_some());
+                proptest::prop_assert_eq!(
+                    p.state == Some(CalicoNodePeerState::Established),
+                    r.info == "Established"
+                );
+            }
+        }
+    }
+
     #[test]
     fn only_node_status_keys_are_node_status_events() {
         let put = |key: &str| {
