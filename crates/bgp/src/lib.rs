@@ -19,7 +19,8 @@
 //!   agent is told when all peers are in sync through [`RouteEvent::Synced`] instead.
 //! - GTSM on accepted connections is applied right after `accept`, not on the listening socket
 //!   (the first segment of such a connection is not checked).
-//! - Memory: at 100k prefixes the speaker uses about 2x BIRD's peak RSS (docs/BENCHMARKS.md).
+//! - Backpressure: the [`RouteEvent`] channel is unbounded; a consumer that does not drain it
+//!   promptly holds a bulk load as events, about 54 bytes each (docs/BENCHMARKS.md, BGP).
 
 pub mod codec;
 pub mod fsm;
