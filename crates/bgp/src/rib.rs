@@ -148,7 +148,7 @@ pub fn compare(a: &Path, b: &Path) -> Ordering {
 /// prefix with one path.
 /// - IPv4 and IPv6 prefixes live in separate maps keyed by `Ipv4Net` (5 bytes) and `Ipv6Net`
 ///   (17 bytes) rather than one map keyed by `IpNet` (18 bytes for either family);
-/// - the value is a 4-byte index of the prefix's candidate list in [`Lists`];
+/// - the value is a 4-byte index of the prefix's candidate list in `Lists`;
 /// - each distinct [`Path`] is stored once (interned, as BIRD's attribute cache does), and so
 ///   is its one-path list: every prefix of an UPDATE, and of every UPDATE that carries the same
 ///   attributes, points at the same list. Lists of two or more paths (several peers announce
