@@ -433,6 +433,9 @@ impl Plugin {
             tracing::info!(ips = ?req.ip_addrs_no_ipam, "ipAddrsNoIpam: IPAM bypassed");
             return Ok(req.ip_addrs_no_ipam.clone());
         }
+        if !req.ip_addrs.is_empty() {
+            self.release_older_sandbox(wl, ipam, ds).await?;
+        }
         let ipam_req = IpamRequest {
             ips: if req.ip_addrs.is_empty() {
                 cni_args_ips(&self.env)?
@@ -444,6 +447,41 @@ impl Plugin {
         };
         undo.ipam = true;
         ipam_add(&self.conf, &self.env, &self.stdin, ipam, wl, &ipam_req).await
+    }
+
+    /// `ipAddrs` for a pod whose endpoint still belongs to an earlier sandbox: release that
+    /// endpoint's addresses first, as Calico does, or re-assigning the same addresses would
+    /// fail as already allocated until the old sandbox's DEL.
+    async fn release_older_sandbox(
+        &self,
+        wl: &Workload,
+        ipam: &Ipam,
+        ds: &Datastore,
+    ) -> Result<(), PluginError> {
+        let name = wl.endpoint_name()?;
+        let Some(old) = ds
+            .get::<WorkloadEndpoint>(Some(wl.namespace()), &name)
+            .await
+            .map_err(|e| PluginError::step("ipam", e))?
+        else {
+            return Ok(());
+        };
+        if old.spec.container_id.as_deref() == Some(wl.container_id.as_str()) {
+            return Ok(()); // A repeated ADD: the handle has them already.
+        }
+        let ips: Vec<IpAddr> = old
+            .spec
+            .ip_networks
+            .iter()
+            .filter_map(|n| n.parse::<IpNet>().ok())
+            .map(|n| n.addr())
+            .collect();
+        tracing::info!(endpoint = name, old_container = ?old.spec.container_id, ?ips,
+            "ipAddrs: releasing the earlier sandbox's addresses");
+        ipam.release_ips(&ips)
+            .await
+            .map_err(|e| PluginError::step("ipam", e))?;
+        Ok(())
     }
 
     async fn add_steps(

@@ -176,6 +176,35 @@ fn pool_and_address_annotations() {
     );
     assert_eq!(allocated(&w), 3);
     assert!(handles(&w).contains(&"/calico/ipam/v2/handle/k8s-pod-network.c3".to_owned()));
+    // A new sandbox of the same pod with the same ipAddrs, before the old one's DEL: the old
+    // endpoint's address is released and re-assigned to the new container (Calico's order).
+    let p3b = w.pod_netns("p3b");
+    let r = add_with(
+        &w,
+        &conf,
+        "c3b",
+        "web-3",
+        &p3b,
+        annotated(&[(ANN_IP_ADDRS, r#"["10.76.0.50"]"#)]),
+    )
+    .expect("ADD ipAddrs, new sandbox");
+    assert_eq!(
+        r.ips[0].address.addr(),
+        "10.76.0.50".parse::<IpAddr>().unwrap()
+    );
+    assert_eq!(allocated(&w), 3);
+    assert_eq!(
+        wep_of(&w, "web-3").unwrap().spec.container_id.as_deref(),
+        Some("c3b")
+    );
+    // The old sandbox's DEL leaves the new one's address, endpoint and veth alone.
+    ok(
+        invoke(&w.node, &Call::new("DEL", "c3", "web-3", Some(&p3)), &conf),
+        "DEL old sandbox",
+    );
+    assert_eq!(allocated(&w), 3);
+    assert!(wep_of(&w, "web-3").is_some());
+    assert_eq!(cali_links(&w.node).len(), 3);
     // An unknown pool name fails ADD naming it, leaving nothing.
     let p4 = w.pod_netns("p4");
     let e = add_with(
@@ -193,7 +222,7 @@ fn pool_and_address_annotations() {
     for (cid, pod, ns) in [
         ("c1", "web-1", &p1),
         ("c2", "web-2", &p2),
-        ("c3", "web-3", &p3),
+        ("c3b", "web-3", &p3b),
     ] {
         ok(
             invoke(&w.node, &Call::new("DEL", cid, pod, Some(ns)), &conf),
