@@ -1,15 +1,20 @@
 //! The `calico` plugin: ADD, DEL, CHECK, STATUS, GC.
 //!
 //! ADD, in order (each step named in errors and in fault injection):
-//! 1. `ipam`: addresses from IPAM. `ipam.type: calico-ipam` calls the IPAM library in-process
-//!    (one process, one etcd connection: faster than exec'ing `calico-ipam`, same records);
-//!    any other `ipam.type` is exec'd from CNI_PATH with our environment and stdin, as CNI
-//!    delegation does.
-//! 2. `veth`: the pair, host side `cali…` with MAC ee:ee:ee:ee:ee:ee, peer CNI_IFNAME in the pod.
-//! 3. `container`: /32 (/128) addresses, 169.254.1.1 (and the host's link-local) routes,
-//!    container sysctls.
+//! 0. `pod` (errors only): with a Kubernetes API configured, the Pod and its Namespace
+//!    ([`crate::k8s`]), read concurrently with the etcd connection; then the annotations are
+//!    checked ([`crate::pod::requests`]) before anything is created.
+//! 1. `ipam`: addresses from IPAM (`ipAddrsNoIpam`: none asked). `ipam.type: calico-ipam`
+//!    calls the IPAM library in-process (one process, one etcd connection: faster than
+//!    exec'ing `calico-ipam`, same records); any other `ipam.type` is exec'd from CNI_PATH
+//!    with our environment and stdin, as CNI delegation does.
+//! 2. `veth`: the pair in one netlink request, host side `cali…` with MAC ee:ee:ee:ee:ee:ee,
+//!    peer CNI_IFNAME created directly in the pod.
+//! 3. `container`: on this thread inside the pod's namespace once ([`crate::nsenter`]):
+//!    sysctls and the netlink socket; then the link up, /32 (/128) addresses, 169.254.1.1
+//!    (and the host's link-local) routes.
 //! 4. `host`: Calico's host-veth sysctls and the /32 (/128) route to the veth.
-//! 5. `endpoint`: the WorkloadEndpoint.
+//! 5. `endpoint`: the WorkloadEndpoint (labels, profiles, ports, `ipNATs` from `floatingIPs`).
 //!
 //! A failure at any step undoes the earlier ones (endpoint deleted, veth deleted, which takes
 //! its peer, addresses and routes with it, addresses released by handle) before the error is
