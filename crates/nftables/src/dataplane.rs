@@ -8,7 +8,9 @@ use calico_policy::sets::SetId;
 use std::collections::BTreeSet;
 
 use crate::batch::{Batch, ChainSpec, Family, Hook, KeyType, SetSpec, Verdict};
-use crate::render::{EndpointToHost, RenderError, TABLE_NAME, render_set_update, render_spec};
+use crate::render::{
+    EndpointToHost, RenderError, TABLE_NAME, render_set_update, render_spec, render_spec_from,
+};
 use crate::socket::{NftError, NftSocket};
 use crate::table::{Applied, Op, TableSpec, diff, full_batch, to_batch};
 
@@ -43,6 +45,9 @@ pub struct PolicyDataplane {
     to_host: EndpointToHost,
     /// What the table holds, as far as we know: `None` until the first apply or adoption.
     applied: Option<Applied>,
+    /// The program `applied` was rendered from (when it is `Applied::Exactly`): lets the
+    /// next render reuse the chains and sets of what did not change.
+    program: Option<HostProgram>,
 }
 
 impl PolicyDataplane {
@@ -52,6 +57,7 @@ impl PolicyDataplane {
             socket: NftSocket::open()?,
             to_host: EndpointToHost::default(),
             applied: None,
+            program: None,
         })
     }
 
@@ -61,6 +67,7 @@ impl PolicyDataplane {
             socket: NftSocket::open_in(path)?,
             to_host: EndpointToHost::default(),
             applied: None,
+            program: None,
         })
     }
 
@@ -76,8 +83,10 @@ impl PolicyDataplane {
     pub fn apply(&mut self, program: &HostProgram) -> Result<usize, ApplyError> {
         let spec = render_spec(program, self.to_host)?;
         let batch = full_batch(TABLE_NAME, &spec);
+        self.program = None;
         self.socket.send(&batch)?;
         self.applied = Some(Applied::Exactly(spec));
+        self.program = Some(program.clone());
         tracing::debug!(
             messages = batch.len(),
             endpoints = program.endpoints.len(),
@@ -109,9 +118,13 @@ impl PolicyDataplane {
     /// difference the kernel refuses (e.g. someone changed the table behind our back), in
     /// the same atomic way.
     pub fn apply_changes(&mut self, program: &HostProgram) -> Result<ApplyReport, ApplyError> {
-        let spec = render_spec(program, self.to_host)?;
+        let prev = match (&self.applied, &self.program) {
+            (Some(Applied::Exactly(t)), Some(p)) => Some((p, t)),
+            _ => None,
+        };
+        let spec = render_spec_from(program, self.to_host, prev)?;
         let Some(applied) = &self.applied else {
-            return self.replace(spec);
+            return self.replace(spec, program);
         };
         let ops = diff(applied, &spec);
         if ops.is_empty() {
@@ -120,7 +133,7 @@ impl PolicyDataplane {
         let batch = to_batch(TABLE_NAME, &ops);
         if let Err(e) = self.socket.send(&batch) {
             tracing::warn!(error = %e, "incremental policy update refused; replacing the whole table");
-            return self.replace(spec);
+            return self.replace(spec, program);
         }
         let mut report = ApplyReport {
             full: false,
@@ -150,13 +163,20 @@ impl PolicyDataplane {
             "policy difference applied"
         );
         self.applied = Some(Applied::Exactly(spec));
+        self.program = Some(program.clone());
         Ok(report)
     }
 
-    fn replace(&mut self, spec: TableSpec) -> Result<ApplyReport, ApplyError> {
+    fn replace(
+        &mut self,
+        spec: TableSpec,
+        program: &HostProgram,
+    ) -> Result<ApplyReport, ApplyError> {
         let batch = full_batch(TABLE_NAME, &spec);
+        self.program = None;
         self.socket.send(&batch)?;
         self.applied = Some(Applied::Exactly(spec));
+        self.program = Some(program.clone());
         Ok(ApplyReport {
             full: true,
             messages: batch.len(),

@@ -147,9 +147,32 @@ pub fn render_table(host: &HostProgram, to_host: EndpointToHost) -> Result<Batch
 /// The whole table as data (every chain with its rules, every set with its elements): what
 /// [`render_table`] sends, and what [`crate::table::diff`] compares between two programs.
 pub fn render_spec(host: &HostProgram, to_host: EndpointToHost) -> Result<TableSpec, RenderError> {
+    render_spec_from(host, to_host, None)
+}
+
+/// [`render_spec`], reusing from `prev` (a program and the table rendered from it) every set,
+/// rule-list chain and workload endpoint chain whose part of the program is unchanged: the
+/// cost of a small change no longer grows with the rendering of the whole table. The result
+/// is the same as [`render_spec`]'s (a property test checks it).
+pub fn render_spec_from(
+    host: &HostProgram,
+    to_host: EndpointToHost,
+    prev: Option<(&HostProgram, &TableSpec)>,
+) -> Result<TableSpec, RenderError> {
     let mut b = TableSpec::default();
 
     for (id, set) in &host.sets {
+        if let Some((p, t)) = prev
+            && p.sets.get(id) == Some(set)
+            && [IpVersion::V4, IpVersion::V6]
+                .iter()
+                .all(|v| t.sets.contains_key(&set_name(id, *v)))
+        {
+            for v in [IpVersion::V4, IpVersion::V6] {
+                b.reuse_set(t, &set_name(id, v));
+            }
+            continue;
+        }
         for v in [IpVersion::V4, IpVersion::V6] {
             let (spec, elems) = set_contents(id, set, v);
             b.add_set(&spec);
@@ -175,9 +198,35 @@ pub fn render_spec(host: &HostProgram, to_host: EndpointToHost) -> Result<TableS
             used.extend(ids);
         }
     }
+    // `prev` rendered a rule list the same way if it had the same rules and the same
+    // untracked flag (an Allow renders differently there).
+    let prev_untracked: BTreeSet<RuleListId> = prev
+        .map(|(p, _)| {
+            let mut out = BTreeSet::new();
+            for ep in p.endpoints.values() {
+                for c in ep.chains() {
+                    if c.kind == ChainKind::Untracked {
+                        calico_policy::program::for_each_rule_list(c, &mut |x| {
+                            out.insert(x.clone());
+                        });
+                    }
+                }
+            }
+            out
+        })
+        .unwrap_or_default();
     let mut rule_batches = Vec::new();
     for id in &used {
         let chain = rule_list_chain(id);
+        if let Some((p, t)) = prev
+            && p.rule_lists.get(*id) == host.rule_lists.get(*id)
+            && !untracked.contains(*id)
+            && !prev_untracked.contains(*id)
+            && b.reuse_chain(t, &chain)
+        {
+            b.reuse_numbered_sets(t, &format!("{chain}#"));
+            continue;
+        }
         b.add_chain(&ChainSpec::regular(&chain));
         rule_batches.push((id, chain));
     }
@@ -203,8 +252,23 @@ pub fn render_spec(host: &HostProgram, to_host: EndpointToHost) -> Result<TableS
             })?;
         let egress = format!("fw-{iface}");
         let ingress = format!("tw-{iface}");
-        render_endpoint_chain(&mut b, &egress, &ep.egress);
-        render_endpoint_chain(&mut b, &ingress, &ep.ingress);
+        let unchanged = prev.is_some_and(|(p, t)| {
+            p.endpoints.get(&ep.id) == Some(ep)
+                && t.chains.contains_key(&egress)
+                && t.chains.contains_key(&ingress)
+        });
+        match prev {
+            Some((_, t)) if unchanged => {
+                for name in [&egress, &ingress] {
+                    b.reuse_chain(t, name);
+                    b.reuse_numbered_chains(t, &format!("{name}-t"));
+                }
+            }
+            _ => {
+                render_endpoint_chain(&mut b, &egress, &ep.egress);
+                render_endpoint_chain(&mut b, &ingress, &ep.ingress);
+            }
+        }
         from.push(SetElem {
             verdict: Some(Verdict::Goto(egress)),
             ..SetElem::key(ifname_key(iface))

@@ -14,6 +14,7 @@
 //!   missing object or the deletion of a referenced one (see [`diff`]).
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use crate::batch::{Batch, ChainSpec, Expr, Family, SetElem, SetSpec, Verdict};
 
@@ -64,31 +65,33 @@ pub struct SetState {
     pub elems: Vec<SetElem>,
 }
 
-/// Everything in the table, by name.
+/// Everything in the table, by name. Chains and sets are shared (`Arc`): a table rendered
+/// from the previous one reuses what did not change, so cloning it and comparing the
+/// unchanged parts cost a pointer each.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct TableSpec {
     /// Sets and verdict maps.
-    pub sets: BTreeMap<String, SetState>,
+    pub sets: BTreeMap<String, Arc<SetState>>,
     /// Chains.
-    pub chains: BTreeMap<String, ChainState>,
+    pub chains: BTreeMap<String, Arc<ChainState>>,
 }
 
 impl TableSpec {
     /// Declares a chain (a second declaration of the same name keeps the first one's rules).
     pub fn add_chain(&mut self, chain: &ChainSpec) {
-        self.chains
-            .entry(chain.name.clone())
-            .or_insert_with(|| ChainState {
+        self.chains.entry(chain.name.clone()).or_insert_with(|| {
+            Arc::new(ChainState {
                 spec: chain.clone(),
                 rules: Vec::new(),
-            });
+            })
+        });
     }
 
     /// Appends a rule to a chain (declared as a regular chain if it was not yet).
     pub fn add_rule(&mut self, chain: &str, exprs: &[Expr], comment: Option<&str>) {
         self.add_chain(&ChainSpec::regular(chain));
         if let Some(c) = self.chains.get_mut(chain) {
-            c.rules.push(RuleSpec {
+            Arc::make_mut(c).rules.push(RuleSpec {
                 exprs: exprs.to_vec(),
                 comment: comment.map(str::to_owned),
             });
@@ -97,18 +100,66 @@ impl TableSpec {
 
     /// Declares a set.
     pub fn add_set(&mut self, set: &SetSpec) {
-        self.sets
-            .entry(set.name.clone())
-            .or_insert_with(|| SetState {
+        self.sets.entry(set.name.clone()).or_insert_with(|| {
+            Arc::new(SetState {
                 spec: set.clone(),
                 elems: Vec::new(),
-            });
+            })
+        });
     }
 
     /// Appends elements to a declared set.
     pub fn add_elements(&mut self, set: &str, elems: &[SetElem]) {
         if let Some(s) = self.sets.get_mut(set) {
-            s.elems.extend_from_slice(elems);
+            Arc::make_mut(s).elems.extend_from_slice(elems);
+        }
+    }
+
+    /// Takes chain `name` from `prev` as it is (shared, not copied); `false` if it has none.
+    pub fn reuse_chain(&mut self, prev: &TableSpec, name: &str) -> bool {
+        match prev.chains.get(name) {
+            Some(c) => {
+                self.chains.insert(name.to_owned(), c.clone());
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Takes set `name` from `prev` as it is; `false` if it has none.
+    pub fn reuse_set(&mut self, prev: &TableSpec, name: &str) -> bool {
+        match prev.sets.get(name) {
+            Some(s) => {
+                self.sets.insert(name.to_owned(), s.clone());
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Takes every chain of `prev` named `prefix` followed by digits (a chain's numbered
+    /// helpers, e.g. tier chains `fw-<if>-t0`, `fw-<if>-t1`).
+    pub fn reuse_numbered_chains(&mut self, prev: &TableSpec, prefix: &str) {
+        for (name, c) in prev.chains.range(prefix.to_owned()..) {
+            let Some(rest) = name.strip_prefix(prefix) else {
+                break;
+            };
+            if !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_digit()) {
+                self.chains.insert(name.clone(), c.clone());
+            }
+        }
+    }
+
+    /// Takes every set of `prev` named `prefix` followed by digits (a chain's auxiliary sets
+    /// `<chain>#<n>`).
+    pub fn reuse_numbered_sets(&mut self, prev: &TableSpec, prefix: &str) {
+        for (name, set) in prev.sets.range(prefix.to_owned()..) {
+            let Some(rest) = name.strip_prefix(prefix) else {
+                break;
+            };
+            if !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_digit()) {
+                self.sets.insert(name.clone(), set.clone());
+            }
         }
     }
 
@@ -192,12 +243,12 @@ pub fn diff(from: &Applied, to: &TableSpec) -> Vec<Op> {
         .map(|(n, _)| n.as_str())
         .collect();
     // Chains whose rules are (re)written: new, changed, or referring to a re-created set.
-    let rewritten = |name: &str, c: &ChainState| -> bool {
+    let rewritten = |name: &str, c: &Arc<ChainState>| -> bool {
         match old.chains.get(name) {
             None => true,
             Some(o) => {
                 adopted
-                    || o.rules != c.rules
+                    || (!Arc::ptr_eq(o, c) && o.rules != c.rules)
                     || o.spec != c.spec
                     || c.rules
                         .iter()
@@ -265,7 +316,7 @@ pub fn diff(from: &Applied, to: &TableSpec) -> Vec<Op> {
     for (name, s) in &to.sets {
         match old.sets.get(name) {
             Some(o) if o.spec == s.spec && !adopted => {
-                if o.elems == s.elems {
+                if Arc::ptr_eq(o, s) || o.elems == s.elems {
                     continue;
                 }
                 if s.spec.interval {
@@ -369,11 +420,13 @@ pub fn simulate(table: &TableSpec, ops: &[Op]) -> Result<TableSpec, SimError> {
     for op in ops {
         match op {
             Op::FlushChain(c) => {
-                t.chains
-                    .get_mut(c)
-                    .ok_or_else(|| SimError::Missing(c.clone()))?
-                    .rules
-                    .clear();
+                Arc::make_mut(
+                    t.chains
+                        .get_mut(c)
+                        .ok_or_else(|| SimError::Missing(c.clone()))?,
+                )
+                .rules
+                .clear();
             }
             Op::DeleteChain(c) => {
                 let ch = t
@@ -402,11 +455,13 @@ pub fn simulate(table: &TableSpec, ops: &[Op]) -> Result<TableSpec, SimError> {
                         return Err(SimError::Missing(s.to_owned()));
                     }
                 }
-                t.chains
-                    .get_mut(c)
-                    .ok_or_else(|| SimError::Missing(c.clone()))?
-                    .rules
-                    .push(r.clone());
+                Arc::make_mut(
+                    t.chains
+                        .get_mut(c)
+                        .ok_or_else(|| SimError::Missing(c.clone()))?,
+                )
+                .rules
+                .push(r.clone());
             }
             Op::AddSet(spec) => {
                 if t.sets.contains_key(&spec.name) {
@@ -429,11 +484,13 @@ pub fn simulate(table: &TableSpec, ops: &[Op]) -> Result<TableSpec, SimError> {
                 t.sets.remove(s);
             }
             Op::FlushSet(s) => {
-                t.sets
-                    .get_mut(s)
-                    .ok_or_else(|| SimError::Missing(s.clone()))?
-                    .elems
-                    .clear();
+                Arc::make_mut(
+                    t.sets
+                        .get_mut(s)
+                        .ok_or_else(|| SimError::Missing(s.clone()))?,
+                )
+                .elems
+                .clear();
             }
             Op::AddElems(s, elems) => {
                 for e in elems {
@@ -443,10 +500,11 @@ pub fn simulate(table: &TableSpec, ops: &[Op]) -> Result<TableSpec, SimError> {
                         return Err(SimError::Missing(c.clone()));
                     }
                 }
-                let set = t
-                    .sets
-                    .get_mut(s)
-                    .ok_or_else(|| SimError::Missing(s.clone()))?;
+                let set = Arc::make_mut(
+                    t.sets
+                        .get_mut(s)
+                        .ok_or_else(|| SimError::Missing(s.clone()))?,
+                );
                 for e in elems {
                     if set.elems.iter().any(|x| x.key == e.key) {
                         return Err(SimError::Exists(format!("{s} element {:?}", e.key)));
@@ -455,10 +513,11 @@ pub fn simulate(table: &TableSpec, ops: &[Op]) -> Result<TableSpec, SimError> {
                 }
             }
             Op::DeleteElems(s, elems) => {
-                let set = t
-                    .sets
-                    .get_mut(s)
-                    .ok_or_else(|| SimError::Missing(s.clone()))?;
+                let set = Arc::make_mut(
+                    t.sets
+                        .get_mut(s)
+                        .ok_or_else(|| SimError::Missing(s.clone()))?,
+                );
                 for e in elems {
                     let at = set
                         .elems
@@ -479,7 +538,7 @@ pub fn same_table(a: &TableSpec, b: &TableSpec) -> bool {
         let mut t = t.clone();
         for s in t.sets.values_mut() {
             if !s.spec.interval {
-                s.elems.sort_by(|x, y| x.key.cmp(&y.key));
+                Arc::make_mut(s).elems.sort_by(|x, y| x.key.cmp(&y.key));
             }
         }
         t
@@ -583,7 +642,9 @@ mod tests {
         let a = table(1);
         let mut b = a.clone();
         b.chains.remove("tw-x");
-        b.sets.get_mut("to-wl").unwrap().elems.clear();
+        Arc::make_mut(b.sets.get_mut("to-wl").unwrap())
+            .elems
+            .clear();
         let ops = diff(&Applied::Exactly(a.clone()), &b);
         assert_eq!(simulate(&a, &ops).unwrap(), b);
         let del_elem = ops
@@ -602,10 +663,10 @@ mod tests {
         let a = table(2);
         let mut skeleton = a.clone();
         for c in skeleton.chains.values_mut() {
-            c.rules.clear();
+            Arc::make_mut(c).rules.clear();
         }
         for s in skeleton.sets.values_mut() {
-            s.elems.clear();
+            Arc::make_mut(s).elems.clear();
         }
         let ops = diff(&Applied::Adopted(skeleton.clone()), &a);
         assert!(!ops.iter().any(|o| matches!(
@@ -726,8 +787,8 @@ mod tests {
         fn adopted_skeleton_converges(a in arb_table(), b in arb_table()) {
             // The kernel holds `a`; the agent only knows its skeleton.
             let mut skeleton = a.clone();
-            for c in skeleton.chains.values_mut() { c.rules.clear(); }
-            for s in skeleton.sets.values_mut() { s.elems.clear(); }
+            for c in skeleton.chains.values_mut() { Arc::make_mut(c).rules.clear(); }
+            for s in skeleton.sets.values_mut() { Arc::make_mut(s).elems.clear(); }
             let ops = diff(&Applied::Adopted(skeleton), &b);
             let got = simulate(&a, &ops);
             prop_assert!(got.is_ok(), "{:?}\nops: {:?}", got, ops);

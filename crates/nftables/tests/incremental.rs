@@ -311,3 +311,38 @@ fn a_batch_of_100k_rules_is_answered() {
     assert_eq!(comments.last().map(String::as_str), Some("r99999"));
     dp.remove().expect("remove");
 }
+
+/// Rendering from the previous program and table gives exactly what a fresh render gives,
+/// for each kind of change the agent sees.
+#[test]
+fn rendering_from_the_previous_table_equals_a_fresh_render() {
+    use calico_nftables::EndpointToHost;
+    use calico_nftables::render::{render_spec, render_spec_from};
+    let mut models = vec![model()];
+    let mut m = model();
+    m.policies[0].ingress.push(allow_port(8080, "all()"));
+    models.push(m.clone());
+    m.workload_endpoints[3]
+        .labels
+        .insert("role".into(), "web".into());
+    models.push(m.clone());
+    let mut remote = endpoint(9, "web");
+    remote.node = "node2".into();
+    m.workload_endpoints.push(remote);
+    models.push(m.clone());
+    m.workload_endpoints.push(endpoint(5, "cache"));
+    models.push(m.clone());
+    m.policies.remove(1);
+    models.push(m.clone());
+    m.policies[0].ingress.clear();
+    models.push(m);
+    let programs: Vec<HostProgram> = models.iter().map(program).collect();
+    for (i, a) in programs.iter().enumerate() {
+        for b in &programs {
+            let ta = render_spec(a, EndpointToHost::Drop).expect("render");
+            let fresh = render_spec(b, EndpointToHost::Drop).expect("render");
+            let reused = render_spec_from(b, EndpointToHost::Drop, Some((a, &ta))).expect("render");
+            assert!(fresh == reused, "from model {i}: differs from a fresh render");
+        }
+    }
+}
