@@ -728,11 +728,14 @@ impl Plugin {
             // Deleting the container side removes the pair and the host route with it.
             // A stale path (namespace already released) is not an error for DEL.
             let ifname = wl.ifname.clone();
-            match Netlink::connect_in(netns) {
-                Ok(nl) => {
+            match nsenter::in_netns(netns, Netlink::connect) {
+                Ok(Ok(nl)) => {
                     if let Err(e) = nl.delete_link(&ifname).await {
                         tracing::warn!(interface = ifname, error = %e, "container interface not deleted");
                     }
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(netns = %netns.display(), error = %e, "no netlink in namespace")
                 }
                 Err(e) => {
                     tracing::warn!(netns = %netns.display(), error = %e, "namespace not usable")
