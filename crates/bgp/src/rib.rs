@@ -158,6 +158,27 @@ pub struct LocRib {
     v4: BTreeMap<Ipv4Net, ListId>,
     v6: BTreeMap<Ipv6Net, ListId>,
     lists: Lists,
+    /// How many prefixes have their best path from each source (for the status counters,
+    /// which would otherwise walk the whole RIB after every UPDATE).
+    best_by_source: HashMap<Source, usize>,
+}
+
+/// Moves one prefix's best path from `old`'s count to `new`'s.
+fn count_best(counts: &mut HashMap<Source, usize>, old: Option<Source>, new: Option<Source>) {
+    if old == new {
+        return;
+    }
+    if let Some(old) = old
+        && let Some(n) = counts.get_mut(&old)
+    {
+        *n = n.saturating_sub(1);
+        if *n == 0 {
+            counts.remove(&old);
+        }
+    }
+    if let Some(new) = new {
+        *counts.entry(new).or_default() += 1;
+    }
 }
 
 /// Index of a candidate list in [`Lists`].
@@ -362,6 +383,7 @@ fn mark_stale_in<K>(
     lists: &mut Lists,
     source: Source,
     memo: &mut HashMap<ListId, ListId>,
+    best_by_source: &mut HashMap<Source, usize>,
 ) -> usize {
     let mut n = 0;
     for id in map.values_mut() {
@@ -401,6 +423,9 @@ fn mark_stale_in<K>(
                 new
             }
         };
+        // A stale path loses ties, so the best path can move to another source.
+        let best = |id: ListId| lists.paths(id).first().map(|p| p.source);
+        count_best(best_by_source, best(*id), best(new));
         lists.acquire(new);
         lists.release(*id);
         *id = new;
@@ -444,6 +469,11 @@ impl LocRib {
         self.v4.len() + self.v6.len()
     }
 
+    /// How many prefixes have their best path from `source`, without walking the RIB.
+    pub fn best_count(&self, source: Source) -> usize {
+        self.best_by_source.get(&source).copied().unwrap_or(0)
+    }
+
     pub fn is_empty(&self) -> bool {
         self.v4.is_empty() && self.v6.is_empty()
     }
@@ -453,6 +483,11 @@ impl LocRib {
             IpNet::V4(n) => change_in(&mut self.v4, &mut self.lists, n, f),
             IpNet::V6(n) => change_in(&mut self.v6, &mut self.lists, n, f),
         }?;
+        count_best(
+            &mut self.best_by_source,
+            old.as_ref().map(|p| p.source),
+            new.as_ref().map(|p| p.source),
+        );
         Some(BestChange { prefix, old, new })
     }
 
@@ -505,8 +540,9 @@ impl LocRib {
     /// Marks every path from `source` stale (graceful restart helper).
     pub fn mark_stale(&mut self, source: Source) -> usize {
         let mut memo = HashMap::new();
-        let n = mark_stale_in(&mut self.v4, &mut self.lists, source, &mut memo);
-        let n = n + mark_stale_in(&mut self.v6, &mut self.lists, source, &mut memo);
+        let counts = &mut self.best_by_source;
+        let n = mark_stale_in(&mut self.v4, &mut self.lists, source, &mut memo, counts);
+        let n = n + mark_stale_in(&mut self.v6, &mut self.lists, source, &mut memo, counts);
         for (old, new) in memo {
             self.lists.release(old);
             self.lists.release(new);
@@ -1128,6 +1164,11 @@ mod tests {
                 proptest::prop_assert_eq!(rib.len(), model.0.len());
                 for (k, v) in &model.0 {
                     proptest::prop_assert_eq!(rib.best(k), v.first());
+                }
+                for s in 0..4 {
+                    let source = source_of(s);
+                    let expected = model.0.values().filter(|v| v[0].source == source).count();
+                    proptest::prop_assert_eq!(rib.best_count(source), expected);
                 }
                 // Every list's count is the number of prefixes pointing at it; free ones are
                 // empty and no longer found as singles.

@@ -1276,12 +1276,7 @@ impl Core {
             self.advertise(peer, &prefixes);
         }
         for (addr, rt) in &mut self.peers {
-            let n = self
-                .rib
-                .iter_best()
-                .filter(|(_, p)| p.source == Source::Peer(*addr))
-                .count();
-            rt.received = n;
+            rt.received = self.rib.best_count(Source::Peer(*addr));
         }
         let counts: Vec<(IpAddr, usize)> =
             self.peers.iter().map(|(a, r)| (*a, r.received)).collect();

@@ -77,24 +77,40 @@ fn count_routes(host: &Host, proto: u8) -> usize {
     .unwrap_or(0)
 }
 
-fn peak_rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
+/// Memory of a process in KiB: peak RSS (`VmHWM`), and the current RSS split into anonymous
+/// memory (heap, stacks: the data) and file-backed pages (the binary and libraries).
+#[derive(Debug, Default, Clone, Copy)]
+struct Memory {
+    peak: u64,
+    anon: u64,
+    file: u64,
+}
+
+fn memory_kib(pid: u32) -> Memory {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+    };
+    Memory {
+        peak: field("VmHWM:"),
+        anon: field("RssAnon:"),
+        file: field("RssFile:"),
+    }
 }
 
 /// Starts a speaker, waits for `n` routes of `proto`; returns (seconds from start, seconds from
-/// the first installed route, peak RSS KiB). The second figure leaves out session set-up, which
+/// the first installed route, memory). The second figure leaves out session set-up, which
 /// differs by daemon (BIRD's start delay, GoBGP's idle hold after the previous session).
 fn measure(
     host: &Host,
     n: usize,
     proto: u8,
     start: impl FnOnce() -> ProcessGuard,
-) -> (f64, f64, u64) {
+) -> (f64, f64, Memory) {
     let t0 = Instant::now();
     let mut guard = start();
     let deadline = t0 + Duration::from_secs(600);
@@ -118,7 +134,7 @@ fn measure(
     }
     let secs = t0.elapsed().as_secs_f64();
     let from_first = first.map(|f| f.elapsed().as_secs_f64()).unwrap_or(secs);
-    let rss = guard.pid().map(peak_rss_kib).unwrap_or(0);
+    let rss = guard.pid().map(memory_kib).unwrap_or_default();
     guard.kill();
     (secs, from_first, rss)
 }
@@ -220,7 +236,14 @@ fn run(requested: u32) {
         us.spawn(cmd, "bird").unwrap()
     });
     println!(
-        "BENCH requested={requested} n={n} ours_total_s={ours_s:.2} ours_first_to_all_s={ours_xfer:.2} ours_peak_rss_kib={ours_kib} bird_total_s={bird_s:.2} bird_first_to_all_s={bird_xfer:.2} bird_peak_rss_kib={bird_kib}"
+        "BENCH requested={requested} n={n} ours_total_s={ours_s:.2} ours_first_to_all_s={ours_xfer:.2} ours_peak_rss_kib={} bird_total_s={bird_s:.2} bird_first_to_all_s={bird_xfer:.2} bird_peak_rss_kib={} ratio={:.2}",
+        ours_kib.peak,
+        bird_kib.peak,
+        ours_kib.peak as f64 / bird_kib.peak.max(1) as f64
+    );
+    println!(
+        "BENCH requested={requested} at_end_kib: ours_anon={} ours_file={} bird_anon={} bird_file={}",
+        ours_kib.anon, ours_kib.file, bird_kib.anon, bird_kib.file
     );
 }
 
