@@ -319,7 +319,11 @@ fn scale(endpoints: usize, rules: usize) {
     // the last table (our CPU, grows with the table), and the kernel transaction alone.
     let mut cpu = Vec::new();
     let mut batches = Vec::new();
-    for (from, to) in [(&program_a, &program_b), (&program_b, &program_a)] {
+    for (from, to) in [(&program_a, &program_b), (&program_b, &program_a)]
+        .into_iter()
+        .cycle()
+        .take(10)
+    {
         let from_spec = render_spec(from, EndpointToHost::Drop).expect("render");
         // What apply_changes does: render reusing the last table, diff, encode.
         let t = Instant::now();
@@ -332,12 +336,11 @@ fn scale(endpoints: usize, rules: usize) {
     }
     let mut kernel = Vec::new();
     let mut socket = NftSocket::open_in(&node.netns_path()).expect("socket");
-    for _ in 0..5 {
-        for b in &batches {
-            let t = Instant::now();
-            socket.send(b).expect("send");
-            kernel.push(t.elapsed());
-        }
+    // batches alternate A→B and B→A, starting from the table at A.
+    for b in &batches {
+        let t = Instant::now();
+        socket.send(b).expect("send");
+        kernel.push(t.elapsed());
     }
     let (cpu, kernel) = (median(cpu), median(kernel));
     println!(
