@@ -1,7 +1,9 @@
 //! ADD/DEL latency of `calico` next to Debian's `ptp` + `host-local`, same node, same run,
 //! interleaved call by call (so both see the same machine load). Ignored by default:
 //! `CNI_BENCH_PODS=500 cargo test -p calico-cni --test bench -- --ignored --nocapture`
-//! (after `cargo build -p calico-rs --bin calico --bin calico-ipam`).
+//! (after `cargo build -p calico-rs --bin calico --bin calico-ipam`). For the shipped build:
+//! `cargo build --release -p calico-rs --bin calico --bin calico-ipam` and
+//! `CALICO_CNI_BIN_DIR=$PWD/target/release` with the same command (docs/BENCHMARKS.md).
 
 mod common;
 
