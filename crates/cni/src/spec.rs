@@ -268,6 +268,15 @@ mod tests {
     }
 
     #[test]
+    fn status_codes_are_the_specs() {
+        // SPEC 1.1.0, "STATUS": 50 cannot service ADD; 51 also limited connectivity for
+        // existing containers.
+        assert_eq!(ErrorCode::NotAvailable.code(), 50);
+        assert_eq!(ErrorCode::NotAvailableLimitedConnectivity.code(), 51);
+        assert_eq!(ErrorCode::TryAgainLater.code(), 11);
+    }
+
+    #[test]
     fn results_are_shaped_per_version() {
         let r = CniResult {
             cni_version: String::new(),
