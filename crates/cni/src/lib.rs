@@ -280,3 +280,27 @@ async fn calico_ipam(p: &Plugin) -> Result<Option<serde_json::Value>, PluginErro
         Command::Version => Ok(None),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_delegated_status_failure_keeps_51_and_otherwise_is_50() {
+        let status = |code| {
+            plugin_error(
+                "1.1.0",
+                Command::Status,
+                &PluginError::IpamStatus {
+                    plugin: "host-local".into(),
+                    code,
+                    msg: "down".into(),
+                },
+            )
+        };
+        assert_eq!(status(51).code, 51);
+        let e = status(3);
+        assert_eq!(e.code, 50);
+        assert!(e.msg.contains("host-local"), "{}", e.msg);
+    }
+}
