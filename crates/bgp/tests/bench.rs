@@ -84,6 +84,8 @@ struct Memory {
     peak: u64,
     anon: u64,
     file: u64,
+    /// Largest `RssAnon` seen by the 100 ms polls: a lower bound of the peak private memory.
+    anon_polled_peak: u64,
 }
 
 fn memory_kib(pid: u32) -> Memory {
@@ -99,6 +101,7 @@ fn memory_kib(pid: u32) -> Memory {
         peak: field("VmHWM:"),
         anon: field("RssAnon:"),
         file: field("RssFile:"),
+        anon_polled_peak: 0,
     }
 }
 
@@ -115,8 +118,12 @@ fn measure(
     let mut guard = start();
     let deadline = t0 + Duration::from_secs(600);
     let mut first = None;
+    let mut anon_polled_peak = 0;
     loop {
         let c = count_routes(host, proto);
+        if let Some(pid) = guard.pid() {
+            anon_polled_peak = anon_polled_peak.max(memory_kib(pid).anon);
+        }
         if c > 0 && first.is_none() {
             first = Some(Instant::now());
         }
@@ -134,7 +141,8 @@ fn measure(
     }
     let secs = t0.elapsed().as_secs_f64();
     let from_first = first.map(|f| f.elapsed().as_secs_f64()).unwrap_or(secs);
-    let rss = guard.pid().map(memory_kib).unwrap_or_default();
+    let mut rss = guard.pid().map(memory_kib).unwrap_or_default();
+    rss.anon_polled_peak = anon_polled_peak.max(rss.anon);
     guard.kill();
     (secs, from_first, rss)
 }
@@ -242,8 +250,13 @@ fn run(requested: u32) {
         ours_kib.peak as f64 / bird_kib.peak.max(1) as f64
     );
     println!(
-        "BENCH requested={requested} at_end_kib: ours_anon={} ours_file={} bird_anon={} bird_file={}",
-        ours_kib.anon, ours_kib.file, bird_kib.anon, bird_kib.file
+        "BENCH requested={requested} at_end_kib: ours_anon={} ours_file={} bird_anon={} bird_file={} polled_peak_anon_kib: ours={} bird={}",
+        ours_kib.anon,
+        ours_kib.file,
+        bird_kib.anon,
+        bird_kib.file,
+        ours_kib.anon_polled_peak,
+        bird_kib.anon_polled_peak
     );
 }
 
