@@ -355,6 +355,40 @@ mod tests {
     }
 
     #[test]
+    fn felix_settings_change_what_is_enforced() {
+        let mut s = PolicySync::with_enforcer(Recorder::default());
+        let r = docker_lab();
+        let mut felix = FelixPolicySettings::default();
+        assert!(s.sync_with(&r, &felix, "node1").unwrap());
+        assert!(!s.sync_with(&r, &felix, "node1").unwrap());
+        // Only the workload-to-host action changes: the program is the same, still enforced.
+        felix.endpoint_to_host = EndpointToHostAction::Accept;
+        assert!(s.sync_with(&r, &felix, "node1").unwrap());
+        assert_eq!(s.enforcer.applied.len(), 2);
+        // Failsafe ports end up in the model (host endpoints' chains use them).
+        felix.failsafe.inbound.clear();
+        let mut with_hep = r.clone();
+        let mut hep = api::HostEndpoint::new(
+            "h1",
+            api::HostEndpointSpec {
+                node: Some("node1".into()),
+                interface_name: Some("eth0".into()),
+                ..Default::default()
+            },
+        );
+        hep.metadata.name = Some("h1".into());
+        with_hep.host_endpoints.push(hep);
+        let p = compile_with(&with_hep, &felix, "node1").unwrap();
+        let h = p
+            .endpoints
+            .values()
+            .find(|e| e.host.is_some())
+            .expect("host endpoint");
+        assert!(h.ingress.failsafe.is_empty());
+        assert!(!h.egress.failsafe.is_empty(), "outbound defaults kept");
+    }
+
+    #[test]
     fn failures_keep_the_last_program() {
         let mut s = PolicySync::with_enforcer(Recorder::default());
         let good = docker_lab();
