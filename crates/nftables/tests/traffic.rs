@@ -844,3 +844,63 @@ async fn policy_change_under_pings_is_atomic() {
         "pings lost during allow→allow changes:\n{text}"
     );
 }
+
+/// The incremental path under the same flood: differences between two policies that both deny
+/// the pings (flush and refill of chains in one transaction), and every third step a new
+/// `PolicyDataplane` (a restarted agent) adopting the table and sending its first difference.
+/// Not one ping may get through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn incremental_changes_and_restarts_under_pings_are_atomic() {
+    let mut rig = rig().await;
+    let base = base_model(&rig.wls);
+    let mut deny_a = base.clone();
+    let mut p = Policy::new("tcp-only", "role == 'db'");
+    p.ingress = vec![tcp(80)];
+    deny_a.policies.push(p);
+    let mut deny_b = base.clone();
+    let mut p = Policy::new("icmp-deny", "all()");
+    let mut r = Rule::new(Action::Deny);
+    r.protocol = Some("ICMP".into());
+    p.ingress = vec![r, Rule::new(Action::Allow)];
+    deny_b.policies.push(p);
+    let progs = [
+        compile(&deny_a, Some(NODE)).unwrap(),
+        compile(&deny_b, Some(NODE)).unwrap(),
+    ];
+    rig.dp.apply_changes(&progs[0]).unwrap();
+    let (w1, w2) = (rig.wls[0].ns.clone(), rig.wls[1].ip.to_string());
+    let flood = std::thread::spawn(move || {
+        w1.exec_timeout(
+            &["ping", "-c", "600", "-i", "0.005", "-W", "1", &w2],
+            Duration::from_secs(30),
+        )
+        .expect("ping flood")
+    });
+    let started = Instant::now();
+    let (mut flips, mut restarts, mut incremental) = (0, 0, 0);
+    while !flood.is_finished() && started.elapsed() < Duration::from_secs(25) {
+        flips += 1;
+        if flips % 3 == 0 {
+            let mut dp = PolicyDataplane::new_in(&rig.node.netns_path()).expect("dataplane");
+            let (chains, _) = dp.adopt_existing().expect("adopt");
+            assert!(chains > 0, "the table is there");
+            rig.dp = dp;
+            restarts += 1;
+        }
+        let report = rig.dp.apply_changes(&progs[flips % 2]).expect("apply");
+        assert!(!report.full, "never a full replace here");
+        incremental += 1;
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let out = flood.join().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        flips >= 20 && restarts >= 5,
+        "only {flips} changes, {restarts} restarts: {text}"
+    );
+    assert_eq!(incremental, flips);
+    assert!(
+        text.contains(" 0 received"),
+        "a denied ping got through:\n{text}"
+    );
+}
