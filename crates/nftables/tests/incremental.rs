@@ -342,7 +342,10 @@ fn rendering_from_the_previous_table_equals_a_fresh_render() {
             let ta = render_spec(a, EndpointToHost::Drop).expect("render");
             let fresh = render_spec(b, EndpointToHost::Drop).expect("render");
             let reused = render_spec_from(b, EndpointToHost::Drop, Some((a, &ta))).expect("render");
-            assert!(fresh == reused, "from model {i}: differs from a fresh render");
+            assert!(
+                fresh == reused,
+                "from model {i}: differs from a fresh render"
+            );
         }
     }
 }
