@@ -285,6 +285,18 @@ fn one_rule_change_rewrites_only_that_policys_chain() {
         }
     }
     assert_same_as_full(&ns, &reference, &p);
+
+    // An endpoint goes: its map elements are removed before its chains are deleted (the
+    // kernel refuses to delete a chain a map element still points at).
+    let gone = m.workload_endpoints.remove(0);
+    let p = program(&m);
+    let r = dp.apply_changes(&p).expect("endpoint removed");
+    assert!(!r.full, "removed by difference, not by a full replace");
+    assert!(r.sets.contains("from-wl") && r.sets.contains("to-wl"));
+    assert!(r.chains.contains(&format!("fw-{}", gone.interface_name)));
+    let now = chain_handles(&listing(&ns));
+    assert!(!now.keys().any(|c| c.contains(&gone.interface_name)));
+    assert_same_as_full(&ns, &reference, &p);
 }
 
 /// A transaction of 100,000 rules is accepted and answered: the kernel's answer to a batch
