@@ -14,6 +14,7 @@
 
 pub mod batch;
 pub mod dataplane;
+mod netlink;
 pub mod read;
 pub mod render;
 pub mod socket;

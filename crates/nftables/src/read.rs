@@ -6,25 +6,10 @@
 //! after them, and the listing is retried (bounded) when it changed in between, so a table
 //! replaced by the agent while we read is never shown half old, half new.
 
-use crate::batch::{NLM_F_REQUEST, Verdict, put_msg};
+use crate::batch::{Verdict, msg};
+use crate::netlink::{GETTABLE, NLM_F_DUMP, Reply, attr, attrs, be32, be64, comment, string};
 use crate::socket::{NftError, NftSocket};
 
-/// `NFNL_SUBSYS_NFTABLES`, as the high byte of the message type.
-const SUBSYS: u16 = 10 << 8;
-const MSG_NEWTABLE: u16 = 0;
-const MSG_GETTABLE: u16 = 1;
-const MSG_NEWCHAIN: u16 = 3;
-const MSG_GETCHAIN: u16 = 4;
-const MSG_NEWRULE: u16 = 6;
-const MSG_GETRULE: u16 = 7;
-const MSG_NEWGEN: u16 = 15;
-const MSG_GETGEN: u16 = 16;
-const NLM_F_DUMP: u16 = 0x300;
-const NLM_F_DUMP_INTR: u16 = 0x10;
-const NLMSG_ERROR: u16 = 2;
-const NLMSG_DONE: u16 = 3;
-/// `NFPROTO_INET`: the family of the table calico-rs owns.
-const FAMILY_INET: u8 = 1;
 /// How many times a listing is retried when the ruleset changed while it was read.
 const ATTEMPTS: usize = 5;
 
@@ -86,8 +71,8 @@ pub fn read_table(socket: &mut NftSocket, table: &str) -> Result<Option<TableDum
         if !table_exists(socket, table)? {
             return Ok(None);
         }
-        let (chains, intr1) = dump(socket, MSG_GETCHAIN, table)?;
-        let (rules, intr2) = dump(socket, MSG_GETRULE, table)?;
+        let (chains, intr1) = dump(socket, msg::GETCHAIN, table)?;
+        let (rules, intr2) = dump(socket, msg::GETRULE, table)?;
         if intr1 || intr2 || generation(socket)? != before {
             continue;
         }
@@ -120,106 +105,19 @@ pub fn read_table(socket: &mut NftSocket, table: &str) -> Result<Option<TableDum
     )))
 }
 
-/// One message of a reply: type (without the subsystem) and its attributes.
-struct Reply {
-    ty: u16,
-    attrs: Vec<u8>,
-}
-
-fn request(
-    socket: &mut NftSocket,
-    ty: u16,
-    flags: u16,
-    attrs: &[u8],
-) -> Result<(Vec<Reply>, bool), NftError> {
-    let seq = socket.seq;
-    socket.seq = socket.seq.wrapping_add(1);
-    let mut buf = Vec::new();
-    put_msg(
-        &mut buf,
-        SUBSYS | ty,
-        NLM_F_REQUEST | flags,
-        seq,
-        FAMILY_INET,
-        [0, 0],
-        attrs,
-    );
-    socket.send_raw(&buf)?;
-    let dumping = flags & NLM_F_DUMP == NLM_F_DUMP;
-    let mut out = Vec::new();
-    let mut interrupted = false;
-    let mut rbuf = vec![0u8; 1 << 16];
-    loop {
-        let n = socket.recv_raw(&mut rbuf)?;
-        let mut off = 0;
-        while off + 16 <= n {
-            let len = u32::from_ne_bytes(rd4(&rbuf, off)) as usize;
-            let mty = u16::from_ne_bytes([rbuf[off + 4], rbuf[off + 5]]);
-            let mflags = u16::from_ne_bytes([rbuf[off + 6], rbuf[off + 7]]);
-            let mseq = u32::from_ne_bytes(rd4(&rbuf, off + 8));
-            if len < 16 || off + len > n {
-                return Err(NftError::Malformed(format!("message length {len}")));
-            }
-            if mseq == seq {
-                interrupted |= mflags & NLM_F_DUMP_INTR != 0;
-                match mty {
-                    NLMSG_DONE => return Ok((out, interrupted)),
-                    NLMSG_ERROR => {
-                        if len < 20 {
-                            return Err(NftError::Malformed("short NLMSG_ERROR".into()));
-                        }
-                        let err = i32::from_ne_bytes(rd4(&rbuf, off + 16));
-                        if err != 0 {
-                            return Err(NftError::Rejected {
-                                what: describe(ty),
-                                errno: -err,
-                            });
-                        }
-                        if !dumping {
-                            return Ok((out, interrupted));
-                        }
-                    }
-                    t if t >> 8 == SUBSYS >> 8 && len >= 20 => {
-                        out.push(Reply {
-                            ty: t & 0xff,
-                            attrs: rbuf[off + 20..off + len].to_vec(),
-                        });
-                        if !dumping {
-                            return Ok((out, interrupted));
-                        }
-                    }
-                    _ => {}
-                }
-            }
-            off += (len + 3) & !3;
-        }
-    }
-}
-
-fn describe(ty: u16) -> String {
-    match ty {
-        MSG_GETTABLE => "table query",
-        MSG_GETCHAIN => "chain listing",
-        MSG_GETRULE => "rule listing",
-        MSG_GETGEN => "generation query",
-        _ => "query",
-    }
-    .into()
-}
-
 fn generation(socket: &mut NftSocket) -> Result<u32, NftError> {
-    let (replies, _) = request(socket, MSG_GETGEN, 0, &[])?;
+    let (replies, _) = socket.request(msg::GETGEN, 0, &[])?;
     replies
         .iter()
-        .find(|r| r.ty == MSG_NEWGEN)
+        .find(|r| r.ty == msg::NEWGEN)
         .and_then(|r| attr(&r.attrs, 1))
         .and_then(be32)
         .ok_or_else(|| NftError::Malformed("generation reply without NFTA_GEN_ID".into()))
 }
 
 fn table_exists(socket: &mut NftSocket, table: &str) -> Result<bool, NftError> {
-    match request(socket, MSG_GETTABLE, 0, &name_attr(table)) {
-        Ok((replies, _)) => Ok(replies.iter().any(|r| r.ty == MSG_NEWTABLE)),
+    match socket.request(GETTABLE, 0, &name_attr(table)) {
+        Ok((replies, _)) => Ok(replies.iter().any(|r| r.ty == msg::NEWTABLE)),
         Err(NftError::Rejected { errno, .. }) if errno == libc::ENOENT => Ok(false),
         Err(e) => Err(e),
     }
@@ -228,7 +126,7 @@ fn table_exists(socket: &mut NftSocket, table: &str) -> Result<bool, NftError> {
 /// A dump of chains or rules, filtered by table (the kernel filters rules; chains are
 /// filtered when parsed).
 fn dump(socket: &mut NftSocket, ty: u16, table: &str) -> Result<(Vec<Reply>, bool), NftError> {
-    request(socket, ty, NLM_F_DUMP, &name_attr(table))
+    socket.request(ty, NLM_F_DUMP, &name_attr(table))
 }
 
 /// `NFTA_*_TABLE` (type 1 in table, chain and rule messages) holding `table`.
@@ -246,7 +144,7 @@ fn name_attr(table: &str) -> Vec<u8> {
 }
 
 fn parse_chain(m: &Reply, table: &str) -> Result<Option<ChainDump>, NftError> {
-    if m.ty != MSG_NEWCHAIN {
+    if m.ty != msg::NEWCHAIN {
         return Ok(None);
     }
     if attr(&m.attrs, 1).and_then(string).as_deref() != Some(table) {
@@ -268,7 +166,7 @@ fn parse_chain(m: &Reply, table: &str) -> Result<Option<ChainDump>, NftError> {
 }
 
 fn parse_rule(m: &Reply, table: &str) -> Result<Option<(String, RuleDump)>, NftError> {
-    if m.ty != MSG_NEWRULE {
+    if m.ty != msg::NEWRULE {
         return Ok(None);
     }
     if attr(&m.attrs, 1).and_then(string).as_deref() != Some(table) {
@@ -327,61 +225,6 @@ fn verdict(nested: &[u8]) -> Option<Verdict> {
     })
 }
 
-/// The comment of nftnl's rule user data: TLVs of (type u8, length u8, value), the comment
-/// being type 0, NUL-terminated.
-fn comment(udata: &[u8]) -> Option<String> {
-    let mut off = 0;
-    while off + 2 <= udata.len() {
-        let (ty, len) = (udata[off], udata[off + 1] as usize);
-        let value = udata.get(off + 2..off + 2 + len)?;
-        if ty == 0 {
-            let text = value.split(|b| *b == 0).next().unwrap_or(&[]);
-            return Some(String::from_utf8_lossy(text).into_owned());
-        }
-        off += 2 + len;
-    }
-    None
-}
-
-/// Netlink attributes as (type without the nested/byte-order flags, payload).
-fn attrs(buf: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
-    let mut off = 0;
-    std::iter::from_fn(move || {
-        if off + 4 > buf.len() {
-            return None;
-        }
-        let len = u16::from_ne_bytes([buf[off], buf[off + 1]]) as usize;
-        let ty = u16::from_ne_bytes([buf[off + 2], buf[off + 3]]) & 0x3fff;
-        if len < 4 || off + len > buf.len() {
-            return None;
-        }
-        let payload = &buf[off + 4..off + len];
-        off += (len + 3) & !3;
-        Some((ty, payload))
-    })
-}
-
-fn attr(buf: &[u8], ty: u16) -> Option<&[u8]> {
-    attrs(buf).find(|(t, _)| *t == ty).map(|(_, p)| p)
-}
-
-fn string(p: &[u8]) -> Option<String> {
-    let text = p.split(|b| *b == 0).next()?;
-    Some(String::from_utf8_lossy(text).into_owned())
-}
-
-fn be32(p: &[u8]) -> Option<u32> {
-    Some(u32::from_be_bytes(p.get(..4)?.try_into().ok()?))
-}
-
-fn be64(p: &[u8]) -> Option<u64> {
-    Some(u64::from_be_bytes(p.get(..8)?.try_into().ok()?))
-}
-
-fn rd4(b: &[u8], off: usize) -> [u8; 4] {
-    [b[off], b[off + 1], b[off + 2], b[off + 3]]
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -421,7 +264,7 @@ mod tests {
         ud.extend_from_slice(b"policy web\0");
         attrs.extend(nla(7, &ud));
         let m = Reply {
-            ty: MSG_NEWRULE,
+            ty: msg::NEWRULE,
             attrs,
         };
         let (chain, rule) = parse_rule(&m, "calico-rs").unwrap().unwrap();

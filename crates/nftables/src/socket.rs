@@ -7,6 +7,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use crate::batch::{Batch, NLM_F_REQUEST, msg, put_msg};
+use crate::netlink::{NLM_F_DUMP, Reply, attr, be32, be64, comment, rd4, string};
 
 /// What went wrong talking to nf_tables.
 #[derive(Debug, thiserror::Error)]
@@ -264,10 +265,6 @@ impl NftSocket {
     }
 }
 
-fn rd4(b: &[u8], off: usize) -> [u8; 4] {
-    [b[off], b[off + 1], b[off + 2], b[off + 3]]
-}
-
 /// A chain as the kernel lists it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ListedChain {
@@ -299,131 +296,27 @@ pub struct ListedSet {
 }
 
 /// Top-level attributes of one message: `(type without flags, payload)`.
-fn attrs_of(buf: &[u8]) -> Vec<(u16, &[u8])> {
-    let mut out = Vec::new();
-    let mut off = 0;
-    while off + 4 <= buf.len() {
-        let len = u16::from_ne_bytes([buf[off], buf[off + 1]]) as usize;
-        let ty = u16::from_ne_bytes([buf[off + 2], buf[off + 3]]) & 0x3fff;
-        if len < 4 || off + len > buf.len() {
-            break;
-        }
-        out.push((ty, &buf[off + 4..off + len]));
-        off += (len + 3) & !3;
-    }
-    out
-}
-
-fn attr_str(v: &[u8]) -> String {
-    String::from_utf8_lossy(v.split(|b| *b == 0).next().unwrap_or(&[])).into_owned()
-}
-
-fn attr_be32(v: &[u8]) -> u32 {
-    v.get(..4)
-        .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
-        .unwrap_or(0)
-}
-
-fn attr_be64(v: &[u8]) -> u64 {
-    v.get(..8)
-        .map(|b| u64::from_be_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]))
-        .unwrap_or(0)
-}
-
 impl NftSocket {
-    /// Dumps every object of one kind (`NFT_MSG_GET*` with `NLM_F_DUMP`) of the `inet`
-    /// family; returns each reply's attributes.
-    fn dump(&mut self, get: u16) -> Result<Vec<Vec<u8>>, NftError> {
-        self.dump_with(get, &[])
-    }
-
-    /// A dump whose request carries attributes (the kernel filters rule dumps by table and
-    /// chain).
-    fn dump_with(&mut self, get: u16, attrs: &[u8]) -> Result<Vec<Vec<u8>>, NftError> {
-        let seq = self.seq;
-        self.seq += 1;
-        let mut req = Vec::new();
-        // NLM_F_DUMP = NLM_F_ROOT | NLM_F_MATCH.
-        put_msg(
-            &mut req,
-            (10 << 8) | get,
-            NLM_F_REQUEST | 0x300,
-            seq,
-            1,
-            [0, 0],
-            attrs,
-        );
-        self.send_raw(&req)?;
-        let mut out = Vec::new();
-        let mut rbuf = vec![0u8; 1 << 20];
-        // Bounded: a dump ends with NLMSG_DONE; every recv is bounded by SO_RCVTIMEO.
-        for _ in 0..1_000_000 {
-            let n = self.recv_raw(&mut rbuf)?;
-            let mut off = 0;
-            while off + 16 <= n {
-                let len = u32::from_ne_bytes(rd4(&rbuf, off)) as usize;
-                let ty = u16::from_ne_bytes([rbuf[off + 4], rbuf[off + 5]]);
-                let mseq = u32::from_ne_bytes(rd4(&rbuf, off + 8));
-                if len < 16 || off + len > n {
-                    return Err(NftError::Malformed(format!("message length {len}")));
-                }
-                if mseq == seq {
-                    if ty == libc::NLMSG_DONE as u16 {
-                        return Ok(out);
-                    }
-                    if ty == libc::NLMSG_ERROR as u16 {
-                        let err = i32::from_ne_bytes(rd4(&rbuf, off + 16));
-                        if err != 0 {
-                            return Err(NftError::Rejected {
-                                what: format!("dump of message type {get}"),
-                                errno: -err,
-                            });
-                        }
-                    } else if len >= 20 {
-                        out.push(rbuf[off + 20..off + len].to_vec());
-                    }
-                }
-                off += (len + 3) & !3;
-            }
-        }
-        Err(NftError::Malformed("dump did not end".into()))
+    /// Every reply of a dump of one kind of object (`NFT_MSG_GET*`) of the `inet` family.
+    fn dump(&mut self, get: u16, attrs: &[u8]) -> Result<Vec<Reply>, NftError> {
+        Ok(self.request(get, NLM_F_DUMP, attrs)?.0)
     }
 
     /// Every chain of the `inet` family (all tables; filter by [`ListedChain::table`]).
     pub fn list_chains(&mut self) -> Result<Vec<ListedChain>, NftError> {
         Ok(self
-            .dump(msg::GETCHAIN)?
+            .dump(msg::GETCHAIN, &[])?
             .iter()
-            .map(|m| {
-                let mut c = ListedChain {
-                    table: String::new(),
-                    name: String::new(),
-                    handle: 0,
-                    hook: None,
-                    policy: None,
-                };
-                for (ty, v) in attrs_of(m) {
-                    match ty {
-                        1 => c.table = attr_str(v),
-                        2 => c.handle = attr_be64(v),
-                        3 => c.name = attr_str(v),
-                        4 => {
-                            let mut num = 0;
-                            let mut prio = 0;
-                            for (t, x) in attrs_of(v) {
-                                match t {
-                                    1 => num = attr_be32(x),
-                                    2 => prio = attr_be32(x) as i32,
-                                    _ => {}
-                                }
-                            }
-                            c.hook = Some((num, prio));
-                        }
-                        5 => c.policy = Some(attr_be32(v)),
-                        _ => {}
-                    }
-                }
-                c
+            .map(|m| ListedChain {
+                table: attr(&m.attrs, 1).and_then(string).unwrap_or_default(),
+                handle: attr(&m.attrs, 2).and_then(be64).unwrap_or(0),
+                name: attr(&m.attrs, 3).and_then(string).unwrap_or_default(),
+                hook: attr(&m.attrs, 4).map(|hook| {
+                    let num = attr(hook, 1).and_then(be32).unwrap_or(0);
+                    let prio = attr(hook, 2).and_then(be32).unwrap_or(0) as i32;
+                    (num, prio)
+                }),
+                policy: attr(&m.attrs, 5).and_then(be32),
             })
             .collect())
     }
@@ -431,27 +324,17 @@ impl NftSocket {
     /// Every set of the `inet` family.
     pub fn list_sets(&mut self) -> Result<Vec<ListedSet>, NftError> {
         Ok(self
-            .dump(msg::GETSET)?
+            .dump(msg::GETSET, &[])?
             .iter()
             .map(|m| {
-                let mut s = ListedSet {
-                    table: String::new(),
-                    name: String::new(),
-                    flags: 0,
-                    key_type: 0,
-                    key_len: 0,
-                };
-                for (ty, v) in attrs_of(m) {
-                    match ty {
-                        1 => s.table = attr_str(v),
-                        2 => s.name = attr_str(v),
-                        3 => s.flags = attr_be32(v),
-                        4 => s.key_type = attr_be32(v),
-                        5 => s.key_len = attr_be32(v),
-                        _ => {}
-                    }
+                let field = |ty| attr(&m.attrs, ty).and_then(be32).unwrap_or(0);
+                ListedSet {
+                    table: attr(&m.attrs, 1).and_then(string).unwrap_or_default(),
+                    name: attr(&m.attrs, 2).and_then(string).unwrap_or_default(),
+                    flags: field(3),
+                    key_type: field(4),
+                    key_len: field(5),
                 }
-                s
             })
             .collect())
     }
@@ -470,25 +353,11 @@ impl NftSocket {
                 req.push(0);
             }
         }
-        let mut out = Vec::new();
-        for m in self.dump_with(msg::GETRULE, &req)? {
-            let mut comment = None;
-            let mut in_chain = false;
-            for (ty, v) in attrs_of(&m) {
-                match ty {
-                    2 => in_chain = attr_str(v) == chain,
-                    // nftnl user data: TLV, type 0 is the comment.
-                    7 if v.len() >= 2 && v[0] == 0 => {
-                        let l = (v[1] as usize).min(v.len() - 2);
-                        comment = Some(attr_str(&v[2..2 + l]));
-                    }
-                    _ => {}
-                }
-            }
-            if in_chain && let Some(c) = comment {
-                out.push(c);
-            }
-        }
-        Ok(out)
+        Ok(self
+            .dump(msg::GETRULE, &req)?
+            .iter()
+            .filter(|m| attr(&m.attrs, 2).and_then(string).as_deref() == Some(chain))
+            .filter_map(|m| attr(&m.attrs, 7).and_then(comment))
+            .collect())
     }
 }

@@ -242,7 +242,11 @@ pub fn diff(from: &Applied, to: &TableSpec) -> Vec<Op> {
         .filter(|(n, c)| to.chains.get(*n).is_some_and(|t| t.spec != c.spec))
         .map(|(n, _)| n.as_str())
         .collect();
-    // Chains whose rules are (re)written: new, changed, or referring to a re-created set.
+    // A map element jumping to a re-created chain pins it: such elements are removed before
+    // the chain is deleted and added again after it is re-created.
+    let pins_rechained = |e: &SetElem| matches!(&e.verdict, Some(Verdict::Jump(c) | Verdict::Goto(c)) if rechained.contains(c.as_str()));
+    // Chains whose rules are (re)written: new, changed, or referring to a re-created set or
+    // chain (their references must be dropped before it is deleted).
     let rewritten = |name: &str, c: &Arc<ChainState>| -> bool {
         match old.chains.get(name) {
             None => true,
@@ -250,9 +254,10 @@ pub fn diff(from: &Applied, to: &TableSpec) -> Vec<Op> {
                 adopted
                     || (!Arc::ptr_eq(o, c) && o.rules != c.rules)
                     || o.spec != c.spec
-                    || c.rules
-                        .iter()
-                        .any(|r| r.set_refs().any(|s| recreated.contains(s)))
+                    || c.rules.iter().any(|r| {
+                        r.set_refs().any(|s| recreated.contains(s))
+                            || r.chain_refs().any(|x| rechained.contains(x))
+                    })
             }
         }
     };
@@ -279,12 +284,15 @@ pub fn diff(from: &Applied, to: &TableSpec) -> Vec<Op> {
             continue;
         }
         if s.spec.interval {
-            continue; // flushed and refilled in step 3
+            if s.elems.iter().any(pins_rechained) {
+                ops.push(Op::FlushSet(name.clone()));
+            }
+            continue; // refilled in step 3
         }
         let gone: Vec<SetElem> = s
             .elems
             .iter()
-            .filter(|e| !t.elems.contains(e))
+            .filter(|e| !t.elems.contains(e) || pins_rechained(e))
             .cloned()
             .collect();
         if !gone.is_empty() {
@@ -316,7 +324,8 @@ pub fn diff(from: &Applied, to: &TableSpec) -> Vec<Op> {
     for (name, s) in &to.sets {
         match old.sets.get(name) {
             Some(o) if o.spec == s.spec && !adopted => {
-                if Arc::ptr_eq(o, s) || o.elems == s.elems {
+                let pinned = s.elems.iter().any(pins_rechained);
+                if (Arc::ptr_eq(o, s) || o.elems == s.elems) && !pinned {
                     continue;
                 }
                 if s.spec.interval {
@@ -326,7 +335,7 @@ pub fn diff(from: &Applied, to: &TableSpec) -> Vec<Op> {
                     let new: Vec<SetElem> = s
                         .elems
                         .iter()
-                        .filter(|e| !o.elems.contains(e))
+                        .filter(|e| !o.elems.contains(e) || pins_rechained(e))
                         .cloned()
                         .collect();
                     push_elems(&mut ops, name, new);
