@@ -2,7 +2,7 @@
 //!
 //! - [`codec`]: bytes <-> messages, with typed decode errors that map to NOTIFICATIONs.
 //! - [`fsm`]: the RFC 4271 state machine as `handle(input) -> Vec<Output>`, no I/O.
-//! - [`rib`]: paths, best-path selection, import/export filters and iBGP/eBGP export rules.
+//! - [`rib`]: paths, best-path selection and iBGP/eBGP export rules.
 //! - [`speaker`]: the tokio service the node agent drives with a desired-state config.
 //! - [`sockopt`]: TCP-MD5 and GTSM socket options.
 //!

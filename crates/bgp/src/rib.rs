@@ -1,5 +1,6 @@
 //! Routing information as plain data: normalized path attributes, the Loc-RIB with best-path
-//! selection, import/export filters, and the iBGP/eBGP/route-reflector export rules.
+//! selection, and the iBGP/eBGP/route-reflector export rules (import/export policy is
+//! `speaker::PolicyRule`).
 //! Nothing here does I/O; the speaker calls these functions from its core loop.
 
 use std::borrow::Borrow;
@@ -558,56 +559,6 @@ pub enum Action {
     Reject,
 }
 
-/// One filter rule: matches prefixes inside `cidr` (if set) whose length lies in
-/// `[min_len, max_len]` (defaults: the CIDR's own length for `min_len`, the family maximum for
-/// `max_len`), and only the given family when `cidr` is unset and `family_v6` is set.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct FilterRule {
-    #[serde(default)]
-    pub cidr: Option<IpNet>,
-    #[serde(default)]
-    pub min_len: Option<u8>,
-    #[serde(default)]
-    pub max_len: Option<u8>,
-    /// Without a CIDR: match only IPv6 (`Some(true)`) or only IPv4 (`Some(false)`).
-    #[serde(default)]
-    pub family_v6: Option<bool>,
-    pub action: Action,
-}
-
-impl FilterRule {
-    pub fn matches(&self, prefix: &IpNet) -> bool {
-        let is_v6 = matches!(prefix, IpNet::V6(_));
-        if let Some(v6) = self.family_v6
-            && v6 != is_v6
-        {
-            return false;
-        }
-        let base_len = match &self.cidr {
-            Some(c) => {
-                if !c.contains(prefix) {
-                    return false;
-                }
-                c.prefix_len()
-            }
-            None => 0,
-        };
-        let max = if is_v6 { 128 } else { 32 };
-        let len = prefix.prefix_len();
-        len >= self.min_len.unwrap_or(base_len) && len <= self.max_len.unwrap_or(max)
-    }
-}
-
-/// An ordered rule list; the first match decides, and no match accepts (Calico's BGPFilter
-/// semantics: rules only restrict).
-pub fn filter_allows(rules: &[FilterRule], prefix: &IpNet) -> bool {
-    rules
-        .iter()
-        .find(|r| r.matches(prefix))
-        .is_none_or(|r| r.action == Action::Accept)
-}
-
 /// What the export rules need to know about the receiving peer.
 #[derive(Debug, Clone)]
 pub struct ExportPeer {
@@ -803,42 +754,6 @@ mod tests {
         let ch = rib.remove_where(peer("10.0.0.1"), |_, p| p.stale);
         assert_eq!(ch.len(), 1);
         assert!(rib.best(&pfx).is_none());
-    }
-
-    #[test]
-    fn filters_first_match_wins() {
-        let rules = vec![
-            FilterRule {
-                cidr: Some("10.0.0.0/8".parse().unwrap()),
-                min_len: None,
-                max_len: Some(24),
-                family_v6: None,
-                action: Action::Accept,
-            },
-            FilterRule {
-                cidr: Some("10.0.0.0/8".parse().unwrap()),
-                min_len: None,
-                max_len: None,
-                family_v6: None,
-                action: Action::Reject,
-            },
-        ];
-        assert!(filter_allows(&rules, &"10.1.0.0/16".parse().unwrap()));
-        assert!(!filter_allows(&rules, &"10.1.0.0/26".parse().unwrap()));
-        assert!(
-            filter_allows(&rules, &"192.168.0.0/26".parse().unwrap()),
-            "no match accepts"
-        );
-        let v6only = FilterRule {
-            cidr: None,
-            min_len: Some(64),
-            max_len: None,
-            family_v6: Some(true),
-            action: Action::Reject,
-        };
-        assert!(!v6only.matches(&"10.0.0.0/24".parse().unwrap()));
-        assert!(v6only.matches(&"fd00::/64".parse().unwrap()));
-        assert!(!v6only.matches(&"fd00::/48".parse().unwrap()));
     }
 
     fn ctx(rr: bool) -> ExportCtx {

@@ -41,9 +41,7 @@ use crate::codec::{
     Notification, RefreshSubtype, RouteRefresh, Update, notif,
 };
 use crate::fsm::{self, DownReason, Fsm, FsmConfig, Input, Negotiated, Output, State, Timer};
-use crate::rib::{
-    self, Action, ExportCtx, ExportPeer, FilterRule, LocRib, Path, PathAttrs, Source,
-};
+use crate::rib::{self, Action, ExportCtx, ExportPeer, LocRib, Path, PathAttrs, Source};
 use crate::sockopt;
 
 /// What the agent wants the speaker to do. Every call to [`Speaker::set_config`] replaces the
@@ -132,8 +130,7 @@ pub enum RouteOperation {
 /// condition that is set holds; in an ordered list the first matching rule decides, its
 /// operations apply when it accepts, and a route no rule matches is accepted.
 ///
-/// The JSON form of a plain [`FilterRule`] (`cidr`, `minLen`, `maxLen`, `familyV6`, `action`)
-/// is a valid `PolicyRule`.
+/// In JSON only `action` is required (`cidr`, `minLen`, `maxLen`, `familyV6`, … default).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PolicyRule {
@@ -167,34 +164,21 @@ pub struct PolicyRule {
     pub operations: Vec<RouteOperation>,
 }
 
-impl From<FilterRule> for PolicyRule {
-    fn from(r: FilterRule) -> PolicyRule {
-        PolicyRule {
-            cidr: r.cidr,
-            min_len: r.min_len,
-            max_len: r.max_len,
-            negate: false,
-            family_v6: r.family_v6,
-            remote_peers_only: false,
-            community: None,
-            as_path_prefix: Vec::new(),
-            action: r.action,
-            operations: Vec::new(),
-        }
-    }
-}
-
 impl PolicyRule {
     /// A rule that decides every route of one family (or of both, with `None`).
     pub fn all(action: Action, family_v6: Option<bool>) -> PolicyRule {
-        FilterRule {
+        PolicyRule {
             cidr: None,
             min_len: None,
             max_len: None,
+            negate: false,
             family_v6,
+            remote_peers_only: false,
+            community: None,
+            as_path_prefix: Vec::new(),
             action,
+            operations: Vec::new(),
         }
-        .into()
     }
 
     fn cidr_matches(&self, prefix: &IpNet) -> bool {
@@ -2189,6 +2173,34 @@ mod tests {
         })
     }
 
+    #[test]
+    fn prefix_rules_first_match_wins_and_no_match_accepts() {
+        let a = attrs_with(|_| {});
+        let src = Source::Local;
+        let ten: IpNet = "10.0.0.0/8".parse().unwrap();
+        let rules = vec![
+            PolicyRule {
+                cidr: Some(ten),
+                max_len: Some(24),
+                ..PolicyRule::all(Action::Accept, None)
+            },
+            PolicyRule {
+                cidr: Some(ten),
+                ..PolicyRule::all(Action::Reject, None)
+            },
+        ];
+        let allowed = |p: &str| apply_policy(&rules, &p.parse().unwrap(), &a, src).is_some();
+        assert!(allowed("10.1.0.0/16"));
+        assert!(!allowed("10.1.0.0/26"));
+        assert!(allowed("192.168.0.0/26"), "no match accepts");
+        let v6only = PolicyRule {
+            min_len: Some(64),
+            ..PolicyRule::all(Action::Reject, Some(true))
+        };
+        assert!(!v6only.matches(&"10.0.0.0/24".parse().unwrap(), &a, src));
+        assert!(v6only.matches(&"fd00::/64".parse().unwrap(), &a, src));
+    }
+
     proptest::proptest! {
         /// NotIn (negate) is exactly the complement of In for prefixes of the rule's family,
         /// whatever the prefix-length bounds.
@@ -2202,9 +2214,10 @@ mod tests {
             let n = PolicyRule { negate: true, ..r.clone() };
             let src = Source::Local;
             proptest::prop_assert_ne!(r.matches(&p, &a, src), n.matches(&p, &a, src));
-            // And agrees with the plain filter rule of rib.rs for the positive case.
-            let plain = FilterRule { cidr: Some(cidr), min_len: min, max_len: max, family_v6: None, action: Action::Reject };
-            proptest::prop_assert_eq!(r.matches(&p, &a, src), plain.matches(&p));
+            // And agrees with a direct reading of the prefix condition for the positive case.
+            let len = p.prefix_len();
+            let direct = cidr.contains(&p) && len >= min.unwrap_or(cidr.prefix_len()) && len <= max.unwrap_or(32);
+            proptest::prop_assert_eq!(r.matches(&p, &a, src), direct);
         }
 
         /// The first matching rule decides; with no match the route is accepted unchanged.
