@@ -14,6 +14,7 @@
 //! - [`ipam_gc`]: IPAM garbage collection (leaked pod addresses, deleted nodes) and pool usage;
 //! - [`pool_status`]: IPPools' allocated/free address counts on the Kubernetes objects;
 //! - [`bgppeer_status`]: BGPPeers' per-node session state, from the CalicoNodeStatus in etcd;
+//! - [`reflect`]: etcd-only objects (calicoctl's, Docker hosts') as read-only Kubernetes copies;
 //! - [`watch`]: watch-driven, level-triggered sync loops (with a slow resync);
 //! - [`leader`]: leader election on a coordination.k8s.io Lease;
 //! - [`health`]: /healthz, /readyz and /metrics;
@@ -22,7 +23,8 @@
 //! Reconciled kinds: IPPool, BGPPeer, BGPConfiguration, BGPFilter, Tier, NetworkPolicy,
 //! GlobalNetworkPolicy.
 //!
-//! Not done yet (issue 8): reflecting etcd-only objects back.
+//! Not done yet (issue 8): Docker hosts' Nodes and WorkloadEndpoints are not reflected into
+//! Kubernetes (no projectcalico.org/v3 CRD exists for them).
 
 pub mod bgppeer_status;
 pub mod health;
@@ -36,6 +38,7 @@ pub mod pods;
 pub mod pool_status;
 pub mod profiles;
 pub mod reconcile;
+pub mod reflect;
 pub mod run;
 pub mod status;
 pub mod watch;
@@ -51,3 +54,5 @@ pub const FINALIZER: &str = "projectcalico.org/etcd-mirror";
 pub const OWNER_ANNOTATION: &str = "projectcalico.org/owner";
 /// Value of [`OWNER_ANNOTATION`] for objects mirrored from Kubernetes.
 pub const OWNER_KUBERNETES: &str = "kubernetes";
+/// Value of [`OWNER_ANNOTATION`] on Kubernetes objects reflected from etcd (read-only there).
+pub const OWNER_ETCD: &str = "etcd";

@@ -68,6 +68,11 @@ pub async fn reconcile<K: MirroredKind>(
     obj: Arc<K>,
     ctx: Arc<Context>,
 ) -> Result<Action, ReconcileError> {
+    // A read-only reflection of an etcd object (reflect.rs): never mirrored back into etcd,
+    // never given a finalizer or a status, so the two directions cannot ping-pong.
+    if crate::reflect::owned_by_etcd(meta(&*obj)) {
+        return Ok(Action::await_change());
+    }
     ctx.metrics.reconcile_started(K::KIND);
     let name = name_of(&*obj);
     let api = K::api(ctx.client.clone(), meta(&*obj).namespace.as_deref());

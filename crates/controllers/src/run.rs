@@ -23,7 +23,7 @@ use crate::leader::{LeaseLock, keep_renewing};
 use crate::mirror::EtcdMirror;
 use crate::reconcile::{Context, error_policy, reconcile};
 use crate::watch::{self as watch_sync, Trigger};
-use crate::{ipam_gc, knp, nodes, pods, pool_status, profiles};
+use crate::{ipam_gc, knp, nodes, pods, pool_status, profiles, reflect};
 
 /// Settings read from the environment by the binary.
 #[derive(Clone, Debug)]
@@ -129,8 +129,9 @@ pub async fn run(
         lost_rx.clone(),
     );
     let sessions = crate::bgppeer_status::run_loop(ctx.clone(), lost_rx.clone());
+    let reflections = reflect::run_loop(ctx.clone(), reflected_kinds(), lost_rx.clone());
     tokio::select! {
-        _ = futures::future::join3(controllers, inputs, sessions) => {}
+        _ = futures::future::join4(controllers, inputs, sessions, reflections) => {}
         r = server => {
             let source = match r {
                 Ok(Ok(())) => std::io::Error::other("server stopped"),
@@ -143,6 +144,19 @@ pub async fn run(
     renewer.abort();
     metrics.set_leader(false);
     Err(RunError::LostLease(settings.lease_name))
+}
+
+/// The kinds whose etcd-only objects are reflected into Kubernetes: the cluster-scoped
+/// reconciled kinds (NetworkPolicy is left out, see [`reflect`]).
+pub fn reflected_kinds() -> Vec<reflect::SyncFn> {
+    vec![
+        reflect::sync_fn::<IPPool>(),
+        reflect::sync_fn::<BGPPeer>(),
+        reflect::sync_fn::<BGPConfiguration>(),
+        reflect::sync_fn::<BGPFilter>(),
+        reflect::sync_fn::<Tier>(),
+        reflect::sync_fn::<GlobalNetworkPolicy>(),
+    ]
 }
 
 /// One controller over all objects of `K`, stopping when `lost` turns true.
