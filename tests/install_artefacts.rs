@@ -190,8 +190,8 @@ fn default_render_has_every_object_and_passes_kubernetes_validate() {
         ("RoleBinding", 1),
         ("ServiceAccount", 2),
         ("Service", 1),
-        ("ValidatingAdmissionPolicy", 2),
-        ("ValidatingAdmissionPolicyBinding", 2),
+        ("ValidatingAdmissionPolicy", 3),
+        ("ValidatingAdmissionPolicyBinding", 3),
         ("Pod", 2), // helm test hooks
     ] {
         assert_eq!(k.get(kind), Some(&n), "{kind} count in {k:?}");
