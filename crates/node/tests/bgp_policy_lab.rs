@@ -14,191 +14,18 @@
 //! Needs root, gobgpd, and the binaries `target/debug/calico-node` and `target/debug/calicoctl`
 //! (`cargo build -p calico-rs --bin calico-node --bin calicoctl`).
 
-use std::collections::BTreeSet;
-use std::net::IpAddr;
-use std::path::PathBuf;
-use std::process::Command;
-use std::time::{Duration, Instant};
+mod cluster_support;
+use cluster_support::*;
 
-use calico_datastore::{Datastore, EtcdClient, EtcdConfig};
-use calico_ipam::{AutoAssignArgs, Ipam};
-use calico_lab::etcd::{Etcd, EtcdOptions};
-use calico_lab::{Host, Lab, ProcessGuard};
+use std::net::IpAddr;
+use std::process::Command;
+use std::time::Duration;
+
+use calico_datastore::Datastore;
+use calico_lab::{Host, ProcessGuard};
 use serde_json::Value;
 
-const POOL: &str = "10.65.0.0/16";
-const WAIT: Duration = Duration::from_secs(30);
-
-fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target"))
-}
-
-fn binary(name: &str) -> PathBuf {
-    let bin = target_dir().join("debug").join(name);
-    assert!(
-        bin.is_file(),
-        "{} is not built: cargo build -p calico-rs --bin calico-node --bin calicoctl",
-        bin.display()
-    );
-    bin
-}
-
-/// Polls `f` every 100 ms until it returns `Some` or `timeout` passes.
-fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return Some(v);
-        }
-        if Instant::now() >= deadline {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-struct Node {
-    // Declared first: the agent is killed before anything else of the node is dropped.
-    agent: Option<ProcessGuard>,
-    host: Host,
-    name: String,
-    run_dir: PathBuf,
-}
-
-/// The lab, etcd and the nodes. Field order is drop order: agents, then etcd, then the lab.
-struct Cluster {
-    nodes: Vec<Node>,
-    etcd: Etcd,
-    etcd_host: Host,
-    lab: Lab,
-}
-
 impl Cluster {
-    fn new(n: usize) -> Cluster {
-        let lab = Lab::new().expect("lab");
-        let etcd_host = lab.add_host("etcd", "192.168.33.2/24").expect("etcd host");
-        let etcd = Etcd::start(EtcdOptions::in_netns(
-            etcd_host.netns_path(),
-            etcd_host.ip(),
-        ))
-        .expect("etcd");
-        let nodes = (1..=n)
-            .map(|i| {
-                let name = format!("node{i}");
-                let host = lab
-                    .add_host(&name, &format!("192.168.33.{}/24", 10 + i))
-                    .expect("host");
-                let run_dir = lab.dir().join(format!("{name}-run"));
-                Node {
-                    agent: None,
-                    host,
-                    name,
-                    run_dir,
-                }
-            })
-            .collect();
-        Cluster {
-            nodes,
-            etcd,
-            etcd_host,
-            lab,
-        }
-    }
-
-    fn node(&self, i: usize) -> &Node {
-        &self.nodes[i - 1]
-    }
-
-    fn ip(&self, i: usize) -> IpAddr {
-        self.node(i).host.ip()
-    }
-
-    /// Starts node `i`'s agent and waits for its start-up line.
-    fn start_agent(&mut self, i: usize) {
-        let endpoint = self.etcd.endpoint();
-        let node = &mut self.nodes[i - 1];
-        let mut cmd = Command::new(binary("calico-node"));
-        cmd.env_clear()
-            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-            .env("NODENAME", &node.name)
-            .env("DATASTORE_TYPE", "etcdv3")
-            .env("ETCD_ENDPOINTS", &endpoint)
-            .env("IP", format!("{}/24", node.host.ip()))
-            .env("IP6", "none")
-            .env("CALICO_NETWORKING_BACKEND", "bird")
-            .env("CALICO_IPV4POOL_CIDR", POOL)
-            .env("FELIX_IPV6SUPPORT", "false")
-            .env("CALICO_RUN_DIR", &node.run_dir)
-            .env("CALICO_STATE_DIR", node.run_dir.join("lib"))
-            .env("CALICO_LOG_LEVEL", "info");
-        let guard = node
-            .host
-            .spawn(cmd, "calico-node")
-            .expect("spawn calico-node");
-        let log_path = node.host.log_path("calico-node");
-        node.agent = Some(guard);
-        let started = wait_for(WAIT, || {
-            std::fs::read_to_string(&log_path)
-                .ok()
-                .filter(|l| l.contains("Calico node started successfully"))
-        });
-        assert!(
-            started.is_some(),
-            "{} did not start:\n{}",
-            node.name,
-            std::fs::read_to_string(&log_path).unwrap_or_default()
-        );
-    }
-
-    fn agent_log(&self, i: usize) -> String {
-        self.node(i)
-            .agent
-            .as_ref()
-            .map(|a| a.log())
-            .unwrap_or_default()
-    }
-
-    /// Runs `f` with a datastore and IPAM client, inside the etcd host's namespace.
-    fn with_datastore<R: Send>(&self, f: impl AsyncFnOnce(&Datastore, &Ipam) -> R + Send) -> R {
-        let endpoint = self.etcd.endpoint();
-        self.etcd_host
-            .run_async(move || async move {
-                let kv = EtcdClient::connect(&EtcdConfig::new([endpoint]))
-                    .await
-                    .expect("etcd client");
-                let ds = Datastore::from_etcd(kv.clone());
-                let ipam = Ipam::new(kv);
-                f(&ds, &ipam).await
-            })
-            .expect("run in the etcd namespace")
-    }
-
-    /// Allocates one address on `node` so that it claims a block; returns the block.
-    fn allocate(&self, node: &str) -> String {
-        let node = node.to_string();
-        self.with_datastore(async move |_, ipam: &Ipam| {
-            let got = ipam
-                .auto_assign(AutoAssignArgs {
-                    num_v4: 1,
-                    handle_id: Some(format!("wl-{node}")),
-                    hostname: node.clone(),
-                    ..Default::default()
-                })
-                .await
-                .expect("auto_assign");
-            let ip = got.v4[0];
-            let blocks = ipam.host_affinities(&node).await.expect("affinities");
-            blocks
-                .iter()
-                .map(|(b, _)| *b)
-                .find(|b| b.contains(&ip))
-                .expect("the address is in a block affine to the node")
-                .to_string()
-        })
-    }
-
     /// Applies Calico YAML documents (BGPConfiguration, BGPPeer, BGPFilter).
     fn apply_yaml(&self, docs: &[&str]) {
         let docs: Vec<String> = docs.iter().map(|d| d.to_string()).collect();
@@ -249,33 +76,6 @@ impl Cluster {
         })
     }
 
-    /// `calicoctl ARGS` against the cluster's etcd, from inside the etcd host's namespace.
-    fn calicoctl(&self, args: &[&str]) -> String {
-        let endpoints = format!("ETCD_ENDPOINTS={}", self.etcd.endpoint());
-        let ctl = binary("calicoctl").display().to_string();
-        let mut argv = vec!["env", "DATASTORE_TYPE=etcdv3", &endpoints, &ctl];
-        argv.extend_from_slice(args);
-        let out = self.etcd_host.exec(&argv).expect("calicoctl");
-        assert!(
-            out.status.success(),
-            "calicoctl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    /// `calicoctl node status` on node `i` (through its run directory).
-    fn node_status(&self, i: usize) -> String {
-        let node = self.node(i);
-        let run_dir = format!("CALICO_RUN_DIR={}", node.run_dir.display());
-        let ctl = binary("calicoctl").display().to_string();
-        let out = node
-            .host
-            .exec(&["env", &run_dir, &ctl, "node", "status"])
-            .expect("calicoctl node status");
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
     /// Waits until node `i`'s status table has exactly one row per address in `peers`, each
     /// Established with the given peer type.
     fn wait_sessions(&self, i: usize, peers: &[(IpAddr, &str)]) {
@@ -302,38 +102,6 @@ impl Cluster {
             self.agent_log(i)
         );
     }
-
-    fn routes(&self, i: usize) -> BTreeSet<String> {
-        routes_of(&self.node(i).host)
-    }
-
-    /// Waits until node `i`'s `ip -4 route` holds every line of `want` and none of `gone`.
-    fn wait_routes(&self, i: usize, want: &[String], gone: &[String]) {
-        let ok = wait_for(WAIT, || {
-            let r = self.routes(i);
-            (want.iter().all(|w| r.contains(w)) && gone.iter().all(|g| !r.contains(g)))
-                .then_some(())
-        });
-        assert!(
-            ok.is_some(),
-            "node{i}: wanted {want:?} and not {gone:?}, have {:?}\nlog:\n{}",
-            self.routes(i),
-            self.agent_log(i)
-        );
-    }
-}
-
-fn routes_of(host: &Host) -> BTreeSet<String> {
-    let out = host.exec(&["ip", "-4", "route", "show"]).expect("ip route");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| l.trim().to_string())
-        .filter(|l| !l.is_empty())
-        .collect()
-}
-
-fn via(block: &str, peer: IpAddr) -> String {
-    format!("{block} via {peer} dev eth1 proto bird")
 }
 
 const NO_MESH: &str = "apiVersion: projectcalico.org/v3
@@ -410,8 +178,8 @@ spec:
 
     // Clients learn each other's blocks through the reflector, with the originating client as
     // next hop.
-    let block2 = c.allocate("node2");
-    let block3 = c.allocate("node3");
+    let block2 = c.allocate("node2").1;
+    let block3 = c.allocate("node3").1;
     c.wait_routes(3, &[via(&block2, c.ip(2))], &[]);
     c.wait_routes(2, &[via(&block3, c.ip(3))], &[]);
     c.wait_routes(1, &[via(&block2, c.ip(2)), via(&block3, c.ip(3))], &[]);
@@ -546,7 +314,7 @@ spec:
   filters: [edge]
 ",
     ]);
-    let block = c.allocate("node1");
+    let block = c.allocate("node1").1;
 
     // Import: GoBGP's route inside 10.13.0.0/16 is installed, the one outside is not.
     c.wait_routes(
