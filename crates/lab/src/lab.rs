@@ -330,6 +330,64 @@ impl Lab {
         })
     }
 
+    /// A workload namespace `name` behind a veth on `node`, plumbed as Calico's CNI plugin
+    /// does it for IPv4: host side `cali<name>` with proxy ARP, workload side `eth0` with
+    /// `ip`/32 and a default route via 169.254.1.1. Declaring its WorkloadEndpoint is the
+    /// test's business, and so are the node's side of routing, as calico-node does it: IPv4
+    /// forwarding (proxy ARP answers only on a forwarding node) and the /32 route to the veth.
+    /// The veth goes with the namespace.
+    pub fn add_workload(
+        &self,
+        node: &Host,
+        name: &str,
+        ip: std::net::Ipv4Addr,
+    ) -> Result<Host, LabError> {
+        let wl = self.add_namespace(name)?;
+        let iface = format!("cali{name}");
+        node.exec_ok(&[
+            "ip",
+            "link",
+            "add",
+            &iface,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            wl.netns(),
+        ])?;
+        node.exec_ok(&[
+            "sysctl",
+            "-qw",
+            &format!("net.ipv4.conf.{iface}.proxy_arp=1"),
+        ])?;
+        node.exec_ok(&["ip", "link", "set", &iface, "up"])?;
+        wl.exec_ok(&["ip", "addr", "add", &format!("{ip}/32"), "dev", "eth0"])?;
+        wl.exec_ok(&["ip", "link", "set", "eth0", "up"])?;
+        wl.exec_ok(&[
+            "ip",
+            "route",
+            "add",
+            "169.254.1.1",
+            "dev",
+            "eth0",
+            "scope",
+            "link",
+        ])?;
+        wl.exec_ok(&[
+            "ip",
+            "route",
+            "add",
+            "default",
+            "via",
+            "169.254.1.1",
+            "dev",
+            "eth0",
+        ])?;
+        Ok(wl)
+    }
+
     /// A handle on host `name` of this lab (it must have been added).
     pub fn host(&self, name: &str) -> Option<Host> {
         let netns = format!("{}-{name}", self.id);

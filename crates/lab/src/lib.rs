@@ -8,6 +8,7 @@
 //! - [`process`]: children that die with their owner (`PR_SET_PDEATHSIG`) and are killed on drop.
 //! - [`seed`]: the seed's lab with stable names (`calico-lab up/down/status/shell`).
 //! - [`netns`]: run a closure or a future inside any network namespace.
+//! - [`TcpServers`], [`Host::tcp_probe`]: one-byte TCP servers and probes for policy tests.
 
 pub mod etcd;
 pub mod lab;
@@ -16,8 +17,10 @@ pub mod process;
 pub mod seed;
 mod signals;
 pub mod state;
+mod tcp;
 
 pub use etcd::{Etcd, EtcdCluster, EtcdError, EtcdOptions, TlsFiles};
 pub use lab::{Host, Lab, LabError, teardown};
 pub use process::{ProcessError, ProcessGuard, SpawnOptions};
 pub use state::{RunRecord, sweep};
+pub use tcp::TcpServers;

@@ -353,3 +353,45 @@ fn a_panicking_test_still_tears_its_lab_down() {
         assert!(!netns_exists(ns), "{ns} survived a panic");
     }
 }
+
+#[test]
+fn a_plumbed_workload_serves_tcp_to_its_node_until_the_servers_drop() {
+    let lab = Lab::new().expect("lab");
+    let node = lab.add_host("node1", "192.168.33.11/24").expect("node1");
+    let wl = lab
+        .add_workload(&node, "wl1", "10.65.0.5".parse().unwrap())
+        .expect("workload");
+    let route = wl
+        .exec_ok(&["ip", "-4", "route", "show", "default"])
+        .unwrap();
+    assert!(route.contains("via 169.254.1.1 dev eth0"), "{route}");
+    // What calico-node does on a real node: forwarding on (proxy ARP answers only then) and
+    // the /32 route to the workload's veth.
+    node.exec_ok(&["sysctl", "-qw", "net.ipv4.ip_forward=1"])
+        .unwrap();
+    node.exec_ok(&["ip", "route", "add", "10.65.0.5/32", "dev", "caliwl1"])
+        .unwrap();
+    // Proxy ARP answers after up to proxy_delay (0.8 s): the first ping pays it.
+    assert!(
+        node.wait_ping("10.65.0.5", Duration::from_secs(10))
+            .unwrap()
+    );
+    let dst = |port| std::net::SocketAddr::new("10.65.0.5".parse().unwrap(), port);
+    let wait = Duration::from_millis(800);
+    let servers = wl
+        .serve_tcp("0.0.0.0".parse().unwrap(), &[8080])
+        .expect("server");
+    assert!(node.tcp_probe(dst(8080), wait).unwrap(), "served port");
+    assert!(
+        !node.tcp_probe(dst(8081), wait).unwrap(),
+        "port without a server"
+    );
+    drop(servers);
+    assert!(!node.tcp_probe(dst(8080), wait).unwrap(), "server stopped");
+    // A port already taken is an error naming it, not a hang.
+    let _first = wl.serve_tcp("0.0.0.0".parse().unwrap(), &[9090]).unwrap();
+    let err = wl
+        .serve_tcp("0.0.0.0".parse().unwrap(), &[9090])
+        .expect_err("second bind");
+    assert!(err.to_string().contains("0.0.0.0:9090"), "{err}");
+}

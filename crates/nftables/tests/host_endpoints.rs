@@ -3,16 +3,12 @@
 //! Covers failsafe ports before policy, a doNotTrack allow that leaves no conntrack entry,
 //! and an applyOnForward deny on traffic forwarded to the workload.
 
-use std::io::{Read, Write};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
-use std::os::fd::AsRawFd;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use calico_dataplane::sysctl::{self, Sysctl};
 use calico_dataplane::{CALICO_HOST_MAC, Netlink, RTPROT_BOOT, Route, VethSpec};
-use calico_lab::{Host, Lab};
+use calico_lab::{Host, Lab, TcpServers};
 use calico_nftables::PolicyDataplane;
 use calico_policy::model::{
     Action, Direction, HostEndpoint, LabelMap, Policy, PolicyModel, Port, Profile, Rule,
@@ -30,60 +26,16 @@ const WL_IFACE: &str = "calihep0wl1";
 const DNAT_PORT: u16 = 8888;
 const WAIT: Duration = Duration::from_millis(800);
 
-/// TCP servers (answer one byte) in a namespace, stopped on drop.
-struct Servers {
-    stop: Arc<AtomicBool>,
-    threads: Vec<std::thread::JoinHandle<()>>,
-}
-
-impl Drop for Servers {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        for t in self.threads.drain(..) {
-            let _ = t.join();
-        }
-    }
-}
-
-fn tcp_servers(ns: &Host, ports: &[u16]) -> Servers {
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut threads = Vec::new();
-    for &port in ports {
-        let (stop, path) = (stop.clone(), ns.netns_path());
-        let (tx, rx) = std::sync::mpsc::channel();
-        threads.push(std::thread::spawn(move || {
-            let f = std::fs::File::open(&path).expect("netns file");
-            // SAFETY: setns on a valid fd, affecting only this server thread.
-            assert_eq!(unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) }, 0);
-            let l = TcpListener::bind(("0.0.0.0", port)).expect("tcp bind");
-            l.set_nonblocking(true).expect("nonblocking");
-            tx.send(()).expect("ready");
-            while !stop.load(Ordering::SeqCst) {
-                match l.accept() {
-                    Ok((mut s, _)) => {
-                        let _ = s.write_all(b"k");
-                    }
-                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
-                }
-            }
-        }));
-        rx.recv().expect("server started");
-    }
-    Servers { stop, threads }
+/// One-byte TCP servers on `ports` of `ns`, stopped on drop.
+fn tcp_servers(ns: &Host, ports: &[u16]) -> TcpServers {
+    ns.serve_tcp(Ipv4Addr::UNSPECIFIED.into(), ports)
+        .expect("tcp servers")
 }
 
 /// Whether a TCP connection from `from` to `dst:port` gets the server's byte.
 fn tcp_ok(from: &Host, dst: Ipv4Addr, port: u16) -> bool {
-    from.run(move || {
-        let addr = SocketAddr::new(IpAddr::V4(dst), port);
-        let Ok(mut s) = TcpStream::connect_timeout(&addr, WAIT) else {
-            return false;
-        };
-        s.set_read_timeout(Some(WAIT)).expect("timeout");
-        let mut b = [0u8; 1];
-        matches!(s.read(&mut b), Ok(1))
-    })
-    .expect("tcp probe")
+    from.tcp_probe(SocketAddr::new(dst.into(), port), WAIT)
+        .expect("tcp probe")
 }
 
 struct Rig {
@@ -94,7 +46,7 @@ struct Rig {
     client: Host,
     _wl: Host,
     dp: PolicyDataplane,
-    _servers: Vec<Servers>,
+    _servers: Vec<TcpServers>,
 }
 
 async fn rig() -> Rig {

@@ -244,74 +244,14 @@ const ALLOW_ALL: &str = "lab-allow-all";
 /// plugin does (host side `cali…` with proxy ARP, workload default route via 169.254.1.1),
 /// and its WorkloadEndpoint in the datastore with an allow-all profile.
 fn add_workload(c: &Cluster, lab_name: &str, node: usize, ip: IpAddr) -> Host {
-    let wl = c.lab.add_namespace(lab_name).expect("workload namespace");
-    let host = &c.node(node).host;
-    let iface = format!("cali{lab_name}");
-    let run = |h: &Host, argv: &[&str]| {
-        let out = h.exec(argv).expect("exec");
-        assert!(
-            out.status.success(),
-            "{argv:?} in {}: {}",
-            h.name(),
-            String::from_utf8_lossy(&out.stderr)
-        );
+    let IpAddr::V4(ip4) = ip else {
+        panic!("workloads here are IPv4")
     };
-    run(
-        host,
-        &[
-            "ip",
-            "link",
-            "add",
-            &iface,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            wl.netns(),
-        ],
-    );
-    run(
-        host,
-        &[
-            "sysctl",
-            "-qw",
-            &format!("net.ipv4.conf.{iface}.proxy_arp=1"),
-        ],
-    );
-    run(host, &["ip", "link", "set", &iface, "up"]);
-    run(
-        &wl,
-        &["ip", "addr", "add", &format!("{ip}/32"), "dev", "eth0"],
-    );
-    run(&wl, &["ip", "link", "set", "eth0", "up"]);
-    run(
-        &wl,
-        &[
-            "ip",
-            "route",
-            "add",
-            "169.254.1.1",
-            "dev",
-            "eth0",
-            "scope",
-            "link",
-        ],
-    );
-    run(
-        &wl,
-        &[
-            "ip",
-            "route",
-            "add",
-            "default",
-            "via",
-            "169.254.1.1",
-            "dev",
-            "eth0",
-        ],
-    );
+    let wl = c
+        .lab
+        .add_workload(&c.node(node).host, lab_name, ip4)
+        .expect("workload plumbing");
+    let iface = format!("cali{lab_name}");
     let node_name = c.node(node).name.clone();
     let wep_name = format!("{node_name}-libnetwork-libnetwork-{lab_name}");
     c.with_datastore(async move |ds: &Datastore, _| {

@@ -10,11 +10,7 @@
 //! - `node.node1` with `failsafeInboundHostPorts: []`: nothing reachable (the node's own
 //!   resource wins, and an empty list disables failsafe), Accept still from `default`.
 
-use std::io::{Read, Write};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
-use std::os::fd::AsRawFd;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use calico_api::{FelixConfiguration, HostEndpoint, HostEndpointSpec};
@@ -28,65 +24,14 @@ const NODE: &str = "node1";
 const NODE_IP: &str = "192.168.33.11";
 const WAIT: Duration = Duration::from_millis(800);
 
-/// TCP servers (answer one byte) in a namespace, stopped on drop.
-struct Servers {
-    stop: Arc<AtomicBool>,
-    threads: Vec<std::thread::JoinHandle<()>>,
-}
-
-impl Drop for Servers {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        for t in self.threads.drain(..) {
-            let _ = t.join();
-        }
-    }
-}
-
-fn tcp_servers(ns: &Host, ports: &[u16]) -> Servers {
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut threads = Vec::new();
-    for &port in ports {
-        let (stop, path) = (stop.clone(), ns.netns_path());
-        let (tx, rx) = std::sync::mpsc::channel();
-        threads.push(std::thread::spawn(move || {
-            let f = std::fs::File::open(&path).expect("netns file");
-            // SAFETY: setns on a valid fd, affecting only this server thread.
-            assert_eq!(unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) }, 0);
-            let l = TcpListener::bind(("0.0.0.0", port)).expect("tcp bind");
-            l.set_nonblocking(true).expect("nonblocking");
-            tx.send(()).expect("ready");
-            while !stop.load(Ordering::SeqCst) {
-                match l.accept() {
-                    Ok((mut s, _)) => {
-                        let _ = s.write_all(b"k");
-                    }
-                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
-                }
-            }
-        }));
-        rx.recv().expect("server started");
-    }
-    Servers { stop, threads }
-}
-
-/// Whether a TCP connection from `from` to `dst:port` gets the server's byte.
-fn tcp_ok(from: &Host, dst: Ipv4Addr, port: u16) -> bool {
-    from.run(move || {
-        let addr = SocketAddr::new(IpAddr::V4(dst), port);
-        let Ok(mut s) = TcpStream::connect_timeout(&addr, WAIT) else {
-            return false;
-        };
-        s.set_read_timeout(Some(WAIT)).expect("timeout");
-        let mut b = [0u8; 1];
-        matches!(s.read(&mut b), Ok(1))
-    })
-    .expect("tcp probe")
-}
-
 fn reachable(client: &Host) -> (bool, bool) {
-    let node: Ipv4Addr = NODE_IP.parse().expect("ip");
-    (tcp_ok(client, node, 22), tcp_ok(client, node, 7070))
+    let node: IpAddr = NODE_IP.parse().expect("ip");
+    let ok = |port| {
+        client
+            .tcp_probe(SocketAddr::new(node, port), WAIT)
+            .expect("tcp probe")
+    };
+    (ok(22), ok(7070))
 }
 
 fn ruleset(node: &Host) -> String {
@@ -101,7 +46,9 @@ async fn felix_configuration_replaces_failsafe_ports_and_endpoint_to_host_action
         .add_host(NODE, &format!("{NODE_IP}/24"))
         .expect("node host");
     let client = lab.add_host("client", "192.168.33.12/24").expect("client");
-    let _servers = tcp_servers(&node, &[22, 7070]);
+    let _servers = node
+        .serve_tcp(Ipv4Addr::UNSPECIFIED.into(), &[22, 7070])
+        .expect("tcp servers");
     assert_eq!(reachable(&client), (true, true), "plumbing, before policy");
 
     let node_path = node.netns_path();

@@ -11,18 +11,15 @@
 //! (`cargo build -p calico-rs --bin calico-node --bin calicoctl`).
 #![allow(dead_code)]
 
-use std::io::{Read, Write};
-use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::process::Command;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use calico_api::{ObjectMeta, WorkloadEndpoint, WorkloadEndpointSpec};
 use calico_datastore::{Datastore, EtcdConfig};
 use calico_lab::etcd::{Etcd, EtcdOptions};
-use calico_lab::{Host, Lab, ProcessGuard};
+use calico_lab::{Host, Lab, ProcessGuard, TcpServers};
 
 pub const NODE: &str = "node1";
 pub const NODE_IP: &str = "192.168.33.11";
@@ -69,7 +66,7 @@ pub struct Workload {
 
 /// The lab. Field order is drop order: servers, agent, etcd, then the lab (namespaces).
 pub struct PolicyLab {
-    servers: Vec<Server>,
+    servers: Vec<TcpServers>,
     pub agent: Option<ProcessGuard>,
     pub etcd: Etcd,
     pub node: Host,
@@ -201,69 +198,15 @@ impl PolicyLab {
         ip: &str,
         labels: &[(&str, &str)],
     ) -> Workload {
-        let wl = self
-            .lab
-            .add_namespace(lab_name)
-            .expect("workload namespace");
         let iface = format!("cali{lab_name}");
         let ip: IpAddr = ip.parse().expect("workload ip");
-        run(
-            &self.node,
-            &[
-                "ip",
-                "link",
-                "add",
-                &iface,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                "eth0",
-                "netns",
-                wl.netns(),
-            ],
-        );
-        run(
-            &self.node,
-            &[
-                "sysctl",
-                "-qw",
-                &format!("net.ipv4.conf.{iface}.proxy_arp=1"),
-            ],
-        );
-        run(&self.node, &["ip", "link", "set", &iface, "up"]);
-        run(
-            &wl,
-            &["ip", "addr", "add", &format!("{ip}/32"), "dev", "eth0"],
-        );
-        run(&wl, &["ip", "link", "set", "eth0", "up"]);
-        run(&wl, &["ip", "link", "set", "lo", "up"]);
-        run(
-            &wl,
-            &[
-                "ip",
-                "route",
-                "add",
-                "169.254.1.1",
-                "dev",
-                "eth0",
-                "scope",
-                "link",
-            ],
-        );
-        run(
-            &wl,
-            &[
-                "ip",
-                "route",
-                "add",
-                "default",
-                "via",
-                "169.254.1.1",
-                "dev",
-                "eth0",
-            ],
-        );
+        let IpAddr::V4(ip4) = ip else {
+            panic!("workloads here are IPv4")
+        };
+        let wl = self
+            .lab
+            .add_workload(&self.node, lab_name, ip4)
+            .expect("workload plumbing");
         let spec = WorkloadEndpointSpec {
             orchestrator: Some("k8s".into()),
             node: Some(NODE.into()),
@@ -308,33 +251,10 @@ impl PolicyLab {
 
     /// The same in any namespace of the lab (e.g. the node itself).
     pub fn serve_tcp_in(&mut self, h: &Host, port: u16) {
-        let stop = Arc::new(AtomicBool::new(false));
-        let (tx, rx) = std::sync::mpsc::channel();
-        let host = h.clone();
-        let flag = stop.clone();
-        let thread = std::thread::spawn(move || {
-            host.run(move || {
-                let l = TcpListener::bind(("0.0.0.0", port)).expect("tcp bind");
-                l.set_nonblocking(true).expect("nonblocking");
-                let _ = tx.send(());
-                let deadline = Instant::now() + Duration::from_secs(120);
-                while !flag.load(Ordering::SeqCst) && Instant::now() < deadline {
-                    match l.accept() {
-                        Ok((mut s, _)) => {
-                            let _ = s.write_all(b"k");
-                        }
-                        Err(_) => std::thread::sleep(Duration::from_millis(2)),
-                    }
-                }
-            })
-            .expect("server in the workload's namespace");
-        });
-        rx.recv_timeout(Duration::from_secs(10))
-            .expect("server listening");
-        self.servers.push(Server {
-            stop,
-            thread: Some(thread),
-        });
+        let servers = h
+            .serve_tcp(Ipv4Addr::UNSPECIFIED.into(), &[port])
+            .expect("tcp server");
+        self.servers.push(servers);
     }
 
     /// `calicoctl ARGS` inside the node (as calico-node's host), with the datastore
@@ -356,20 +276,6 @@ impl PolicyLab {
     }
 }
 
-struct Server {
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
 /// Runs a command in `h`, failing the test with its stderr.
 pub fn run(h: &Host, argv: &[&str]) {
     let out = h.exec(argv).expect("exec");
@@ -388,16 +294,8 @@ pub fn tcp_connects(from: &Workload, to: &Workload, port: u16) -> bool {
 
 /// The same from any namespace of the lab to any address.
 pub fn tcp_connects_from(from: &Host, to: IpAddr, port: u16) -> bool {
-    let dst = SocketAddr::new(to, port);
-    from.run(move || {
-        let Ok(mut s) = TcpStream::connect_timeout(&dst, Duration::from_secs(1)) else {
-            return false;
-        };
-        let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
-        let mut b = [0u8; 1];
-        matches!(s.read(&mut b), Ok(1))
-    })
-    .expect("probe in the workload's namespace")
+    from.tcp_probe(SocketAddr::new(to, port), Duration::from_secs(1))
+        .expect("probe in the workload's namespace")
 }
 
 /// One ping (one echo request, its own ICMP id, so a new conntrack entry each time).
