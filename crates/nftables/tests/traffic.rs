@@ -2,8 +2,7 @@
 //! compiled by calico-policy and enforced by this crate. Every case states the expected result;
 //! the test checks that calico-policy's reference evaluator agrees and that real packets agree.
 
-use std::io::{Read, Write};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -11,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use calico_dataplane::sysctl::{self, Sysctl};
 use calico_dataplane::{CALICO_HOST_MAC, Netlink, RTPROT_BOOT, Route, VethSpec};
-use calico_lab::{Host, Lab};
+use calico_lab::{Host, Lab, TcpServers};
 use calico_nftables::{EndpointToHost, PolicyDataplane};
 use calico_policy::model::{
     Action, Direction, IcmpFields, LabelMap, NamedPort, NetworkSet, Policy, PolicyModel, Port,
@@ -34,8 +33,9 @@ struct Workload {
     iface: String,
 }
 
-/// TCP and UDP servers inside a namespace, stopped on drop.
+/// TCP (the lab's one-byte servers) and UDP echo servers inside a namespace, stopped on drop.
 struct Servers {
+    _tcp: TcpServers,
     stop: Arc<AtomicBool>,
     threads: Vec<std::thread::JoinHandle<()>>,
 }
@@ -60,27 +60,12 @@ fn enter(ns: &std::path::Path) {
 }
 
 fn start_servers(ns: &Host) -> Servers {
+    // "::" also accepts IPv4 (v4-mapped): one server per port for both families.
+    let tcp = ns
+        .serve_tcp(Ipv6Addr::UNSPECIFIED.into(), &TCP_PORTS)
+        .expect("tcp servers");
     let stop = Arc::new(AtomicBool::new(false));
     let mut threads = Vec::new();
-    for port in TCP_PORTS {
-        let (stop, path) = (stop.clone(), ns.netns_path());
-        let (tx, rx) = std::sync::mpsc::channel();
-        threads.push(std::thread::spawn(move || {
-            enter(&path);
-            let l = TcpListener::bind(("::", port)).expect("tcp bind");
-            l.set_nonblocking(true).unwrap();
-            tx.send(()).unwrap();
-            while !stop.load(Ordering::SeqCst) {
-                match l.accept() {
-                    Ok((mut s, _)) => {
-                        let _ = s.write_all(b"k");
-                    }
-                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
-                }
-            }
-        }));
-        rx.recv().unwrap();
-    }
     for port in UDP_PORTS {
         let (stop, path) = (stop.clone(), ns.netns_path());
         let (tx, rx) = std::sync::mpsc::channel();
@@ -98,7 +83,11 @@ fn start_servers(ns: &Host) -> Servers {
         }));
         rx.recv().unwrap();
     }
-    Servers { stop, threads }
+    Servers {
+        _tcp: tcp,
+        stop,
+        threads,
+    }
 }
 
 /// What a case sends.
@@ -131,15 +120,7 @@ fn probe(from: &Workload, to: &Workload, p: Probe) -> Verdict {
             .success(),
         Probe::Tcp(port) => from
             .ns
-            .run(move || {
-                let Ok(mut s) = TcpStream::connect_timeout(&SocketAddr::new(dst, port), WAIT)
-                else {
-                    return false;
-                };
-                s.set_read_timeout(Some(WAIT)).unwrap();
-                let mut b = [0u8; 1];
-                matches!(s.read(&mut b), Ok(1))
-            })
+            .tcp_probe(SocketAddr::new(dst, port), WAIT)
             .expect("tcp probe"),
         Probe::Udp(port) => from
             .ns
