@@ -8,9 +8,7 @@ use calico_policy::sets::SetId;
 use std::collections::BTreeSet;
 
 use crate::batch::{Batch, ChainSpec, Family, Hook, KeyType, SetSpec, Verdict};
-use crate::render::{
-    EndpointToHost, RenderError, TABLE_NAME, render_set_update, render_spec, render_spec_from,
-};
+use crate::render::{EndpointToHost, RenderError, TABLE_NAME, render_set_update, render_spec_from};
 use crate::socket::{NftError, NftSocket};
 use crate::table::{Applied, Op, TableSpec, diff, full_batch, to_batch};
 
@@ -77,22 +75,24 @@ impl PolicyDataplane {
         self.to_host = action;
     }
 
-    /// Makes the kernel enforce exactly `program`: the previous table (if any, e.g. left by a
-    /// previous run of the agent) is replaced in the same transaction, so there is no moment
-    /// without enforcement and no half-applied policy. Returns the number of messages sent.
+    /// Makes the kernel enforce exactly `program`, in one transaction, so there is no moment
+    /// without enforcement and no half-applied policy. A table already in the kernel (ours
+    /// from before, or a previous run's) is rewritten in place by difference, never deleted
+    /// and re-created: with delete-and-re-create, a ping flood that both policies deny got a
+    /// packet through in 3 of 40 runs of `traffic::policy_change_under_pings_is_atomic` on a
+    /// loaded machine (kernel 6.18), the in-place rewrite in none of 20. Returns the number of
+    /// messages sent.
     pub fn apply(&mut self, program: &HostProgram) -> Result<usize, ApplyError> {
-        let spec = render_spec(program, self.to_host)?;
-        let batch = full_batch(TABLE_NAME, &spec);
-        self.program = None;
-        self.socket.send(&batch)?;
-        self.applied = Some(Applied::Exactly(spec));
-        self.program = Some(program.clone());
+        if self.applied.is_none() {
+            self.adopt_existing()?;
+        }
+        let report = self.apply_changes(program)?;
         tracing::debug!(
-            messages = batch.len(),
+            messages = report.messages,
             endpoints = program.endpoints.len(),
             "policy table applied"
         );
-        Ok(batch.len())
+        Ok(report.messages)
     }
 
     /// Rewrites the elements of the given sets only (one transaction), after a membership
