@@ -19,7 +19,7 @@ pub use kv::{
     WatchEvent, Write,
 };
 pub use resource::{
-    Applied, Atomicity, BatchOp, BatchOutcome, Datastore, EtcdResourceStore, KindRef,
+    Applied, Atomicity, BatchItem, BatchOp, BatchOutcome, Datastore, EtcdResourceStore, KindRef,
     MAX_TXN_BYTES, ObjectId, ResourceError, ResourceEvent, ResourceList, ResourceStore,
     ResourceWatch, txn_chunks,
 };

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use calico_api::{CalicoResource, ObjectMeta};
 use calico_datastore::{
-    Applied, Atomicity, BatchOp, Datastore, EtcdClient, KindRef, ObjectId, ResourceError,
+    Applied, Atomicity, BatchItem, BatchOp, Datastore, EtcdClient, KindRef, ObjectId, ResourceError,
     ResourceEvent,
 };
 use common::{Etcd, Options};
@@ -451,7 +451,7 @@ async fn batches_over_the_txn_limit_are_refused_or_chunked_as_asked() {
     assert!(ds.list::<Pool>(None).await.unwrap().items.is_empty());
     let outcome = ds
         .dynamic()
-        .write_batch(BatchOp::Apply, docs, Atomicity::Chunked)
+        .write_batch(BatchItem::all(BatchOp::Apply, docs), Atomicity::Chunked)
         .await
         .unwrap();
     assert_eq!(outcome.results.len(), 300);
@@ -460,7 +460,7 @@ async fn batches_over_the_txn_limit_are_refused_or_chunked_as_asked() {
     let again: Vec<_> = (0..10).map(|i| pool_doc(&format!("c-{i}"), i)).collect();
     assert!(
         ds.dynamic()
-            .write_batch(BatchOp::Create, again, Atomicity::AllOrNothing)
+            .write_batch(BatchItem::all(BatchOp::Create, again), Atomicity::AllOrNothing)
             .await
             .unwrap_err()
             .is_already_exists()
@@ -561,9 +561,101 @@ async fn batches_over_the_request_size_are_refused_or_chunked_by_bytes() {
     assert!(ds.list::<Pool>(None).await.unwrap().items.is_empty());
     let outcome = ds
         .dynamic()
-        .write_batch(BatchOp::Apply, docs, Atomicity::Chunked)
+        .write_batch(BatchItem::all(BatchOp::Apply, docs), Atomicity::Chunked)
         .await
         .unwrap();
     assert_eq!(outcome.results.len(), 20);
     assert_eq!(ds.list::<Pool>(None).await.unwrap().items.len(), 20);
+}
+
+/// calicoctl's way of writing: each item says what it expects (absent, or the revision its
+/// checks read); if any expectation no longer holds nothing at all is written.
+#[tokio::test]
+async fn a_mixed_batch_pins_each_item_and_writes_nothing_when_one_is_stale() {
+    let etcd = Etcd::start();
+    let (ds, kv) = connect(&etcd).await;
+    let a = ds.create(&pool("a", "10.1.0.0/16")).await.unwrap();
+    let b = ds.create(&pool("b", "10.2.0.0/16")).await.unwrap();
+    let kind = KindRef::new("IPPool", "ippools", false);
+    let at = |name: &str, cidr: &str, rv: &Option<String>| {
+        let mut doc = pool_doc(name, 0).1;
+        doc["spec"]["cidr"] = json!(cidr);
+        doc["metadata"]["labels"] = json!({"edited": "yes"});
+        doc["metadata"]["resourceVersion"] = json!(rv);
+        doc
+    };
+    // Another writer changes b after "our" read.
+    ds.update(&pool("b", "10.3.0.0/16")).await.unwrap();
+    let before = kv.current_revision().await.unwrap();
+    let stale = vec![
+        BatchItem::new(BatchOp::Create, kind.clone(), pool_doc("c", 4).1),
+        BatchItem::new(
+            BatchOp::Replace,
+            kind.clone(),
+            at("a", "10.1.0.0/16", &a.metadata.resource_version),
+        ),
+        BatchItem::new(
+            BatchOp::Delete,
+            kind.clone(),
+            at("b", "10.2.0.0/16", &b.metadata.resource_version),
+        ),
+    ];
+    let err = ds
+        .dynamic()
+        .write_batch(stale.clone(), Atomicity::Chunked)
+        .await
+        .unwrap_err();
+    assert!(err.is_conflict(), "{err:?}");
+    assert_eq!(kv.current_revision().await.unwrap(), before, "nothing written");
+
+    // With b's current revision all three land in one transaction.
+    let b_now = ds.get::<Pool>(None, "b").await.unwrap().unwrap();
+    let mut fresh = stale;
+    fresh[2].doc["metadata"]["resourceVersion"] = json!(b_now.metadata.resource_version);
+    let outcome = ds
+        .dynamic()
+        .write_batch(fresh, Atomicity::Chunked)
+        .await
+        .unwrap();
+    let applied: Vec<Applied> = outcome.results.iter().map(|(_, a)| *a).collect();
+    assert_eq!(
+        applied,
+        [Applied::Created, Applied::Updated, Applied::Deleted]
+    );
+    assert!(ds.get::<Pool>(None, "b").await.unwrap().is_none());
+    let a2 = ds.get::<Pool>(None, "a").await.unwrap().unwrap();
+    assert_eq!(a2.metadata.uid, a.metadata.uid);
+    assert_eq!(a2.metadata.labels, Some([("edited".into(), "yes".into())].into()));
+    assert_eq!(rv(&a2), outcome.revision);
+
+    // The same document again changes nothing and keeps the revision.
+    let again = vec![BatchItem::new(
+        BatchOp::Replace,
+        kind.clone(),
+        at("a", "10.1.0.0/16", &a2.metadata.resource_version),
+    )];
+    let outcome = ds
+        .dynamic()
+        .write_batch(again, Atomicity::Chunked)
+        .await
+        .unwrap();
+    assert_eq!(outcome.results[0].1, Applied::Unchanged);
+    assert_eq!(
+        ds.get::<Pool>(None, "a").await.unwrap().unwrap().metadata.resource_version,
+        a2.metadata.resource_version
+    );
+    // Create of something that exists fails and writes nothing else.
+    let before = kv.current_revision().await.unwrap();
+    let exists = vec![
+        BatchItem::new(BatchOp::Create, kind.clone(), pool_doc("d", 5).1),
+        BatchItem::new(BatchOp::Create, kind, pool_doc("a", 1).1),
+    ];
+    assert!(
+        ds.dynamic()
+            .write_batch(exists, Atomicity::Chunked)
+            .await
+            .unwrap_err()
+            .is_already_exists()
+    );
+    assert_eq!(kv.current_revision().await.unwrap(), before);
 }

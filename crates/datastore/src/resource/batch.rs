@@ -1,10 +1,18 @@
-//! Writing many resources in one etcd transaction.
+//! Writing many resources in one etcd transaction: the one batch writer (calicoctl's
+//! create/apply/replace/delete and `Datastore::apply_all` all come through here).
 //!
 //! etcd caps a transaction at `--max-txn-ops` operations (default 128). A batch that fits is
 //! written all-or-nothing: one read of every key, then one transaction whose comparisons pin
-//! every key to what was read (absent, or its mod revision) and whose writes put every
-//! document. If anything changed in between, nothing is written and the batch is re-read and
-//! retried (bounded).
+//! every key to what was read (absent, or its mod revision) and whose writes put or delete
+//! every document. If anything changed in between, nothing is written and the batch is re-read
+//! and re-decided (bounded); a document that names what it expects (a `resourceVersion`, or
+//! [`BatchOp::Create`]'s "absent") then fails with `Conflict` / `AlreadyExists` instead of
+//! being written over the other writer's change.
+//!
+//! Metadata follows the one rule of [`super::meta`]: the document is the whole object (labels
+//! and annotations included); `uid` and `creationTimestamp` are the datastore's. A replace or
+//! apply that would store exactly what is stored writes nothing ([`Applied::Unchanged`]), so
+//! re-applying a file keeps every resourceVersion.
 //!
 //! etcd also caps a request at `--max-request-bytes` (default 1.5 MiB); a transaction is kept
 //! under [`MAX_TXN_BYTES`] (1 MiB, estimated from the documents plus room for the metadata we
@@ -25,20 +33,46 @@ use tracing::debug;
 
 use super::etcd::{decode, encode, kv_error};
 use super::meta::{
-    identify, prepare_create, prepare_update, resource_key, resource_version, with_resource_version,
+    identify, prepare_create, prepare_update, resource_key, resource_version, set_meta,
+    with_resource_version,
 };
 use super::{Applied, KindRef, ObjectId, ResourceError, Result};
-use crate::kv::{Compare, EtcdClient, TxnOutcome, Write};
+use crate::kv::{Compare, EtcdClient, KeyValue, TxnOutcome, Write};
 
-/// What each document of a batch must find.
+/// What one document of a batch must find, and what is done with it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BatchOp {
-    /// Every object must be absent (`calicoctl create`).
+    /// The object must be absent; it is created (`calicoctl create`).
     Create,
-    /// Every object must exist (`calicoctl replace`).
+    /// The object must exist (at the document's `resourceVersion` when it has one); it is
+    /// replaced by the document (`calicoctl replace`).
     Replace,
-    /// Create or replace (`calicoctl apply`).
+    /// Create, or replace if it exists (`calicoctl apply`).
     Apply,
+    /// The object must exist (at the document's `resourceVersion` when it has one); it is
+    /// deleted. Only the document's identity is read.
+    Delete,
+}
+
+/// One document of a batch and what to do with it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BatchItem {
+    pub op: BatchOp,
+    pub kind: KindRef,
+    pub doc: Value,
+}
+
+impl BatchItem {
+    pub fn new(op: BatchOp, kind: KindRef, doc: Value) -> Self {
+        BatchItem { op, kind, doc }
+    }
+
+    /// The same operation on every document.
+    pub fn all(op: BatchOp, docs: Vec<(KindRef, Value)>) -> Vec<BatchItem> {
+        docs.into_iter()
+            .map(|(kind, doc)| BatchItem::new(op, kind, doc))
+            .collect()
+    }
 }
 
 /// How a batch larger than one transaction is handled.
@@ -50,11 +84,12 @@ pub enum Atomicity {
     Chunked,
 }
 
-/// The result of a batch: every document as stored, in input order, and what happened to it.
+/// The result of a batch: every document as stored (a deleted one: its last state), in input
+/// order, and what happened to it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BatchOutcome {
     pub results: Vec<(Value, Applied)>,
-    /// Revision of the last transaction.
+    /// Revision of the last transaction (of the last read when nothing had to be written).
     pub revision: i64,
 }
 
@@ -68,6 +103,7 @@ const PER_DOC_OVERHEAD: usize = 256;
 const BATCH_ATTEMPTS: u32 = 5;
 
 struct Item {
+    op: BatchOp,
     kind: KindRef,
     id: ObjectId,
     key: String,
@@ -79,14 +115,13 @@ struct Item {
 
 pub(super) async fn write_batch(
     kv: &EtcdClient,
-    op: BatchOp,
-    docs: Vec<(KindRef, Value)>,
+    batch: Vec<BatchItem>,
     atomicity: Atomicity,
 ) -> Result<BatchOutcome> {
     // Validate everything before writing anything.
     let mut seen = HashSet::new();
-    let mut items = Vec::with_capacity(docs.len());
-    for (kind, doc) in docs {
+    let mut items = Vec::with_capacity(batch.len());
+    for BatchItem { op, kind, doc } in batch {
         let id = identify(&kind, &doc)?;
         let expected = resource_version(&kind, &id, &doc)?;
         if op == BatchOp::Create && expected.is_some() {
@@ -104,6 +139,7 @@ pub(super) async fn write_batch(
             });
         }
         items.push(Item {
+            op,
             kind,
             id,
             key,
@@ -134,7 +170,7 @@ pub(super) async fn write_batch(
         revision: 0,
     };
     for chunk in chunks(&items, limit) {
-        match write_chunk(kv, op, chunk).await {
+        match write_chunk(kv, chunk).await {
             Ok((results, revision)) => {
                 outcome.results.extend(results);
                 outcome.revision = revision;
@@ -182,74 +218,127 @@ fn chunks(items: &[Item], limit: usize) -> Vec<&[Item]> {
         .collect()
 }
 
+/// What one item does in a transaction, decided from the state read just before.
+struct Planned {
+    compare: Compare,
+    /// `None` when the object already is what the document says.
+    write: Option<Write>,
+    /// The object as it is after the transaction (a deleted one: its last state), without
+    /// its new resourceVersion yet.
+    doc: Value,
+    applied: Applied,
+}
+
+/// Decides one item against the key's current state; fails for what no retry can change.
+fn plan(item: &Item, cur: Option<&KeyValue>, now: &str) -> Result<Planned> {
+    let (kind, id) = (&item.kind, &item.id);
+    let key = item.key.clone();
+    let not_found = || ResourceError::NotFound {
+        kind: kind.kind.clone(),
+        id: id.clone(),
+    };
+    let check_expected = |cur: &KeyValue| match item.expected {
+        Some(expected) if expected != cur.mod_revision => Err(ResourceError::Conflict {
+            kind: kind.kind.clone(),
+            id: id.clone(),
+            expected: expected.to_string(),
+            actual: cur.mod_revision.to_string(),
+        }),
+        _ => Ok(()),
+    };
+    match (item.op, cur) {
+        (BatchOp::Create, Some(_)) => Err(ResourceError::AlreadyExists {
+            kind: kind.kind.clone(),
+            id: id.clone(),
+        }),
+        (BatchOp::Replace | BatchOp::Delete, None) => Err(not_found()),
+        (BatchOp::Create | BatchOp::Apply, None) => {
+            let mut doc = item.doc.clone();
+            set_meta(&mut doc, "resourceVersion", None);
+            let doc = prepare_create(kind, doc, &uuid::Uuid::new_v4().to_string(), now);
+            Ok(Planned {
+                compare: Compare::Absent { key: key.clone() },
+                write: Some(Write::Put {
+                    value: encode(kind, id, &doc)?,
+                    key,
+                }),
+                doc,
+                applied: Applied::Created,
+            })
+        }
+        (BatchOp::Replace | BatchOp::Apply, Some(cur)) => {
+            check_expected(cur)?;
+            let stored = decode(kind, cur)?;
+            let doc = prepare_update(kind, &stored, item.doc.clone());
+            let mut unchanged = stored;
+            set_meta(&mut unchanged, "resourceVersion", None);
+            let (write, applied) = if unchanged == doc {
+                (None, Applied::Unchanged)
+            } else {
+                (
+                    Some(Write::Put {
+                        key: key.clone(),
+                        value: encode(kind, id, &doc)?,
+                    }),
+                    Applied::Updated,
+                )
+            };
+            Ok(Planned {
+                compare: Compare::ModRevision {
+                    key,
+                    revision: cur.mod_revision,
+                },
+                write,
+                doc,
+                applied,
+            })
+        }
+        (BatchOp::Delete, Some(cur)) => {
+            check_expected(cur)?;
+            let mut doc = decode(kind, cur)?;
+            set_meta(&mut doc, "resourceVersion", None);
+            Ok(Planned {
+                compare: Compare::ModRevision {
+                    key: key.clone(),
+                    revision: cur.mod_revision,
+                },
+                write: Some(Write::Delete { key }),
+                doc,
+                applied: Applied::Deleted,
+            })
+        }
+    }
+}
+
 /// One atomic transaction for `chunk` (at most `max_txn_ops` items).
-async fn write_chunk(
-    kv: &EtcdClient,
-    op: BatchOp,
-    chunk: &[Item],
-) -> Result<(Vec<(Value, Applied)>, i64)> {
+async fn write_chunk(kv: &EtcdClient, chunk: &[Item]) -> Result<(Vec<(Value, Applied)>, i64)> {
     let keys: Vec<String> = chunk.iter().map(|i| i.key.clone()).collect();
     let first = &chunk[0];
     let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     for attempt in 1..=BATCH_ATTEMPTS {
-        let (current, _) = kv
+        let (current, read_revision) = kv
             .get_many(&keys)
             .await
             .map_err(|e| kv_error(&first.kind, &first.id, e))?;
-        let mut compares = Vec::with_capacity(chunk.len());
-        let mut writes = Vec::with_capacity(chunk.len());
-        let mut planned = Vec::with_capacity(chunk.len());
-        for (item, cur) in chunk.iter().zip(&current) {
-            let (kind, id) = (&item.kind, &item.id);
-            let (doc, applied, compare) = match (op, cur) {
-                (BatchOp::Create, Some(_)) => {
-                    return Err(ResourceError::AlreadyExists {
-                        kind: kind.kind.clone(),
-                        id: id.clone(),
-                    });
-                }
-                (BatchOp::Replace, None) => {
-                    return Err(ResourceError::NotFound {
-                        kind: kind.kind.clone(),
-                        id: id.clone(),
-                    });
-                }
-                (BatchOp::Create | BatchOp::Apply, None) => {
-                    let mut doc = item.doc.clone();
-                    super::meta::set_meta(&mut doc, "resourceVersion", None);
-                    let doc = prepare_create(kind, doc, &uuid::Uuid::new_v4().to_string(), &now);
-                    let compare = Compare::Absent {
-                        key: item.key.clone(),
-                    };
-                    (doc, Applied::Created, compare)
-                }
-                (BatchOp::Replace | BatchOp::Apply, Some(cur)) => {
-                    if let Some(expected) = item.expected
-                        && expected != cur.mod_revision
-                    {
-                        return Err(ResourceError::Conflict {
-                            kind: kind.kind.clone(),
-                            id: id.clone(),
-                            expected: expected.to_string(),
-                            actual: cur.mod_revision.to_string(),
-                        });
-                    }
-                    let stored = decode(kind, cur)?;
-                    let doc = prepare_update(kind, &stored, item.doc.clone());
-                    let compare = Compare::ModRevision {
-                        key: item.key.clone(),
-                        revision: cur.mod_revision,
-                    };
-                    (doc, Applied::Updated, compare)
-                }
-            };
-            writes.push(Write::Put {
-                key: item.key.clone(),
-                value: encode(kind, id, &doc)?,
-            });
-            compares.push(compare);
-            planned.push((doc, applied));
+        let planned = chunk
+            .iter()
+            .zip(&current)
+            .map(|(item, cur)| plan(item, cur.as_ref(), &now))
+            .collect::<Result<Vec<_>>>()?;
+        if planned.iter().all(|p| p.write.is_none()) {
+            // Everything already is as asked: nothing to write, every revision kept.
+            let results = planned
+                .into_iter()
+                .zip(&current)
+                .map(|(p, cur)| {
+                    let rev = cur.as_ref().map_or(0, |kv| kv.mod_revision);
+                    (with_resource_version(p.doc, rev), p.applied)
+                })
+                .collect();
+            return Ok((results, read_revision));
         }
+        let compares = planned.iter().map(|p| p.compare.clone()).collect();
+        let writes = planned.iter().filter_map(|p| p.write.clone()).collect();
         match kv
             .txn(compares, writes)
             .await
@@ -258,7 +347,14 @@ async fn write_chunk(
             TxnOutcome::Committed { revision } => {
                 let results = planned
                     .into_iter()
-                    .map(|(doc, applied)| (with_resource_version(doc, revision), applied))
+                    .zip(&current)
+                    .map(|(p, cur)| {
+                        let rev = match p.applied {
+                            Applied::Unchanged => cur.as_ref().map_or(0, |kv| kv.mod_revision),
+                            _ => revision,
+                        };
+                        (with_resource_version(p.doc, rev), p.applied)
+                    })
                     .collect();
                 return Ok((results, revision));
             }
@@ -267,7 +363,7 @@ async fn write_chunk(
                 debug!(
                     attempt,
                     key = who.map(|i| i.key.as_str()),
-                    "batch raced a concurrent writer, retrying"
+                    "batch raced a concurrent writer, re-reading"
                 );
                 tokio::time::sleep(Duration::from_millis(20 * u64::from(attempt))).await;
             }
@@ -286,6 +382,7 @@ mod tests_support {
 
     pub(super) fn item(size: usize) -> Item {
         Item {
+            op: BatchOp::Apply,
             kind: KindRef::new("IPPool", "ippools", false),
             id: ObjectId::global("x"),
             key: String::new(),

@@ -7,7 +7,7 @@ use futures::StreamExt;
 use serde_json::Value;
 use tracing::debug;
 
-use super::batch::{self, Atomicity, BatchOp, BatchOutcome};
+use super::batch::{self, Atomicity, BatchItem, BatchOutcome};
 use super::meta::{
     id_from_key, identify, parse_resource_version, prepare_create, prepare_update, resource_key,
     resource_prefix, resource_version, with_resource_version,
@@ -278,11 +278,10 @@ impl ResourceStore for EtcdResourceStore {
 
     async fn write_batch(
         &self,
-        op: BatchOp,
-        docs: Vec<(KindRef, Value)>,
+        items: Vec<BatchItem>,
         atomicity: Atomicity,
     ) -> Result<BatchOutcome> {
-        batch::write_batch(&self.kv, op, docs, atomicity).await
+        batch::write_batch(&self.kv, items, atomicity).await
     }
 }
 

@@ -1,5 +1,17 @@
-//! Pure helpers on resource documents (JSON values): identity, keys, and the metadata rules
-//! Calico applies on create and update.
+//! Pure helpers on resource documents (JSON values): identity, keys, and the one metadata
+//! rule every writer follows (calicoctl, CNI, Docker, the controllers, calico-node):
+//!
+//! - The document is the whole object. `spec`, `labels` and `annotations` are stored as the
+//!   document gives them; a label or annotation the document no longer has is removed (a stale
+//!   label would keep every policy that selects it applying). This is calicoctl's
+//!   `mergeMetadataForUpdate` for `apply` and `replace`.
+//! - `uid` and `creationTimestamp` belong to the datastore: set on create (whatever the
+//!   document said), kept from the stored object on every update.
+//! - `resourceVersion` is the key's etcd mod revision; it is never stored in the value. Given
+//!   on an update it is a compare-and-swap precondition; given on a create it is refused.
+//! - Any other metadata (`generateName`, `ownerReferences`, ...) is taken from the document on
+//!   create and kept from the stored object on update (libcalico-go's rule). calicoctl drops
+//!   such fields from a user's document before it writes, as Calico's calicoctl does.
 
 use serde_json::{Map, Value};
 
@@ -173,10 +185,10 @@ pub fn prepare_create(kind: &KindRef, mut doc: Value, uid: &str, now: &str) -> V
     doc
 }
 
-/// The document as written on update: the new content, but with the stored metadata except
-/// for labels and annotations, which come from the new document (absent = removed). This is
-/// what calicoctl does before every update so that server-managed metadata (uid, creation
-/// timestamp) cannot be changed or lost by a replace.
+/// The document as written on update: the new content, with the stored metadata except for
+/// labels and annotations, which come from the new document (absent = removed). This is what
+/// calicoctl does before every update so that server-managed metadata (uid, creation
+/// timestamp) cannot be changed or lost by a replace, while labels are exactly the document's.
 pub fn prepare_update(kind: &KindRef, stored: &Value, mut doc: Value) -> Value {
     set_type_meta(kind, &mut doc);
     let labels = metadata(&doc).and_then(|m| m.get("labels")).cloned();
@@ -317,6 +329,20 @@ mod tests {
                 "spec": {"cidr": "10.0.0.0/24"}
             })
         );
+    }
+
+    #[test]
+    fn update_removes_labels_and_annotations_the_document_no_longer_has() {
+        let stored = json!({"metadata": {"name": "h", "uid": "u-1", "creationTimestamp": "t0",
+            "labels": {"role": "db", "zone": "a"}, "annotations": {"a": "1"}}, "spec": {}});
+        let new = json!({"metadata": {"name": "h", "labels": {"zone": "a"}}, "spec": {}});
+        let out = prepare_update(&pools(), &stored, new);
+        assert_eq!(out["metadata"]["labels"], json!({"zone": "a"}));
+        assert!(out["metadata"].get("annotations").is_none(), "{out}");
+        let bare = json!({"metadata": {"name": "h"}, "spec": {}});
+        let out = prepare_update(&pools(), &stored, bare);
+        assert!(out["metadata"].get("labels").is_none(), "{out}");
+        assert_eq!(out["metadata"]["uid"], "u-1");
     }
 
     #[test]

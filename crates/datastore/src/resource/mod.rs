@@ -1,7 +1,7 @@
 //! Calico v3 resources in etcd: the datastore trait (dynamic, on JSON documents), its etcd
 //! implementation, and a typed front end for any `T: CalicoResource`.
 //!
-//! Semantics (matching libcalico-go and calicoctl):
+//! Semantics (matching libcalico-go and calicoctl; the metadata rule is in [`meta`]):
 //! - Key: `/calico/resources/v3/projectcalico.org/<plural>/[<namespace>/]<name>`; value: the
 //!   resource as JSON (`apiVersion`, `kind`, `metadata`, `spec`), without `resourceVersion`.
 //! - `metadata.resourceVersion` is the key's etcd mod revision, as a decimal string.
@@ -10,10 +10,13 @@
 //! - update: with `resourceVersion`, a compare-and-swap on it (stale →
 //!   [`ResourceError::Conflict`]); without one, an unconditional replace done the way calicoctl
 //!   does it: read the current revision and compare-and-swap on that, retrying a bounded number
-//!   of times on conflicts. Either way `uid`/`creationTimestamp` are kept from the stored object
-//!   and labels/annotations come from the new document.
+//!   of times on conflicts. Either way the document is the whole object: labels and
+//!   annotations come from it (absent = removed); `uid`/`creationTimestamp` are kept from the
+//!   stored object.
 //! - apply: create, or update if it exists (calicoctl `apply`).
 //! - delete: optionally only at a given `resourceVersion`.
+//! - batches ([`ResourceStore::write_batch`]): the same rules for many documents in one
+//!   transaction; calicoctl writes only this way.
 
 mod batch;
 mod etcd;
@@ -26,7 +29,7 @@ use async_trait::async_trait;
 use futures::stream::BoxStream;
 use serde_json::Value;
 
-pub use batch::{Atomicity, BatchOp, BatchOutcome, MAX_TXN_BYTES, txn_chunks};
+pub use batch::{Atomicity, BatchItem, BatchOp, BatchOutcome, MAX_TXN_BYTES, txn_chunks};
 pub use etcd::EtcdResourceStore;
 pub use typed::Datastore;
 
@@ -199,11 +202,15 @@ impl ResourceError {
 
 pub type Result<T, E = ResourceError> = std::result::Result<T, E>;
 
-/// What `apply` did.
+/// What a write did to one object.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Applied {
     Created,
     Updated,
+    /// A batch replace or apply found the object already as asked and wrote nothing.
+    Unchanged,
+    /// A batch delete removed it.
+    Deleted,
 }
 
 /// A change to resources of one kind, as seen by a watch.
@@ -266,12 +273,9 @@ pub trait ResourceStore: Send + Sync {
     ) -> ResourceWatch<Value>;
     /// A snapshot event first, then changes.
     fn list_watch(&self, kind: &KindRef, namespace: Option<&str>) -> ResourceWatch<Value>;
-    /// Writes many documents (any kinds) with one etcd transaction per chunk; see [`BatchOp`]
-    /// and [`Atomicity`].
-    async fn write_batch(
-        &self,
-        op: BatchOp,
-        docs: Vec<(KindRef, Value)>,
-        atomicity: Atomicity,
-    ) -> Result<BatchOutcome>;
+    /// Writes many documents (any kinds, each with its own [`BatchOp`]) with one etcd
+    /// transaction per chunk; see [`Atomicity`]. The one batch writer: calicoctl's commands
+    /// and [`Datastore::apply_all`] use it.
+    async fn write_batch(&self, items: Vec<BatchItem>, atomicity: Atomicity)
+    -> Result<BatchOutcome>;
 }

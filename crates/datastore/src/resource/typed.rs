@@ -6,7 +6,7 @@ use calico_api::CalicoResource;
 use futures::StreamExt;
 use serde_json::Value;
 
-use super::batch::{Atomicity, BatchOp, BatchOutcome};
+use super::batch::{Atomicity, BatchItem, BatchOp, BatchOutcome};
 use super::meta::resource_key;
 use super::{
     Applied, EtcdResourceStore, KindRef, ObjectId, ResourceError, ResourceEvent, ResourceList,
@@ -212,7 +212,7 @@ impl Datastore {
     /// fit one transaction (see [`Atomicity`]).
     pub async fn apply_all(&self, docs: Vec<(KindRef, Value)>) -> Result<BatchOutcome> {
         self.store
-            .write_batch(BatchOp::Apply, docs, Atomicity::AllOrNothing)
+            .write_batch(BatchItem::all(BatchOp::Apply, docs), Atomicity::AllOrNothing)
             .await
     }
 }
