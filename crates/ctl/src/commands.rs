@@ -1,6 +1,7 @@
 //! The resource commands. Writes are all-or-nothing: every document of every file is
 //! parsed, defaulted and validated, then checked against the datastore, and only when
-//! nothing is wrong is everything written in one batch ([`Store::commit`]).
+//! nothing is wrong is everything written in one batch through calico-datastore's batch
+//! writer ([`Objects::write`]), which pins every object to the state these checks saw.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -11,13 +12,15 @@ use serde_json::Value;
 
 use crate::cli::{CreateArgs, DeleteArgs, FileArgs, GetArgs, LabelArgs, PatchArgs, Source};
 use crate::document::{self, LoadError, Origin, RawResource};
-use crate::etcd_store::EtcdStore;
 use crate::kinds::{self, KindInfo, TableContext};
-use crate::merge;
+use crate::objects::{Objects, ResourceKey, Stored};
 use crate::output::{self, Format, FormatError};
-use crate::store::{ResourceKey, Store, StoreError, Stored, WriteOp};
+use crate::merge_patch;
 use crate::validate::{self, Depth, NamespaceFlags, Prepared, Problem, ResourceModel};
-use calico_datastore::{CalicoApiConfig, ConfigError};
+use calico_datastore::{
+    BatchItem, BatchOp, CalicoApiConfig, ConfigError, EtcdClient, EtcdResourceStore,
+    ResourceError as DatastoreError, ResourceStore,
+};
 
 /// Where a command reads and writes, and how it sees the environment.
 pub struct Io<'a> {
@@ -30,8 +33,8 @@ pub struct Io<'a> {
 /// How a command reaches the datastore and checks resources.
 pub struct Session {
     pub model: Arc<dyn ResourceModel>,
-    /// A store to use instead of the one the configuration names (unit tests).
-    pub store: Option<Arc<dyn Store>>,
+    /// A datastore to use instead of the one the configuration names.
+    pub store: Option<Arc<dyn ResourceStore>>,
     /// Config file read when `-c` is not given (`/etc/calico/calicoctl.cfg`).
     pub default_config_path: String,
 }
@@ -123,10 +126,10 @@ pub enum CtlError {
     Load(#[from] LoadError),
     #[error("Failed to create Calico API client: {0}")]
     Config(#[from] ConfigError),
-    #[error("Failed to create Calico API client: {0}")]
-    Connect(StoreError),
-    #[error("{0}")]
-    Store(#[from] StoreError),
+    #[error("Failed to create Calico API client: cannot reach the datastore at {endpoints}: {reason}")]
+    Connect { endpoints: String, reason: String },
+    #[error("{}", with_causes(.0))]
+    Datastore(#[from] DatastoreError),
     #[error("{}", invalid_message(*verb, problems))]
     Invalid { verb: Verb, problems: Vec<Problem> },
     #[error("{}", failed_message(*verb, *single_kind, *total, errors))]
@@ -174,11 +177,11 @@ pub enum CtlError {
         name: String,
         key: String,
     },
-    #[error("failed to update {kind} {name}, label not changed: {source}")]
+    #[error("failed to update {kind} {name}, label not changed: {}", with_causes(source))]
     LabelUpdate {
         kind: String,
         name: String,
-        source: StoreError,
+        source: DatastoreError,
     },
     #[error("{0}")]
     Ipam(crate::ipam_cmd::IpamCmdError),
@@ -190,6 +193,18 @@ pub enum CtlError {
     NoEtcd,
     #[error("Failed to patch '{kind}' resource: patch is not a JSON or YAML object: {reason}")]
     BadPatch { kind: &'static str, reason: String },
+}
+
+/// The error and its causes on one line (etcd's own reason is usually in a source).
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
 }
 
 fn invalid_message(verb: Verb, problems: &[Problem]) -> String {
@@ -278,13 +293,11 @@ impl Session {
             io.env,
         )?;
         let etcd = cfg.etcd_config()?;
-        calico_datastore::EtcdClient::connect(etcd)
+        EtcdClient::connect(etcd)
             .await
-            .map_err(|e| {
-                CtlError::Connect(StoreError::Connect {
-                    endpoints: etcd.endpoints.join(","),
-                    reason: e.to_string(),
-                })
+            .map_err(|e| CtlError::Connect {
+                endpoints: etcd.endpoints.join(","),
+                reason: with_causes(&e),
             })
     }
 
@@ -292,19 +305,12 @@ impl Session {
         &self,
         config_path: Option<&str>,
         io: &Io<'_>,
-    ) -> Result<Arc<dyn Store>, CtlError> {
+    ) -> Result<Objects, CtlError> {
         if let Some(s) = &self.store {
-            return Ok(s.clone());
+            return Ok(Objects::new(s.clone()));
         }
-        let cfg = CalicoApiConfig::load_with(
-            config_path.map(std::path::Path::new),
-            std::path::Path::new(&self.default_config_path),
-            io.env,
-        )?;
-        let store = EtcdStore::connect(cfg.etcd_config()?)
-            .await
-            .map_err(CtlError::Connect)?;
-        Ok(Arc::new(store))
+        let kv = self.etcd_client(config_path, io).await?;
+        Ok(Objects::new(Arc::new(EtcdResourceStore::new(kv))))
     }
 }
 
@@ -331,15 +337,11 @@ fn ns_flags(namespace: &Option<String>) -> NamespaceFlags {
     }
 }
 
-fn now_rfc3339() -> String {
-    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-}
-
 /// Current state of every input key, plus the pools and tiers the cross checks need.
 async fn read_current(
-    store: &dyn Store,
+    store: &Objects,
     input: &[Prepared],
-) -> Result<(HashMap<ResourceKey, Stored>, Vec<Stored>, Vec<Stored>), StoreError> {
+) -> Result<(HashMap<ResourceKey, Stored>, Vec<Stored>, Vec<Stored>), DatastoreError> {
     // Many objects of one kind are read with one list instead of one get each.
     const LIST_THRESHOLD: usize = 16;
     let mut existing = HashMap::new();
@@ -424,16 +426,16 @@ pub async fn write_from_files(
     )
     .map_err(|problems| CtlError::Invalid { verb, problems })?;
     let store = session.store(config_path, io).await?;
-    let (existing, pools, tiers) = read_current(store.as_ref(), &input).await?;
+    let (existing, pools, tiers) = read_current(&store, &input).await?;
     let problems = validate::cross_check(&input, &existing, &pools, &tiers);
     if !problems.is_empty() {
         return Err(CtlError::Invalid { verb, problems });
     }
 
     let kind = single_kind(input.iter().map(|p| p.kind));
-    let mut ops = Vec::new();
+    let mut items = Vec::new();
     let mut errors = Vec::new();
-    let mut unchanged = 0;
+    let mut skipped = 0;
     for p in &input {
         if p.kind.read_only {
             errors.push(ResourceError::ReadOnly {
@@ -451,21 +453,19 @@ pub async fn write_from_files(
             continue;
         }
         match (verb, existing.get(&p.key)) {
-            (Verb::Create, Some(_)) if args.skip_exists => unchanged += 1,
+            (Verb::Create, Some(_)) if args.skip_exists => skipped += 1,
             (Verb::Create, Some(_)) => errors.push(ResourceError::AlreadyExists(id)),
             (Verb::Create, None) if p.given_revision.is_some() => {
                 errors.push(ResourceError::VersionOnCreate {
                     revision: p.given_revision.unwrap_or_default(),
                 })
             }
-            (Verb::Create | Verb::Apply, None) => ops.push(WriteOp::Create {
-                key: p.key.clone(),
-                value: merge::for_create(
-                    p.value.clone(),
-                    &uuid::Uuid::new_v4().to_string(),
-                    &now_rfc3339(),
-                ),
-            }),
+            // Absent when read: created, and only if it is still absent when written.
+            (Verb::Create | Verb::Apply, None) => items.push(BatchItem::new(
+                BatchOp::Create,
+                p.key.kind_ref(),
+                for_create(p.value.clone()),
+            )),
             (_, None) => errors.push(ResourceError::DoesNotExist(id)),
             (_, Some(cur)) if owned_by_kubernetes(&cur.value) => {
                 errors.push(ResourceError::OwnedByKubernetes {
@@ -484,18 +484,15 @@ pub async fn write_from_files(
                     });
                     continue;
                 }
-                let value = merge::for_update(&cur.value, p.value.clone());
-                // Applying what is already stored changes nothing (and keeps the revision),
-                // so repeated applies of the same file are true no-ops.
-                if value == crate::store::strip_revision(&cur.value) {
-                    unchanged += 1;
-                } else {
-                    ops.push(WriteOp::Update {
-                        key: p.key.clone(),
-                        value,
-                        revision: cur.revision,
-                    });
-                }
+                // The document replaces the object (labels and annotations included), and
+                // only at the revision these checks saw. Applying what is already stored
+                // writes nothing (and keeps the revision), so repeated applies of the same
+                // file are true no-ops.
+                items.push(BatchItem::new(
+                    BatchOp::Replace,
+                    p.key.kind_ref(),
+                    at_revision(p.value.clone(), cur.revision),
+                ));
             }
         }
     }
@@ -507,15 +504,40 @@ pub async fn write_from_files(
             errors,
         });
     }
-    if !ops.is_empty() {
-        store.commit(&ops).await?;
+    let written = items.len();
+    if !items.is_empty() {
+        store.write(items).await?;
     }
     let _ = writeln!(
         io.out,
         "{}",
-        success_message(verb, kind, ops.len() + unchanged)
+        success_message(verb, kind, written + skipped)
     );
     Ok(())
+}
+
+/// The document with `metadata.resourceVersion` set to `revision`: the batch writer's
+/// precondition that the object is still as it was read.
+fn at_revision(mut value: Value, revision: i64) -> Value {
+    if let Some(meta) = value.get_mut("metadata").and_then(Value::as_object_mut) {
+        meta.insert(
+            "resourceVersion".into(),
+            Value::String(revision.to_string()),
+        );
+    }
+    value
+}
+
+/// A user's document as calicoctl creates it: of the metadata only name, namespace, labels
+/// and annotations (Calico's calicoctl drops the rest, e.g. a copied uid or resourceVersion;
+/// the datastore sets uid and creationTimestamp).
+fn for_create(mut value: Value) -> Value {
+    if let Some(meta) = value.get_mut("metadata").and_then(Value::as_object_mut) {
+        meta.retain(|k, v| {
+            ["name", "namespace", "labels", "annotations"].contains(&k.as_str()) && !v.is_null()
+        });
+    }
+    value
 }
 
 /// Arguments shared by the file-driven write commands.
@@ -661,7 +683,7 @@ pub async fn delete(
     }
     let store = session.store(config_path, io).await?;
     let kind = single_kind(targets.iter().map(|t| t.1));
-    let mut ops = Vec::new();
+    let mut items = Vec::new();
     let mut errors = Vec::new();
     let mut skipped = 0;
     for (key, info, given) in &targets {
@@ -694,10 +716,11 @@ pub async fn delete(
                     given: *g,
                     latest: cur.revision,
                 }),
-                _ => ops.push(WriteOp::Delete {
-                    key: key.clone(),
-                    revision: Some(cur.revision),
-                }),
+                _ => items.push(BatchItem::new(
+                    BatchOp::Delete,
+                    key.kind_ref(),
+                    at_revision(cur.value, cur.revision),
+                )),
             },
         }
     }
@@ -709,13 +732,14 @@ pub async fn delete(
             errors,
         });
     }
-    if !ops.is_empty() {
-        store.commit(&ops).await?;
+    let deleted = items.len();
+    if !items.is_empty() {
+        store.write(items).await?;
     }
     let _ = writeln!(
         io.out,
         "{}",
-        success_message(Verb::Delete, kind, ops.len() + skipped)
+        success_message(Verb::Delete, kind, deleted + skipped)
     );
     Ok(())
 }
@@ -958,7 +982,7 @@ pub async fn patch(
         return Err(failed(ResourceError::DoesNotExist(key.identifier())));
     };
     let mut patched = cur.value.clone();
-    merge::merge_patch(&mut patched, &patch);
+    merge_patch::apply(&mut patched, &patch);
     // Identity is not patchable: keep the stored metadata except labels and annotations.
     if let (Some(stored_meta), Some(new_meta)) = (
         cur.value.get("metadata").and_then(Value::as_object),
@@ -989,7 +1013,7 @@ pub async fn patch(
         verb: Verb::Patch,
         problems,
     })?;
-    let (existing, pools, tiers) = read_current(store.as_ref(), &input).await?;
+    let (existing, pools, tiers) = read_current(&store, &input).await?;
     let problems = validate::cross_check(&input, &existing, &pools, &tiers);
     if !problems.is_empty() {
         return Err(CtlError::Invalid {
@@ -1001,11 +1025,11 @@ pub async fn patch(
         return Err(CtlError::NoResources);
     };
     store
-        .commit(&[WriteOp::Update {
-            key,
-            value: p.value,
-            revision: cur.revision,
-        }])
+        .write(vec![BatchItem::new(
+            BatchOp::Replace,
+            key.kind_ref(),
+            at_revision(p.value, cur.revision),
+        )])
         .await?;
     let _ = writeln!(io.out, "Successfully patched 1 '{}' resource", info.kind);
     Ok(())
@@ -1052,15 +1076,14 @@ pub async fn label(
             },
         });
     }
-    let mut updated = crate::store::strip_revision(&cur.value);
+    let mut updated = cur.value.clone();
     let meta = updated.as_object_mut().map(|o| {
         o.entry("metadata")
             .or_insert_with(|| Value::Object(Default::default()))
     });
     let Some(Value::Object(meta)) = meta else {
-        return Err(CtlError::Store(StoreError::Corrupt {
-            key: key.etcd_key(),
-            reason: "metadata is not an object".into(),
+        return Err(CtlError::Datastore(DatastoreError::NotAnObject {
+            kind: info.kind.into(),
         }));
     };
     let labels = meta
@@ -1098,11 +1121,11 @@ pub async fn label(
         }
     }
     store
-        .commit(&[WriteOp::Update {
-            key,
-            value: updated,
-            revision: cur.revision,
-        }])
+        .write(vec![BatchItem::new(
+            BatchOp::Replace,
+            key.kind_ref(),
+            at_revision(updated, cur.revision),
+        )])
         .await
         .map_err(|source| CtlError::LabelUpdate {
             kind: args.kind.clone(),

@@ -5,18 +5,23 @@
 //! - [`document`]: reading `-f` files (multi-document YAML, JSON, lists);
 //! - [`validate`]: envelope checks, the [`validate::ResourceModel`] hook for per-kind rules,
 //!   and cross checks (duplicates, IP pool overlap, tiers);
-//! - [`store`] / [`etcd_store`]: the datastore as JSON objects with atomic batches;
+//! - [`objects`]: resources as calicoctl names and reads them; every write is one batch of
+//!   `calico-datastore`'s batch writer (calicoctl has no writer of its own);
 //! - [`commands`]: create / apply / replace / delete / get / patch / label / validate / version;
 //! - [`output`] / [`kinds`]: Calico's table layouts and per-kind facts;
 //!
 //! Where this calicoctl deliberately differs from Calico's:
 //! - writes are all-or-nothing: every document is validated and every precondition checked
-//!   before anything is written, then one etcd transaction per 128 writes (Calico writes
-//!   document by document and reports partial success);
+//!   before anything is written, then one etcd transaction per 128 writes, each pinning the
+//!   objects to the state the checks saw (Calico writes document by document and reports
+//!   partial success);
 //! - `apply` of an unchanged resource writes nothing (same resourceVersion afterwards);
+//!
+//! Like Calico's: `apply` and `replace` make the stored object equal to the document, labels
+//! and annotations included (a label the document no longer has is removed); `uid` and
+//! `creationTimestamp` stay the datastore's (see `calico_datastore::resource::meta`).
 //! - `get KIND A B` prints one table with a row per resource (Calico prints one table each)
 //!   and `-o yaml|json` of several named resources prints a `<Kind>List`;
-//! - `label --remove` really removes the label (Calico's update path merges labels back).
 //!
 //! Configuration (`-c`, `/etc/calico/calicoctl.cfg`, DATASTORE_TYPE / ETCD_* variables) is
 //! loaded by `calico-datastore`'s `CalicoApiConfig`.
@@ -24,15 +29,14 @@
 pub mod cli;
 pub mod commands;
 pub mod document;
-pub mod etcd_store;
 pub mod ipam_cmd;
 pub mod kinds;
-pub mod merge;
+pub mod merge_patch;
 pub mod model;
 pub mod node_cmd;
 pub mod output;
+pub mod objects;
 pub mod policy_view;
-pub mod store;
 pub mod validate;
 
 use std::sync::Arc;
@@ -139,13 +143,11 @@ pub fn main_with_args(args: Vec<String>) -> i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{MemStore, ResourceKey, Store, StoreError, WriteOp};
-    use serde_json::json;
 
-    fn session(store: Arc<MemStore>) -> Session {
+    fn session() -> Session {
         Session {
             model: default_model(),
-            store: Some(store),
+            store: None,
             default_config_path: "/nonexistent/calicoctl.cfg".into(),
         }
     }
@@ -172,55 +174,9 @@ mod tests {
         )
     }
 
-    const KNP: &str = "apiVersion: projectcalico.org/v3\nkind: NetworkPolicy\nmetadata:\n  name: knp.default.allow\n  namespace: default\nspec:\n  selector: all()\n";
-
-    #[tokio::test]
-    async fn kubernetes_policies_cannot_be_written_through_calicoctl() {
-        let store = Arc::new(MemStore::new());
-        let s = session(store.clone());
-        let (code, _, err) = run_with(&s, &["apply", "-f", "-"], KNP).await;
-        assert_eq!(code, 1);
-        assert!(
-            err.contains("kubernetes network policies must be managed through the kubernetes API"),
-            "{err}"
-        );
-        assert!(store.is_empty());
-    }
-
-    #[tokio::test]
-    async fn a_batch_whose_preconditions_changed_writes_nothing() {
-        let store = MemStore::new();
-        let kind = kinds::by_kind("Tier").unwrap();
-        let a = ResourceKey::new(kind, None, "a");
-        let b = ResourceKey::new(kind, None, "b");
-        let v = |n: &str| json!({"metadata": {"name": n}, "spec": {}});
-        store
-            .commit(&[WriteOp::Create {
-                key: a.clone(),
-                value: v("a"),
-            }])
-            .await
-            .unwrap();
-        let err = store
-            .commit(&[
-                WriteOp::Create {
-                    key: b.clone(),
-                    value: v("b"),
-                },
-                WriteOp::Create {
-                    key: a.clone(),
-                    value: v("a"),
-                },
-            ])
-            .await
-            .unwrap_err();
-        assert!(matches!(err, StoreError::Conflict { .. }), "{err}");
-        assert_eq!(store.len(), 1);
-    }
-
     #[tokio::test]
     async fn usage_errors_exit_1_and_help_exits_0() {
-        let s = session(Arc::new(MemStore::new()));
+        let s = session();
         assert_eq!(run_with(&s, &["frobnicate"], "").await.0, 1);
         assert_eq!(
             run_with(&s, &["get"], "").await.2,

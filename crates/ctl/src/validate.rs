@@ -19,7 +19,7 @@ use serde_json::{Map, Value};
 
 use crate::document::{Origin, RawResource};
 use crate::kinds::{self, KindInfo};
-use crate::store::{ResourceKey, Stored};
+use crate::objects::{ResourceKey, Stored};
 
 /// One problem with one field of one resource.
 #[derive(Debug, Clone, PartialEq, Eq)]

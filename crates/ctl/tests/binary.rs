@@ -138,3 +138,94 @@ async fn binary_exits_1_on_invalid_input_and_0_on_help() {
     let out = run(&bin, &["frobnicate"], &[], "");
     assert_eq!(out.code, Some(1));
 }
+
+const DB_POLICY: &str = "apiVersion: projectcalico.org/v3
+kind: GlobalNetworkPolicy
+metadata:
+  name: db-only
+spec:
+  selector: role == 'db'
+  ingress:
+  - action: Allow
+";
+
+fn host_endpoint(metadata_extra: &str) -> String {
+    format!(
+        "apiVersion: projectcalico.org/v3
+kind: HostEndpoint
+metadata:
+  name: h1
+{metadata_extra}spec:
+  node: node1
+  interfaceName: eth0
+  expectedIPs:
+  - 192.168.33.11
+"
+    )
+}
+
+/// The stored HostEndpoint `h1` (etcd's value, parsed) and whether the stored policy
+/// `db-only` selects it, evaluated with the project's selector engine on the stored labels.
+async fn stored_h1(etcd: &Etcd) -> (serde_json::Value, bool) {
+    let dump = etcd.dump().await;
+    let value = |suffix: &str| -> serde_json::Value {
+        let (_, v) = dump
+            .iter()
+            .find(|(k, _)| k.ends_with(suffix))
+            .unwrap_or_else(|| panic!("no key ending in {suffix} in {dump:?}"));
+        serde_json::from_str(v).expect("stored JSON")
+    };
+    let hep = value("/hostendpoints/h1");
+    let policy = value("/globalnetworkpolicies/db-only");
+    let selector = calico_selector::Selector::parse(policy["spec"]["selector"].as_str().unwrap())
+        .expect("stored selector parses");
+    let labels: std::collections::BTreeMap<String, String> =
+        serde_json::from_value(hep["metadata"]["labels"].clone()).unwrap_or_default();
+    (hep.clone(), selector.matches(&labels))
+}
+
+/// Calico's rule for `apply` and `replace`: the stored object equals the document, labels and
+/// annotations included. A label the new document no longer has must go, or every policy that
+/// selects it keeps applying to the endpoint; uid and creationTimestamp stay the datastore's.
+#[tokio::test]
+async fn apply_and_replace_remove_labels_the_document_no_longer_has() {
+    let bin = binary().expect("build calicoctl first: cargo build -p calico-rs --bin calicoctl");
+    let etcd = Etcd::start();
+    let cfg = etcd.config_file().display().to_string();
+    let ctl = |verb: &str, doc: &str| {
+        let out = run(&bin, &[verb, "-f", "-", "-c", &cfg], &[], doc);
+        assert_eq!(out.code, Some(0), "calicoctl {verb}: {}", out.stderr);
+    };
+    ctl("apply", DB_POLICY);
+    ctl(
+        "apply",
+        &host_endpoint("  labels:\n    role: db\n    zone: a\n  annotations:\n    owner: team-db\n"),
+    );
+    let (first, selected) = stored_h1(&etcd).await;
+    assert_eq!(
+        first["metadata"]["labels"],
+        serde_json::json!({"role": "db", "zone": "a"})
+    );
+    assert!(selected, "role == 'db' selects h1 while it has the label");
+
+    // apply with only `zone: a`: `role` and the annotation are gone, the policy no longer
+    // applies, the identity is kept.
+    ctl("apply", &host_endpoint("  labels:\n    zone: a\n"));
+    let (applied, selected) = stored_h1(&etcd).await;
+    assert_eq!(applied["metadata"]["labels"], serde_json::json!({"zone": "a"}));
+    assert!(applied["metadata"].get("annotations").is_none(), "{applied}");
+    assert!(!selected, "role == 'db' must not select h1 any more: {applied}");
+    for field in ["uid", "creationTimestamp"] {
+        assert!(first["metadata"][field].is_string(), "{first}");
+        assert_eq!(applied["metadata"][field], first["metadata"][field]);
+    }
+
+    // replace with a document without labels: none are left.
+    ctl("apply", &host_endpoint("  labels:\n    role: db\n"));
+    assert!(stored_h1(&etcd).await.1);
+    ctl("replace", &host_endpoint(""));
+    let (replaced, selected) = stored_h1(&etcd).await;
+    assert!(replaced["metadata"].get("labels").is_none(), "{replaced}");
+    assert!(!selected);
+    assert_eq!(replaced["metadata"]["uid"], first["metadata"]["uid"]);
+}

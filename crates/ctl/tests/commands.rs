@@ -726,3 +726,18 @@ spec:
     assert!(out.stderr.contains("owned by Kubernetes"), "{}", out.stderr);
     assert_eq!(etcd.dump().await, before, "a refused edit changed etcd");
 }
+
+#[tokio::test]
+async fn kubernetes_policies_cannot_be_written_through_calicoctl() {
+    let etcd = Etcd::start();
+    let ctl = Ctl::new(&etcd);
+    let knp = "apiVersion: projectcalico.org/v3\nkind: NetworkPolicy\nmetadata:\n  name: knp.default.allow\n  namespace: default\nspec:\n  selector: all()\n";
+    let out = ctl.run_stdin(&["apply", "-f", "-"], knp).await;
+    assert!(
+        out.failed().stderr.contains(
+            "kubernetes network policies must be managed through the kubernetes API"
+        ),
+        "{out:?}"
+    );
+    assert!(etcd.dump().await.is_empty());
+}
