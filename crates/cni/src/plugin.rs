@@ -544,30 +544,15 @@ impl Plugin {
         fault("host")?;
 
         let peer_mac = Some(pair.peer_mac);
-        let mut wep = wl.endpoint(&addrs, peer_mac, ip_nats)?;
+        let wep = wl.endpoint(&addrs, peer_mac, ip_nats)?;
         let name = wep.metadata.name.clone().unwrap_or_default();
         undo.endpoint = Some((wl.namespace().to_owned(), name.clone()));
-        // Create; an endpoint left by a previous sandbox of the same pod is replaced (the
-        // endpoint follows the newest container). Create first: the common case is one round
-        // trip.
-        match ds.create(&wep).await {
-            Ok(_) => {}
-            Err(e) if e.is_already_exists() => {
-                let old = ds
-                    .get::<WorkloadEndpoint>(Some(wl.namespace()), &name)
-                    .await
-                    .map_err(|e| PluginError::step("endpoint", e))?;
-                if let Some(old) = old {
-                    wep.metadata.resource_version = old.metadata.resource_version.clone();
-                    wep.metadata.uid = old.metadata.uid.clone();
-                    wep.metadata.creation_timestamp = old.metadata.creation_timestamp.clone();
-                }
-                ds.update(&wep)
-                    .await
-                    .map_err(|e| PluginError::step("endpoint", e))?;
-            }
-            Err(e) => return Err(PluginError::step("endpoint", e)),
-        }
+        // Create, or replace an endpoint left by a previous sandbox of the same pod (the
+        // endpoint follows the newest container): one apply through the datastore's writer,
+        // which keeps the stored uid and creation time and takes labels from this endpoint.
+        ds.apply(&wep)
+            .await
+            .map_err(|e| PluginError::step("endpoint", e))?;
         tracing::debug!(step = "endpoint", elapsed = ?started.elapsed(), "done");
         fault("endpoint")?;
         tracing::info!(
