@@ -1,17 +1,19 @@
 #!/usr/bin/env bash
 # The seed, reproduced: "Deploying Calico networking with Docker" on one machine.
 #
-#   sudo scripts/seed-lab.sh          # install, build, bring the lab up and show it working
-#   sudo scripts/seed-lab.sh down     # tear everything down (containers, daemons, namespaces)
-#   sudo scripts/seed-lab.sh dockerd-start node1   # start a stopped node's dockerd again
+#   scripts/seed-lab.sh          # install, build, bring the lab up and show it working
+#   scripts/seed-lab.sh down     # tear everything down (containers, daemons, namespaces)
+#   scripts/seed-lab.sh dockerd-start node1   # start a stopped node's dockerd again
 #
+# Runs as root; started by another user it runs itself again through sudo (when installed).
 # Hosts are network namespaces on one LAN segment (see crates/lab): lab-etcd 192.168.33.10,
 # lab-node1 192.168.33.11, lab-node2 192.168.33.12. Each node runs its own dockerd (own plugin
 # directory, own containerd) and calico-node as a host-networked container. Every address
 # lives inside those namespaces; the host namespace is not touched.
 set -euo pipefail
+source "$(dirname "$0")/lib.sh"
+need_root "it creates network namespaces" "$@"
 cd "$(dirname "$0")/.."
-[[ $(id -u) == 0 ]] || { echo "seed-lab.sh: run as root (it creates network namespaces)" >&2; exit 1; }
 
 ROOT=/run/calico-lab/lab
 DATA=/var/tmp/calico-lab
@@ -77,6 +79,11 @@ stop_dockerd() {
   rm -rf "$DATA/$n"
 }
 
+build_images() {
+  images/busybox/build.sh "$(sock_of "$1")" busybox:latest >/dev/null
+  images/calico-node/build.sh "$(sock_of "$1")" calico-rs/node:latest target/debug/calico-node /usr/sbin/ip >/dev/null
+}
+
 down() {
   for n in "${NODES[@]}"; do stop_dockerd "$n"; done
   [[ -x $LAB ]] && $LAB down || true
@@ -109,9 +116,8 @@ $LAB up
 
 say "One dockerd per node, and the images (busybox and calico-node, FROM scratch)"
 for n in "${NODES[@]}"; do
-  start_dockerd "$n"
-  images/busybox/build.sh "$(sock_of "$n")" busybox:latest >/dev/null
-  images/calico-node/build.sh "$(sock_of "$n")" calico-rs/node:latest target/debug/calico-node /usr/sbin/ip >/dev/null
+  step "$n: starting dockerd (seconds)" start_dockerd "$n"
+  step "$n: building the busybox and calico-node images (FROM scratch, seconds)" build_images "$n"
   echo "$n: dockerd $(docker_on "$n" version --format '{{.Server.Version}}') at $(sock_of "$n")"
 done
 
@@ -156,9 +162,9 @@ docker_on node1 exec bbox1 ping -c 4 bbox2
 
 cat <<EOF
 
-The lab is up. A shell on a node (calicoctl and docker point at that node):
-  sudo target/debug/calico-lab shell node1
-  sudo docker -H unix://$(sock_of node1) ps
+The lab is up. A shell on a node (calicoctl and docker point at that node), as root:
+  target/debug/calico-lab shell node1
+  docker -H unix://$(sock_of node1) ps
 Tear it down:
-  sudo scripts/seed-lab.sh down
+  scripts/seed-lab.sh down
 EOF

@@ -1,24 +1,27 @@
 #!/usr/bin/env bash
-# Runs every test of the project on a fresh machine (as root): installs what is missing, builds,
-# checks formatting and lints, then runs all unit, property and lab tests against real etcd,
-# BIRD, GoBGP, FRR, dockerd and the kernel inside throw-away network namespaces.
+# Runs every test of the project on a fresh machine as root (through sudo when started by
+# another user and sudo is installed): installs what is missing, builds, checks formatting and
+# lints, then runs all unit, property and lab tests against real etcd, BIRD, GoBGP, FRR, dockerd
+# and the kernel inside throw-away network namespaces.
 set -euo pipefail
+source "$(dirname "$0")/lib.sh"
+need_root "tests create network namespaces" "$@"
 cd "$(dirname "$0")/.."
-[[ $(id -u) == 0 ]] || { echo "test.sh: run as root (tests create network namespaces)" >&2; exit 1; }
 
 scripts/setup.sh
 # Leftovers of runs that were killed (namespaces, daemons) go before we start.
 target/debug/calico-lab sweep || true
 
-echo "== cargo fmt --check"
-cargo fmt --all -- --check
-echo "== cargo clippy -D warnings"
-cargo clippy --workspace --all-targets --quiet -- -D warnings
+step "cargo fmt --check (seconds)" cargo fmt --all -- --check
+step "cargo clippy -D warnings (several minutes on the first run, then seconds)" \
+  cargo clippy --workspace --all-targets -- -D warnings
 
-echo "== tests"
 profile=default; [[ "${CI:-}" == true ]] && profile=ci
 if cargo nextest --version >/dev/null 2>&1; then
-  cargo nextest run --workspace --profile "$profile" "$@"
+  step "tests: cargo nextest (builds the tests first; the whole suite takes tens of minutes on 2 cores)" \
+    cargo nextest run --workspace --profile "$profile" "$@"
 else
-  cargo test --workspace -- --test-threads 2 "$@"
+  echo "test.sh: cargo-nextest is missing (scripts/setup.sh installs it): plain cargo test, no per-test timeouts" >&2
+  step "tests: cargo test (builds the tests first; the whole suite takes tens of minutes on 2 cores)" \
+    cargo test --workspace -- --test-threads 2 "$@"
 fi
