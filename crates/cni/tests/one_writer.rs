@@ -116,20 +116,30 @@ async fn calicoctl_and_the_cni_write_path_store_identical_bytes() {
     assert_ne!(changed.value, by_ctl.value);
     ds.apply(&wep).await.expect("plugin write");
     let by_plugin = stored(&kv, &key).await;
-    assert!(by_plugin.mod_revision > changed.mod_revision, "the plugin wrote");
+    assert!(
+        by_plugin.mod_revision > changed.mod_revision,
+        "the plugin wrote"
+    );
     assert_eq!(
         String::from_utf8_lossy(&by_plugin.value),
         String::from_utf8_lossy(&by_ctl.value)
     );
 
     // The other way round: the plugin creates it, calicoctl changes it and applies it back.
-    ctl(&cfg, &["delete", "workloadendpoint", &name, "-n", "ns1"], "");
+    ctl(
+        &cfg,
+        &["delete", "workloadendpoint", &name, "-n", "ns1"],
+        "",
+    );
     ds.apply(&wep).await.expect("plugin create");
     let by_plugin = stored(&kv, &key).await;
     ctl(&cfg, &["apply", "-f", "-"], &document(&other));
     ctl(&cfg, &["apply", "-f", "-"], &document(&wep));
     let by_ctl = stored(&kv, &key).await;
-    assert!(by_ctl.mod_revision > by_plugin.mod_revision, "calicoctl wrote");
+    assert!(
+        by_ctl.mod_revision > by_plugin.mod_revision,
+        "calicoctl wrote"
+    );
     assert_eq!(
         String::from_utf8_lossy(&by_ctl.value),
         String::from_utf8_lossy(&by_plugin.value)

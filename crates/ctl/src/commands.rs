@@ -13,9 +13,9 @@ use serde_json::Value;
 use crate::cli::{CreateArgs, DeleteArgs, FileArgs, GetArgs, LabelArgs, PatchArgs, Source};
 use crate::document::{self, LoadError, Origin, RawResource};
 use crate::kinds::{self, KindInfo, TableContext};
+use crate::merge_patch;
 use crate::objects::{Objects, ResourceKey, Stored};
 use crate::output::{self, Format, FormatError};
-use crate::merge_patch;
 use crate::validate::{self, Depth, NamespaceFlags, Prepared, Problem, ResourceModel};
 use calico_datastore::{
     BatchItem, BatchOp, CalicoApiConfig, ConfigError, EtcdClient, EtcdResourceStore,
@@ -126,7 +126,9 @@ pub enum CtlError {
     Load(#[from] LoadError),
     #[error("Failed to create Calico API client: {0}")]
     Config(#[from] ConfigError),
-    #[error("Failed to create Calico API client: cannot reach the datastore at {endpoints}: {reason}")]
+    #[error(
+        "Failed to create Calico API client: cannot reach the datastore at {endpoints}: {reason}"
+    )]
     Connect { endpoints: String, reason: String },
     #[error("{}", with_causes(.0))]
     Datastore(#[from] DatastoreError),
@@ -177,7 +179,10 @@ pub enum CtlError {
         name: String,
         key: String,
     },
-    #[error("failed to update {kind} {name}, label not changed: {}", with_causes(source))]
+    #[error(
+        "failed to update {kind} {name}, label not changed: {}",
+        with_causes(source)
+    )]
     LabelUpdate {
         kind: String,
         name: String,
@@ -508,11 +513,7 @@ pub async fn write_from_files(
     if !items.is_empty() {
         store.write(items).await?;
     }
-    let _ = writeln!(
-        io.out,
-        "{}",
-        success_message(verb, kind, written + skipped)
-    );
+    let _ = writeln!(io.out, "{}", success_message(verb, kind, written + skipped));
     Ok(())
 }
 

@@ -34,8 +34,8 @@ pub mod kinds;
 pub mod merge_patch;
 pub mod model;
 pub mod node_cmd;
-pub mod output;
 pub mod objects;
+pub mod output;
 pub mod policy_view;
 pub mod validate;
 

@@ -199,7 +199,9 @@ async fn apply_and_replace_remove_labels_the_document_no_longer_has() {
     ctl("apply", DB_POLICY);
     ctl(
         "apply",
-        &host_endpoint("  labels:\n    role: db\n    zone: a\n  annotations:\n    owner: team-db\n"),
+        &host_endpoint(
+            "  labels:\n    role: db\n    zone: a\n  annotations:\n    owner: team-db\n",
+        ),
     );
     let (first, selected) = stored_h1(&etcd).await;
     assert_eq!(
@@ -212,9 +214,18 @@ async fn apply_and_replace_remove_labels_the_document_no_longer_has() {
     // applies, the identity is kept.
     ctl("apply", &host_endpoint("  labels:\n    zone: a\n"));
     let (applied, selected) = stored_h1(&etcd).await;
-    assert_eq!(applied["metadata"]["labels"], serde_json::json!({"zone": "a"}));
-    assert!(applied["metadata"].get("annotations").is_none(), "{applied}");
-    assert!(!selected, "role == 'db' must not select h1 any more: {applied}");
+    assert_eq!(
+        applied["metadata"]["labels"],
+        serde_json::json!({"zone": "a"})
+    );
+    assert!(
+        applied["metadata"].get("annotations").is_none(),
+        "{applied}"
+    );
+    assert!(
+        !selected,
+        "role == 'db' must not select h1 any more: {applied}"
+    );
     for field in ["uid", "creationTimestamp"] {
         assert!(first["metadata"][field].is_string(), "{first}");
         assert_eq!(applied["metadata"][field], first["metadata"][field]);

@@ -734,9 +734,9 @@ async fn kubernetes_policies_cannot_be_written_through_calicoctl() {
     let knp = "apiVersion: projectcalico.org/v3\nkind: NetworkPolicy\nmetadata:\n  name: knp.default.allow\n  namespace: default\nspec:\n  selector: all()\n";
     let out = ctl.run_stdin(&["apply", "-f", "-"], knp).await;
     assert!(
-        out.failed().stderr.contains(
-            "kubernetes network policies must be managed through the kubernetes API"
-        ),
+        out.failed()
+            .stderr
+            .contains("kubernetes network policies must be managed through the kubernetes API"),
         "{out:?}"
     );
     assert!(etcd.dump().await.is_empty());

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use calico_api::{CalicoResource, ObjectMeta};
 use calico_datastore::{
-    Applied, Atomicity, BatchItem, BatchOp, Datastore, EtcdClient, KindRef, ObjectId, ResourceError,
-    ResourceEvent,
+    Applied, Atomicity, BatchItem, BatchOp, Datastore, EtcdClient, KindRef, ObjectId,
+    ResourceError, ResourceEvent,
 };
 use common::{Etcd, Options};
 use futures::StreamExt;
@@ -460,7 +460,10 @@ async fn batches_over_the_txn_limit_are_refused_or_chunked_as_asked() {
     let again: Vec<_> = (0..10).map(|i| pool_doc(&format!("c-{i}"), i)).collect();
     assert!(
         ds.dynamic()
-            .write_batch(BatchItem::all(BatchOp::Create, again), Atomicity::AllOrNothing)
+            .write_batch(
+                BatchItem::all(BatchOp::Create, again),
+                Atomicity::AllOrNothing
+            )
             .await
             .unwrap_err()
             .is_already_exists()
@@ -606,7 +609,11 @@ async fn a_mixed_batch_pins_each_item_and_writes_nothing_when_one_is_stale() {
         .await
         .unwrap_err();
     assert!(err.is_conflict(), "{err:?}");
-    assert_eq!(kv.current_revision().await.unwrap(), before, "nothing written");
+    assert_eq!(
+        kv.current_revision().await.unwrap(),
+        before,
+        "nothing written"
+    );
 
     // With b's current revision all three land in one transaction.
     let b_now = ds.get::<Pool>(None, "b").await.unwrap().unwrap();
@@ -625,7 +632,10 @@ async fn a_mixed_batch_pins_each_item_and_writes_nothing_when_one_is_stale() {
     assert!(ds.get::<Pool>(None, "b").await.unwrap().is_none());
     let a2 = ds.get::<Pool>(None, "a").await.unwrap().unwrap();
     assert_eq!(a2.metadata.uid, a.metadata.uid);
-    assert_eq!(a2.metadata.labels, Some([("edited".into(), "yes".into())].into()));
+    assert_eq!(
+        a2.metadata.labels,
+        Some([("edited".into(), "yes".into())].into())
+    );
     assert_eq!(rv(&a2), outcome.revision);
 
     // The same document again changes nothing and keeps the revision.
@@ -641,7 +651,12 @@ async fn a_mixed_batch_pins_each_item_and_writes_nothing_when_one_is_stale() {
         .unwrap();
     assert_eq!(outcome.results[0].1, Applied::Unchanged);
     assert_eq!(
-        ds.get::<Pool>(None, "a").await.unwrap().unwrap().metadata.resource_version,
+        ds.get::<Pool>(None, "a")
+            .await
+            .unwrap()
+            .unwrap()
+            .metadata
+            .resource_version,
         a2.metadata.resource_version
     );
     // Create of something that exists fails and writes nothing else.

@@ -276,6 +276,9 @@ pub trait ResourceStore: Send + Sync {
     /// Writes many documents (any kinds, each with its own [`BatchOp`]) with one etcd
     /// transaction per chunk; see [`Atomicity`]. The one batch writer: calicoctl's commands
     /// and [`Datastore::apply_all`] use it.
-    async fn write_batch(&self, items: Vec<BatchItem>, atomicity: Atomicity)
-    -> Result<BatchOutcome>;
+    async fn write_batch(
+        &self,
+        items: Vec<BatchItem>,
+        atomicity: Atomicity,
+    ) -> Result<BatchOutcome>;
 }

@@ -212,7 +212,10 @@ impl Datastore {
     /// fit one transaction (see [`Atomicity`]).
     pub async fn apply_all(&self, docs: Vec<(KindRef, Value)>) -> Result<BatchOutcome> {
         self.store
-            .write_batch(BatchItem::all(BatchOp::Apply, docs), Atomicity::AllOrNothing)
+            .write_batch(
+                BatchItem::all(BatchOp::Apply, docs),
+                Atomicity::AllOrNothing,
+            )
             .await
     }
 }
