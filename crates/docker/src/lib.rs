@@ -30,7 +30,6 @@
 //! Addresses come from `calico-ipam` ([`ipam::CalicoIpam`]), the host side is plumbed with
 //! `calico-dataplane` ([`plumbing::DataplanePlumber`]).
 
-pub mod daemon;
 pub mod driver;
 pub mod engine;
 pub mod ipam;
