@@ -14,6 +14,7 @@
 //! when another writer races with us.
 
 use async_trait::async_trait;
+use calico_api::error_chain;
 use calico_datastore::{
     Compare, EtcdClient, EtcdConfig, KeyValue, KvError, TxnOutcome, Write, txn_chunks,
 };
@@ -40,18 +41,6 @@ impl EtcdStore {
     pub fn from_client(kv: EtcdClient) -> Self {
         EtcdStore { kv }
     }
-}
-
-/// The error and its causes on one line (etcd's own reason is usually in the source).
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 fn backend(operation: &'static str) -> impl Fn(KvError) -> StoreError {
