@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use calico_docker::daemon::{Dockerd, DockerdConfig};
+use calico_lab::dockerd::{Dockerd, DockerdConfig};
 use serde_yaml_ng::Value;
 
 fn root() -> PathBuf {

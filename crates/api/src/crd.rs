@@ -130,37 +130,28 @@ pub fn crd_yaml<K: CustomResourceExt + crate::CalicoResource>() -> Result<String
 /// server or live only in etcd), so none is generated for them either.
 pub fn all_crds() -> Result<Vec<(String, String)>, CrdError> {
     macro_rules! files {
-        ($($ty:ty),* $(,)?) => {
-            vec![$((
-                format!("projectcalico.org_{}.yaml", <$ty as crate::CalicoResource>::PLURAL),
-                crd_yaml::<$ty>()?,
-            )),*]
+        ($($ty:ident { kind: $_k:literal, plural: $_p:literal, namespaced: $_n:literal, crd: $crd:tt, $($_rest:tt)* })*) => {
+            vec![$(crd_file!($ty, $crd)),*]
         };
     }
-    Ok(files![
-        BGPConfiguration,
-        BGPFilter,
-        BGPPeer,
-        BlockAffinity,
-        CalicoNodeStatus,
-        ClusterInformation,
-        FelixConfiguration,
-        GlobalNetworkPolicy,
-        GlobalNetworkSet,
-        HostEndpoint,
-        IPAMBlock,
-        IPAMConfiguration,
-        IPAMHandle,
-        IPPool,
-        IPReservation,
-        KubeControllersConfiguration,
-        NetworkPolicy,
-        NetworkSet,
-        StagedGlobalNetworkPolicy,
-        StagedKubernetesNetworkPolicy,
-        StagedNetworkPolicy,
-        Tier,
-    ])
+    // Kinds without a published CRD give `None`.
+    macro_rules! crd_file {
+        ($ty:ident, true) => {
+            Some(crd_yaml::<$ty>().map(|yaml| {
+                (
+                    format!(
+                        "projectcalico.org_{}.yaml",
+                        <$ty as crate::CalicoResource>::PLURAL
+                    ),
+                    yaml,
+                )
+            }))
+        };
+        ($ty:ident, false) => {
+            None
+        };
+    }
+    every_kind!(files).into_iter().flatten().collect()
 }
 
 /// The OpenAPI schema (`openAPIV3Schema`) of a kind, built once per process. Also available
@@ -177,39 +168,9 @@ pub fn schema(kind: &str) -> Option<&'static Value> {
         Some((K::KIND, schema))
     }
     macro_rules! all {
-        ($($ty:ty),* $(,)?) => { [$(one::<$ty>()),*].into_iter().flatten().collect() };
+        ($($ty:ident { $($_rest:tt)* })*) => { [$(one::<$ty>()),*].into_iter().flatten().collect() };
     }
-    SCHEMAS
-        .get_or_init(|| {
-            all![
-                BGPConfiguration,
-                BGPFilter,
-                BGPPeer,
-                BlockAffinity,
-                CalicoNodeStatus,
-                ClusterInformation,
-                FelixConfiguration,
-                GlobalNetworkPolicy,
-                GlobalNetworkSet,
-                HostEndpoint,
-                IPAMBlock,
-                IPAMConfiguration,
-                IPAMHandle,
-                IPPool,
-                IPReservation,
-                KubeControllersConfiguration,
-                NetworkPolicy,
-                NetworkSet,
-                Node,
-                Profile,
-                StagedGlobalNetworkPolicy,
-                StagedKubernetesNetworkPolicy,
-                StagedNetworkPolicy,
-                Tier,
-                WorkloadEndpoint,
-            ]
-        })
-        .get(kind)
+    SCHEMAS.get_or_init(|| every_kind!(all)).get(kind)
 }
 
 /// Reads a document the way Calico's Go decoding does, guided by the kind's schema:

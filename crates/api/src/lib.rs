@@ -1,9 +1,17 @@
-//! Calico `projectcalico.org/v3` resource types, defaults, validation and CRD generation.
+//! Calico `projectcalico.org/v3` resource types, defaults, validation and CRD generation, and
+//! the facts every component shares: Calico's well-known names ([`names`]), Go durations
+//! ([`GoDuration`]), the one list of kinds (`kind_table.rs`) and [`error_chain`].
+
+#[macro_use]
+mod kind_table;
 
 mod asnumber;
 pub mod crd;
 mod defaults;
+mod duration;
+mod error_chain;
 pub mod kinds;
+pub mod names;
 mod numorstring;
 mod registry;
 mod resource;
@@ -12,6 +20,8 @@ mod wepname;
 
 pub use asnumber::{AsNumber, AsNumberError};
 pub use defaults::{Defaults, apply_schema_defaults, default_block_size, default_policy_types};
+pub use duration::{GoDuration, GoDurationError};
+pub use error_chain::error_chain;
 pub use kinds::*;
 pub use numorstring::{Dscp, NumOrStringError, PROTOCOL_NAMES, Port, Protocol};
 pub use registry::{
@@ -27,9 +37,9 @@ pub use wepname::{
     WorkloadEndpointNameError, split_workload_endpoint_name, workload_endpoint_name,
 };
 
-/// Implements [`CalicoResource`] for every kind, from one table.
+/// Implements [`CalicoResource`] for every kind, from the one table ([`kind_table`]).
 macro_rules! calico_kinds {
-    ($($ty:ident, $kind:literal, $plural:literal, $namespaced:literal;)*) => {
+    ($($ty:ident { kind: $kind:literal, plural: $plural:literal, namespaced: $namespaced:literal, $($_rest:tt)* })*) => {
         $(
             impl CalicoResource for $ty {
                 const KIND: &'static str = $kind;
@@ -46,30 +56,4 @@ macro_rules! calico_kinds {
     };
 }
 
-calico_kinds! {
-    IPPool, "IPPool", "ippools", false;
-    IPReservation, "IPReservation", "ipreservations", false;
-    IPAMConfiguration, "IPAMConfiguration", "ipamconfigurations", false;
-    BGPConfiguration, "BGPConfiguration", "bgpconfigurations", false;
-    BGPPeer, "BGPPeer", "bgppeers", false;
-    BGPFilter, "BGPFilter", "bgpfilters", false;
-    Node, "Node", "nodes", false;
-    WorkloadEndpoint, "WorkloadEndpoint", "workloadendpoints", true;
-    HostEndpoint, "HostEndpoint", "hostendpoints", false;
-    NetworkPolicy, "NetworkPolicy", "networkpolicies", true;
-    GlobalNetworkPolicy, "GlobalNetworkPolicy", "globalnetworkpolicies", false;
-    StagedNetworkPolicy, "StagedNetworkPolicy", "stagednetworkpolicies", true;
-    StagedGlobalNetworkPolicy, "StagedGlobalNetworkPolicy", "stagedglobalnetworkpolicies", false;
-    StagedKubernetesNetworkPolicy, "StagedKubernetesNetworkPolicy", "stagedkubernetesnetworkpolicies", true;
-    Tier, "Tier", "tiers", false;
-    NetworkSet, "NetworkSet", "networksets", true;
-    GlobalNetworkSet, "GlobalNetworkSet", "globalnetworksets", false;
-    Profile, "Profile", "profiles", false;
-    FelixConfiguration, "FelixConfiguration", "felixconfigurations", false;
-    KubeControllersConfiguration, "KubeControllersConfiguration", "kubecontrollersconfigurations", false;
-    ClusterInformation, "ClusterInformation", "clusterinformations", false;
-    CalicoNodeStatus, "CalicoNodeStatus", "caliconodestatuses", false;
-    IPAMBlock, "IPAMBlock", "ipamblocks", false;
-    IPAMHandle, "IPAMHandle", "ipamhandles", false;
-    BlockAffinity, "BlockAffinity", "blockaffinities", false;
-}
+every_kind!(calico_kinds);

@@ -75,7 +75,7 @@ const OBJECT_META_FIELDS: &[&str] = &[
 ];
 
 macro_rules! registry {
-    ($($ty:ident { singular: $singular:literal, status: $status:literal, short: [$($short:literal),*] })*) => {
+    ($($ty:ident { kind: $_kind:literal, plural: $_plural:literal, namespaced: $_ns:literal, crd: $_crd:literal, singular: $singular:literal, status: $status:literal, short: [$($short:literal),*] })*) => {
         /// Any Calico resource, for code that handles kinds dynamically.
         #[derive(Debug, Clone, PartialEq)]
         #[allow(clippy::large_enum_variant)]
@@ -144,33 +144,7 @@ macro_rules! registry {
     };
 }
 
-registry! {
-    BGPConfiguration { singular: "bgpconfiguration", status: false, short: ["bgpconfig", "bgpconfigs"] }
-    BGPFilter { singular: "bgpfilter", status: false, short: ["bgpf", "bgpfs", "bf", "bfs"] }
-    BGPPeer { singular: "bgppeer", status: false, short: ["bgpp", "bgpps", "bp", "bps"] }
-    BlockAffinity { singular: "blockaffinity", status: false, short: ["affinity", "affinities"] }
-    CalicoNodeStatus { singular: "caliconodestatus", status: true, short: ["nodestatus", "nodestatuses", "cns"] }
-    ClusterInformation { singular: "clusterinformation", status: false, short: ["clusterinfo", "clusterinfos"] }
-    FelixConfiguration { singular: "felixconfiguration", status: false, short: ["felixconfig", "felixconfigs"] }
-    GlobalNetworkPolicy { singular: "globalnetworkpolicy", status: false, short: ["gnp", "gnps", "cgnp"] }
-    GlobalNetworkSet { singular: "globalnetworkset", status: false, short: ["gnetsets", "gns"] }
-    HostEndpoint { singular: "hostendpoint", status: false, short: ["hep", "heps"] }
-    IPAMBlock { singular: "ipamblock", status: false, short: [] }
-    IPAMConfiguration { singular: "ipamconfiguration", status: false, short: ["ipamconfig", "ipamconfigs"] }
-    IPAMHandle { singular: "ipamhandle", status: false, short: [] }
-    IPPool { singular: "ippool", status: true, short: ["ipp", "ipps", "pool", "pools"] }
-    IPReservation { singular: "ipreservation", status: false, short: ["reservation", "reservations"] }
-    KubeControllersConfiguration { singular: "kubecontrollersconfiguration", status: true, short: ["kubecontrollersconfig", "kubecontrollersconfigs", "kcc", "kccs"] }
-    NetworkPolicy { singular: "networkpolicy", status: false, short: ["policy", "policies", "np", "pol", "pols", "cnp", "caliconetworkpolicy"] }
-    NetworkSet { singular: "networkset", status: false, short: ["netsets"] }
-    Node { singular: "node", status: true, short: ["no", "nos"] }
-    Profile { singular: "profile", status: false, short: ["pro", "pros"] }
-    StagedGlobalNetworkPolicy { singular: "stagedglobalnetworkpolicy", status: false, short: ["sgnp", "sgnps"] }
-    StagedKubernetesNetworkPolicy { singular: "stagedkubernetesnetworkpolicy", status: false, short: ["stagedkubernetespolicy", "stagedkubernetespolicies", "sknp", "skpol", "skpols"] }
-    StagedNetworkPolicy { singular: "stagednetworkpolicy", status: false, short: ["stagedpolicy", "stagedpolicies", "snp", "scnp", "spol", "spols"] }
-    Tier { singular: "tier", status: true, short: [] }
-    WorkloadEndpoint { singular: "workloadendpoint", status: false, short: ["wep", "weps"] }
-}
+every_kind!(registry);
 
 /// Finds a kind by any name users type: kind, singular, plural or short name,
 /// case-insensitively (`IPPool`, `ippools`, `gnp`, `BGPP`).

@@ -5,10 +5,9 @@
 //! - [`spec`]: results, errors, versions (pure).
 //! - [`netconf`]: the Calico-compatible netconf, strict about unknown and ill-typed fields.
 //! - [`env`]: the CNI environment and CNI_ARGS.
-//! - [`naming`]: veth names, handles, the IPv6 gateway.
+//! - [`naming`]: veth names, handles.
 //! - [`plugin`]: ADD/DEL/CHECK/STATUS/GC against etcd, IPAM and the kernel.
 //! - [`delegate`]: exec'ing a non-Calico IPAM plugin from CNI_PATH.
-//! - [`nsenter`]: one synchronous visit of the pod's network namespace on this thread.
 //! - [`k8s`]: the pod and its namespace from the Kubernetes API (kube's client).
 //! - [`pod`]: labels, profiles and Calico's pod/namespace annotations (pure).
 //!
@@ -23,7 +22,6 @@ pub mod env;
 pub mod k8s;
 pub mod naming;
 pub mod netconf;
-pub mod nsenter;
 pub mod plugin;
 pub mod pod;
 pub mod spec;
@@ -46,19 +44,7 @@ pub enum Which {
 }
 
 /// An error and its sources, `: `-joined, for the one-line `msg` of a CNI error.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(src) = cur {
-        let t = src.to_string();
-        if !s.contains(&t) {
-            s.push_str(": ");
-            s.push_str(&t);
-        }
-        cur = src.source();
-    }
-    s
-}
+pub use calico_api::error_chain;
 
 fn env_error(version: &str, e: &EnvError) -> CniError {
     CniError::new(version, ErrorCode::InvalidEnvironment, error_chain(e))

@@ -10,11 +10,14 @@
 //!    with our environment and stdin, as CNI delegation does.
 //! 2. `veth`: the pair in one netlink request, host side `cali…` with MAC ee:ee:ee:ee:ee:ee,
 //!    peer CNI_IFNAME created directly in the pod.
-//! 3. `container`: on this thread inside the pod's namespace once ([`crate::nsenter`]):
-//!    sysctls and the netlink socket; then the link up, /32 (/128) addresses, 169.254.1.1
-//!    (and the host's link-local) routes.
+//! 3. `container`: on this thread inside the pod's namespace once: sysctls and the netlink
+//!    socket; then the link up, /32 (/128) addresses, 169.254.1.1 (and the host's link-local)
+//!    routes.
 //! 4. `host`: Calico's host-veth sysctls and the /32 (/128) route to the veth.
 //! 5. `endpoint`: the WorkloadEndpoint (labels, profiles, ports, `ipNATs` from `floatingIPs`).
+//!
+//! Steps 2 to 4 are calico-dataplane's workload recipe ([`calico_dataplane::workload`]), the
+//! one the Docker driver uses too.
 //!
 //! A failure at any step undoes the earlier ones (endpoint deleted, veth deleted, which takes
 //! its peer, addresses and routes with it, addresses released by handle) before the error is
@@ -24,11 +27,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
+use calico_api::names;
 use calico_api::{
     IPNAT, IPPool, ObjectMeta, WorkloadEndpoint, WorkloadEndpointSpec, workload_endpoint_name,
 };
-use calico_dataplane::sysctl::{self, Sysctl};
-use calico_dataplane::{CALICO_HOST_MAC, Netlink, RTPROT_BOOT, Route, RouteFilter, VethSpec};
+use calico_dataplane::workload;
+use calico_dataplane::{CALICO_HOST_MAC, Netlink, RouteFilter, WorkloadVeth};
 use calico_datastore::{Datastore, EtcdClient};
 use calico_ipam::{AutoAssignArgs, Ipam};
 use ipnet::IpNet;
@@ -39,13 +43,8 @@ use crate::env::{CniEnv, PodRef};
 use crate::k8s::{self, K8sError};
 use crate::naming;
 use crate::netconf::NetConf;
-use crate::nsenter;
 use crate::pod::{self, AnnotationError, PodInfo, Requests};
 use crate::spec::{CniResult, Interface, IpConfig, RouteConfig};
-
-/// The IPv4 gateway every Calico workload routes through: answered by proxy ARP on the host
-/// veth, never configured anywhere.
-pub const GATEWAY_V4: &str = "169.254.1.1";
 
 /// Steps of ADD, in order.
 pub const ADD_STEPS: &[&str] = &["ipam", "veth", "container", "host", "endpoint"];
@@ -145,13 +144,13 @@ impl Workload {
         };
         match &self.pod {
             Some(p) => {
-                spec.orchestrator = Some("k8s".into());
+                spec.orchestrator = Some(names::ORCHESTRATOR_K8S.into());
                 spec.pod = Some(p.name.clone());
                 spec.profiles = self.info.profiles(&p.namespace);
                 spec.service_account_name = self.info.service_account.clone();
                 spec.ports = self.info.ports.clone();
             }
-            None => spec.orchestrator = Some("cni".into()),
+            None => spec.orchestrator = Some(names::ORCHESTRATOR_CNI.into()),
         }
         spec
     }
@@ -515,12 +514,12 @@ impl Plugin {
         undo.veth = Some(host_if.clone());
         // One request: the peer is created inside the pod under its final name (brought up
         // with the rest of the pod side in `configure_container`).
-        let pair = host_nl
-            .create_veth_direct(&VethSpec {
-                host_mac: Some(CALICO_HOST_MAC),
-                mtu: self.conf.mtu,
-                ..VethSpec::new(&host_if, &wl.ifname, &netns)
-            })
+        let veth = WorkloadVeth {
+            mtu: self.conf.mtu,
+            ..WorkloadVeth::new(&host_if, &wl.ifname, &netns)
+        };
+        let pair = veth
+            .create(&host_nl)
             .await
             .map_err(|e| PluginError::step("veth", e))?;
         tracing::debug!(step = "veth", elapsed = ?started.elapsed(), "done");
@@ -530,16 +529,9 @@ impl Plugin {
         tracing::debug!(step = "container", elapsed = ?started.elapsed(), "done");
         fault("container")?;
 
-        let has_v4 = addrs.iter().any(IpAddr::is_ipv4);
-        let has_v6 = addrs.iter().any(IpAddr::is_ipv6);
-        sysctl::apply(None, &sysctl::calico_host_veth(&host_if, has_v4, has_v6))
+        veth.plumb_host(&host_nl, &addrs)
+            .await
             .map_err(|e| PluginError::step("host", e))?;
-        for a in &addrs {
-            host_nl
-                .replace_route(&Route::device(IpNet::from(*a), &host_if, RTPROT_BOOT))
-                .await
-                .map_err(|e| PluginError::step("host", e))?;
-        }
         tracing::debug!(step = "host", elapsed = ?started.elapsed(), "done");
         fault("host")?;
 
@@ -601,73 +593,32 @@ impl Plugin {
         r.for_version(&self.version)
     }
 
-    /// Addresses, gateway routes and sysctls inside the pod; returns the routes for the result.
-    /// This thread enters the pod's namespace once ([`nsenter::in_netns`]): it writes the
-    /// sysctls and opens the netlink socket the routes and addresses then go through.
+    /// Addresses, gateway routes and sysctls inside the pod (the workload side of
+    /// calico-dataplane's recipe); returns the routes for the result. This thread enters the
+    /// pod's namespace once ([`workload::enter_workload`]): it writes the sysctls and opens the
+    /// netlink socket the routes and addresses then go through.
     async fn configure_container(
         &self,
         netns: &Path,
         ifname: &str,
         addrs: &[IpAddr],
     ) -> Result<Vec<RouteConfig>, PluginError> {
-        let step = |e: &dyn std::error::Error| PluginError::Step {
-            step: "container",
-            reason: crate::error_chain(e),
-        };
-        let has_v6 = addrs.iter().any(IpAddr::is_ipv6);
-        let mut settings = Vec::new();
-        if has_v6 {
-            // Pods may start with IPv6 off; the gateway route needs it on, DAD only delays.
-            settings.push(Sysctl::dotted("net.ipv6.conf.all.disable_ipv6", "0"));
-            settings.push(Sysctl::dotted("net.ipv6.conf.default.disable_ipv6", "0"));
-            settings.push(Sysctl::dotted("net.ipv6.conf.lo.disable_ipv6", "0"));
-            settings.push(Sysctl::ipv6_conf(ifname, "accept_dad", "0"));
-        }
-        if self.conf.container_settings.allow_ip_forwarding {
-            settings.push(Sysctl::ipv4_forwarding(true));
-            if has_v6 {
-                settings.push(Sysctl::ipv6_forwarding(true));
-            }
-        }
+        let settings = workload::workload_sysctls(
+            ifname,
+            addrs,
+            self.conf.container_settings.allow_ip_forwarding,
+        );
         let started = std::time::Instant::now();
-        let nl = nsenter::in_netns(netns, || {
-            sysctl::apply(None, &settings).map_err(|e| step(&e))?;
-            // The socket belongs to the namespace it is created in, for good.
-            Netlink::connect().map_err(|e| step(&e))
-        })
-        .map_err(|e| step(&e))??;
+        let nl = workload::enter_workload(netns, &settings)
+            .map_err(|e| PluginError::step("container", e))?;
         tracing::debug!(elapsed = ?started.elapsed(), "container: sysctls, netlink socket");
-        // The veth was created with its pod end down (see `create_veth_direct`).
-        nl.set_link_up(ifname, true).await.map_err(|e| step(&e))?;
-        tracing::debug!(elapsed = ?started.elapsed(), "container: link up");
-        let mut routes = Vec::new();
-        let gw4: IpAddr = GATEWAY_V4.parse().unwrap_or(IpAddr::from([169, 254, 1, 1]));
-        let gw6 = IpAddr::V6(naming::link_local_of_mac(CALICO_HOST_MAC));
-        if addrs.iter().any(IpAddr::is_ipv4) {
-            nl.replace_route(&Route::device(IpNet::from(gw4), ifname, RTPROT_BOOT))
-                .await
-                .map_err(|e| step(&e))?;
-            let dflt: IpNet = "0.0.0.0/0".parse().unwrap_or_default();
-            nl.replace_route(&Route::gateway(dflt, gw4, Some(ifname), RTPROT_BOOT))
-                .await
-                .map_err(|e| step(&e))?;
-            routes.push(RouteConfig::new(dflt, Some(gw4)));
-        }
-        if has_v6 {
-            let dflt: IpNet = "::/0".parse().unwrap_or_default();
-            nl.replace_route(&Route::gateway(dflt, gw6, Some(ifname), RTPROT_BOOT))
-                .await
-                .map_err(|e| step(&e))?;
-            routes.push(RouteConfig::new(dflt, Some(gw6)));
-        }
-        tracing::debug!(elapsed = ?started.elapsed(), "container: routes");
-        for a in addrs {
-            nl.add_address(ifname, IpNet::from(*a))
-                .await
-                .map_err(|e| step(&e))?;
-        }
-        tracing::debug!(elapsed = ?started.elapsed(), "container: addresses");
-        Ok(routes)
+        let routes = workload::plumb_workload(&nl, ifname, addrs)
+            .await
+            .map_err(|e| PluginError::step("container", e))?;
+        Ok(routes
+            .into_iter()
+            .map(|r| RouteConfig::new(r.dst, Some(r.via)))
+            .collect())
     }
 
     async fn rollback(&self, wl: &Workload, ipam: &Ipam, ds: &Datastore, undo: Undo) {
@@ -713,7 +664,7 @@ impl Plugin {
             // Deleting the container side removes the pair and the host route with it.
             // A stale path (namespace already released) is not an error for DEL.
             let ifname = wl.ifname.clone();
-            match nsenter::in_netns(netns, Netlink::connect) {
+            match calico_dataplane::netns::visit(netns, Netlink::connect) {
                 Ok(Ok(nl)) => {
                     if let Err(e) = nl.delete_link(&ifname).await {
                         tracing::warn!(interface = ifname, error = %e, "container interface not deleted");
@@ -816,7 +767,7 @@ impl Plugin {
                     netns.display()
                 )));
             }
-            let want = Route::device(IpNet::from(addr.addr()), &host_if, RTPROT_BOOT);
+            let want = workload::host_route(addr.addr(), &host_if);
             if !routes
                 .iter()
                 .any(|r| r.dst == want.dst && r.target == want.target)
@@ -907,7 +858,10 @@ pub async fn gc(
                 continue;
             };
             let mine = w.spec.node.as_deref() == Some(node)
-                && matches!(w.spec.orchestrator.as_deref(), Some("k8s" | "cni"));
+                && w.spec
+                    .orchestrator
+                    .as_deref()
+                    .is_some_and(|o| o == names::ORCHESTRATOR_K8S || o == names::ORCHESTRATOR_CNI);
             if !mine || valid.contains(cid) {
                 continue;
             }
@@ -927,7 +881,11 @@ pub async fn gc(
         }
     }
     let ipam = Ipam::new(kv.clone());
-    let prefix = format!("{}k8s-pod-network.", calico_ipam::model::HANDLES_PREFIX);
+    let prefix = format!(
+        "{}{}",
+        calico_ipam::model::HANDLES_PREFIX,
+        names::POD_HANDLE_PREFIX
+    );
     let handles = kv.list(&prefix).await.map_err(|e| step(&e))?;
     for h in handles.kvs {
         let Some(handle) = calico_ipam::model::parse_handle_key(&h.key) else {

@@ -28,9 +28,8 @@ pub const ANN_IP_ADDRS_NO_IPAM: &str = "cni.projectcalico.org/ipAddrsNoIpam";
 pub const ANN_FLOATING_IPS: &str = "cni.projectcalico.org/floatingIPs";
 
 /// The labels Calico adds to every pod's endpoint.
-pub const LABEL_NAMESPACE: &str = "projectcalico.org/namespace";
-pub const LABEL_ORCHESTRATOR: &str = "projectcalico.org/orchestrator";
-pub const LABEL_SERVICE_ACCOUNT: &str = "projectcalico.org/serviceaccount";
+pub use calico_api::names::{LABEL_NAMESPACE, LABEL_ORCHESTRATOR, LABEL_SERVICE_ACCOUNT};
+use calico_api::names::{NAMESPACE_PROFILE_PREFIX, SERVICE_ACCOUNT_PROFILE_PREFIX};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum AnnotationError {
@@ -102,9 +101,9 @@ impl PodInfo {
 
     /// Calico's profiles for the pod: `kns.<namespace>`, then `ksa.<namespace>.<sa>`.
     pub fn profiles(&self, namespace: &str) -> Vec<String> {
-        let mut p = vec![format!("kns.{namespace}")];
+        let mut p = vec![format!("{NAMESPACE_PROFILE_PREFIX}{namespace}")];
         if let Some(sa) = self.service_account.as_deref().filter(|s| !s.is_empty()) {
-            p.push(format!("ksa.{namespace}.{sa}"));
+            p.push(format!("{SERVICE_ACCOUNT_PROFILE_PREFIX}{namespace}.{sa}"));
         }
         p
     }

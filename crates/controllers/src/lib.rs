@@ -50,9 +50,6 @@ pub use kube;
 
 /// Finalizer that holds a Kubernetes object until its etcd copy is removed.
 pub const FINALIZER: &str = "projectcalico.org/etcd-mirror";
-/// Annotation on etcd copies naming the system that owns the object.
-pub const OWNER_ANNOTATION: &str = "projectcalico.org/owner";
-/// Value of [`OWNER_ANNOTATION`] for objects mirrored from Kubernetes.
-pub const OWNER_KUBERNETES: &str = "kubernetes";
-/// Value of [`OWNER_ANNOTATION`] on Kubernetes objects reflected from etcd (read-only there).
-pub const OWNER_ETCD: &str = "etcd";
+/// Annotation on etcd copies naming the system that owns the object; its value for objects
+/// mirrored from Kubernetes, and on Kubernetes objects reflected from etcd (read-only there).
+pub use calico_api::names::{OWNER_ANNOTATION, OWNER_ETCD, OWNER_KUBERNETES};

@@ -28,10 +28,9 @@ use kube::api::ObjectMeta;
 
 use crate::ipam_gc;
 
-/// Calico's annotation on a Calico Node listing the labels copied from Kubernetes (JSON map).
-pub const KUBE_LABELS_ANNOTATION: &str = "projectcalico.org/kube-labels";
-/// `orchRefs[].orchestrator` of Kubernetes.
-pub const ORCHESTRATOR_K8S: &str = "k8s";
+/// Calico's annotation on a Calico Node listing the labels copied from Kubernetes (JSON map),
+/// and `orchRefs[].orchestrator` of Kubernetes.
+pub use calico_api::names::{KUBE_LABELS_ANNOTATION, ORCHESTRATOR_K8S};
 
 #[derive(Debug, thiserror::Error)]
 pub enum NodeSyncError {

@@ -19,9 +19,10 @@ use k8s_openapi::api::core::v1::Pod;
 
 use crate::nodes::ORCHESTRATOR_K8S;
 
-pub const NAMESPACE_LABEL: &str = "projectcalico.org/namespace";
-pub const ORCHESTRATOR_LABEL: &str = "projectcalico.org/orchestrator";
-pub const SERVICE_ACCOUNT_LABEL: &str = "projectcalico.org/serviceaccount";
+pub use calico_api::names::{
+    LABEL_NAMESPACE as NAMESPACE_LABEL, LABEL_ORCHESTRATOR as ORCHESTRATOR_LABEL,
+    LABEL_SERVICE_ACCOUNT as SERVICE_ACCOUNT_LABEL,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PodSyncError {

@@ -20,10 +20,12 @@ use kube::api::ObjectMeta;
 
 use crate::mirror::{EtcdMirror, MirrorError, owned_by_kubernetes};
 
-/// Name prefix of namespace profiles.
-pub const NAMESPACE_PREFIX: &str = "kns.";
-/// Name prefix of service account profiles.
-pub const SERVICE_ACCOUNT_PREFIX: &str = "ksa.";
+use calico_api::names::{LABEL_NAME, NAMESPACE_LABEL_PREFIX, SERVICE_ACCOUNT_LABEL_PREFIX};
+/// Name prefixes of namespace and service account profiles.
+pub use calico_api::names::{
+    NAMESPACE_PROFILE_PREFIX as NAMESPACE_PREFIX,
+    SERVICE_ACCOUNT_PROFILE_PREFIX as SERVICE_ACCOUNT_PREFIX,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProfilesError {
@@ -63,9 +65,12 @@ pub fn namespace_profile(ns: &Namespace) -> Option<Profile> {
         .labels
         .iter()
         .flatten()
-        .map(|(k, v)| (format!("pcns.{k}"), v.clone()))
+        .map(|(k, v)| (format!("{NAMESPACE_LABEL_PREFIX}{k}"), v.clone()))
         .collect();
-    labels.insert("pcns.projectcalico.org/name".into(), name.clone());
+    labels.insert(
+        format!("{NAMESPACE_LABEL_PREFIX}{LABEL_NAME}"),
+        name.clone(),
+    );
     Some(profile(
         format!("{NAMESPACE_PREFIX}{name}"),
         labels,
@@ -82,9 +87,12 @@ pub fn service_account_profile(sa: &ServiceAccount) -> Option<Profile> {
         .labels
         .iter()
         .flatten()
-        .map(|(k, v)| (format!("pcsa.{k}"), v.clone()))
+        .map(|(k, v)| (format!("{SERVICE_ACCOUNT_LABEL_PREFIX}{k}"), v.clone()))
         .collect();
-    labels.insert("pcsa.projectcalico.org/name".into(), name.clone());
+    labels.insert(
+        format!("{SERVICE_ACCOUNT_LABEL_PREFIX}{LABEL_NAME}"),
+        name.clone(),
+    );
     Some(profile(
         format!("{SERVICE_ACCOUNT_PREFIX}{ns}.{name}"),
         labels,

@@ -646,14 +646,14 @@ fn keys_from_files(
 }
 
 /// Annotation the Kubernetes controllers put on the etcd copies of objects they own.
-pub const OWNER_ANNOTATION: &str = "projectcalico.org/owner";
+pub use calico_api::names::OWNER_ANNOTATION;
 
 fn owned_by_kubernetes(stored: &serde_json::Value) -> bool {
     stored
         .pointer("/metadata/annotations")
         .and_then(|a| a.get(OWNER_ANNOTATION))
         .and_then(serde_json::Value::as_str)
-        == Some("kubernetes")
+        == Some(calico_api::names::OWNER_KUBERNETES)
 }
 
 pub async fn delete(

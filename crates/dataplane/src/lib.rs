@@ -9,7 +9,10 @@
 //! - [`addr`]: /32 and /128 addresses.
 //! - [`route`]: device, gateway and blackhole routes, IPv4 and IPv6, tagged with a protocol.
 //! - [`sysctl`]: /proc/sys settings per namespace, Calico's host-veth set.
-//! - [`netns`]: run a closure, or netlink work on its own runtime, inside a namespace.
+//! - [`netns`]: run a closure inside a namespace, on this thread ([`netns::visit`]) or on a
+//!   thread of its own, or netlink work on its own runtime there.
+//! - [`workload`]: Calico's workload recipe (veth, MAC, sysctls, host and workload routes,
+//!   169.254.1.1), one for the CNI plugin and the Docker driver.
 //!
 //! nftables is not here yet.
 
@@ -19,6 +22,7 @@ pub mod link;
 pub mod netns;
 pub mod route;
 pub mod sysctl;
+pub mod workload;
 
 pub use addr::AddrError;
 pub use conn::{ConnectError, Netlink};
@@ -29,3 +33,4 @@ pub use route::{
     RouteTarget,
 };
 pub use sysctl::{Sysctl, SysctlError};
+pub use workload::{GATEWAY_V4, WorkloadError, WorkloadVeth};

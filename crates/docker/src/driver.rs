@@ -487,11 +487,11 @@ impl<A: AddressAllocator, P: EndpointPlumber> Driver<A, P> {
             namespace: Some(naming::WEP_NAMESPACE.into()),
             labels: Some(BTreeMap::from([
                 (
-                    "projectcalico.org/namespace".into(),
+                    calico_api::names::LABEL_NAMESPACE.into(),
                     naming::WEP_NAMESPACE.into(),
                 ),
                 (
-                    "projectcalico.org/orchestrator".into(),
+                    calico_api::names::LABEL_ORCHESTRATOR.into(),
                     naming::ORCHESTRATOR.into(),
                 ),
             ])),

@@ -30,7 +30,6 @@
 //! Addresses come from `calico-ipam` ([`ipam::CalicoIpam`]), the host side is plumbed with
 //! `calico-dataplane` ([`plumbing::DataplanePlumber`]).
 
-pub mod daemon;
 pub mod driver;
 pub mod engine;
 pub mod ipam;
@@ -44,6 +43,6 @@ pub mod syncer;
 pub use driver::{Driver, DriverConfig, DriverError};
 pub use engine::DockerEngine;
 pub use ipam::{AddressAllocator, CalicoIpam};
-pub use plumbing::{DataplanePlumber, EndpointPlumber, IpCommandPlumber};
+pub use plumbing::{DataplanePlumber, EndpointPlumber};
 pub use server::{IPAM_PLUGIN, NETWORK_PLUGIN, serve};
 pub use syncer::{SyncerConfig, run_network_syncer};

@@ -6,15 +6,16 @@
 
 use std::net::Ipv4Addr;
 
-pub const HOST_VETH_PREFIX: &str = "cali";
+pub const HOST_VETH_PREFIX: &str = calico_api::names::WORKLOAD_IFACE_PREFIX;
 pub const TEMP_VETH_PREFIX: &str = "temp";
 /// dockerd names the moved interface `<prefix><index>`: `cali0`.
-pub const CONTAINER_IF_PREFIX: &str = "cali";
+pub const CONTAINER_IF_PREFIX: &str = calico_api::names::WORKLOAD_IFACE_PREFIX;
 /// Linux interface names are at most 15 bytes: 4 of prefix + 11 of endpoint id.
 pub const ENDPOINT_ID_CHARS: usize = 11;
 pub const CONTAINER_MAC: &str = "ee:ee:ee:ee:ee:ee";
-pub const IPV4_GATEWAY: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
-pub const ORCHESTRATOR: &str = "libnetwork";
+/// calico-dataplane's workload gateway (the recipe's).
+pub const IPV4_GATEWAY: Ipv4Addr = calico_dataplane::GATEWAY_V4;
+pub const ORCHESTRATOR: &str = calico_api::names::ORCHESTRATOR_LIBNETWORK;
 pub const WORKLOAD: &str = "libnetwork";
 pub const WEP_NAMESPACE: &str = "libnetwork";
 

@@ -5,7 +5,7 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use calico_docker::daemon::{Dockerd, DockerdConfig, build_busybox_image, build_scratch_image};
+use calico_lab::dockerd::{Dockerd, DockerdConfig, build_busybox_image, build_scratch_image};
 use common::*;
 
 #[test]

@@ -1,10 +1,10 @@
-//! Endpoint plumbing against the real kernel, in a per-run namespace, for both
-//! implementations: a failed setup leaves neither the veth nor a route behind, and a successful
-//! one has the route, proxy ARP and no-delay proxy.
+//! Endpoint plumbing (calico-dataplane's workload recipe) against the real kernel, in a per-run
+//! namespace: a failed setup leaves neither the veth nor a route behind, and a successful one
+//! has the route, proxy ARP and no-delay proxy.
 
 mod common;
 
-use calico_docker::plumbing::{DataplanePlumber, EndpointPlumber, IpCommandPlumber};
+use calico_docker::plumbing::{DataplanePlumber, EndpointPlumber};
 use common::*;
 
 async fn check<P: EndpointPlumber>(p: &P, host_if: &str, temp_if: &str, ip: &str) {
@@ -59,13 +59,6 @@ fn failed_setup_leaves_nothing_and_success_is_complete() {
     let ns = Netns::new("cdp");
     in_netns(&ns.name.clone(), || async {
         std::fs::write("/proc/sys/net/ipv6/conf/default/disable_ipv6", "1").unwrap();
-        check(
-            &IpCommandPlumber,
-            "calitest00001",
-            "temptest00001",
-            "10.1.1.1",
-        )
-        .await;
         check(
             &DataplanePlumber::new(),
             "calitest00002",

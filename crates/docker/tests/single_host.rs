@@ -57,7 +57,7 @@ fn containers_get_calico_interfaces_and_release_addresses() {
         add_pool(&ds, "default-ipv4-ippool", "192.168.0.0/16").await;
         let host = Host::start("node1", &name, dir.path(), &etcd).await;
         let sock = host.sock();
-        calico_docker::daemon::build_busybox_image(&host.dockerd, "busybox:latest").unwrap();
+        calico_lab::dockerd::build_busybox_image(&host.dockerd, "busybox:latest").unwrap();
 
         docker_ok(
             &sock,
@@ -250,7 +250,7 @@ fn subnets_fixed_addresses_and_bad_requests() {
         add_pool(&ds, "other", "10.77.0.0/16").await;
         let host = Host::start("node1", &name, dir.path(), &etcd).await;
         let sock = host.sock();
-        calico_docker::daemon::build_busybox_image(&host.dockerd, "busybox:latest").unwrap();
+        calico_lab::dockerd::build_busybox_image(&host.dockerd, "busybox:latest").unwrap();
 
         // --subnet must match a pool; the error reaches the user.
         let bad = docker(
@@ -476,7 +476,7 @@ fn dockerd_restart_keeps_the_network_and_connectivity_without_leaking_addresses(
         add_pool(&ds, "default-ipv4-ippool", "192.168.0.0/16").await;
         let mut host = Host::start("node1", &name, dir.path(), &etcd).await;
         let sock = host.sock();
-        calico_docker::daemon::build_busybox_image(&host.dockerd, "busybox:latest").unwrap();
+        calico_lab::dockerd::build_busybox_image(&host.dockerd, "busybox:latest").unwrap();
         docker_ok(
             &sock,
             &[
@@ -512,7 +512,7 @@ fn dockerd_restart_keeps_the_network_and_connectivity_without_leaking_addresses(
 
         let config = host.dockerd.config().clone();
         host.dockerd.stop();
-        host.dockerd = calico_docker::daemon::Dockerd::start(config)
+        host.dockerd = calico_lab::dockerd::Dockerd::start(config)
             .await
             .expect("dockerd restart");
 
@@ -589,7 +589,7 @@ fn after_a_dockerd_crash_the_guard_reaps_containers_and_shims() {
         add_pool(&ds, "default-ipv4-ippool", "192.168.0.0/16").await;
         let mut host = Host::start("node1", &name, dir.path(), &etcd).await;
         let sock = host.sock();
-        calico_docker::daemon::build_busybox_image(&host.dockerd, "busybox:latest").unwrap();
+        calico_lab::dockerd::build_busybox_image(&host.dockerd, "busybox:latest").unwrap();
         docker_ok(
             &sock,
             &[

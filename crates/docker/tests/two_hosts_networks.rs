@@ -78,8 +78,8 @@ fn a_network_created_on_one_host_exists_on_the_other_and_deletion_follows() {
         let h1 = Host::start_with("node1", &n1, &d1, etcd.config(), true).await;
         let h2 = Host::start_with("node2", &n2, &d2, etcd.config(), true).await;
         let (s1, s2) = (h1.sock(), h2.sock());
-        calico_docker::daemon::build_busybox_image(&h1.dockerd, "busybox:latest").unwrap();
-        calico_docker::daemon::build_busybox_image(&h2.dockerd, "busybox:latest").unwrap();
+        calico_lab::dockerd::build_busybox_image(&h1.dockerd, "busybox:latest").unwrap();
+        calico_lab::dockerd::build_busybox_image(&h2.dockerd, "busybox:latest").unwrap();
 
         docker_ok(
             &s1,

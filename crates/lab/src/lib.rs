@@ -6,10 +6,13 @@
 //! - [`etcd`]: a real etcd as a child process (loopback or inside a lab host), single member or
 //!   a cluster, plain or TLS.
 //! - [`process`]: children that die with their owner (`PR_SET_PDEATHSIG`) and are killed on drop.
+//! - [`dockerd`]: a throw-away Docker daemon per lab host, isolated and stopped for sure, and
+//!   the FROM-scratch test images built into it.
 //! - [`seed`]: the seed's lab with stable names (`calico-lab up/down/status/shell`).
 //! - [`netns`]: run a closure or a future inside any network namespace.
 //! - [`TcpServers`], [`Host::tcp_probe`]: one-byte TCP servers and probes for policy tests.
 
+pub mod dockerd;
 pub mod etcd;
 pub mod lab;
 pub mod netns;
@@ -19,6 +22,7 @@ mod signals;
 pub mod state;
 mod tcp;
 
+pub use dockerd::{Dockerd, DockerdConfig};
 pub use etcd::{Etcd, EtcdCluster, EtcdError, EtcdOptions, TlsFiles};
 pub use lab::{Host, Lab, LabError, teardown};
 pub use process::{ProcessError, ProcessGuard, SpawnOptions};

@@ -95,7 +95,7 @@ async fn present_routes(nl: &Netlink) -> Result<BTreeSet<KernelRoute>, AgentErro
         .iter()
         .filter(|r| {
             r.protocol == ROUTE_PROTOCOL
-                || matches!(&r.target, RouteTarget::Device { ifname } if ifname.starts_with("cali"))
+                || matches!(&r.target, RouteTarget::Device { ifname } if calico_api::names::is_workload_iface(ifname))
         })
         .filter_map(from_kernel)
         .collect())

@@ -243,7 +243,7 @@ pub fn route_status(kernel: &[Route], live: &LiveState) -> CalicoNodeBGPRouteSta
                     let from = live.learned.get(&r.dst).map(|(_, f)| *f).unwrap_or(*via);
                     row.learned_from = Some(learned_from(from, live));
                 }
-                RouteTarget::Device { ifname } if ifname.starts_with("cali") => {
+                RouteTarget::Device { ifname } if calico_api::names::is_workload_iface(ifname) => {
                     row.interface = Some(ifname.clone());
                     row.learned_from = source(CalicoNodeRouteLearnedFromSourceType::Kernel);
                 }

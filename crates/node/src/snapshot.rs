@@ -69,28 +69,12 @@ pub fn node_view(n: &Node, listen_ports: &BTreeMap<String, u16>) -> NodeView {
     }
 }
 
-/// Calico durations are Go-style strings (`120s`, `2m`, `1h30m`); whole seconds here.
+/// Calico durations are Go durations ([`calico_api::GoDuration`]: `120s`, `2m`, `1h30m`);
+/// whole seconds here, `None` for a text that is not one, or a negative value.
 pub fn parse_duration_secs(s: &str) -> Option<u32> {
-    let mut total: u64 = 0;
-    let mut num = String::new();
-    for c in s.chars() {
-        if c.is_ascii_digit() {
-            num.push(c);
-            continue;
-        }
-        let n: u64 = num.parse().ok()?;
-        num.clear();
-        total += match c {
-            'h' => n * 3600,
-            'm' => n * 60,
-            's' => n,
-            _ => return None,
-        };
-    }
-    if !num.is_empty() {
-        return None;
-    }
-    u32::try_from(total).ok()
+    calico_api::GoDuration::parse(s)
+        .ok()
+        .and_then(calico_api::GoDuration::whole_secs_u32)
 }
 
 pub fn peer_view(p: &BGPPeer) -> PeerView {

@@ -156,7 +156,10 @@ enum SelectorKind {
 fn selector_expr(s: Option<&LabelSelector>, kind: SelectorKind) -> Option<Expr> {
     let mut parts = Vec::new();
     if kind == SelectorKind::Pod {
-        parts.push(Expr::Eq(LABEL_ORCHESTRATOR.to_string(), "k8s".to_string()));
+        parts.push(Expr::Eq(
+            LABEL_ORCHESTRATOR.to_string(),
+            calico_api::names::ORCHESTRATOR_K8S.to_string(),
+        ));
     }
     let Some(s) = s else {
         return (!parts.is_empty()).then_some(Expr::And(parts));

@@ -16,18 +16,13 @@ pub const DEFAULT_TIER: &str = "default";
 /// Order Calico requires of the `default` tier.
 pub const DEFAULT_TIER_ORDER: f64 = 1_000_000.0;
 
-/// Label Calico puts on namespaced endpoints and network sets: their namespace.
-pub const LABEL_NAMESPACE: &str = "projectcalico.org/namespace";
-/// Label naming the orchestrator of a workload (`k8s`, `libnetwork`, ...).
-pub const LABEL_ORCHESTRATOR: &str = "projectcalico.org/orchestrator";
-/// Label naming a workload's service account.
-pub const LABEL_SERVICE_ACCOUNT: &str = "projectcalico.org/serviceaccount";
-/// Prefix under which an endpoint inherits its namespace's labels.
-pub const NAMESPACE_LABEL_PREFIX: &str = "pcns.";
-/// Prefix under which an endpoint inherits its service account's labels.
-pub const SERVICE_ACCOUNT_LABEL_PREFIX: &str = "pcsa.";
-/// Label (after a prefix) carrying the namespace's or service account's own name.
-pub const NAME_LABEL: &str = "projectcalico.org/name";
+/// Calico's labels on endpoints and network sets (namespace, orchestrator, service account),
+/// the prefixes under which an endpoint inherits its namespace's and service account's
+/// labels, and the label (after a prefix) carrying their own name: calico-api's names.
+pub use calico_api::names::{
+    LABEL_NAME as NAME_LABEL, LABEL_NAMESPACE, LABEL_ORCHESTRATOR, LABEL_SERVICE_ACCOUNT,
+    NAMESPACE_LABEL_PREFIX, SERVICE_ACCOUNT_LABEL_PREFIX,
+};
 
 /// What a rule does when it matches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -692,7 +692,7 @@ fn check_set_labels(meta: &crate::ObjectMeta, e: &mut Errs) {
     if meta
         .labels
         .as_ref()
-        .is_some_and(|l| l.contains_key("projectcalico.org/namespace"))
+        .is_some_and(|l| l.contains_key(crate::names::LABEL_NAMESPACE))
     {
         e.add(
             "metadata.labels[projectcalico.org/namespace]",

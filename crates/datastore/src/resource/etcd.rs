@@ -340,7 +340,7 @@ fn typed_events(
                         {
                             match decode(&kind, kv) {
                                 Ok(doc) => items.push(doc),
-                                Err(e) => errors.push(format!("{e}: {}", error_chain(&e))),
+                                Err(e) => errors.push(calico_api::error_chain(&e)),
                             }
                         }
                         Some(Ok(ResourceEvent::Snapshot {
@@ -353,14 +353,4 @@ fn typed_events(
             }
         })
         .boxed()
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = Vec::new();
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        out.push(s.to_string());
-        cur = s.source();
-    }
-    out.join(": ")
 }

@@ -17,8 +17,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use calico_datastore::{EtcdClient, EtcdConfig};
-use calico_docker::daemon::{Dockerd, DockerdConfig};
 use calico_docker::{Driver, SyncerConfig, run_network_syncer};
+use calico_lab::dockerd::{Dockerd, DockerdConfig};
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 

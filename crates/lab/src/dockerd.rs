@@ -14,12 +14,16 @@
 //!   root, so several daemons do not share one.
 //!
 //! The exec chain (unshare → sh → nsenter → dockerd) keeps one pid: the child *is* dockerd.
+//!
+//! Test and demo harness (it moved here from calico-docker, whose production code does not
+//! start daemons): the Docker tests, the image tests and anything that needs a throw-away
+//! dockerd in a lab host.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::engine::DockerEngine;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -66,6 +70,23 @@ pub struct Dockerd {
     /// Set once [`Dockerd::stop`] ran: a later stop (e.g. the drop of this value after a new
     /// daemon was started on the same state dir) must not reap the new daemon's processes.
     stopped: bool,
+}
+
+/// Whether the daemon's API answers `GET /_ping` with 200 on its unix socket (one HTTP/1.0
+/// request, bounded to a second).
+async fn ping(socket: &Path) -> bool {
+    let exchange = async {
+        let mut s = tokio::net::UnixStream::connect(socket).await?;
+        s.write_all(b"GET /_ping HTTP/1.0\r\nHost: docker\r\n\r\n")
+            .await?;
+        let mut head = [0u8; 12];
+        s.read_exact(&mut head).await?;
+        Ok::<bool, std::io::Error>(head.starts_with(b"HTTP/1.") && head.ends_with(b" 200"))
+    };
+    matches!(
+        tokio::time::timeout(Duration::from_secs(1), exchange).await,
+        Ok(Ok(true))
+    )
 }
 
 fn tail(path: &Path) -> String {
@@ -122,7 +143,7 @@ impl Dockerd {
             config,
             stopped: false,
         };
-        let engine = daemon.engine();
+        let socket = daemon.socket();
         let deadline = Instant::now() + daemon.config.start_timeout;
         loop {
             if let Some(child) = daemon.child.as_mut()
@@ -135,7 +156,7 @@ impl Dockerd {
                     log: log_path,
                 });
             }
-            if engine.ping().await.is_ok() {
+            if ping(&socket).await {
                 tracing::info!(netns = %daemon.config.netns, "dockerd ready");
                 return Ok(daemon);
             }
@@ -153,10 +174,6 @@ impl Dockerd {
 
     pub fn socket(&self) -> PathBuf {
         Self::socket_path(&self.config.state_dir)
-    }
-
-    pub fn engine(&self) -> DockerEngine {
-        DockerEngine::new(self.socket())
     }
 
     pub fn config(&self) -> &DockerdConfig {
