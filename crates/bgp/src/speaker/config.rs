@@ -10,8 +10,9 @@ use serde::{Deserialize, Serialize};
 use super::policy::PolicyRule;
 use crate::codec::{Family, LargeCommunity};
 
-/// What the agent wants the speaker to do. Every call to [`Speaker::set_config`](super::Speaker::set_config) replaces the
-/// whole desired state; the speaker changes only what differs.
+/// What the agent wants the speaker to do. Every call to
+/// [`Speaker::set_config`](super::Speaker::set_config) replaces the whole desired state; the
+/// speaker changes only what differs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SpeakerConfig {

@@ -11,17 +11,15 @@
 //! - `wire`: packing announcements and withdrawals into UPDATE messages.
 //!
 //! ```text
-//!   agent ── Speaker::set_config ──┐                       ┌──► RouteEvent (mpsc) ──► agent
-//!                                  ▼                       │
-//!                      ┌──────────────────────────┐        │
-//!  listener task ──────► runtime task              ───────┘
-//!  (accept; MD5 keys   │  ┌────────────────────┐  │  status map (Arc<Mutex>) ──► Speaker::status()
-//!   on the socket)     │  │ Core::handle(now,  │  │◄── Event::Timer (sleep tasks it spawns for
-//!                      │  │   event) -> actions│  │     SetTimer: Synced deadline, GR stale)
-//!                      │  └────────────────────┘  │
-//!                      └──┬───────────────▲───────┘
-//!          SessionCmd     │               │  Event::Session{peer, generation, event}
-//!  (Send msgs, Incoming,  ▼               │  (state, established, update, route refresh, down)
+//!  agent ── Speaker::set_config ──┐                 ┌──► RouteEvent (mpsc) ──► agent
+//!                                 ▼                 │
+//!  listener task ──────► ┌──────────────────────────┴──┐
+//!  (accept; the MD5      │ runtime task                │ ──► status map ──► Speaker::status()
+//!   keys on its socket)  │   Core::handle(now, event)  │ ◄── Event::Timer from the sleep
+//!                        │     -> Vec<Action>          │     tasks it spawns for SetTimer
+//!                        └───┬─────────────────▲───────┘     (Synced deadline, GR stale)
+//!           SessionCmd       │                 │  Event::Session{peer, generation, event}
+//!  (Send msgs, Incoming,     ▼                 │  (state, established, update, refresh, down)
 //!   Stop)          ┌───────────────────────────┐
 //!                  │ session task (per peer)   │ owns Fsm, its timers, the TCP write half
 //!                  │   ├─ connect task (1 shot)│ ── ConnectResult ──► session
