@@ -3,9 +3,9 @@
 //! [`Fsm::handle`] takes one [`Input`] (a start/stop request, a transport event, a decoded
 //! message, a timer expiry) and returns the [`Output`]s to perform (connect, send, arm or cancel
 //! a timer, report the session up or down, hand an UPDATE to the RIB). The session task in
-//! `speaker.rs` does the I/O. One `Fsm` drives one TCP connection at a time; connection
-//! collisions (two connections to the same peer) are resolved by the session task with
-//! [`collision_keeps_outgoing`].
+//! `speaker/session.rs` does the I/O. One `Fsm` drives one TCP connection at a time;
+//! connection collisions (two connections to the same peer) are resolved by the session task
+//! with [`collision_keeps_outgoing`].
 //!
 //! Automatic restart: after an error the machine goes to Idle and arms the connect-retry timer
 //! with exponential backoff ([`Fsm::retry_delay`]); its expiry starts the machine again. The

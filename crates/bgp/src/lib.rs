@@ -3,8 +3,23 @@
 //! - [`codec`]: bytes <-> messages, with typed decode errors that map to NOTIFICATIONs.
 //! - [`fsm`]: the RFC 4271 state machine as `handle(input) -> Vec<Output>`, no I/O.
 //! - [`rib`]: paths, best-path selection and iBGP/eBGP export rules.
-//! - [`speaker`]: the tokio service the node agent drives with a desired-state config.
+//! - [`speaker`]: the service the node agent drives with a desired-state config, in layers:
+//!   - `speaker::config`: the desired state ([`SpeakerConfig`], [`PeerConfig`], [`Route`]);
+//!   - `speaker::policy`: Calico's BGPFilter import/export rules ([`speaker::PolicyRule`]);
+//!   - `speaker::core`: the sans-I/O core, `Core::handle(now, event) -> Vec<Action>`: config
+//!     diff, Loc-RIB, Adj-RIB-Out, graceful-restart helper, peer status; no sockets, timers or
+//!     tokio, time is an input;
+//!   - `speaker::runtime` and `speaker::session`: the tokio tasks that own the listener, the
+//!     TCP connections, the FSMs and every timer, perform the core's actions and feed it
+//!     events;
+//!   - `speaker::wire`: packing announcements and withdrawals into UPDATEs within 4096 bytes.
 //! - [`sockopt`]: TCP-MD5 and GTSM socket options.
+//!
+//! Tests without sockets or root: the FSM, the RIB, policy and wire packing have unit tests;
+//! the core has replay tests (`speaker::replay_tests`) that play fixture files of events
+//! (`tests/replay/*.jsonl`, recorded from the interop runs with the `record` feature or
+//! written by hand) and compare the actions, plus a property test against a plain model. The
+//! interop tests (`tests/interop.rs`, root) run the whole speaker against BIRD, GoBGP and FRR.
 //!
 //! Usage: `let (speaker, mut routes) = Speaker::start();` then `speaker.set_config(cfg)` with
 //! the whole desired state whenever it changes; read [`RouteEvent`]s from `routes` and program
