@@ -320,7 +320,9 @@ impl BatchSocket {
     fn exchange(&self, datagrams: &[Datagram], is_delete: &[bool]) -> Vec<(usize, Outcome)> {
         let fd = self.fd.lock().unwrap_or_else(|p| p.into_inner());
         let mut failures = Vec::new();
-        let mut rbuf = vec![0u8; 64 << 10];
+        // One acknowledgement per datagram the kernel queues (36 bytes, a little more with a
+        // reason): small reads.
+        let mut rbuf = vec![0u8; 16 << 10];
         for d in datagrams {
             let n = d.indexes.len();
             let mut answered = vec![false; n];
@@ -457,26 +459,18 @@ impl Netlink {
         if messages.is_empty() {
             return failures;
         }
-        let socket = self.batch.clone();
-        let first_seq = socket.reserve(messages.len());
-        let datagrams = pack(messages, socket.per_send, first_seq);
+        let first_seq = self.batch.reserve(messages.len());
+        let datagrams = pack(messages, self.batch.per_send, first_seq);
         let is_delete: Vec<bool> = changes
             .iter()
             .map(|c| matches!(c, RouteChange::Delete(_)))
             .collect();
-        // Blocking system calls (the kernel installs the routes inside `sendmsg`): off the
-        // async threads.
-        let answers =
-            match tokio::task::spawn_blocking(move || socket.exchange(&datagrams, &is_delete))
-                .await
-            {
-                Ok(answers) => answers,
-                Err(e) => {
-                    let sent = (0..changes.len()).filter(|i| !failures.iter().any(|f| f.0 == *i));
-                    let why = format!("batch worker failed: {e}");
-                    sent.map(|i| (i, Outcome::Lost(why.clone()))).collect()
-                }
-            };
+        // Blocking system calls on the calling thread, as the nftables dataplane's
+        // transactions: the kernel installs the routes inside `sendmsg` and the answers are
+        // queued when it returns, so the wait is the kernel's work, about a millisecond per
+        // thousand routes. (A blocking-pool thread cost more memory, a malloc arena of its
+        // own, than it saved.)
+        let answers = self.batch.exchange(&datagrams, &is_delete);
         for (index, outcome) in answers {
             let change = &changes[index];
             let (op, route) = (change.op(), change.route().to_string());
