@@ -405,7 +405,10 @@ fn send(fd: &OwnedFd, buf: &[u8]) -> io::Result<()> {
             return if rc as usize == buf.len() {
                 Ok(())
             } else {
-                Err(io::Error::other(format!("short send {rc} of {}", buf.len())))
+                Err(io::Error::other(format!(
+                    "short send {rc} of {}",
+                    buf.len()
+                )))
             };
         }
         let e = io::Error::last_os_error();
@@ -638,7 +641,11 @@ mod tests {
     #[test]
     fn acknowledgements_give_seq_errno_and_reason() {
         let mut buf = ack(5, 0, None);
-        buf.extend(ack(6, libc::ENETUNREACH, Some("Nexthop has invalid gateway")));
+        buf.extend(ack(
+            6,
+            libc::ENETUNREACH,
+            Some("Nexthop has invalid gateway"),
+        ));
         buf.extend(ack(7, libc::ESRCH, None));
         assert_eq!(
             parse_acks(&buf).unwrap(),

@@ -311,12 +311,7 @@ async fn batches_install_thousands_of_routes_and_a_refused_one_is_named_while_th
         81,
     );
     let no_device = Route::device(net("172.31.251.0/24"), "calinosuch0", 81);
-    let wrong_family = Route::gateway(
-        net("172.31.252.0/24"),
-        "fd00::1".parse().unwrap(),
-        None,
-        81,
-    );
+    let wrong_family = Route::gateway(net("172.31.252.0/24"), "fd00::1".parse().unwrap(), None, 81);
     changes.insert(2500, RouteChange::Replace(unreachable));
     changes.insert(10, RouteChange::Replace(no_device));
     changes.insert(4000, RouteChange::Replace(wrong_family));
@@ -343,7 +338,11 @@ async fn batches_install_thousands_of_routes_and_a_refused_one_is_named_while_th
     );
     // The kernel's own reason (extended acknowledgement) is part of the message.
     println!("{}", text(refused));
-    assert!(text(refused).contains("172.31.250.0/24"), "{}", text(refused));
+    assert!(
+        text(refused).contains("172.31.250.0/24"),
+        "{}",
+        text(refused)
+    );
     assert!(text(&failures[0].1).contains("172.31.251.0/24"));
     assert!(text(&failures[0].1).contains("calinosuch0"));
     assert!(text(&failures[2].1).contains("172.31.252.0/24"));
@@ -369,7 +368,9 @@ async fn batches_install_thousands_of_routes_and_a_refused_one_is_named_while_th
     )));
     assert!(nl.apply_route_changes(&changes).await.is_empty());
     let got = listed(nl.routes(&mine).await.unwrap());
-    let mut expected: Vec<Route> = (N / 2..N).map(|i| batch_route(i, "192.168.33.13")).collect();
+    let mut expected: Vec<Route> = (N / 2..N)
+        .map(|i| batch_route(i, "192.168.33.13"))
+        .collect();
     expected.sort_by_key(|r| r.dst);
     assert_same_routes(&got, &expected);
 
@@ -382,7 +383,10 @@ async fn batches_install_thousands_of_routes_and_a_refused_one_is_named_while_th
         .collect();
     assert!(nl.apply_route_changes(&deletes).await.is_empty());
     assert!(nl.routes(&mine).await.unwrap().is_empty());
-    assert_eq!(nl.routes(&RouteFilter::protocol(82)).await.unwrap().len(), 1);
+    assert_eq!(
+        nl.routes(&RouteFilter::protocol(82)).await.unwrap().len(),
+        1
+    );
     assert!(nl.apply_route_changes(&[]).await.is_empty());
 }
 

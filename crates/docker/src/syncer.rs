@@ -683,7 +683,8 @@ pub async fn run_network_syncer(
                 tokio::time::sleep(RETRY).await;
             }
             Wake::Docker(Some(Ok(ev))) => {
-                let ours = ev.actor.attributes.get("type").map(String::as_str) == Some(NETWORK_PLUGIN);
+                let ours =
+                    ev.actor.attributes.get("type").map(String::as_str) == Some(NETWORK_PLUGIN);
                 if ev.kind == "network" && ours {
                     match ev.action.as_str() {
                         "create" | "destroy" => nets_dirty = true,
@@ -753,7 +754,11 @@ mod tests {
 
     #[test]
     fn new_local_network_is_published_and_remote_one_created() {
-        let acts = plan(&map(&[]), &map(&[("a", "ida".to_string())]), &map(&[("b", 7)]));
+        let acts = plan(
+            &map(&[]),
+            &map(&[("a", "ida".to_string())]),
+            &map(&[("b", 7)]),
+        );
         assert_eq!(
             acts,
             vec![

@@ -318,7 +318,10 @@ fn a_network_deleted_while_a_host_was_down_is_removed_there_not_published_again(
         })
         .await;
         assert!(networks(&s2).await.contains(&"cal_kept".to_string()));
-        assert!(kv.get(&key).await.unwrap().is_none(), "cal_gone re-published");
+        assert!(
+            kv.get(&key).await.unwrap().is_none(),
+            "cal_gone re-published"
+        );
         let seen = tokio::time::timeout(std::time::Duration::from_millis(500), puts.next()).await;
         assert!(seen.is_err(), "a write to the cal_gone record: {seen:?}");
         assert!(!networks(&s1).await.contains(&"cal_gone".to_string()));

@@ -136,7 +136,11 @@ async fn install_batch(
             None => RouteChange::Delete(Route::blackhole(*prefix, proto)),
         })
         .collect();
-    let mut failures = nl.apply_route_changes(&changes).await.into_iter().peekable();
+    let mut failures = nl
+        .apply_route_changes(&changes)
+        .await
+        .into_iter()
+        .peekable();
     for (i, (prefix, via)) in batch.iter().enumerate() {
         match (failures.next_if(|(f, _)| *f == i), via) {
             // A refused replace changed nothing: the prefix is as installed as it was.
