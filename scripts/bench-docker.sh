@@ -2,6 +2,7 @@
 # Container start-up on the Calico driver vs Docker's own bridge driver, in the seed lab.
 #
 #   sudo scripts/bench-docker.sh [ROUNDS]     # default 10 rounds
+#   sudo scripts/bench-docker.sh networks     # cross-host network propagation (below)
 #
 # Needs the seed lab (scripts/seed-lab.sh); brings it up when it is not, and then tears it down
 # at the end. Every round, alternating:
@@ -16,6 +17,23 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [[ $(id -u) == 0 ]] || { echo "bench-docker.sh: run as root" >&2; exit 1; }
+
+# `networks`: a Calico network created (then removed) on one host, until it exists on (is gone
+# from) the other, for BENCH_NETWORKS networks (default 100) one at a time; two lab namespaces
+# with dockerd, the drivers and the syncer each (crates/docker/tests/bench_networks.rs).
+# Latency = difference of the two dockerds' own `create` (`destroy`) event timestamps.
+if [[ ${1:-} == networks ]]; then
+  out=$(mktemp)
+  trap 'rm -f "$out"' EXIT
+  cargo test --release -p calico-docker --test bench_networks -- --ignored --nocapture \
+    --test-threads=1 2>&1 | tee "$out" >&2
+  echo "kernel $(uname -r), $(nproc) cores, $(date -u +%Y-%m-%dT%H:%MZ)"
+  awk -F'|' '
+    $2 == "header"   { printf "|"; for (i = 3; i <= NF; i++) printf " %s |", $i; printf "\n|"; for (i = 3; i <= NF; i++) printf "---|"; printf "\n" }
+    $2 == "networks" { printf "|"; for (i = 3; i <= NF; i++) printf " %s |", $i; printf "\n" }
+  ' <(grep -o 'BENCH|.*' "$out")
+  exit 0
+fi
 
 ROUNDS=${1:-10}
 DATA=/var/tmp/calico-lab

@@ -6,12 +6,14 @@
 //! caller's threads never change namespace.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use futures::TryStreamExt;
 use netlink_packet_route::link::{LinkAttribute, LinkMessage};
 use rtnetlink::Handle;
 
 use crate::netns::{self, NetnsError};
+use crate::route_batch::BatchSocket;
 
 /// Errors opening a netlink connection.
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +37,8 @@ pub enum ConnectError {
 #[derive(Clone, Debug)]
 pub struct Netlink {
     pub(crate) handle: Handle,
+    /// A second socket in the same namespace for route batches ([`crate::route_batch`]).
+    pub(crate) batch: Arc<BatchSocket>,
     netns: Option<PathBuf>,
 }
 
@@ -43,9 +47,11 @@ impl Netlink {
     pub fn connect() -> Result<Netlink, ConnectError> {
         let rt = tokio::runtime::Handle::try_current().map_err(|_| ConnectError::NoRuntime)?;
         let (conn, handle, _) = rtnetlink::new_connection().map_err(ConnectError::Socket)?;
+        let batch = BatchSocket::open().map_err(ConnectError::Socket)?;
         rt.spawn(conn);
         Ok(Netlink {
             handle,
+            batch: Arc::new(batch),
             netns: None,
         })
     }
@@ -54,10 +60,11 @@ impl Netlink {
     pub fn connect_in(path: &Path) -> Result<Netlink, ConnectError> {
         let rt = tokio::runtime::Handle::try_current().map_err(|_| ConnectError::NoRuntime)?;
         let rt2 = rt.clone();
-        let (conn, handle) = netns::run_in(path, move || {
+        let (conn, handle, batch) = netns::run_in(path, move || {
             // The socket is registered with the caller's runtime but created in `path`.
             let _guard = rt2.enter();
-            rtnetlink::new_connection().map(|(conn, handle, _)| (conn, handle))
+            let (conn, handle, _) = rtnetlink::new_connection()?;
+            Ok::<_, std::io::Error>((conn, handle, BatchSocket::open()?))
         })?
         .map_err(|source| ConnectError::SocketIn {
             path: path.to_owned(),
@@ -66,6 +73,7 @@ impl Netlink {
         rt.spawn(conn);
         Ok(Netlink {
             handle,
+            batch: Arc::new(batch),
             netns: Some(path.to_owned()),
         })
     }

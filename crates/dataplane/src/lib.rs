@@ -8,6 +8,7 @@
 //! - [`link`]: veth pairs across namespaces (`cali…` here, `cali0` there), up/down, MAC, MTU.
 //! - [`addr`]: /32 and /128 addresses.
 //! - [`route`]: device, gateway and blackhole routes, IPv4 and IPv6, tagged with a protocol.
+//! - [`route_batch`]: many route changes per `sendmsg`, each acknowledged (bulk installs).
 //! - [`sysctl`]: /proc/sys settings per namespace, Calico's host-veth set.
 //! - [`netns`]: run a closure inside a namespace, on this thread ([`netns::visit`]) or on a
 //!   thread of its own, or netlink work on its own runtime there.
@@ -21,6 +22,7 @@ pub mod conn;
 pub mod link;
 pub mod netns;
 pub mod route;
+pub mod route_batch;
 pub mod sysctl;
 pub mod workload;
 
@@ -32,5 +34,6 @@ pub use route::{
     Family, RT_TABLE_MAIN, RTPROT_BIRD, RTPROT_BOOT, RTPROT_STATIC, Route, RouteError, RouteFilter,
     RouteTarget,
 };
+pub use route_batch::{MAX_PER_SEND, RouteChange};
 pub use sysctl::{Sysctl, SysctlError};
 pub use workload::{GATEWAY_V4, WorkloadError, WorkloadVeth};

@@ -60,6 +60,21 @@ pub enum RouteError {
     Exists { route: String },
     #[error("route {dst}: gateway {via} is not of the same address family")]
     FamilyMismatch { dst: IpNet, via: IpAddr },
+    #[error("{op} route {route} refused by the kernel: {}{}", std::io::Error::from_raw_os_error(*errno), reason.as_ref().map(|r| format!(" ({r})")).unwrap_or_default())]
+    Refused {
+        op: &'static str,
+        route: String,
+        /// The kernel's errno (positive).
+        errno: i32,
+        /// The kernel's own explanation (extended acknowledgement), when it gave one.
+        reason: Option<String>,
+    },
+    #[error("{op} route {route}: state unknown, {why}")]
+    Unacknowledged {
+        op: &'static str,
+        route: String,
+        why: String,
+    },
     #[error("listing {family} routes failed")]
     List {
         family: &'static str,
@@ -343,7 +358,7 @@ pub(crate) fn parse_route(m: &RouteMessage, names: &HashMap<u32, String>) -> Opt
 }
 
 impl Netlink {
-    async fn oif_for(&self, route: &Route) -> Result<Option<u32>, RouteError> {
+    pub(crate) async fn oif_for(&self, route: &Route) -> Result<Option<u32>, RouteError> {
         let ifname = match &route.target {
             RouteTarget::Device { ifname } => Some(ifname),
             RouteTarget::Gateway { ifname, .. } => ifname.as_ref(),
@@ -400,16 +415,7 @@ impl Netlink {
     /// false if there was none. Routes of other protocols are never touched, except with
     /// protocol 0 (`unspec`), which the kernel treats as "any protocol".
     pub async fn delete_route(&self, route: &Route) -> Result<bool, RouteError> {
-        let mut msg = route_message(
-            &Route {
-                target: RouteTarget::Other { kind: 0 },
-                ..route.clone()
-            },
-            None,
-        )?;
-        // Wildcards for the kernel's match: any scope, any type.
-        msg.header.scope = RouteScope::NoWhere;
-        msg.header.kind = RouteType::Unspec;
+        let msg = crate::route_batch::delete_message(route)?;
         match self.handle.route().del(msg).execute().await {
             Ok(()) => Ok(true),
             Err(e) if is_not_found(&e) => Ok(false),

@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use calico_dataplane::sysctl::{self, Sysctl};
 use calico_dataplane::{
-    CALICO_HOST_MAC, Family, Netlink, RTPROT_BIRD, RTPROT_BOOT, Route, RouteError, RouteFilter,
-    VethSpec,
+    CALICO_HOST_MAC, Family, Netlink, RTPROT_BIRD, RTPROT_BOOT, Route, RouteChange, RouteError,
+    RouteFilter, VethSpec,
 };
 use calico_lab::{Host, Lab};
 use ipnet::IpNet;
@@ -257,6 +257,137 @@ async fn ipv6_addresses_and_routes() {
             .unwrap()
             .is_empty()
     );
+}
+
+/// `i`-th of the batch test's /24s, 10.0.0.0/24 up to 10.255.255.0/24 (inside the lab's node
+/// namespace only), via `via`.
+/// Routes as listed, with the interface the kernel resolved for a gateway left out (the
+/// batch test's gateways are given without one), sorted by destination.
+fn listed(mut routes: Vec<Route>) -> Vec<Route> {
+    for r in &mut routes {
+        if let calico_dataplane::RouteTarget::Gateway { ifname, .. } = &mut r.target {
+            *ifname = None;
+        }
+    }
+    routes.sort_by_key(|r| r.dst);
+    routes
+}
+
+/// Compares without printing thousands of routes on failure.
+fn assert_same_routes(got: &[Route], expected: &[Route]) {
+    assert_eq!(got.len(), expected.len(), "route count");
+    if let Some((g, e)) = got.iter().zip(expected).find(|(g, e)| g != e) {
+        panic!("first difference: got {g}, expected {e}");
+    }
+}
+
+fn batch_route(i: u32, via: &str) -> Route {
+    let dst = std::net::Ipv4Addr::from(0x0a00_0000 + (i << 8));
+    Route::gateway(
+        IpNet::new(dst.into(), 24).unwrap(),
+        via.parse().unwrap(),
+        None,
+        81,
+    )
+}
+
+#[tokio::test]
+async fn batches_install_thousands_of_routes_and_a_refused_one_is_named_while_the_rest_land() {
+    const N: u32 = 5000;
+    let lab = Lab::new().expect("lab");
+    let node1 = lab.add_host("node1", "192.168.33.11/24").unwrap();
+    let nl = Netlink::connect_in(&node1.netns_path()).unwrap();
+    let mine = RouteFilter::protocol(81);
+
+    // Several datagrams' worth, with three bad changes among them: a next hop on no connected
+    // network, a device that does not exist, and a gateway of the other family.
+    let mut changes: Vec<RouteChange> = (0..N)
+        .map(|i| RouteChange::Replace(batch_route(i, "192.168.33.12")))
+        .collect();
+    let unreachable = Route::gateway(
+        net("172.31.250.0/24"),
+        "172.31.9.9".parse().unwrap(),
+        None,
+        81,
+    );
+    let no_device = Route::device(net("172.31.251.0/24"), "calinosuch0", 81);
+    let wrong_family = Route::gateway(net("172.31.252.0/24"), "fd00::1".parse().unwrap(), None, 81);
+    changes.insert(2500, RouteChange::Replace(unreachable));
+    changes.insert(10, RouteChange::Replace(no_device));
+    changes.insert(4000, RouteChange::Replace(wrong_family));
+    // A device route through an interface that exists resolves its index.
+    changes.push(RouteChange::Replace(Route::device(
+        net("172.31.253.0/24"),
+        "eth1",
+        81,
+    )));
+    let failures = nl.apply_route_changes(&changes).await;
+    let failed: Vec<usize> = failures.iter().map(|(i, _)| *i).collect();
+    assert_eq!(failed, vec![10, 2501, 4000], "{failures:?}");
+    let text = |e: &RouteError| {
+        let mut t = e.to_string();
+        if let Some(s) = std::error::Error::source(e) {
+            t += &format!(": {s}");
+        }
+        t
+    };
+    let refused = &failures[1].1;
+    assert!(
+        matches!(refused, RouteError::Refused { errno, reason: Some(_), .. } if *errno == libc::ENETUNREACH),
+        "{refused:?}"
+    );
+    // The kernel's own reason (extended acknowledgement) is part of the message.
+    println!("{}", text(refused));
+    assert!(
+        text(refused).contains("172.31.250.0/24"),
+        "{}",
+        text(refused)
+    );
+    assert!(text(&failures[0].1).contains("172.31.251.0/24"));
+    assert!(text(&failures[0].1).contains("calinosuch0"));
+    assert!(text(&failures[2].1).contains("172.31.252.0/24"));
+
+    let installed = nl.routes(&mine).await.unwrap();
+    assert_eq!(installed.len(), N as usize + 1, "every good route landed");
+    let mut expected: Vec<Route> = (0..N).map(|i| batch_route(i, "192.168.33.12")).collect();
+    expected.push(Route::device(net("172.31.253.0/24"), "eth1", 81));
+    expected.sort_by_key(|r| r.dst);
+    assert_same_routes(&listed(installed), &expected);
+
+    // Replace is idempotent and moves routes; in one batch, a later change to the same
+    // destination wins (order is kept); deleting what is not there is no failure.
+    let mut changes: Vec<RouteChange> = (0..N)
+        .map(|i| RouteChange::Replace(batch_route(i, "192.168.33.13")))
+        .collect();
+    changes.extend((0..N / 2).map(|i| RouteChange::Delete(batch_route(i, "192.168.33.13"))));
+    changes.push(RouteChange::Delete(batch_route(N + 7, "192.168.33.13")));
+    changes.push(RouteChange::Delete(Route::device(
+        net("172.31.253.0/24"),
+        "eth1",
+        81,
+    )));
+    assert!(nl.apply_route_changes(&changes).await.is_empty());
+    let got = listed(nl.routes(&mine).await.unwrap());
+    let mut expected: Vec<Route> = (N / 2..N)
+        .map(|i| batch_route(i, "192.168.33.13"))
+        .collect();
+    expected.sort_by_key(|r| r.dst);
+    assert_same_routes(&got, &expected);
+
+    // A delete names only destination and protocol: routes of other protocols stay.
+    nl.replace_route(&Route::blackhole(batch_route(0, "192.168.33.13").dst, 82))
+        .await
+        .unwrap();
+    let deletes: Vec<RouteChange> = (0..N)
+        .map(|i| RouteChange::Delete(batch_route(i, "192.168.33.13")))
+        .collect();
+    assert!(nl.apply_route_changes(&deletes).await.is_empty());
+    assert!(nl.routes(&mine).await.unwrap().is_empty());
+    assert_eq!(
+        nl.routes(&RouteFilter::protocol(82)).await.unwrap().len(),
+        1
+    );
+    assert!(nl.apply_route_changes(&[]).await.is_empty());
 }
 
 #[tokio::test]

@@ -301,6 +301,146 @@ impl DockerEngine {
     }
 }
 
+/// One entry of dockerd's event stream (`GET /events`), the parts we use.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct DockerEvent {
+    /// `network`, `container`, ...
+    #[serde(rename = "Type")]
+    pub kind: String,
+    /// `create`, `destroy`, `connect`, `disconnect`, ...
+    #[serde(rename = "Action")]
+    pub action: String,
+    #[serde(rename = "Actor")]
+    pub actor: EventActor,
+    /// When dockerd recorded it, nanoseconds since the epoch.
+    #[serde(rename = "timeNano")]
+    pub time_nano: i64,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct EventActor {
+    #[serde(rename = "ID")]
+    pub id: String,
+    /// For a network: `name` and `type` (its driver); for `connect`/`disconnect` also
+    /// `container`.
+    #[serde(rename = "Attributes")]
+    pub attributes: std::collections::BTreeMap<String, String>,
+}
+
+/// dockerd's event stream, open until dockerd or the connection goes away.
+pub struct EventStream {
+    body: hyper::body::Incoming,
+    buf: Vec<u8>,
+    _conn: AbortOnDrop,
+}
+
+/// Stops the connection task with the stream.
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl EventStream {
+    /// The next event; `None` when the stream ended. dockerd writes one JSON object per line.
+    pub async fn next(&mut self) -> Option<Result<DockerEvent, EngineError>> {
+        let decode = |line: &[u8]| {
+            serde_json::from_slice::<DockerEvent>(line).map_err(|e| EngineError::Decode {
+                method: "GET".into(),
+                path: "/events".into(),
+                reason: e.to_string(),
+            })
+        };
+        loop {
+            if let Some(end) = self.buf.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = self.buf.drain(..=end).collect();
+                if line.iter().all(u8::is_ascii_whitespace) {
+                    continue;
+                }
+                return Some(decode(&line));
+            }
+            match self.body.frame().await {
+                None => return None,
+                Some(Err(e)) => {
+                    return Some(Err(EngineError::Http {
+                        method: "GET".into(),
+                        path: "/events".into(),
+                        reason: e.to_string(),
+                    }));
+                }
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        self.buf.extend_from_slice(&data);
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl DockerEngine {
+    /// Follows dockerd's events of the given types (`GET /events?filters={"type":[...]}`),
+    /// from now on. Connecting is bounded by the client's time limit; the stream itself is
+    /// not (it is quiet until something happens).
+    pub async fn events(&self, types: &[&str]) -> Result<EventStream, EngineError> {
+        let filter = serde_json::json!({ "type": types }).to_string();
+        let path = format!("/events?filters={}", percent_encode(&filter));
+        let http = |reason: String| EngineError::Http {
+            method: "GET".into(),
+            path: path.clone(),
+            reason,
+        };
+        let open = async {
+            let stream =
+                UnixStream::connect(&self.socket)
+                    .await
+                    .map_err(|source| EngineError::Connect {
+                        socket: self.socket.clone(),
+                        source,
+                    })?;
+            let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                .await
+                .map_err(|e| http(e.to_string()))?;
+            let conn = tokio::spawn(conn);
+            let req = Request::builder()
+                .method(Method::GET)
+                .uri(format!("{API}{path}"))
+                .header("Host", "docker")
+                .body(Full::new(Bytes::new()))
+                .map_err(|e| http(e.to_string()))?;
+            let resp = sender
+                .send_request(req)
+                .await
+                .map_err(|e| http(e.to_string()))?;
+            if !resp.status().is_success() {
+                conn.abort();
+                return Err(EngineError::Status {
+                    method: "GET".into(),
+                    path: path.clone(),
+                    status: resp.status().as_u16(),
+                    message: String::new(),
+                });
+            }
+            Ok(EventStream {
+                body: resp.into_body(),
+                buf: Vec::new(),
+                _conn: AbortOnDrop(conn.abort_handle()),
+            })
+        };
+        tokio::time::timeout(self.timeout, open)
+            .await
+            .map_err(|_| EngineError::Timeout {
+                method: "GET".into(),
+                path: path.clone(),
+                secs: self.timeout.as_secs(),
+            })?
+    }
+}
+
 /// Percent-encodes everything but unreserved characters (for the `filters` query).
 fn percent_encode(s: &str) -> String {
     s.bytes()
@@ -324,6 +464,18 @@ mod tests {
             percent_encode(r#"{"driver":["calico"]}"#),
             "%7B%22driver%22%3A%5B%22calico%22%5D%7D"
         );
+    }
+
+    #[test]
+    fn events_read_docker_event_json() {
+        let v = br#"{"Type":"network","Action":"connect","Actor":{"ID":"4f1c",
+            "Attributes":{"container":"9a2b","name":"cal_net1","type":"calico"}},
+            "scope":"local","time":1700000000,"timeNano":1700000000000000000}"#;
+        let e: DockerEvent = serde_json::from_slice(v).unwrap();
+        assert_eq!((e.kind.as_str(), e.action.as_str()), ("network", "connect"));
+        assert_eq!(e.actor.attributes["type"], "calico");
+        assert_eq!(e.actor.attributes["name"], "cal_net1");
+        assert_eq!(e.time_nano, 1_700_000_000_000_000_000);
     }
 
     #[test]

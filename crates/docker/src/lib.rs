@@ -6,7 +6,7 @@
 //! - [`driver`]: what each call does (pure request checks, IPAM, veth/route plumbing,
 //!   WorkloadEndpoint and Profile resources).
 //! - [`syncer::run_network_syncer`]: shares Calico networks between hosts through the datastore
-//!   and creates/removes them in the local dockerd.
+//!   and creates/removes them in the local dockerd, driven by an etcd watch and dockerd's events.
 //! - [`engine`]: a minimal Docker Engine API client on the daemon's unix socket.
 //!
 //! How the node agent runs it (inside the node's network namespace):
@@ -19,7 +19,7 @@
 //! let syncer = calico_docker::run_network_syncer(
 //!     kv,
 //!     calico_docker::DockerEngine::new(docker_sock),
-//!     calico_docker::SyncerConfig { hostname: "node1".into(), poll_interval: Duration::from_secs(1) },
+//!     calico_docker::SyncerConfig { hostname: "node1".into(), resync_interval: Duration::from_secs(30) },
 //!     std::future::pending(),
 //! );
 //! let (served, ()) = tokio::join!(drivers, syncer);

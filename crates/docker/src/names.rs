@@ -2,7 +2,7 @@
 //!
 //! Docker's embedded DNS (127.0.0.11) knows only the containers of its own daemon, and with
 //! local-scope networks each daemon knows only its own. Design (implemented here, run by the
-//! network syncer every round):
+//! network syncer on every change of names):
 //! 1. every host publishes its containers on Calico networks under
 //!    [`NAMES_PREFIX`]`<network>/<container name>` = `{"ip", "host"}` (from `docker network
 //!    inspect`), and deletes its own records that no longer exist;
@@ -13,9 +13,10 @@
 //!    and only when it changes.
 //!
 //! Local names keep going through Docker's embedded DNS. Works with Docker 20.10 and static
-//! busybox, whose resolver reads /etc/hosts without NSS modules. Limits: names appear within
-//! one syncer round (default 1 s) of the container starting; Docker rewrites the file when a
-//! container is (re)connected, and the next round puts the block back.
+//! busybox, whose resolver reads /etc/hosts without NSS modules. The syncer runs a name round
+//! when the name records change and on dockerd's `connect`, `disconnect` and container `start`
+//! events; Docker rewrites the file when a container is (re)connected, and that event's round
+//! puts the block back.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;

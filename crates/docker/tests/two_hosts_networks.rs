@@ -231,3 +231,109 @@ fn a_network_created_on_one_host_exists_on_the_other_and_deletion_follows() {
         h1.shutdown().await;
     });
 }
+
+/// Two hosts as in the test above, without containers or routing: etcd on node1's link
+/// address, drivers + syncer + dockerd on each; a default IPv4 pool.
+async fn two_hosts_setup(
+    dir: &std::path::Path,
+    n1: &str,
+    n2: &str,
+) -> (Etcd, calico_datastore::EtcdClient, Host, Host) {
+    let (d1, d2) = (dir.join("node1"), dir.join("node2"));
+    std::fs::create_dir_all(&d1).unwrap();
+    std::fs::create_dir_all(&d2).unwrap();
+    let etcd = Etcd::start_on(&d1, "10.200.0.1").await;
+    let kv = etcd.client().await;
+    let ds = Datastore::from_etcd(kv.clone());
+    let mut pool = IPPool::new(
+        "default-ipv4-ippool",
+        IPPoolSpec {
+            cidr: "192.168.0.0/16".into(),
+            ..Default::default()
+        },
+    );
+    pool.metadata = ObjectMeta {
+        name: Some("default-ipv4-ippool".into()),
+        ..Default::default()
+    };
+    ds.create(&pool).await.unwrap();
+    let h1 = Host::start_with("node1", n1, &d1, etcd.config(), true).await;
+    let h2 = Host::start_with("node2", n2, &d2, etcd.config(), true).await;
+    (etcd, kv, h1, h2)
+}
+
+#[test]
+fn a_network_deleted_while_a_host_was_down_is_removed_there_not_published_again() {
+    use futures::StreamExt;
+    let ns1 = Netns::new("cdk");
+    let ns2 = Netns::new("cdk");
+    link(&ns1.name, "10.200.0.1/24", &ns2.name, "10.200.0.2/24");
+    let (n1, n2) = (ns1.name.clone(), ns2.name.clone());
+    in_netns(&ns1.name.clone(), move || async move {
+        let dir = tempfile::tempdir().unwrap();
+        let (etcd, kv, h1, h2) = two_hosts_setup(dir.path(), &n1, &n2).await;
+        let (s1, s2) = (h1.sock(), h2.sock());
+        let create = [
+            "network",
+            "create",
+            "--driver",
+            "calico",
+            "--ipam-driver",
+            "calico-ipam",
+        ];
+        for net in ["cal_gone", "cal_kept"] {
+            let mut args = create.to_vec();
+            args.push(net);
+            docker_ok(&s1, &args).await;
+        }
+        eventually(15, "both networks on node2", || async {
+            let n = networks(&s2).await;
+            n.contains(&"cal_gone".to_string()) && n.contains(&"cal_kept".to_string())
+        })
+        .await;
+
+        // node2 goes down (its dockerd keeps its networks on disk); cal_gone is deleted on
+        // node1 meanwhile.
+        drop(h2);
+        docker_ok(&s1, &["network", "rm", "cal_gone"]).await;
+        let key = format!("{NETWORKS_PREFIX}cal_gone");
+        eventually(15, "cal_gone unpublished", || async {
+            kv.get(&key).await.unwrap().is_none()
+        })
+        .await;
+
+        // node2's dockerd alone first: it did keep its copy of cal_gone.
+        let d2 = dir.path().join("node2");
+        let h2 = Host::start_with("node2", &n2, &d2, etcd.config(), false).await;
+        assert!(networks(&h2.sock()).await.contains(&"cal_gone".to_string()));
+        drop(h2);
+
+        // node2 comes back with its syncer: it removes the stale copy, never publishes it.
+        let from = kv.current_revision().await.unwrap() + 1;
+        let mut puts = kv.watch(&key, from);
+        let h2 = Host::start_with("node2", &n2, &d2, etcd.config(), true).await;
+        let s2 = h2.sock();
+        eventually(15, "stale cal_gone removed from node2", || async {
+            !networks(&s2).await.contains(&"cal_gone".to_string())
+        })
+        .await;
+        assert!(networks(&s2).await.contains(&"cal_kept".to_string()));
+        assert!(
+            kv.get(&key).await.unwrap().is_none(),
+            "cal_gone re-published"
+        );
+        let seen = tokio::time::timeout(std::time::Duration::from_millis(500), puts.next()).await;
+        assert!(seen.is_err(), "a write to the cal_gone record: {seen:?}");
+        assert!(!networks(&s1).await.contains(&"cal_gone".to_string()));
+        // cal_kept still works both ways: deleting it on node2 now follows on node1.
+        docker_ok(&s2, &["network", "rm", "cal_kept"]).await;
+        eventually(15, "cal_kept gone from node1", || async {
+            !networks(&s1).await.contains(&"cal_kept".to_string())
+        })
+        .await;
+
+        h2.shutdown().await;
+        h1.shutdown().await;
+        drop(etcd);
+    });
+}

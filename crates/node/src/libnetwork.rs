@@ -24,7 +24,7 @@ pub async fn serve(cfg: NodeConfig, etcd: EtcdClient) {
         calico_docker::DockerEngine::new(&cfg.docker_socket),
         calico_docker::SyncerConfig {
             hostname: cfg.node_name.clone(),
-            poll_interval: Duration::from_secs(1),
+            resync_interval: Duration::from_secs(30),
         },
         std::future::pending(),
     );

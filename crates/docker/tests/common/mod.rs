@@ -269,7 +269,8 @@ impl DriverThread {
                     let (kv, engine) = (kv.clone(), calico_docker::DockerEngine::new(&docker_sock));
                     let config = SyncerConfig {
                         hostname: hostname.clone(),
-                        poll_interval: Duration::from_millis(300),
+                        // Long: changes must arrive by the watch and dockerd's events, not the resync.
+                        resync_interval: Duration::from_secs(300),
                     };
                     tokio::spawn(run_network_syncer(
                         kv,
