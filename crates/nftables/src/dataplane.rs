@@ -8,7 +8,9 @@ use calico_policy::sets::SetId;
 use std::collections::BTreeSet;
 
 use crate::batch::{Batch, ChainSpec, Family, Hook, KeyType, SetSpec, Verdict};
-use crate::render::{EndpointToHost, RenderError, TABLE_NAME, render_set_update, render_spec_from};
+use crate::render::{
+    EndpointToHost, RenderError, RenderSettings, TABLE_NAME, render_set_update, render_spec_from,
+};
 use crate::socket::{NftError, NftSocket};
 use crate::table::{Applied, Op, TableSpec, diff, full_batch, to_batch};
 
@@ -40,7 +42,7 @@ pub enum ApplyError {
 #[derive(Debug)]
 pub struct PolicyDataplane {
     socket: NftSocket,
-    to_host: EndpointToHost,
+    settings: RenderSettings,
     /// What the table holds, as far as we know: `None` until the first apply or adoption.
     applied: Option<Applied>,
     /// The program `applied` was rendered from (when it is `Applied::Exactly`): lets the
@@ -53,7 +55,7 @@ impl PolicyDataplane {
     pub fn new() -> Result<PolicyDataplane, NftError> {
         Ok(PolicyDataplane {
             socket: NftSocket::open()?,
-            to_host: EndpointToHost::default(),
+            settings: RenderSettings::default(),
             applied: None,
             program: None,
         })
@@ -63,7 +65,7 @@ impl PolicyDataplane {
     pub fn new_in(path: &Path) -> Result<PolicyDataplane, NftError> {
         Ok(PolicyDataplane {
             socket: NftSocket::open_in(path)?,
-            to_host: EndpointToHost::default(),
+            settings: RenderSettings::default(),
             applied: None,
             program: None,
         })
@@ -72,7 +74,20 @@ impl PolicyDataplane {
     /// Sets what happens to traffic from workloads to the host (default: Felix's Drop);
     /// takes effect with the next [`PolicyDataplane::apply`].
     pub fn set_endpoint_to_host(&mut self, action: EndpointToHost) {
-        self.to_host = action;
+        self.settings.to_host = action;
+    }
+
+    /// Sets the workload interface prefixes (Felix's `InterfacePrefix`, default `cali`):
+    /// traffic on such an interface that has no endpoint is dropped. Takes effect with the
+    /// next apply.
+    pub fn set_interface_prefixes(&mut self, prefixes: Vec<String>) {
+        self.settings.interface_prefixes = prefixes;
+    }
+
+    /// Packets and bytes dropped so far because they came from or went to a workload-prefixed
+    /// interface without an endpoint (see [`crate::read::unknown_interface_drops`]).
+    pub fn unknown_interface_drops(&mut self) -> Result<crate::read::Counter, NftError> {
+        crate::read::unknown_interface_drops(&mut self.socket)
     }
 
     /// Makes the kernel enforce exactly `program`, in one transaction, so there is no moment
@@ -122,7 +137,7 @@ impl PolicyDataplane {
             (Some(Applied::Exactly(t)), Some(p)) => Some((p, t)),
             _ => None,
         };
-        let spec = render_spec_from(program, self.to_host, prev)?;
+        let spec = render_spec_from(program, &self.settings, prev)?;
         let Some(applied) = &self.applied else {
             return self.replace(spec, program);
         };

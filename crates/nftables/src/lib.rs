@@ -22,6 +22,9 @@ pub mod table;
 
 pub use batch::{Batch, ChainSpec, Expr, Family, Hook, SetElem, SetSpec, Verdict};
 pub use dataplane::{ApplyError, ApplyReport, PolicyDataplane};
-pub use render::{EndpointToHost, RenderError, TABLE_NAME, render_spec, render_table};
+pub use render::{
+    DEFAULT_INTERFACE_PREFIX, EndpointToHost, RenderError, RenderSettings, TABLE_NAME,
+    UNKNOWN_INTERFACE, render_spec, render_table,
+};
 pub use socket::{ListedChain, ListedSet, NftError, NftSocket};
 pub use table::{Applied, TableSpec};

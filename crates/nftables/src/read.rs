@@ -105,6 +105,29 @@ pub fn read_table(socket: &mut NftSocket, table: &str) -> Result<Option<TableDum
     )))
 }
 
+/// The sum of the counters of the rules that drop traffic of a workload-prefixed interface
+/// without an endpoint (comment [`crate::render::UNKNOWN_INTERFACE`], in the base chains
+/// `from-wl`, `to-wl` and `wl-to-host`). Zero when the table does not exist. The counters
+/// live as long as their rules: they restart when the agent rewrites those base chains (the
+/// first sync after an agent restart, or a change of the interface prefixes).
+pub fn unknown_interface_drops(socket: &mut NftSocket) -> Result<Counter, NftError> {
+    let mut sum = Counter::default();
+    let Some(t) = read_table(socket, crate::render::TABLE_NAME)? else {
+        return Ok(sum);
+    };
+    for c in t.chains.iter().filter(|c| c.base.is_some()) {
+        for r in &c.rules {
+            if r.comment.as_deref() == Some(crate::render::UNKNOWN_INTERFACE)
+                && let Some(n) = r.counter
+            {
+                sum.packets += n.packets;
+                sum.bytes += n.bytes;
+            }
+        }
+    }
+    Ok(sum)
+}
+
 fn generation(socket: &mut NftSocket) -> Result<u32, NftError> {
     let (replies, _) = socket.request(msg::GETGEN, 0, &[])?;
     replies

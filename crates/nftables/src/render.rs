@@ -6,7 +6,9 @@
 //!   interface through the verdict map `@from-wl` to that endpoint's egress chain `fw-<if>`;
 //!   `to-wl` (priority 1) sends packets leaving to a workload through `@to-wl` to its ingress
 //!   chain `tw-<if>`. Both allow established/related and drop invalid first. Dispatch is one
-//!   map lookup whatever the number of endpoints. An `accept` ends only the base chain it is
+//!   map lookup whatever the number of endpoints. A packet of a workload-prefixed interface
+//!   (`cali*`, [`RenderSettings::interface_prefixes`]) the maps do not know is dropped and
+//!   counted ([`UNKNOWN_INTERFACE`]), as Felix's dispatch chains do. An `accept` ends only the base chain it is
 //!   in, so a packet between two local workloads passes the sender's egress, then the
 //!   receiver's ingress; `drop` is final.
 //! - per endpoint and direction: `<ep>` jumps to one chain per tier `<ep>-t<n>`, then to the
@@ -134,20 +136,53 @@ pub enum EndpointToHost {
     /// neighbour discovery, as Felix allows.
     #[default]
     Drop,
-    /// The workload's egress policy decides; allowed traffic is accepted.
-    Accept,
+    /// Felix's `Return`: the workload's egress policy decides; what it allows leaves our
+    /// chains and the host's own rules (other tables, iptables-nft's `INPUT`) decide. Felix's
+    /// `Accept` is enforced the same way: an nf_tables `accept` ends only the base chain it
+    /// is in, so no table can accept a packet on behalf of the host's other tables.
+    Return,
+}
+
+/// The workload interface prefix Felix uses by default (`interfacePrefix`).
+pub const DEFAULT_INTERFACE_PREFIX: &str = calico_policy::felix::DEFAULT_INTERFACE_PREFIX;
+
+/// Comment (and so the name `calicoctl` and the agent read) of the rules that drop traffic of
+/// a workload-prefixed interface that has no endpoint in the table.
+pub const UNKNOWN_INTERFACE: &str = "Unknown interface";
+
+/// Host-wide settings of the rendering (Felix's `DefaultEndpointToHostAction` and
+/// `InterfacePrefix`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RenderSettings {
+    /// Traffic from workloads to the host itself.
+    pub to_host: EndpointToHost,
+    /// Prefixes of workload interfaces (Felix's `InterfacePrefix`, a comma-separated list
+    /// there): traffic on such an interface that no endpoint owns is dropped.
+    pub interface_prefixes: Vec<String>,
+}
+
+impl Default for RenderSettings {
+    fn default() -> Self {
+        RenderSettings {
+            to_host: EndpointToHost::default(),
+            interface_prefixes: vec![DEFAULT_INTERFACE_PREFIX.to_owned()],
+        }
+    }
 }
 
 /// The whole table, as one batch that first removes any previous version of it: the kernel
 /// applies it atomically, so packets see either the old or the new table.
-pub fn render_table(host: &HostProgram, to_host: EndpointToHost) -> Result<Batch, RenderError> {
-    Ok(full_batch(TABLE_NAME, &render_spec(host, to_host)?))
+pub fn render_table(host: &HostProgram, settings: &RenderSettings) -> Result<Batch, RenderError> {
+    Ok(full_batch(TABLE_NAME, &render_spec(host, settings)?))
 }
 
 /// The whole table as data (every chain with its rules, every set with its elements): what
 /// [`render_table`] sends, and what [`crate::table::diff`] compares between two programs.
-pub fn render_spec(host: &HostProgram, to_host: EndpointToHost) -> Result<TableSpec, RenderError> {
-    render_spec_from(host, to_host, None)
+pub fn render_spec(
+    host: &HostProgram,
+    settings: &RenderSettings,
+) -> Result<TableSpec, RenderError> {
+    render_spec_from(host, settings, None)
 }
 
 /// [`render_spec`], reusing from `prev` (a program and the table rendered from it) every set,
@@ -156,7 +191,7 @@ pub fn render_spec(host: &HostProgram, to_host: EndpointToHost) -> Result<TableS
 /// is the same as [`render_spec`]'s (a property test checks it).
 pub fn render_spec_from(
     host: &HostProgram,
-    to_host: EndpointToHost,
+    settings: &RenderSettings,
     prev: Option<(&HostProgram, &TableSpec)>,
 ) -> Result<TableSpec, RenderError> {
     let mut b = TableSpec::default();
@@ -305,12 +340,16 @@ pub fn render_spec_from(
             &[Expr::Meta(key), Expr::VerdictMap(map.into())],
             Some("dispatch to the workload's chain"),
         );
+        // Every endpoint chain ends in a verdict, so only a packet of an interface the map
+        // does not know gets here: a workload-prefixed one is dropped (Felix's "Unknown
+        // interface"), whatever is not a workload interface is not ours to judge.
+        drop_unknown_interfaces(&mut b, name, key, &settings.interface_prefixes);
     }
-    render_to_host(&mut b, to_host);
+    render_to_host(&mut b, settings);
     if !heps.is_empty() {
         // Named interfaces before `*`: a named host endpoint takes precedence (as in Felix).
         heps.sort_by_key(|(iface, _, _)| iface.is_none());
-        render_host_endpoints(&mut b, &heps);
+        render_host_endpoints(&mut b, &heps, &settings.interface_prefixes);
     }
     Ok(b)
 }
@@ -335,7 +374,7 @@ type HostEp<'a> = (Option<&'a str>, &'a EndpointProgram, &'a HostChains);
 /// Loopback and workload interfaces (`cali*`) are never host endpoint traffic. Tracked base
 /// chains allow established/related and untracked (already allowed by a doNotTrack policy)
 /// packets and drop invalid ones before any policy, as Felix does.
-fn render_host_endpoints(b: &mut TableSpec, heps: &[HostEp<'_>]) {
+fn render_host_endpoints(b: &mut TableSpec, heps: &[HostEp<'_>], prefixes: &[String]) {
     let suffix = |iface: Option<&str>| iface.unwrap_or("*").to_owned();
     type Pick = fn(&EndpointProgram, &HostChains) -> Chain;
     let stages: [(&str, Pick); 7] = [
@@ -379,15 +418,11 @@ fn render_host_endpoints(b: &mut TableSpec, heps: &[HostEp<'_>]) {
             ],
             Some("loopback is not a host endpoint"),
         );
-        b.add_rule(
-            name,
-            &[
-                Expr::Meta(key),
-                Expr::Cmp(CmpOp::Eq, b"cali".to_vec()),
-                Expr::Verdict(Verdict::Accept),
-            ],
-            Some("workload interfaces have their own chains"),
-        );
+        for prefix in prefixes {
+            let mut r = iface_prefix(key, prefix);
+            r.push(Expr::Verdict(Verdict::Accept));
+            b.add_rule(name, &r, Some("workload interfaces have their own chains"));
+        }
         if tracked {
             let mut r = ct_state_any(ct::INVALID);
             r.extend([Expr::Counter, Expr::Verdict(Verdict::Drop)]);
@@ -408,17 +443,36 @@ fn render_host_endpoints(b: &mut TableSpec, heps: &[HostEp<'_>]) {
     }
 }
 
-/// Input hook: traffic from workload interfaces (`cali*`) to the host.
-fn render_to_host(b: &mut TableSpec, to_host: EndpointToHost) {
+/// A compare of the first bytes of the interface name: nft's `iifname "cali*"`.
+fn iface_prefix(key: MetaKey, prefix: &str) -> Vec<Expr> {
+    vec![
+        Expr::Meta(key),
+        Expr::Cmp(CmpOp::Eq, prefix.as_bytes().to_vec()),
+    ]
+}
+
+/// `<key> "<prefix>*" counter drop comment "Unknown interface"`, per prefix.
+fn drop_unknown_interfaces(b: &mut TableSpec, chain: &str, key: MetaKey, prefixes: &[String]) {
+    for prefix in prefixes {
+        let mut r = iface_prefix(key, prefix);
+        r.extend([Expr::Counter, Expr::Verdict(Verdict::Drop)]);
+        b.add_rule(chain, &r, Some(UNKNOWN_INTERFACE));
+    }
+}
+
+/// Input hook: traffic from workload interfaces (`cali*`) to the host. As in Felix, the
+/// workload's egress policy is consulted first (an interface without an endpoint is dropped
+/// as "Unknown interface"), then `DefaultEndpointToHostAction` applies.
+fn render_to_host(b: &mut TableSpec, settings: &RenderSettings) {
     let name = "wl-to-host";
     b.add_chain(&ChainSpec::base(name, Hook::Input, 0, Verdict::Accept));
-    let from_wl = || {
-        vec![
-            Expr::Meta(MetaKey::IifName),
-            // A 4-byte compare of the 16-byte name: the prefix match `iifname "cali*"`.
-            Expr::Cmp(CmpOp::Eq, b"cali".to_vec()),
-        ]
-    };
+    for prefix in &settings.interface_prefixes {
+        render_to_host_for(b, name, prefix, settings.to_host);
+    }
+}
+
+fn render_to_host_for(b: &mut TableSpec, name: &str, prefix: &str, to_host: EndpointToHost) {
+    let from_wl = || iface_prefix(MetaKey::IifName, prefix);
     let mut r = from_wl();
     r.extend(ct_state_any(ct::INVALID));
     r.extend([Expr::Counter, Expr::Verdict(Verdict::Drop)]);
@@ -446,14 +500,19 @@ fn render_to_host(b: &mut TableSpec, to_host: EndpointToHost) {
         b.add_rule(name, &r, Some("allow ICMPv6 neighbour discovery and MLD"));
     }
     match to_host {
-        EndpointToHost::Accept => b.add_rule(
-            name,
-            &[
+        EndpointToHost::Return => {
+            let mut r = from_wl();
+            r.extend([
                 Expr::Meta(MetaKey::IifName),
                 Expr::VerdictMap(FROM_WL_MAP.into()),
-            ],
-            Some("workload egress policy decides"),
-        ),
+            ]);
+            b.add_rule(name, &r, Some("workload egress policy decides"));
+            // What the policy allows was accepted by it (which ends only this chain: the
+            // host's own rules still decide); no endpoint: dropped.
+            let mut r = from_wl();
+            r.extend([Expr::Counter, Expr::Verdict(Verdict::Drop)]);
+            b.add_rule(name, &r, Some(UNKNOWN_INTERFACE));
+        }
         EndpointToHost::Drop => {
             for port in [67u16, 547] {
                 let mut r = from_wl();
@@ -1057,6 +1116,133 @@ mod tests {
         );
         assert!(a.len() <= 200 && b.len() <= 200);
         assert_ne!(a, b);
+    }
+
+    /// A program with one workload endpoint per interface name (no policy, no profile).
+    fn program_with(ifaces: &[String]) -> HostProgram {
+        use calico_policy::model::{PolicyModel, WorkloadEndpoint};
+        let model = PolicyModel {
+            workload_endpoints: ifaces
+                .iter()
+                .map(|i| WorkloadEndpoint {
+                    name: i.clone(),
+                    node: "n".into(),
+                    namespace: "default".into(),
+                    interface_name: i.clone(),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        };
+        calico_policy::compile(&model, Some("n")).unwrap()
+    }
+
+    /// What a base chain does with a new packet of interface `iface`, read off the rendered
+    /// rules: the verdict of the first rule whose `meta`/`cmp` tests all pass (ct state tests
+    /// fail: the packet is new), a verdict-map hit is `Goto(chain)`, a miss goes on; `None`:
+    /// the chain ends without a verdict (its policy, accept, applies).
+    fn first_verdict(t: &TableSpec, chain: &str, iface: &str) -> Option<Verdict> {
+        let name = ifname_key(iface);
+        'rules: for r in &t.chains[chain].rules {
+            let mut reg: Option<&[u8]> = None;
+            for e in &r.exprs {
+                match e {
+                    Expr::Meta(MetaKey::IifName | MetaKey::OifName) => reg = Some(&name),
+                    // ct state (the packet is new, neither invalid nor established), the
+                    // protocol (not ICMPv6 nor UDP): such rules do not match it.
+                    Expr::Meta(_) | Expr::CtState => continue 'rules,
+                    Expr::Cmp(CmpOp::Eq, v) => {
+                        if !reg.is_some_and(|r| r.starts_with(v)) {
+                            continue 'rules;
+                        }
+                    }
+                    Expr::VerdictMap(map) => {
+                        match t.sets[map].elems.iter().find(|el| el.key == name) {
+                            Some(el) => return el.verdict.clone(),
+                            None => continue 'rules,
+                        }
+                    }
+                    Expr::Verdict(v) => return Some(v.clone()),
+                    _ => {}
+                }
+            }
+        }
+        None
+    }
+
+    #[test]
+    fn unknown_interfaces_are_dropped_after_dispatch_per_prefix() {
+        let settings = RenderSettings {
+            to_host: EndpointToHost::Return,
+            interface_prefixes: vec!["cali".into(), "tap".into()],
+        };
+        let t = render_spec(&program_with(&["calia".into()]), &settings).unwrap();
+        for chain in ["from-wl", "to-wl", "wl-to-host"] {
+            let drops: Vec<&crate::table::RuleSpec> = t.chains[chain]
+                .rules
+                .iter()
+                .filter(|r| r.comment.as_deref() == Some(UNKNOWN_INTERFACE))
+                .collect();
+            assert_eq!(drops.len(), 2, "{chain}: one drop per prefix");
+            for r in drops {
+                assert!(r.exprs.contains(&Expr::Counter), "{chain}: counted");
+                assert_eq!(r.exprs.last(), Some(&Expr::Verdict(Verdict::Drop)));
+            }
+        }
+        // Drop: no dispatch to the host, so no unknown-interface rule (all is dropped).
+        let t = render_spec(&program_with(&["calia".into()]), &RenderSettings::default()).unwrap();
+        assert!(
+            !t.chains["wl-to-host"]
+                .rules
+                .iter()
+                .any(|r| r.comment.as_deref() == Some(UNKNOWN_INTERFACE))
+        );
+    }
+
+    proptest::proptest! {
+        /// For any endpoints and prefixes: a new packet of an interface with an endpoint goes to
+        /// its chain, one of a workload-prefixed interface without an endpoint is dropped, any
+        /// other interface is left alone (the chain ends without a verdict).
+        #[test]
+        fn base_chains_dispatch_known_drop_unknown_and_ignore_others(
+            eps in proptest::collection::btree_set("(cali|tap|eth)[a-c]{1,3}", 0..5),
+            prefixes in proptest::collection::btree_set("(cali|tap|ca|t)", 1..3),
+            probes in proptest::collection::vec("(cali|tap|eth|ca|lo)[a-c]{0,3}", 1..12),
+            to_host_return in proptest::prelude::any::<bool>(),
+        ) {
+            let eps: Vec<String> = eps.into_iter().collect();
+            let settings = RenderSettings {
+                to_host: if to_host_return { EndpointToHost::Return } else { EndpointToHost::Drop },
+                interface_prefixes: prefixes.iter().cloned().collect(),
+            };
+            let t = render_spec(&program_with(&eps), &settings).unwrap();
+            for iface in probes.iter().chain(&eps) {
+                let known = eps.contains(iface);
+                let workload = prefixes.iter().any(|p| iface.starts_with(p.as_str()));
+                for (chain, pfx) in [("from-wl", "fw-"), ("to-wl", "tw-")] {
+                    let got = first_verdict(&t, chain, iface);
+                    let want = if known {
+                        Some(Verdict::Goto(format!("{pfx}{iface}")))
+                    } else if workload {
+                        Some(Verdict::Drop)
+                    } else {
+                        None
+                    };
+                    proptest::prop_assert_eq!(got, want, "{} {}", chain, iface);
+                }
+                let to_host = first_verdict(&t, "wl-to-host", iface);
+                if workload {
+                    let want = if to_host_return && known {
+                        Some(Verdict::Goto(format!("fw-{iface}")))
+                    } else {
+                        Some(Verdict::Drop)
+                    };
+                    proptest::prop_assert_eq!(to_host, want, "wl-to-host {}", iface);
+                } else {
+                    proptest::prop_assert_eq!(to_host, None, "wl-to-host {}", iface);
+                }
+            }
+        }
     }
 
     /// What the kernel's interval lookup does with start/end elements: the greatest key not

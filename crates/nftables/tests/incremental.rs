@@ -328,7 +328,7 @@ fn a_batch_of_100k_rules_is_answered() {
 /// for each kind of change the agent sees.
 #[test]
 fn rendering_from_the_previous_table_equals_a_fresh_render() {
-    use calico_nftables::EndpointToHost;
+    use calico_nftables::RenderSettings;
     use calico_nftables::render::{render_spec, render_spec_from};
     let mut models = vec![model()];
     let mut m = model();
@@ -351,9 +351,10 @@ fn rendering_from_the_previous_table_equals_a_fresh_render() {
     let programs: Vec<HostProgram> = models.iter().map(program).collect();
     for (i, a) in programs.iter().enumerate() {
         for b in &programs {
-            let ta = render_spec(a, EndpointToHost::Drop).expect("render");
-            let fresh = render_spec(b, EndpointToHost::Drop).expect("render");
-            let reused = render_spec_from(b, EndpointToHost::Drop, Some((a, &ta))).expect("render");
+            let ta = render_spec(a, &RenderSettings::default()).expect("render");
+            let fresh = render_spec(b, &RenderSettings::default()).expect("render");
+            let reused =
+                render_spec_from(b, &RenderSettings::default(), Some((a, &ta))).expect("render");
             assert!(
                 fresh == reused,
                 "from model {i}: differs from a fresh render"

@@ -701,7 +701,7 @@ async fn policy_matrix_with_real_traffic() {
         !ping_node(&rig.wls[1]),
         "endpoint-to-host Drop let a ping through"
     );
-    rig.dp.set_endpoint_to_host(EndpointToHost::Accept);
+    rig.dp.set_endpoint_to_host(EndpointToHost::Return);
     rig.apply(&m);
     assert!(ping_node(&rig.wls[1]), "egress allows: the host answers");
     assert!(!ping_node(&rig.wls[0]), "egress denies ICMP to the host");

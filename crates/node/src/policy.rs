@@ -14,17 +14,26 @@
 //! and leaves it enforcing; the first sync, made from a complete listing of the datastore,
 //! rewrites it in place in one transaction (no moment without the table).
 //!
-//! `DefaultEndpointToHostAction: Return` is enforced like `Accept`: in nftables an `accept`
-//! ends only our base chain, the host's own input rules (other tables) still run, which is
-//! what Felix's RETURN to the INPUT chain achieves.
+//! `DefaultEndpointToHostAction: Return` is rendered as Felix means it: after the workload's
+//! egress policy the host's own input rules (other tables) decide. `Accept` is enforced the
+//! same way: in nftables an `accept` ends only our base chain, so no table can accept for the
+//! host's other tables. `interfacePrefix` sets which interfaces are workloads'; traffic on one
+//! without an endpoint is dropped ("Unknown interface").
+//!
+//! Isolation: a policy or profile that cannot be enforced as written is handled on its own
+//! (`calico_policy::isolate`: a rule skipped, a Deny enforced without the unenforceable match,
+//! the policy's rules replaced by Deny, or the policy dropped when its selector is broken),
+//! logged once per change naming the policy and the field, and kept in
+//! [`PolicySync::issues`]; the other policies are enforced.
 
 use calico_api as api;
 use calico_datastore::{Datastore, KindRef, ResourceError};
 use calico_nftables::{ApplyError, ApplyReport, EndpointToHost, NftError, PolicyDataplane};
+use calico_policy::CompileError;
 use calico_policy::felix::{self, EndpointToHostAction, FelixConfigError, FelixPolicySettings};
-use calico_policy::from_api::{self, ApiResources, ConvertError};
+use calico_policy::from_api::{ApiResources, ConvertError};
+use calico_policy::isolate::{IsolateError, PolicyIssue, compile_isolated};
 use calico_policy::program::HostProgram;
-use calico_policy::{CompileError, compile};
 
 /// Why a policy sync failed (the previously applied table stays in place).
 #[derive(Debug, thiserror::Error)]
@@ -70,11 +79,12 @@ pub enum PolicyError {
 /// Where a compiled program is enforced. [`PolicyDataplane`] in production; tests substitute
 /// a recorder.
 pub trait Enforcer {
-    /// Makes the enforced program `program`, atomically.
+    /// Makes the enforced program `program`, with `felix`'s workload-to-host action and
+    /// workload interface prefixes, atomically.
     fn enforce(
         &mut self,
         program: &HostProgram,
-        to_host: EndpointToHostAction,
+        felix: &FelixPolicySettings,
     ) -> Result<ApplyReport, ApplyError>;
 }
 
@@ -82,13 +92,14 @@ impl Enforcer for PolicyDataplane {
     fn enforce(
         &mut self,
         program: &HostProgram,
-        to_host: EndpointToHostAction,
+        felix: &FelixPolicySettings,
     ) -> Result<ApplyReport, ApplyError> {
-        self.set_endpoint_to_host(match to_host {
+        self.set_endpoint_to_host(match felix.endpoint_to_host {
             EndpointToHostAction::Drop => EndpointToHost::Drop,
             // See the module comment: RETURN and ACCEPT are the same thing in nftables.
-            EndpointToHostAction::Return | EndpointToHostAction::Accept => EndpointToHost::Accept,
+            EndpointToHostAction::Return | EndpointToHostAction::Accept => EndpointToHost::Return,
         });
+        self.set_interface_prefixes(felix.interface_prefixes.clone());
         self.apply_changes(program)
     }
 }
@@ -97,7 +108,9 @@ impl Enforcer for PolicyDataplane {
 #[derive(Debug)]
 pub struct PolicySync<E: Enforcer = PolicyDataplane> {
     enforcer: E,
-    applied: Option<(HostProgram, EndpointToHostAction)>,
+    applied: Option<(HostProgram, FelixPolicySettings)>,
+    /// Policies and profiles not enforced as written, from the last compilation.
+    issues: Vec<PolicyIssue>,
 }
 
 impl PolicySync<PolicyDataplane> {
@@ -126,12 +139,19 @@ impl<E: Enforcer> PolicySync<E> {
         PolicySync {
             enforcer,
             applied: None,
+            issues: Vec::new(),
         }
     }
 
     /// The program last applied successfully.
     pub fn applied(&self) -> Option<&HostProgram> {
         self.applied.as_ref().map(|(p, _)| p)
+    }
+
+    /// Policies and profiles the last sync could not enforce as written (a skipped rule, a
+    /// policy replaced by Deny or dropped), each naming the resource, the field and why.
+    pub fn issues(&self) -> &[PolicyIssue] {
+        &self.issues
     }
 
     /// Reads every policy-relevant resource, compiles for `node`, applies only if it changed.
@@ -159,18 +179,30 @@ impl<E: Enforcer> PolicySync<E> {
         felix: &FelixPolicySettings,
         node: &str,
     ) -> Result<bool, PolicyError> {
-        let program = compile_with(resources, felix, node)?;
-        let to_host = felix.endpoint_to_host;
+        let (program, issues) = compile_isolated_for(resources, felix, node)?;
+        if issues != self.issues {
+            for i in &issues {
+                tracing::warn!(
+                    node,
+                    policy = %i.owner,
+                    rule = %i.field,
+                    outcome = %i.outcome,
+                    reason = %i.reason,
+                    "policy not enforced as written"
+                );
+            }
+            self.issues = issues;
+        }
         if self
             .applied
             .as_ref()
-            .is_some_and(|(p, t)| *p == program && *t == to_host)
+            .is_some_and(|(p, f)| *p == program && f == felix)
         {
             return Ok(false);
         }
         let report =
             self.enforcer
-                .enforce(&program, to_host)
+                .enforce(&program, felix)
                 .map_err(|source| PolicyError::Apply {
                     node: node.to_string(),
                     source: Box::new(source),
@@ -186,7 +218,7 @@ impl<E: Enforcer> PolicySync<E> {
             sets_touched = report.sets.len(),
             "policy applied"
         );
-        self.applied = Some((program, to_host));
+        self.applied = Some((program, felix.clone()));
         Ok(true)
     }
 }
@@ -197,17 +229,28 @@ pub fn compile_for(resources: &ApiResources, node: &str) -> Result<HostProgram, 
     compile_with(resources, &FelixPolicySettings::default(), node)
 }
 
-/// Converts and compiles with FelixConfiguration's failsafe ports.
+/// Converts and compiles with FelixConfiguration's failsafe ports; a policy or profile that
+/// cannot be enforced as written is isolated (see `calico_policy::isolate`), not an error.
 pub fn compile_with(
     resources: &ApiResources,
     felix: &FelixPolicySettings,
     node: &str,
 ) -> Result<HostProgram, PolicyError> {
-    let mut model = from_api::model_from_resources(resources).map_err(Box::new)?;
-    model.failsafe = felix.failsafe.clone();
-    compile(&model, Some(node)).map_err(|source| PolicyError::Compile {
-        node: node.to_string(),
-        source: Box::new(source),
+    Ok(compile_isolated_for(resources, felix, node)?.0)
+}
+
+/// [`compile_with`], and the policies and profiles not enforced as written.
+pub fn compile_isolated_for(
+    resources: &ApiResources,
+    felix: &FelixPolicySettings,
+    node: &str,
+) -> Result<(HostProgram, Vec<PolicyIssue>), PolicyError> {
+    compile_isolated(resources, &felix.failsafe, Some(node)).map_err(|e| match e {
+        IsolateError::Convert(e) => PolicyError::Convert(Box::new(e)),
+        IsolateError::Compile(source) => PolicyError::Compile {
+            node: node.to_string(),
+            source: Box::new(source),
+        },
     })
 }
 
@@ -274,7 +317,7 @@ mod tests {
         fn enforce(
             &mut self,
             program: &HostProgram,
-            _to_host: EndpointToHostAction,
+            _felix: &FelixPolicySettings,
         ) -> Result<ApplyReport, ApplyError> {
             if self.refuse {
                 return Err(ApplyError::Kernel(NftError::Rejected {
@@ -401,9 +444,13 @@ mod tests {
             .as_mut()
             .unwrap()
             .selector = Some("has(".into());
-        let e = s.sync_resources(&bad, "node1").unwrap_err();
-        assert!(matches!(e, PolicyError::Compile { .. }), "{e}");
-        assert!(e.to_string().contains("node1"), "{e}");
+        // A profile with a bad rule is isolated: replaced by Deny, reported, the rest applied.
+        assert!(s.sync_resources(&bad, "node1").unwrap());
+        assert_eq!(s.issues().len(), 1, "{:?}", s.issues());
+        assert_eq!(s.issues()[0].owner, "Profile \"net1\"");
+        assert_eq!(s.issues()[0].field, "spec.ingress[0].source.selector");
+        s.sync_resources(&good, "node1").unwrap();
+        assert!(s.issues().is_empty());
 
         let mut bad = good.clone();
         bad.workload_endpoints[0].spec.ip_networks = vec!["nope".into()];

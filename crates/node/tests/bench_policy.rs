@@ -35,7 +35,7 @@ use calico_nftables::render::render_spec_from;
 use calico_nftables::render::rule_list_chain;
 use calico_nftables::table::{diff, to_batch};
 use calico_nftables::{
-    Applied, EndpointToHost, NftSocket, PolicyDataplane, TABLE_NAME, render_spec,
+    Applied, NftSocket, PolicyDataplane, RenderSettings, TABLE_NAME, render_spec,
 };
 use calico_node::policy::{PolicySync, compile_with, read_resources};
 use calico_policy::felix::FelixPolicySettings;
@@ -256,7 +256,7 @@ fn scale(endpoints: usize, rules: usize) {
         })
         .expect("run in node");
 
-    let kernel_rules = render_spec(&program_a, EndpointToHost::Drop)
+    let kernel_rules = render_spec(&program_a, &RenderSettings::default())
         .expect("render")
         .rule_count();
 
@@ -324,11 +324,11 @@ fn scale(endpoints: usize, rules: usize) {
         .cycle()
         .take(10)
     {
-        let from_spec = render_spec(from, EndpointToHost::Drop).expect("render");
+        let from_spec = render_spec(from, &RenderSettings::default()).expect("render");
         // What apply_changes does: render reusing the last table, diff, encode.
         let t = Instant::now();
-        let to_spec =
-            render_spec_from(to, EndpointToHost::Drop, Some((from, &from_spec))).expect("render");
+        let to_spec = render_spec_from(to, &RenderSettings::default(), Some((from, &from_spec)))
+            .expect("render");
         let ops = diff(&Applied::Exactly(from_spec.clone()), &to_spec);
         let batch = to_batch(TABLE_NAME, &ops);
         cpu.push(t.elapsed());
@@ -525,7 +525,7 @@ async fn policy_throughput() {
     let mut kernel_rules = 0;
     for (n, name) in [(&n1, "node1"), (&n2, "node2")] {
         let program = calico_policy::compile(&model, Some(name)).expect("compile");
-        kernel_rules = render_spec(&program, EndpointToHost::Drop)
+        kernel_rules = render_spec(&program, &RenderSettings::default())
             .expect("render")
             .rule_count();
         let mut dp = PolicyDataplane::new_in(&n.netns_path()).expect("dataplane");

@@ -367,6 +367,9 @@ fn prepare_rules(
     rules
         .iter()
         .enumerate()
+        // A rule with a match the dataplane cannot enforce never matches, unless it is a Deny
+        // (enforced without that match, so it denies more): fail closed either way.
+        .filter(|(_, r)| r.unenforced.is_none() || r.action == Action::Deny)
         .map(|(index, r)| {
             let field = format!("spec.{list}[{index}]");
             let protocol = ctx.protocol(&format!("{field}.protocol"), &r.protocol)?;
@@ -400,7 +403,8 @@ fn prepare_rules(
         .collect()
 }
 
-fn policy_owner(p: &Policy) -> String {
+/// How errors and reports name a policy: `GlobalNetworkPolicy "x"`, `NetworkPolicy "ns/x"`.
+pub fn policy_owner(p: &Policy) -> String {
     let kind = match (&p.namespace, p.staged) {
         (Some(_), false) => "NetworkPolicy",
         (Some(_), true) => "StagedNetworkPolicy",
@@ -408,6 +412,39 @@ fn policy_owner(p: &Policy) -> String {
         (None, true) => "StagedGlobalNetworkPolicy",
     };
     format!("{kind} {:?}", p.qualified_name())
+}
+
+/// How errors and reports name a profile: `Profile "p"`.
+pub fn profile_owner(name: &str) -> String {
+    format!("Profile {name:?}")
+}
+
+impl CompileError {
+    /// The resource the error is in (`GlobalNetworkPolicy "x"`, `Profile "p"`, …).
+    pub fn owner(&self) -> &str {
+        match self {
+            CompileError::Selector { owner, .. }
+            | CompileError::SelectorRewrite { owner, .. }
+            | CompileError::Protocol { owner, .. }
+            | CompileError::PortsNeedProtocol { owner, .. }
+            | CompileError::PortRange { owner, .. }
+            | CompileError::Icmp { owner, .. }
+            | CompileError::UnknownTier { owner, .. } => owner,
+        }
+    }
+
+    /// The field path inside that resource.
+    pub fn field(&self) -> &str {
+        match self {
+            CompileError::Selector { field, .. }
+            | CompileError::SelectorRewrite { field, .. }
+            | CompileError::Protocol { field, .. }
+            | CompileError::PortsNeedProtocol { field, .. }
+            | CompileError::PortRange { field, .. }
+            | CompileError::Icmp { field, .. } => field,
+            CompileError::UnknownTier { .. } => "spec.tier",
+        }
+    }
 }
 
 /// The selector of endpoints a policy applies to, as Calico's policy conversion builds it.
@@ -545,7 +582,7 @@ impl Compiler {
 
         let mut profiles = BTreeMap::new();
         for p in &model.profiles {
-            let owner = format!("Profile {:?}", p.name);
+            let owner = profile_owner(&p.name);
             let ctx = Ctx { owner: &owner };
             profiles.insert(
                 p.name.clone(),

@@ -24,13 +24,48 @@ pub enum EndpointToHostAction {
     Accept,
 }
 
+/// Felix's default `interfacePrefix`.
+pub const DEFAULT_INTERFACE_PREFIX: &str = "cali";
+
 /// What the policy dataplane takes from FelixConfiguration.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FelixPolicySettings {
     /// Failsafe ports (Calico's defaults unless configured).
     pub failsafe: Failsafe,
     /// Traffic from workloads to the host.
     pub endpoint_to_host: EndpointToHostAction,
+    /// Prefixes of workload interface names (`interfacePrefix`, default `cali`): traffic on
+    /// such an interface that has no endpoint is dropped.
+    pub interface_prefixes: Vec<String>,
+}
+
+impl Default for FelixPolicySettings {
+    fn default() -> Self {
+        FelixPolicySettings {
+            failsafe: Failsafe::default(),
+            endpoint_to_host: EndpointToHostAction::default(),
+            interface_prefixes: vec![DEFAULT_INTERFACE_PREFIX.to_owned()],
+        }
+    }
+}
+
+/// Felix's `interfacePrefix` value: one prefix or a comma-separated list (`cali,tap`). Each
+/// must be 1 to 15 characters (an interface name has at most 15) without `*`, space or `/`.
+pub fn parse_interface_prefixes(value: &str) -> Result<Vec<String>, String> {
+    let out: Vec<String> = value.split(',').map(|p| p.trim().to_owned()).collect();
+    for p in &out {
+        if p.is_empty() {
+            return Err(format!(
+                "{value:?} has an empty prefix, which would match every interface"
+            ));
+        }
+        if p.len() > 15 || p.contains(['*', ' ', '/']) {
+            return Err(format!(
+                "{p:?} is not the start of an interface name (1-15 characters, no '*', ' ' or '/')"
+            ));
+        }
+    }
+    Ok(out)
 }
 
 /// A FelixConfiguration field that does not convert.
@@ -62,6 +97,21 @@ pub fn settings_for(docs: &[Value], node: &str) -> Result<FelixPolicySettings, F
         }
         if let Some(v) = spec.get("failsafeOutboundHostPorts") {
             out.failsafe.outbound = ports(&name, "spec.failsafeOutboundHostPorts", v)?;
+        }
+        match spec.get("interfacePrefix") {
+            None | Some(Value::Null) => {}
+            Some(Value::String(s)) if s.is_empty() => {}
+            Some(Value::String(s)) => {
+                out.interface_prefixes = parse_interface_prefixes(s)
+                    .map_err(|reason| err(&name, "spec.interfacePrefix", reason))?;
+            }
+            Some(other) => {
+                return Err(err(
+                    &name,
+                    "spec.interfacePrefix",
+                    format!("expected a string, got {other}"),
+                ));
+            }
         }
         match spec.get("defaultEndpointToHostAction") {
             None | Some(Value::Null) => {}
@@ -269,5 +319,30 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.field.ends_with(".net"));
+    }
+
+    #[test]
+    fn interface_prefix_is_a_list_and_bad_prefixes_are_refused() {
+        let s = settings_for(&[], "n1").unwrap();
+        assert_eq!(s.interface_prefixes, vec!["cali".to_string()]);
+        let docs = [
+            fc("default", json!({"interfacePrefix": "cali, tap"})),
+            fc("node.n2", json!({"interfacePrefix": "veth"})),
+        ];
+        assert_eq!(
+            settings_for(&docs, "n1").unwrap().interface_prefixes,
+            vec!["cali".to_string(), "tap".to_string()]
+        );
+        assert_eq!(
+            settings_for(&docs, "n2").unwrap().interface_prefixes,
+            vec!["veth".to_string()]
+        );
+        for bad in ["cali,", "cali*", "a-very-long-prefix", "ca li"] {
+            let e = settings_for(&[fc("default", json!({ "interfacePrefix": bad }))], "n1")
+                .unwrap_err();
+            assert_eq!(e.field, "spec.interfacePrefix", "{bad}: {e}");
+        }
+        let e = settings_for(&[fc("default", json!({"interfacePrefix": 5}))], "n1").unwrap_err();
+        assert!(e.reason.contains("expected a string"), "{e}");
     }
 }

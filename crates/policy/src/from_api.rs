@@ -8,8 +8,11 @@
 //! ports are Calico's defaults until the caller sets them from there).
 //!
 //! Not converted (yet): namespace and service-account labels (etcd mode
-//! has no Namespace/ServiceAccount resources; `pcns.`/`pcsa.` labels stay empty). Rules with
-//! `http` or `services` matches are refused rather than silently widened.
+//! has no Namespace/ServiceAccount resources; `pcns.`/`pcsa.` labels stay empty). A rule with
+//! an `http` match (Calico enforces it only with its application layer policy) or a
+//! `services` match (Felix resolves it to the Service's endpoints, which calico-rs does not
+//! track) converts with [`Rule::unenforced`] set: the compiler skips it, or enforces a Deny
+//! without that match; nothing is silently widened.
 
 use std::net::IpAddr;
 
@@ -19,7 +22,7 @@ use ipnet::IpNet;
 use crate::model::{
     Action, DEFAULT_TIER, DEFAULT_TIER_ORDER, Direction, EntityRule, HostEndpoint, IcmpFields,
     IpVersion, LabelMap, NamedPort, NetworkSet, Policy, PolicyModel, Port, Profile, Protocol, Rule,
-    ServiceAccountMatch, Tier, TierDefaultAction, WorkloadEndpoint,
+    ServiceAccountMatch, Tier, TierDefaultAction, Unenforced, WorkloadEndpoint,
 };
 
 /// A resource that could not be converted.
@@ -104,21 +107,31 @@ impl Ctx {
     }
 }
 
-/// Converts everything into one model (failsafe ports: Calico's defaults).
+/// Converts everything into one model (failsafe ports: Calico's defaults). The first
+/// resource that does not convert fails it; [`crate::isolate::compile_isolated`] isolates
+/// policies and profiles instead.
 pub fn model_from_resources(r: &ApiResources) -> Result<PolicyModel, ConvertError> {
-    let mut policies = Vec::new();
+    let mut model = model_without_policies(r)?;
     for p in &r.network_policies {
-        policies.push(network_policy(p)?);
+        model.policies.push(network_policy(p)?);
     }
     for p in &r.global_network_policies {
-        policies.push(global_network_policy(p)?);
+        model.policies.push(global_network_policy(p)?);
     }
     for p in &r.staged_network_policies {
-        policies.push(staged_network_policy(p)?);
+        model.policies.push(staged_network_policy(p)?);
     }
     for p in &r.staged_global_network_policies {
-        policies.push(staged_global_network_policy(p)?);
+        model.policies.push(staged_global_network_policy(p)?);
     }
+    for p in &r.profiles {
+        model.profiles.push(profile(p)?);
+    }
+    Ok(model)
+}
+
+/// Everything but policies and profiles: tiers, endpoints, network sets.
+pub fn model_without_policies(r: &ApiResources) -> Result<PolicyModel, ConvertError> {
     let mut network_sets = Vec::new();
     for s in &r.network_sets {
         network_sets.push(network_set(s)?);
@@ -128,8 +141,8 @@ pub fn model_from_resources(r: &ApiResources) -> Result<PolicyModel, ConvertErro
     }
     Ok(PolicyModel {
         tiers: tiers(&r.tiers)?,
-        policies,
-        profiles: r.profiles.iter().map(profile).collect::<Result<_, _>>()?,
+        policies: Vec::new(),
+        profiles: Vec::new(),
         workload_endpoints: r
             .workload_endpoints
             .iter()
@@ -468,9 +481,24 @@ fn rules(ctx: &Ctx, field: &str, list: &[api::Rule]) -> Result<Vec<Rule>, Conver
 }
 
 fn rule(ctx: &Ctx, field: &str, r: &api::Rule) -> Result<Rule, ConvertError> {
-    if r.http.is_some() {
-        return Err(ctx.err(format!("{field}.http"), "HTTP matches are not supported"));
-    }
+    let services = |side: &str, e: &Option<api::EntityRule>| {
+        e.as_ref()
+            .filter(|e| e.services.is_some())
+            .map(|_| Unenforced {
+                field: format!("{field}.{side}.services"),
+                reason:
+                    "a services match needs the Service's endpoints, which calico-rs does not track"
+                        .into(),
+            })
+    };
+    let unenforced = if r.http.is_some() {
+        Some(Unenforced {
+            field: format!("{field}.http"),
+            reason: "an HTTP match needs Calico's application layer policy, which calico-rs does not have".into(),
+        })
+    } else {
+        services("source", &r.source).or_else(|| services("destination", &r.destination))
+    };
     let ip_version = match r.ip_version {
         None => None,
         Some(4) => Some(IpVersion::V4),
@@ -501,6 +529,7 @@ fn rule(ctx: &Ctx, field: &str, r: &api::Rule) -> Result<Rule, ConvertError> {
             .transpose()?,
         source: entity(ctx, &format!("{field}.source"), r.source.as_ref())?,
         destination: entity(ctx, &format!("{field}.destination"), r.destination.as_ref())?,
+        unenforced,
     })
 }
 
@@ -526,12 +555,7 @@ fn entity(ctx: &Ctx, field: &str, e: Option<&api::EntityRule>) -> Result<EntityR
     let Some(e) = e else {
         return Ok(EntityRule::default());
     };
-    if e.services.is_some() {
-        return Err(ctx.err(
-            format!("{field}.services"),
-            "service matches are not supported",
-        ));
-    }
+    // `services` is not converted: the rule carries it as `unenforced` (see `rule`).
     Ok(EntityRule {
         nets: nets(ctx, &format!("{field}.nets"), &e.nets)?,
         not_nets: nets(ctx, &format!("{field}.notNets"), &e.not_nets)?,

@@ -14,7 +14,11 @@
 //! refer to shared rule lists (one per policy or profile and direction) and to IP sets by
 //! stable id; render each rule per IP family with [`program::RuleMatch::for_family`].
 //!
-//! Not modelled (yet): rule `http`, `services` and `metadata` matches; anything specific to a
+//! [`isolate::compile_isolated`] keeps one bad policy from stopping the others (skipped rules,
+//! policies replaced by deny, reported as [`isolate::PolicyIssue`]).
+//!
+//! Not modelled (yet): rule `http` and `services` matches (reported and handled fail closed,
+//! see [`isolate`]), `metadata`; anything specific to a
 //! `*` (all-interfaces) host endpoint beyond having no interface name; incremental updates of
 //! tiers and profiles (rebuild the [`Compiler`]; policies have [`Compiler::upsert_policy`] and
 //! [`Compiler::remove_policy`], endpoints and network sets [`sets::SetIndex`]); garbage
@@ -26,6 +30,7 @@
 pub mod compile;
 pub mod felix;
 pub mod from_api;
+pub mod isolate;
 pub mod knp;
 pub mod labels;
 pub mod model;

@@ -243,6 +243,19 @@ pub struct Rule {
     pub source: EntityRule,
     /// Packet destination.
     pub destination: EntityRule,
+    /// A match this dataplane cannot enforce (an `http` or `services` match), already left
+    /// out of `source`/`destination`. The compiler skips such a rule unless it is a Deny,
+    /// which it enforces without that match (it denies more): both fail closed.
+    pub unenforced: Option<Unenforced>,
+}
+
+/// Why a rule cannot be enforced as written.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Unenforced {
+    /// Field path inside the resource (`spec.ingress[0].http`).
+    pub field: String,
+    /// Why.
+    pub reason: String,
 }
 
 impl Rule {
@@ -257,6 +270,7 @@ impl Rule {
             not_icmp: None,
             source: EntityRule::default(),
             destination: EntityRule::default(),
+            unenforced: None,
         }
     }
 }
