@@ -214,7 +214,10 @@ fn metrics_match_the_lab_and_readiness_follows_the_mesh() {
         || metrics(&h1, "127.0.0.1:9091"),
         |m| m.code == 200 && want.iter().all(|(k, v)| m.samples.get(*k) == Some(v)),
     );
-    assert!(m.samples["felix_resyncs_started"] >= 1.0, "{m:?}");
+    // The parser reads counters the OpenMetrics way (`_total` samples); on the wire they
+    // carry Felix's names.
+    assert!(m.samples["felix_resyncs_started_total"] >= 1.0, "{m:?}");
+    assert!(m.body.contains("\nfelix_resyncs_started "), "{m:?}");
     assert!(
         m.samples["felix_int_dataplane_apply_time_seconds_count"] >= 1.0,
         "{m:?}"
@@ -223,7 +226,10 @@ fn metrics_match_the_lab_and_readiness_follows_the_mesh() {
         m.samples["felix_route_table_list_seconds_count"] >= 1.0,
         "{m:?}"
     );
-    assert_eq!(m.samples["felix_int_dataplane_failures"], 0.0, "{m:?}");
+    assert_eq!(
+        m.samples["felix_int_dataplane_failures_total"], 0.0,
+        "{m:?}"
+    );
     assert_eq!(m.types["felix_int_dataplane_apply_time_seconds"], "summary");
     assert_eq!(m.types["felix_active_local_endpoints"], "gauge");
     assert_eq!(m.types["felix_resyncs_started"], "counter");
@@ -342,7 +348,10 @@ fn an_agent_whose_nftables_is_taken_away_is_not_ready_until_it_is_back() {
             .contains("Readiness: not ready\n  - int_dataplane: policy: ")
     );
     let m = metrics(&h, "127.0.0.1:9091");
-    assert!(m.samples["felix_int_dataplane_failures"] >= 1.0, "{m:?}");
+    assert!(
+        m.samples["felix_int_dataplane_failures_total"] >= 1.0,
+        "{m:?}"
+    );
     assert!(
         c.agent_log(1).contains("policy sync failed"),
         "the log says why"
@@ -535,7 +544,7 @@ fn felix_configuration_fields_act_at_run_time() {
 #[test]
 fn ipv6_support_decides_the_default_ipv6_pool() {
     let mut c = Cluster::new(2);
-    let pools = |c: &Cluster| c.calicoctl(&["get", "ippools", "-o", "name"]);
+    let pools = |c: &Cluster| c.calicoctl(&["get", "ippools"]);
     // The harness sets FELIX_IPV6SUPPORT=false: unset it so FelixConfiguration decides.
     felix(&c, "default", json!({"ipv6Support": false}));
     c.start_agent_with(1, &[("FELIX_IPV6SUPPORT", "")]);
