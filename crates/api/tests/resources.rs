@@ -909,11 +909,15 @@ fn calico_validator_rules_on_endpoints_nodes_labels_and_config() {
         ]
     );
     let felix = decode_ok(
-        "apiVersion: projectcalico.org/v3\nkind: FelixConfiguration\nmetadata: {name: default}\nspec: {kubeNodePortRanges: [30000:32767, http], openstackRegion: Region_1}",
+        "apiVersion: projectcalico.org/v3\nkind: FelixConfiguration\nmetadata: {name: default}\nspec: {kubeNodePortRanges: [30000:32767, http], openstackRegion: Region_1, policySyncPathPrefix: /var/run/nodeagent}",
     );
     assert_eq!(
         paths(&felix),
-        vec!["spec.kubeNodePortRanges[1]", "spec.openstackRegion"]
+        vec![
+            "spec.kubeNodePortRanges[1]",
+            "spec.openstackRegion",
+            "spec.policySyncPathPrefix"
+        ]
     );
     let aff = decode_ok(
         "apiVersion: projectcalico.org/v3\nkind: BlockAffinity\nmetadata: {name: a}\nspec: {cidr: 10.0.0.0/26, node: n, state: confirmed, deleted: true}",

@@ -27,6 +27,10 @@ async fn node_status_prints_the_agents_bgp_table_or_says_it_is_not_running() {
             info: "Established".into(),
         }],
         ipv6_peers: vec![],
+        readiness: Some(calico_node::status::Readiness {
+            ready: false,
+            reasons: vec!["bgp: BGP not established with 192.168.33.12".into()],
+        }),
     };
     let served = status.clone();
     let server = tokio::spawn(calico_node::status::serve(run_dir.clone(), move || {
@@ -62,6 +66,12 @@ async fn node_status_prints_the_agents_bgp_table_or_says_it_is_not_running() {
     assert!(
         out.stdout
             .contains("IPv6 BGP status\nNo IPv6 peers found.\n")
+    );
+    assert!(
+        out.stdout
+            .ends_with("Readiness: not ready\n  - bgp: BGP not established with 192.168.33.12\n"),
+        "{}",
+        out.stdout
     );
 }
 

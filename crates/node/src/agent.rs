@@ -3,12 +3,18 @@
 //! ```text
 //!   etcd watch "/calico/" ──┐
 //!   speaker route changes ──┼──► trigger (mpsc, coalesced) ──► reconcile():
-//!   resync tick (30 s) ─────┘        snapshot = list nodes, BGP config, peers, affinities, local WEPs
+//!   refresh tick (90 s) ────┘        FelixConfiguration → log level, servers, intervals
+//!                                    snapshot = list nodes, BGP config, peers, affinities, local WEPs
 //!                                    sessions  = peering::sessions_for(snapshot)   → speaker.set_config
 //!                                    routes    = routes::desired_routes(snapshot + learned)
 //!                                    diff against the kernel (proto 12 + workload routes) → netlink
-//!   status socket task ◄── shared NodeStatus (peer rows)
+//!                                    policy: table still there? → PolicySync::sync → nftables
+//!   every second: status rows, BGP readiness, health heartbeat ──► NodeStatus, Health, Metrics
+//!   status socket task ◄── shared NodeStatus (peer rows, readiness)
+//!   health server (/liveness, /readiness) ◄── Health; metrics server (/metrics) ◄── Metrics
 //! ```
+//! The refresh tick is FelixConfiguration `routeRefreshInterval`; a failed round is retried
+//! with backoff (1 s doubling to 30 s) and makes the node not ready with the reason.
 //! Level-triggered on purpose: every trigger recomputes the whole desired state from a fresh
 //! snapshot, so a missed or duplicated event can never leave the kernel wrong, and a restarted
 //! agent converges on what is already there without touching it.
@@ -22,14 +28,18 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use calico_dataplane::{Netlink, Route, RouteFilter, RouteTarget};
-use calico_datastore::{Datastore, EtcdClient};
+use calico_datastore::{Datastore, EtcdClient, KindRef};
 use calico_ipam::Ipam;
+use calico_policy::program::HostProgram;
 use futures::StreamExt;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tracing::{debug, error, info, warn};
 
 use crate::bgp::{BgpControl, SpeakerView};
 use crate::config::{NetworkingBackend, NodeConfig};
+use crate::felix_config::{self, FelixSettings, Listen};
+use crate::health::{self, Health};
+use crate::metrics::Metrics;
 use crate::peering;
 use crate::policy::PolicySync;
 use crate::routes::{self, KernelRoute, ROUTE_PROTOCOL, RouteInputs, Target};
@@ -37,8 +47,8 @@ use crate::snapshot::{SnapshotError, read_snapshot};
 use crate::startup::{self, Started};
 use crate::status::{self, NodeStatus};
 
-/// How often the agent recomputes everything even without a trigger.
-const RESYNC_EVERY: Duration = Duration::from_secs(30);
+/// Longest pause between retries of a failing round.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// How often the status rows served to `calicoctl node status` are refreshed.
 const STATUS_REFRESH: Duration = Duration::from_secs(1);
 /// Longest wait for the speaker's initial sync before stale learned routes may be removed.
@@ -102,12 +112,20 @@ async fn present_routes(nl: &Netlink) -> Result<BTreeSet<KernelRoute>, AgentErro
 }
 
 /// Brings the kernel to `desired`. `may_remove_learned` is false until the speaker has synced.
+/// Returns how long listing the kernel's routes took (`felix_route_table_list_seconds`).
+/// With `ipv6` false, IPv6 routes are left alone (`ipv6Support: false`).
 async fn apply_routes(
     nl: &Netlink,
     desired: &BTreeSet<KernelRoute>,
     may_remove_learned: bool,
-) -> Result<(), AgentError> {
-    let present = present_routes(nl).await?;
+    ipv6: bool,
+) -> Result<Duration, AgentError> {
+    let listing = Instant::now();
+    let mut present = present_routes(nl).await?;
+    let list_time = listing.elapsed();
+    if !ipv6 {
+        present.retain(|r| r.dst.addr().is_ipv4());
+    }
     let diff = routes::diff(desired, &present);
     for r in &diff.add {
         // A workload whose veth is not there (yet, or any more) has no route to install.
@@ -137,19 +155,167 @@ async fn apply_routes(
                 source: Box::new(e),
             })?;
     }
-    Ok(())
+    Ok(list_time)
+}
+
+/// An HTTP server (metrics or health) that FelixConfiguration may start, move or stop.
+struct Server {
+    what: &'static str,
+    running: Option<(Listen, tokio::task::JoinHandle<()>)>,
+}
+
+impl Server {
+    fn new(what: &'static str) -> Server {
+        Server {
+            what,
+            running: None,
+        }
+    }
+
+    /// Serves `router` on `want` when it is enabled; stops or moves a server that differs.
+    /// A failed bind is logged and retried at the next round.
+    async fn ensure(&mut self, want: &Listen, router: impl FnOnce() -> axum::Router) {
+        let want = want.enabled.then_some(want);
+        if self.running.as_ref().map(|(l, _)| l) == want {
+            return;
+        }
+        if let Some((old, task)) = self.running.take() {
+            task.abort();
+            // The listener closes once the aborted task is dropped; wait for that before a
+            // new bind, which may be to the same port.
+            let _ = task.await;
+            info!(server = self.what, host = %old.host, port = old.port, "stopped serving");
+        }
+        let Some(want) = want else { return };
+        // Felix's defaults: "" is every address, "localhost" is the IPv4 loopback.
+        let host = match want.host.as_str() {
+            "" => "0.0.0.0",
+            "localhost" => "127.0.0.1",
+            h => h,
+        };
+        let listener = match tokio::net::TcpListener::bind((host, want.port)).await {
+            Ok(l) => l,
+            Err(e) => {
+                error!(server = self.what, host, port = want.port, error = %e, "cannot serve; retrying at the next round");
+                return;
+            }
+        };
+        info!(server = self.what, host, port = want.port, "serving");
+        let app = router();
+        let what = self.what;
+        let task = tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, app).await {
+                warn!(server = what, error = %e, "server stopped");
+            }
+        });
+        self.running = Some((want.clone(), task));
+    }
+}
+
+/// FelixConfiguration for `node` from the datastore, with the environment's precedence.
+/// When the datastore cannot be read, the environment and Felix's defaults.
+async fn read_felix(ds: &Datastore, node: &str, wireguard: bool) -> Result<FelixSettings, String> {
+    let env = |k: &str| std::env::var(k).ok();
+    let docs = ds
+        .dynamic()
+        .list(&KindRef::of::<calico_api::FelixConfiguration>(), None)
+        .await
+        .map_err(|e| format!("listing FelixConfiguration: {e}"))?
+        .items;
+    Ok(felix_config::settings_for(&env, &docs, node, wireguard))
+}
+
+/// What the agent serves and how it runs, applied from FelixConfiguration every round.
+struct Settings {
+    current: FelixSettings,
+    metrics_server: Server,
+    health_server: Server,
+    refresh: watch::Sender<Option<Duration>>,
+    reporting: watch::Sender<Option<Duration>>,
+}
+
+impl Settings {
+    async fn apply(&mut self, new: FelixSettings, health: &Arc<Health>, metrics: &Arc<Metrics>) {
+        crate::logging::set_level(new.log_level.as_deref());
+        self.metrics_server
+            .ensure(&new.metrics, || crate::metrics::router(metrics.clone()))
+            .await;
+        self.health_server
+            .ensure(&new.health, || crate::health::router(health.clone()))
+            .await;
+        self.refresh.send_if_modified(|r| {
+            let changed = *r != new.route_refresh;
+            *r = new.route_refresh;
+            changed
+        });
+        self.reporting.send_if_modified(|r| {
+            let changed = *r != new.reporting_interval;
+            *r = new.reporting_interval;
+            changed
+        });
+        if new.refused != self.current.refused {
+            for r in &new.refused {
+                error!(source = %r.source, field = %r.field, reason = %r.reason, "FelixConfiguration field refused");
+            }
+        }
+        let detail: Vec<String> = new.refused.iter().map(ToString::to_string).collect();
+        health.report(
+            health::CONFIG,
+            None,
+            new.refused.is_empty(),
+            detail.join("; "),
+        );
+        self.current = new;
+    }
 }
 
 /// Runs the agent until the process is stopped.
-pub async fn run(cfg: NodeConfig, etcd: EtcdClient) -> Result<(), AgentError> {
+pub async fn run(mut cfg: NodeConfig, etcd: EtcdClient) -> Result<(), AgentError> {
     let ds = Datastore::from_etcd(etcd.clone());
     let ipam = Ipam::new(etcd.clone());
+    let health = Health::new();
+    let metrics = Metrics::new();
+    health.report(
+        health::DATAPLANE,
+        Some(health::LIVENESS_TIMEOUT),
+        false,
+        "waiting for the first dataplane sync",
+    );
+    // FelixConfiguration first: the health server answers (not ready) during start-up, and
+    // ipv6Support decides whether start-up creates the default IPv6 pool.
+    let wireguard = felix_config::kernel_has_wireguard();
+    let first = match read_felix(&ds, &cfg.node_name, wireguard).await {
+        Ok(s) => s,
+        Err(e) => {
+            warn!(error = %e, "FelixConfiguration not readable yet; environment and defaults apply");
+            felix_config::settings_for(
+                &|k: &str| std::env::var(k).ok(),
+                &[],
+                &cfg.node_name,
+                wireguard,
+            )
+        }
+    };
+    cfg.ipv6_support = first.ipv6_support;
+    let (refresh_tx, mut refresh_rx) = watch::channel(first.route_refresh);
+    let (reporting_tx, reporting_rx) = watch::channel(first.reporting_interval);
+    let mut settings = Settings {
+        current: FelixSettings::default(),
+        metrics_server: Server::new("metrics"),
+        health_server: Server::new("health"),
+        refresh: refresh_tx,
+        reporting: reporting_tx,
+    };
+    settings.apply(first, &health, &metrics).await;
+
     let started: Started = startup::run(&cfg, &ds).await?;
+    crate::report::spawn(etcd.clone(), started.node_name.clone(), reporting_rx);
 
     let status = Arc::new(Mutex::new(NodeStatus {
         node_name: started.node_name.clone(),
         ipv4_peers: vec![],
         ipv6_peers: vec![],
+        readiness: Some(health.readiness()),
     }));
     let served = status.clone();
     let run_dir = cfg.run_dir.clone();
@@ -199,7 +365,12 @@ pub async fn run(cfg: NodeConfig, etcd: EtcdClient) -> Result<(), AgentError> {
             match &ev {
                 Err(e) => warn!(error = %e, "datastore watch error; resyncing"),
                 // Status reports (our own writes among them) change nothing we reconcile.
-                Ok(ev) if crate::node_status::is_node_status_event(ev) => continue,
+                Ok(ev)
+                    if crate::node_status::is_node_status_event(ev)
+                        || crate::report::is_report_event(ev) =>
+                {
+                    continue;
+                }
                 Ok(_) => {}
             }
             if watch_tx.send(()).await.is_err() {
@@ -207,58 +378,161 @@ pub async fn run(cfg: NodeConfig, etcd: EtcdClient) -> Result<(), AgentError> {
             }
         }
     });
+    // The periodic full check (routeRefreshInterval; none when it is 0).
     let tick_tx = trigger_tx.clone();
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval(RESYNC_EVERY);
         loop {
-            tick.tick().await;
-            if tick_tx.send(()).await.is_err() {
+            let every = *refresh_rx.borrow_and_update();
+            let changed = match every {
+                Some(d) => tokio::select! {
+                    _ = tokio::time::sleep(d) => {
+                        if tick_tx.send(()).await.is_err() {
+                            return;
+                        }
+                        continue;
+                    }
+                    r = refresh_rx.changed() => r,
+                },
+                None => refresh_rx.changed().await,
+            };
+            if changed.is_err() {
                 return;
             }
         }
     });
 
     // Policy: the previous run's table keeps enforcing until the first sync replaces it in
-    // one transaction, so a restart never opens a gap.
-    let mut policy = match PolicySync::new() {
-        Ok(p) => Some(p),
-        Err(e) => {
-            error!(error = %e, "nftables is not usable: policy is NOT enforced on this node");
-            None
-        }
-    };
+    // one transaction, so a restart never opens a gap. Without a usable nftables the agent
+    // is not ready and retries every round (rounds back off while they fail).
+    let mut policy: Option<PolicySync> = None;
 
     println!("Calico node started successfully");
     let started_at = Instant::now();
+    let mut failures: u32 = 0;
     loop {
-        let mut failed = false;
-        if let Err(e) = reconcile(&ds, &ipam, &nl, &started, speaker.as_mut(), started_at).await {
-            warn!(error = %e, source = ?std::error::Error::source(&e), "reconcile failed; will retry");
-            failed = true;
+        match read_felix(&ds, &started.node_name, wireguard).await {
+            Ok(new) => settings.apply(new, &health, &metrics).await,
+            Err(e) => {
+                warn!(error = %e, "FelixConfiguration not readable; keeping the settings in force")
+            }
         }
-        if let Some(p) = policy.as_mut()
-            && let Err(e) = p.sync(&ds, &started.node_name).await
+        metrics.inc(crate::metrics::RESYNCS_STARTED);
+        let round = Instant::now();
+        let mut problems: Vec<String> = vec![];
+        let ipv6 = settings.current.ipv6_support;
+        match reconcile(
+            &ds,
+            &ipam,
+            &nl,
+            &started,
+            speaker.as_mut(),
+            started_at,
+            ipv6,
+        )
+        .await
         {
-            warn!(error = %e, source = ?std::error::Error::source(&e), "policy sync failed; the last table stays in force");
-            failed = true;
+            Ok(stats) => {
+                record_route_metrics(
+                    &metrics,
+                    &ipam,
+                    &stats,
+                    speaker.as_ref(),
+                    settings.current.metrics.enabled,
+                )
+                .await;
+            }
+            Err(e) => {
+                warn!(error = %e, source = ?std::error::Error::source(&e), "reconcile failed; will retry");
+                problems.push(format!("routes: {e}"));
+            }
         }
+        if policy.is_none() {
+            match PolicySync::new() {
+                Ok(p) => policy = Some(p),
+                Err(e) => {
+                    error!(error = %e, "nftables cannot be programmed: policy is NOT enforced on this node; not ready, retrying");
+                    problems.push(format!("nftables cannot be programmed: {e}"));
+                }
+            }
+        }
+        if let Some(p) = policy.as_mut() {
+            let synced = match p.verify() {
+                Ok(_) => p.sync(&ds, &started.node_name).await,
+                Err(e) => Err(e),
+            };
+            match synced {
+                Ok(_) => {
+                    if let Some(prog) = p.applied() {
+                        record_policy_metrics(&metrics, prog);
+                    }
+                }
+                Err(e) => {
+                    error!(error = %e, source = ?std::error::Error::source(&e), "policy sync failed: this node does not enforce the current policy; not ready, retrying");
+                    problems.push(format!("policy: {}", error_chain(&e)));
+                }
+            }
+        }
+        metrics.observe(crate::metrics::APPLY_TIME, round.elapsed().as_secs_f64());
+        let (dp_ready, dp_detail) = if problems.is_empty() {
+            failures = 0;
+            debug!("dataplane in sync");
+            (true, "in sync".to_string())
+        } else {
+            failures += 1;
+            metrics.inc(crate::metrics::DATAPLANE_FAILURES);
+            (false, problems.join("; "))
+        };
+        // A failed round is retried after 1 s, then 2, 4, ... up to MAX_BACKOFF.
+        let retry_at = (failures > 0).then(|| {
+            Instant::now()
+                + (Duration::from_secs(1) * 2u32.saturating_pow(failures - 1)).min(MAX_BACKOFF)
+        });
         // Wait for the next trigger. Session state changes do not trigger a reconcile (nothing
-        // in the datastore changed), so the status rows are refreshed every second meanwhile:
-        // cheap, and `calicoctl node status` never lags a session by more than that.
+        // in the datastore changed), so the status rows and health are refreshed every second
+        // meanwhile: cheap, and neither `calicoctl node status` nor readiness lags a session
+        // by more than that.
         loop {
-            if let Some(sp) = &speaker
-                && let Ok(mut s) = status.lock()
-            {
+            health.report(
+                health::DATAPLANE,
+                Some(health::LIVENESS_TIMEOUT),
+                dp_ready,
+                dp_detail.clone(),
+            );
+            if let Some(sp) = &speaker {
                 let (v4, v6) = sp.peer_rows();
-                s.ipv4_peers = v4;
-                s.ipv6_peers = v6;
+                let peers: Vec<_> = v4.iter().chain(&v6).cloned().collect();
+                match health::bgp_readiness(&peers, started_at.elapsed()) {
+                    Ok(()) => health.report(health::BGP, None, true, ""),
+                    Err(why) => health.report(health::BGP, None, false, why),
+                }
+                let mut states: BTreeMap<String, f64> = BTreeMap::new();
+                for p in &peers {
+                    *states.entry(p.info.clone()).or_default() += 1.0;
+                }
+                metrics.replace(
+                    crate::metrics::BGP_PEERS,
+                    states
+                        .into_iter()
+                        .map(|(s, n)| (vec![("state", s)], n))
+                        .collect(),
+                );
+                metrics.set(
+                    crate::metrics::BGP_PREFIXES_RECEIVED,
+                    sp.prefixes_received() as f64,
+                );
+                if let Ok(mut s) = status.lock() {
+                    s.ipv4_peers = v4;
+                    s.ipv6_peers = v6;
+                }
+            }
+            if let Ok(mut s) = status.lock() {
+                s.readiness = Some(health.readiness());
             }
             node_status.observe(speaker.as_ref());
             match tokio::time::timeout(STATUS_REFRESH, trigger_rx.recv()).await {
                 Ok(Some(())) => break,
                 Ok(None) => return Ok(()),
-                // A failed round is retried after one refresh period, not at the next resync.
-                Err(_elapsed) if failed => break,
+                Err(_elapsed) if retry_at.is_some_and(|t| Instant::now() >= t) => break,
                 Err(_elapsed) => {}
             }
         }
@@ -268,6 +542,81 @@ pub async fn run(cfg: NodeConfig, etcd: EtcdClient) -> Result<(), AgentError> {
     }
 }
 
+/// An error and its sources on one line (readiness shows it to people).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        src = s.source();
+    }
+    out
+}
+
+/// What one reconcile round found, for the metrics.
+struct RoundStats {
+    hosts: usize,
+    own_blocks: BTreeSet<ipnet::IpNet>,
+    learned_installed: usize,
+    route_list: Duration,
+}
+
+async fn record_route_metrics(
+    metrics: &Metrics,
+    ipam: &Ipam,
+    stats: &RoundStats,
+    speaker: Option<&BgpControl>,
+    enabled: bool,
+) {
+    use crate::metrics::*;
+    metrics.set(CLUSTER_NUM_HOSTS, stats.hosts as f64);
+    metrics.observe(ROUTE_TABLE_LIST, stats.route_list.as_secs_f64());
+    if speaker.is_some() {
+        metrics.set(BGP_ROUTES_INSTALLED, stats.learned_installed as f64);
+    }
+    metrics.set(IPAM_BLOCKS, stats.own_blocks.len() as f64);
+    // Reading every block is a datastore listing: only while someone scrapes.
+    if enabled {
+        match calico_ipam::cli::utilization(ipam).await {
+            Ok(pools) => {
+                let in_use: u128 = pools
+                    .iter()
+                    .flat_map(|(_, blocks)| blocks)
+                    .filter(|b| stats.own_blocks.contains(&b.cidr))
+                    .map(|b| b.in_use)
+                    .sum();
+                metrics.set(IPAM_ALLOCATED, in_use as f64);
+            }
+            Err(e) => debug!(error = %e, "IPAM usage not readable for metrics"),
+        }
+    }
+}
+
+fn record_policy_metrics(metrics: &Metrics, prog: &HostProgram) {
+    use calico_policy::program::RuleListId;
+    let policies: BTreeSet<&str> = prog
+        .rule_lists
+        .keys()
+        .filter_map(|id| match id {
+            RuleListId::Policy {
+                name,
+                staged: false,
+                ..
+            } => Some(name.as_str()),
+            _ => None,
+        })
+        .collect();
+    metrics.set(
+        crate::metrics::ACTIVE_LOCAL_ENDPOINTS,
+        prog.endpoints.len() as f64,
+    );
+    metrics.set(crate::metrics::ACTIVE_LOCAL_POLICIES, policies.len() as f64);
+}
+
 async fn reconcile(
     ds: &Datastore,
     ipam: &Ipam,
@@ -275,7 +624,8 @@ async fn reconcile(
     started: &Started,
     speaker: Option<&mut BgpControl>,
     started_at: Instant,
-) -> Result<(), AgentError> {
+    ipv6: bool,
+) -> Result<RoundStats, AgentError> {
     let snap = read_snapshot(ds, ipam, &started.node_name).await?;
     let mut inputs = RouteInputs {
         own_blocks: snap.own_blocks.clone(),
@@ -313,8 +663,21 @@ async fn reconcile(
         inputs.learned = sp.learned();
         synced = synced || sp.initial_sync_done();
     }
-    let desired = routes::desired_routes(&inputs);
-    apply_routes(nl, &desired, synced).await
+    let mut desired = routes::desired_routes(&inputs);
+    if !ipv6 {
+        // ipv6Support: false: IPv6 routes are neither programmed nor removed.
+        desired.retain(|r| r.dst.addr().is_ipv4());
+    }
+    let route_list = apply_routes(nl, &desired, synced, ipv6).await?;
+    Ok(RoundStats {
+        hosts: snap.nodes.len(),
+        own_blocks: snap.own_blocks,
+        learned_installed: desired
+            .iter()
+            .filter(|r| matches!(r.target, Target::Via(_)))
+            .count(),
+        route_list,
+    })
 }
 
 #[cfg(test)]

@@ -274,6 +274,15 @@ impl BgpControl {
         self.synced.load(Ordering::SeqCst)
     }
 
+    /// Prefixes received from all peers (the `calico_bgp_prefixes_received` metric).
+    pub fn prefixes_received(&self) -> usize {
+        self.speaker
+            .status()
+            .iter()
+            .map(|p| p.prefixes_received)
+            .sum()
+    }
+
     /// Session rows for `calicoctl node status`, IPv4 then IPv6.
     pub fn peer_rows(&self) -> (Vec<PeerRow>, Vec<PeerRow>) {
         let mut v4 = vec![];

@@ -95,8 +95,6 @@ pub struct NodeConfig {
     pub plugins_dir: PathBuf,
     /// `DOCKER_HOST` as a unix socket path, for the driver's network syncer.
     pub docker_socket: PathBuf,
-    /// `CALICO_METRICS_ADDR`: where Prometheus metrics and health are served (off when unset).
-    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 impl NodeConfig {
@@ -173,12 +171,6 @@ impl NodeConfig {
                 .unwrap_or_else(|| DEFAULT_PLUGINS_DIR.into())
                 .into(),
             docker_socket: docker_socket(var("DOCKER_HOST"))?,
-            metrics_addr: var("CALICO_METRICS_ADDR")
-                .map(|v| {
-                    v.parse()
-                        .map_err(|_| invalid("CALICO_METRICS_ADDR", &v, "not ADDRESS:PORT".into()))
-                })
-                .transpose()?,
         })
     }
 }

@@ -86,9 +86,28 @@ pub trait Enforcer {
         program: &HostProgram,
         felix: &FelixPolicySettings,
     ) -> Result<ApplyReport, ApplyError>;
+
+    /// Whether what was enforced is still in the kernel (someone may delete or replace the
+    /// table behind the agent's back). `false` also makes the next `enforce` start afresh.
+    fn still_enforced(&mut self) -> Result<bool, NftError> {
+        Ok(true)
+    }
 }
 
 impl Enforcer for PolicyDataplane {
+    fn still_enforced(&mut self) -> Result<bool, NftError> {
+        let ours = self
+            .socket()
+            .list_chains()?
+            .iter()
+            .any(|c| c.table == calico_nftables::TABLE_NAME);
+        if !ours {
+            // Forget what we believed the table held: the next apply replaces it whole.
+            self.adopt_existing()?;
+        }
+        Ok(ours)
+    }
+
     fn enforce(
         &mut self,
         program: &HostProgram,
@@ -141,6 +160,21 @@ impl<E: Enforcer> PolicySync<E> {
             applied: None,
             issues: Vec::new(),
         }
+    }
+
+    /// Checks that the applied table is still in the kernel; when it is gone, the next
+    /// [`PolicySync::sync`] enforces again (the agent calls this every round). Returns
+    /// whether it was still there.
+    pub fn verify(&mut self) -> Result<bool, PolicyError> {
+        if self.applied.is_none() {
+            return Ok(true);
+        }
+        let present = self.enforcer.still_enforced().map_err(PolicyError::Open)?;
+        if !present {
+            tracing::warn!("the policy table is no longer in the kernel; enforcing it again");
+            self.applied = None;
+        }
+        Ok(present)
     }
 
     /// The program last applied successfully.

@@ -55,6 +55,20 @@ pub struct NodeStatus {
     pub node_name: String,
     pub ipv4_peers: Vec<PeerRow>,
     pub ipv6_peers: Vec<PeerRow>,
+    /// The agent's readiness verdict, the same as its `/readiness` endpoint (absent from an
+    /// agent that predates it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub readiness: Option<Readiness>,
+}
+
+/// Whether the agent is ready, and why not.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Readiness {
+    pub ready: bool,
+    /// One line per reason (empty when ready).
+    #[serde(default)]
+    pub reasons: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -141,19 +155,28 @@ pub fn render(status: &NodeStatus) -> String {
         if rows.is_empty() {
             out.push_str(&format!("No {family} peers found.\n"));
         } else {
-            out.push_str(&table(rows));
+            out.push_str(&peer_table(rows));
         }
         out.push('\n');
+    }
+    match &status.readiness {
+        None => {}
+        Some(r) if r.ready => out.push_str("Readiness: ready\n"),
+        Some(r) => {
+            out.push_str("Readiness: not ready\n");
+            for reason in &r.reasons {
+                out.push_str(&format!("  - {reason}\n"));
+            }
+        }
     }
     out
 }
 
-fn table(rows: &[PeerRow]) -> String {
-    const HEADERS: [&str; 5] = ["PEER ADDRESS", "PEER TYPE", "STATE", "SINCE", "INFO"];
-    let cells: Vec<[&str; 5]> = rows
+fn peer_table(rows: &[PeerRow]) -> String {
+    let cells: Vec<Vec<&str>> = rows
         .iter()
         .map(|r| {
-            [
+            vec![
                 r.peer_address.as_str(),
                 r.peer_type.as_str(),
                 r.state.as_str(),
@@ -162,12 +185,20 @@ fn table(rows: &[PeerRow]) -> String {
             ]
         })
         .collect();
-    let widths: Vec<usize> = (0..5)
+    table(
+        &["PEER ADDRESS", "PEER TYPE", "STATE", "SINCE", "INFO"],
+        &cells,
+    )
+}
+
+/// A table as Calico's tools print them (Go's tablewriter): bordered, headers centred.
+pub fn table(headers: &[&str], cells: &[Vec<&str>]) -> String {
+    let widths: Vec<usize> = (0..headers.len())
         .map(|c| {
             cells
                 .iter()
-                .map(|r| r[c].len())
-                .chain([HEADERS[c].len()])
+                .map(|r| r.get(c).map_or(0, |s| s.len()))
+                .chain([headers[c].len()])
                 .max()
                 .unwrap_or(0)
         })
@@ -183,7 +214,7 @@ fn table(rows: &[PeerRow]) -> String {
     };
     let mut out = border.clone();
     out.push('|');
-    for (h, w) in HEADERS.iter().zip(&widths) {
+    for (h, w) in headers.iter().zip(&widths) {
         // Headers are centred; an odd remainder goes to the right, as Calico's table does.
         let pad = w - h.len();
         let left = pad / 2;
@@ -196,9 +227,10 @@ fn table(rows: &[PeerRow]) -> String {
     }
     out.push('\n');
     out.push_str(&border);
-    for row in &cells {
+    for row in cells {
         out.push('|');
-        for (cell, w) in row.iter().zip(&widths) {
+        for (c, w) in widths.iter().enumerate() {
+            let cell = row.get(c).copied().unwrap_or("");
             out.push_str(&format!(" {cell:<w$} |"));
         }
         out.push('\n');
@@ -223,6 +255,7 @@ mod tests {
                 info: "Established".into(),
             }],
             ipv6_peers: vec![],
+            readiness: None,
         };
         let expected = "\
 Calico process is running.
@@ -259,6 +292,10 @@ No IPv6 peers found.
                     since: "00:00:01".into(),
                     info: "Active".into(),
                 }],
+                readiness: Some(Readiness {
+                    ready: true,
+                    reasons: vec![],
+                }),
             };
             let served = status.clone();
             let server = tokio::spawn(serve(dir.clone(), move || served.clone()));

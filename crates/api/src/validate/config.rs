@@ -156,6 +156,16 @@ fn felix_configuration(f: &FelixConfiguration, e: &mut Errs) {
             );
         }
     }
+    // calico-node refuses it on every node (docs/felixconfiguration.md): refuse it here too.
+    if s.policy_sync_path_prefix
+        .as_deref()
+        .is_some_and(|p| !p.is_empty())
+    {
+        e.add(
+            "spec.policySyncPathPrefix",
+            "the policy sync API (for application-layer policy) is not implemented by calico-rs",
+        );
+    }
 }
 
 fn ipam_configuration(c: &IPAMConfiguration, e: &mut Errs) {

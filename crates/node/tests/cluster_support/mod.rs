@@ -121,6 +121,12 @@ impl Cluster {
 
     /// Starts (or restarts) node `i`'s agent and waits for its start-up line.
     pub fn start_agent(&mut self, i: usize) {
+        self.start_agent_with(i, &[]);
+    }
+
+    /// [`Cluster::start_agent`] with extra environment variables; an empty value removes the
+    /// variable from the harness's defaults.
+    pub fn start_agent_with(&mut self, i: usize, env: &[(&str, &str)]) {
         let endpoint = self.etcd.endpoint();
         let node = &mut self.nodes[i - 1];
         let mut cmd = Command::new(binary("calico-node"));
@@ -138,6 +144,13 @@ impl Cluster {
             .env("CALICO_RUN_DIR", &node.run_dir)
             .env("CALICO_STATE_DIR", node.run_dir.join("lib"))
             .env("CALICO_LOG_LEVEL", "info");
+        for (k, v) in env {
+            if v.is_empty() {
+                cmd.env_remove(k);
+            } else {
+                cmd.env(k, v);
+            }
+        }
         // Each start gets its own log so a restart's log does not overwrite the first one.
         let log = format!(
             "calico-node-{}",
