@@ -10,6 +10,8 @@
 //! - [`delegate`]: exec'ing a non-Calico IPAM plugin from CNI_PATH.
 //! - [`nsenter`]: one synchronous visit of the pod's network namespace on this thread.
 //! - [`k8s`]: the pod and its namespace from the Kubernetes API (kube's client).
+//! - [`kubeconfig`]: `calico kubeconfig`, which writes the plugin's kubeconfig on the node and
+//!   rewrites it when the service-account token rotates.
 //! - [`pod`]: labels, profiles and Calico's pod/namespace annotations (pure).
 //!
 //! Pod labels, annotations and service account come from the Kubernetes API when the netconf
@@ -21,6 +23,7 @@ pub mod datastore;
 pub mod delegate;
 pub mod env;
 pub mod k8s;
+pub mod kubeconfig;
 pub mod naming;
 pub mod netconf;
 pub mod nsenter;
