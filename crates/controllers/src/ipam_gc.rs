@@ -359,41 +359,12 @@ impl LeakTracker {
 }
 
 /// Parses a Go-style duration as Calico's configuration uses (`15m`, `1h30m`, `90s`, `500ms`,
-/// `0`).
+/// `0`), naming `field` when it is not one.
 pub fn parse_duration(field: &str, text: &str) -> Result<Duration, GcError> {
-    let bad = || GcError::Duration {
+    calico_api::parse_go_duration(text).ok_or_else(|| GcError::Duration {
         field: field.into(),
         value: text.into(),
-    };
-    let t = text.trim();
-    if t == "0" {
-        return Ok(Duration::ZERO);
-    }
-    if t.is_empty() {
-        return Err(bad());
-    }
-    let mut total = Duration::ZERO;
-    let mut rest = t;
-    while !rest.is_empty() {
-        let digits = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .ok_or_else(bad)?;
-        let value: f64 = rest[..digits].parse().map_err(|_| bad())?;
-        rest = &rest[digits..];
-        let unit_len = rest
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(rest.len());
-        let secs = match &rest[..unit_len] {
-            "h" => 3600.0,
-            "m" => 60.0,
-            "s" => 1.0,
-            "ms" => 0.001,
-            _ => return Err(bad()),
-        };
-        rest = &rest[unit_len..];
-        total += Duration::try_from_secs_f64(value * secs).map_err(|_| bad())?;
-    }
-    Ok(total)
+    })
 }
 
 /// The leak grace period: `spec.controllers.node.leakGracePeriod` of the

@@ -202,12 +202,99 @@ fn calico_node_status(s: &CalicoNodeStatus, e: &mut Errs) {
 
 fn nothing_more<T>(_: &T, _: &mut Errs) {}
 
+/// Parses a Go duration as Calico's configuration writes them (`15m`, `1h30m`, `90s`,
+/// `500ms`, `0`); `None` when it is not one.
+pub fn parse_go_duration(text: &str) -> Option<std::time::Duration> {
+    let t = text.trim();
+    if t == "0" {
+        return Some(std::time::Duration::ZERO);
+    }
+    if t.is_empty() {
+        return None;
+    }
+    let mut total = std::time::Duration::ZERO;
+    let mut rest = t;
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
+        let value: f64 = rest[..digits].parse().ok()?;
+        rest = &rest[digits..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let secs = match &rest[..unit_len] {
+            "h" => 3600.0,
+            "m" => 60.0,
+            "s" => 1.0,
+            "ms" => 0.001,
+            "us" | "µs" => 0.000_001,
+            "ns" => 0.000_000_001,
+            _ => return None,
+        };
+        rest = &rest[unit_len..];
+        total += std::time::Duration::try_from_secs_f64(value * secs).ok()?;
+    }
+    Some(total)
+}
+
+/// The durations of a KubeControllersConfiguration must be Go durations: the controllers
+/// read them (an unreadable leakGracePeriod would stop IPAM garbage collection).
+fn kube_controllers_configuration(k: &KubeControllersConfiguration, e: &mut Errs) {
+    let c = &k.spec.controllers;
+    let node = c.node.as_ref();
+    let durations = [
+        (
+            "spec.controllers.node.leakGracePeriod",
+            node.and_then(|n| n.leak_grace_period.as_ref()),
+        ),
+        (
+            "spec.controllers.node.reconcilerPeriod",
+            node.and_then(|n| n.reconciler_period.as_ref()),
+        ),
+        (
+            "spec.controllers.namespace.reconcilerPeriod",
+            c.namespace
+                .as_ref()
+                .and_then(|n| n.reconciler_period.as_ref()),
+        ),
+        (
+            "spec.controllers.policy.reconcilerPeriod",
+            c.policy.as_ref().and_then(|n| n.reconciler_period.as_ref()),
+        ),
+        (
+            "spec.controllers.serviceAccount.reconcilerPeriod",
+            c.service_account
+                .as_ref()
+                .and_then(|n| n.reconciler_period.as_ref()),
+        ),
+        (
+            "spec.controllers.workloadEndpoint.reconcilerPeriod",
+            c.workload_endpoint
+                .as_ref()
+                .and_then(|n| n.reconciler_period.as_ref()),
+        ),
+        (
+            "spec.etcdV3CompactionPeriod",
+            k.spec.etcd_v3_compaction_period.as_ref(),
+        ),
+    ];
+    for (path, value) in durations {
+        if let Some(v) = value
+            && parse_go_duration(v).is_none()
+        {
+            e.add(
+                path,
+                format!("{v:?} is not a duration (e.g. 15m, 1h30m, 90s, 0)"),
+            );
+        }
+    }
+}
+
 validate_with!(FelixConfiguration, felix_configuration);
 validate_with!(IPAMConfiguration, ipam_configuration);
 validate_with!(IPAMBlock, ipam_block);
 validate_with!(BlockAffinity, block_affinity);
 validate_with!(IPAMHandle, ipam_handle);
 validate_with!(CalicoNodeStatus, calico_node_status);
-// Their typed fields (enums, numbers) already carry every rule Calico checks.
-validate_with!(KubeControllersConfiguration, nothing_more);
+validate_with!(KubeControllersConfiguration, kube_controllers_configuration);
+// Its typed fields (enums, numbers) already carry every rule Calico checks.
 validate_with!(ClusterInformation, nothing_more);

@@ -13,6 +13,7 @@ mod net;
 mod network;
 mod policy;
 
+pub use config::parse_go_duration;
 pub use names::{
     check_qualified_name, is_dns_label, is_dns_subdomain, is_iana_service_name, is_label_value,
 };
