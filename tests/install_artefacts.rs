@@ -156,6 +156,8 @@ fn values_schema_rejects_bad_values() {
         "mtu=100",
         "etcd.endpoints={10.0.0.1:2379}",
         "networkingBackend=vxlan",
+        "cni.tokenExpirationSeconds=60",
+        "kubernetesServiceEndpoint.host=https://10.0.0.1",
     ] {
         let out = run(
             "helm",
@@ -184,14 +186,14 @@ fn default_render_has_every_object_and_passes_kubernetes_validate() {
         ("DaemonSet", 1),
         ("Deployment", 1),
         ("ConfigMap", 1),
-        ("ClusterRole", 1),
-        ("ClusterRoleBinding", 1),
+        ("ClusterRole", 2),
+        ("ClusterRoleBinding", 2),
         ("Role", 1),
         ("RoleBinding", 1),
         ("ServiceAccount", 2),
         ("Service", 1),
-        ("ValidatingAdmissionPolicy", 3),
-        ("ValidatingAdmissionPolicyBinding", 3),
+        ("ValidatingAdmissionPolicy", 7),
+        ("ValidatingAdmissionPolicyBinding", 7),
         ("Pod", 2), // helm test hooks
     ] {
         assert_eq!(k.get(kind), Some(&n), "{kind} count in {k:?}");
@@ -201,6 +203,11 @@ fn default_render_has_every_object_and_passes_kubernetes_validate() {
         "privileged: true",
         "fieldPath: spec.nodeName",
         "name: install-cni",
+        "name: cni-kubeconfig",
+        "restartPolicy: Always",
+        "command: [\"/opt/cni/bin/calico\", \"kubeconfig\"]",
+        "\"kubernetes\": {\"kubeconfig\": \"/etc/cni/net.d/calico-kubeconfig\"}",
+        "expirationSeconds: 3600",
         "\"/bin/calicoctl\", \"node\", \"status\"",
         "value: etcdv3",
         "etcd_endpoints: \"http://127.0.0.1:2379\"",
@@ -239,6 +246,9 @@ fn non_default_render_applies_the_values_and_passes_kubernetes_validate() {
         "resourceNames: [\"calico-rs-controllers\"]",
         "containerPort: 9095",
         "05-calico-rs.conflist",
+        "name: KUBERNETES_SERVICE_HOST\n              value: \"10.0.0.10\"",
+        "name: KUBERNETES_SERVICE_PORT\n              value: \"6443\"",
+        "expirationSeconds: 7200",
     ] {
         assert!(
             rendered.contains(needle),

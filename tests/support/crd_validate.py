@@ -5,7 +5,8 @@ usage: python3 crd_validate.py CRD_DIR FILE...
 kubernetes-validate only knows built-in kinds, so custom resources are checked here, the way
 the API server does with `kubectl apply --validate=strict`: the version's structural schema,
 with unknown fields rejected (wherever the schema lists properties and does not preserve
-unknown fields). Exit status 1 and one line per problem when anything is invalid, or when a
+unknown fields). Files are read as Kubernetes reads them (YAML 1.1 scalars, yaml11.py): a
+plain `Off` is a boolean. Exit status 1 and one line per problem when anything is invalid, or when a
 document's kind has no CRD.
 """
 import copy
@@ -14,7 +15,9 @@ import os
 import sys
 
 import jsonschema
-import yaml
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from yaml11 import load_file  # noqa: E402
 
 
 def strict(schema):
@@ -44,8 +47,7 @@ def strict(schema):
 def load_crds(crd_dir):
     schemas = {}
     for path in sorted(glob.glob(os.path.join(crd_dir, "*.yaml"))):
-        with open(path) as f:
-            crd = yaml.safe_load(f)
+        crd = load_file(path)[0]
         group = crd["spec"]["group"]
         kind = crd["spec"]["names"]["kind"]
         for v in crd["spec"]["versions"]:
@@ -59,8 +61,7 @@ def main():
     schemas = load_crds(crd_dir)
     problems, checked = [], 0
     for path in files:
-        with open(path) as f:
-            docs = [d for d in yaml.safe_load_all(f) if d]
+        docs = [d for d in load_file(path) if d]
         for i, doc in enumerate(docs, 1):
             key = (doc.get("apiVersion"), doc.get("kind"))
             where = f"{path}: document {i} ({key[1]} {doc.get('metadata', {}).get('name')!r})"

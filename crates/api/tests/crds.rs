@@ -1,5 +1,7 @@
 //! The CRDs in crds/ are generated from the Rust types and must match Calico's published CRDs
-//! field for field.
+//! field for field, read as Kubernetes reads them: YAML 1.1 scalars (go-yaml v2 behind
+//! sigs.k8s.io/yaml, where a plain `Off` is the boolean false), through
+//! tests/support/yaml11.py.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -10,8 +12,67 @@ fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
+/// Calico's published CRDs: `../shared/reference/calico-crds/v3` beside the checkout, or
+/// `$CALICO_REFERENCE_DIR/calico-crds/v3` (a checkout elsewhere, e.g. a worktree).
 fn reference_dir() -> PathBuf {
-    workspace_root().join("../shared/reference/calico-crds/v3")
+    let shared = std::env::var_os("CALICO_REFERENCE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("../shared/reference"));
+    shared.join("calico-crds/v3")
+}
+
+/// Each YAML text read as Kubernetes reads it (tests/support/yaml11.py): its documents as JSON.
+fn read_as_kubernetes(texts: &[&str]) -> Vec<Vec<Value>> {
+    use std::io::Write;
+    let script = workspace_root().join("tests/support/yaml11.py");
+    let mut child = std::process::Command::new("python3")
+        .arg(&script)
+        .arg("-")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 runs (scripts/setup.sh installs it with PyYAML)");
+    let input = serde_json::to_vec(texts).unwrap();
+    child.stdin.take().unwrap().write_all(&input).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{} failed: {}",
+        script.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("yaml11.py prints JSON")
+}
+
+/// What Kubernetes reads from each generated CRD is exactly what the Rust types produce: no
+/// scalar changes type under YAML 1.1 (`Off` stays the string "Off").
+#[test]
+fn crds_read_by_kubernetes_are_what_the_rust_types_say() {
+    let generated = calico_api::crd::all_crds().unwrap();
+    let texts: Vec<&str> = generated.iter().map(|(_, t)| t.as_str()).collect();
+    let read = read_as_kubernetes(&texts);
+    let objects = calico_api::crd::all_crd_objects().unwrap();
+    let mut differ = Vec::new();
+    for (((name, _), docs), object) in generated.iter().zip(&read).zip(&objects) {
+        let intended = serde_json::to_value(object).unwrap();
+        if docs.as_slice() != std::slice::from_ref(&intended) {
+            differ.push(name.clone());
+        }
+    }
+    assert!(
+        differ.is_empty(),
+        "read with YAML 1.1 these CRDs differ from the Rust types: {differ:?}"
+    );
+    // The case that was broken: FelixConfiguration's bpfConntrackLogLevel enum.
+    let felix = generated
+        .iter()
+        .position(|(n, _)| n == "projectcalico.org_felixconfigurations.yaml")
+        .unwrap();
+    let field = read[felix][0].pointer(
+        "/spec/versions/0/schema/openAPIV3Schema/properties/spec/properties/bpfConntrackLogLevel/enum",
+    );
+    assert_eq!(field, Some(&serde_json::json!(["Off", "Debug"])));
 }
 
 /// `UPDATE_CRDS=1 cargo test -p calico-api --test crds` rewrites crds/.
@@ -82,6 +143,7 @@ fn facts(node: &Value) -> BTreeMap<&'static str, Value> {
         f.insert("required", Value::Array(req));
     }
     for key in [
+        "format",
         "default",
         "nullable",
         "x-kubernetes-list-type",
@@ -169,10 +231,12 @@ fn crd_facts(crd: &Value) -> BTreeMap<String, Value> {
 #[test]
 fn crds_match_calicos_published_crds_field_for_field() {
     let ref_dir = reference_dir();
-    let ours: BTreeMap<String, Value> = calico_api::crd::all_crds()
-        .unwrap()
-        .into_iter()
-        .map(|(n, y)| (n, serde_yaml_ng::from_str(&y).unwrap()))
+    let generated = calico_api::crd::all_crds().unwrap();
+    let texts: Vec<&str> = generated.iter().map(|(_, t)| t.as_str()).collect();
+    let ours: BTreeMap<String, Value> = generated
+        .iter()
+        .zip(read_as_kubernetes(&texts))
+        .map(|((n, _), mut docs)| (n.clone(), docs.remove(0)))
         .collect();
     let mut mismatches = Vec::new();
     let mut files: Vec<PathBuf> = std::fs::read_dir(&ref_dir)
@@ -185,10 +249,15 @@ fn crds_match_calicos_published_crds_field_for_field() {
         "no reference CRDs in {}",
         ref_dir.display()
     );
-    for file in files {
+    let reference_texts: Vec<String> = files
+        .iter()
+        .map(|f| std::fs::read_to_string(f).unwrap())
+        .collect();
+    let refs: Vec<&str> = reference_texts.iter().map(String::as_str).collect();
+    let references = read_as_kubernetes(&refs);
+    for (file, mut docs) in files.iter().zip(references) {
         let name = file.file_name().unwrap().to_string_lossy().into_owned();
-        let reference: Value =
-            serde_yaml_ng::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+        let reference: Value = docs.remove(0);
         let Some(mine) = ours.get(&name) else {
             mismatches.push(format!("{name}: we generate no such CRD"));
             continue;

@@ -9,6 +9,8 @@
 //! - [`plugin`]: ADD/DEL/CHECK/STATUS/GC against etcd, IPAM and the kernel.
 //! - [`delegate`]: exec'ing a non-Calico IPAM plugin from CNI_PATH.
 //! - [`k8s`]: the pod and its namespace from the Kubernetes API (kube's client).
+//! - [`kubeconfig`]: `calico kubeconfig`, which writes the plugin's kubeconfig on the node and
+//!   rewrites it when the service-account token rotates.
 //! - [`pod`]: labels, profiles and Calico's pod/namespace annotations (pure).
 //!
 //! Pod labels, annotations and service account come from the Kubernetes API when the netconf
@@ -20,6 +22,7 @@ pub mod datastore;
 pub mod delegate;
 pub mod env;
 pub mod k8s;
+pub mod kubeconfig;
 pub mod naming;
 pub mod netconf;
 pub mod plugin;

@@ -1,14 +1,20 @@
 //! The kinds the controllers reconcile, and where each one reports its status.
 //!
-//! Calico's published CRDs give only IPPool and Tier a status subresource with conditions
-//! (BGPPeer, BGPConfiguration, BGPFilter, NetworkPolicy and GlobalNetworkPolicy have no
-//! `status` in their schema, and we keep the CRDs identical to Calico's), so IPPools and Tiers
-//! get `status.conditions` and the other kinds get the same information in annotations under
+//! Calico's published CRDs give only IPPool and Tier a status with conditions (the other
+//! kinds have no `status` in their schema, or, KubeControllersConfiguration, one without
+//! conditions; we keep the CRDs identical to Calico's), so IPPools and Tiers get
+//! `status.conditions` and the other kinds get the same information in annotations under
 //! `status.projectcalico.org/`.
+//!
+//! Not reconciled: ClusterInformation, IPAMBlock, IPAMHandle and BlockAffinity are state that
+//! calico-node and calico-ipam keep in etcd (the chart's admission policy refuses them), and
+//! CalicoNodeStatus, whose status calico-node writes in etcd.
 
 use calico_api::{
-    BGPConfiguration, BGPFilter, BGPPeer, CalicoResource, Condition, GlobalNetworkPolicy, IPPool,
-    NetworkPolicy, Tier, Validate,
+    BGPConfiguration, BGPFilter, BGPPeer, CalicoResource, Condition, FelixConfiguration,
+    GlobalNetworkPolicy, GlobalNetworkSet, HostEndpoint, IPAMConfiguration, IPPool, IPReservation,
+    KubeControllersConfiguration, NetworkPolicy, NetworkSet, StagedGlobalNetworkPolicy,
+    StagedKubernetesNetworkPolicy, StagedNetworkPolicy, Tier, Validate,
 };
 use kube::{Api, Client};
 use serde::{Serialize, de::DeserializeOwned};
@@ -109,29 +115,51 @@ impl MirroredKind for IPPool {
     }
 }
 
-impl MirroredKind for BGPPeer {
-    const STATUS: StatusMode = StatusMode::Annotations;
-    fn api(client: Client, _: Option<&str>) -> Api<Self> {
-        Api::all(client)
-    }
+/// Kinds whose Calico CRD has no `status` with conditions: they report in annotations.
+/// `cluster` kinds are served cluster-wide; `namespaced` ones in the object's namespace.
+macro_rules! annotated_kinds {
+    (cluster: $($c:ty),* ; namespaced: $($n:ty),* $(,)?) => {
+        $(
+            impl MirroredKind for $c {
+                const STATUS: StatusMode = StatusMode::Annotations;
+                fn api(client: Client, _: Option<&str>) -> Api<Self> {
+                    Api::all(client)
+                }
+            }
+        )*
+        $(
+            impl MirroredKind for $n {
+                const STATUS: StatusMode = StatusMode::Annotations;
+                fn api(client: Client, namespace: Option<&str>) -> Api<Self> {
+                    match namespace {
+                        Some(ns) => Api::namespaced(client, ns),
+                        None => Api::all(client),
+                    }
+                }
+            }
+        )*
+    };
 }
 
-impl MirroredKind for GlobalNetworkPolicy {
-    const STATUS: StatusMode = StatusMode::Annotations;
-    fn api(client: Client, _: Option<&str>) -> Api<Self> {
-        Api::all(client)
-    }
-}
-
-impl MirroredKind for NetworkPolicy {
-    const STATUS: StatusMode = StatusMode::Annotations;
-    fn api(client: Client, namespace: Option<&str>) -> Api<Self> {
-        match namespace {
-            Some(ns) => Api::namespaced(client, ns),
-            None => Api::all(client),
-        }
-    }
-}
+annotated_kinds!(
+    cluster: BGPConfiguration,
+    BGPFilter,
+    BGPPeer,
+    FelixConfiguration,
+    GlobalNetworkPolicy,
+    GlobalNetworkSet,
+    HostEndpoint,
+    IPAMConfiguration,
+    IPReservation,
+    // Calico's CRD has a status subresource, but its status is the running configuration
+    // (runningConfig, environmentVars), not conditions.
+    KubeControllersConfiguration,
+    StagedGlobalNetworkPolicy;
+    namespaced: NetworkPolicy,
+    NetworkSet,
+    StagedKubernetesNetworkPolicy,
+    StagedNetworkPolicy,
+);
 
 impl MirroredKind for Tier {
     const STATUS: StatusMode = StatusMode::Conditions;
@@ -143,19 +171,5 @@ impl MirroredKind for Tier {
             .as_ref()
             .map(|s| s.conditions.as_slice())
             .unwrap_or(&[])
-    }
-}
-
-impl MirroredKind for BGPConfiguration {
-    const STATUS: StatusMode = StatusMode::Annotations;
-    fn api(client: Client, _: Option<&str>) -> Api<Self> {
-        Api::all(client)
-    }
-}
-
-impl MirroredKind for BGPFilter {
-    const STATUS: StatusMode = StatusMode::Annotations;
-    fn api(client: Client, _: Option<&str>) -> Api<Self> {
-        Api::all(client)
     }
 }

@@ -6,7 +6,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use calico_api::{
-    BGPConfiguration, BGPFilter, BGPPeer, GlobalNetworkPolicy, IPPool, NetworkPolicy, Tier,
+    BGPConfiguration, BGPFilter, BGPPeer, FelixConfiguration, GlobalNetworkPolicy,
+    GlobalNetworkSet, HostEndpoint, IPAMConfiguration, IPPool, IPReservation,
+    KubeControllersConfiguration, NetworkPolicy, NetworkSet, StagedGlobalNetworkPolicy,
+    StagedKubernetesNetworkPolicy, StagedNetworkPolicy, Tier,
 };
 use calico_ipam::Ipam;
 use futures::{FutureExt, StreamExt};
@@ -121,6 +124,16 @@ pub async fn run(
         controller::<Tier>(ctx.clone(), lost_rx.clone()).boxed(),
         controller::<GlobalNetworkPolicy>(ctx.clone(), lost_rx.clone()).boxed(),
         controller::<NetworkPolicy>(ctx.clone(), lost_rx.clone()).boxed(),
+        controller::<StagedGlobalNetworkPolicy>(ctx.clone(), lost_rx.clone()).boxed(),
+        controller::<StagedNetworkPolicy>(ctx.clone(), lost_rx.clone()).boxed(),
+        controller::<StagedKubernetesNetworkPolicy>(ctx.clone(), lost_rx.clone()).boxed(),
+        controller::<HostEndpoint>(ctx.clone(), lost_rx.clone()).boxed(),
+        controller::<NetworkSet>(ctx.clone(), lost_rx.clone()).boxed(),
+        controller::<GlobalNetworkSet>(ctx.clone(), lost_rx.clone()).boxed(),
+        controller::<FelixConfiguration>(ctx.clone(), lost_rx.clone()).boxed(),
+        controller::<IPReservation>(ctx.clone(), lost_rx.clone()).boxed(),
+        controller::<IPAMConfiguration>(ctx.clone(), lost_rx.clone()).boxed(),
+        controller::<KubeControllersConfiguration>(ctx.clone(), lost_rx.clone()).boxed(),
     ]);
     let inputs = kubernetes_inputs(
         ctx.clone(),

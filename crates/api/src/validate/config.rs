@@ -212,12 +212,65 @@ fn calico_node_status(s: &CalicoNodeStatus, e: &mut Errs) {
 
 fn nothing_more<T>(_: &T, _: &mut Errs) {}
 
+/// The durations of a KubeControllersConfiguration must be Go durations: the controllers
+/// read them (an unreadable leakGracePeriod would stop IPAM garbage collection).
+fn kube_controllers_configuration(k: &KubeControllersConfiguration, e: &mut Errs) {
+    let c = &k.spec.controllers;
+    let node = c.node.as_ref();
+    let durations = [
+        (
+            "spec.controllers.node.leakGracePeriod",
+            node.and_then(|n| n.leak_grace_period.as_ref()),
+        ),
+        (
+            "spec.controllers.node.reconcilerPeriod",
+            node.and_then(|n| n.reconciler_period.as_ref()),
+        ),
+        (
+            "spec.controllers.namespace.reconcilerPeriod",
+            c.namespace
+                .as_ref()
+                .and_then(|n| n.reconciler_period.as_ref()),
+        ),
+        (
+            "spec.controllers.policy.reconcilerPeriod",
+            c.policy.as_ref().and_then(|n| n.reconciler_period.as_ref()),
+        ),
+        (
+            "spec.controllers.serviceAccount.reconcilerPeriod",
+            c.service_account
+                .as_ref()
+                .and_then(|n| n.reconciler_period.as_ref()),
+        ),
+        (
+            "spec.controllers.workloadEndpoint.reconcilerPeriod",
+            c.workload_endpoint
+                .as_ref()
+                .and_then(|n| n.reconciler_period.as_ref()),
+        ),
+        (
+            "spec.etcdV3CompactionPeriod",
+            k.spec.etcd_v3_compaction_period.as_ref(),
+        ),
+    ];
+    for (path, value) in durations {
+        if let Some(v) = value
+            && crate::GoDuration::parse(v.trim()).is_err()
+        {
+            e.add(
+                path,
+                format!("{v:?} is not a duration (e.g. 15m, 1h30m, 90s, 0)"),
+            );
+        }
+    }
+}
+
 validate_with!(FelixConfiguration, felix_configuration);
 validate_with!(IPAMConfiguration, ipam_configuration);
 validate_with!(IPAMBlock, ipam_block);
 validate_with!(BlockAffinity, block_affinity);
 validate_with!(IPAMHandle, ipam_handle);
 validate_with!(CalicoNodeStatus, calico_node_status);
-// Their typed fields (enums, numbers) already carry every rule Calico checks.
-validate_with!(KubeControllersConfiguration, nothing_more);
+validate_with!(KubeControllersConfiguration, kube_controllers_configuration);
+// Its typed fields (enums, numbers) already carry every rule Calico checks.
 validate_with!(ClusterInformation, nothing_more);
