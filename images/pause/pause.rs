@@ -3,7 +3,7 @@
 //! sandbox that way) and, when it is PID 1 of a shared PID namespace, reaps orphaned children.
 //!
 //! Built as a static binary (no libc in the image) by images/containerd/build.sh:
-//! `rustc -O -C panic=abort -C target-feature=+crt-static pause.rs`. Only std and four libc
+//! `rustc -O -C panic=abort -C target-feature=+crt-static -C relocation-model=static pause.rs`. Only std and four libc
 //! calls, declared here, so that it needs no crate.
 
 use std::os::raw::c_int;

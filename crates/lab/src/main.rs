@@ -195,7 +195,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if let Some(chart) = chart {
                 let mut line = format!("helm install calico-rs {} -n kube-system", chart.display());
                 for s in kube.calico_values() {
-                    line.push_str(&format!(" --set {s}"));
+                    line.push_str(&format!(" --set-string {s}"));
                 }
                 println!("  {line}");
                 println!(

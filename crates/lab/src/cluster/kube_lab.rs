@@ -26,9 +26,9 @@ pub const NODE_HOSTS: [(&str, &str); 2] =
     [("node1", "192.168.33.11/24"), ("node2", "192.168.33.12/24")];
 /// The pod network: manifests/ippool.yaml's pool, applied with kubectl once calico-rs runs.
 pub const POD_CIDR: &str = "10.244.0.0/16";
-/// The chart's default pool in the lab: it gives the controllers' pod its address before any
-/// pool can arrive through them (they mirror kubectl-applied pools into etcd), and is disabled
-/// once the example pool is in (Calico's pool migration).
+/// The chart's default pool in the lab (calico-node creates it at start, as Calico's does):
+/// it must overlap neither the LAN (the chart's default 192.168.0.0/16 would) nor the example
+/// pool, and is disabled once the example pool is in (Calico's pool migration).
 pub const BOOTSTRAP_POOL_CIDR: &str = "10.245.0.0/24";
 
 /// How to build the lab.
@@ -243,7 +243,7 @@ impl KubeLab {
     }
 
     /// `helm install calico-rs CHART -n kube-system` with [`KubeLab::calico_values`] and
-    /// `extra` `--set`s, then waits (bounded by `timeout`) until the calico-node DaemonSet has
+    /// `extra` `--set-string`s (every value is a string), then waits (bounded by `timeout`) until the calico-node DaemonSet has
     /// a ready pod on every node, the controllers Deployment is available and every node is
     /// Ready.
     pub fn install_calico(
@@ -266,7 +266,7 @@ impl KubeLab {
             .map(String::as_str)
             .chain(extra.iter().copied())
         {
-            args.push("--set".into());
+            args.push("--set-string".into());
             args.push(s.to_owned());
         }
         let argv: Vec<&str> = args.iter().map(String::as_str).collect();
