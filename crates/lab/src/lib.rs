@@ -9,9 +9,12 @@
 //! - [`dockerd`]: a throw-away Docker daemon per lab host, isolated and stopped for sure, and
 //!   the FROM-scratch test images built into it.
 //! - [`seed`]: the seed's lab with stable names (`calico-lab up/down/status/shell`).
+//! - [`cluster`]: a real Kubernetes (API server, controller manager, scheduler, nodes with
+//!   containerd and kubelet) in lab hosts.
 //! - [`netns`]: run a closure or a future inside any network namespace.
 //! - [`TcpServers`], [`Host::tcp_probe`]: one-byte TCP servers and probes for policy tests.
 
+pub mod cluster;
 pub mod dockerd;
 pub mod etcd;
 pub mod lab;
