@@ -1151,10 +1151,8 @@ mod tests {
                     // ct state (the packet is new, neither invalid nor established), the
                     // protocol (not ICMPv6 nor UDP): such rules do not match it.
                     Expr::Meta(_) | Expr::CtState => continue 'rules,
-                    Expr::Cmp(CmpOp::Eq, v) => {
-                        if !reg.is_some_and(|r| r.starts_with(v)) {
-                            continue 'rules;
-                        }
+                    Expr::Cmp(CmpOp::Eq, v) if !reg.is_some_and(|r| r.starts_with(v)) => {
+                        continue 'rules;
                     }
                     Expr::VerdictMap(map) => {
                         match t.sets[map].elems.iter().find(|el| el.key == name) {
