@@ -130,8 +130,8 @@ pub enum CtlError {
         "Failed to create Calico API client: cannot reach the datastore at {endpoints}: {reason}"
     )]
     Connect { endpoints: String, reason: String },
-    #[error("{}", with_causes(.0))]
-    Datastore(#[from] DatastoreError),
+    #[error("{}", with_causes(.0.as_ref()))]
+    Datastore(Box<DatastoreError>),
     #[error("{}", invalid_message(*verb, problems))]
     Invalid { verb: Verb, problems: Vec<Problem> },
     #[error("{}", failed_message(*verb, *single_kind, *total, errors))]
@@ -181,12 +181,12 @@ pub enum CtlError {
     },
     #[error(
         "failed to update {kind} {name}, label not changed: {}",
-        with_causes(source)
+        with_causes(source.as_ref())
     )]
     LabelUpdate {
         kind: String,
         name: String,
-        source: DatastoreError,
+        source: Box<DatastoreError>,
     },
     #[error("{0}")]
     Ipam(crate::ipam_cmd::IpamCmdError),
@@ -198,6 +198,12 @@ pub enum CtlError {
     NoEtcd,
     #[error("Failed to patch '{kind}' resource: patch is not a JSON or YAML object: {reason}")]
     BadPatch { kind: &'static str, reason: String },
+}
+
+impl From<DatastoreError> for CtlError {
+    fn from(e: DatastoreError) -> Self {
+        CtlError::Datastore(Box::new(e))
+    }
 }
 
 /// The error and its causes on one line (etcd's own reason is usually in a source).
@@ -1083,9 +1089,10 @@ pub async fn label(
             .or_insert_with(|| Value::Object(Default::default()))
     });
     let Some(Value::Object(meta)) = meta else {
-        return Err(CtlError::Datastore(DatastoreError::NotAnObject {
+        return Err(DatastoreError::NotAnObject {
             kind: info.kind.into(),
-        }));
+        }
+        .into());
     };
     let labels = meta
         .entry("labels")
@@ -1131,7 +1138,7 @@ pub async fn label(
         .map_err(|source| CtlError::LabelUpdate {
             kind: args.kind.clone(),
             name: args.name.clone(),
-            source,
+            source: Box::new(source),
         })?;
     let msg = match (&value, overwritten) {
         (None, _) => format!(
