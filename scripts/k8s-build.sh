@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds the Kubernetes components the cluster lab runs (kube-apiserver, kube-controller-manager,
-# kube-scheduler, kubelet, kubectl) from the pinned k8s.io/kubernetes Go module in tests/cluster/,
+# kube-scheduler, kubelet, kubectl, kube-proxy) from the pinned k8s.io/kubernetes Go module in tests/cluster/,
 # into target/k8s/<version>/bin. A finished build is kept per pinned version and go.sum: a warm
 # call returns at once; Go's own build cache (~/.cache/go-build) makes a rebuild after
 # `cargo clean` a relink, not a recompile. Never commit what this builds.
@@ -11,8 +11,8 @@ version=$(awk '$1 == "k8s.io/kubernetes" && $2 ~ /^v/ {print $2; exit}' "$mod/go
 [[ -n $version ]] || { echo "k8s-build: no k8s.io/kubernetes version in $mod/go.mod" >&2; exit 1; }
 out=${K8S_BIN_DIR:-$PWD/target/k8s/$version/bin}
 stamp=$out/.built-from
-want=$(sha256sum "$mod/go.mod" "$mod/go.sum" | sha256sum | cut -c1-16)
-tools=(kube-apiserver kube-controller-manager kube-scheduler kubelet kubectl)
+tools=(kube-apiserver kube-controller-manager kube-scheduler kubelet kubectl kube-proxy)
+want=$( (sha256sum "$mod/go.mod" "$mod/go.sum"; echo "${tools[*]}") | sha256sum | cut -c1-16)
 
 if [[ -f $stamp && $(cat "$stamp") == "$want" ]]; then
   echo "k8s-build: $version binaries up to date in $out"

@@ -176,6 +176,7 @@ impl Lab {
             owner_start: owned.then(|| pid_start_time(me)).flatten(),
             namespaces: vec![lan.clone()],
             pids: Vec::new(),
+            cgroups: Vec::new(),
             dir: dir.clone(),
         };
         record.save()?;
@@ -481,6 +482,26 @@ impl Host {
     /// The host's first LAN address (without prefix length).
     pub fn ip(&self) -> IpAddr {
         self.ip
+    }
+
+    /// The lab's directory (/run/calico-lab/<id>), where this host's logs and state go.
+    pub fn lab_dir(&self) -> &Path {
+        &self.lab_dir
+    }
+
+    /// Records a cgroup (path relative to each hierarchy's root, e.g. `/calico-lab-x`) that
+    /// this run owns: teardown kills every process left in it and removes it.
+    pub fn record_cgroup(&self, cgroup: &str) -> Result<(), LabError> {
+        self.shared.update(|rec| {
+            if !rec.cgroups.iter().any(|c| c == cgroup) {
+                rec.cgroups.push(cgroup.to_owned());
+            }
+        })
+    }
+
+    /// Records a daemon PID that must be killed at teardown.
+    pub fn record_pid(&self, pid: u32) -> Result<(), LabError> {
+        self.shared.update(|rec| rec.pids.push(pid))
     }
 
     /// A log file path for something running on this host, in the lab's directory.

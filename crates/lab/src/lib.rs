@@ -7,9 +7,12 @@
 //!   a cluster, plain or TLS.
 //! - [`process`]: children that die with their owner (`PR_SET_PDEATHSIG`) and are killed on drop.
 //! - [`seed`]: the seed's lab with stable names (`calico-lab up/down/status/shell`).
+//! - [`cluster`]: a real Kubernetes (API server, controller manager, scheduler, nodes with
+//!   containerd and kubelet) in lab hosts.
 //! - [`netns`]: run a closure or a future inside any network namespace.
 //! - [`TcpServers`], [`Host::tcp_probe`]: one-byte TCP servers and probes for policy tests.
 
+pub mod cluster;
 pub mod etcd;
 pub mod lab;
 pub mod netns;

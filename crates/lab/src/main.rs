@@ -42,9 +42,35 @@ enum Cmd {
         #[arg(trailing_var_arg = true, required = true)]
         command: Vec<String>,
     },
-    /// Remove namespaces and processes left by lab runs whose owner died.
+    /// Remove namespaces, processes, mounts and cgroups left by lab runs whose owner died.
     Sweep,
+    /// The Kubernetes lab (scripts/k8s-lab.sh): a control plane and two nodes.
+    K8s {
+        #[command(subcommand)]
+        action: K8sCmd,
+    },
 }
+
+#[derive(Subcommand)]
+enum K8sCmd {
+    /// Build the LAN, the Calico etcd, the control plane and the nodes; they keep running.
+    Up {
+        /// Image tarballs to import on every node (images/containerd/build.sh OUT_DIR).
+        #[arg(long)]
+        images: Option<std::path::PathBuf>,
+        /// Install calico-rs with `helm install` of this chart (charts/calico-rs) and wait
+        /// until it runs on every node.
+        #[arg(long)]
+        chart: Option<std::path::PathBuf>,
+    },
+    /// Stop every daemon and pod of the Kubernetes lab and delete its namespaces.
+    Down,
+}
+
+/// Run id of the Kubernetes lab: namespaces `k8s-kube`, `k8s-node1`, ...
+const K8S_LAB_ID: &str = "k8s";
+/// Where `calico-lab k8s up` leaves the admin kubeconfig.
+const K8S_PUBLIC_DIR: &str = "/run/calico-rs-k8s";
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
@@ -149,6 +175,64 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             calicoctl_env(&mut cmd, &host);
             let err = cmd.exec();
             bail!("cannot run {command:?} in {ns}: {err}");
+        }
+        Cmd::K8s {
+            action: K8sCmd::Up { images, chart },
+        } => {
+            use calico_lab::cluster::{KubeLab, KubeLabOptions};
+            println!("calico-lab: bringing up the Kubernetes lab");
+            let kube = KubeLab::start(
+                KubeLabOptions {
+                    id: Some(K8S_LAB_ID.into()),
+                    detached: true,
+                    images_dir: images,
+                    ..Default::default()
+                },
+                &mut |line| println!("  {line}"),
+            )
+            .context("calico-lab k8s up")?;
+            let mut kube = kube;
+            if let Some(chart) = chart {
+                let mut line = format!("helm install calico-rs {} -n kube-system", chart.display());
+                for s in kube.calico_values() {
+                    line.push_str(&format!(" --set-string {s}"));
+                }
+                println!("  {line}");
+                println!(
+                    "  waiting for calico-node on every node, the controllers and Ready nodes..."
+                );
+                let started = std::time::Instant::now();
+                kube.install_calico(&chart, &[], std::time::Duration::from_secs(600))
+                    .context("installing calico-rs")?;
+                println!("  calico-rs is running ({:.0?})", started.elapsed());
+            }
+            std::fs::create_dir_all(K8S_PUBLIC_DIR)?;
+            let public = std::path::Path::new(K8S_PUBLIC_DIR).join("admin.kubeconfig");
+            std::fs::copy(kube.control_plane().admin_kubeconfig(), &public)?;
+            println!(
+                "  admin kubeconfig: {} (server {}; use it inside a lab namespace, e.g. nsenter --net=/run/netns/{})",
+                public.display(),
+                kube.control_plane().server(),
+                kube.control_plane().host().netns()
+            );
+            kube.detach()?;
+        }
+        Cmd::K8s {
+            action: K8sCmd::Down,
+        } => {
+            let up = calico_lab::state::RunRecord::path_for(K8S_LAB_ID).exists();
+            if up {
+                calico_lab::teardown(K8S_LAB_ID).context("calico-lab k8s down")?;
+            }
+            let _ = std::fs::remove_dir_all(K8S_PUBLIC_DIR);
+            println!(
+                "calico-lab: {}",
+                if up {
+                    "the Kubernetes lab is down"
+                } else {
+                    "no Kubernetes lab was up"
+                }
+            );
         }
         Cmd::Sweep => {
             let swept = calico_lab::sweep();

@@ -296,6 +296,7 @@ pub fn down_with_id(id: &str) -> Result<bool, SeedError> {
                     owner_start: None,
                     namespaces: names().collect(),
                     pids: Vec::new(),
+                    cgroups: Vec::new(),
                     dir: lab_dir_of(id),
                 };
                 state::teardown_run(&rec);

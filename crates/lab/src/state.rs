@@ -58,6 +58,10 @@ pub struct RunRecord {
     pub namespaces: Vec<String>,
     /// Daemons started detached (not killed by a death signal).
     pub pids: Vec<u32>,
+    /// Cgroups the run owns (relative to each hierarchy's root, e.g. a Kubernetes node's
+    /// cgroup root): every process left in them is killed and they are removed.
+    #[serde(default)]
+    pub cgroups: Vec<String>,
     /// The run's directory.
     pub dir: PathBuf,
 }
@@ -219,12 +223,15 @@ pub fn netns_exists(name: &str) -> bool {
 }
 
 /// Removes everything a run owns: detached daemons, every process still inside its
-/// namespaces, the namespaces (which removes their links), its directory and its record.
-/// Idempotent: what is already gone is skipped.
+/// namespaces or its cgroups (a Kubernetes node's containers live in neither of the run's
+/// namespaces), every mount under its directory (a node's mount namespace, pods' network
+/// namespaces), the namespaces (which removes their links), its cgroups, its directory and its
+/// record. Idempotent: what is already gone is skipped.
 pub fn teardown_run(rec: &RunRecord) {
     for &pid in &rec.pids {
         kill_pid(pid, Duration::from_secs(5));
     }
+    kill_cgroup_processes(&rec.cgroups);
     // Hosts first, the LAN last: deleting a host namespace removes its veth pair.
     for ns in rec.namespaces.iter().rev() {
         if !netns_exists(ns) {
@@ -244,10 +251,159 @@ pub fn teardown_run(rec: &RunRecord) {
             tracing::warn!(netns = ns, "could not delete namespace");
         }
     }
+    // Processes a namespace's daemons started (containerd's shims start containers) may
+    // have been created while we killed: one more pass.
+    kill_cgroup_processes(&rec.cgroups);
+    remove_cgroups(&rec.cgroups);
     if rec.dir.starts_with(ROOT) && rec.dir != Path::new(ROOT) {
+        unmount_under(&rec.dir);
         let _ = std::fs::remove_dir_all(&rec.dir);
     }
     let _ = std::fs::remove_file(RunRecord::path_for(&rec.id));
+}
+
+/// The mounted cgroup hierarchies: each v1 controller directory under /sys/fs/cgroup (a
+/// symlinked co-mount such as `cpu,cpuacct` once), or /sys/fs/cgroup itself on a pure v2
+/// machine.
+pub fn cgroup_hierarchies() -> Vec<PathBuf> {
+    let base = Path::new("/sys/fs/cgroup");
+    if base.join("cgroup.controllers").exists() {
+        return vec![base.to_owned()];
+    }
+    let mut out: Vec<PathBuf> = Vec::new();
+    let Ok(entries) = std::fs::read_dir(base) else {
+        return out;
+    };
+    for e in entries.flatten() {
+        let path = e.path();
+        // `unified` is the v2 hierarchy of a hybrid machine: the kubelet (cgroupfs, v1) never
+        // puts anything there.
+        if e.file_name() == "unified" || path.is_symlink() || !path.join("cgroup.procs").exists() {
+            continue;
+        }
+        out.push(path);
+    }
+    out.sort();
+    out
+}
+
+/// Every cgroup directory at or below `cgroup` in every hierarchy, deepest first.
+fn cgroup_dirs(cgroup: &str) -> Vec<PathBuf> {
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>, depth: usize) {
+        if depth > 32 {
+            return;
+        }
+        if let Ok(entries) = std::fs::read_dir(dir) {
+            for e in entries.flatten() {
+                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    walk(&e.path(), out, depth + 1);
+                }
+            }
+        }
+        out.push(dir.to_owned());
+    }
+    let rel = cgroup.trim_start_matches('/');
+    let mut out = Vec::new();
+    if rel.is_empty() || rel.contains("..") {
+        return out; // never the root of a hierarchy
+    }
+    for h in cgroup_hierarchies() {
+        let dir = h.join(rel);
+        if dir.is_dir() {
+            walk(&dir, &mut out, 0);
+        }
+    }
+    out
+}
+
+/// SIGKILLs every process in the cgroups (and below), a few rounds (a dying shim may still
+/// start one), bounded.
+fn kill_cgroup_processes(cgroups: &[String]) {
+    for _ in 0..10 {
+        let mut found = false;
+        for cg in cgroups {
+            for dir in cgroup_dirs(cg) {
+                let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+                for pid in procs.lines().filter_map(|l| l.trim().parse::<u32>().ok()) {
+                    if pid != std::process::id() {
+                        found = true;
+                        kill_pid(pid, Duration::ZERO);
+                    }
+                }
+            }
+        }
+        if !found {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Removes the cgroups, deepest first (a cgroup directory goes with rmdir once empty).
+fn remove_cgroups(cgroups: &[String]) {
+    for cg in cgroups {
+        for dir in cgroup_dirs(cg) {
+            if let Err(e) = std::fs::remove_dir(&dir) {
+                tracing::warn!(cgroup = %dir.display(), error = %e, "could not remove cgroup");
+            }
+        }
+    }
+}
+
+/// Mount points at or below `dir` in this process's mount namespace, deepest first.
+pub fn mounts_under(dir: &Path) -> Vec<PathBuf> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mut out: Vec<PathBuf> = text
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(|m| PathBuf::from(unescape_mount_path(m)))
+        .filter(|m| m.starts_with(dir))
+        .collect();
+    out.sort_by_key(|m| std::cmp::Reverse(m.components().count()));
+    out.dedup();
+    out
+}
+
+/// mountinfo escapes space, tab, newline and backslash as `\ooo`.
+fn unescape_mount_path(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
+            out.push(v);
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Detaches every mount at or below `dir` (e.g. a node's kept mount namespace), deepest first.
+fn unmount_under(dir: &Path) {
+    // A mount may be stacked several times: bounded rounds.
+    for _ in 0..5 {
+        let mounts = mounts_under(dir);
+        if mounts.is_empty() {
+            return;
+        }
+        for m in mounts {
+            let Ok(c) = std::ffi::CString::new(m.as_os_str().as_encoded_bytes()) else {
+                continue;
+            };
+            // SAFETY: umount2 with a valid NUL-terminated path.
+            if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } != 0 {
+                let e = std::io::Error::last_os_error();
+                tracing::warn!(mount = %m.display(), error = %e, "could not unmount");
+            }
+        }
+    }
 }
 
 /// Tears down every run whose owner is dead; returns the ids swept. Detached runs and runs of
