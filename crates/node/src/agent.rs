@@ -27,7 +27,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use calico_dataplane::{Netlink, Route, RouteFilter, RouteTarget};
+use calico_dataplane::{Netlink, Route, RouteChange, RouteFilter, RouteTarget};
 use calico_datastore::{Datastore, EtcdClient, KindRef};
 use calico_ipam::Ipam;
 use calico_policy::program::HostProgram;
@@ -114,6 +114,9 @@ async fn present_routes(nl: &Netlink) -> Result<BTreeSet<KernelRoute>, AgentErro
 /// Brings the kernel to `desired`. `may_remove_learned` is false until the speaker has synced.
 /// Returns how long listing the kernel's routes took (`felix_route_table_list_seconds`).
 /// With `ipv6` false, IPv6 routes are left alone (`ipv6Support: false`).
+/// Every change goes in one batch (many routes per netlink message, each acknowledged): a
+/// refused route is logged with its prefix and fails the round (so it is retried), the others
+/// land.
 async fn apply_routes(
     nl: &Netlink,
     desired: &BTreeSet<KernelRoute>,
@@ -127,6 +130,7 @@ async fn apply_routes(
         present.retain(|r| r.dst.addr().is_ipv4());
     }
     let diff = routes::diff(desired, &present);
+    let mut changes = Vec::with_capacity(diff.add.len() + diff.remove.len());
     for r in &diff.add {
         // A workload whose veth is not there (yet, or any more) has no route to install.
         if let Target::Dev(ifname) = &r.target
@@ -135,12 +139,7 @@ async fn apply_routes(
             continue;
         }
         info!(route = %to_kernel(r), "installing route");
-        nl.replace_route(&to_kernel(r))
-            .await
-            .map_err(|e| AgentError::Kernel {
-                what: format!("installing {}", to_kernel(r)),
-                source: Box::new(e),
-            })?;
+        changes.push(RouteChange::Replace(to_kernel(r)));
     }
     for r in &diff.remove {
         if matches!(r.target, Target::Via(_)) && !may_remove_learned {
@@ -148,14 +147,20 @@ async fn apply_routes(
             continue;
         }
         info!(route = %to_kernel(r), "removing route");
-        nl.delete_route(&to_kernel(r))
-            .await
-            .map_err(|e| AgentError::Kernel {
-                what: format!("removing {}", to_kernel(r)),
-                source: Box::new(e),
-            })?;
+        changes.push(RouteChange::Delete(to_kernel(r)));
     }
-    Ok(list_time)
+    let failures = nl.apply_route_changes(&changes).await;
+    for (_, e) in &failures {
+        warn!(error = %e, "route change failed");
+    }
+    let failed = failures.len();
+    match failures.into_iter().next() {
+        None => Ok(list_time),
+        Some((_, first)) => Err(AgentError::Kernel {
+            what: format!("{failed} of {} route changes failed", changes.len()),
+            source: Box::new(first),
+        }),
+    }
 }
 
 /// An HTTP server (metrics or health) that FelixConfiguration may start, move or stop.

@@ -10,7 +10,7 @@
 //! iproute2's names), which is how the agent recognises its own routes after a restart; local
 //! workload routes belong to the interface they point at (the kernel removes them with it).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::net::IpAddr;
 
 use ipnet::IpNet;
@@ -113,11 +113,13 @@ pub struct RouteDiff {
 /// Diffs desired routes against those present. `present` holds the routes of our protocol plus
 /// the routes on workload interfaces; only protocol-owned routes are ever removed.
 pub fn diff(desired: &BTreeSet<KernelRoute>, present: &BTreeSet<KernelRoute>) -> RouteDiff {
+    // A destination still desired (with another target) is replaced by its add, not removed.
+    let wanted: HashSet<IpNet> = desired.iter().map(|d| d.dst).collect();
     RouteDiff {
         add: desired.difference(present).cloned().collect(),
         remove: present
             .difference(desired)
-            .filter(|r| r.by_protocol() && !desired.iter().any(|d| d.dst == r.dst))
+            .filter(|r| r.by_protocol() && !wanted.contains(&r.dst))
             .cloned()
             .collect(),
     }
