@@ -198,7 +198,7 @@ impl fmt::Display for GoDuration {
         if n < 1_000_000_000 {
             let (unit, prec) = match n {
                 ..1_000 => ("ns", 0),
-                ..1_000_000 => ("\u{b5}s", 3),
+                1_000..1_000_000 => ("\u{b5}s", 3),
                 _ => ("ms", 6),
             };
             let (frac, whole) = with_fraction(n, prec);
