@@ -34,6 +34,10 @@
 //!   agent is told when all peers are in sync through [`RouteEvent::Synced`] instead.
 //! - GTSM on accepted connections is applied right after `accept`, not on the listening socket
 //!   (the first segment of such a connection is not checked).
+//! - Known bug (graceful-restart helper): when a restarting peer's paths turn stale and an
+//!   equal fresh path from another peer wins the tie, the best-path change is not reported,
+//!   so the agent and the other peers keep the stale path, even after End-of-RIB sweeps it
+//!   (the ignored test `graceful_restart_tells_the_agent_and_peers_where_the_model_is`).
 //! - Backpressure: the [`RouteEvent`] channel is unbounded; a consumer that does not drain it
 //!   promptly holds a bulk load as events, about 54 bytes each (docs/BENCHMARKS.md, BGP).
 
