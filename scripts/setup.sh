@@ -55,5 +55,8 @@ fi
 if [[ "${SETUP_SKIP_BUILD:-0}" != 1 ]]; then
   step "cargo build --workspace --bins (first build about 8 minutes on 2 cores, then seconds)" \
     cargo build --workspace --bins
+  # The Kubernetes lab's components (kube-apiserver, kubelet, ...) from the pinned Go module.
+  step "scripts/k8s-build.sh (cold: about 13 minutes on 2 cores; cached per version: seconds)" \
+    scripts/k8s-build.sh
 fi
 echo "setup: done"
