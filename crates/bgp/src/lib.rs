@@ -21,6 +21,12 @@
 //! written by hand) and compare the actions, plus a property test against a plain model. The
 //! interop tests (`tests/interop.rs`, root) run the whole speaker against BIRD, GoBGP and FRR.
 //!
+//! Graceful-restart helper: when a peer's session drops gracefully its paths are kept, marked
+//! stale. A stale path loses ties, so where another peer has an equal fresh path that one
+//! becomes best and is reported ([`RouteEvent::Best`], UPDATEs to the other peers) like any
+//! other change. Where the stale path stays best nothing is reported: the route is unchanged
+//! (so `RouteEvent::Best { stale: true }` only appears when a stale path becomes best later).
+//!
 //! Usage: `let (speaker, mut routes) = Speaker::start();` then `speaker.set_config(cfg)` with
 //! the whole desired state whenever it changes; read [`RouteEvent`]s from `routes` and program
 //! them; `speaker.status()` for `calicoctl node status`.
@@ -34,10 +40,6 @@
 //!   agent is told when all peers are in sync through [`RouteEvent::Synced`] instead.
 //! - GTSM on accepted connections is applied right after `accept`, not on the listening socket
 //!   (the first segment of such a connection is not checked).
-//! - Known bug (graceful-restart helper): when a restarting peer's paths turn stale and an
-//!   equal fresh path from another peer wins the tie, the best-path change is not reported,
-//!   so the agent and the other peers keep the stale path, even after End-of-RIB sweeps it
-//!   (the ignored test `graceful_restart_tells_the_agent_and_peers_where_the_model_is`).
 //! - Backpressure: the [`RouteEvent`] channel is unbounded; a consumer that does not drain it
 //!   promptly holds a bulk load as events, about 54 bytes each (docs/BENCHMARKS.md, BGP).
 

@@ -523,7 +523,28 @@ impl Core {
             .filter(|gr| gr.restart_time > 0);
         match peer_gr {
             Some(gr) if reason.graceful() => {
-                let n = self.rib.mark_stale(Source::Peer(peer));
+                // A stale path loses ties, so where this peer's path was best an equal fresh
+                // path of another peer can take over: report those changes like any other.
+                let source = Source::Peer(peer);
+                let before: Vec<(IpNet, Path)> = self
+                    .rib
+                    .iter_best()
+                    .filter(|(_, p)| p.source == source)
+                    .map(|(prefix, p)| (prefix, p.clone()))
+                    .collect();
+                let n = self.rib.mark_stale(source);
+                let changes: Vec<rib::BestChange> = before
+                    .into_iter()
+                    .filter_map(|(prefix, old)| {
+                        let new = self.rib.best(&prefix)?;
+                        (new.source != source).then(|| rib::BestChange {
+                            prefix,
+                            old: Some(old),
+                            new: Some(new.clone()),
+                        })
+                    })
+                    .collect();
+                self.propagate(changes);
                 let Some(rt) = self.peers.get_mut(&peer) else {
                     return;
                 };
@@ -538,7 +559,9 @@ impl Core {
                     timer,
                     after: Duration::from_secs(u64::from(gr.restart_time)),
                 });
-                // Stale paths stay best: tell the agent so it can show it, route unchanged.
+                // Where the stale path stays best nothing is reported: the route is unchanged
+                // and the agent does not act on `stale`, so a `Best` event per held route
+                // would only make it reconcile for nothing.
             }
             _ => {
                 let changes = self.rib.remove_where(Source::Peer(peer), |_, _| true);
