@@ -30,8 +30,8 @@ pub use registry::{
 pub use resource::{API_GROUP, API_VERSION, CalicoResource, ObjectMeta};
 pub use validate::{
     FieldError, Validate, ValidationErrors, check_community, check_qualified_name, is_dns_label,
-    is_dns_subdomain, is_iana_service_name, is_label_value, parse_cidr,
-    parse_ip_or_cidr, validate_pools_disjoint,
+    is_dns_subdomain, is_iana_service_name, is_label_value, parse_cidr, parse_ip_or_cidr,
+    validate_pools_disjoint,
 };
 pub use wepname::{
     WorkloadEndpointNameError, split_workload_endpoint_name, workload_endpoint_name,
