@@ -31,6 +31,7 @@ async fn node_status_prints_the_agents_bgp_table_or_says_it_is_not_running() {
             ready: false,
             reasons: vec!["bgp: BGP not established with 192.168.33.12".into()],
         }),
+        policy_issues: vec![],
     };
     let served = status.clone();
     let server = tokio::spawn(calico_node::status::serve(run_dir.clone(), move || {

@@ -30,6 +30,7 @@ use std::time::{Duration, Instant};
 use calico_dataplane::{Netlink, Route, RouteChange, RouteFilter, RouteTarget};
 use calico_datastore::{Datastore, EtcdClient, KindRef};
 use calico_ipam::Ipam;
+use calico_policy::isolate::{Outcome, PolicyIssue};
 use calico_policy::program::HostProgram;
 use futures::StreamExt;
 use tokio::sync::{mpsc, watch};
@@ -321,6 +322,7 @@ pub async fn run(mut cfg: NodeConfig, etcd: EtcdClient) -> Result<(), AgentError
         ipv4_peers: vec![],
         ipv6_peers: vec![],
         readiness: Some(health.readiness()),
+        policy_issues: vec![],
     }));
     let served = status.clone();
     let run_dir = cfg.run_dir.clone();
@@ -465,6 +467,9 @@ pub async fn run(mut cfg: NodeConfig, etcd: EtcdClient) -> Result<(), AgentError
                 Ok(_) => p.sync(&ds, &started.node_name).await,
                 Err(e) => Err(e),
             };
+            // The isolated issues come from the compilation, which precedes any apply error:
+            // shown whatever the outcome of the apply.
+            record_policy_issues(&metrics, &status, p.issues());
             match synced {
                 Ok(_) => {
                     if let Some(prog) = p.applied() {
@@ -598,6 +603,30 @@ async fn record_route_metrics(
             }
             Err(e) => debug!(error = %e, "IPAM usage not readable for metrics"),
         }
+    }
+}
+
+/// The policies and profiles not enforced as written: per outcome on `/metrics` (every
+/// outcome, 0 when none) and one row each in the status `calicoctl node status` shows.
+fn record_policy_issues(metrics: &Metrics, status: &Mutex<NodeStatus>, issues: &[PolicyIssue]) {
+    let outcomes = [
+        Outcome::RuleSkipped,
+        Outcome::DenyWithoutMatch,
+        Outcome::ReplacedByDeny,
+        Outcome::Dropped,
+    ];
+    metrics.replace(
+        crate::metrics::POLICY_ISSUES,
+        outcomes
+            .iter()
+            .map(|o| {
+                let n = issues.iter().filter(|i| i.outcome == *o).count();
+                (vec![("outcome", o.to_string())], n as f64)
+            })
+            .collect(),
+    );
+    if let Ok(mut s) = status.lock() {
+        s.policy_issues = issues.iter().map(Into::into).collect();
     }
 }
 

@@ -20,6 +20,10 @@
 //! - `calico_bgp_routes_installed` (gauge): routes learned over BGP and installed in the kernel.
 //! - `calico_ipam_blocks` (gauge): IPAM blocks affine to this node.
 //! - `calico_ipam_allocated_addresses` (gauge): addresses allocated in those blocks.
+//! - `calico_policy_issues{outcome}` (gauge): policies and profiles not enforced as written,
+//!   by what is done instead (`rule skipped`, `deny rule enforced without this match`,
+//!   `rules replaced by deny`, `policy not enforced`); every outcome is present, at 0 when
+//!   none, so an alert on `> 0` clears.
 //!
 //! Summaries carry `_sum` and `_count` (no quantiles): rates and averages work as with Felix's.
 //! Counter names are Felix's (no `_total` suffix), which is why this is the text format and
@@ -47,6 +51,7 @@ pub const BGP_PREFIXES_RECEIVED: &str = "calico_bgp_prefixes_received";
 pub const BGP_ROUTES_INSTALLED: &str = "calico_bgp_routes_installed";
 pub const IPAM_BLOCKS: &str = "calico_ipam_blocks";
 pub const IPAM_ALLOCATED: &str = "calico_ipam_allocated_addresses";
+pub const POLICY_ISSUES: &str = "calico_policy_issues";
 
 /// (name, type, help) of every metric, in exposition order.
 const FAMILIES: &[(&str, Type, &str)] = &[
@@ -115,6 +120,11 @@ const FAMILIES: &[(&str, Type, &str)] = &[
         IPAM_ALLOCATED,
         Type::Gauge,
         "Addresses allocated in the IPAM blocks affine to this node.",
+    ),
+    (
+        POLICY_ISSUES,
+        Type::Gauge,
+        "Policies and profiles this node does not enforce as written, by outcome.",
     ),
 ];
 

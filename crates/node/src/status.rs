@@ -59,6 +59,34 @@ pub struct NodeStatus {
     /// agent that predates it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub readiness: Option<Readiness>,
+    /// Policies and profiles this node does not enforce as written (a skipped rule, a policy
+    /// replaced by deny or dropped): the list the policy dataplane isolated in its last sync.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub policy_issues: Vec<PolicyIssueRow>,
+}
+
+/// One policy or profile not enforced as written, as `calicoctl node status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicyIssueRow {
+    /// The resource: `GlobalNetworkPolicy "x"`, `NetworkPolicy "ns/x"`, `Profile "p"`.
+    pub owner: String,
+    /// The field (the rule): `spec.ingress[0].http`, `spec.selector`.
+    pub field: String,
+    /// What the dataplane does instead: `rule skipped`, `rules replaced by deny`, …
+    pub outcome: String,
+    pub reason: String,
+}
+
+impl From<&calico_policy::isolate::PolicyIssue> for PolicyIssueRow {
+    fn from(i: &calico_policy::isolate::PolicyIssue) -> Self {
+        PolicyIssueRow {
+            owner: i.owner.clone(),
+            field: i.field.clone(),
+            outcome: i.outcome.to_string(),
+            reason: i.reason.clone(),
+        }
+    }
 }
 
 /// Whether the agent is ready, and why not.
@@ -169,6 +197,23 @@ pub fn render(status: &NodeStatus) -> String {
             }
         }
     }
+    out.push_str(&render_policy_issues(&status.policy_issues));
+    out
+}
+
+/// One line per policy or profile not enforced as written (nothing when there is none):
+/// the resource, the rule's field, what is done instead and why.
+pub fn render_policy_issues(issues: &[PolicyIssueRow]) -> String {
+    if issues.is_empty() {
+        return String::new();
+    }
+    let mut out = String::from("Policy not enforced as written:\n");
+    for i in issues {
+        out.push_str(&format!(
+            "  - {} {}: {} ({})\n",
+            i.owner, i.field, i.outcome, i.reason
+        ));
+    }
     out
 }
 
@@ -256,6 +301,7 @@ mod tests {
             }],
             ipv6_peers: vec![],
             readiness: None,
+            policy_issues: vec![],
         };
         let expected = "\
 Calico process is running.
@@ -296,6 +342,12 @@ No IPv6 peers found.
                     ready: true,
                     reasons: vec![],
                 }),
+                policy_issues: vec![PolicyIssueRow {
+                    owner: "GlobalNetworkPolicy \"web\"".into(),
+                    field: "spec.ingress[0].http".into(),
+                    outcome: "rule skipped".into(),
+                    reason: "needs the application layer".into(),
+                }],
             };
             let served = status.clone();
             let server = tokio::spawn(serve(dir.clone(), move || served.clone()));
@@ -311,6 +363,41 @@ No IPv6 peers found.
             assert_eq!(got, Some(status));
         });
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn policy_issues_follow_readiness_one_line_each() {
+        let status = NodeStatus {
+            node_name: "n".into(),
+            ipv4_peers: vec![],
+            ipv6_peers: vec![],
+            readiness: Some(Readiness {
+                ready: true,
+                reasons: vec![],
+            }),
+            policy_issues: vec![
+                PolicyIssueRow {
+                    owner: "GlobalNetworkPolicy \"web\"".into(),
+                    field: "spec.ingress[0].http".into(),
+                    outcome: "rule skipped".into(),
+                    reason: "HTTP matches need the application layer".into(),
+                },
+                PolicyIssueRow {
+                    owner: "Profile \"p\"".into(),
+                    field: "spec.ingress[1].source.selector".into(),
+                    outcome: "rules replaced by deny".into(),
+                    reason: "bad selector".into(),
+                },
+            ],
+        };
+        assert!(render(&status).ends_with(
+            "Readiness: ready\n\
+             Policy not enforced as written:\n\
+             \x20 - GlobalNetworkPolicy \"web\" spec.ingress[0].http: rule skipped (HTTP matches need the application layer)\n\
+             \x20 - Profile \"p\" spec.ingress[1].source.selector: rules replaced by deny (bad selector)\n"
+        ), "{}", render(&status));
+        // None: nothing is printed, not even the heading.
+        assert_eq!(render_policy_issues(&[]), "");
     }
 
     #[test]

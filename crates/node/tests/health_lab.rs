@@ -541,6 +541,73 @@ fn felix_configuration_fields_act_at_run_time() {
     wait_until("ready again", || readiness(&h, &health), |r| r.code == 200);
 }
 
+/// A policy with a rule the dataplane cannot enforce (an `http` match) is named, with the
+/// rule, in `calicoctl node status` (the real binary) and counted on `/metrics`; deleting
+/// the policy clears both.
+#[test]
+fn a_policy_not_enforced_as_written_is_shown_and_counted() {
+    let mut c = Cluster::new(1);
+    c.start_agent_with(1, &METRICS_ON);
+    workload_with_policy(&c, "node1");
+    let h = c.node(1).host.clone();
+    let skipped = "calico_policy_issues{outcome=\"rule skipped\"}";
+    wait_until(
+        "no issue at first",
+        || metrics(&h, "127.0.0.1:9091"),
+        |m| m.code == 200 && m.samples.get(skipped) == Some(&0.0),
+    );
+    assert!(!c.node_status(1).contains("Policy not enforced as written"));
+
+    c.with_datastore(async move |ds: &Datastore, _| {
+        let gnp: GlobalNetworkPolicy = serde_json::from_value(json!({
+            "apiVersion": "projectcalico.org/v3", "kind": "GlobalNetworkPolicy",
+            "metadata": {"name": "web-http"},
+            "spec": {"selector": "app == 'web'", "ingress": [
+                {"action": "Allow", "protocol": "TCP", "http": {"methods": ["GET"]}}
+            ]}
+        }))
+        .expect("policy");
+        ds.apply(&gnp).await.expect("policy");
+    });
+    let m = wait_until(
+        "the skipped rule counted",
+        || metrics(&h, "127.0.0.1:9091"),
+        |m| m.samples.get(skipped) == Some(&1.0),
+    );
+    assert_eq!(m.types["calico_policy_issues"], "gauge");
+    assert_eq!(
+        m.samples
+            .get("calico_policy_issues{outcome=\"rules replaced by deny\"}"),
+        Some(&0.0),
+        "{m:?}"
+    );
+    let status = c.node_status(1);
+    assert!(
+        status.contains(
+            "Policy not enforced as written:\n  - GlobalNetworkPolicy \"web-http\" spec.ingress[0].http: rule skipped ("
+        ),
+        "{status}"
+    );
+    // The other policy is still enforced: the node stays ready.
+    assert!(status.contains("Readiness: ready\n"), "{status}");
+
+    c.with_datastore(async move |ds: &Datastore, _| {
+        ds.delete::<GlobalNetworkPolicy>(None, "web-http", None)
+            .await
+            .expect("delete policy");
+    });
+    wait_until(
+        "the issue cleared",
+        || metrics(&h, "127.0.0.1:9091"),
+        |m| m.samples.get(skipped) == Some(&0.0),
+    );
+    let status = c.node_status(1);
+    assert!(
+        !status.contains("Policy not enforced as written"),
+        "{status}"
+    );
+}
+
 #[test]
 fn ipv6_support_decides_the_default_ipv6_pool() {
     let mut c = Cluster::new(2);
