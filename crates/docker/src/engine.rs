@@ -178,6 +178,39 @@ impl DockerEngine {
             })?
     }
 
+    /// Opens a connection to dockerd's socket and sends `req` on it. The returned task drives
+    /// the connection: abort it once the response body is no longer wanted.
+    async fn send(
+        &self,
+        req: Request<Full<Bytes>>,
+        http: &(dyn Fn(String) -> EngineError + Sync),
+    ) -> Result<
+        (
+            hyper::Response<hyper::body::Incoming>,
+            tokio::task::JoinHandle<Result<(), hyper::Error>>,
+        ),
+        EngineError,
+    > {
+        let stream =
+            UnixStream::connect(&self.socket)
+                .await
+                .map_err(|source| EngineError::Connect {
+                    socket: self.socket.clone(),
+                    source,
+                })?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| http(e.to_string()))?;
+        let conn = tokio::spawn(conn);
+        match sender.send_request(req).await {
+            Ok(resp) => Ok((resp, conn)),
+            Err(e) => {
+                conn.abort();
+                Err(http(e.to_string()))
+            }
+        }
+    }
+
     async fn call_inner(
         &self,
         method: Method,
@@ -189,17 +222,6 @@ impl DockerEngine {
             path: path.to_string(),
             reason,
         };
-        let stream =
-            UnixStream::connect(&self.socket)
-                .await
-                .map_err(|source| EngineError::Connect {
-                    socket: self.socket.clone(),
-                    source,
-                })?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| http(e.to_string()))?;
-        let driver = tokio::spawn(conn);
         let req = Request::builder()
             .method(method.clone())
             .uri(format!("{API}{path}"))
@@ -207,10 +229,7 @@ impl DockerEngine {
             .header("Content-Type", "application/json")
             .body(Full::new(Bytes::from(body.unwrap_or_default())))
             .map_err(|e| http(e.to_string()))?;
-        let resp = sender
-            .send_request(req)
-            .await
-            .map_err(|e| http(e.to_string()))?;
+        let (resp, driver) = self.send(req, &http).await?;
         let status = resp.status();
         let bytes = resp
             .into_body()
@@ -395,27 +414,13 @@ impl DockerEngine {
             reason,
         };
         let open = async {
-            let stream =
-                UnixStream::connect(&self.socket)
-                    .await
-                    .map_err(|source| EngineError::Connect {
-                        socket: self.socket.clone(),
-                        source,
-                    })?;
-            let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-                .await
-                .map_err(|e| http(e.to_string()))?;
-            let conn = tokio::spawn(conn);
             let req = Request::builder()
                 .method(Method::GET)
                 .uri(format!("{API}{path}"))
                 .header("Host", "docker")
                 .body(Full::new(Bytes::new()))
                 .map_err(|e| http(e.to_string()))?;
-            let resp = sender
-                .send_request(req)
-                .await
-                .map_err(|e| http(e.to_string()))?;
+            let (resp, conn) = self.send(req, &http).await?;
             if !resp.status().is_success() {
                 conn.abort();
                 return Err(EngineError::Status {
