@@ -216,9 +216,15 @@ fn default_render_has_every_object_and_passes_kubernetes_validate() {
         "value: \"192.168.0.0/16\"",
         "\"mtu\": 1440",
         "helm.sh/hook: test",
+        // IPv6 left empty: IPv4 only, no default IPv6 pool (as Calico's manifests).
+        "name: FELIX_IPV6SUPPORT\n              value: \"false\"",
     ] {
         assert!(rendered.contains(needle), "default render lacks {needle:?}");
     }
+    assert!(
+        !rendered.contains("CALICO_IPV6POOL_CIDR"),
+        "an IPv6 pool is configured although pools.ipv6.cidr is empty"
+    );
     let dir = temp_dir("default");
     let file = dir.join("rendered.yaml");
     fs::write(&file, &rendered).expect("write render");
@@ -257,6 +263,10 @@ fn non_default_render_applies_the_values_and_passes_kubernetes_validate() {
             "non-default render lacks {needle:?}"
         );
     }
+    assert!(
+        !rendered.contains("FELIX_IPV6SUPPORT"),
+        "IPv6 support turned off although pools.ipv6.cidr is set"
+    );
     assert!(
         !kinds(&rendered).contains_key("ValidatingAdmissionPolicy"),
         "admissionPolicy.enabled=false still renders the policies"

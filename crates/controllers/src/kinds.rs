@@ -6,15 +6,17 @@
 //! `status.conditions` and the other kinds get the same information in annotations under
 //! `status.projectcalico.org/`.
 //!
+//! CalicoNodeStatus is mirrored like the others (its spec into etcd, Ready in annotations); its
+//! `status` is calico-node's, written in etcd and copied back by [`crate::node_status`].
+//!
 //! Not reconciled: ClusterInformation, IPAMBlock, IPAMHandle and BlockAffinity are state that
-//! calico-node and calico-ipam keep in etcd (the chart's admission policy refuses them), and
-//! CalicoNodeStatus, whose status calico-node writes in etcd.
+//! calico-node and calico-ipam keep in etcd (the chart's admission policy refuses them).
 
 use calico_api::{
-    BGPConfiguration, BGPFilter, BGPPeer, CalicoResource, Condition, FelixConfiguration,
-    GlobalNetworkPolicy, GlobalNetworkSet, HostEndpoint, IPAMConfiguration, IPPool, IPReservation,
-    KubeControllersConfiguration, NetworkPolicy, NetworkSet, StagedGlobalNetworkPolicy,
-    StagedKubernetesNetworkPolicy, StagedNetworkPolicy, Tier, Validate,
+    BGPConfiguration, BGPFilter, BGPPeer, CalicoNodeStatus, CalicoResource, Condition,
+    FelixConfiguration, GlobalNetworkPolicy, GlobalNetworkSet, HostEndpoint, IPAMConfiguration,
+    IPPool, IPReservation, KubeControllersConfiguration, NetworkPolicy, NetworkSet,
+    StagedGlobalNetworkPolicy, StagedKubernetesNetworkPolicy, StagedNetworkPolicy, Tier, Validate,
 };
 use kube::{Api, Client};
 use serde::{Serialize, de::DeserializeOwned};
@@ -145,6 +147,8 @@ annotated_kinds!(
     cluster: BGPConfiguration,
     BGPFilter,
     BGPPeer,
+    // The status is calico-node's report (copied back from etcd), not conditions.
+    CalicoNodeStatus,
     FelixConfiguration,
     GlobalNetworkPolicy,
     GlobalNetworkSet,

@@ -33,6 +33,7 @@ pub mod kinds;
 pub mod knp;
 pub mod leader;
 pub mod mirror;
+pub mod node_status;
 pub mod nodes;
 pub mod pods;
 pub mod pool_status;

@@ -4,8 +4,10 @@
 //! `projectcalico.org/owner: kubernetes`; the controllers only ever overwrite or delete etcd
 //! objects that carry it, so an object created in etcd by calicoctl or a Docker host is never
 //! clobbered by a Kubernetes object of the same name (that is reported as a `Conflict`). The
-//! copy is written only when it differs from what etcd holds, and nothing is read back from
-//! etcd into Kubernetes, so the two sides cannot ping-pong.
+//! copy is written only when it differs from what etcd holds. A `status` in etcd belongs to
+//! etcd's side (calico-node's report in a CalicoNodeStatus): the copy never carries one, and an
+//! update keeps the stored one. Only that status is read back ([`crate::node_status`]), into
+//! the status subresource, which the mirror never copies: the two sides cannot ping-pong.
 
 use std::collections::BTreeMap;
 
@@ -98,12 +100,31 @@ fn same_content<T: CalicoResource>(stored: &T, desired: &T) -> bool {
         for k in ["uid", "resourceVersion", "creationTimestamp", "generation"] {
             meta.remove(k);
         }
+        v.as_object_mut()?.remove("status");
         Some(v)
     };
     match (strip(stored), strip(desired)) {
         (Some(a), Some(b)) => a == b,
         _ => false,
     }
+}
+
+/// `desired` with the resourceVersion (compare-and-swap) and the `status` (etcd's side's) of
+/// `stored`.
+fn with_status_of<T: CalicoResource>(stored: &T, mut desired: T) -> Result<T, serde_json::Error> {
+    desired.meta_mut().resource_version = stored.meta().resource_version.clone();
+    let status = serde_json::to_value(stored)?
+        .get("status")
+        .filter(|s| !s.is_null())
+        .cloned();
+    let Some(status) = status else {
+        return Ok(desired);
+    };
+    let mut doc = serde_json::to_value(&desired)?;
+    if let Some(map) = doc.as_object_mut() {
+        map.insert("status".into(), status);
+    }
+    serde_json::from_value(doc)
 }
 
 /// Writes and removes the etcd copies.
@@ -140,7 +161,7 @@ impl EtcdMirror {
             name: name.clone(),
             source,
         };
-        let mut desired = etcd_copy(obj).map_err(|source| MirrorError::Copy {
+        let desired = etcd_copy(obj).map_err(|source| MirrorError::Copy {
             kind: T::KIND,
             name: name.clone(),
             source,
@@ -159,7 +180,12 @@ impl EtcdMirror {
             }),
             Some(stored) if same_content(&stored, &desired) => Ok(Upserted::Unchanged),
             Some(stored) => {
-                desired.meta_mut().resource_version = stored.meta().resource_version.clone();
+                let desired =
+                    with_status_of(&stored, desired).map_err(|source| MirrorError::Copy {
+                        kind: T::KIND,
+                        name: name.clone(),
+                        source,
+                    })?;
                 self.ds.update(&desired).await.map_err(err)?;
                 Ok(Upserted::Updated)
             }
@@ -243,5 +269,35 @@ mod tests {
             Some(OWNER_KUBERNETES)
         );
         assert!(!ann.keys().any(|k| k.starts_with("kubectl.kubernetes.io/")));
+    }
+
+    #[test]
+    fn an_update_keeps_the_status_etcd_holds_and_status_alone_is_no_change() {
+        use calico_api::{
+            CalicoNodeAgent, CalicoNodeStatus, CalicoNodeStatusSpec, CalicoNodeStatusStatus,
+        };
+        let spec = |period| CalicoNodeStatusSpec {
+            node: Some("node1".into()),
+            update_period_seconds: Some(period),
+            ..Default::default()
+        };
+        let mut stored = CalicoNodeStatus::new("s", spec(10));
+        stored.metadata.resource_version = Some("7".into());
+        stored.status = Some(CalicoNodeStatusStatus {
+            last_updated: Some("2026-12-07T19:00:00Z".into()),
+            agent: Some(CalicoNodeAgent::default()),
+            ..Default::default()
+        });
+        let same = etcd_copy(&CalicoNodeStatus::new("s", spec(10))).unwrap();
+        assert!(
+            same_content(&stored, &same),
+            "calico-node's status is not a change"
+        );
+        let changed = etcd_copy(&CalicoNodeStatus::new("s", spec(5))).unwrap();
+        assert!(!same_content(&stored, &changed));
+        let written = with_status_of(&stored, changed).unwrap();
+        assert_eq!(written.spec.update_period_seconds, Some(5));
+        assert_eq!(written.status, stored.status);
+        assert_eq!(written.metadata.resource_version.as_deref(), Some("7"));
     }
 }

@@ -134,6 +134,7 @@ pub async fn run(
         controller::<IPReservation>(ctx.clone(), lost_rx.clone()).boxed(),
         controller::<IPAMConfiguration>(ctx.clone(), lost_rx.clone()).boxed(),
         controller::<KubeControllersConfiguration>(ctx.clone(), lost_rx.clone()).boxed(),
+        controller::<calico_api::CalicoNodeStatus>(ctx.clone(), lost_rx.clone()).boxed(),
     ]);
     let inputs = kubernetes_inputs(
         ctx.clone(),
@@ -141,7 +142,10 @@ pub async fn run(
         settings.leak_grace.clone(),
         lost_rx.clone(),
     );
-    let sessions = crate::bgppeer_status::run_loop(ctx.clone(), lost_rx.clone());
+    let sessions = futures::future::join(
+        crate::bgppeer_status::run_loop(ctx.clone(), lost_rx.clone()),
+        crate::node_status::run_loop(ctx.clone(), lost_rx.clone()),
+    );
     let reflections = reflect::run_loop(ctx.clone(), reflected_kinds(), lost_rx.clone());
     tokio::select! {
         _ = futures::future::join4(controllers, inputs, sessions, reflections) => {}

@@ -20,7 +20,7 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use calico_api::{IPPool, IPReservation, Node};
+use calico_api::{IPAMConfiguration, IPAMConfigurationSpec, IPPool, IPReservation, Node};
 use calico_datastore::{
     Compare, Datastore, EtcdClient, KeyValue, KvError, ResourceError, TxnOutcome, Write,
 };
@@ -33,7 +33,7 @@ use crate::block::Released;
 use crate::cidr::{Family, block_containing};
 use crate::model::{
     self, AffinityState, AffinityValue, AllocationAttribute, AllocationBlock, HandleValue,
-    IpamConfig,
+    IPAM_CONFIG_NAME, IpamConfig,
 };
 use crate::plan::{BlockFree, ExhaustedReason, PlanInput, Step, find_unclaimed, next_step};
 use crate::pool::{AllowedUse, Pool, PoolError, Reservations};
@@ -318,52 +318,68 @@ impl Ipam {
 
     // ----- settings -------------------------------------------------------------------------
 
-    /// Reads the IPAM configuration (`/calico/ipam/v2/config`), Calico's defaults when absent.
-    pub async fn get_config(&self) -> Result<(IpamConfig, Option<i64>), IpamError> {
+    /// The IPAM configuration: the `default` IPAMConfiguration (applied with calicoctl or
+    /// kubectl, or written by `calicoctl ipam configure`: one object, as Calico's), Calico's
+    /// defaults when there is none.
+    pub async fn get_config(&self) -> Result<IpamConfig, IpamError> {
+        Ok(self
+            .config_resource()
+            .await?
+            .map(|c| IpamConfig::from_spec(&c.spec))
+            .unwrap_or_default())
+    }
+
+    async fn config_resource(&self) -> Result<Option<IPAMConfiguration>, IpamError> {
         match self
-            .kv
-            .get(model::CONFIG_KEY)
+            .resources
+            .get::<IPAMConfiguration>(None, IPAM_CONFIG_NAME)
             .await
-            .map_err(etcd("get IPAM config"))?
         {
-            Some(kv) => Ok((decode(&kv.key, &kv.value)?, Some(kv.mod_revision))),
-            None => Ok((IpamConfig::default(), None)),
+            Ok(c) => Ok(c),
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(source) => Err(IpamError::Resource {
+                kind: "IPAMConfiguration",
+                source: Box::new(source),
+            }),
         }
     }
 
-    /// Writes the IPAM configuration with a compare-and-swap on what was read.
+    /// Changes the `default` IPAMConfiguration (created with Calico's defaults when absent),
+    /// with a compare-and-swap on what was read; its other fields and metadata stay.
     pub async fn set_config(
         &self,
         update: impl Fn(&mut IpamConfig),
     ) -> Result<IpamConfig, IpamError> {
         for _ in 0..self.opts.max_attempts {
-            let (mut cfg, rev) = self.get_config().await?;
+            let existing = self.config_resource().await?;
+            let mut obj = existing.clone().unwrap_or_else(|| {
+                let mut spec = IPAMConfigurationSpec::default();
+                IpamConfig::default().write_spec(&mut spec);
+                IPAMConfiguration::new(IPAM_CONFIG_NAME, spec)
+            });
+            let mut cfg = IpamConfig::from_spec(&obj.spec);
             update(&mut cfg);
-            let compare = match rev {
-                Some(revision) => Compare::ModRevision {
-                    key: model::CONFIG_KEY.into(),
-                    revision,
-                },
-                None => Compare::Absent {
-                    key: model::CONFIG_KEY.into(),
-                },
+            cfg.write_spec(&mut obj.spec);
+            let written = match existing {
+                None => self.resources.create(&obj).await,
+                Some(_) => self.resources.update(&obj).await,
             };
-            let put = Write::Put {
-                key: model::CONFIG_KEY.into(),
-                value: encode(&cfg),
-            };
-            if let TxnOutcome::Committed { .. } = self
-                .kv
-                .txn(vec![compare], vec![put])
-                .await
-                .map_err(etcd("update IPAM config"))?
-            {
-                self.invalidate_settings();
-                return Ok(cfg);
+            match written {
+                Ok(_) => {
+                    self.invalidate_settings();
+                    return Ok(cfg);
+                }
+                Err(e) if e.is_conflict() || e.is_already_exists() => continue,
+                Err(source) => {
+                    return Err(IpamError::Resource {
+                        kind: "IPAMConfiguration",
+                        source: Box::new(source),
+                    });
+                }
             }
         }
         Err(IpamError::TooManyConflicts {
-            what: "update IPAM config".into(),
+            what: "update IPAMConfiguration default".into(),
             attempts: self.opts.max_attempts,
         })
     }
@@ -388,7 +404,7 @@ impl Ipam {
                 source: Box::new(source),
             })?;
         let reservations = Arc::new(Reservations::from_resources(&res.items)?);
-        let (config, _) = self.get_config().await?;
+        let config = self.get_config().await?;
         let s = Settings {
             pools,
             reservations,

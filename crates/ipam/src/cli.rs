@@ -319,7 +319,7 @@ pub async fn show_borrowed(ipam: &Ipam) -> Result<String, CliError> {
 
 /// `calicoctl ipam show --show-configuration`.
 pub async fn show_configuration(ipam: &Ipam) -> Result<String, CliError> {
-    let (cfg, _) = ipam.get_config().await?;
+    let cfg = ipam.get_config().await?;
     let mut t = Table::new(&["PROPERTY", "VALUE"]);
     t.rows.push(vec![
         "StrictAffinity".into(),

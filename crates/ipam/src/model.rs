@@ -6,7 +6,11 @@
 //! | block | `/calico/ipam/v2/assignment/ipv4/block/10.0.0.64-26` | [`AllocationBlock`] |
 //! | affinity | `/calico/ipam/v2/host/<node>/ipv4/block/10.0.0.64-26` | [`AffinityValue`] |
 //! | handle | `/calico/ipam/v2/handle/<handle id>` | [`HandleValue`] |
-//! | config | `/calico/ipam/v2/config` | [`IpamConfig`] |
+//!
+//! The cluster-wide settings ([`IpamConfig`]) are not a record of this model: they are the
+//! `default` IPAMConfiguration resource (`/calico/resources/v3/projectcalico.org/
+//! ipamconfigurations/default`), the one object that calicoctl, kubectl (through the
+//! controllers' mirror) and `calicoctl ipam configure` all write and the allocator reads.
 
 use std::collections::BTreeMap;
 
@@ -19,7 +23,8 @@ pub const IPAM_PREFIX: &str = "/calico/ipam/v2/";
 pub const BLOCKS_PREFIX: &str = "/calico/ipam/v2/assignment/";
 pub const HOSTS_PREFIX: &str = "/calico/ipam/v2/host/";
 pub const HANDLES_PREFIX: &str = "/calico/ipam/v2/handle/";
-pub const CONFIG_KEY: &str = "/calico/ipam/v2/config";
+/// The one IPAMConfiguration that counts (Calico reads only `default`).
+pub const IPAM_CONFIG_NAME: &str = "default";
 
 /// Attribute keys Calico clients set on allocations.
 pub const ATTR_NODE: &str = "node";
@@ -171,29 +176,39 @@ impl HandleValue {
     }
 }
 
-/// Cluster-wide IPAM settings at [`CONFIG_KEY`] (the etcd form of the `default`
-/// IPAMConfiguration).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// Cluster-wide IPAM settings: what the allocator takes from the `default`
+/// IPAMConfiguration's spec.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct IpamConfig {
-    #[serde(rename = "strict_affinity", default, skip_serializing_if = "is_false")]
     pub strict_affinity: bool,
-    #[serde(
-        rename = "auto_allocate_blocks",
-        default,
-        skip_serializing_if = "is_false"
-    )]
     pub auto_allocate_blocks: bool,
     /// 0 means unlimited.
-    #[serde(rename = "maxBlocksPerHost", default, skip_serializing_if = "is_zero")]
     pub max_blocks_per_host: u32,
 }
 
-fn is_false(b: &bool) -> bool {
-    !*b
-}
+impl IpamConfig {
+    /// The settings of an IPAMConfiguration spec (a negative maxBlocksPerHost, which
+    /// validation refuses, counts as unlimited).
+    pub fn from_spec(spec: &calico_api::IPAMConfigurationSpec) -> IpamConfig {
+        IpamConfig {
+            strict_affinity: spec.strict_affinity,
+            auto_allocate_blocks: spec.auto_allocate_blocks,
+            max_blocks_per_host: spec
+                .max_blocks_per_host
+                .and_then(|m| u32::try_from(m).ok())
+                .unwrap_or(0),
+        }
+    }
 
-fn is_zero(n: &u32) -> bool {
-    *n == 0
+    /// Writes these settings into `spec`, leaving its other fields alone.
+    pub fn write_spec(&self, spec: &mut calico_api::IPAMConfigurationSpec) {
+        spec.strict_affinity = self.strict_affinity;
+        spec.auto_allocate_blocks = self.auto_allocate_blocks;
+        spec.max_blocks_per_host = match self.max_blocks_per_host {
+            0 => None,
+            m => Some(i32::try_from(m).unwrap_or(i32::MAX)),
+        };
+    }
 }
 
 impl Default for IpamConfig {
@@ -271,9 +286,21 @@ mod tests {
             serde_json::to_string(&a).unwrap(),
             r#"{"state":"pending","deleted":false}"#
         );
-        let c: IpamConfig =
-            serde_json::from_str(r#"{"strict_affinity":true,"auto_allocate_blocks":true}"#)
-                .unwrap();
-        assert!(c.strict_affinity && c.auto_allocate_blocks && c.max_blocks_per_host == 0);
+        let mut spec = calico_api::IPAMConfigurationSpec {
+            strict_affinity: true,
+            auto_allocate_blocks: true,
+            max_blocks_per_host: Some(4),
+            ip_cooldown_seconds: Some(10),
+            ..Default::default()
+        };
+        let c = IpamConfig::from_spec(&spec);
+        assert!(c.strict_affinity && c.auto_allocate_blocks && c.max_blocks_per_host == 4);
+        IpamConfig {
+            max_blocks_per_host: 0,
+            ..c
+        }
+        .write_spec(&mut spec);
+        assert_eq!(spec.max_blocks_per_host, None);
+        assert_eq!(spec.ip_cooldown_seconds, Some(10), "other fields stay");
     }
 }

@@ -563,3 +563,64 @@ async fn check_without_any_node_resources_does_not_condemn_every_block() {
     );
     assert!(r.text.contains("No Node resources found"), "{}", r.text);
 }
+
+/// The IPAM settings are the `default` IPAMConfiguration, whoever writes it: an object applied
+/// as calicoctl (or the controllers' mirror of `kubectl apply`) does is what auto_assign obeys,
+/// and `calicoctl ipam configure` changes that same object (its other fields and labels kept).
+#[tokio::test]
+async fn the_ipamconfiguration_resource_is_the_one_source_of_settings() {
+    let etcd = Etcd::start();
+    let ipam = etcd.ipam().await;
+    let ds = ipam.datastore().clone();
+    create_pool(&ds, "p", "10.57.0.0/24", 26, json!({})).await;
+    create_node(&ds, "n1", json!({})).await;
+
+    let mut applied = calico_api::IPAMConfiguration::new(
+        "default",
+        calico_api::IPAMConfigurationSpec {
+            auto_allocate_blocks: false,
+            strict_affinity: true,
+            ..Default::default()
+        },
+    );
+    applied.metadata.labels = Some([("owner".to_string(), "ops".to_string())].into());
+    ds.create(&applied).await.unwrap();
+    ipam.invalidate_settings();
+    let err = ipam.auto_assign(args("n1", 1, 0, "h1")).await.unwrap_err();
+    assert!(
+        matches!(err, IpamError::Exhausted { .. }),
+        "no block may be claimed with autoAllocateBlocks false: {err}"
+    );
+    let shown = cli::show_configuration(&ipam).await.unwrap();
+    assert!(
+        shown
+            .lines()
+            .any(|l| l.contains("AutoAllocateBlocks") && l.contains("false")),
+        "{shown}"
+    );
+
+    // `calicoctl ipam configure` edits the same object.
+    cli::configure(&ipam, Some(false), Some(3)).await.unwrap();
+    let stored: calico_api::IPAMConfiguration = ds.get(None, "default").await.unwrap().unwrap();
+    assert!(!stored.spec.strict_affinity);
+    assert_eq!(stored.spec.max_blocks_per_host, Some(3));
+    assert!(!stored.spec.auto_allocate_blocks, "untouched field kept");
+    assert_eq!(stored.metadata.labels, applied.metadata.labels);
+
+    // Block allocation back on (as kubectl apply would change it): the host gets a block.
+    let mut on = stored.clone();
+    on.spec.auto_allocate_blocks = true;
+    ds.update(&on).await.unwrap();
+    ipam.invalidate_settings();
+    let got = ipam.auto_assign(args("n1", 1, 0, "h2")).await.unwrap();
+    assert_eq!(got.v4.len(), 1);
+    assert_eq!(
+        ipam.kv()
+            .get("/calico/ipam/v2/config")
+            .await
+            .unwrap()
+            .map(|kv| kv.key),
+        None,
+        "nothing is written to Calico's etcd-mode key"
+    );
+}

@@ -169,10 +169,35 @@ fn felix_configuration(f: &FelixConfiguration, e: &mut Errs) {
 }
 
 fn ipam_configuration(c: &IPAMConfiguration, e: &mut Errs) {
+    // As Calico: IPAM reads only the object named default.
+    let name = c.metadata.name.as_deref().unwrap_or_default();
+    if name != "default" {
+        e.add(
+            "metadata.name",
+            format!(
+                "{name:?}: the IPAMConfiguration must be named default (the only one IPAM reads)"
+            ),
+        );
+    }
     if let Some(m) = c.spec.max_blocks_per_host
         && m < 0
     {
         e.add("spec.maxBlocksPerHost", format!("{m} is negative"));
+    }
+    // Accepted fields must act: these two have no effect in calico-rs, so they are refused.
+    if let Some(secs) = c.spec.ip_cooldown_seconds
+        && secs != 0
+    {
+        e.add(
+            "spec.ipCooldownSeconds",
+            format!("{secs}: not implemented by calico-rs (a released address is free at once); leave it unset or 0"),
+        );
+    }
+    if c.spec.kube_virt_vm_address_persistence == Some(Enablement::Enabled) {
+        e.add(
+            "spec.kubeVirtVMAddressPersistence",
+            "Enabled: not implemented by calico-rs (no KubeVirt integration)",
+        );
     }
 }
 
