@@ -8,8 +8,10 @@
 #
 # Hosts (crates/lab/src/cluster): k8s-etcd 192.168.33.10 (Calico's etcd), k8s-kube
 # 192.168.33.20 (etcd, kube-apiserver :6443, controller manager, scheduler), k8s-node1
-# 192.168.33.11 and k8s-node2 192.168.33.12 (containerd, kubelet, kube-proxy each). Every
-# address lives inside those namespaces; the host namespace is not touched.
+# 192.168.33.11 and k8s-node2 192.168.33.12 (containerd, kubelet, kube-proxy each), and the
+# Docker host k8s-docker1 192.168.33.13 (dockerd, calico-node by `calicoctl node run`, as in the
+# seed lab) on the same Calico etcd and BGP mesh. Every address lives inside those namespaces;
+# the host namespace is not touched.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [[ $(id -u) == 0 ]] || { echo "k8s-lab.sh: run as root (it creates network namespaces)" >&2; exit 1; }
@@ -23,6 +25,12 @@ ETCD=http://192.168.33.10:2379
 
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 kc() { nsenter --net=/run/netns/$API_NS "$BIN/kubectl" --kubeconfig "$KUBECONFIG_FILE" "$@"; }
+DOCKER_SOCK=/run/calico-lab/k8s/docker1/docker/docker.sock
+docker1() { docker -H "unix://$DOCKER_SOCK" "$@"; }
+calicoctl_docker1() {
+  nsenter --net=/run/netns/k8s-docker1 env DATASTORE_TYPE=etcdv3 ETCD_ENDPOINTS=$ETCD \
+    DOCKER_HOST="unix://$DOCKER_SOCK" CALICO_RUN_DIR=/run/calico-lab/k8s/docker1/run target/debug/calicoctl "$@"
+}
 calicoctl_etcd() { nsenter --net=/run/netns/k8s-etcd env DATASTORE_TYPE=etcdv3 ETCD_ENDPOINTS=$ETCD target/debug/calicoctl "$@"; }
 
 # Bounded wait: wait_for SECONDS DESCRIPTION COMMAND...
@@ -56,8 +64,8 @@ if [[ -e /run/calico-lab/runs/k8s.json ]]; then
   $LAB k8s down
 fi
 
-say "Cluster: LAN, Calico etcd, control plane, two nodes; helm install calico-rs (calico-lab k8s up)"
-$LAB k8s up --images "$IMAGES" --chart charts/calico-rs
+say "Cluster: LAN, Calico etcd, control plane, two nodes; helm install calico-rs; the Docker host (calico-lab k8s up)"
+$LAB k8s up --images "$IMAGES" --chart charts/calico-rs --docker-host
 
 say "kubectl get nodes -o wide"
 kc get nodes -o wide
@@ -95,11 +103,28 @@ kc wait --for=condition=Ready pod/bbox1 pod/bbox2 --timeout=180s
 say "kubectl get pods -o wide"
 kc get pods -o wide
 
-say "calicoctl node status (inside each calico-node pod)"
+say "[root@docker1 ~]# docker network create --driver calico --ipam-driver calico-ipam docknet"
+docker1 network create --driver calico --ipam-driver calico-ipam docknet
+say "[root@docker1 ~]# docker container run --net docknet --name dbox -tid busybox"
+docker1 container run --net docknet --name dbox -tid busybox
+dbox_ip=$(docker1 inspect -f '{{(index .NetworkSettings.Networks "docknet").IPAddress}}' dbox)
+echo "dbox: $dbox_ip"
+
+# Full mesh of three: every node has two peers Established.
+mesh_up() {
+  for pod in $(kc get pods -n kube-system -l app.kubernetes.io/name=calico-node -o name); do
+    [[ $(kc exec -n kube-system "$pod" -c calico-node -- calicoctl node status | grep -c Established) == 2 ]] || return 1
+  done
+  [[ $(calicoctl_docker1 node status | grep -c Established) == 2 ]]
+}
+wait_for 90 "BGP Established between node1, node2 and docker1" mesh_up
+say "calicoctl node status (inside each calico-node pod, and on the Docker host)"
 for pod in $(kc get pods -n kube-system -l app.kubernetes.io/name=calico-node -o name); do
-  echo "# $pod"
+  echo "# $(kc get -n kube-system "$pod" -o jsonpath='{.spec.nodeName}') ($pod)"
   kc exec -n kube-system "$pod" -c calico-node -- calicoctl node status
 done
+echo "# docker1 (calicoctl on the Docker host)"
+calicoctl_docker1 node status
 
 bbox2_ip=$(kc get pod bbox2 -o jsonpath='{.status.podIP}')
 say "kubectl exec bbox1 -- ip a"
@@ -109,6 +134,36 @@ kc exec bbox1 -- ping -c 4 "$bbox2_ip"
 say "kubectl logs bbox2"
 kc logs bbox2
 
+# docknet's profile admits only docknet's members (as the seed's networks): the pod is refused.
+wait_for 60 "node1's route to dbox" sh -c "ip netns exec k8s-node1 ip route get $dbox_ip | grep -q via"
+say "kubectl exec bbox1 -- ping -c 2 -W 1 $dbox_ip   (dbox on docker1, before the policy)"
+if kc exec bbox1 -- ping -c 2 -W 1 "$dbox_ip"; then
+  echo "unexpected: dbox answered a pod that is not on docknet" >&2; exit 1
+fi
+echo "refused: bbox1 is not a member of docknet"
+
+say "kubectl apply -f - (GlobalNetworkPolicy admit-default-into-docknet)"
+kc apply -f - <<YAML
+apiVersion: projectcalico.org/v3
+kind: GlobalNetworkPolicy
+metadata:
+  name: admit-default-into-docknet
+spec:
+  # Docker endpoints on docknet carry the label docknet (the network's profile applies it).
+  selector: has(docknet)
+  types: [Ingress]
+  ingress:
+    # Pods of namespace default...
+    - action: Allow
+      source:
+        selector: projectcalico.org/namespace == 'default'
+    # ...and everything else goes on to the profile (docknet's own members).
+    - action: Pass
+YAML
+wait_for 60 "the policy to admit bbox1 into docknet" kc exec bbox1 -- ping -c 1 -W 1 "$dbox_ip"
+say "kubectl exec bbox1 -- ping -c 4 $dbox_ip   (dbox on docker1, after the policy)"
+kc exec bbox1 -- ping -c 4 "$dbox_ip"
+
 cat <<EOF
 
 The Kubernetes lab is up.
@@ -116,6 +171,7 @@ The Kubernetes lab is up.
   kubectl and helm:  $BIN/kubectl, $BIN/helm
   kubectl from the host: sudo nsenter --net=/run/netns/$API_NS $BIN/kubectl --kubeconfig $KUBECONFIG_FILE get pods -A
   (the API server lives on the lab's LAN; the host namespace has no route to it)
+  the Docker host:   docker -H unix://$DOCKER_SOCK ps
 Tear it down:
   sudo scripts/k8s-lab.sh down
 EOF

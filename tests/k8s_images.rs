@@ -127,6 +127,7 @@ fn chart_images_build_and_run() {
             state_dir: lab.dir.join("docker"),
             plugins_dir: lab.dir.join("plugins"),
             start_timeout: Duration::from_secs(30),
+            cgroup_parent: None,
         }))
         .expect("dockerd");
 

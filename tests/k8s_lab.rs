@@ -1,7 +1,10 @@
 //! The Kubernetes lab command, end to end, exactly as a user runs it: `scripts/k8s-lab.sh`
 //! builds the cluster (control plane and two nodes in lab namespaces), installs calico-rs with
-//! `helm install`, applies manifests/ippool.yaml with kubectl, starts a pod on each node and
-//! shows it working; the results are asserted one by one from its output. `down` then removes
+//! `helm install`, adds the Docker host (dockerd, `calicoctl node run`), applies
+//! manifests/ippool.yaml with kubectl, starts a pod on each node and a container on the Docker
+//! host, and shows it working; the results are asserted one by one from its output: BGP
+//! Established on all three, pod to pod across nodes, pod to the Docker container refused
+//! until a Calico policy applied with kubectl admits the pod's namespace into its network. `down` then removes
 //! every namespace and the admin kubeconfig, also when an assertion fails (guard).
 
 use std::process::{Command, Output};
@@ -10,7 +13,7 @@ const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
 fn script(args: &[&str]) -> Output {
     Command::new("timeout")
-        .arg("900")
+        .arg("1200")
         .arg("bash")
         .arg(format!("{ROOT}/scripts/k8s-lab.sh"))
         .args(args)
@@ -101,15 +104,49 @@ fn k8s_lab_command_brings_up_calico_on_kubernetes() {
             "{line}"
         );
     }
-    // BGP Established on both nodes.
+    // BGP: a full mesh of three, every node (the Docker host included) Established with the
+    // two others.
     let status = section(&stdout, "calicoctl node status");
-    assert_eq!(
-        status.iter().filter(|l| l.contains("Established")).count(),
-        2,
-        "{status:?}"
+    for node in ["node1", "node2", "docker1"] {
+        let own: Vec<&&str> = status
+            .iter()
+            .skip_while(|l| !l.starts_with(&format!("# {node}")))
+            .skip(1)
+            .take_while(|l| !l.starts_with("# "))
+            .collect();
+        assert_eq!(
+            own.iter().filter(|l| l.contains("Established")).count(),
+            2,
+            "{node}: {status:?}"
+        );
+    }
+    // The Docker host's container has an address from the same pool.
+    let dbox = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("dbox: "))
+        .unwrap_or_else(|| panic!("no dbox address in:\n{stdout}"));
+    assert!(dbox.starts_with("10.244."), "{dbox}");
+    // Before the policy the pod is not a member of docknet: no answer. After the Calico
+    // policy applied with kubectl: answers, through node1 and docker1 (ttl 62).
+    let before = section(&stdout, "before the policy");
+    assert!(
+        before.iter().any(|l| l.contains("0 packets received")),
+        "{before:?}"
     );
+    assert!(
+        before
+            .iter()
+            .any(|l| l.contains("refused: bbox1 is not a member of docknet")),
+        "{before:?}"
+    );
+    let after = section(&stdout, "after the policy");
+    assert!(
+        after.iter().any(|l| l.contains("4 packets received")),
+        "{after:?}"
+    );
+    assert!(after.iter().any(|l| l.contains("ttl=62")), "{after:?}");
     // Cross-node ping through kubectl exec, two routers on the way; kubectl logs.
-    let ping = section(&stdout, "ping -c 4");
+    let ping = section(&stdout, "(bbox2 on node2)");
     assert!(
         ping.iter().any(|l| l.contains("4 packets received")),
         "{ping:?}"
@@ -128,9 +165,20 @@ fn k8s_lab_command_brings_up_calico_on_kubernetes() {
     );
 
     drop(guard);
+    for ns in ["k8s-kube", "k8s-docker1"] {
+        assert!(
+            !std::path::Path::new("/run/netns").join(ns).exists(),
+            "namespace {ns} left behind"
+        );
+    }
+    let dockerds = Command::new("pgrep")
+        .args(["-f", "/run/calico-lab/k8s/docker1/docker"])
+        .output()
+        .expect("pgrep");
     assert!(
-        !std::path::Path::new("/run/netns/k8s-kube").exists(),
-        "namespace left behind"
+        dockerds.stdout.is_empty(),
+        "the Docker host's daemons are left behind: {}",
+        String::from_utf8_lossy(&dockerds.stdout)
     );
     assert!(
         !std::path::Path::new("/run/calico-rs-k8s").exists(),

@@ -19,6 +19,7 @@ fn scratch_images_run() {
             state_dir: dir.path().join("docker"),
             plugins_dir: dir.path().join("plugins"),
             start_timeout: Duration::from_secs(30),
+            cgroup_parent: None,
         })
         .await
         .expect("dockerd");

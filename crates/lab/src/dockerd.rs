@@ -60,6 +60,9 @@ pub struct DockerdConfig {
     /// The directory this daemon sees as /run/docker/plugins (created).
     pub plugins_dir: PathBuf,
     pub start_timeout: Duration,
+    /// `--cgroup-parent` for the containers (e.g. a per-run `/calico-lab-<id>-docker` that the
+    /// run records, so teardown finds every container process); `None`: dockerd's `docker`.
+    pub cgroup_parent: Option<String>,
 }
 
 /// A running dockerd; stopped (and its containerd reaped) on drop.
@@ -103,12 +106,17 @@ impl Dockerd {
     /// The shell script run inside the private mount namespace.
     pub fn script(config: &DockerdConfig) -> String {
         let s = config.state_dir.display();
+        let cgroup_parent = config
+            .cgroup_parent
+            .as_ref()
+            .map(|c| format!(" --cgroup-parent '{c}'"))
+            .unwrap_or_default();
         format!(
             "mkdir -p /run/docker/plugins && mount --bind '{plugins}' /run/docker/plugins && \
              exec nsenter --net=/run/netns/{ns} dockerd --config-file '{s}/daemon.json' \
              --data-root '{s}/data' --exec-root '{s}/exec' -H 'unix://{s}/docker.sock' \
              --pidfile '{s}/docker.pid' --bridge=none --iptables=false --ip6tables=false \
-             --shutdown-timeout 5",
+             --shutdown-timeout 5{cgroup_parent}",
             plugins = config.plugins_dir.display(),
             ns = config.netns,
         )
@@ -248,16 +256,22 @@ impl Dockerd {
         out
     }
 
-    /// Kills the processes of each leftover container (found through its cgroup, `docker/<id>`
-    /// under every v1 controller, as the cgroupfs driver lays them out), removes the emptied
-    /// cgroups, and kills the shim.
+    /// Kills the processes of each leftover container (found through its cgroup,
+    /// `<cgroup parent>/<id>` under every v1 controller, as the cgroupfs driver lays them out),
+    /// removes the emptied cgroups, and kills the shim.
     fn reap_shims(&self) {
+        let parent = self
+            .config
+            .cgroup_parent
+            .as_deref()
+            .unwrap_or("docker")
+            .trim_start_matches('/');
         for (shim, id) in self.leftover_shims() {
             let dirs: Vec<PathBuf> = std::fs::read_dir("/sys/fs/cgroup")
                 .into_iter()
                 .flatten()
                 .flatten()
-                .map(|c| c.path().join("docker").join(&id))
+                .map(|c| c.path().join(parent).join(&id))
                 .filter(|d| d.is_dir())
                 .collect();
             for dir in &dirs {
@@ -306,6 +320,20 @@ impl Dockerd {
             // SAFETY: kill(2) on a pid verified above to be the containerd of our daemon.
             unsafe { libc::kill(pid, libc::SIGKILL) };
         }
+    }
+}
+
+impl Dockerd {
+    /// Leaves the daemon running after `self` is dropped (a detached lab: `calico-lab k8s
+    /// up`); returns its PID for the run record, whose teardown kills it.
+    pub fn detach(mut self) -> Option<u32> {
+        self.stopped = true;
+        self.child.take().map(|c| c.id())
+    }
+
+    /// The daemon's PID while this value owns it.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 }
 

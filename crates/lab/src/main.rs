@@ -62,6 +62,11 @@ enum K8sCmd {
         /// until it runs on every node.
         #[arg(long)]
         chart: Option<std::path::PathBuf>,
+        /// Then start the Docker host docker1 (192.168.33.13): dockerd and calico-node by
+        /// `calicoctl node run` (calicoctl and calico-node from this program's directory),
+        /// on the same Calico etcd and BGP mesh. Needs --chart.
+        #[arg(long, requires = "chart")]
+        docker_host: bool,
     },
     /// Stop every daemon and pod of the Kubernetes lab and delete its namespaces.
     Down,
@@ -177,7 +182,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             bail!("cannot run {command:?} in {ns}: {err}");
         }
         Cmd::K8s {
-            action: K8sCmd::Up { images, chart },
+            action:
+                K8sCmd::Up {
+                    images,
+                    chart,
+                    docker_host,
+                },
         } => {
             use calico_lab::cluster::{KubeLab, KubeLabOptions};
             println!("calico-lab: bringing up the Kubernetes lab");
@@ -205,6 +215,26 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 kube.install_calico(&chart, &[], std::time::Duration::from_secs(600))
                     .context("installing calico-rs")?;
                 println!("  calico-rs is running ({:.0?})", started.elapsed());
+            }
+            if docker_host {
+                let bin_dir = std::env::current_exe()?
+                    .parent()
+                    .map(std::path::Path::to_owned)
+                    .context("calico-lab's directory")?;
+                let (name, addr) = calico_lab::cluster::DOCKER_HOST;
+                println!(
+                    "  Docker host {name} ({addr}): dockerd, calicoctl node run --name {name} --node-image={} --no-default-ippools (starting...)",
+                    calico_lab::cluster::DOCKER_NODE_IMAGE
+                );
+                let started = std::time::Instant::now();
+                let host = kube
+                    .start_docker_host(&bin_dir.join("calicoctl"), &bin_dir.join("calico-node"))
+                    .context("starting the Docker host")?;
+                println!(
+                    "  Docker host {name} is running ({:.0?}): docker -H unix://{}",
+                    started.elapsed(),
+                    host.socket().display()
+                );
             }
             std::fs::create_dir_all(K8S_PUBLIC_DIR)?;
             let public = std::path::Path::new(K8S_PUBLIC_DIR).join("admin.kubeconfig");

@@ -345,6 +345,7 @@ impl Host {
             state_dir: state,
             plugins_dir: plugins,
             start_timeout: Duration::from_secs(30),
+            cgroup_parent: None,
         })
         .await
         .expect("dockerd");

@@ -7,12 +7,14 @@
 //! | `kube`  | 192.168.33.20/24 | [`ControlPlane`]: etcd, kube-apiserver :6443, controller manager, scheduler |
 //! | `node1` | 192.168.33.11/24 | [`KubeNode`]: containerd, kubelet, kube-proxy |
 //! | `node2` | 192.168.33.12/24 | [`KubeNode`] |
+//! | `docker1` | 192.168.33.13/24 | [`DockerHost`]: dockerd, calico-node (`calicoctl node run`); added by [`KubeLab::start_docker_host`] |
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
+use super::docker_host::{DOCKER_HOST, DockerHost, DockerHostOptions};
 use super::{ClusterError, ControlPlane, ControlPlaneOptions, KubeNode, KubeNodeOptions};
 use crate::etcd::{Etcd, EtcdOptions};
 use crate::lab::{Host, Lab, output_bounded};
@@ -59,7 +61,8 @@ impl Default for KubeLabOptions {
 /// mount and cgroup (unless detached).
 #[derive(Debug)]
 pub struct KubeLab {
-    // Dropped in this order: nodes, control plane, Calico etcd, then the lab.
+    // Dropped in this order: Docker host, nodes, control plane, Calico etcd, then the lab.
+    docker_host: Option<DockerHost>,
     nodes: Vec<KubeNode>,
     control_plane: ControlPlane,
     calico_etcd: Option<Etcd>,
@@ -145,6 +148,7 @@ impl KubeLab {
             ));
         }
         Ok(KubeLab {
+            docker_host: None,
             nodes,
             control_plane,
             calico_etcd,
@@ -331,6 +335,7 @@ impl KubeLab {
     /// returns the run id. `calico-lab k8s down` removes it.
     pub fn detach(self) -> Result<String, ClusterError> {
         let KubeLab {
+            docker_host,
             nodes,
             control_plane,
             calico_etcd,
@@ -338,6 +343,9 @@ impl KubeLab {
             ..
         } = self;
         // Detached components do nothing on drop.
+        if let Some(d) = docker_host {
+            d.detach();
+        }
         drop(nodes);
         drop(control_plane);
         drop(calico_etcd);
@@ -351,6 +359,31 @@ impl KubeLab {
 }
 
 impl KubeLab {
+    /// Adds the Docker host ([`DOCKER_HOST`]) on the LAN: dockerd and calico-node (`calicoctl
+    /// node run`) on the Calico etcd, in the nodes' BGP mesh. Call it once calico-rs is
+    /// installed (the pools exist). [`KubeLab::detach`] detaches it with the rest.
+    pub fn start_docker_host(
+        &mut self,
+        calicoctl: &Path,
+        calico_node: &Path,
+    ) -> Result<&DockerHost, ClusterError> {
+        let host = self.lab.add_host(DOCKER_HOST.0, DOCKER_HOST.1)?;
+        let docker_host = DockerHost::start(
+            &host,
+            DockerHostOptions {
+                etcd_endpoint: self.calico_etcd_endpoint.clone(),
+                calicoctl: calicoctl.to_owned(),
+                calico_node: calico_node.to_owned(),
+            },
+        )?;
+        Ok(self.docker_host.insert(docker_host))
+    }
+
+    /// The Docker host, once started.
+    pub fn docker_host(&self) -> Option<&DockerHost> {
+        self.docker_host.as_ref()
+    }
+
     /// `calicoctl ARGS` against the Calico etcd (run inside its host), bounded (60 s).
     pub fn calicoctl(&self, calicoctl: &Path, args: &[&str]) -> Result<Output, ClusterError> {
         let mut cmd = Command::new("nsenter");

@@ -7,6 +7,8 @@
 //!   sharing a per-node mount namespace (hostPaths such as `/etc/cni/net.d` and
 //!   `/var/run/calico` are per node, as on separate machines), pod cgroups under a per-node
 //!   cgroup root.
+//! - [`DockerHost`]: a Docker host as in the seed lab (dockerd, `calicoctl node run`) on the
+//!   same Calico etcd and BGP mesh.
 //!
 //! Teardown is the lab's: every daemon is a guarded child (or recorded in the run when
 //! detached), and the run record lists the per-node cgroup roots and keeps every mount under the
@@ -14,12 +16,16 @@
 //! processes (by cgroup), daemons (by namespace), mounts, namespaces.
 
 mod control_plane;
+mod docker_host;
 mod kube_lab;
 mod node;
 pub mod pki;
 
 pub use control_plane::{
     API_PORT, API_SERVICE_IP, ControlPlane, ControlPlaneOptions, SERVICE_CIDR,
+};
+pub use docker_host::{
+    DOCKER_BUSYBOX_IMAGE, DOCKER_HOST, DOCKER_NODE_IMAGE, DockerHost, DockerHostOptions,
 };
 pub use kube_lab::{
     BOOTSTRAP_POOL_CIDR, CALICO_ETCD_HOST, CONTROL_PLANE_HOST, KubeLab, KubeLabOptions, NODE_HOSTS,
