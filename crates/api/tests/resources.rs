@@ -463,6 +463,20 @@ fn every_kind_accepts_a_valid_document_and_names_the_fields_of_an_invalid_one() 
             &["spec.maxBlocksPerHost"],
         ),
         (
+            "IPAMConfiguration",
+            "metadata: {name: default}\nspec: {strictAffinity: false, autoAllocateBlocks: true, ipCooldownSeconds: 0, kubeVirtVMAddressPersistence: Disabled}",
+            &[],
+        ),
+        (
+            "IPAMConfiguration",
+            "metadata: {name: other}\nspec: {strictAffinity: false, autoAllocateBlocks: true, ipCooldownSeconds: 30, kubeVirtVMAddressPersistence: Enabled}",
+            &[
+                "metadata.name",
+                "spec.ipCooldownSeconds",
+                "spec.kubeVirtVMAddressPersistence",
+            ],
+        ),
+        (
             "BGPConfiguration",
             "metadata: {name: default}\nspec: {asNumber: 64512, nodeToNodeMeshEnabled: true}",
             &[],

@@ -281,7 +281,8 @@ mod tests {
             update_period_seconds: Some(period),
             ..Default::default()
         };
-        let mut stored = CalicoNodeStatus::new("s", spec(10));
+        // As etcd holds it: the mirror's copy, then calico-node's status.
+        let mut stored = etcd_copy(&CalicoNodeStatus::new("s", spec(10))).unwrap();
         stored.metadata.resource_version = Some("7".into());
         stored.status = Some(CalicoNodeStatusStatus {
             last_updated: Some("2026-12-07T19:00:00Z".into()),
