@@ -1,0 +1,355 @@
+//! VXLAN overlays with real calico-node agents: nodes on DIFFERENT subnets (192.168.33.0/24
+//! and 192.168.34.0/24) joined by a router (the lab's LAN namespace, which routes between the
+//! subnets and has no route to any pod), workloads pinging and opening TCP across it; the
+//! kernel state each agent programs (`vxlan.calico`, FDB, neighbours, routes); CrossSubnet
+//! with a third node reached natively; the VXLAN backend without BGP; a restart that touches
+//! nothing; a removed node whose routes and entries are withdrawn.
+//!
+//! Needs root and `target/debug/calico-node` + `calicoctl`
+//! (`cargo build -p calico-rs --bin calico-node --bin calicoctl`).
+
+mod cluster_support;
+use cluster_support::*;
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use calico_api::{Node, ObjectMeta, Profile, ProfileSpec, WorkloadEndpoint, WorkloadEndpointSpec};
+use calico_datastore::Datastore;
+use calico_ipam::Ipam;
+use calico_lab::Host;
+
+const ALLOW_ALL: &str = "overlay-allow-all";
+
+/// A workload behind a veth on node `node` with `ip` (Calico's CNI recipe, from the lab),
+/// and its WorkloadEndpoint with an allow-all profile.
+fn workload(c: &Cluster, name: &str, node: usize, ip: IpAddr) -> Host {
+    let IpAddr::V4(ip4) = ip else {
+        panic!("IPv4 workloads here")
+    };
+    let wl = c
+        .lab
+        .add_workload(&c.node(node).host, name, ip4)
+        .expect("workload plumbing");
+    let iface = format!("cali{name}");
+    let node_name = c.node(node).name.clone();
+    let wep_name = format!("{node_name}-libnetwork-libnetwork-{name}");
+    let name = name.to_string();
+    c.with_datastore(async move |ds: &Datastore, _| {
+        let allow: ProfileSpec = serde_json::from_value(serde_json::json!({
+            "ingress": [{"action": "Allow"}],
+            "egress": [{"action": "Allow"}],
+        }))
+        .expect("profile");
+        ds.apply(&Profile::new(ALLOW_ALL, allow))
+            .await
+            .expect("apply Profile");
+        let mut wep = WorkloadEndpoint::new(
+            &wep_name,
+            WorkloadEndpointSpec {
+                orchestrator: Some("libnetwork".into()),
+                workload: Some("libnetwork".into()),
+                node: Some(node_name),
+                endpoint: Some(name),
+                interface_name: Some(iface),
+                ip_networks: vec![format!("{ip}/32")],
+                profiles: vec![ALLOW_ALL.into()],
+                ..Default::default()
+            },
+        );
+        wep.metadata = ObjectMeta {
+            name: Some(wep_name.clone()),
+            namespace: Some("default".into()),
+            ..Default::default()
+        };
+        ds.create(&wep).await.expect("create WorkloadEndpoint");
+    });
+    wl
+}
+
+/// The VXLAN tunnel address and VTEP MAC recorded on node `name`'s Node (waits for them).
+fn vtep(c: &Cluster, name: &str) -> (IpAddr, String) {
+    wait_for(WAIT, || {
+        let name = name.to_string();
+        c.with_datastore(async move |ds: &Datastore, _| {
+            let n: Node = ds.get(None, &name).await.ok()??;
+            Some((
+                n.spec.ipv4_vxlan_tunnel_addr?.parse().ok()?,
+                n.spec.vxlan_tunnel_mac_addr?,
+            ))
+        })
+    })
+    .unwrap_or_else(|| panic!("{name} never got a VXLAN tunnel address and MAC"))
+}
+
+fn sh(host: &Host, argv: &[&str]) -> String {
+    host.exec_ok(argv)
+        .unwrap_or_else(|e| panic!("{argv:?} on {}: {e}", host.name()))
+}
+
+fn through_tunnel(block: &str, tunnel: IpAddr) -> String {
+    format!("{block} via {tunnel} dev vxlan.calico proto bird onlink")
+}
+
+fn native(block: &str, host: IpAddr) -> String {
+    format!("{block} via {host} dev eth1 proto bird")
+}
+
+fn ping(from: &Host, to: IpAddr) {
+    assert!(
+        from.wait_ping(&to.to_string(), Duration::from_secs(10))
+            .expect("ping"),
+        "{} cannot ping {to}",
+        from.name()
+    );
+}
+
+fn tcp(from: &Host, to_host: &Host, to: IpAddr) {
+    let _server = to_host.serve_tcp(to, &[8080]).expect("serve");
+    assert!(
+        from.tcp_probe(SocketAddr::new(to, 8080), Duration::from_secs(5))
+            .expect("probe"),
+        "{} cannot open TCP to {to}:8080",
+        from.name()
+    );
+}
+
+/// The router (LAN namespace) has no route to `ip`: whatever crossed it was encapsulated.
+fn router_has_no_route(c: &Cluster, ip: IpAddr) {
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", c.lab.lan_netns(), "ip", "route", "get"])
+        .arg(ip.to_string())
+        .output()
+        .expect("ip route get");
+    assert!(
+        !out.status.success(),
+        "the router knows a route to the pod address {ip}: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+/// What a restart must leave exactly as it was on node `i`.
+fn kernel_state(c: &Cluster, i: usize) -> Vec<String> {
+    let h = &c.node(i).host;
+    vec![
+        sh(h, &["ip", "-d", "link", "show", "vxlan.calico"]),
+        sh(h, &["ip", "-4", "addr", "show", "vxlan.calico"]),
+        sh(h, &["bridge", "fdb", "show", "dev", "vxlan.calico"]),
+        sh(h, &["ip", "neigh", "show", "dev", "vxlan.calico"]),
+        sh(h, &["ip", "-4", "route", "show"]),
+    ]
+}
+
+#[test]
+fn vxlan_always_carries_pods_across_a_router_and_a_restart_touches_nothing() {
+    let mut c = Cluster::with_hosts(&["192.168.33.11/24", "192.168.34.12/24"]);
+    let env = [("CALICO_IPV4POOL_VXLAN", "Always")];
+    c.start_agent_with(1, &env);
+    c.start_agent_with(2, &env);
+    let (ip1, block1) = c.allocate("node1");
+    let (ip2, block2) = c.allocate("node2");
+    let (t1, mac1) = vtep(&c, "node1");
+    let (t2, mac2) = vtep(&c, "node2");
+    // The tunnel address comes from the node's own block, as calico-ipam allocates it.
+    assert!(block1.parse::<ipnet::IpNet>().unwrap().contains(&t1));
+    assert!(block2.parse::<ipnet::IpNet>().unwrap().contains(&t2));
+    c.wait_routes(
+        1,
+        &[through_tunnel(&block2, t2)],
+        &[native(&block2, c.ip(2))],
+    );
+    c.wait_routes(2, &[through_tunnel(&block1, t1)], &[]);
+    let wl1 = workload(&c, "wl1", 1, ip1);
+    let wl2 = workload(&c, "wl2", 2, ip2);
+    ping(&wl1, ip2);
+    ping(&wl2, ip1);
+    tcp(&wl1, &wl2, ip2);
+    router_has_no_route(&c, ip2);
+
+    let n1 = &c.node(1).host.clone();
+    let link = sh(n1, &["ip", "-d", "link", "show", "vxlan.calico"]);
+    for want in [
+        "vxlan id 4096",
+        "local 192.168.33.11",
+        "dstport 4789",
+        "nolearning",
+        "mtu 1450",
+        &format!("link/ether {mac1}"),
+    ] {
+        assert!(link.contains(want), "vxlan.calico lacks {want:?}:\n{link}");
+    }
+    let addr = sh(n1, &["ip", "-4", "addr", "show", "vxlan.calico"]);
+    assert!(addr.contains(&format!("inet {t1}/32")), "{addr}");
+    let fdb = sh(n1, &["bridge", "fdb", "show", "dev", "vxlan.calico"]);
+    assert!(
+        fdb.contains(&format!("{mac2} dst {} self permanent", c.ip(2))),
+        "{fdb}"
+    );
+    let neigh = sh(n1, &["ip", "neigh", "show", "dev", "vxlan.calico"]);
+    assert!(
+        neigh.contains(&format!("{t2} lladdr {mac2} PERMANENT")),
+        "{neigh}"
+    );
+
+    // A restart finds everything right and writes nothing.
+    let before = kernel_state(&c, 1);
+    if let Some(mut a) = c.nodes[0].agent.take() {
+        a.kill();
+    }
+    c.start_agent_with(1, &env);
+    // Several rounds: the node reports ready once a round has synced.
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(kernel_state(&c, 1), before);
+    let log = c.agent_log(1);
+    for line in [
+        "installing route",
+        "removing route",
+        "VXLAN device programmed",
+        "adding FDB entry",
+        "adding neighbour entry",
+        "tunnel address allocated",
+        "Node tunnel fields updated",
+    ] {
+        assert!(
+            !log.contains(line),
+            "the restarted agent wrote ({line}):\n{log}"
+        );
+    }
+    ping(&wl1, ip2);
+
+    // node2 removed: its route, FDB and neighbour entries go.
+    if let Some(mut a) = c.nodes[1].agent.take() {
+        a.kill();
+    }
+    c.calicoctl(&["delete", "node", "node2"]);
+    c.with_datastore(async |_, ipam: &Ipam| {
+        let _ = ipam.release_by_handle("wl-node2").await;
+        let _ = ipam.release_by_handle("vxlan-tunnel-addr-node2").await;
+        ipam.release_host_affinities("node2")
+            .await
+            .expect("release node2's affinities");
+    });
+    c.wait_routes(1, &[], &[through_tunnel(&block2, t2)]);
+    let gone = wait_for(WAIT, || {
+        let fdb = sh(n1, &["bridge", "fdb", "show", "dev", "vxlan.calico"]);
+        let neigh = sh(n1, &["ip", "neigh", "show", "dev", "vxlan.calico"]);
+        (!fdb.contains(&mac2) && !neigh.contains(&mac2)).then_some(())
+    });
+    assert!(
+        gone.is_some(),
+        "node2's VTEP entries stayed:\n{}",
+        c.agent_log(1)
+    );
+}
+
+/// Three nodes: node1 and node3 share 192.168.33.0/24, node2 is behind the router.
+fn cross_subnet(backend: &str) {
+    let mut c = Cluster::with_hosts(&["192.168.33.11/24", "192.168.34.12/24", "192.168.33.13/24"]);
+    let env = [
+        ("CALICO_IPV4POOL_VXLAN", "CrossSubnet"),
+        ("CALICO_NETWORKING_BACKEND", backend),
+    ];
+    for i in 1..=3 {
+        c.start_agent_with(i, &env);
+    }
+    let (ip1, _) = c.allocate("node1");
+    let (ip2, block2) = c.allocate("node2");
+    let (ip3, block3) = c.allocate("node3");
+    let (t2, _) = vtep(&c, "node2");
+    c.wait_routes(
+        1,
+        &[through_tunnel(&block2, t2), native(&block3, c.ip(3))],
+        &[],
+    );
+    let routes = c.routes(1);
+    assert!(
+        routes
+            .iter()
+            .filter(|r| r.starts_with(&format!("{block3} ")))
+            .all(|r| !r.contains("vxlan")),
+        "node3 (same subnet) must be routed natively: {routes:?}"
+    );
+    let wl1 = workload(&c, "wl1", 1, ip1);
+    let wl2 = workload(&c, "wl2", 2, ip2);
+    let wl3 = workload(&c, "wl3", 3, ip3);
+    ping(&wl1, ip2);
+    ping(&wl1, ip3);
+    ping(&wl2, ip3);
+    tcp(&wl1, &wl2, ip2);
+    tcp(&wl1, &wl3, ip3);
+    router_has_no_route(&c, ip2);
+    if backend == "vxlan" {
+        // No BGP at all: nothing listens on 179.
+        for i in 1..=3 {
+            let ss = sh(&c.node(i).host, &["ss", "-Hltn"]);
+            assert!(!ss.contains(":179 "), "node{i} listens for BGP:\n{ss}");
+        }
+    }
+}
+
+#[test]
+fn vxlan_cross_subnet_encapsulates_only_across_the_router() {
+    cross_subnet("bird");
+}
+
+#[test]
+fn the_vxlan_backend_routes_from_block_affinities_without_bgp() {
+    cross_subnet("vxlan");
+}
+
+/// Whether this kernel can make IPIP devices (`tunl0` appears with the ipip module).
+fn kernel_has_ipip(host: &Host) -> bool {
+    let _ = std::process::Command::new("modprobe").arg("ipip").output();
+    host.exec(&["ip", "link", "show", "tunl0"])
+        .is_ok_and(|o| o.status.success())
+}
+
+/// IPIP Always across the router. Where the kernel has no ipip module the node must say so
+/// (an error line, not ready with the reason in `calicoctl node status`) and route nothing
+/// natively instead; where it has one, pods ping through `tunl0`.
+#[test]
+fn ipip_without_the_kernel_module_is_not_ready_and_never_routes_natively() {
+    let mut c = Cluster::with_hosts(&["192.168.33.11/24", "192.168.34.12/24"]);
+    let env = [("CALICO_IPV4POOL_IPIP", "Always")];
+    c.start_agent_with(1, &env);
+    c.start_agent_with(2, &env);
+    let (ip1, _) = c.allocate("node1");
+    let (ip2, block2) = c.allocate("node2");
+    if kernel_has_ipip(&c.node(1).host) {
+        c.wait_routes(
+            1,
+            &[format!(
+                "{block2} via {} dev tunl0 proto bird onlink",
+                c.ip(2)
+            )],
+            &[],
+        );
+        let wl1 = workload(&c, "wl1", 1, ip1);
+        let _wl2 = workload(&c, "wl2", 2, ip2);
+        ping(&wl1, ip2);
+        return;
+    }
+    eprintln!("skipped: no ipip in this kernel (the traffic part); checking the refusal");
+    let status = wait_for(WAIT, || {
+        let s = c.node_status(1);
+        (s.contains("Readiness: not ready") && s.contains("no ipip module")).then_some(s)
+    });
+    assert!(
+        status.is_some(),
+        "node1 does not say it cannot do IPIP:\n{}\n{}",
+        c.node_status(1),
+        c.agent_log(1)
+    );
+    let log = c.agent_log(1);
+    assert!(
+        log.lines()
+            .any(|l| l.contains("ERROR") && l.contains("no ipip module")),
+        "no error line:\n{log}"
+    );
+    // BGP learned node2's block, but it is not installed unencapsulated.
+    let routes = c.routes(1);
+    assert!(
+        !routes.iter().any(|r| r.starts_with(&format!("{block2} "))),
+        "a route to node2's IPIP block was installed without IPIP: {routes:?}"
+    );
+}
