@@ -353,3 +353,243 @@ fn ipip_without_the_kernel_module_is_not_ready_and_never_routes_natively() {
         "a route to node2's IPIP block was installed without IPIP: {routes:?}"
     );
 }
+
+/// An IPv6 workload on node `node`: Calico's recipe for IPv6 (host side `cali<name>` with
+/// MAC ee:ee:ee:ee:ee:ee, the workload's default route via that side's link-local
+/// fe80::ecee:eeff:feee:eeee), and its WorkloadEndpoint; the agent adds the /128 route.
+fn workload_v6(c: &Cluster, name: &str, node: usize, ip: IpAddr) -> Host {
+    let wl = c.lab.add_namespace(name).expect("workload namespace");
+    let host = &c.node(node).host;
+    let iface = format!("cali{name}");
+    sh(
+        host,
+        &[
+            "ip",
+            "link",
+            "add",
+            &iface,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            wl.netns(),
+        ],
+    );
+    sh(
+        host,
+        &["ip", "link", "set", &iface, "address", "ee:ee:ee:ee:ee:ee"],
+    );
+    sh(
+        host,
+        &[
+            "sysctl",
+            "-qw",
+            &format!("net.ipv6.conf.{iface}.accept_dad=0"),
+        ],
+    );
+    sh(host, &["ip", "link", "set", &iface, "up"]);
+    sh(&wl, &["sysctl", "-qw", "net.ipv6.conf.eth0.accept_dad=0"]);
+    sh(
+        &wl,
+        &[
+            "ip",
+            "-6",
+            "addr",
+            "add",
+            &format!("{ip}/128"),
+            "dev",
+            "eth0",
+            "nodad",
+        ],
+    );
+    sh(&wl, &["ip", "link", "set", "eth0", "up"]);
+    sh(
+        &wl,
+        &[
+            "ip",
+            "-6",
+            "route",
+            "add",
+            "default",
+            "via",
+            "fe80::ecee:eeff:feee:eeee",
+            "dev",
+            "eth0",
+        ],
+    );
+    let node_name = c.node(node).name.clone();
+    let wep_name = format!("{node_name}-libnetwork-libnetwork-{name}");
+    let name = name.to_string();
+    c.with_datastore(async move |ds: &Datastore, _| {
+        let allow: ProfileSpec = serde_json::from_value(serde_json::json!({
+            "ingress": [{"action": "Allow"}],
+            "egress": [{"action": "Allow"}],
+        }))
+        .expect("profile");
+        ds.apply(&Profile::new(ALLOW_ALL, allow))
+            .await
+            .expect("apply Profile");
+        let mut wep = WorkloadEndpoint::new(
+            &wep_name,
+            WorkloadEndpointSpec {
+                orchestrator: Some("libnetwork".into()),
+                workload: Some("libnetwork".into()),
+                node: Some(node_name),
+                endpoint: Some(name),
+                interface_name: Some(iface),
+                ip_networks: vec![format!("{ip}/128")],
+                profiles: vec![ALLOW_ALL.into()],
+                ..Default::default()
+            },
+        );
+        wep.metadata = ObjectMeta {
+            name: Some(wep_name.clone()),
+            namespace: Some("default".into()),
+            ..Default::default()
+        };
+        ds.create(&wep).await.expect("create WorkloadEndpoint");
+    });
+    wl
+}
+
+/// IPv6 VXLAN Always across the router, with the VXLAN backend: `vxlan-v6.calico` over the
+/// nodes' IPv6 addresses (fd33::/64 and fd34::/64, routed by the LAN namespace).
+#[test]
+fn ipv6_vxlan_carries_pods_across_a_router() {
+    let mut c = Cluster::with_hosts(&["192.168.33.11/24", "192.168.34.12/24"]);
+    let lan = c.lab.lan_netns().to_string();
+    let in_lan = |args: &[&str]| {
+        let out = std::process::Command::new("ip")
+            .args(["netns", "exec", &lan])
+            .args(args)
+            .output()
+            .expect("command in the LAN namespace");
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    in_lan(&["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"]);
+    for (i, (host6, gw6)) in [("fd33::11/64", "fd33::1"), ("fd34::12/64", "fd34::1")]
+        .into_iter()
+        .enumerate()
+    {
+        in_lan(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("{gw6}/64"),
+            "dev",
+            "br0",
+            "nodad",
+        ]);
+        let h = &c.node(i + 1).host;
+        sh(h, &["ip", "addr", "add", host6, "dev", "eth1", "nodad"]);
+        sh(
+            h,
+            &[
+                "ip", "-6", "route", "add", "default", "via", gw6, "dev", "eth1",
+            ],
+        );
+    }
+    let env = |ip6: &'static str| {
+        [
+            ("IP6", ip6),
+            ("FELIX_IPV6SUPPORT", "true"),
+            ("CALICO_IPV6POOL_CIDR", "fd65::/48"),
+            ("CALICO_IPV6POOL_VXLAN", "Always"),
+            ("CALICO_NETWORKING_BACKEND", "vxlan"),
+        ]
+    };
+    c.start_agent_with(1, &env("fd33::11/64"));
+    c.start_agent_with(2, &env("fd34::12/64"));
+    let alloc6 = |node: &str| {
+        let node = node.to_string();
+        c.with_datastore(async move |_, ipam: &Ipam| {
+            let got = ipam
+                .auto_assign(calico_ipam::AutoAssignArgs {
+                    num_v6: 1,
+                    handle_id: Some(format!("wl6-{node}")),
+                    hostname: node.clone(),
+                    ..Default::default()
+                })
+                .await
+                .expect("auto_assign v6");
+            let ip = got.v6[0];
+            let block = ipam
+                .host_affinities(&node)
+                .await
+                .expect("affinities")
+                .into_iter()
+                .map(|(b, _)| b)
+                .find(|b| b.contains(&ip))
+                .expect("block");
+            (ip, block.to_string())
+        })
+    };
+    let (ip1, _) = alloc6("node1");
+    let (ip2, block2) = alloc6("node2");
+    let (t2, mac2) = wait_for(WAIT, || {
+        c.with_datastore(async |ds: &Datastore, _| {
+            let n: Node = ds.get(None, "node2").await.ok()??;
+            Some((
+                n.spec.ipv6_vxlan_tunnel_addr?.parse::<IpAddr>().ok()?,
+                n.spec.vxlan_tunnel_mac_addr_v6?,
+            ))
+        })
+    })
+    .unwrap_or_else(|| panic!("node2 has no IPv6 VTEP:\n{}", c.agent_log(2)));
+    // `ip -6 route` prints the metric between: `... proto bird metric 1024 onlink pref medium`.
+    let want = format!("{block2} via {t2} dev vxlan-v6.calico proto bird ");
+    let n1 = c.node(1).host.clone();
+    let routed = wait_for(WAIT, || {
+        sh(&n1, &["ip", "-6", "route", "show"])
+            .lines()
+            .any(|l| l.starts_with(&want) && l.contains(" onlink"))
+            .then_some(())
+    });
+    assert!(
+        routed.is_some(),
+        "node1 lacks {want}:\n{}\n{}",
+        sh(&n1, &["ip", "-6", "route", "show"]),
+        c.agent_log(1)
+    );
+    let link = sh(&n1, &["ip", "-d", "link", "show", "vxlan-v6.calico"]);
+    for w in [
+        "vxlan id 4096",
+        "local fd33::11",
+        "dstport 4789",
+        "mtu 1430",
+    ] {
+        assert!(link.contains(w), "vxlan-v6.calico lacks {w:?}:\n{link}");
+    }
+    let fdb = sh(&n1, &["bridge", "fdb", "show", "dev", "vxlan-v6.calico"]);
+    assert!(
+        fdb.contains(&format!("{mac2} dst fd34::12 self permanent")),
+        "{fdb}"
+    );
+    let neigh = sh(
+        &n1,
+        &["ip", "-6", "neigh", "show", "dev", "vxlan-v6.calico"],
+    );
+    assert!(
+        neigh.contains(&format!("{t2} lladdr {mac2} PERMANENT")),
+        "{neigh}"
+    );
+
+    let wl1 = workload_v6(&c, "wl1", 1, ip1);
+    let wl2 = workload_v6(&c, "wl2", 2, ip2);
+    ping(&wl1, ip2);
+    tcp(&wl1, &wl2, ip2);
+    router_has_no_route(&c, ip2);
+    // Rounds after the first find the IPv6 tunnel route as it should be: installed once.
+    let log = c.agent_log(1);
+    let installs = log
+        .lines()
+        .filter(|l| l.contains("installing route") && l.contains(&block2))
+        .count();
+    assert_eq!(installs, 1, "{log}");
+}
