@@ -593,3 +593,156 @@ fn ipv6_vxlan_carries_pods_across_a_router() {
         .count();
     assert_eq!(installs, 1, "{log}");
 }
+
+/// One iperf3 TCP run (5 s) from `from` to `dst` served by `server`: Gbit/s received.
+fn iperf(from: &Host, server: &Host, dst: IpAddr) -> f64 {
+    let mut cmd = std::process::Command::new("iperf3");
+    cmd.args(["-s", "-1", "-p", "5201"]);
+    let _srv = server.spawn(cmd, "iperf3-server").expect("iperf3 -s");
+    std::thread::sleep(Duration::from_millis(500));
+    let out = from
+        .exec_timeout(
+            &[
+                "iperf3",
+                "-c",
+                &dst.to_string(),
+                "-p",
+                "5201",
+                "-t",
+                "5",
+                "-J",
+            ],
+            Duration::from_secs(30),
+        )
+        .expect("iperf3 -c");
+    assert!(
+        out.status.success(),
+        "iperf3: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("iperf3 json");
+    v["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .expect("bps")
+        / 1e9
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Benchmark (ignored; `scripts/bench-overlay.sh`): iperf3 TCP pod → pod across the router
+/// over calico's `vxlan.calico`, against host → host over a plain kernel VXLAN device set up
+/// by hand on the same two hosts (same MTU 1450, static FDB and neighbour entries, another VNI
+/// and port), alternating, ROUNDS rounds of 5 s each. Prints `BENCH|` lines.
+#[test]
+#[ignore = "benchmark: scripts/bench-overlay.sh"]
+fn bench_vxlan_throughput() {
+    let rounds: usize = std::env::var("ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(3);
+    let mut c = Cluster::with_hosts(&["192.168.33.11/24", "192.168.34.12/24"]);
+    let env = [("CALICO_IPV4POOL_VXLAN", "Always")];
+    c.start_agent_with(1, &env);
+    c.start_agent_with(2, &env);
+    let (ip1, _) = c.allocate("node1");
+    let (ip2, block2) = c.allocate("node2");
+    let (t2, _) = vtep(&c, "node2");
+    c.wait_routes(1, &[through_tunnel(&block2, t2)], &[]);
+    let wl1 = workload(&c, "wl1", 1, ip1);
+    let wl2 = workload(&c, "wl2", 2, ip2);
+    // The workloads' MTU leaves room for the encapsulation, as it must on a VXLAN pool.
+    for (node, wl, name) in [(1, &wl1, "wl1"), (2, &wl2, "wl2")] {
+        sh(
+            &c.node(node).host,
+            &["ip", "link", "set", &format!("cali{name}"), "mtu", "1450"],
+        );
+        sh(wl, &["ip", "link", "set", "eth0", "mtu", "1450"]);
+    }
+    ping(&wl1, ip2);
+
+    // The hand-made tunnel: VNI 42, port 4790, 172.31.255.1/.2.
+    let hand = [
+        (1, "192.168.33.11", "172.31.255.1", "02:00:00:00:2a:01"),
+        (2, "192.168.34.12", "172.31.255.2", "02:00:00:00:2a:02"),
+    ];
+    for (i, (node, local, addr, mac)) in hand.iter().enumerate() {
+        let (_, peer_local, peer_addr, peer_mac) = hand[1 - i];
+        let h = &c.node(*node).host;
+        sh(
+            h,
+            &[
+                "ip",
+                "link",
+                "add",
+                "vxbench",
+                "type",
+                "vxlan",
+                "id",
+                "42",
+                "local",
+                local,
+                "dstport",
+                "4790",
+                "nolearning",
+            ],
+        );
+        sh(
+            h,
+            &[
+                "ip", "link", "set", "vxbench", "address", mac, "mtu", "1450", "up",
+            ],
+        );
+        sh(
+            h,
+            &["ip", "addr", "add", &format!("{addr}/24"), "dev", "vxbench"],
+        );
+        sh(
+            h,
+            &[
+                "bridge",
+                "fdb",
+                "append",
+                peer_mac,
+                "dev",
+                "vxbench",
+                "dst",
+                peer_local,
+                "self",
+                "permanent",
+            ],
+        );
+        sh(
+            h,
+            &[
+                "ip",
+                "neigh",
+                "replace",
+                peer_addr,
+                "lladdr",
+                peer_mac,
+                "dev",
+                "vxbench",
+                "nud",
+                "permanent",
+            ],
+        );
+    }
+    let (n1, n2) = (c.node(1).host.clone(), c.node(2).host.clone());
+    let hand_dst: IpAddr = "172.31.255.2".parse().unwrap();
+    assert!(
+        n1.wait_ping("172.31.255.2", Duration::from_secs(5))
+            .unwrap()
+    );
+    let (mut pod, mut host) = (Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        pod.push(iperf(&wl1, &wl2, ip2));
+        host.push(iperf(&n1, &n2, hand_dst));
+    }
+    let (p, h) = (median(pod.clone()), median(host.clone()));
+    println!("BENCH|overlay|pod to pod over vxlan.calico|{p:.2}|{pod:.2?}");
+    println!("BENCH|overlay|host to host over a hand-made kernel VXLAN|{h:.2}|{host:.2?}");
+    println!("BENCH|ratio|{:.3}", p / h);
+}
