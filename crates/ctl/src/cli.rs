@@ -307,7 +307,7 @@ pub struct NodeRunArgs {
     /// How to autodetect the IPv6 address.
     #[arg(long = "ip6-autodetection-method")]
     pub ip6_autodetection_method: Option<String>,
-    /// Networking backend: bird (BGP) or none.
+    /// Networking backend: bird (BGP), vxlan (VXLAN routes from block affinities, no BGP) or none.
     #[arg(long = "backend")]
     pub backend: Option<String>,
     /// Do not create the default IPv4 and IPv6 pools.

@@ -12,6 +12,7 @@
 //! - [`sysctl`]: /proc/sys settings per namespace, Calico's host-veth set.
 //! - [`netns`]: run a closure inside a namespace, on this thread ([`netns::visit`]) or on a
 //!   thread of its own, or netlink work on its own runtime there.
+//! - [`vxlan`]: VXLAN devices (`vxlan.calico`), their FDB and neighbour entries per remote VTEP.
 //! - [`workload`]: Calico's workload recipe (veth, MAC, sysctls, host and workload routes,
 //!   169.254.1.1), one for the CNI plugin and the Docker driver.
 //!
@@ -24,6 +25,7 @@ pub mod netns;
 pub mod route;
 pub mod route_batch;
 pub mod sysctl;
+pub mod vxlan;
 pub mod workload;
 
 pub use addr::AddrError;

@@ -77,6 +77,14 @@ fn to_kernel(r: &KernelRoute) -> Route {
     match &r.target {
         Target::Blackhole => Route::blackhole(r.dst, ROUTE_PROTOCOL),
         Target::Via(gw) => Route::gateway(r.dst, *gw, None, ROUTE_PROTOCOL),
+        Target::Onlink { via, dev } => Route {
+            target: RouteTarget::Gateway {
+                via: *via,
+                ifname: Some(dev.clone()),
+                onlink: true,
+            },
+            ..Route::blackhole(r.dst, ROUTE_PROTOCOL)
+        },
         // Workload routes use the kernel's default protocol (boot) like `ip route add`, as
         // the seed shows: `192.168.166.128 dev calicce21fc3677 scope link`.
         Target::Dev(ifname) => Route::device(r.dst, ifname, 3),
@@ -86,6 +94,14 @@ fn to_kernel(r: &KernelRoute) -> Route {
 fn from_kernel(r: &Route) -> Option<KernelRoute> {
     let target = match &r.target {
         RouteTarget::Blackhole => Target::Blackhole,
+        RouteTarget::Gateway {
+            via,
+            ifname: Some(dev),
+            onlink: true,
+        } => Target::Onlink {
+            via: *via,
+            dev: dev.clone(),
+        },
         RouteTarget::Gateway { via, .. } => Target::Via(*via),
         RouteTarget::Device { ifname } => Target::Dev(ifname.clone()),
         RouteTarget::Other { .. } => return None,
@@ -358,8 +374,9 @@ pub async fn run(mut cfg: NodeConfig, etcd: EtcdClient) -> Result<(), AgentError
     }
     let mut speaker = match cfg.backend {
         NetworkingBackend::Bgp => Some(BgpControl::start(restarted, trigger_tx.clone())),
-        NetworkingBackend::None => None,
+        NetworkingBackend::None | NetworkingBackend::Vxlan => None,
     };
+    let mut tunnels = crate::tunnel::Tunnels::new(cfg.backend == NetworkingBackend::Bgp);
     let node_status =
         crate::node_status::Publisher::spawn(ds.clone(), started.node_name.clone(), nl.clone());
 
@@ -427,12 +444,27 @@ pub async fn run(mut cfg: NodeConfig, etcd: EtcdClient) -> Result<(), AgentError
         let round = Instant::now();
         let mut problems: Vec<String> = vec![];
         let ipv6 = settings.current.ipv6_support;
+        if let Err(e) = tunnels
+            .sync(
+                &ds,
+                &ipam,
+                &nl,
+                &started.node_name,
+                &settings.current.vxlan,
+                ipv6,
+            )
+            .await
+        {
+            warn!(error = %e, "overlay not in sync; will retry");
+            problems.push(format!("overlay: {e}"));
+        }
         match reconcile(
             &ds,
             &ipam,
             &nl,
             &started,
             speaker.as_mut(),
+            &tunnels,
             started_at,
             ipv6,
         )
@@ -651,12 +683,15 @@ fn record_policy_metrics(metrics: &Metrics, prog: &HostProgram) {
     metrics.set(crate::metrics::ACTIVE_LOCAL_POLICIES, policies.len() as f64);
 }
 
+// One argument per input of the round; the incremental model (issue 15) replaces this list.
+#[allow(clippy::too_many_arguments)]
 async fn reconcile(
     ds: &Datastore,
     ipam: &Ipam,
     nl: &Netlink,
     started: &Started,
     speaker: Option<&mut BgpControl>,
+    tunnels: &crate::tunnel::Tunnels,
     started_at: Instant,
     ipv6: bool,
 ) -> Result<RoundStats, AgentError> {
@@ -667,7 +702,8 @@ async fn reconcile(
         workloads: snap.workloads.clone(),
         no_export: snap.no_export.clone(),
     };
-    let mut synced = started_at.elapsed() > LEARNED_ROUTES_GRACE;
+    // Without a speaker no route is learned: nothing to wait for.
+    let mut synced = speaker.is_none() || started_at.elapsed() > LEARNED_ROUTES_GRACE;
     if let Some(sp) = speaker {
         let sessions =
             peering::sessions_for(&started.node_name, &snap.nodes, &snap.global, &snap.peers)?;
@@ -698,6 +734,7 @@ async fn reconcile(
         synced = synced || sp.initial_sync_done();
     }
     let mut desired = routes::desired_routes(&inputs);
+    tunnels.adjust(&mut desired);
     if !ipv6 {
         // ipv6Support: false: IPv6 routes are neither programmed nor removed.
         desired.retain(|r| r.dst.addr().is_ipv4());
@@ -732,6 +769,13 @@ mod tests {
             KernelRoute {
                 dst: "192.168.166.128/32".parse().unwrap(),
                 target: Target::Dev("calicce21fc3677".into()),
+            },
+            KernelRoute {
+                dst: "10.65.1.0/26".parse().unwrap(),
+                target: Target::Onlink {
+                    via: "10.65.1.0".parse().unwrap(),
+                    dev: "vxlan.calico".into(),
+                },
             },
         ] {
             assert_eq!(from_kernel(&to_kernel(&r)), Some(r));

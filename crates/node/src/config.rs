@@ -61,6 +61,8 @@ pub enum AutodetectMethod {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NetworkingBackend {
     Bgp,
+    /// `vxlan`: no BGP; routes to remote blocks come from block affinities (`crate::tunnel`).
+    Vxlan,
     None,
 }
 
@@ -71,6 +73,10 @@ pub struct DefaultPool {
     pub cidr: Option<IpNet>,
     pub block_size: Option<u8>,
     pub nat_outgoing: bool,
+    /// `CALICO_IPV4POOL_IPIP` (IPv4 only; default Never).
+    pub ipip_mode: calico_api::IPIPMode,
+    /// `CALICO_IPV4POOL_VXLAN` / `CALICO_IPV6POOL_VXLAN` (default Never).
+    pub vxlan_mode: calico_api::VXLANMode,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -124,11 +130,12 @@ impl NodeConfig {
         let backend = match var("CALICO_NETWORKING_BACKEND").as_deref() {
             None | Some("bird") => NetworkingBackend::Bgp,
             Some("none") => NetworkingBackend::None,
+            Some("vxlan") => NetworkingBackend::Vxlan,
             Some(other) => {
                 return Err(invalid(
                     "CALICO_NETWORKING_BACKEND",
                     other,
-                    "must be bird or none".into(),
+                    "must be bird, vxlan or none".into(),
                 ));
             }
         };
@@ -140,13 +147,26 @@ impl NodeConfig {
             )?),
             block_size: parse_block_size(&var, "CALICO_IPV4POOL_BLOCK_SIZE", 20..=32)?,
             nat_outgoing: parse_bool(&var, "CALICO_IPV4POOL_NAT_OUTGOING", true)?,
+            ipip_mode: parse_ipip_mode(&var, "CALICO_IPV4POOL_IPIP")?,
+            vxlan_mode: parse_vxlan_mode(&var, "CALICO_IPV4POOL_VXLAN")?,
         };
+        if ipv4_pool.ipip_mode != calico_api::IPIPMode::Never
+            && ipv4_pool.vxlan_mode != calico_api::VXLANMode::Never
+        {
+            return Err(invalid(
+                "CALICO_IPV4POOL_VXLAN",
+                &format!("{:?}", ipv4_pool.vxlan_mode),
+                "a pool uses one overlay: CALICO_IPV4POOL_IPIP is set too".into(),
+            ));
+        }
         let ipv6_pool = DefaultPool {
             cidr: var("CALICO_IPV6POOL_CIDR")
                 .map(|v| parse_cidr("CALICO_IPV6POOL_CIDR", &v, true))
                 .transpose()?,
             block_size: parse_block_size(&var, "CALICO_IPV6POOL_BLOCK_SIZE", 116..=128)?,
             nat_outgoing: parse_bool(&var, "CALICO_IPV6POOL_NAT_OUTGOING", false)?,
+            ipip_mode: calico_api::IPIPMode::Never,
+            vxlan_mode: parse_vxlan_mode(&var, "CALICO_IPV6POOL_VXLAN")?,
         };
         Ok(NodeConfig {
             node_name,
@@ -181,6 +201,43 @@ fn invalid(var: &'static str, value: &str, reason: String) -> ConfigError {
         value: value.to_string(),
         reason,
     }
+}
+
+/// An overlay mode as calico-node reads it: Always, CrossSubnet or Never (any case; `Off`
+/// is Never, as in older manifests).
+fn parse_overlay_mode(
+    var: &impl Fn(&str) -> Option<String>,
+    name: &'static str,
+) -> Result<u8, ConfigError> {
+    match var(name) {
+        None => Ok(0),
+        Some(v) => match v.to_ascii_lowercase().as_str() {
+            "never" | "off" => Ok(0),
+            "always" => Ok(1),
+            "crosssubnet" | "cross-subnet" => Ok(2),
+            _ => Err(invalid(
+                name,
+                &v,
+                "must be Always, CrossSubnet or Never".into(),
+            )),
+        },
+    }
+}
+
+fn parse_ipip_mode(
+    var: &impl Fn(&str) -> Option<String>,
+    name: &'static str,
+) -> Result<calico_api::IPIPMode, ConfigError> {
+    use calico_api::IPIPMode::*;
+    Ok([Never, Always, CrossSubnet][usize::from(parse_overlay_mode(var, name)?)])
+}
+
+fn parse_vxlan_mode(
+    var: &impl Fn(&str) -> Option<String>,
+    name: &'static str,
+) -> Result<calico_api::VXLANMode, ConfigError> {
+    use calico_api::VXLANMode::*;
+    Ok([Never, Always, CrossSubnet][usize::from(parse_overlay_mode(var, name)?)])
 }
 
 fn read_hostname() -> Option<String> {
@@ -477,8 +534,32 @@ mod tests {
     }
 
     #[test]
+    fn overlay_backend_and_default_pool_modes() {
+        let c = parse(&[
+            ("CALICO_NETWORKING_BACKEND", "vxlan"),
+            ("CALICO_IPV4POOL_VXLAN", "crosssubnet"),
+            ("CALICO_IPV6POOL_VXLAN", "Always"),
+        ])
+        .unwrap();
+        assert_eq!(c.backend, NetworkingBackend::Vxlan);
+        assert_eq!(c.ipv4_pool.vxlan_mode, calico_api::VXLANMode::CrossSubnet);
+        assert_eq!(c.ipv4_pool.ipip_mode, calico_api::IPIPMode::Never);
+        assert_eq!(c.ipv6_pool.vxlan_mode, calico_api::VXLANMode::Always);
+        let c = parse(&[("CALICO_IPV4POOL_IPIP", "Off")]).unwrap();
+        assert_eq!(c.ipv4_pool.ipip_mode, calico_api::IPIPMode::Never);
+        let err = parse(&[("CALICO_IPV4POOL_IPIP", "sometimes")]).unwrap_err();
+        assert!(err.to_string().contains("CALICO_IPV4POOL_IPIP"), "{err}");
+        let err = parse(&[
+            ("CALICO_IPV4POOL_IPIP", "Always"),
+            ("CALICO_IPV4POOL_VXLAN", "Always"),
+        ])
+        .unwrap_err();
+        assert!(err.to_string().contains("CALICO_IPV4POOL_VXLAN"), "{err}");
+    }
+
+    #[test]
     fn unknown_backend_is_rejected() {
-        let err = parse(&[("CALICO_NETWORKING_BACKEND", "vxlan")]).unwrap_err();
+        let err = parse(&[("CALICO_NETWORKING_BACKEND", "gobgp")]).unwrap_err();
         assert!(
             err.to_string().starts_with("CALICO_NETWORKING_BACKEND"),
             "{err}"

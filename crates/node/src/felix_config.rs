@@ -77,6 +77,8 @@ pub struct FelixSettings {
     pub reporting_interval: Option<Duration>,
     /// `interfacePrefix`, passed through to the policy dataplane.
     pub interface_prefix: String,
+    /// `vxlanPort`, `vxlanVNI`, `vxlanMTU`, `vxlanMTUV6` (`crate::tunnel`).
+    pub vxlan: crate::tunnel::VxlanSettings,
     /// Refused fields, and fields whose value does not parse (those keep their default).
     pub refused: Vec<Refusal>,
 }
@@ -99,6 +101,7 @@ impl Default for FelixSettings {
             route_refresh: Some(DEFAULT_ROUTE_REFRESH),
             reporting_interval: Some(DEFAULT_REPORTING_INTERVAL),
             interface_prefix: DEFAULT_INTERFACE_PREFIX.into(),
+            vxlan: crate::tunnel::VxlanSettings::default(),
             refused: vec![],
         }
     }
@@ -146,13 +149,13 @@ impl Inert {
 const NO_BPF: &str =
     "the eBPF dataplane is not implemented; calico-rs enforces policy with nftables";
 const NO_WIREGUARD: &str = "WireGuard encryption is not implemented by calico-rs";
-const NO_OVERLAY: &str = "overlay networking (IPIP/VXLAN) is not implemented; routes are plain BGP";
+const NO_OVERLAY: &str = "the overlay follows the IPPools' vxlanMode/ipipMode (calico-node sets this switch itself); forcing it on is not supported";
 const NO_TLS: &str = "the metrics endpoint serves plain HTTP only (no TLS)";
 const IPTABLES: &str = "iptables tuning: calico-rs programs nftables";
 const NFT_TUNING: &str = "nftables tuning of Felix's own ruleset layout";
 const BPF_TUNING: &str = "eBPF dataplane tuning (eBPF is refused via bpfEnabled)";
 const WG_TUNING: &str = "WireGuard tuning (WireGuard is refused via wireguardEnabled)";
-const OVERLAY_TUNING: &str = "overlay tuning (overlays are refused via ipipEnabled/vxlanEnabled)";
+const OVERLAY_TUNING: &str = "overlay tuning calico-rs does not implement (docs/overlays.md)";
 const DEBUG: &str = "Felix debugging aid";
 const GO_RUNTIME: &str = "Go runtime tuning";
 const FLOW_LOGS: &str = "flow logs are not implemented";
@@ -556,10 +559,16 @@ pub const FIELDS: &[(&str, Support)] = {
                 reason: NO_OVERLAY,
             },
         ),
-        ("vxlanMTU", NotApplicable(OVERLAY_TUNING)),
-        ("vxlanMTUV6", NotApplicable(OVERLAY_TUNING)),
-        ("vxlanPort", NotApplicable(OVERLAY_TUNING)),
-        ("vxlanVNI", NotApplicable(OVERLAY_TUNING)),
+        (
+            "vxlanMTU",
+            Honoured("MTU of vxlan.calico (0 or unset: the host interface's minus 50)"),
+        ),
+        (
+            "vxlanMTUV6",
+            Honoured("MTU of vxlan-v6.calico (0 or unset: the host interface's minus 70)"),
+        ),
+        ("vxlanPort", Honoured("UDP port of the VXLAN devices")),
+        ("vxlanVNI", Honoured("VNI of the VXLAN devices")),
         ("windowsManageFirewallRules", NotApplicable(OTHER_PLATFORM)),
         (
             "wireguardEnabled",
@@ -731,6 +740,34 @@ pub fn settings_for(
         match f.value.as_str() {
             Some(p) => out.interface_prefix = p.to_string(),
             None => refused.push(bad(&f, format!("{} is not a string", f.value))),
+        }
+    }
+    if let Some(f) = look.get("vxlanPort") {
+        match as_u64(&f.value).filter(|p| (1..=65535).contains(p)) {
+            Some(p) => out.vxlan.port = p as u16,
+            None => refused.push(bad(&f, format!("{} is not a port 1-65535", f.value))),
+        }
+    }
+    if let Some(f) = look.get("vxlanVNI") {
+        match as_u64(&f.value).filter(|v| (1..=0xff_ffff).contains(v)) {
+            Some(v) => out.vxlan.vni = v as u32,
+            None => refused.push(bad(&f, format!("{} is not a VNI 1-16777215", f.value))),
+        }
+    }
+    for (field, slot) in [
+        ("vxlanMTU", &mut out.vxlan.mtu),
+        ("vxlanMTUV6", &mut out.vxlan.mtu_v6),
+    ] {
+        if let Some(f) = look.get(field) {
+            // 0 is Felix's "detect it".
+            match as_u64(&f.value).filter(|m| *m == 0 || (68..=65535).contains(m)) {
+                Some(0) => *slot = None,
+                Some(m) => *slot = Some(m as u32),
+                None => refused.push(bad(
+                    &f,
+                    format!("{} is not an MTU 68-65535 (or 0 to detect it)", f.value),
+                )),
+            }
         }
     }
     for (field, support) in FIELDS {
@@ -924,6 +961,36 @@ mod tests {
         sorted.dedup();
         assert_eq!(have, sorted, "FIELDS is sorted and has no duplicates");
         assert_eq!(have, want);
+    }
+
+    #[test]
+    fn vxlan_settings_are_read_and_bad_values_refused_with_their_field() {
+        let env = |_: &str| None;
+        let docs = [json!({"metadata": {"name": "default"},
+            "spec": {"vxlanPort": 8472, "vxlanVNI": 7, "vxlanMTU": 1400, "vxlanMTUV6": 0}})];
+        let s = settings_for(&env, &docs, "n1", false);
+        assert_eq!(
+            s.vxlan,
+            crate::tunnel::VxlanSettings {
+                port: 8472,
+                vni: 7,
+                mtu: Some(1400),
+                mtu_v6: None
+            }
+        );
+        assert!(s.refused.is_empty(), "{:?}", s.refused);
+        let docs = [json!({"metadata": {"name": "default"},
+            "spec": {"vxlanPort": 0, "vxlanVNI": 16777216, "vxlanMTU": 20}})];
+        let s = settings_for(&env, &docs, "n1", false);
+        assert_eq!(s.vxlan, crate::tunnel::VxlanSettings::default());
+        let fields: Vec<&str> = s.refused.iter().map(|r| r.field.as_str()).collect();
+        assert_eq!(fields.len(), 3, "{:?}", s.refused);
+        for f in ["vxlanPort", "vxlanVNI", "vxlanMTU"] {
+            assert!(
+                fields.iter().any(|x| x.contains(f)),
+                "{f} not named: {fields:?}"
+            );
+        }
     }
 
     #[test]

@@ -20,3 +20,4 @@ pub mod run;
 pub mod snapshot;
 pub mod startup;
 pub mod status;
+pub mod tunnel;

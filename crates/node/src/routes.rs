@@ -26,6 +26,9 @@ pub enum Target {
     Via(IpAddr),
     /// A local workload, straight down its veth.
     Dev(String),
+    /// A remote block through a tunnel device (`via G dev D onlink`): VXLAN via the remote
+    /// tunnel address, IPIP via the remote host address (`crate::tunnel`).
+    Onlink { via: IpAddr, dev: String },
 }
 
 /// One route in the main table.

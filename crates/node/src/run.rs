@@ -75,10 +75,10 @@ fn hostname() -> String {
 /// The agent's environment, in the order the seed prints it.
 pub fn agent_env(o: &RunOptions) -> Result<Vec<(String, String)>, RunError> {
     let backend = o.backend.clone().unwrap_or_else(|| "bird".into());
-    if backend != "bird" && backend != "none" {
+    if !["bird", "vxlan", "none"].contains(&backend.as_str()) {
         return Err(RunError::BadFlag {
             flag: "backend",
-            reason: format!("{backend:?} is not bird or none"),
+            reason: format!("{backend:?} is not bird, vxlan or none"),
         });
     }
     let mut env = vec![
@@ -528,7 +528,10 @@ mod tests {
         let mut o = opts();
         o.backend = Some("gobgp".into());
         let err = docker_run_args(&o).unwrap_err();
-        assert_eq!(err.to_string(), "--backend: \"gobgp\" is not bird or none");
+        assert_eq!(
+            err.to_string(),
+            "--backend: \"gobgp\" is not bird, vxlan or none"
+        );
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::net::IpAddr;
 
 use calico_api::{
     AsNumber, ClusterInformation, ClusterInformationSpec, IPIPMode, IPPool, IPPoolSpec, Node,
-    NodeBGPSpec, NodeSpec, VXLANMode,
+    NodeBGPSpec, NodeSpec,
 };
 use calico_datastore::{Datastore, ResourceError};
 use ipnet::IpNet;
@@ -314,7 +314,14 @@ async fn ensure_default_pool(
             .parse::<IpNet>()
             .is_ok_and(|n| matches!(n, IpNet::V6(_)) == v6)
     });
-    info!("Ensure default {fam} pool is created. IPIP mode: off");
+    let ipip = if v6 { IPIPMode::Never } else { pool.ipip_mode };
+    let mode_text = |m: &str| match m {
+        "Never" => "off".to_string(),
+        other => other.to_string(),
+    };
+    let ipip_text = mode_text(&format!("{ipip:?}"));
+    let vxlan_text = mode_text(&format!("{:?}", pool.vxlan_mode));
+    info!("Ensure default {fam} pool is created. IPIP mode: {ipip_text}, VXLAN mode: {vxlan_text}");
     if has_family {
         return Ok(());
     }
@@ -327,14 +334,14 @@ async fn ensure_default_pool(
             26
         }))),
         nat_outgoing: Some(pool.nat_outgoing),
-        ipip_mode: Some(IPIPMode::Never),
-        vxlan_mode: Some(VXLANMode::Never),
+        ipip_mode: Some(ipip),
+        vxlan_mode: Some(pool.vxlan_mode),
         node_selector: Some("all()".into()),
         ..Default::default()
     };
     match ds.create(&IPPool::new(name, spec)).await {
         Ok(_) => info!(
-            "Created default {fam} pool ({cidr}) with NAT outgoing {}. IPIP mode: off",
+            "Created default {fam} pool ({cidr}) with NAT outgoing {}. IPIP mode: {ipip_text}, VXLAN mode: {vxlan_text}",
             pool.nat_outgoing
         ),
         Err(e) if e.is_already_exists() => {}

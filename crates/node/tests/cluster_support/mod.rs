@@ -85,6 +85,17 @@ pub struct Cluster {
 
 impl Cluster {
     pub fn new(n: usize) -> Cluster {
+        let addrs: Vec<String> = (1..=n)
+            .map(|i| format!("192.168.33.{}/24", 10 + i))
+            .collect();
+        let addrs: Vec<&str> = addrs.iter().map(String::as_str).collect();
+        Cluster::with_hosts(&addrs)
+    }
+
+    /// Nodes node1.. with these host addresses (`a.b.c.d/len`). Hosts on other subnets than
+    /// 192.168.33.0/24 reach each other (and etcd) through the LAN namespace, which then
+    /// routes between the subnets and knows nothing else (no pod route).
+    pub fn with_hosts(addrs: &[&str]) -> Cluster {
         let lab = Lab::new().expect("lab");
         let etcd_host = lab.add_host("etcd", "192.168.33.2/24").expect("etcd host");
         let etcd = Etcd::start(EtcdOptions::in_netns(
@@ -92,12 +103,12 @@ impl Cluster {
             etcd_host.ip(),
         ))
         .expect("etcd");
-        let nodes = (1..=n)
-            .map(|i| {
-                let name = format!("node{i}");
-                let host = lab
-                    .add_host(&name, &format!("192.168.33.{}/24", 10 + i))
-                    .expect("host");
+        let nodes = addrs
+            .iter()
+            .enumerate()
+            .map(|(i, addr)| {
+                let name = format!("node{}", i + 1);
+                let host = lab.add_host(&name, addr).expect("host");
                 let run_dir = lab.dir().join(format!("{name}-run"));
                 Node {
                     agent: None,
@@ -107,6 +118,14 @@ impl Cluster {
                 }
             })
             .collect();
+        if addrs.iter().any(|a| !a.starts_with("192.168.33.")) {
+            let out = Command::new("ip")
+                .args(["netns", "exec", lab.lan_netns(), "sysctl", "-qw"])
+                .arg("net.ipv4.ip_forward=1")
+                .output()
+                .expect("sysctl in the LAN namespace");
+            assert!(out.status.success(), "the LAN namespace cannot route");
+        }
         Cluster {
             nodes,
             etcd,
