@@ -12,6 +12,8 @@
 //! - [`sysctl`]: /proc/sys settings per namespace, Calico's host-veth set.
 //! - [`netns`]: run a closure inside a namespace, on this thread ([`netns::visit`]) or on a
 //!   thread of its own, or netlink work on its own runtime there.
+//! - [`mtu`]: the workload MTU as Calico decides it (host interfaces, encapsulation) and the
+//!   file calico-node writes it to for the CNI plugin and the Docker driver.
 //! - [`workload`]: Calico's workload recipe (veth, MAC, sysctls, host and workload routes,
 //!   169.254.1.1), one for the CNI plugin and the Docker driver.
 //!
@@ -20,6 +22,7 @@
 pub mod addr;
 pub mod conn;
 pub mod link;
+pub mod mtu;
 pub mod netns;
 pub mod route;
 pub mod route_batch;
@@ -28,6 +31,7 @@ pub mod workload;
 
 pub use addr::AddrError;
 pub use conn::{ConnectError, Netlink};
+pub use mtu::Encapsulation;
 pub use link::{CALICO_HOST_MAC, Link, LinkError, VethPair, VethSpec};
 pub use netns::NetnsError;
 pub use route::{

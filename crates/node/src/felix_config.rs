@@ -77,6 +77,14 @@ pub struct FelixSettings {
     pub reporting_interval: Option<Duration>,
     /// `interfacePrefix`, passed through to the policy dataplane.
     pub interface_prefix: String,
+    /// `natOutgoingAddress`: SNAT to this address instead of masquerading.
+    pub nat_outgoing_address: Option<std::net::IpAddr>,
+    /// `natPortRange` (`min`, `max`): source ports of masqueraded TCP and UDP.
+    pub nat_port_range: Option<(u16, u16)>,
+    /// `mtuIfacePattern` (validated as a regular expression).
+    pub mtu_iface_pattern: String,
+    /// `ipipMTU`, `vxlanMTU`, `vxlanMTUV6` (the pod MTU when that encapsulation is in use).
+    pub encap_mtus: calico_dataplane::mtu::EncapMtus,
     /// Refused fields, and fields whose value does not parse (those keep their default).
     pub refused: Vec<Refusal>,
 }
@@ -99,6 +107,10 @@ impl Default for FelixSettings {
             route_refresh: Some(DEFAULT_ROUTE_REFRESH),
             reporting_interval: Some(DEFAULT_REPORTING_INTERVAL),
             interface_prefix: DEFAULT_INTERFACE_PREFIX.into(),
+            nat_outgoing_address: None,
+            nat_port_range: None,
+            mtu_iface_pattern: calico_dataplane::mtu::DEFAULT_IFACE_PATTERN.into(),
+            encap_mtus: calico_dataplane::mtu::EncapMtus::default(),
             refused: vec![],
         }
     }
@@ -126,6 +138,8 @@ pub enum Inert {
     Empty,
     /// Only `Disabled` (`Enabled`/`Disabled` switches).
     Disabled,
+    /// Only this value (case-insensitive), the default of an enumeration.
+    Text(&'static str),
 }
 
 impl Inert {
@@ -138,6 +152,7 @@ impl Inert {
             (Inert::True, Value::String(s)) => s.eq_ignore_ascii_case("true"),
             (Inert::Empty, Value::String(s)) => s.is_empty(),
             (Inert::Disabled, Value::String(s)) => s.eq_ignore_ascii_case("disabled"),
+            (Inert::Text(t), Value::String(s)) => s.eq_ignore_ascii_case(t),
             _ => false,
         }
     }
@@ -158,6 +173,8 @@ const GO_RUNTIME: &str = "Go runtime tuning";
 const FLOW_LOGS: &str = "flow logs are not implemented";
 const OTHER_PLATFORM: &str = "another platform (OpenStack, Windows, AWS, Istio)";
 const REPORTING: &str = "usage reporting to the Calico project is never done";
+const ENCAP_MTU: &str =
+    "the pod MTU when that encapsulation is in use (calico-node's MTU file, read by the CNI plugin and the Docker driver)";
 
 /// Every field of FelixConfiguration's spec and what the agent does with it.
 pub const FIELDS: &[(&str, Support)] = {
@@ -336,7 +353,7 @@ pub const FIELDS: &[(&str, Support)] = {
                 reason: NO_OVERLAY,
             },
         ),
-        ("ipipMTU", NotApplicable(OVERLAY_TUNING)),
+        ("ipipMTU", Honoured(ENCAP_MTU)),
         ("ipsetsRefreshInterval", NotApplicable(IPTABLES)),
         ("iptablesBackend", NotApplicable(IPTABLES)),
         ("iptablesFilterAllowAction", NotApplicable(IPTABLES)),
@@ -416,19 +433,22 @@ pub const FIELDS: &[(&str, Support)] = {
         ("metadataPort", NotApplicable(OTHER_PLATFORM)),
         (
             "mtuIfacePattern",
-            NotApplicable("MTU is the CNI plugin's setting"),
+            Honoured("the host interfaces whose smallest MTU is the host MTU (MTU file)"),
         ),
         (
             "natOutgoingAddress",
-            NotApplicable("natOutgoing is not rendered by the agent"),
+            Honoured("NAT outgoing SNATs to this address instead of masquerading"),
         ),
         (
             "natOutgoingExclusions",
-            NotApplicable("natOutgoing is not rendered by the agent"),
+            Refused {
+                inert: Inert::Text("IPPoolsOnly"),
+                reason: "only IPPoolsOnly (Felix's default) is implemented: traffic to host addresses outside the pools is masqueraded",
+            },
         ),
         (
             "natPortRange",
-            NotApplicable("natOutgoing is not rendered by the agent"),
+            Honoured("source ports of masqueraded TCP and UDP"),
         ),
         (
             "netlinkTimeout",
@@ -509,7 +529,7 @@ pub const FIELDS: &[(&str, Support)] = {
         ("reportingTTL", NotApplicable("status reports carry no TTL")),
         (
             "requireMTUFile",
-            NotApplicable("MTU is the CNI plugin's setting"),
+            NotApplicable("calico-node always writes the MTU file at start-up"),
         ),
         (
             "routeRefreshInterval",
@@ -556,8 +576,8 @@ pub const FIELDS: &[(&str, Support)] = {
                 reason: NO_OVERLAY,
             },
         ),
-        ("vxlanMTU", NotApplicable(OVERLAY_TUNING)),
-        ("vxlanMTUV6", NotApplicable(OVERLAY_TUNING)),
+        ("vxlanMTU", Honoured(ENCAP_MTU)),
+        ("vxlanMTUV6", Honoured(ENCAP_MTU)),
         ("vxlanPort", NotApplicable(OVERLAY_TUNING)),
         ("vxlanVNI", NotApplicable(OVERLAY_TUNING)),
         ("windowsManageFirewallRules", NotApplicable(OTHER_PLATFORM)),
@@ -731,6 +751,57 @@ pub fn settings_for(
         match f.value.as_str() {
             Some(p) => out.interface_prefix = p.to_string(),
             None => refused.push(bad(&f, format!("{} is not a string", f.value))),
+        }
+    }
+    if let Some(f) = look.get("natOutgoingAddress") {
+        match f.value.as_str().map(str::trim) {
+            Some("") => {}
+            Some(a) => match a.parse::<std::net::IpAddr>() {
+                Ok(ip) => out.nat_outgoing_address = Some(ip),
+                Err(_) => refused.push(bad(&f, format!("{} is not an IP address", f.value))),
+            },
+            None => refused.push(bad(&f, format!("{} is not an IP address", f.value))),
+        }
+    }
+    if let Some(f) = look.get("natPortRange") {
+        let text = match &f.value {
+            Value::String(s) => s.trim().to_string(),
+            other => other.to_string(),
+        };
+        match calico_api::Port::parse(&text) {
+            Ok(calico_api::Port::Range { min, max }) if min > 0 => {
+                out.nat_port_range = Some((min, max))
+            }
+            Ok(calico_api::Port::Number(p)) if p > 0 => {
+                out.nat_port_range = Some((p, p))
+            }
+            _ => refused.push(bad(
+                &f,
+                format!("{} is not a port range such as 32768:65535", f.value),
+            )),
+        }
+    }
+    if let Some(f) = look.get("mtuIfacePattern") {
+        match f.value.as_str() {
+            Some(p) if regex::Regex::new(p).is_ok() => out.mtu_iface_pattern = p.to_string(),
+            _ => refused.push(bad(
+                &f,
+                format!("{} is not a regular expression", f.value),
+            )),
+        }
+    }
+    for (field, slot) in [
+        ("ipipMTU", &mut out.encap_mtus.ipip),
+        ("vxlanMTU", &mut out.encap_mtus.vxlan),
+        ("vxlanMTUV6", &mut out.encap_mtus.vxlan_v6),
+    ] {
+        if let Some(f) = look.get(field) {
+            match as_u64(&f.value) {
+                // 0 is Felix's "derive it from the host MTU".
+                Some(0) => {}
+                Some(m) if (68..=65535).contains(&m) => *slot = Some(m as u32),
+                _ => refused.push(bad(&f, format!("{} is not an MTU 68-65535", f.value))),
+            }
         }
     }
     for (field, support) in FIELDS {
