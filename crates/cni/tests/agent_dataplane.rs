@@ -252,7 +252,15 @@ fn round_trip(s: &mut TcpStream, msg: &[u8]) -> bool {
 fn nat_rule_handles(node: &Host) -> Vec<String> {
     let out = sh(
         node,
-        &["nft", "-a", "list", "chain", "inet", "calico-rs", "nat-outgoing"],
+        &[
+            "nft",
+            "-a",
+            "list",
+            "chain",
+            "inet",
+            "calico-rs",
+            "nat-outgoing",
+        ],
     );
     out.lines()
         .filter_map(|l| l.split("# handle ").nth(1))
@@ -282,7 +290,10 @@ fn pods_of_a_nat_pool_reach_the_outside_as_the_node_and_pod_to_pod_keeps_address
         });
         assert!(up, "{n}: no session to {peer}\n{}", s.agent_logs());
     }
-    let server = s.outside.serve_tcp_echo(OUTSIDE.parse().unwrap(), PORT).unwrap();
+    let server = s
+        .outside
+        .serve_tcp_echo(OUTSIDE.parse().unwrap(), PORT)
+        .unwrap();
     let (nat1, nat1_ip) = s.pod(1, "nat1", NAT_POOL);
     let (nat2, nat2_ip) = s.pod(2, "nat2", NAT_POOL);
     let (plain1, plain1_ip) = s.pod(1, "plain1", PLAIN_POOL);
@@ -301,7 +312,11 @@ fn pods_of_a_nat_pool_reach_the_outside_as_the_node_and_pod_to_pod_keeps_address
     );
     let mut long_lived = long_lived.unwrap();
     assert!(round_trip(&mut long_lived, b"before"));
-    assert_eq!(server.peers().last().unwrap().ip(), n1.ip(), "source seen outside");
+    assert_eq!(
+        server.peers().last().unwrap().ip(),
+        n1.ip(),
+        "source seen outside"
+    );
 
     // natOutgoing off: the same probe from the other pool's pod fails (no route back).
     assert!(
@@ -371,7 +386,10 @@ fn nat_outgoing_address_is_the_source_the_outside_sees() {
     // host's replies find their way back.
     node.add_address("192.168.33.99/24").unwrap();
     s.set_felix(json!({"natOutgoingAddress": "192.168.33.99"}));
-    let server = s.outside.serve_tcp_echo(OUTSIDE.parse().unwrap(), PORT).unwrap();
+    let server = s
+        .outside
+        .serve_tcp_echo(OUTSIDE.parse().unwrap(), PORT)
+        .unwrap();
     let (pod, pod_ip) = s.pod(1, "pod1", NAT_POOL);
     let mut c = None;
     assert!(
@@ -394,13 +412,19 @@ fn nat_port_range_bounds_the_source_ports_the_outside_sees() {
     let s = Setup::new(1);
     let node = &s.nodes[0].0;
     s.set_felix(json!({"natPortRange": "40000:40009"}));
-    let server = s.outside.serve_tcp_echo(OUTSIDE.parse().unwrap(), PORT).unwrap();
+    let server = s
+        .outside
+        .serve_tcp_echo(OUTSIDE.parse().unwrap(), PORT)
+        .unwrap();
     let (pod, pod_ip) = s.pod(1, "pod1", NAT_POOL);
     // Wait until the range is in force (the chain shows it), then open several connections.
     assert!(
         wait_until(WAIT, || {
-            sh(node, &["nft", "list", "chain", "inet", "calico-rs", "nat-outgoing"])
-                .contains("40000-40009")
+            sh(
+                node,
+                &["nft", "list", "chain", "inet", "calico-rs", "nat-outgoing"],
+            )
+            .contains("40000-40009")
         }),
         "the port range never reached the nat chain\n{}",
         s.agent_logs()
@@ -418,7 +442,11 @@ fn nat_port_range_bounds_the_source_ports_the_outside_sees() {
         assert!((40000..=40009).contains(&p.port()), "source port {p}");
     }
     // The pod's own ports are ephemeral ones (32768+), far from the range: translated.
-    assert!(conns.iter().all(|c| c.local_addr().unwrap().port() >= 32768));
+    assert!(
+        conns
+            .iter()
+            .all(|c| c.local_addr().unwrap().port() >= 32768)
+    );
 }
 
 #[test]
@@ -503,7 +531,10 @@ fn bench_nat_outgoing_throughput() {
     let s = Setup::new(1);
     let node = &s.nodes[0].0;
     let (pod, pod_ip) = s.pod(1, "pod1", NAT_POOL);
-    let server = s.outside.serve_tcp_echo(OUTSIDE.parse().unwrap(), PORT).unwrap();
+    let server = s
+        .outside
+        .serve_tcp_echo(OUTSIDE.parse().unwrap(), PORT)
+        .unwrap();
     assert!(
         wait_until(WAIT, || connect(&pod, outside()).is_some()),
         "pod {pod_ip} never reached the outside\n{}",
@@ -513,7 +544,14 @@ fn bench_nat_outgoing_throughput() {
     drop(server);
     let (plain, plain_ip) = s.pod(1, "plain1", PLAIN_POOL);
     s.outside
-        .exec_ok(&["ip", "route", "add", PLAIN_POOL, "via", &node.ip().to_string()])
+        .exec_ok(&[
+            "ip",
+            "route",
+            "add",
+            PLAIN_POOL,
+            "via",
+            &node.ip().to_string(),
+        ])
         .unwrap();
     assert!(
         plain.wait_ping(OUTSIDE, WAIT).unwrap(),

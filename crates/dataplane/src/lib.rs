@@ -31,8 +31,8 @@ pub mod workload;
 
 pub use addr::AddrError;
 pub use conn::{ConnectError, Netlink};
-pub use mtu::Encapsulation;
 pub use link::{CALICO_HOST_MAC, Link, LinkError, VethPair, VethSpec};
+pub use mtu::Encapsulation;
 pub use netns::NetnsError;
 pub use route::{
     Family, RT_TABLE_MAIN, RTPROT_BIRD, RTPROT_BOOT, RTPROT_STATIC, Route, RouteError, RouteFilter,

@@ -181,10 +181,7 @@ mod tests {
         let none = Encapsulation::default();
         let unset = EncapMtus::default();
         assert_eq!(pod_mtu(1500, none, unset), 1500);
-        let ipip = Encapsulation {
-            ipip: true,
-            ..none
-        };
+        let ipip = Encapsulation { ipip: true, ..none };
         assert_eq!(pod_mtu(1500, ipip, unset), 1480);
         let vxlan = Encapsulation {
             vxlan: true,
@@ -201,7 +198,11 @@ mod tests {
             vxlan: true,
             vxlan_v6: true,
         };
-        assert_eq!(pod_mtu(1400, all, unset), 1330, "the largest overhead in use");
+        assert_eq!(
+            pod_mtu(1400, all, unset),
+            1330,
+            "the largest overhead in use"
+        );
     }
 
     #[test]

@@ -38,7 +38,9 @@ fn docker(sock: &std::path::Path, args: &[&str]) -> std::process::Output {
     calico_lab::lab::output_bounded(
         {
             let mut c = Command::new("docker");
-            c.arg("-H").arg(format!("unix://{}", sock.display())).args(args);
+            c.arg("-H")
+                .arg(format!("unix://{}", sock.display()))
+                .args(args);
             c
         },
         Duration::from_secs(60),
@@ -188,7 +190,9 @@ fn containers_get_nat_outgoing_and_the_detected_mtu() {
         "no encapsulation: the pod MTU is the host MTU"
     );
     assert!(
-        wait_until(Duration::from_secs(30), || plugins.join("calico.sock").exists()),
+        wait_until(Duration::from_secs(30), || plugins
+            .join("calico.sock")
+            .exists()),
         "the drivers never served\n{}",
         w.agent.log()
     );
@@ -242,7 +246,8 @@ fn containers_get_nat_outgoing_and_the_detected_mtu() {
         .serve_tcp_echo(OUTSIDE.parse().unwrap(), PORT)
         .unwrap();
     assert!(
-        wait_until(Duration::from_secs(30), || nc_from(&sock, "c1", "hello").is_some()),
+        wait_until(Duration::from_secs(30), || nc_from(&sock, "c1", "hello")
+            .is_some()),
         "c1 never reached the outside host\n{}\n{}",
         w.node
             .exec_ok(&["nft", "list", "table", "inet", "calico-rs"])

@@ -105,9 +105,7 @@ pub fn render(t: &mut TableSpec, nat: &NatOutgoing) {
         if masq.is_empty() {
             continue;
         }
-        let to_address = nat
-            .to_address
-            .filter(|a| matches!(a, IpAddr::V6(_)) == v6);
+        let to_address = nat.to_address.filter(|a| matches!(a, IpAddr::V6(_)) == v6);
         let matches = vec![
             Expr::Meta(MetaKey::NfProto),
             Expr::Cmp(CmpOp::Eq, vec![f.nfproto]),
@@ -133,10 +131,15 @@ pub fn render(t: &mut TableSpec, nat: &NatOutgoing) {
         if let Some((min, max)) = nat.ports {
             for (proto, name) in [(6u8, "tcp"), (17u8, "udp")] {
                 let mut r = matches.clone();
-                r.extend([Expr::Meta(MetaKey::L4Proto), Expr::Cmp(CmpOp::Eq, vec![proto])]);
+                r.extend([
+                    Expr::Meta(MetaKey::L4Proto),
+                    Expr::Cmp(CmpOp::Eq, vec![proto]),
+                ]);
                 r.push(Expr::Counter);
                 r.extend(translate(f.nfproto, to_address, Some((min, max))));
-                let comment = format!("{name} from a natOutgoing pool to outside the pools: source ports {min}-{max}");
+                let comment = format!(
+                    "{name} from a natOutgoing pool to outside the pools: source ports {min}-{max}"
+                );
                 t.add_rule(NAT_CHAIN, &r, Some(&comment));
             }
         }

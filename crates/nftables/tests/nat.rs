@@ -9,8 +9,16 @@ use calico_nftables::{NatOutgoing, PolicyDataplane};
 use calico_policy::program::HostProgram;
 
 fn nat_chain(ns: &Host) -> String {
-    ns.exec_ok(&["nft", "-a", "list", "chain", "inet", "calico-rs", "nat-outgoing"])
-        .expect("nft list chain")
+    ns.exec_ok(&[
+        "nft",
+        "-a",
+        "list",
+        "chain",
+        "inet",
+        "calico-rs",
+        "nat-outgoing",
+    ])
+    .expect("nft list chain")
 }
 
 fn set(ns: &Host, name: &str) -> String {
@@ -72,7 +80,11 @@ fn nat_outgoing_variants_are_accepted_and_pool_changes_touch_only_the_sets() {
     nat.masq_pools = vec![n("10.65.0.0/16"), n("10.66.0.0/16"), n("fd00:65::/64")];
     dp.set_nat_outgoing(nat.clone());
     let report = dp.apply_changes(&program).expect("apply pool change");
-    assert!(report.chains.is_empty(), "chains touched: {:?}", report.chains);
+    assert!(
+        report.chains.is_empty(),
+        "chains touched: {:?}",
+        report.chains
+    );
     assert_eq!(
         report.sets.iter().map(String::as_str).collect::<Vec<_>>(),
         vec!["masq-ipam-pools-4"]
@@ -91,7 +103,10 @@ fn nat_outgoing_variants_are_accepted_and_pool_changes_touch_only_the_sets() {
     dp.set_nat_outgoing(nat.clone());
     dp.apply_changes(&program).expect("snat with ports");
     let chain = nat_chain(&ns);
-    assert!(chain.contains("snat ip to 192.168.33.99:40000-40099"), "{chain}");
+    assert!(
+        chain.contains("snat ip to 192.168.33.99:40000-40099"),
+        "{chain}"
+    );
     // IPv6 still masquerades: the address is IPv4.
     assert!(chain.contains("ip6 saddr @masq-ipam-pools-6"), "{chain}");
     nat.ports = None;

@@ -173,8 +173,7 @@ const GO_RUNTIME: &str = "Go runtime tuning";
 const FLOW_LOGS: &str = "flow logs are not implemented";
 const OTHER_PLATFORM: &str = "another platform (OpenStack, Windows, AWS, Istio)";
 const REPORTING: &str = "usage reporting to the Calico project is never done";
-const ENCAP_MTU: &str =
-    "the pod MTU when that encapsulation is in use (calico-node's MTU file, read by the CNI plugin and the Docker driver)";
+const ENCAP_MTU: &str = "the pod MTU when that encapsulation is in use (calico-node's MTU file, read by the CNI plugin and the Docker driver)";
 
 /// Every field of FelixConfiguration's spec and what the agent does with it.
 pub const FIELDS: &[(&str, Support)] = {
@@ -772,9 +771,7 @@ pub fn settings_for(
             Ok(calico_api::Port::Range { min, max }) if min > 0 => {
                 out.nat_port_range = Some((min, max))
             }
-            Ok(calico_api::Port::Number(p)) if p > 0 => {
-                out.nat_port_range = Some((p, p))
-            }
+            Ok(calico_api::Port::Number(p)) if p > 0 => out.nat_port_range = Some((p, p)),
             _ => refused.push(bad(
                 &f,
                 format!("{} is not a port range such as 32768:65535", f.value),
@@ -784,10 +781,7 @@ pub fn settings_for(
     if let Some(f) = look.get("mtuIfacePattern") {
         match f.value.as_str() {
             Some(p) if regex::Regex::new(p).is_ok() => out.mtu_iface_pattern = p.to_string(),
-            _ => refused.push(bad(
-                &f,
-                format!("{} is not a regular expression", f.value),
-            )),
+            _ => refused.push(bad(&f, format!("{} is not a regular expression", f.value))),
         }
     }
     for (field, slot) in [
