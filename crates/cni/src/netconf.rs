@@ -120,8 +120,13 @@ pub struct NetConf {
     pub nodename_file: Option<PathBuf>,
     #[serde(default)]
     pub nodename_file_optional: bool,
+    /// The veths' MTU; absent or 0: calico-node's detected MTU (`mtu_file`), as Calico.
     #[serde(default)]
     pub mtu: Option<u32>,
+    /// Where calico-node writes the detected MTU (default `/var/lib/calico/mtu`; set it when
+    /// calico-node's `CALICO_STATE_DIR` is elsewhere, as `nodename_file` is for the name).
+    #[serde(default)]
+    pub mtu_file: Option<PathBuf>,
     #[serde(default)]
     pub log_level: Option<String>,
     #[serde(default)]
@@ -237,11 +242,12 @@ impl NetConf {
             });
         }
         if let Some(mtu) = self.mtu
+            && mtu != 0
             && !(68..=65535).contains(&mtu)
         {
             return Err(NetconfError::Invalid {
                 field: "mtu",
-                reason: format!("{mtu} is outside 68..65535"),
+                reason: format!("{mtu} is outside 68..65535 (0: the detected MTU)"),
             });
         }
         if let Some(ipam) = &self.ipam {

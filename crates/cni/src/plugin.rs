@@ -510,12 +510,13 @@ impl Plugin {
         fault("ipam")?;
 
         let host_if = wl.host_veth();
+        let mtu = self.veth_mtu()?;
         let host_nl = Netlink::connect().map_err(|e| PluginError::step("veth", e))?;
         undo.veth = Some(host_if.clone());
         // One request: the peer is created inside the pod under its final name (brought up
         // with the rest of the pod side in `configure_container`).
         let veth = WorkloadVeth {
-            mtu: self.conf.mtu,
+            mtu,
             ..WorkloadVeth::new(&host_if, &wl.ifname, &netns)
         };
         let pair = veth
@@ -554,14 +555,30 @@ impl Plugin {
             "pod network ready"
         );
 
-        Ok(self.result(wl, &netns, &peer_mac, &addrs, routes))
+        Ok(self.result(wl, &netns, (&peer_mac, mtu), &addrs, routes))
+    }
+
+    /// The veths' MTU, as Calico's plugin picks it: the netconf's `mtu` when set (and not 0),
+    /// else the one calico-node detected and wrote to its MTU file (`mtu_file`, default
+    /// `/var/lib/calico/mtu`), else the kernel's default. A file that exists but does not hold
+    /// an MTU is an error (nothing is created).
+    fn veth_mtu(&self) -> Result<Option<u32>, PluginError> {
+        if let Some(m) = self.conf.mtu.filter(|m| *m != 0) {
+            return Ok(Some(m));
+        }
+        let path = self
+            .conf
+            .mtu_file
+            .clone()
+            .unwrap_or_else(|| calico_dataplane::mtu::MTU_FILE.into());
+        calico_dataplane::mtu::read_mtu_file(&path).map_err(|e| PluginError::step("mtu", e))
     }
 
     fn result(
         &self,
         wl: &Workload,
         netns: &Path,
-        peer_mac: &Option<[u8; 6]>,
+        (peer_mac, mtu): (&Option<[u8; 6]>, Option<u32>),
         addrs: &[IpAddr],
         routes: Vec<RouteConfig>,
     ) -> CniResult {
@@ -570,11 +587,13 @@ impl Plugin {
         r.interfaces.push(Interface {
             name: wl.host_veth(),
             mac: Some(calico_dataplane::link::format_mac(&CALICO_HOST_MAC)),
+            mtu,
             ..Default::default()
         });
         r.interfaces.push(Interface {
             name: wl.ifname.clone(),
             mac: peer_mac.map(|m| calico_dataplane::link::format_mac(&m)),
+            mtu,
             sandbox: Some(netns.display().to_string()),
             ..Default::default()
         });

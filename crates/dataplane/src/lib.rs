@@ -12,6 +12,8 @@
 //! - [`sysctl`]: /proc/sys settings per namespace, Calico's host-veth set.
 //! - [`netns`]: run a closure inside a namespace, on this thread ([`netns::visit`]) or on a
 //!   thread of its own, or netlink work on its own runtime there.
+//! - [`mtu`]: the workload MTU as Calico decides it (host interfaces, encapsulation) and the
+//!   file calico-node writes it to for the CNI plugin and the Docker driver.
 //! - [`vxlan`]: VXLAN devices (`vxlan.calico`), their FDB and neighbour entries per remote VTEP.
 //! - [`workload`]: Calico's workload recipe (veth, MAC, sysctls, host and workload routes,
 //!   169.254.1.1), one for the CNI plugin and the Docker driver.
@@ -21,6 +23,7 @@
 pub mod addr;
 pub mod conn;
 pub mod link;
+pub mod mtu;
 pub mod netns;
 pub mod route;
 pub mod route_batch;
@@ -31,6 +34,7 @@ pub mod workload;
 pub use addr::AddrError;
 pub use conn::{ConnectError, Netlink};
 pub use link::{CALICO_HOST_MAC, Link, LinkError, VethPair, VethSpec};
+pub use mtu::Encapsulation;
 pub use netns::NetnsError;
 pub use route::{
     Family, RT_TABLE_MAIN, RTPROT_BIRD, RTPROT_BOOT, RTPROT_STATIC, Route, RouteError, RouteFilter,

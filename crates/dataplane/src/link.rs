@@ -70,6 +70,8 @@ pub struct Link {
     pub mac: Option<[u8; 6]>,
     /// Administratively up (IFF_UP).
     pub up: bool,
+    /// Operationally up (IFF_RUNNING: carrier, peer up for a veth).
+    pub running: bool,
     pub mtu: Option<u32>,
 }
 
@@ -80,6 +82,7 @@ impl Link {
             name: String::new(),
             mac: None,
             up: m.header.flags.contains(LinkFlags::Up),
+            running: m.header.flags.contains(LinkFlags::Running),
             mtu: None,
         };
         for a in &m.attributes {

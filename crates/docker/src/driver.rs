@@ -313,6 +313,14 @@ impl Driver<crate::ipam::CalicoIpam, crate::plumbing::DataplanePlumber> {
             engine: DockerEngine::new(docker_socket),
         }
     }
+
+    /// Veths get the MTU calico-node detected and wrote to `path` (its `<state dir>/mtu`),
+    /// read at each endpoint creation; without it (or while the file does not exist) the
+    /// kernel's default.
+    pub fn with_mtu_file(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.plumber = self.plumber.with_mtu_file(path);
+        self
+    }
 }
 
 impl<A: AddressAllocator, P: EndpointPlumber> Driver<A, P> {

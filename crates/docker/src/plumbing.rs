@@ -18,6 +18,8 @@ pub enum PlumbingError {
     Connect(#[from] calico_dataplane::ConnectError),
     #[error(transparent)]
     Workload(#[from] WorkloadError),
+    #[error(transparent)]
+    Mtu(#[from] calico_dataplane::mtu::MtuFileError),
 }
 
 pub trait EndpointPlumber: Send + Sync + 'static {
@@ -39,6 +41,8 @@ pub trait EndpointPlumber: Send + Sync + 'static {
 #[derive(Debug, Default)]
 pub struct DataplanePlumber {
     nl: tokio::sync::OnceCell<Netlink>,
+    /// calico-node's MTU file (see [`calico_dataplane::mtu`]); `None`: the kernel's default.
+    mtu_file: Option<std::path::PathBuf>,
 }
 
 /// The namespace of the calling thread, for a veth whose peer stays here until dockerd moves it.
@@ -47,6 +51,12 @@ const HERE: &str = "/proc/thread-self/ns/net";
 impl DataplanePlumber {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Veths get the MTU in `path` (written by calico-node), read at each creation.
+    pub fn with_mtu_file(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.mtu_file = Some(path.into());
+        self
     }
 
     async fn nl(&self) -> Result<&Netlink, PlumbingError> {
@@ -65,8 +75,13 @@ impl EndpointPlumber for DataplanePlumber {
         addresses: &[IpAddr],
     ) -> Result<(), PlumbingError> {
         let nl = self.nl().await?;
+        let mtu = match &self.mtu_file {
+            Some(path) => calico_dataplane::mtu::read_mtu_file(path)?,
+            None => None,
+        };
         let veth = WorkloadVeth {
             host_mac: None,
+            mtu,
             ..WorkloadVeth::new(host_if, temp_if, HERE)
         };
         veth.create(nl).await?;

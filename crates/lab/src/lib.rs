@@ -30,4 +30,4 @@ pub use etcd::{Etcd, EtcdCluster, EtcdError, EtcdOptions, TlsFiles};
 pub use lab::{Host, Lab, LabError, teardown};
 pub use process::{ProcessError, ProcessGuard, SpawnOptions};
 pub use state::{RunRecord, sweep};
-pub use tcp::TcpServers;
+pub use tcp::{EchoServer, TcpServers};

@@ -103,3 +103,95 @@ impl Host {
         })
     }
 }
+
+/// A TCP echo server started by [`Host::serve_tcp_echo`]: it records the peer address of
+/// every connection (the source the server's host sees, e.g. after NAT) and echoes what each
+/// connection sends. Stops (threads joined) on drop.
+#[derive(Debug)]
+pub struct EchoServer {
+    stop: Arc<AtomicBool>,
+    peers: Arc<std::sync::Mutex<Vec<SocketAddr>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl EchoServer {
+    /// Peer addresses of the connections accepted so far, in order.
+    pub fn peers(&self) -> Vec<SocketAddr> {
+        self.peers.lock().map(|p| p.clone()).unwrap_or_default()
+    }
+}
+
+impl Drop for EchoServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Host {
+    /// Listens on `bind:port` inside this host: every connection's peer address is recorded
+    /// ([`EchoServer::peers`]) and what it sends is echoed back.
+    pub fn serve_tcp_echo(&self, bind: IpAddr, port: u16) -> Result<EchoServer, LabError> {
+        let listener = self
+            .run(move || {
+                TcpListener::bind((bind, port)).and_then(|l| l.set_nonblocking(true).map(|()| l))
+            })?
+            .map_err(|source| LabError::Run {
+                command: format!("tcp echo server on {bind}:{port} in {}", self.name()),
+                source,
+            })?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let peers = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (s, p) = (stop.clone(), peers.clone());
+        // The listening socket belongs to the host's namespace: accepting needs no setns.
+        let thread = std::thread::spawn(move || {
+            let deadline = Instant::now() + MAX_LIFETIME;
+            let mut conns = Vec::new();
+            while !s.load(Ordering::SeqCst) && Instant::now() < deadline {
+                match listener.accept() {
+                    Ok((stream, peer)) => {
+                        if let Ok(mut v) = p.lock() {
+                            v.push(peer);
+                        }
+                        let s = s.clone();
+                        conns.push(std::thread::spawn(move || echo(stream, &s, deadline)));
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(2)),
+                }
+            }
+            s.store(true, Ordering::SeqCst);
+            for c in conns {
+                let _ = c.join();
+            }
+        });
+        Ok(EchoServer {
+            stop,
+            peers,
+            thread: Some(thread),
+        })
+    }
+}
+
+fn echo(mut s: TcpStream, stop: &AtomicBool, deadline: Instant) {
+    let _ = s.set_nonblocking(false);
+    let _ = s.set_read_timeout(Some(Duration::from_millis(100)));
+    let mut buf = [0u8; 4096];
+    while !stop.load(Ordering::SeqCst) && Instant::now() < deadline {
+        match s.read(&mut buf) {
+            Ok(0) => return,
+            Ok(n) => {
+                if s.write_all(&buf[..n]).is_err() {
+                    return;
+                }
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => return,
+        }
+    }
+}

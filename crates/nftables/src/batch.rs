@@ -234,7 +234,37 @@ pub enum Expr {
     Notrack,
     /// Apply a verdict.
     Verdict(Verdict),
+    /// Load a constant into a register (`immediate`): the operands of [`Expr::Masq`] and
+    /// [`Expr::Snat`].
+    Immediate {
+        /// Destination register (`NFT_REG_1`..`NFT_REG_4`: 1..4).
+        reg: u32,
+        /// Value (network byte order).
+        data: Vec<u8>,
+    },
+    /// Source NAT to the address of the outgoing interface (`masquerade`), with the source
+    /// port taken from the range in registers `proto_regs` (min, max) when given. Terminal
+    /// (like an `accept`) for the packet's pass through the chain.
+    Masq {
+        /// Registers holding the lowest and highest source port.
+        proto_regs: Option<(u32, u32)>,
+    },
+    /// Source NAT to the address in register `addr_reg` (`snat to`), with the source port
+    /// from `proto_regs` when given. Terminal like [`Expr::Masq`].
+    Snat {
+        /// `NFPROTO_IPV4` or `NFPROTO_IPV6`: the family of the address.
+        family: u8,
+        /// Register holding the address.
+        addr_reg: u32,
+        /// Registers holding the lowest and highest source port.
+        proto_regs: Option<(u32, u32)>,
+    },
 }
+
+/// `NF_NAT_RANGE_MAP_IPS`: the NAT maps the address.
+const NAT_RANGE_MAP_IPS: u32 = 1;
+/// `NF_NAT_RANGE_PROTO_SPECIFIED`: the NAT maps the port into the given range.
+const NAT_RANGE_PROTO_SPECIFIED: u32 = 2;
 
 /// `ct state` bits (`NF_CT_STATE_*_BIT`).
 pub mod ct {
@@ -250,6 +280,27 @@ pub mod ct {
     pub const UNTRACKED: u32 = 1 << 6;
 }
 
+/// Type of a base chain (`NFTA_CHAIN_TYPE`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ChainType {
+    /// `filter`: sees every packet.
+    #[default]
+    Filter,
+    /// `nat`: sees the first packet of each connection only; its NAT statements set the
+    /// connection's mapping, which conntrack then applies to every later packet.
+    Nat,
+}
+
+impl ChainType {
+    /// The kernel's name of the type.
+    pub fn name(self) -> &'static str {
+        match self {
+            ChainType::Filter => "filter",
+            ChainType::Nat => "nat",
+        }
+    }
+}
+
 /// A chain to create.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChainSpec {
@@ -257,6 +308,8 @@ pub struct ChainSpec {
     pub name: String,
     /// `Some` for a base chain: hook, priority and policy (only Accept or Drop).
     pub base: Option<(Hook, i32, Verdict)>,
+    /// Type of a base chain (ignored for a regular chain).
+    pub kind: ChainType,
 }
 
 impl ChainSpec {
@@ -265,6 +318,7 @@ impl ChainSpec {
         ChainSpec {
             name: name.to_owned(),
             base: None,
+            kind: ChainType::Filter,
         }
     }
 
@@ -273,6 +327,16 @@ impl ChainSpec {
         ChainSpec {
             name: name.to_owned(),
             base: Some((hook, priority, policy)),
+            kind: ChainType::Filter,
+        }
+    }
+
+    /// A `nat` base chain (policy accept: a NAT chain never drops).
+    pub fn nat(name: &str, hook: Hook, priority: i32) -> ChainSpec {
+        ChainSpec {
+            name: name.to_owned(),
+            base: Some((hook, priority, Verdict::Accept)),
+            kind: ChainType::Nat,
         }
     }
 }
@@ -497,7 +561,7 @@ impl Batch {
                 h.be32(2, *prio as u32);
             });
             a.be32(5, policy.code() as u32);
-            a.str(7, "filter");
+            a.str(7, chain.kind.name());
         }
         self.push(
             msg::NEWCHAIN,
@@ -819,6 +883,40 @@ fn encode_expr(a: &mut Attrs, e: &Expr) {
             d
         }),
         Expr::Notrack => ("notrack", Attrs::default()),
+        Expr::Immediate { reg, data } => ("immediate", {
+            let mut d = Attrs::default();
+            d.be32(1, *reg);
+            d.data_value(2, data);
+            d
+        }),
+        Expr::Masq { proto_regs } => ("masq", {
+            let mut d = Attrs::default();
+            if let Some((min, max)) = proto_regs {
+                d.be32(1, NAT_RANGE_PROTO_SPECIFIED); // NFTA_MASQ_FLAGS
+                d.be32(2, *min);
+                d.be32(3, *max);
+            }
+            d
+        }),
+        Expr::Snat {
+            family,
+            addr_reg,
+            proto_regs,
+        } => ("nat", {
+            let mut d = Attrs::default();
+            d.be32(1, 0); // NFT_NAT_SNAT
+            d.be32(2, u32::from(*family));
+            d.be32(3, *addr_reg);
+            d.be32(4, *addr_reg);
+            let mut flags = NAT_RANGE_MAP_IPS;
+            if let Some((min, max)) = proto_regs {
+                d.be32(5, *min);
+                d.be32(6, *max);
+                flags |= NAT_RANGE_PROTO_SPECIFIED;
+            }
+            d.be32(7, flags);
+            d
+        }),
         Expr::Verdict(v) => ("immediate", {
             let mut d = Attrs::default();
             d.be32(1, REG_VERDICT);

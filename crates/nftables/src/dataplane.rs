@@ -7,7 +7,7 @@ use calico_policy::sets::SetId;
 
 use std::collections::BTreeSet;
 
-use crate::batch::{Batch, ChainSpec, Family, Hook, KeyType, SetSpec, Verdict};
+use crate::batch::{Batch, ChainSpec, ChainType, Family, Hook, KeyType, SetSpec, Verdict};
 use crate::render::{
     EndpointToHost, RenderError, RenderSettings, TABLE_NAME, render_set_update, render_spec_from,
 };
@@ -82,6 +82,13 @@ impl PolicyDataplane {
     /// next apply.
     pub fn set_interface_prefixes(&mut self, prefixes: Vec<String>) {
         self.settings.interface_prefixes = prefixes;
+    }
+
+    /// Sets what NAT outgoing does; takes effect with the next apply (by difference: only
+    /// the pool sets that changed are refilled, the nat chain is rewritten only when its
+    /// rules change).
+    pub fn set_nat_outgoing(&mut self, nat: crate::nat::NatOutgoing) {
+        self.settings.nat = nat;
     }
 
     /// Packets and bytes dropped so far because they came from or went to a workload-prefixed
@@ -230,7 +237,15 @@ impl PolicyDataplane {
                 }
                 (None, _) => None,
             };
-            t.add_chain(&ChainSpec { name: c.name, base });
+            let kind = match c.kind.as_deref() {
+                Some("nat") => ChainType::Nat,
+                _ => ChainType::Filter,
+            };
+            t.add_chain(&ChainSpec {
+                name: c.name,
+                base,
+                kind,
+            });
         }
         for s in self.socket.list_sets()? {
             if s.table != TABLE_NAME {

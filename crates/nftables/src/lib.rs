@@ -10,18 +10,21 @@
 //!   whole table in one transaction, [`PolicyDataplane::update_sets`] rewrites only the
 //!   elements of the sets whose membership changed, [`PolicyDataplane::apply_changes`] sends
 //!   only the difference from the last applied table ([`table::diff`]);
+//! - [`nat`]: NAT outgoing (Felix's `cali-nat-outgoing`) in the same table;
 //! - [`read`]: the table read back (chains, rules, comments, counters, verdicts).
 
 pub mod batch;
 pub mod dataplane;
+pub mod nat;
 mod netlink;
 pub mod read;
 pub mod render;
 pub mod socket;
 pub mod table;
 
-pub use batch::{Batch, ChainSpec, Expr, Family, Hook, SetElem, SetSpec, Verdict};
+pub use batch::{Batch, ChainSpec, ChainType, Expr, Family, Hook, SetElem, SetSpec, Verdict};
 pub use dataplane::{ApplyError, ApplyReport, PolicyDataplane};
+pub use nat::NatOutgoing;
 pub use render::{
     DEFAULT_INTERFACE_PREFIX, EndpointToHost, RenderError, RenderSettings, TABLE_NAME,
     UNKNOWN_INTERFACE, render_spec, render_table,

@@ -159,6 +159,8 @@ pub struct RenderSettings {
     /// Prefixes of workload interfaces (Felix's `InterfacePrefix`, a comma-separated list
     /// there): traffic on such an interface that no endpoint owns is dropped.
     pub interface_prefixes: Vec<String>,
+    /// NAT outgoing (the chain [`crate::nat::NAT_CHAIN`] and its pool sets).
+    pub nat: crate::nat::NatOutgoing,
 }
 
 impl Default for RenderSettings {
@@ -166,6 +168,7 @@ impl Default for RenderSettings {
         RenderSettings {
             to_host: EndpointToHost::default(),
             interface_prefixes: vec![DEFAULT_INTERFACE_PREFIX.to_owned()],
+            nat: crate::nat::NatOutgoing::default(),
         }
     }
 }
@@ -351,6 +354,7 @@ pub fn render_spec_from(
         heps.sort_by_key(|(iface, _, _)| iface.is_none());
         render_host_endpoints(&mut b, &heps, &settings.interface_prefixes);
     }
+    crate::nat::render(&mut b, &settings.nat);
     Ok(b)
 }
 
@@ -1173,6 +1177,7 @@ mod tests {
         let settings = RenderSettings {
             to_host: EndpointToHost::Return,
             interface_prefixes: vec!["cali".into(), "tap".into()],
+            ..Default::default()
         };
         let t = render_spec(&program_with(&["calia".into()]), &settings).unwrap();
         for chain in ["from-wl", "to-wl", "wl-to-host"] {
@@ -1212,6 +1217,7 @@ mod tests {
             let settings = RenderSettings {
                 to_host: if to_host_return { EndpointToHost::Return } else { EndpointToHost::Drop },
                 interface_prefixes: prefixes.iter().cloned().collect(),
+                ..Default::default()
             };
             let t = render_spec(&program_with(&eps), &settings).unwrap();
             for iface in probes.iter().chain(&eps) {

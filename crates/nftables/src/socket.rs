@@ -278,6 +278,8 @@ pub struct ListedChain {
     pub hook: Option<(u32, i32)>,
     /// Policy verdict code of a base chain (0 drop, 1 accept).
     pub policy: Option<u32>,
+    /// Type of a base chain (`filter`, `nat`, `route`).
+    pub kind: Option<String>,
 }
 
 /// A set as the kernel lists it.
@@ -317,6 +319,7 @@ impl NftSocket {
                     (num, prio)
                 }),
                 policy: attr(&m.attrs, 5).and_then(be32),
+                kind: attr(&m.attrs, 7).and_then(string),
             })
             .collect())
     }

@@ -495,6 +495,10 @@ pub async fn run(mut cfg: NodeConfig, etcd: EtcdClient) -> Result<(), AgentError
             }
         }
         if let Some(p) = policy.as_mut() {
+            // NAT outgoing lives in the policy table: handed over here, enforced by the sync.
+            if let Err(e) = crate::nat::sync(&ds, &settings.current, p).await {
+                problems.push(format!("nat outgoing: {}", error_chain(&e)));
+            }
             let synced = match p.verify() {
                 Ok(_) => p.sync(&ds, &started.node_name).await,
                 Err(e) => Err(e),

@@ -79,6 +79,14 @@ pub struct FelixSettings {
     pub interface_prefix: String,
     /// `vxlanPort`, `vxlanVNI`, `vxlanMTU`, `vxlanMTUV6` (`crate::tunnel`).
     pub vxlan: crate::tunnel::VxlanSettings,
+    /// `natOutgoingAddress`: SNAT to this address instead of masquerading.
+    pub nat_outgoing_address: Option<std::net::IpAddr>,
+    /// `natPortRange` (`min`, `max`): source ports of masqueraded TCP and UDP.
+    pub nat_port_range: Option<(u16, u16)>,
+    /// `mtuIfacePattern` (validated as a regular expression).
+    pub mtu_iface_pattern: String,
+    /// `ipipMTU`, `vxlanMTU`, `vxlanMTUV6` (the pod MTU when that encapsulation is in use).
+    pub encap_mtus: calico_dataplane::mtu::EncapMtus,
     /// Refused fields, and fields whose value does not parse (those keep their default).
     pub refused: Vec<Refusal>,
 }
@@ -102,6 +110,10 @@ impl Default for FelixSettings {
             reporting_interval: Some(DEFAULT_REPORTING_INTERVAL),
             interface_prefix: DEFAULT_INTERFACE_PREFIX.into(),
             vxlan: crate::tunnel::VxlanSettings::default(),
+            nat_outgoing_address: None,
+            nat_port_range: None,
+            mtu_iface_pattern: calico_dataplane::mtu::DEFAULT_IFACE_PATTERN.into(),
+            encap_mtus: calico_dataplane::mtu::EncapMtus::default(),
             refused: vec![],
         }
     }
@@ -129,6 +141,8 @@ pub enum Inert {
     Empty,
     /// Only `Disabled` (`Enabled`/`Disabled` switches).
     Disabled,
+    /// Only this value (case-insensitive), the default of an enumeration.
+    Text(&'static str),
 }
 
 impl Inert {
@@ -141,6 +155,7 @@ impl Inert {
             (Inert::True, Value::String(s)) => s.eq_ignore_ascii_case("true"),
             (Inert::Empty, Value::String(s)) => s.is_empty(),
             (Inert::Disabled, Value::String(s)) => s.eq_ignore_ascii_case("disabled"),
+            (Inert::Text(t), Value::String(s)) => s.eq_ignore_ascii_case(t),
             _ => false,
         }
     }
@@ -161,6 +176,7 @@ const GO_RUNTIME: &str = "Go runtime tuning";
 const FLOW_LOGS: &str = "flow logs are not implemented";
 const OTHER_PLATFORM: &str = "another platform (OpenStack, Windows, AWS, Istio)";
 const REPORTING: &str = "usage reporting to the Calico project is never done";
+const ENCAP_MTU: &str = "the pod MTU when that encapsulation is in use (calico-node's MTU file, read by the CNI plugin and the Docker driver)";
 
 /// Every field of FelixConfiguration's spec and what the agent does with it.
 pub const FIELDS: &[(&str, Support)] = {
@@ -339,7 +355,7 @@ pub const FIELDS: &[(&str, Support)] = {
                 reason: NO_OVERLAY,
             },
         ),
-        ("ipipMTU", NotApplicable(OVERLAY_TUNING)),
+        ("ipipMTU", Honoured(ENCAP_MTU)),
         ("ipsetsRefreshInterval", NotApplicable(IPTABLES)),
         ("iptablesBackend", NotApplicable(IPTABLES)),
         ("iptablesFilterAllowAction", NotApplicable(IPTABLES)),
@@ -419,19 +435,22 @@ pub const FIELDS: &[(&str, Support)] = {
         ("metadataPort", NotApplicable(OTHER_PLATFORM)),
         (
             "mtuIfacePattern",
-            NotApplicable("MTU is the CNI plugin's setting"),
+            Honoured("the host interfaces whose smallest MTU is the host MTU (MTU file)"),
         ),
         (
             "natOutgoingAddress",
-            NotApplicable("natOutgoing is not rendered by the agent"),
+            Honoured("NAT outgoing SNATs to this address instead of masquerading"),
         ),
         (
             "natOutgoingExclusions",
-            NotApplicable("natOutgoing is not rendered by the agent"),
+            Refused {
+                inert: Inert::Text("IPPoolsOnly"),
+                reason: "only IPPoolsOnly (Felix's default) is implemented: traffic to host addresses outside the pools is masqueraded",
+            },
         ),
         (
             "natPortRange",
-            NotApplicable("natOutgoing is not rendered by the agent"),
+            Honoured("source ports of masqueraded TCP and UDP"),
         ),
         (
             "netlinkTimeout",
@@ -512,7 +531,7 @@ pub const FIELDS: &[(&str, Support)] = {
         ("reportingTTL", NotApplicable("status reports carry no TTL")),
         (
             "requireMTUFile",
-            NotApplicable("MTU is the CNI plugin's setting"),
+            NotApplicable("calico-node always writes the MTU file at start-up"),
         ),
         (
             "routeRefreshInterval",
@@ -561,11 +580,11 @@ pub const FIELDS: &[(&str, Support)] = {
         ),
         (
             "vxlanMTU",
-            Honoured("MTU of vxlan.calico (0 or unset: the host interface's minus 50)"),
+            Honoured("MTU of vxlan.calico and, when an IPv4 pool uses VXLAN, of pods (0 or unset: host MTU − 50)"),
         ),
         (
             "vxlanMTUV6",
-            Honoured("MTU of vxlan-v6.calico (0 or unset: the host interface's minus 70)"),
+            Honoured("MTU of vxlan-v6.calico and, when an IPv6 pool uses VXLAN, of pods (0 or unset: host MTU − 70)"),
         ),
         ("vxlanPort", Honoured("UDP port of the VXLAN devices")),
         ("vxlanVNI", Honoured("VNI of the VXLAN devices")),
@@ -754,22 +773,55 @@ pub fn settings_for(
             None => refused.push(bad(&f, format!("{} is not a VNI 1-16777215", f.value))),
         }
     }
+    if let Some(f) = look.get("natOutgoingAddress") {
+        match f.value.as_str().map(str::trim) {
+            Some("") => {}
+            Some(a) => match a.parse::<std::net::IpAddr>() {
+                Ok(ip) => out.nat_outgoing_address = Some(ip),
+                Err(_) => refused.push(bad(&f, format!("{} is not an IP address", f.value))),
+            },
+            None => refused.push(bad(&f, format!("{} is not an IP address", f.value))),
+        }
+    }
+    if let Some(f) = look.get("natPortRange") {
+        let text = match &f.value {
+            Value::String(s) => s.trim().to_string(),
+            other => other.to_string(),
+        };
+        match calico_api::Port::parse(&text) {
+            Ok(calico_api::Port::Range { min, max }) if min > 0 => {
+                out.nat_port_range = Some((min, max))
+            }
+            Ok(calico_api::Port::Number(p)) if p > 0 => out.nat_port_range = Some((p, p)),
+            _ => refused.push(bad(
+                &f,
+                format!("{} is not a port range such as 32768:65535", f.value),
+            )),
+        }
+    }
+    if let Some(f) = look.get("mtuIfacePattern") {
+        match f.value.as_str() {
+            Some(p) if regex::Regex::new(p).is_ok() => out.mtu_iface_pattern = p.to_string(),
+            _ => refused.push(bad(&f, format!("{} is not a regular expression", f.value))),
+        }
+    }
     for (field, slot) in [
-        ("vxlanMTU", &mut out.vxlan.mtu),
-        ("vxlanMTUV6", &mut out.vxlan.mtu_v6),
+        ("ipipMTU", &mut out.encap_mtus.ipip),
+        ("vxlanMTU", &mut out.encap_mtus.vxlan),
+        ("vxlanMTUV6", &mut out.encap_mtus.vxlan_v6),
     ] {
         if let Some(f) = look.get(field) {
-            // 0 is Felix's "detect it".
-            match as_u64(&f.value).filter(|m| *m == 0 || (68..=65535).contains(m)) {
-                Some(0) => *slot = None,
-                Some(m) => *slot = Some(m as u32),
-                None => refused.push(bad(
-                    &f,
-                    format!("{} is not an MTU 68-65535 (or 0 to detect it)", f.value),
-                )),
+            match as_u64(&f.value) {
+                // 0 is Felix's "derive it from the host MTU".
+                Some(0) => {}
+                Some(m) if (68..=65535).contains(&m) => *slot = Some(m as u32),
+                _ => refused.push(bad(&f, format!("{} is not an MTU 68-65535", f.value))),
             }
         }
     }
+    // One parse, two consumers: Felix uses vxlanMTU(V6) for the device and for the pod MTU.
+    out.vxlan.mtu = out.encap_mtus.vxlan;
+    out.vxlan.mtu_v6 = out.encap_mtus.vxlan_v6;
     for (field, support) in FIELDS {
         let Support::Refused { inert, reason } = support else {
             continue;

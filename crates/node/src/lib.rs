@@ -11,6 +11,8 @@ pub mod health;
 pub mod libnetwork;
 pub mod logging;
 pub mod metrics;
+pub mod mtu;
+pub mod nat;
 pub mod node_status;
 pub mod peering;
 pub mod policy;

@@ -13,11 +13,10 @@ use crate::config::NodeConfig;
 /// Serves the drivers and runs the syncer until the process stops.
 pub async fn serve(cfg: NodeConfig, etcd: EtcdClient) {
     info!(plugins = %cfg.plugins_dir.display(), "Starting libnetwork service");
-    let driver = Arc::new(calico_docker::Driver::with_etcd(
-        &cfg.node_name,
-        etcd.clone(),
-        &cfg.docker_socket,
-    ));
+    let driver = Arc::new(
+        calico_docker::Driver::with_etcd(&cfg.node_name, etcd.clone(), &cfg.docker_socket)
+            .with_mtu_file(cfg.state_dir.join("mtu")),
+    );
     let drivers = calico_docker::serve(driver, &cfg.plugins_dir, std::future::pending());
     let syncer = calico_docker::run_network_syncer(
         etcd,

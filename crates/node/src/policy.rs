@@ -28,7 +28,9 @@
 
 use calico_api as api;
 use calico_datastore::{Datastore, KindRef, ResourceError};
-use calico_nftables::{ApplyError, ApplyReport, EndpointToHost, NftError, PolicyDataplane};
+use calico_nftables::{
+    ApplyError, ApplyReport, EndpointToHost, NatOutgoing, NftError, PolicyDataplane,
+};
 use calico_policy::CompileError;
 use calico_policy::felix::{self, EndpointToHostAction, FelixConfigError, FelixPolicySettings};
 use calico_policy::from_api::{ApiResources, ConvertError};
@@ -92,6 +94,10 @@ pub trait Enforcer {
     fn still_enforced(&mut self) -> Result<bool, NftError> {
         Ok(true)
     }
+
+    /// Sets what NAT outgoing does; enforced with the next `enforce` (same table, same
+    /// transaction as the policy).
+    fn set_nat_outgoing(&mut self, _nat: NatOutgoing) {}
 }
 
 impl Enforcer for PolicyDataplane {
@@ -106,6 +112,10 @@ impl Enforcer for PolicyDataplane {
             self.adopt_existing()?;
         }
         Ok(ours)
+    }
+
+    fn set_nat_outgoing(&mut self, nat: NatOutgoing) {
+        PolicyDataplane::set_nat_outgoing(self, nat);
     }
 
     fn enforce(
@@ -130,6 +140,9 @@ pub struct PolicySync<E: Enforcer = PolicyDataplane> {
     applied: Option<(HostProgram, FelixPolicySettings)>,
     /// Policies and profiles not enforced as written, from the last compilation.
     issues: Vec<PolicyIssue>,
+    /// NAT outgoing wanted (`crate::nat`), and as last enforced.
+    nat: NatOutgoing,
+    nat_applied: Option<NatOutgoing>,
 }
 
 impl PolicySync<PolicyDataplane> {
@@ -159,7 +172,24 @@ impl<E: Enforcer> PolicySync<E> {
             enforcer,
             applied: None,
             issues: Vec::new(),
+            nat: NatOutgoing::default(),
+            nat_applied: None,
         }
+    }
+
+    /// Sets what NAT outgoing does (see `crate::nat`); the next [`PolicySync::sync`] enforces
+    /// it when it differs from what is in force.
+    pub fn set_nat_outgoing(&mut self, nat: NatOutgoing) {
+        if nat != self.nat {
+            tracing::info!(
+                pools = nat.all_pools.len(),
+                masquerading = nat.masq_pools.len(),
+                to_address = ?nat.to_address,
+                ports = ?nat.ports,
+                "NAT outgoing changed"
+            );
+        }
+        self.nat = nat;
     }
 
     /// Checks that the applied table is still in the kernel; when it is gone, the next
@@ -231,9 +261,11 @@ impl<E: Enforcer> PolicySync<E> {
             .applied
             .as_ref()
             .is_some_and(|(p, f)| *p == program && f == felix)
+            && self.nat_applied.as_ref() == Some(&self.nat)
         {
             return Ok(false);
         }
+        self.enforcer.set_nat_outgoing(self.nat.clone());
         let report =
             self.enforcer
                 .enforce(&program, felix)
@@ -253,6 +285,7 @@ impl<E: Enforcer> PolicySync<E> {
             "policy applied"
         );
         self.applied = Some((program, felix.clone()));
+        self.nat_applied = Some(self.nat.clone());
         Ok(true)
     }
 }

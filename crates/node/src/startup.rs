@@ -230,6 +230,11 @@ pub async fn run(cfg: &NodeConfig, ds: &Datastore) -> Result<Started, StartupErr
             ensure_default_pool(ds, DEFAULT_IPV6_POOL_NAME, &cfg.ipv6_pool, true).await?;
         }
     }
+    // As Felix: a pod MTU that cannot be written is logged; the CNI plugin and the Docker
+    // driver then use the kernel's default (or an explicit MTU).
+    if let Err(e) = crate::mtu::write(cfg, ds).await {
+        tracing::error!(error = %e, "Failed to write the MTU file; pod MTU may not be properly set");
+    }
     info!("Using node name: {name}");
     Ok(Started {
         node_name: name,

@@ -51,9 +51,9 @@ pub const IPIP_DEVICE: &str = "tunl0";
 pub const DEFAULT_VXLAN_PORT: u16 = 4789;
 pub const DEFAULT_VXLAN_VNI: u32 = 4096;
 /// Encapsulation overheads: VXLAN over IPv4 50, over IPv6 70, IPIP 20.
-pub const VXLAN_V4_OVERHEAD: u32 = 50;
-pub const VXLAN_V6_OVERHEAD: u32 = 70;
-pub const IPIP_OVERHEAD: u32 = 20;
+pub use calico_dataplane::mtu::{
+    IPIP_OVERHEAD, VXLAN_OVERHEAD as VXLAN_V4_OVERHEAD, VXLAN_V6_OVERHEAD,
+};
 
 /// An overlay mode of a pool (`vxlanMode`, `ipipMode`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
