@@ -20,6 +20,7 @@
 pub mod addr;
 pub mod conn;
 pub mod link;
+pub mod netlink_socket;
 pub mod netns;
 pub mod route;
 pub mod route_batch;
