@@ -69,7 +69,7 @@ fn network_created_on_one_host_exists_on_the_other() {
     let (n1, n2) = (ns1.name.clone(), ns2.name.clone());
     in_netns(&ns1.name.clone(), move || async move {
         let dir = tempfile::tempdir().unwrap();
-        let (_etcd, _kv, h1, h2) = two_hosts_setup(dir.path(), &n1, &n2).await;
+        let (etcd, _kv, h1, h2) = two_hosts_setup(dir.path(), &n1, &n2).await;
         let (e1, e2) = (DockerEngine::new(h1.sock()), DockerEngine::new(h2.sock()));
         let mut ev1 = e1.events(&["network"]).await.expect("node1 events");
         let mut ev2 = e2.events(&["network"]).await.expect("node2 events");

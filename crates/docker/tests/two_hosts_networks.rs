@@ -54,7 +54,7 @@ fn a_network_created_on_one_host_exists_on_the_other_and_deletion_follows() {
     let (n1, n2) = (ns1.name.clone(), ns2.name.clone());
     in_netns(&ns1.name.clone(), move || async move {
         let dir = tempfile::tempdir().unwrap();
-        let (etcd, kv, h1, h2) = two_hosts_setup(dir.path(), &n1, &n2).await;
+        let (_etcd, kv, h1, h2) = two_hosts_setup(dir.path(), &n1, &n2).await;
         let (s1, s2) = (h1.sock(), h2.sock());
         calico_lab::dockerd::build_busybox_image(&h1.dockerd, "busybox:latest").unwrap();
         calico_lab::dockerd::build_busybox_image(&h2.dockerd, "busybox:latest").unwrap();
