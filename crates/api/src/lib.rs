@@ -1,6 +1,7 @@
 //! Calico `projectcalico.org/v3` resource types, defaults, validation and CRD generation, and
 //! the facts every component shares: Calico's well-known names ([`names`]), Go durations
-//! ([`GoDuration`]), the one list of kinds (`kind_table.rs`) and [`error_chain`].
+//! ([`GoDuration`]), the one list of kinds (`kind_table.rs`), [`error_chain`] and Calico's
+//! bordered [`table`].
 
 #[macro_use]
 mod kind_table;
@@ -15,6 +16,7 @@ pub mod names;
 mod numorstring;
 mod registry;
 mod resource;
+pub mod table;
 mod validate;
 mod wepname;
 

@@ -111,13 +111,11 @@ async fn leaked_pod_addresses_are_released_after_the_grace_period_and_nothing_el
         assert!(lab.allocated(ip).await, "{what} address {ip} was released");
     }
     // calicoctl ipam check agrees: nothing leaked on the Kubernetes side remains.
-    let check = calico_ipam::cli::check(&lab.ipam, false)
-        .await
-        .expect("check");
+    let check = calico_ipam::admin::check(&lab.ipam).await.expect("check");
     assert!(
         !check.report.allocations.contains_key(&leaked.to_string()),
-        "{}",
-        check.text
+        "{:?}",
+        check.report
     );
 }
 

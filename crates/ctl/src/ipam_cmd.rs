@@ -1,16 +1,19 @@
-//! `calicoctl ipam ...`: argument handling and output around `calico-ipam`'s calicoctl
-//! functions (which own the IPAM logic and its table layouts).
+//! `calicoctl ipam ...`: flags to `calico_ipam::admin` (which owns the IPAM logic) and its
+//! data to text ([`crate::ipam_view`]).
 
 use calico_ipam::Ipam;
-use calico_ipam::cli::{self as ipam_cli, CliError, Report};
+use calico_ipam::admin::{self, AdminError, Report};
 
 use crate::cli::IpamCommand;
-use crate::commands::{CtlError, Io, Session};
+use crate::ipam_view as view;
+use crate::session::{Io, Session, SessionError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum IpamCmdError {
+    #[error(transparent)]
+    Session(#[from] SessionError),
     #[error("{0}")]
-    Ipam(#[from] CliError),
+    Ipam(#[from] AdminError),
     #[error("cannot read report {path}: {source}")]
     ReadReport {
         path: String,
@@ -36,10 +39,10 @@ pub async fn run(
     config_path: Option<&str>,
     io: &mut Io<'_>,
     session: &Session,
-) -> Result<(), CtlError> {
+) -> Result<(), IpamCmdError> {
     let kv = session.etcd_client(config_path, io).await?;
     let ipam = Ipam::new(kv);
-    let text = execute(cmd, &ipam).await.map_err(CtlError::Ipam)?;
+    let text = execute(cmd, &ipam).await?;
     let _ = io.out.write_all(text.as_bytes());
     Ok(())
 }
@@ -53,13 +56,18 @@ async fn execute(cmd: &IpamCommand, ipam: &Ipam) -> Result<String, IpamCmdError>
             show_configuration,
         } => {
             if let Some(ip) = ip {
-                ipam_cli::show_ip(ipam, *ip).await?
+                let info = ipam
+                    .get_assignment_attributes(*ip)
+                    .await
+                    .map_err(AdminError::from)?;
+                view::assignment(*ip, info.as_ref())
             } else if *show_configuration {
-                ipam_cli::show_configuration(ipam).await?
+                let cfg = ipam.get_config().await.map_err(AdminError::from)?;
+                view::configuration(&cfg)
             } else if *show_borrowed {
-                ipam_cli::show_borrowed(ipam).await?
+                view::borrowed(&admin::borrowed(ipam).await?)
             } else {
-                ipam_cli::show(ipam, *show_blocks).await?
+                view::usage(&admin::utilization(ipam).await?, *show_blocks)
             }
         }
         IpamCommand::Configure {
@@ -69,10 +77,10 @@ async fn execute(cmd: &IpamCommand, ipam: &Ipam) -> Result<String, IpamCmdError>
             if strict_affinity.is_none() && max_blocks_per_host.is_none() {
                 return Err(IpamCmdError::NothingToConfigure);
             }
-            ipam_cli::configure(ipam, *strict_affinity, *max_blocks_per_host).await?
+            view::configured(&admin::configure(ipam, *strict_affinity, *max_blocks_per_host).await?)
         }
         IpamCommand::Release { ip, from_report } => match (ip, from_report) {
-            (Some(ip), _) => ipam_cli::release_ip(ipam, *ip).await?,
+            (Some(ip), _) => view::released(*ip, admin::release_ip(ipam, *ip).await?),
             (None, Some(path)) => {
                 let text =
                     std::fs::read_to_string(path).map_err(|source| IpamCmdError::ReadReport {
@@ -80,31 +88,7 @@ async fn execute(cmd: &IpamCommand, ipam: &Ipam) -> Result<String, IpamCmdError>
                         source,
                     })?;
                 let report = Report::from_json(&text)?;
-                let s = ipam_cli::release_from_report(ipam, &report).await?;
-                let mut out = String::new();
-                for ip in &s.released_ips {
-                    out.push_str(&format!("Released leaked IP {ip}\n"));
-                }
-                for ip in &s.skipped_ips {
-                    out.push_str(&format!(
-                        "Skipped IP {ip}: its allocation changed since the report\n"
-                    ));
-                }
-                for h in &s.deleted_handles {
-                    out.push_str(&format!("Deleted leaked handle {h}\n"));
-                }
-                for (node, cidr) in &s.released_affinities {
-                    out.push_str(&format!(
-                        "Released orphaned affinity of {node} for {cidr}\n"
-                    ));
-                }
-                out.push_str(&format!(
-                    "Released {} IP(s), deleted {} handle(s), released {} affinity(ies)\n",
-                    s.released_ips.len(),
-                    s.deleted_handles.len(),
-                    s.released_affinities.len()
-                ));
-                out
+                view::release_summary(&admin::release_from_report(ipam, &report).await?)
             }
             (None, None) => return Err(IpamCmdError::NothingToRelease),
         },
@@ -112,8 +96,8 @@ async fn execute(cmd: &IpamCommand, ipam: &Ipam) -> Result<String, IpamCmdError>
             show_problem_ips,
             output,
         } => {
-            let result = ipam_cli::check(ipam, *show_problem_ips).await?;
-            let mut text = result.text;
+            let result = admin::check(ipam).await?;
+            let mut text = view::check(&result, *show_problem_ips);
             if let Some(path) = output {
                 std::fs::write(path, result.report.to_json()).map_err(|source| {
                     IpamCmdError::WriteReport {
@@ -129,16 +113,7 @@ async fn execute(cmd: &IpamCommand, ipam: &Ipam) -> Result<String, IpamCmdError>
             if cidr.is_none() && name.is_none() {
                 return Err(IpamCmdError::NoPoolToSplit);
             }
-            let pools = ipam_cli::split(ipam, name.as_deref(), *cidr, *number).await?;
-            let mut out = String::new();
-            for (name, cidr) in &pools {
-                out.push_str(&format!("Created IP pool {name} with CIDR {cidr}\n"));
-            }
-            out.push_str(&format!(
-                "Successfully split the IP pool into {} IP pools\n",
-                pools.len()
-            ));
-            out
+            view::split(&admin::split(ipam, name.as_deref(), *cidr, *number).await?)
         }
     })
 }

@@ -7,8 +7,16 @@
 //!   and cross checks (duplicates, IP pool overlap, tiers);
 //! - [`objects`]: resources as calicoctl names and reads them; every write is one batch of
 //!   `calico-datastore`'s batch writer (calicoctl has no writer of its own);
-//! - [`commands`]: create / apply / replace / delete / get / patch / label / validate / version;
-//! - [`output`] / [`kinds`]: Calico's table layouts and per-kind facts;
+//! - [`session`]: what every command shares ([`Io`], [`Session`], datastore access errors);
+//! - [`commands`]: dispatch of each command to its module, and [`CtlError`];
+//! - [`resource_cmd`]: create / apply / replace / delete / get / patch / label / validate /
+//!   version;
+//! - [`ipam_cmd`] / [`ipam_view`]: `calicoctl ipam ...` over `calico-ipam`'s data;
+//! - [`node_cmd`] / [`node_run`] / [`status_view`] / [`policy_view`]: `calicoctl node run`,
+//!   `status`, `peers` and `policy` (calico-node owns the agent and its status socket;
+//!   calicoctl owns what these commands do and print);
+//! - [`output`] / [`kinds`]: Calico's table layouts and per-kind facts; every bordered table
+//!   goes through `calico_api::table`.
 //!
 //! Where this calicoctl deliberately differs from Calico's:
 //! - writes are all-or-nothing: every document is validated and every precondition checked
@@ -16,12 +24,12 @@
 //!   objects to the state the checks saw (Calico writes document by document and reports
 //!   partial success);
 //! - `apply` of an unchanged resource writes nothing (same resourceVersion afterwards);
+//! - `get KIND A B` prints one table with a row per resource (Calico prints one table each)
+//!   and `-o yaml|json` of several named resources prints a `<Kind>List`.
 //!
 //! Like Calico's: `apply` and `replace` make the stored object equal to the document, labels
 //! and annotations included (a label the document no longer has is removed); `uid` and
 //! `creationTimestamp` stay the datastore's (see `calico_datastore::resource::meta`).
-//! - `get KIND A B` prints one table with a row per resource (Calico prints one table each)
-//!   and `-o yaml|json` of several named resources prints a `<Kind>List`;
 //!
 //! Configuration (`-c`, `/etc/calico/calicoctl.cfg`, DATASTORE_TYPE / ETCD_* variables) is
 //! loaded by `calico-datastore`'s `CalicoApiConfig`.
@@ -30,38 +38,33 @@ pub mod cli;
 pub mod commands;
 pub mod document;
 pub mod ipam_cmd;
+pub mod ipam_view;
 pub mod kinds;
 pub mod merge_patch;
 pub mod model;
 pub mod node_cmd;
+pub mod node_run;
 pub mod objects;
 pub mod output;
 pub mod policy_view;
+pub mod resource_cmd;
+pub mod session;
+pub mod status_view;
 pub mod validate;
 
 use std::sync::Arc;
 
 use clap::Parser;
 
-pub use commands::{CtlError, Io, Session};
+pub use commands::CtlError;
+pub use session::{Io, Session};
 
-use crate::cli::{Cli, Command};
-use crate::commands::Verb;
+use crate::cli::Cli;
 
 /// The model used to check resources of every kind: the typed kinds of `calico-api`
 /// (see [`model::ApiModel`] for what is and is not checked yet).
 pub fn default_model() -> Arc<dyn validate::ResourceModel> {
     Arc::new(model::ApiModel)
-}
-
-impl Default for Session {
-    fn default() -> Self {
-        Session {
-            model: default_model(),
-            store: None,
-            default_config_path: calico_datastore::DEFAULT_CONFIG_PATH.to_string(),
-        }
-    }
 }
 
 /// Runs calicoctl with `args` (including the program name) and returns the exit code.
@@ -82,35 +85,12 @@ pub async fn run(args: Vec<String>, io: &mut Io<'_>, session: &Session) -> i32 {
             };
         }
     };
-    match execute(&cli, io, session).await {
+    match commands::execute(&cli, io, session).await {
         Ok(()) => 0,
         Err(e) => {
             let _ = writeln!(io.err, "{e}");
             1
         }
-    }
-}
-
-async fn execute(cli: &Cli, io: &mut Io<'_>, session: &Session) -> Result<(), CtlError> {
-    let config = cli.config.as_deref();
-    match &cli.command {
-        Command::Create(a) => {
-            commands::write_from_files(Verb::Create, a.into(), config, io, session).await
-        }
-        Command::Apply(a) => {
-            commands::write_from_files(Verb::Apply, a.into(), config, io, session).await
-        }
-        Command::Replace(a) => {
-            commands::write_from_files(Verb::Replace, a.into(), config, io, session).await
-        }
-        Command::Delete(a) => commands::delete(a, config, io, session).await,
-        Command::Get(a) => commands::get(a, config, io, session).await,
-        Command::Patch(a) => commands::patch(a, config, io, session).await,
-        Command::Label(a) => commands::label(a, config, io, session).await,
-        Command::Validate(a) => commands::validate_files(&a.source, io, session),
-        Command::Node(c) => node_cmd::run(c, config, io, session).await,
-        Command::Ipam(c) => ipam_cmd::run(c, config, io, session).await,
-        Command::Version => commands::version(config, io, session).await,
     }
 }
 

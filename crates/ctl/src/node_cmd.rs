@@ -1,20 +1,24 @@
-//! `calicoctl node run`, `calicoctl node status` and `calicoctl node peers`, delegating to
-//! `calico-node`'s implementations; this module turns flags and the datastore configuration
-//! into their inputs.
+//! `calicoctl node run`, `calicoctl node status` and `calicoctl node peers`: flags and the
+//! datastore configuration turned into [`crate::node_run`]'s options, the running agent's
+//! status (asked over its socket, `calico_node::status`) rendered by [`crate::status_view`],
+//! and the sessions `calico-node`'s peering rules compute.
 
 use std::path::PathBuf;
 
 use calico_datastore::{CalicoApiConfig, Datastore};
 use calico_ipam::Ipam;
-use calico_node::run::{RunError, RunOptions};
 use calico_node::snapshot::{self, SnapshotError};
 use calico_node::status::{self, StatusError};
 
-use crate::cli::{NodeCommand, NodePeersArgs, NodeRunArgs};
-use crate::commands::{CtlError, Io, Session};
+use crate::cli::{NodePeersArgs, NodeRunArgs, NodeStatusArgs};
+use crate::node_run::{self, RunError, RunOptions};
+use crate::session::{Io, Session, SessionError};
+use crate::status_view;
 
 #[derive(Debug, thiserror::Error)]
 pub enum NodeCmdError {
+    #[error(transparent)]
+    Session(#[from] SessionError),
     #[error("{0}")]
     Run(#[from] RunError),
     /// Calico's wording when no calico-node answers on this host.
@@ -55,81 +59,66 @@ fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
-pub async fn run(
-    cmd: &NodeCommand,
+/// `calicoctl node status [-o table|json]`: asks the agent on this host.
+pub async fn status(args: &NodeStatusArgs, io: &mut Io<'_>) -> Result<(), NodeCmdError> {
+    if !is_root() {
+        return Err(NodeCmdError::NotRoot);
+    }
+    let json = match args.output.as_str() {
+        "table" => false,
+        "json" => true,
+        other => return Err(NodeCmdError::StatusFormat(other.to_string())),
+    };
+    match status::query(&run_dir(io)).await {
+        Ok(s) if json => {
+            let text = serde_json::to_string_pretty(&s).unwrap_or_default();
+            let _ = writeln!(io.out, "{text}");
+            Ok(())
+        }
+        Ok(s) => {
+            let _ = io.out.write_all(status_view::render(&s).as_bytes());
+            Ok(())
+        }
+        Err(e @ StatusError::NotRunning { .. }) => Err(NodeCmdError::NotRunning(e)),
+        Err(e) => Err(NodeCmdError::Status(e)),
+    }
+}
+
+/// `calicoctl node run`: starts calico-node on this host against the configured datastore.
+pub fn run(
+    args: &NodeRunArgs,
     config_path: Option<&str>,
     io: &mut Io<'_>,
     session: &Session,
-) -> Result<(), CtlError> {
-    match cmd {
-        NodeCommand::Status(args) => {
-            if !is_root() {
-                return Err(CtlError::Node(NodeCmdError::NotRoot));
-            }
-            let json = match args.output.as_str() {
-                "table" => false,
-                "json" => true,
-                other => {
-                    return Err(CtlError::Node(NodeCmdError::StatusFormat(
-                        other.to_string(),
-                    )));
-                }
-            };
-            match status::query(&run_dir(io)).await {
-                Ok(s) if json => {
-                    let text = serde_json::to_string_pretty(&s).unwrap_or_default();
-                    let _ = writeln!(io.out, "{text}");
-                    Ok(())
-                }
-                Ok(s) => {
-                    let _ = io.out.write_all(status::render(&s).as_bytes());
-                    Ok(())
-                }
-                Err(e @ StatusError::NotRunning { .. }) => {
-                    Err(CtlError::Node(NodeCmdError::NotRunning(e)))
-                }
-                Err(e) => Err(CtlError::Node(NodeCmdError::Status(e))),
-            }
-        }
-        NodeCommand::Peers(args) => peers(args, config_path, io, session).await,
-        NodeCommand::Policy(args) => crate::policy_view::run(args, config_path, io, session).await,
-        NodeCommand::Run(args) => {
-            let cfg = CalicoApiConfig::load_with(
-                config_path.map(std::path::Path::new),
-                std::path::Path::new(&session.default_config_path),
-                io.env,
-            )?;
-            let options = run_options(args, &cfg, run_dir(io), io);
-            calico_node::run::run(&options, io.out).map_err(|e| CtlError::Node(e.into()))
-        }
-    }
+) -> Result<(), NodeCmdError> {
+    let cfg = session.api_config(config_path, io)?;
+    let options = run_options(args, &cfg, run_dir(io), io);
+    Ok(node_run::run(&options, io.out)?)
 }
 
 /// `calicoctl node peers NAME`: the sessions `calico-node` would run for NAME, from the
 /// datastore alone (nothing is asked of a running agent), so a design can be checked first.
-async fn peers(
+pub async fn peers(
     args: &NodePeersArgs,
     config_path: Option<&str>,
     io: &mut Io<'_>,
     session: &Session,
-) -> Result<(), CtlError> {
+) -> Result<(), NodeCmdError> {
     let format = match args.output.as_str() {
         "yaml" => PeersFormat::Yaml,
         "json" => PeersFormat::Json,
-        other => return Err(CtlError::Node(NodeCmdError::PeersOutput(other.to_string()))),
+        other => return Err(NodeCmdError::PeersOutput(other.to_string())),
     };
     let kv = session.etcd_client(config_path, io).await?;
     let ds = Datastore::from_etcd(kv.clone());
     let ipam = Ipam::new(kv);
     let sessions = snapshot::sessions_of(&ds, &ipam, &args.name)
         .await
-        .map_err(|source| {
-            CtlError::Node(NodeCmdError::Peers {
-                node: args.name.clone(),
-                source: Box::new(source),
-            })
+        .map_err(|source| NodeCmdError::Peers {
+            node: args.name.clone(),
+            source: Box::new(source),
         })?;
-    let text = render_sessions(&sessions, format).map_err(CtlError::Node)?;
+    let text = render_sessions(&sessions, format)?;
     let _ = io.out.write_all(text.as_bytes());
     Ok(())
 }

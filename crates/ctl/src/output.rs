@@ -148,7 +148,7 @@ pub fn list_document(list_kind: &str, items: Vec<Value>) -> Value {
     let mut m = Map::new();
     m.insert(
         "apiVersion".into(),
-        Value::String("projectcalico.org/v3".into()),
+        Value::String(calico_api::API_VERSION.into()),
     );
     m.insert("items".into(), Value::Array(items));
     m.insert("kind".into(), Value::String(list_kind.into()));

@@ -25,13 +25,15 @@ use calico_nftables::read::{ChainDump, RuleDump, TableDump, read_table};
 use calico_nftables::{NftError, NftSocket, TABLE_NAME, Verdict};
 
 use crate::cli::NodePolicyArgs;
-use crate::commands::{CtlError, Io, Session};
 use crate::kinds;
 use crate::output::tabwrite;
+use crate::session::{Io, Session, SessionError};
 
 /// Why `calicoctl node policy` failed.
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyViewError {
+    #[error(transparent)]
+    Session(#[from] SessionError),
     #[error("This command must be run as root.")]
     NotRoot,
     #[error("unsupported output format {0:?} for node policy: expected table or json")]
@@ -402,14 +404,14 @@ pub async fn run(
     config_path: Option<&str>,
     io: &mut Io<'_>,
     session: &Session,
-) -> Result<(), CtlError> {
+) -> Result<(), PolicyViewError> {
     let json = match args.output.as_str() {
         "table" => false,
         "json" => true,
-        other => return Err(CtlError::PolicyView(PolicyViewError::Format(other.into()))),
+        other => return Err(PolicyViewError::Format(other.into())),
     };
     if !is_root() {
-        return Err(CtlError::PolicyView(PolicyViewError::NotRoot));
+        return Err(PolicyViewError::NotRoot);
     }
     let (interface, endpoint) = match &args.endpoint {
         Some(name) => {
@@ -419,12 +421,12 @@ pub async fn run(
         }
         None => (args.interface.clone(), None),
     };
-    let table = read_kernel().map_err(CtlError::PolicyView)?;
+    let table = read_kernel()?;
     let mut views = endpoints(&table, interface.as_deref());
     if let Some(iface) = &interface
         && views.is_empty()
     {
-        return Err(CtlError::PolicyView(match endpoint {
+        return Err(match endpoint {
             Some(endpoint) => PolicyViewError::NotEnforcedHere {
                 endpoint,
                 interface: iface.clone(),
@@ -432,14 +434,14 @@ pub async fn run(
             None => PolicyViewError::UnknownInterface {
                 interface: iface.clone(),
             },
-        }));
+        });
     }
     for v in &mut views {
         v.endpoint = endpoint.clone();
     }
     let text = if json {
         let mut s = serde_json::to_string_pretty(&views)
-            .map_err(|e| CtlError::PolicyView(PolicyViewError::Encode(e.to_string())))?;
+            .map_err(|e| PolicyViewError::Encode(e.to_string()))?;
         s.push('\n');
         s
     } else {
@@ -464,14 +466,18 @@ async fn resolve_endpoint(
     config_path: Option<&str>,
     io: &Io<'_>,
     session: &Session,
-) -> Result<(String, String), CtlError> {
+) -> Result<(String, String), PolicyViewError> {
     let store = session.store(config_path, io).await?;
     let mut found: Vec<(String, Option<String>)> = Vec::new();
     for kind in ["WorkloadEndpoint", "HostEndpoint"] {
         let Some(info) = kinds::by_kind(kind) else {
             continue;
         };
-        for s in store.list(info, namespace).await? {
+        for s in store
+            .list(info, namespace)
+            .await
+            .map_err(SessionError::from)?
+        {
             let meta = &s.value["metadata"];
             if meta["name"].as_str() != Some(name) {
                 continue;
@@ -490,27 +496,25 @@ async fn resolve_endpoint(
         }
     }
     match found.len() {
-        0 => Err(CtlError::PolicyView(PolicyViewError::UnknownEndpoint {
+        0 => Err(PolicyViewError::UnknownEndpoint {
             name: name.into(),
             namespace: namespace.map(str::to_owned),
-        })),
+        }),
         1 => {
             let (id, iface) = found.remove(0);
-            let iface = iface.ok_or_else(|| {
-                CtlError::PolicyView(PolicyViewError::NoInterface {
-                    endpoint: id.clone(),
-                })
+            let iface = iface.ok_or_else(|| PolicyViewError::NoInterface {
+                endpoint: id.clone(),
             })?;
             Ok((id, iface))
         }
-        _ => Err(CtlError::PolicyView(PolicyViewError::AmbiguousEndpoint {
+        _ => Err(PolicyViewError::AmbiguousEndpoint {
             name: name.into(),
             found: found
                 .iter()
                 .map(|(id, _)| id.as_str())
                 .collect::<Vec<_>>()
                 .join(", "),
-        })),
+        }),
     }
 }
 

@@ -14,6 +14,7 @@
 use std::collections::HashMap;
 use std::fmt;
 
+use calico_api::API_VERSION;
 use ipnet::IpNet;
 use serde_json::{Map, Value};
 
@@ -281,14 +282,14 @@ fn prepare_one(
 fn envelope_issues(obj: &Map<String, Value>) -> Vec<FieldIssue> {
     let mut issues = Vec::new();
     match obj.get("apiVersion") {
-        Some(Value::String(v)) if v == "projectcalico.org/v3" => {}
+        Some(Value::String(v)) if v == API_VERSION => {}
         None | Some(Value::Null) => issues.push(FieldIssue::new(
             "apiVersion",
-            "required (projectcalico.org/v3)",
+            format!("required ({API_VERSION})"),
         )),
         Some(other) => issues.push(FieldIssue::new(
             "apiVersion",
-            format!("unsupported API version {other}; expected projectcalico.org/v3"),
+            format!("unsupported API version {other}; expected {API_VERSION}"),
         )),
     }
     for key in obj.keys() {

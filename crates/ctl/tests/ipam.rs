@@ -115,3 +115,117 @@ async fn ipam_split_replaces_a_pool_with_smaller_ones() {
         "CIDR               \n192.168.0.0/17     \n192.168.128.0/17   \n\n"
     );
 }
+
+/// The text `calicoctl ipam` prints is Calico's, byte for byte where Calico's is fixed: the
+/// views live in calicoctl (crates/ctl) and read calico-ipam's data from a real etcd.
+#[tokio::test]
+async fn ipam_views_print_calicos_tables_from_real_etcd() {
+    let etcd = Etcd::start();
+    let ctl = Ctl::new(&etcd);
+    let pool = "apiVersion: projectcalico.org/v3
+kind: IPPool
+metadata:
+  name: p
+spec:
+  cidr: 10.59.0.0/24
+  blockSize: 26
+";
+    let f = write(etcd.dir.path(), "pool.yaml", pool);
+    ctl.run(&["apply", "-f", &f]).await.ok();
+    let ipam = ipam(&etcd).await;
+    ipam.auto_assign(AutoAssignArgs {
+        num_v4: 3,
+        hostname: "n1".into(),
+        handle_id: Some("h".into()),
+        ..Default::default()
+    })
+    .await
+    .expect("allocate three addresses");
+
+    let out = ctl.run(&["ipam", "show", "--show-blocks"]).await;
+    let text = &out.ok().stdout;
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(
+        lines[..4],
+        [
+            "+----------+--------------+-----------+------------+-----------+",
+            "| GROUPING |     CIDR     | IPS TOTAL | IPS IN USE | IPS FREE  |",
+            "+----------+--------------+-----------+------------+-----------+",
+            "| IP Pool  | 10.59.0.0/24 |       256 | 3 (1%)     | 253 (99%) |",
+        ],
+        "{text}"
+    );
+    assert!(lines[4].starts_with("| Block    | 10.59.0."), "{text}");
+    assert!(
+        lines[4].ends_with("|        64 | 3 (5%)     | 61 (95%)  |"),
+        "{text}"
+    );
+    assert_eq!(lines.len(), 6, "{text}");
+
+    let ip = ipam.ips_by_handle("h").await.expect("handle")[0].to_string();
+    let out = ctl.run(&["ipam", "show", "--ip", &ip]).await;
+    let text = &out.ok().stdout;
+    assert!(
+        text.starts_with(&format!("IP {ip} is in use\nHandle ID: h\n")),
+        "{text}"
+    );
+    assert!(text.contains("  node: n1\n"), "{text}");
+
+    let out = ctl.run(&["ipam", "show", "--show-borrowed"]).await;
+    assert_eq!(
+        out.ok().stdout,
+        "\
++----+----------------+-------+-------------+------+--------------+
+| IP | BORROWING-NODE | BLOCK | BLOCK OWNER | TYPE | ALLOCATED-TO |
++----+----------------+-------+-------------+------+--------------+
++----+----------------+-------+-------------+------+--------------+
+"
+    );
+
+    ctl.run(&["ipam", "configure", "--strictaffinity=true"])
+        .await
+        .ok();
+    let out = ctl.run(&["ipam", "show", "--show-configuration"]).await;
+    assert_eq!(
+        out.ok().stdout,
+        "\
++--------------------+-------+
+|      PROPERTY      | VALUE |
++--------------------+-------+
+| StrictAffinity     | true  |
+| AutoAllocateBlocks | true  |
+| MaxBlocksPerHost   | 0     |
++--------------------+-------+
+"
+    );
+
+    // No Node resources and no workload endpoints: the three addresses are leaked.
+    let out = ctl.run(&["ipam", "check", "--show-problem-ips"]).await;
+    let text = &out.ok().stdout;
+    assert!(
+        text.starts_with(
+            "Checking IPAM for inconsistencies...\n\n\
+             No Node resources found: not checking for blocks of deleted nodes.\n\
+             Found 1 IPAM blocks.\n"
+        ),
+        "{text}"
+    );
+    assert_eq!(
+        text.matches(" leaked; handle h node n1\n").count(),
+        3,
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "IPAM blocks record 3 allocations.\n\n\
+             Found 0 workload IPs and node tunnel IPs in use.\n\
+             Found 3 IPs that are allocated in IPAM but not actually in use.\n\
+             Found 0 handles with no matching IPs (and 1 handles with matches).\n"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.ends_with("Check complete; found 3 problems.\n"),
+        "{text}"
+    );
+}

@@ -53,7 +53,7 @@ async fn node_status_prints_the_agents_bgp_table_or_says_it_is_not_running() {
     let parsed: NodeStatus = serde_json::from_str(&json_out.stdout).expect("node status -o json");
     assert_eq!(parsed, status);
     assert_eq!(out.code, 0, "{out:?}");
-    assert_eq!(out.stdout, calico_node::status::render(&status));
+    assert_eq!(out.stdout, calico_ctl::status_view::render(&status));
     assert!(
         out.stdout
             .starts_with("Calico process is running.\n\nIPv4 BGP status\n")

@@ -24,6 +24,7 @@ pub mod addr;
 pub mod conn;
 pub mod link;
 pub mod mtu;
+pub mod netlink_socket;
 pub mod netns;
 pub mod route;
 pub mod route_batch;

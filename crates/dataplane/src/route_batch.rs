@@ -18,7 +18,6 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -26,6 +25,7 @@ use netlink_packet_core::Emitable;
 use netlink_packet_route::route::{RouteMessage, RouteScope, RouteType};
 
 use crate::conn::Netlink;
+use crate::netlink_socket::NetlinkSocket;
 use crate::route::{Route, RouteError, RouteTarget, route_message};
 
 const RTM_NEWROUTE: u16 = 24;
@@ -209,103 +209,25 @@ pub(crate) fn parse_acks(buf: &[u8]) -> Result<Vec<(u32, i32, Option<String>)>, 
 #[derive(Debug)]
 pub(crate) struct BatchSocket {
     /// Held for a whole datagram: send, then read its acknowledgements.
-    fd: Mutex<OwnedFd>,
+    socket: Mutex<NetlinkSocket>,
     next_seq: AtomicU32,
     /// Messages per datagram whose acknowledgements fit in the receive buffer.
     per_send: usize,
 }
 
-fn set_int(fd: &OwnedFd, level: libc::c_int, opt: libc::c_int, value: libc::c_int) -> bool {
-    // SAFETY: setsockopt with a valid int option on a socket we own.
-    unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            level,
-            opt,
-            (&value as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as u32,
-        ) == 0
-    }
-}
-
 impl BatchSocket {
     /// Opens the socket in the calling thread's network namespace.
     pub(crate) fn open() -> io::Result<BatchSocket> {
-        // SAFETY: plain socket(2); the fd is owned right away.
-        let raw = unsafe {
-            libc::socket(
-                libc::AF_NETLINK,
-                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                libc::NETLINK_ROUTE,
-            )
-        };
-        if raw < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: raw is a fresh fd we own.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        for (force, plain) in [
-            (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF),
-            (libc::SO_RCVBUFFORCE, libc::SO_RCVBUF),
-        ] {
-            // Without CAP_NET_ADMIN the forced size is refused; the capped one still helps.
-            if !set_int(&fd, libc::SOL_SOCKET, force, SOCKET_BUFFER) {
-                set_int(&fd, libc::SOL_SOCKET, plain, SOCKET_BUFFER);
-            }
-        }
+        let socket = NetlinkSocket::open(libc::NETLINK_ROUTE, SOCKET_BUFFER)?;
         // Acknowledgements without the request echoed, with the kernel's reason on refusal.
         // Both are optional (older kernels): failures only make answers larger or terser.
-        set_int(&fd, libc::SOL_NETLINK, libc::NETLINK_CAP_ACK, 1);
-        set_int(&fd, libc::SOL_NETLINK, libc::NETLINK_EXT_ACK, 1);
-        // Bound the wait for an answer so that a lost one cannot hang the caller.
-        let tv = libc::timeval {
-            tv_sec: 10,
-            tv_usec: 0,
-        };
-        // SAFETY: valid timeval option.
-        if unsafe {
-            libc::setsockopt(
-                fd.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVTIMEO,
-                (&tv as *const libc::timeval).cast(),
-                std::mem::size_of::<libc::timeval>() as u32,
-            )
-        } != 0
-        {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: zeroed sockaddr_nl is valid (pid 0: the kernel assigns one).
-        let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-        addr.nl_family = libc::AF_NETLINK as u16;
-        // SAFETY: bind with a properly sized sockaddr_nl.
-        if unsafe {
-            libc::bind(
-                fd.as_raw_fd(),
-                (&addr as *const libc::sockaddr_nl).cast(),
-                std::mem::size_of::<libc::sockaddr_nl>() as u32,
-            )
-        } != 0
-        {
-            return Err(io::Error::last_os_error());
-        }
-        let mut rcvbuf: libc::c_int = 0;
-        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-        // SAFETY: getsockopt into a c_int with its size.
-        let ok = unsafe {
-            libc::getsockopt(
-                fd.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVBUF,
-                (&mut rcvbuf as *mut libc::c_int).cast(),
-                &mut len,
-            )
-        } == 0;
-        let rcvbuf = if ok { rcvbuf.max(0) as usize } else { 0 };
+        socket.set_option(libc::SOL_NETLINK, libc::NETLINK_CAP_ACK, 1);
+        socket.set_option(libc::SOL_NETLINK, libc::NETLINK_EXT_ACK, 1);
+        let per_send = (socket.receive_buffer() / ACK_BUDGET).clamp(16, MAX_PER_SEND);
         Ok(BatchSocket {
-            fd: Mutex::new(fd),
+            socket: Mutex::new(socket),
             next_seq: AtomicU32::new(1),
-            per_send: (rcvbuf / ACK_BUDGET).clamp(16, MAX_PER_SEND),
+            per_send,
         })
     }
 
@@ -318,7 +240,7 @@ impl BatchSocket {
     /// `(index into the caller's changes, outcome)`. `is_delete[index]`: the change is a
     /// delete, for which "no such route" counts as success.
     fn exchange(&self, datagrams: &[Datagram], is_delete: &[bool]) -> Vec<(usize, Outcome)> {
-        let fd = self.fd.lock().unwrap_or_else(|p| p.into_inner());
+        let socket = self.socket.lock().unwrap_or_else(|p| p.into_inner());
         let mut failures = Vec::new();
         // One acknowledgement per datagram the kernel queues (36 bytes, a little more with a
         // reason): small reads.
@@ -334,7 +256,7 @@ impl BatchSocket {
                     }
                 }
             };
-            if let Err(e) = send(&fd, &d.buf) {
+            if let Err(e) = socket.send(&d.buf) {
                 lost(&answered, format!("not sent: {e}"), &mut failures);
                 continue;
             }
@@ -342,7 +264,7 @@ impl BatchSocket {
             // waiting until none is left.
             let mut overrun = false;
             while missing > 0 {
-                let got = match recv(&fd, &mut rbuf, overrun) {
+                let got = match socket.recv(&mut rbuf, overrun) {
                     Ok(got) => got,
                     Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
                         overrun = true;
@@ -382,54 +304,6 @@ impl BatchSocket {
             }
         }
         failures
-    }
-}
-
-fn send(fd: &OwnedFd, buf: &[u8]) -> io::Result<()> {
-    // SAFETY: zeroed sockaddr_nl addresses the kernel (pid 0).
-    let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-    addr.nl_family = libc::AF_NETLINK as u16;
-    loop {
-        // SAFETY: buf is valid for its length; addr is a sockaddr_nl.
-        let rc = unsafe {
-            libc::sendto(
-                fd.as_raw_fd(),
-                buf.as_ptr().cast(),
-                buf.len(),
-                0,
-                (&addr as *const libc::sockaddr_nl).cast(),
-                std::mem::size_of::<libc::sockaddr_nl>() as u32,
-            )
-        };
-        if rc >= 0 {
-            return if rc as usize == buf.len() {
-                Ok(())
-            } else {
-                Err(io::Error::other(format!(
-                    "short send {rc} of {}",
-                    buf.len()
-                )))
-            };
-        }
-        let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::Interrupted {
-            return Err(e);
-        }
-    }
-}
-
-fn recv(fd: &OwnedFd, buf: &mut [u8], nowait: bool) -> io::Result<usize> {
-    let flags = if nowait { libc::MSG_DONTWAIT } else { 0 };
-    loop {
-        // SAFETY: buf is valid for writes of its length.
-        let rc = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), flags) };
-        if rc >= 0 {
-            return Ok(rc as usize);
-        }
-        let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::Interrupted {
-            return Err(e);
-        }
     }
 }
 

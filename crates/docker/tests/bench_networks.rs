@@ -15,8 +15,6 @@ mod common;
 
 use std::time::Duration;
 
-use calico_api::{IPPool, IPPoolSpec, ObjectMeta};
-use calico_datastore::Datastore;
 use calico_docker::engine::{CreateIpam, CreateNetwork, DockerEngine, EventStream};
 use common::*;
 
@@ -71,25 +69,7 @@ fn network_created_on_one_host_exists_on_the_other() {
     let (n1, n2) = (ns1.name.clone(), ns2.name.clone());
     in_netns(&ns1.name.clone(), move || async move {
         let dir = tempfile::tempdir().unwrap();
-        let (d1, d2) = (dir.path().join("node1"), dir.path().join("node2"));
-        std::fs::create_dir_all(&d1).unwrap();
-        std::fs::create_dir_all(&d2).unwrap();
-        let etcd = Etcd::start_on(&d1, "10.200.0.1").await;
-        let ds = Datastore::from_etcd(etcd.client().await);
-        let mut pool = IPPool::new(
-            "default-ipv4-ippool",
-            IPPoolSpec {
-                cidr: "192.168.0.0/16".into(),
-                ..Default::default()
-            },
-        );
-        pool.metadata = ObjectMeta {
-            name: Some("default-ipv4-ippool".into()),
-            ..Default::default()
-        };
-        ds.create(&pool).await.unwrap();
-        let h1 = Host::start_with("node1", &n1, &d1, etcd.config(), true).await;
-        let h2 = Host::start_with("node2", &n2, &d2, etcd.config(), true).await;
+        let (etcd, _kv, h1, h2) = two_hosts_setup(dir.path(), &n1, &n2).await;
         let (e1, e2) = (DockerEngine::new(h1.sock()), DockerEngine::new(h2.sock()));
         let mut ev1 = e1.events(&["network"]).await.expect("node1 events");
         let mut ev2 = e2.events(&["network"]).await.expect("node2 events");

@@ -4,8 +4,6 @@
 
 mod common;
 
-use calico_api::{IPPool, IPPoolSpec, ObjectMeta};
-use calico_datastore::Datastore;
 use calico_docker::syncer::{IN_USE_PREFIX, NETWORKS_PREFIX, hosts_still_using};
 use common::*;
 use ipnet::IpNet;
@@ -56,27 +54,7 @@ fn a_network_created_on_one_host_exists_on_the_other_and_deletion_follows() {
     let (n1, n2) = (ns1.name.clone(), ns2.name.clone());
     in_netns(&ns1.name.clone(), move || async move {
         let dir = tempfile::tempdir().unwrap();
-        let (d1, d2) = (dir.path().join("node1"), dir.path().join("node2"));
-        std::fs::create_dir_all(&d1).unwrap();
-        std::fs::create_dir_all(&d2).unwrap();
-        let etcd = Etcd::start_on(&d1, "10.200.0.1").await;
-        let kv = etcd.client().await;
-        let ds = Datastore::from_etcd(kv.clone());
-        let mut pool = IPPool::new(
-            "default-ipv4-ippool",
-            IPPoolSpec {
-                cidr: "192.168.0.0/16".into(),
-                ..Default::default()
-            },
-        );
-        pool.metadata = ObjectMeta {
-            name: Some("default-ipv4-ippool".into()),
-            ..Default::default()
-        };
-        ds.create(&pool).await.unwrap();
-
-        let h1 = Host::start_with("node1", &n1, &d1, etcd.config(), true).await;
-        let h2 = Host::start_with("node2", &n2, &d2, etcd.config(), true).await;
+        let (_etcd, kv, h1, h2) = two_hosts_setup(dir.path(), &n1, &n2).await;
         let (s1, s2) = (h1.sock(), h2.sock());
         calico_lab::dockerd::build_busybox_image(&h1.dockerd, "busybox:latest").unwrap();
         calico_lab::dockerd::build_busybox_image(&h2.dockerd, "busybox:latest").unwrap();
@@ -230,36 +208,6 @@ fn a_network_created_on_one_host_exists_on_the_other_and_deletion_follows() {
         h2.shutdown().await;
         h1.shutdown().await;
     });
-}
-
-/// Two hosts as in the test above, without containers or routing: etcd on node1's link
-/// address, drivers + syncer + dockerd on each; a default IPv4 pool.
-async fn two_hosts_setup(
-    dir: &std::path::Path,
-    n1: &str,
-    n2: &str,
-) -> (Etcd, calico_datastore::EtcdClient, Host, Host) {
-    let (d1, d2) = (dir.join("node1"), dir.join("node2"));
-    std::fs::create_dir_all(&d1).unwrap();
-    std::fs::create_dir_all(&d2).unwrap();
-    let etcd = Etcd::start_on(&d1, "10.200.0.1").await;
-    let kv = etcd.client().await;
-    let ds = Datastore::from_etcd(kv.clone());
-    let mut pool = IPPool::new(
-        "default-ipv4-ippool",
-        IPPoolSpec {
-            cidr: "192.168.0.0/16".into(),
-            ..Default::default()
-        },
-    );
-    pool.metadata = ObjectMeta {
-        name: Some("default-ipv4-ippool".into()),
-        ..Default::default()
-    };
-    ds.create(&pool).await.unwrap();
-    let h1 = Host::start_with("node1", n1, &d1, etcd.config(), true).await;
-    let h2 = Host::start_with("node2", n2, &d2, etcd.config(), true).await;
-    (etcd, kv, h1, h2)
 }
 
 #[test]

@@ -6,14 +6,15 @@
 //! - [`pool`]: IPPool / IPReservation views.
 //! - [`plan`]: the affinity and borrowing decision.
 //! - [`allocator`]: the etcd-backed allocator ([`Ipam`]).
-//! - [`cli`]: what `calicoctl ipam ...` prints and does.
+//! - [`admin`]: usage, borrowed addresses, configuration, the consistency check and its report,
+//!   release and split (the data `calicoctl ipam ...` prints; calicoctl renders it).
 //!
 //! See docs/ipam.md for the layout, the algorithms and their guarantees.
 
+pub mod admin;
 pub mod allocator;
 pub mod block;
 pub mod cidr;
-pub mod cli;
 pub mod model;
 pub mod plan;
 pub mod pool;

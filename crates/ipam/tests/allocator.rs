@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::time::Duration;
 
-use calico_ipam::cli;
+use calico_ipam::admin;
 use calico_ipam::model::{self, AffinityState, AffinityValue, HandleValue};
 use calico_ipam::plan::ExhaustedReason;
 use calico_ipam::{AutoAssignArgs, Ipam, IpamError, IpamOptions};
@@ -140,7 +140,7 @@ async fn ipv4_and_ipv6_in_one_call_and_all_or_nothing() {
     }
     assert!(err.to_string().contains("v6"), "{err}");
     assert!(ipam.ips_by_handle("c2").await.unwrap().is_empty());
-    let (report, _) = (cli::check(&ipam, false).await.unwrap().report, ());
+    let (report, _) = (admin::check(&ipam).await.unwrap().report, ());
     // Only c1's three addresses remain.
     assert_eq!(report.allocations.len(), 3);
 }
@@ -195,18 +195,15 @@ async fn borrows_only_when_no_block_is_free_and_strict_affinity_is_off() {
         .await
         .unwrap();
     assert!(n2_block.contains(&c.v4[0]));
-    let borrowed = cli::borrowed(&ipam).await.unwrap();
+    let borrowed = admin::borrowed(&ipam).await.unwrap();
     assert_eq!(borrowed.len(), 1);
     assert_eq!(borrowed[0].borrowing_node, "n1");
     assert_eq!(borrowed[0].block_owner, "n2");
-    let table = cli::show_borrowed(&ipam).await.unwrap();
-    assert!(
-        table.contains("BORROWING-NODE") && table.contains(&c.v4[0].to_string()),
-        "{table}"
-    );
+    assert_eq!(borrowed[0].ip, c.v4[0]);
 
     // With strict affinity, no borrowing.
-    cli::configure(&ipam, Some(true), None).await.unwrap();
+    let cfg = admin::configure(&ipam, Some(true), None).await.unwrap();
+    assert!(cfg.strict_affinity);
     ipam.invalidate_settings();
     let err = ipam
         .auto_assign(args("n1", 1, 0, "n1-strict"))
@@ -222,8 +219,7 @@ async fn borrows_only_when_no_block_is_free_and_strict_affinity_is_off() {
         ),
         "{err}"
     );
-    let cfg = cli::show_configuration(&ipam).await.unwrap();
-    assert!(cfg.contains("| StrictAffinity     | true  |"), "{cfg}");
+    assert!(ipam.get_config().await.unwrap().0.strict_affinity);
 }
 
 #[tokio::test]
@@ -252,7 +248,7 @@ async fn max_blocks_per_host_and_node_selector_limit_claims() {
         ),
         "{err}"
     );
-    cli::configure(&ipam, None, Some(1)).await.unwrap();
+    admin::configure(&ipam, None, Some(1)).await.unwrap();
     ipam.invalidate_settings();
     ipam.auto_assign(args("na", 16, 0, "fill")).await.unwrap();
     let err = ipam
@@ -294,19 +290,23 @@ async fn assign_ip_takes_exactly_that_address_once() {
         ipam.ips_by_handle("fixed").await.unwrap(),
         vec![ip("10.55.0.77")]
     );
-    let shown = cli::show_ip(&ipam, ip("10.55.0.77")).await.unwrap();
+    let shown = ipam
+        .get_assignment_attributes(ip("10.55.0.77"))
+        .await
+        .unwrap()
+        .expect("assigned");
+    assert_eq!(shown.attributes.handle_id.as_deref(), Some("fixed"));
+    assert_eq!(
+        shown.attributes.secondary.get("node").map(String::as_str),
+        Some("n1")
+    );
+    assert!(admin::release_ip(&ipam, ip("10.55.0.77")).await.unwrap());
+    assert!(!admin::release_ip(&ipam, ip("10.55.0.77")).await.unwrap());
     assert!(
-        shown.starts_with("IP 10.55.0.77 is in use\nHandle ID: fixed\n"),
-        "{shown}"
-    );
-    assert!(shown.contains("  node: n1"), "{shown}");
-    assert_eq!(
-        cli::release_ip(&ipam, ip("10.55.0.77")).await.unwrap(),
-        "Successfully released IP address 10.55.0.77\n"
-    );
-    assert_eq!(
-        cli::show_ip(&ipam, ip("10.55.0.77")).await.unwrap(),
-        "10.55.0.77 is not assigned\n"
+        ipam.get_assignment_attributes(ip("10.55.0.77"))
+            .await
+            .unwrap()
+            .is_none()
     );
 }
 
@@ -397,7 +397,7 @@ async fn check_reports_unfinished_claims_and_missing_nodes_and_release_repairs()
     .unwrap();
     delete_node(&ds, "gone").await;
 
-    let r = cli::check(&ipam, true).await.unwrap();
+    let r = admin::check(&ipam).await.unwrap();
     // All three allocations are leaked (no workload endpoint uses them).
     assert_eq!(r.report.leaked_ips().len(), 3);
     assert_eq!(r.report.leaked_handles.len(), 1);
@@ -415,14 +415,15 @@ async fn check_reports_unfinished_claims_and_missing_nodes_and_release_repairs()
         "{reasons:?}"
     );
     assert!(reasons.iter().any(|(n, _)| n == "gone"), "{reasons:?}");
-    assert!(r.text.contains("Check complete; found"), "{}", r.text);
+    assert!(r.nodes_known);
+    assert_eq!(r.leaked.len(), 3);
 
     let json = r.report.to_json();
-    let report = cli::Report::from_json(&json).unwrap();
-    let s = cli::release_from_report(&ipam, &report).await.unwrap();
+    let report = admin::Report::from_json(&json).unwrap();
+    let s = admin::release_from_report(&ipam, &report).await.unwrap();
     assert_eq!(s.released_ips.len(), 3);
     assert!(s.skipped_ips.is_empty());
-    let after = cli::check(&ipam, false).await.unwrap().report;
+    let after = admin::check(&ipam).await.unwrap().report;
     assert_eq!(after.problems(), 0, "{after:?}");
     assert!(after.allocations.is_empty());
     assert!(kv.list(model::HANDLES_PREFIX).await.unwrap().kvs.is_empty());
@@ -437,28 +438,23 @@ async fn check_reports_unfinished_claims_and_missing_nodes_and_release_repairs()
 }
 
 #[tokio::test]
-async fn show_tables_and_split() {
+async fn usage_and_split() {
     let etcd = Etcd::start();
     let ipam = etcd.ipam().await;
     let ds = ipam.datastore().clone();
     create_pool(&ds, "p", "10.59.0.0/24", 26, json!({})).await;
     ipam.auto_assign(args("n1", 3, 0, "h")).await.unwrap();
-    let t = cli::show(&ipam, true).await.unwrap();
-    let lines: Vec<&str> = t.lines().collect();
+    let usage = admin::utilization(&ipam).await.unwrap();
+    assert_eq!(usage.len(), 1);
+    let (pool, blocks) = &usage[0];
     assert_eq!(
-        lines[1],
-        "| GROUPING |     CIDR     | IPS TOTAL | IPS IN USE | IPS FREE  |"
+        (pool.cidr, pool.total, pool.in_use),
+        (net("10.59.0.0/24"), 256, 3)
     );
-    assert_eq!(
-        lines[3],
-        "| IP Pool  | 10.59.0.0/24 |       256 | 3 (1%)     | 253 (99%) |"
-    );
-    assert!(lines[4].starts_with("| Block    | 10.59.0."), "{t}");
-    assert!(
-        lines[4].ends_with("|        64 | 3 (5%)     | 61 (95%)  |"),
-        "{t}"
-    );
-    let created = cli::split(&ipam, Some("p"), None, 2).await.unwrap();
+    assert_eq!(blocks.len(), 1);
+    assert!(pool.cidr.contains(&blocks[0].cidr), "{blocks:?}");
+    assert_eq!((blocks[0].total, blocks[0].in_use), (64, 3));
+    let created = admin::split(&ipam, Some("p"), None, 2).await.unwrap();
     assert_eq!(
         created,
         vec![
@@ -555,13 +551,13 @@ async fn check_without_any_node_resources_does_not_condemn_every_block() {
     ipam.auto_assign(args("unregistered", 1, 0, "h"))
         .await
         .unwrap();
-    let r = cli::check(&ipam, false).await.unwrap();
+    let r = admin::check(&ipam).await.unwrap();
     assert!(
         r.report.orphaned_affinities.is_empty(),
         "{:?}",
         r.report.orphaned_affinities
     );
-    assert!(r.text.contains("No Node resources found"), "{}", r.text);
+    assert!(!r.nodes_known);
 }
 
 /// The IPAM settings are the `default` IPAMConfiguration, whoever writes it: an object applied

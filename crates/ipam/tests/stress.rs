@@ -8,7 +8,7 @@ use std::io::{BufReader, Write as _};
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use calico_ipam::{cli, model};
+use calico_ipam::{admin, model};
 use common::*;
 use ipnet::IpNet;
 use serde_json::{Value, json};
@@ -118,7 +118,7 @@ async fn four_hosts_exhaust_a_small_pool_without_duplicates_or_leaks() {
     assert!(holder.keys().all(|ip| !reserved.contains(ip)));
     assert_eq!(holder.len(), 252, "the pool is exactly full");
     // What the processes believe matches etcd, handle by handle.
-    let report = cli::check(&ipam, false).await.unwrap().report;
+    let report = admin::check(&ipam).await.unwrap().report;
     assert_eq!(report.allocations.len(), 252);
     for (ip, allocs) in &report.allocations {
         assert_eq!(allocs.len(), 1);
@@ -140,7 +140,7 @@ async fn four_hosts_exhaust_a_small_pool_without_duplicates_or_leaks() {
     for p in procs.iter_mut() {
         wait_ok(p, Duration::from_secs(10));
     }
-    let after = cli::check(&ipam, false).await.unwrap().report;
+    let after = admin::check(&ipam).await.unwrap().report;
     assert!(
         after.allocations.is_empty(),
         "leaked: {:?}",
@@ -210,7 +210,7 @@ async fn sigkilled_host_leaves_only_what_check_explains_and_release_repairs_it()
         // The victim's node is gone (decommissioned after the crash).
         delete_node(&ds, &victim).await;
 
-        let r = cli::check(&ipam, false).await.unwrap();
+        let r = admin::check(&ipam).await.unwrap();
         let report = &r.report;
         // Everything left is explained: leaked addresses of the dead host, its affinities and
         // blocks. Nothing inconsistent (no address without its handle record, or vice versa).
@@ -239,10 +239,10 @@ async fn sigkilled_host_leaves_only_what_check_explains_and_release_repairs_it()
         // Repair from the JSON report, as `calicoctl ipam release --from-report` does.
         let path = etcd_report_path(round);
         std::fs::write(&path, report.to_json()).unwrap();
-        let parsed = cli::Report::from_json(&std::fs::read_to_string(&path).unwrap()).unwrap();
-        let s = cli::release_from_report(&ipam, &parsed).await.unwrap();
+        let parsed = admin::Report::from_json(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let s = admin::release_from_report(&ipam, &parsed).await.unwrap();
         assert_eq!(s.released_ips.len(), report.leaked_ips().len());
-        let after = cli::check(&ipam, false).await.unwrap().report;
+        let after = admin::check(&ipam).await.unwrap().report;
         assert_eq!(after.problems(), 0, "round {round}: {after:?}");
         assert!(after.allocations.is_empty());
         let hosts = ipam.kv().list(model::HOSTS_PREFIX).await.unwrap();

@@ -344,7 +344,7 @@ impl Lab {
         ip: std::net::Ipv4Addr,
     ) -> Result<Host, LabError> {
         let wl = self.add_namespace(name)?;
-        let iface = format!("cali{name}");
+        let iface = format!("{}{name}", calico_api::names::WORKLOAD_IFACE_PREFIX);
         node.exec_ok(&[
             "ip",
             "link",

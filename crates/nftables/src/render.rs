@@ -1176,7 +1176,7 @@ mod tests {
     fn unknown_interfaces_are_dropped_after_dispatch_per_prefix() {
         let settings = RenderSettings {
             to_host: EndpointToHost::Return,
-            interface_prefixes: vec!["cali".into(), "tap".into()],
+            interface_prefixes: vec![DEFAULT_INTERFACE_PREFIX.into(), "tap".into()],
             ..Default::default()
         };
         let t = render_spec(&program_with(&["calia".into()]), &settings).unwrap();

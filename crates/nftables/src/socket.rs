@@ -3,8 +3,10 @@
 //! batch, so reading until it arrives collects them all without guessing at timeouts.
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
+
+use calico_dataplane::netlink_socket::NetlinkSocket;
 
 use crate::batch::{Batch, NLM_F_REQUEST, msg, put_msg};
 use crate::netlink::{NLM_F_DUMP, Reply, attr, be32, be64, comment, rd4, string};
@@ -49,7 +51,7 @@ pub enum NftError {
 /// An open netfilter netlink socket (bound to the namespace it was opened in).
 #[derive(Debug)]
 pub struct NftSocket {
-    fd: OwnedFd,
+    socket: NetlinkSocket,
     /// Next sequence number (also used by `read`'s dump requests).
     pub(crate) seq: u32,
 }
@@ -57,67 +59,10 @@ pub struct NftSocket {
 impl NftSocket {
     /// Opens a socket in the current thread's network namespace.
     pub fn open() -> Result<NftSocket, NftError> {
-        // SAFETY: plain socket(2); the fd is owned right away.
-        let raw = unsafe {
-            libc::socket(
-                libc::AF_NETLINK,
-                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                libc::NETLINK_NETFILTER,
-            )
-        };
-        if raw < 0 {
-            return Err(NftError::Open(io::Error::last_os_error()));
-        }
-        // SAFETY: raw is a fresh fd we own.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
         // Large rulesets make large batches; errors of a large batch make many replies.
-        let size: libc::c_int = 16 << 20;
-        for opt in [libc::SO_SNDBUFFORCE, libc::SO_RCVBUFFORCE] {
-            // SAFETY: setsockopt with a valid int option; failures are fine (the default
-            // buffers are only smaller), hence not checked.
-            unsafe {
-                libc::setsockopt(
-                    fd.as_raw_fd(),
-                    libc::SOL_SOCKET,
-                    opt,
-                    (&size as *const libc::c_int).cast(),
-                    std::mem::size_of::<libc::c_int>() as u32,
-                );
-            }
-        }
-        // Bound the wait for the kernel's answer so that a lost reply cannot hang the agent.
-        let tv = libc::timeval {
-            tv_sec: 10,
-            tv_usec: 0,
-        };
-        // SAFETY: valid timeval option.
-        let rc = unsafe {
-            libc::setsockopt(
-                fd.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVTIMEO,
-                (&tv as *const libc::timeval).cast(),
-                std::mem::size_of::<libc::timeval>() as u32,
-            )
-        };
-        if rc != 0 {
-            return Err(NftError::Open(io::Error::last_os_error()));
-        }
-        // SAFETY: zeroed sockaddr_nl is valid (pid 0: the kernel assigns one).
-        let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-        addr.nl_family = libc::AF_NETLINK as u16;
-        // SAFETY: bind with a properly sized sockaddr_nl.
-        let rc = unsafe {
-            libc::bind(
-                fd.as_raw_fd(),
-                (&addr as *const libc::sockaddr_nl).cast(),
-                std::mem::size_of::<libc::sockaddr_nl>() as u32,
-            )
-        };
-        if rc != 0 {
-            return Err(NftError::Open(io::Error::last_os_error()));
-        }
-        Ok(NftSocket { fd, seq: 1 })
+        let socket =
+            NetlinkSocket::open(libc::NETLINK_NETFILTER, 16 << 20).map_err(NftError::Open)?;
+        Ok(NftSocket { socket, seq: 1 })
     }
 
     /// Opens a socket in the network namespace at `path` (e.g. `/run/netns/x`); the calling
@@ -217,51 +162,15 @@ impl NftSocket {
     }
 
     pub(crate) fn send_raw(&self, buf: &[u8]) -> Result<(), NftError> {
-        // SAFETY: zeroed sockaddr_nl addresses the kernel (pid 0).
-        let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-        addr.nl_family = libc::AF_NETLINK as u16;
-        // SAFETY: buf is valid for its length; addr is a sockaddr_nl.
-        let rc = unsafe {
-            libc::sendto(
-                self.fd.as_raw_fd(),
-                buf.as_ptr().cast(),
-                buf.len(),
-                0,
-                (&addr as *const libc::sockaddr_nl).cast(),
-                std::mem::size_of::<libc::sockaddr_nl>() as u32,
-            )
-        };
-        if rc < 0 {
-            return Err(NftError::Io {
-                op: "send",
-                source: io::Error::last_os_error(),
-            });
-        }
-        if rc as usize != buf.len() {
-            return Err(NftError::Io {
-                op: "send",
-                source: io::Error::other(format!("short send {rc} of {}", buf.len())),
-            });
-        }
-        Ok(())
+        self.socket
+            .send(buf)
+            .map_err(|source| NftError::Io { op: "send", source })
     }
 
     pub(crate) fn recv_raw(&self, buf: &mut [u8]) -> Result<usize, NftError> {
-        loop {
-            // SAFETY: buf is valid for writes of its length.
-            let rc =
-                unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-            if rc >= 0 {
-                return Ok(rc as usize);
-            }
-            let e = io::Error::last_os_error();
-            if e.kind() != io::ErrorKind::Interrupted {
-                return Err(NftError::Io {
-                    op: "recv",
-                    source: e,
-                });
-            }
-        }
+        self.socket
+            .recv(buf, false)
+            .map_err(|source| NftError::Io { op: "recv", source })
     }
 }
 

@@ -430,7 +430,7 @@ pub async fn run(mut cfg: NodeConfig, etcd: EtcdClient) -> Result<(), AgentError
     // is not ready and retries every round (rounds back off while they fail).
     let mut policy: Option<PolicySync> = None;
 
-    println!("Calico node started successfully");
+    println!("{}", status::STARTED_LINE);
     let started_at = Instant::now();
     let mut failures: u32 = 0;
     loop {
@@ -627,7 +627,7 @@ async fn record_route_metrics(
     metrics.set(IPAM_BLOCKS, stats.own_blocks.len() as f64);
     // Reading every block is a datastore listing: only while someone scrapes.
     if enabled {
-        match calico_ipam::cli::utilization(ipam).await {
+        match calico_ipam::admin::utilization(ipam).await {
             Ok(pools) => {
                 let in_use: u128 = pools
                     .iter()

@@ -6,12 +6,14 @@
 
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 
+use calico_api::names;
 use ipnet::IpNet;
 use regex::Regex;
 
 use crate::config::AutodetectMethod;
 
-/// Interfaces first-found never picks (Calico's default exclude list).
+/// Interfaces first-found never picks (Calico's default exclude list), besides the workload
+/// interfaces ([`calico_api::names::WORKLOAD_IFACE_PREFIX`], see [`excluded`]).
 pub const DEFAULT_EXCLUDES: &[&str] = &[
     "docker.*",
     "cbr.*",
@@ -20,7 +22,6 @@ pub const DEFAULT_EXCLUDES: &[&str] = &[
     "lxcbr.*",
     "veth.*",
     "lo",
-    "cali.*",
     "tunl.*",
     "flannel.*",
     "kube-ipvs.*",
@@ -51,6 +52,14 @@ pub enum AutodetectError {
     },
     #[error("reading interface addresses")]
     Interfaces(#[source] std::io::Error),
+}
+
+/// [`DEFAULT_EXCLUDES`] and the workload interfaces (`cali.*`), as whole-name regexes.
+fn excluded() -> Vec<Regex> {
+    let workloads = format!("{}.*", regex::escape(names::WORKLOAD_IFACE_PREFIX));
+    let mut all = anchored(DEFAULT_EXCLUDES);
+    all.extend(anchored(&[workloads]));
+    all
 }
 
 fn anchored(patterns: &[impl AsRef<str>]) -> Vec<Regex> {
@@ -91,7 +100,7 @@ pub fn choose(
             .find(|a| usable(a, want_v6) && filter(a))
             .copied()
     };
-    let excludes = anchored(DEFAULT_EXCLUDES);
+    let excludes = excluded();
     let not_excluded = |name: &str| !excludes.iter().any(|r| r.is_match(name));
     let found = match method {
         AutodetectMethod::FirstFound => first_on(&not_excluded, &|_| true),

@@ -31,7 +31,7 @@ pub const DEFAULT_ROUTE_REFRESH: Duration = Duration::from_secs(90);
 /// Felix's default `reportingInterval`.
 pub const DEFAULT_REPORTING_INTERVAL: Duration = Duration::from_secs(30);
 /// Felix's default `interfacePrefix`.
-pub const DEFAULT_INTERFACE_PREFIX: &str = "cali";
+pub const DEFAULT_INTERFACE_PREFIX: &str = calico_api::names::WORKLOAD_IFACE_PREFIX;
 
 /// One HTTP endpoint the agent may serve (metrics or health).
 #[derive(Debug, Clone, PartialEq, Eq)]

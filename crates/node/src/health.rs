@@ -23,7 +23,9 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
 
-use crate::status::{PeerRow, Readiness, table};
+use calico_api::table::Table;
+
+use crate::status::{PeerRow, Readiness};
 
 /// A component that has not reported for this long is not live (Felix's dataplane: 90 s).
 pub const LIVENESS_TIMEOUT: Duration = Duration::from_secs(90);
@@ -101,7 +103,7 @@ impl Health {
         let mut live = true;
         let mut ready = !c.is_empty();
         let mut reasons = vec![];
-        let mut rows: Vec<[String; 5]> = vec![];
+        let mut table = Table::new(&["COMPONENT", "TIMEOUT", "LIVENESS", "READINESS", "DETAIL"]);
         for (name, comp) in c.iter() {
             let timed_out = comp.timeout.is_some_and(|t| comp.reported.elapsed() > t);
             let (live_s, ready_s) = if timed_out {
@@ -116,7 +118,7 @@ impl Health {
                 reasons.push(format!("{name}: {}", comp.detail));
                 ("reporting live", "reporting non-ready")
             };
-            rows.push([
+            table.push([
                 name.to_string(),
                 comp.timeout
                     .map_or("-".into(), |t| format!("{}s", t.as_secs())),
@@ -128,18 +130,11 @@ impl Health {
         if c.is_empty() {
             reasons.push("starting: no component has reported yet".into());
         }
-        let cells: Vec<Vec<&str>> = rows
-            .iter()
-            .map(|r| r.iter().map(String::as_str).collect())
-            .collect();
         Summary {
             live,
             ready,
             reasons,
-            table: table(
-                &["COMPONENT", "TIMEOUT", "LIVENESS", "READINESS", "DETAIL"],
-                &cells,
-            ),
+            table: table.render(),
         }
     }
 

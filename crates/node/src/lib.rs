@@ -18,7 +18,6 @@ pub mod peering;
 pub mod policy;
 pub mod report;
 pub mod routes;
-pub mod run;
 pub mod snapshot;
 pub mod startup;
 pub mod status;

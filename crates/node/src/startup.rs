@@ -1,6 +1,8 @@
 //! Node start-up, in the order of Calico's (the seed's transcript):
 //! host settings, this node's address (autodetected or given) checked for conflicts, the Node
 //! resource, the global AS, the cluster GUID, and the default pools when none exist.
+//! Every write is one item of calico-datastore's batch writer (`Datastore::write`): created
+//! only if still absent, replaced only at the revision read, unchanged objects not rewritten.
 
 use std::net::IpAddr;
 
@@ -8,7 +10,7 @@ use calico_api::{
     AsNumber, ClusterInformation, ClusterInformationSpec, IPIPMode, IPPool, IPPoolSpec, Node,
     NodeBGPSpec, NodeSpec,
 };
-use calico_datastore::{Datastore, ResourceError};
+use calico_datastore::{BatchOp, Datastore, ResourceError};
 use ipnet::IpNet;
 use tracing::{info, warn};
 
@@ -202,11 +204,15 @@ pub async fn run(cfg: &NodeConfig, ds: &Datastore) -> Result<Started, StartupErr
         bgp.as_number = Some(AsNumber(asn));
     }
     if existing.as_ref() != Some(&node) {
-        match existing {
-            None => ds.create(&node).await.map(|_| ()),
-            Some(_) => ds.update(&node).await.map(|_| ()),
-        }
-        .map_err(ds_err(format!("writing Node {name}")))?;
+        // Created if still absent, else replaced only at the revision read above.
+        let op = if existing.is_some() {
+            BatchOp::Replace
+        } else {
+            BatchOp::Create
+        };
+        ds.write(op, &node)
+            .await
+            .map_err(ds_err(format!("writing Node {name}")))?;
     }
 
     let global_as = global_as_number(ds).await?;
@@ -281,12 +287,13 @@ async fn ensure_cluster_information(ds: &Datastore) -> Result<(), StartupError> 
     ci.spec
         .cluster_type
         .get_or_insert_with(|| "docker,bgp".to_string());
-    let written = match existing {
-        None => ds.create(&ci).await.map(|_| ()),
-        Some(_) => ds.update(&ci).await.map(|_| ()),
+    let op = if existing.is_some() {
+        BatchOp::Replace
+    } else {
+        BatchOp::Create
     };
-    match written {
-        Ok(()) => info!(ClusterGUID = %guid, "Assigned cluster GUID"),
+    match ds.write(op, &ci).await {
+        Ok(_) => info!(ClusterGUID = %guid, "Assigned cluster GUID"),
         // Another node won the race to create it: its GUID stands.
         Err(e) if e.is_already_exists() || e.is_conflict() => {}
         Err(e) => return Err(ds_err("writing ClusterInformation default")(e)),
@@ -344,7 +351,7 @@ async fn ensure_default_pool(
         node_selector: Some("all()".into()),
         ..Default::default()
     };
-    match ds.create(&IPPool::new(name, spec)).await {
+    match ds.write(BatchOp::Create, &IPPool::new(name, spec)).await {
         Ok(_) => info!(
             "Created default {fam} pool ({cidr}) with NAT outgoing {}. IPIP mode: {ipip_text}, VXLAN mode: {vxlan_text}",
             pool.nat_outgoing

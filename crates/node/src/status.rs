@@ -1,9 +1,10 @@
-//! What `calicoctl node status` shows, and how it reaches calicoctl.
+//! The agent's side of `calicoctl node status`: the status it reports and the socket that
+//! carries it (both ends of the socket, so the protocol has one owner; calicoctl renders it).
 //!
 //! The agent serves its status as one JSON document on a unix socket in its run directory
 //! (`<CALICO_RUN_DIR>/calico-node.sock`): connect, read to EOF. A socket, not a pid file,
 //! because the agent may run in a container with its own pid namespace; the run directory is
-//! what the two share. Rendering is pure and reproduces Calico's table byte for byte.
+//! what the two share.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -13,6 +14,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// File name of the status socket inside the run directory.
 pub const SOCKET_NAME: &str = "calico-node.sock";
+/// What the agent prints once it runs (`calicoctl node run` waits for this line).
+pub const STARTED_LINE: &str = "Calico node started successfully";
 
 /// How a session was configured, in Calico's words.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -175,150 +178,9 @@ pub async fn serve(
     }
 }
 
-/// The text `calicoctl node status` prints for a running node.
-pub fn render(status: &NodeStatus) -> String {
-    let mut out = String::from("Calico process is running.\n\n");
-    for (family, rows) in [("IPv4", &status.ipv4_peers), ("IPv6", &status.ipv6_peers)] {
-        out.push_str(&format!("{family} BGP status\n"));
-        if rows.is_empty() {
-            out.push_str(&format!("No {family} peers found.\n"));
-        } else {
-            out.push_str(&peer_table(rows));
-        }
-        out.push('\n');
-    }
-    match &status.readiness {
-        None => {}
-        Some(r) if r.ready => out.push_str("Readiness: ready\n"),
-        Some(r) => {
-            out.push_str("Readiness: not ready\n");
-            for reason in &r.reasons {
-                out.push_str(&format!("  - {reason}\n"));
-            }
-        }
-    }
-    out.push_str(&render_policy_issues(&status.policy_issues));
-    out
-}
-
-/// One line per policy or profile not enforced as written (nothing when there is none):
-/// the resource, the rule's field, what is done instead and why.
-pub fn render_policy_issues(issues: &[PolicyIssueRow]) -> String {
-    if issues.is_empty() {
-        return String::new();
-    }
-    let mut out = String::from("Policy not enforced as written:\n");
-    for i in issues {
-        out.push_str(&format!(
-            "  - {} {}: {} ({})\n",
-            i.owner, i.field, i.outcome, i.reason
-        ));
-    }
-    out
-}
-
-fn peer_table(rows: &[PeerRow]) -> String {
-    let cells: Vec<Vec<&str>> = rows
-        .iter()
-        .map(|r| {
-            vec![
-                r.peer_address.as_str(),
-                r.peer_type.as_str(),
-                r.state.as_str(),
-                r.since.as_str(),
-                r.info.as_str(),
-            ]
-        })
-        .collect();
-    table(
-        &["PEER ADDRESS", "PEER TYPE", "STATE", "SINCE", "INFO"],
-        &cells,
-    )
-}
-
-/// A table as Calico's tools print them (Go's tablewriter): bordered, headers centred.
-pub fn table(headers: &[&str], cells: &[Vec<&str>]) -> String {
-    let widths: Vec<usize> = (0..headers.len())
-        .map(|c| {
-            cells
-                .iter()
-                .map(|r| r.get(c).map_or(0, |s| s.len()))
-                .chain([headers[c].len()])
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    let border = {
-        let mut s = String::from("+");
-        for w in &widths {
-            s.push_str(&"-".repeat(w + 2));
-            s.push('+');
-        }
-        s.push('\n');
-        s
-    };
-    let mut out = border.clone();
-    out.push('|');
-    for (h, w) in headers.iter().zip(&widths) {
-        // Headers are centred; an odd remainder goes to the right, as Calico's table does.
-        let pad = w - h.len();
-        let left = pad / 2;
-        out.push_str(&format!(
-            " {}{}{} |",
-            " ".repeat(left),
-            h,
-            " ".repeat(pad - left)
-        ));
-    }
-    out.push('\n');
-    out.push_str(&border);
-    for row in cells {
-        out.push('|');
-        for (c, w) in widths.iter().enumerate() {
-            let cell = row.get(c).copied().unwrap_or("");
-            out.push_str(&format!(" {cell:<w$} |"));
-        }
-        out.push('\n');
-    }
-    out.push_str(&border);
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn renders_the_seed_table_exactly() {
-        let status = NodeStatus {
-            node_name: "node1".into(),
-            ipv4_peers: vec![PeerRow {
-                peer_address: "192.168.33.12".into(),
-                peer_type: PeerType::Mesh,
-                state: "up".into(),
-                since: "07:17:13".into(),
-                info: "Established".into(),
-            }],
-            ipv6_peers: vec![],
-            readiness: None,
-            policy_issues: vec![],
-        };
-        let expected = "\
-Calico process is running.
-
-IPv4 BGP status
-+---------------+-------------------+-------+----------+-------------+
-| PEER ADDRESS  |     PEER TYPE     | STATE |  SINCE   |    INFO     |
-+---------------+-------------------+-------+----------+-------------+
-| 192.168.33.12 | node-to-node mesh | up    | 07:17:13 | Established |
-+---------------+-------------------+-------+----------+-------------+
-
-IPv6 BGP status
-No IPv6 peers found.
-
-";
-        assert_eq!(render(&status), expected);
-    }
 
     #[test]
     fn status_travels_over_the_socket() {
@@ -363,41 +225,6 @@ No IPv6 peers found.
             assert_eq!(got, Some(status));
         });
         let _ = std::fs::remove_dir_all(&dir);
-    }
-
-    #[test]
-    fn policy_issues_follow_readiness_one_line_each() {
-        let status = NodeStatus {
-            node_name: "n".into(),
-            ipv4_peers: vec![],
-            ipv6_peers: vec![],
-            readiness: Some(Readiness {
-                ready: true,
-                reasons: vec![],
-            }),
-            policy_issues: vec![
-                PolicyIssueRow {
-                    owner: "GlobalNetworkPolicy \"web\"".into(),
-                    field: "spec.ingress[0].http".into(),
-                    outcome: "rule skipped".into(),
-                    reason: "HTTP matches need the application layer".into(),
-                },
-                PolicyIssueRow {
-                    owner: "Profile \"p\"".into(),
-                    field: "spec.ingress[1].source.selector".into(),
-                    outcome: "rules replaced by deny".into(),
-                    reason: "bad selector".into(),
-                },
-            ],
-        };
-        assert!(render(&status).ends_with(
-            "Readiness: ready\n\
-             Policy not enforced as written:\n\
-             \x20 - GlobalNetworkPolicy \"web\" spec.ingress[0].http: rule skipped (HTTP matches need the application layer)\n\
-             \x20 - Profile \"p\" spec.ingress[1].source.selector: rules replaced by deny (bad selector)\n"
-        ), "{}", render(&status));
-        // None: nothing is printed, not even the heading.
-        assert_eq!(render_policy_issues(&[]), "");
     }
 
     #[test]

@@ -25,7 +25,7 @@ pub enum EndpointToHostAction {
 }
 
 /// Felix's default `interfacePrefix`.
-pub const DEFAULT_INTERFACE_PREFIX: &str = "cali";
+pub const DEFAULT_INTERFACE_PREFIX: &str = calico_api::names::WORKLOAD_IFACE_PREFIX;
 
 /// What the policy dataplane takes from FelixConfiguration.
 #[derive(Debug, Clone, PartialEq, Eq)]

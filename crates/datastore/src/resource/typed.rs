@@ -207,6 +207,19 @@ impl Datastore {
             .boxed()
     }
 
+    /// One object through the batch writer: `op` says what it must find (absent for
+    /// [`BatchOp::Create`]; present, at `metadata.resourceVersion` when set, for
+    /// [`BatchOp::Replace`]), and an object already as asked is not rewritten.
+    pub async fn write<T: CalicoResource>(&self, op: BatchOp, obj: &T) -> Result<(T, Applied)> {
+        let item = BatchItem::new(op, KindRef::of::<T>(), to_value(obj)?);
+        let mut outcome = self
+            .store
+            .write_batch(vec![item], Atomicity::AllOrNothing)
+            .await?;
+        let (doc, applied) = outcome.results.remove(0);
+        Ok((from_value(doc)?, applied))
+    }
+
     /// Applies (create or replace) every document in one etcd transaction: all are written or
     /// none is. Fails with [`ResourceError::BatchTooLarge`] before writing if the batch does not
     /// fit one transaction (see [`Atomicity`]).

@@ -378,6 +378,37 @@ impl Host {
 }
 
 /// Raw HTTP POST to a plugin socket; returns (status, body).
+/// Two Docker hosts in the namespaces `n1` and `n2` (linked, 10.200.0.1 and .2), without
+/// containers or routing: etcd on node1's link address, drivers + syncer + dockerd on each; a
+/// default IPv4 pool (192.168.0.0/16). Run it inside `n1` (`in_netns`); files under `dir`.
+pub async fn two_hosts_setup(
+    dir: &std::path::Path,
+    n1: &str,
+    n2: &str,
+) -> (Etcd, EtcdClient, Host, Host) {
+    let (d1, d2) = (dir.join("node1"), dir.join("node2"));
+    std::fs::create_dir_all(&d1).unwrap();
+    std::fs::create_dir_all(&d2).unwrap();
+    let etcd = Etcd::start_on(&d1, "10.200.0.1").await;
+    let kv = etcd.client().await;
+    let ds = calico_datastore::Datastore::from_etcd(kv.clone());
+    let mut pool = calico_api::IPPool::new(
+        "default-ipv4-ippool",
+        calico_api::IPPoolSpec {
+            cidr: "192.168.0.0/16".into(),
+            ..Default::default()
+        },
+    );
+    pool.metadata = calico_api::ObjectMeta {
+        name: Some("default-ipv4-ippool".into()),
+        ..Default::default()
+    };
+    ds.create(&pool).await.unwrap();
+    let h1 = Host::start_with("node1", n1, &d1, etcd.config(), true).await;
+    let h2 = Host::start_with("node2", n2, &d2, etcd.config(), true).await;
+    (etcd, kv, h1, h2)
+}
+
 pub async fn plugin_post(sock: &Path, path: &str, body: &str) -> (u16, serde_json::Value) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::UnixStream::connect(sock)

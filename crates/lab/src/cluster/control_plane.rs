@@ -320,28 +320,10 @@ impl ControlPlane {
         &mut self,
         deadline: Instant,
         what: &str,
-        mut check: impl FnMut(&Self) -> Result<bool, ClusterError>,
+        check: impl FnMut(&Self) -> Result<bool, ClusterError>,
     ) -> Result<(), ClusterError> {
-        loop {
-            for d in &mut self.daemons {
-                d.check_running()?;
-            }
-            if check(self)? {
-                return Ok(());
-            }
-            if Instant::now() >= deadline {
-                return Err(ClusterError::Timeout {
-                    what: what.to_owned(),
-                    logs: self
-                        .daemons
-                        .iter()
-                        .map(|d| d.log_tail(1500))
-                        .collect::<Vec<_>>()
-                        .join("\n"),
-                });
-            }
-            std::thread::sleep(Duration::from_millis(500));
-        }
+        let daemons: fn(&mut Self) -> Vec<&mut Daemon> = |cp| cp.daemons.iter_mut().collect();
+        super::wait_until(self, daemons, 1500, deadline, what, check)
     }
 
     fn wait_api_ready(&mut self, timeout: Duration) -> Result<(), ClusterError> {

@@ -263,3 +263,35 @@ impl Daemon {
         }
     }
 }
+
+/// Polls `check` every 500 ms until it returns true; fails at `deadline` (with the last
+/// `tail` bytes of each daemon's log) or as soon as one of the `daemons` of `state` has exited.
+/// The one wait loop of the control plane and the nodes.
+pub(crate) fn wait_until<S>(
+    state: &mut S,
+    daemons: fn(&mut S) -> Vec<&mut Daemon>,
+    tail: usize,
+    deadline: std::time::Instant,
+    what: &str,
+    mut check: impl FnMut(&S) -> Result<bool, ClusterError>,
+) -> Result<(), ClusterError> {
+    loop {
+        for d in daemons(state) {
+            d.check_running()?;
+        }
+        if check(state)? {
+            return Ok(());
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(ClusterError::Timeout {
+                what: what.to_owned(),
+                logs: daemons(state)
+                    .iter()
+                    .map(|d| d.log_tail(tail))
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+            });
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}

@@ -320,35 +320,16 @@ impl KubeNode {
         &mut self,
         deadline: Instant,
         what: &str,
-        mut check: impl FnMut(&Self) -> Result<bool, ClusterError>,
+        check: impl FnMut(&Self) -> Result<bool, ClusterError>,
     ) -> Result<(), ClusterError> {
-        loop {
-            for d in self
-                .containerd
+        let daemons: fn(&mut Self) -> Vec<&mut Daemon> = |n| {
+            n.containerd
                 .iter_mut()
-                .chain(self.kubelet.iter_mut())
-                .chain(self.kube_proxy.iter_mut())
-            {
-                d.check_running()?;
-            }
-            if check(self)? {
-                return Ok(());
-            }
-            if Instant::now() >= deadline {
-                return Err(ClusterError::Timeout {
-                    what: what.to_owned(),
-                    logs: self
-                        .containerd
-                        .iter()
-                        .chain(self.kubelet.iter())
-                        .chain(self.kube_proxy.iter())
-                        .map(|d| d.log_tail(2000))
-                        .collect::<Vec<_>>()
-                        .join("\n"),
-                });
-            }
-            std::thread::sleep(Duration::from_millis(500));
-        }
+                .chain(n.kubelet.iter_mut())
+                .chain(n.kube_proxy.iter_mut())
+                .collect()
+        };
+        super::wait_until(self, daemons, 2000, deadline, what, check)
     }
 }
 

@@ -10,12 +10,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use calico_node::status::STARTED_LINE;
+
 /// Name of the calico-node container.
 pub const CONTAINER_NAME: &str = "calico-node";
 /// The image `images/calico-node/build.sh` produces.
 pub const DEFAULT_IMAGE: &str = "calico-rs/node:latest";
-/// What the agent prints once it runs.
-pub const STARTED_LINE: &str = "Calico node started successfully";
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 
 #[derive(Debug, thiserror::Error)]
