@@ -15,6 +15,7 @@ pub mod names;
 mod numorstring;
 mod registry;
 mod resource;
+pub mod service_advertisement;
 mod validate;
 mod wepname;
 

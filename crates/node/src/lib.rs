@@ -16,6 +16,7 @@ pub mod peering;
 pub mod policy;
 pub mod report;
 pub mod routes;
+pub mod service_routes;
 pub mod run;
 pub mod snapshot;
 pub mod startup;
