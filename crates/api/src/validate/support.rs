@@ -20,8 +20,12 @@ const KERNEL_IPV6_METRIC: i64 = 1024;
 /// Calico's log severity names (libcalico-go's validator).
 pub(crate) const LOG_SEVERITIES: [&str; 5] = ["Debug", "Info", "Warning", "Error", "Fatal"];
 
+/// Refuses a field, unless Calico's own rules already found it invalid (one reason per path).
 fn refuse(e: &mut Errs, path: impl Into<String>, why: &str) {
-    e.add(path, format!("{NOT_IMPLEMENTED}: {why}"));
+    let path = path.into();
+    if !e.0.iter().any(|f| f.path == path) {
+        e.add(path, format!("{NOT_IMPLEMENTED}: {why}"));
+    }
 }
 
 fn set(v: &Option<String>) -> bool {
