@@ -268,7 +268,7 @@ async fn binary_refuses_an_unimplemented_field_and_writes_nothing() {
         ),
         (
             "kind: IPPool\nmetadata:\n  name: bin-pool\nspec:\n  cidr: 10.44.0.0/16\n  \
-             namespaceSelector: team == 'a'\n",
+             allowedUses: [Workload]\n  namespaceSelector: team == 'a'\n",
             "spec.namespaceSelector",
         ),
     ] {
