@@ -41,8 +41,8 @@ pub mod pool_status;
 pub mod profiles;
 pub mod reconcile;
 pub mod reflect;
-pub mod services;
 pub mod run;
+pub mod services;
 pub mod status;
 pub mod watch;
 

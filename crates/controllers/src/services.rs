@@ -40,7 +40,10 @@ pub fn advertised(svc: &Service, slices: &[EndpointSlice]) -> Option<AdvertisedS
     if spec.external_traffic_policy.as_deref() != Some("Local") {
         return None;
     }
-    let (namespace, name) = (svc.metadata.namespace.as_deref()?, svc.metadata.name.as_deref()?);
+    let (namespace, name) = (
+        svc.metadata.namespace.as_deref()?,
+        svc.metadata.name.as_deref()?,
+    );
     let mut out = AdvertisedService {
         cluster_ips: ips(spec.cluster_ips.iter().flatten().chain(&spec.cluster_ip)).collect(),
         external_ips: ips(spec.external_ips.iter().flatten()).collect(),
@@ -52,8 +55,9 @@ pub fn advertised(svc: &Service, slices: &[EndpointSlice]) -> Option<AdvertisedS
         .as_ref()
         .and_then(|s| s.load_balancer.as_ref())
         .and_then(|l| l.ingress.as_ref());
-    out.load_balancer_ips
-        .extend(ips(ingress.iter().flat_map(|i| i.iter().flat_map(|i| &i.ip))));
+    out.load_balancer_ips.extend(ips(ingress
+        .iter()
+        .flat_map(|i| i.iter().flat_map(|i| &i.ip))));
     let ours = slices.iter().filter(|s| {
         s.metadata.namespace.as_deref() == Some(namespace)
             && s.metadata
@@ -80,7 +84,10 @@ pub fn plan(services: &[Service], slices: &[EndpointSlice]) -> BTreeMap<String, 
     services
         .iter()
         .filter_map(|s| {
-            let key = service_key(s.metadata.namespace.as_deref()?, s.metadata.name.as_deref()?);
+            let key = service_key(
+                s.metadata.namespace.as_deref()?,
+                s.metadata.name.as_deref()?,
+            );
             Some((key, advertised(s, slices)?))
         })
         .collect()
@@ -166,7 +173,10 @@ mod tests {
                 ]),
             ),
             // Another Service's endpoints never count.
-            slice("db", json!([{"addresses": ["10.65.4.2"], "nodeName": "n4"}])),
+            slice(
+                "db",
+                json!([{"addresses": ["10.65.4.2"], "nodeName": "n4"}]),
+            ),
         ];
         let got = advertised(&service("Local"), &slices).unwrap();
         let ips = |v: &[&str]| v.iter().map(|s| s.parse().unwrap()).collect();

@@ -57,8 +57,18 @@ impl ServiceRanges {
         };
         let s = &d.spec;
         ServiceRanges {
-            cluster: nets(s.service_cluster_ips.iter().map(|b| b.cidr.as_ref()).collect()),
-            external: nets(s.service_external_ips.iter().map(|b| b.cidr.as_ref()).collect()),
+            cluster: nets(
+                s.service_cluster_ips
+                    .iter()
+                    .map(|b| b.cidr.as_ref())
+                    .collect(),
+            ),
+            external: nets(
+                s.service_external_ips
+                    .iter()
+                    .map(|b| b.cidr.as_ref())
+                    .collect(),
+            ),
             load_balancer: nets(
                 s.service_load_balancer_ips
                     .iter()
@@ -197,7 +207,11 @@ mod tests {
         ]);
         assert_eq!(r.advertised(&[], "n1"), all);
         assert_eq!(r.advertised(&[], "n2"), all);
-        assert!(ServiceRanges::from_configs(&[]).advertised(&[], "n1").is_empty());
+        assert!(
+            ServiceRanges::from_configs(&[])
+                .advertised(&[], "n1")
+                .is_empty()
+        );
     }
 
     #[test]
@@ -217,10 +231,16 @@ mod tests {
             "203.0.113.5/32",
             "198.51.100.7/32",
         ] {
-            assert!(on_n1.contains(&p.parse().unwrap()), "{p} missing: {on_n1:?}");
+            assert!(
+                on_n1.contains(&p.parse().unwrap()),
+                "{p} missing: {on_n1:?}"
+            );
         }
         assert!(!on_n1.contains(&"192.0.2.9/32".parse().unwrap()));
-        assert!(!r.advertised(&[svc], "n2").contains(&"203.0.113.5/32".parse().unwrap()));
+        assert!(
+            !r.advertised(&[svc], "n2")
+                .contains(&"203.0.113.5/32".parse().unwrap())
+        );
     }
 
     #[test]

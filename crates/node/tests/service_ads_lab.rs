@@ -213,17 +213,19 @@ fn default_config(ranges: &str) -> String {
 
 fn apply(c: &Cluster, yaml: &str) {
     let value: serde_json::Value = serde_yaml_ng::from_str(yaml).expect("yaml");
-    c.with_datastore(async move |ds: &Datastore, _| match value["kind"].as_str() {
-        Some("BGPConfiguration") => ds
-            .apply(&serde_json::from_value::<calico_api::BGPConfiguration>(value).unwrap())
-            .await
-            .map(|_| ()),
-        Some("BGPPeer") => ds
-            .apply(&serde_json::from_value::<calico_api::BGPPeer>(value).unwrap())
-            .await
-            .map(|_| ()),
-        other => panic!("unexpected kind {other:?}"),
-    })
+    c.with_datastore(
+        async move |ds: &Datastore, _| match value["kind"].as_str() {
+            Some("BGPConfiguration") => ds
+                .apply(&serde_json::from_value::<calico_api::BGPConfiguration>(value).unwrap())
+                .await
+                .map(|_| ()),
+            Some("BGPPeer") => ds
+                .apply(&serde_json::from_value::<calico_api::BGPPeer>(value).unwrap())
+                .await
+                .map(|_| ()),
+            other => panic!("unexpected kind {other:?}"),
+        },
+    )
     .expect("apply");
 }
 
@@ -285,7 +287,11 @@ fn service_ranges_and_local_service_addresses_reach_bird_gobgp_and_frr() {
              serviceExternalIPs: [{{cidr: {EXTERNAL_RANGE}}}]\n"
         )),
     );
-    for (name, ip) in [("bird", "192.168.33.20"), ("gobgp", "192.168.33.21"), ("frr", "192.168.33.22")] {
+    for (name, ip) in [
+        ("bird", "192.168.33.20"),
+        ("gobgp", "192.168.33.21"),
+        ("frr", "192.168.33.22"),
+    ] {
         apply(
             &c,
             &format!(
@@ -325,7 +331,8 @@ fn service_ranges_and_local_service_addresses_reach_bird_gobgp_and_frr() {
     // another node (kube-proxy handles them locally).
     let r2 = c.routes(2);
     assert!(
-        !r2.iter().any(|r| r.starts_with("10.96.0.10") || r.starts_with("10.96.0.0/16")),
+        !r2.iter()
+            .any(|r| r.starts_with("10.96.0.10") || r.starts_with("10.96.0.0/16")),
         "{r2:?}"
     );
 

@@ -66,10 +66,7 @@ pub(super) fn bgp_peer(s: &BGPPeerSpec, e: &mut Errs) {
     }
     if let Some(n) = s.num_allowed_local_as_numbers {
         if n < 0 {
-            e.add(
-                "spec.numAllowedLocalASNumbers",
-                format!("{n} is negative"),
-            );
+            e.add("spec.numAllowedLocalASNumbers", format!("{n} is negative"));
         } else if n > 0 {
             refuse(
                 e,
@@ -116,13 +113,22 @@ pub(super) fn bgp_configuration(name: &str, s: &BGPConfigurationSpec, e: &mut Er
         // The agent reads these from `default` only (as Calico's are cluster-wide).
         let global_only = [
             ("asNumber", s.as_number.is_some()),
-            ("nodeToNodeMeshEnabled", s.node_to_node_mesh_enabled.is_some()),
+            (
+                "nodeToNodeMeshEnabled",
+                s.node_to_node_mesh_enabled.is_some(),
+            ),
             ("nodeMeshPassword", s.node_mesh_password.is_some()),
-            ("nodeMeshMaxRestartTime", s.node_mesh_max_restart_time.is_some()),
+            (
+                "nodeMeshMaxRestartTime",
+                s.node_mesh_max_restart_time.is_some(),
+            ),
             ("communities", !s.communities.is_empty()),
             ("serviceClusterIPs", !s.service_cluster_ips.is_empty()),
             ("serviceExternalIPs", !s.service_external_ips.is_empty()),
-            ("serviceLoadBalancerIPs", !s.service_load_balancer_ips.is_empty()),
+            (
+                "serviceLoadBalancerIPs",
+                !s.service_load_balancer_ips.is_empty(),
+            ),
         ];
         for (field, present) in global_only {
             if present {
@@ -178,7 +184,11 @@ pub(super) fn bgp_configuration(name: &str, s: &BGPConfigurationSpec, e: &mut Er
         );
     }
     for (field, v, inert) in [
-        ("ipv4NormalRoutePriority", s.ipv4_normal_route_priority, None),
+        (
+            "ipv4NormalRoutePriority",
+            s.ipv4_normal_route_priority,
+            None,
+        ),
         (
             "ipv6NormalRoutePriority",
             s.ipv6_normal_route_priority,
@@ -313,7 +323,10 @@ mod tests {
         let peer = |extra: &str| format!("  peerIP: 192.0.2.1\n  asNumber: 64513\n{extra}");
         for (extra, path) in [
             ("  sourceAddress: None\n", "spec.sourceAddress"),
-            ("  numAllowedLocalASNumbers: 2\n", "spec.numAllowedLocalASNumbers"),
+            (
+                "  numAllowedLocalASNumbers: 2\n",
+                "spec.numAllowedLocalASNumbers",
+            ),
             ("  reachableBy: 192.0.2.254\n", "spec.reachableBy"),
             ("  reversePeering: Manual\n", "spec.reversePeering"),
         ] {
@@ -364,11 +377,26 @@ mod tests {
     fn bgp_configuration_fields_without_an_implementation_are_refused_by_name() {
         for (extra, path) in [
             ("  bindMode: NodeIP\n", "spec.bindMode"),
-            ("  programClusterRoutes: Disabled\n", "spec.programClusterRoutes"),
-            ("  ipv4NormalRoutePriority: 1024\n", "spec.ipv4NormalRoutePriority"),
-            ("  ipv6NormalRoutePriority: 512\n", "spec.ipv6NormalRoutePriority"),
-            ("  localWorkloadPeeringIPV4: 169.254.0.179\n", "spec.localWorkloadPeeringIPV4"),
-            ("  localWorkloadPeeringIPV6: 'fe80::179'\n", "spec.localWorkloadPeeringIPV6"),
+            (
+                "  programClusterRoutes: Disabled\n",
+                "spec.programClusterRoutes",
+            ),
+            (
+                "  ipv4NormalRoutePriority: 1024\n",
+                "spec.ipv4NormalRoutePriority",
+            ),
+            (
+                "  ipv6NormalRoutePriority: 512\n",
+                "spec.ipv6NormalRoutePriority",
+            ),
+            (
+                "  localWorkloadPeeringIPV4: 169.254.0.179\n",
+                "spec.localWorkloadPeeringIPV4",
+            ),
+            (
+                "  localWorkloadPeeringIPV6: 'fe80::179'\n",
+                "spec.localWorkloadPeeringIPV6",
+            ),
             (
                 "  serviceLoadBalancerAggregation: Disabled\n",
                 "spec.serviceLoadBalancerAggregation",
@@ -423,10 +451,22 @@ mod tests {
     fn cluster_wide_bgp_fields_are_refused_on_a_node_configuration() {
         for (extra, path) in [
             ("  asNumber: 64600\n", "spec.asNumber"),
-            ("  nodeToNodeMeshEnabled: false\n", "spec.nodeToNodeMeshEnabled"),
-            ("  serviceClusterIPs: [{cidr: 10.96.0.0/12}]\n", "spec.serviceClusterIPs"),
-            ("  serviceExternalIPs: [{cidr: 203.0.113.0/24}]\n", "spec.serviceExternalIPs"),
-            ("  serviceLoadBalancerIPs: [{cidr: 198.51.100.0/24}]\n", "spec.serviceLoadBalancerIPs"),
+            (
+                "  nodeToNodeMeshEnabled: false\n",
+                "spec.nodeToNodeMeshEnabled",
+            ),
+            (
+                "  serviceClusterIPs: [{cidr: 10.96.0.0/12}]\n",
+                "spec.serviceClusterIPs",
+            ),
+            (
+                "  serviceExternalIPs: [{cidr: 203.0.113.0/24}]\n",
+                "spec.serviceExternalIPs",
+            ),
+            (
+                "  serviceLoadBalancerIPs: [{cidr: 198.51.100.0/24}]\n",
+                "spec.serviceLoadBalancerIPs",
+            ),
         ] {
             invalid(
                 "BGPConfiguration",
