@@ -192,8 +192,8 @@ fn default_render_has_every_object_and_passes_kubernetes_validate() {
         ("RoleBinding", 1),
         ("ServiceAccount", 2),
         ("Service", 1),
-        ("ValidatingAdmissionPolicy", 7),
-        ("ValidatingAdmissionPolicyBinding", 7),
+        ("ValidatingAdmissionPolicy", 9),
+        ("ValidatingAdmissionPolicyBinding", 9),
         ("Pod", 2), // helm test hooks
     ] {
         assert_eq!(k.get(kind), Some(&n), "{kind} count in {k:?}");

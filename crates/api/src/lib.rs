@@ -16,6 +16,7 @@ pub mod names;
 mod numorstring;
 mod registry;
 mod resource;
+pub mod service_advertisement;
 pub mod table;
 mod validate;
 mod wepname;

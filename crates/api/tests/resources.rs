@@ -379,7 +379,8 @@ fn bgp_peer_and_configuration_rules() {
     );
     assert_eq!(
         paths(&peer("{localWorkloadSelector: app == 'x'}")),
-        vec!["spec.asNumber"]
+        // Calico's rule, then calico-rs's refusal of workload peering.
+        vec!["spec.asNumber", "spec.localWorkloadSelector"]
     );
     assert_eq!(
         paths(&peer("{peerSelector: all(), reachableBy: 10.0.0.1}")),

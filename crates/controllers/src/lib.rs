@@ -11,6 +11,8 @@
 //! - [`knp`]: Kubernetes NetworkPolicies as `knp.default.*` Calico policies;
 //! - [`nodes`]: Kubernetes Nodes as Calico Nodes (orchRefs, labels), deletion with IPAM release;
 //! - [`pods`]: pod labels and service account on their WorkloadEndpoints;
+//! - [`services`]: Services with `externalTrafficPolicy: Local` and their endpoints' nodes,
+//!   published into etcd for calico-node's BGP advertisement of service addresses;
 //! - [`ipam_gc`]: IPAM garbage collection (leaked pod addresses, deleted nodes) and pool usage;
 //! - [`pool_status`]: IPPools' allocated/free address counts on the Kubernetes objects;
 //! - [`bgppeer_status`]: BGPPeers' per-node session state, from the CalicoNodeStatus in etcd;
@@ -41,6 +43,7 @@ pub mod profiles;
 pub mod reconcile;
 pub mod reflect;
 pub mod run;
+pub mod services;
 pub mod status;
 pub mod watch;
 

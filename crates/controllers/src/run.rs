@@ -26,7 +26,7 @@ use crate::leader::{LeaseLock, keep_renewing};
 use crate::mirror::EtcdMirror;
 use crate::reconcile::{Context, error_policy, reconcile};
 use crate::watch::{self as watch_sync, Trigger};
-use crate::{ipam_gc, knp, nodes, pods, pool_status, profiles, reflect};
+use crate::{ipam_gc, knp, nodes, pods, pool_status, profiles, reflect, services};
 
 /// Settings read from the environment by the binary.
 #[derive(Clone, Debug)]
@@ -195,7 +195,8 @@ async fn controller<K: MirroredKind>(ctx: Arc<Context>, mut lost: watch::Receive
 /// How often IPAM is garbage collected and the pools' usage reported.
 pub const IPAM_ROUND: Duration = Duration::from_secs(30);
 
-/// The Kubernetes-native inputs (Namespaces, ServiceAccounts, NetworkPolicies, Nodes, Pods),
+/// The Kubernetes-native inputs (Namespaces, ServiceAccounts, NetworkPolicies, Nodes, Pods,
+/// Services and EndpointSlices),
 /// each kept by a watch, and the loops that sync them into etcd, until `lost` turns true.
 pub async fn kubernetes_inputs(
     ctx: Arc<Context>,
@@ -209,6 +210,7 @@ pub async fn kubernetes_inputs(
     let knp_t = Trigger::new("kubernetes-network-policies", metrics.clone());
     let nodes_t = Trigger::new("nodes", metrics.clone());
     let pods_t = Trigger::new("pods", metrics.clone());
+    let services_t = Trigger::new("services", metrics.clone());
     let (namespaces, ns_watch) = watch_sync::reflect(
         Api::<Namespace>::all(client.clone()),
         vec![profiles_t.clone()],
@@ -225,6 +227,14 @@ pub async fn kubernetes_inputs(
         watch_sync::reflect(Api::<KubeNode>::all(client.clone()), vec![nodes_t.clone()]);
     let (pods, pod_watch) =
         watch_sync::reflect(Api::<Pod>::all(client.clone()), vec![pods_t.clone()]);
+    let (svc_store, svc_watch) = watch_sync::reflect(
+        Api::<k8s_openapi::api::core::v1::Service>::all(client.clone()),
+        vec![services_t.clone()],
+    );
+    let (slice_store, slice_watch) = watch_sync::reflect(
+        Api::<k8s_openapi::api::discovery::v1::EndpointSlice>::all(client.clone()),
+        vec![services_t.clone()],
+    );
     let timing = watch_sync::Timing::default();
 
     let profiles = {
@@ -310,6 +320,28 @@ pub async fn kubernetes_inputs(
             },
         )
     };
+    let service_sync = {
+        let (ipam, svc_store, slice_store) = (ipam.clone(), svc_store.clone(), slice_store.clone());
+        watch_sync::sync_loop(
+            services_t,
+            "Service",
+            metrics.clone(),
+            timing,
+            watch_sync::all_ready(vec![
+                watch_sync::ready(&svc_store),
+                watch_sync::ready(&slice_store),
+            ]),
+            lost.clone(),
+            move || {
+                let ipam = ipam.clone();
+                let (svcs, sl) = (
+                    watch_sync::objects(&svc_store),
+                    watch_sync::objects(&slice_store),
+                );
+                async move { services::sync(ipam.kv(), &svcs, &sl).await.map(|_| ()) }
+            },
+        )
+    };
     let ipam_loop = ipam_loop(
         ctx.clone(),
         ipam,
@@ -318,10 +350,21 @@ pub async fn kubernetes_inputs(
         leak_grace_env,
         lost.clone(),
     );
-    let watches = futures::future::join_all([ns_watch, sa_watch, knp_watch, node_watch, pod_watch]);
+    let watches = futures::future::join_all([
+        ns_watch,
+        sa_watch,
+        knp_watch,
+        node_watch,
+        pod_watch,
+        svc_watch,
+        slice_watch,
+    ]);
     let mut lost = lost;
     tokio::select! {
-        _ = futures::future::join5(profiles, knp, node_sync, pod_sync, ipam_loop) => {}
+        _ = futures::future::join(
+            futures::future::join5(profiles, knp, node_sync, pod_sync, ipam_loop),
+            service_sync,
+        ) => {}
         _ = watches => warn!("a watch stream ended"),
         _ = lost.wait_for(|l| *l) => {}
     }

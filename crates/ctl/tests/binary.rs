@@ -240,3 +240,53 @@ async fn apply_and_replace_remove_labels_the_document_no_longer_has() {
     assert!(!selected);
     assert_eq!(replaced["metadata"]["uid"], first["metadata"]["uid"]);
 }
+
+/// A field calico-rs cannot honour is refused by name before anything is written, even when
+/// the other documents of the same file are valid; the existing state is left as it was.
+#[tokio::test]
+async fn binary_refuses_an_unimplemented_field_and_writes_nothing() {
+    let Some(bin) = binary() else { return };
+    let etcd = Etcd::start();
+    let cfg = etcd.config_file().display().to_string();
+    let out = run(&bin, &["apply", "-f", "-", "-c", &cfg], &[], POOL);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let before = etcd.dump().await;
+    for (doc, field) in [
+        (
+            "kind: BGPPeer\nmetadata:\n  name: tor\nspec:\n  peerIP: 192.0.2.1\n  asNumber: 64513\n  \
+             sourceAddress: None\n",
+            "spec.sourceAddress",
+        ),
+        (
+            "kind: BGPConfiguration\nmetadata:\n  name: default\nspec:\n  bindMode: NodeIP\n",
+            "spec.bindMode",
+        ),
+        (
+            "kind: BGPFilter\nmetadata:\n  name: f\nspec:\n  exportV4:\n  - action: Reject\n    \
+             interface: 'cali*'\n",
+            "spec.exportV4[0].interface",
+        ),
+        (
+            "kind: IPPool\nmetadata:\n  name: bin-pool\nspec:\n  cidr: 10.44.0.0/16\n  \
+             allowedUses: [Workload]\n  namespaceSelector: team == 'a'\n",
+            "spec.namespaceSelector",
+        ),
+    ] {
+        // A valid document first: the refusal of the second must stop both.
+        let file = format!(
+            "apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata:\n  name: other\nspec:\n  \
+             cidr: 10.45.0.0/16\n---\napiVersion: projectcalico.org/v3\n{doc}"
+        );
+        for verb in ["apply", "create"] {
+            let out = run(&bin, &[verb, "-f", "-", "-c", &cfg], &[], &file);
+            assert_eq!(out.code, Some(1), "{verb} {field}: {}", out.stdout);
+            assert!(
+                out.stderr
+                    .contains(&format!("{field}: not implemented by calico-rs")),
+                "{verb} {field}: {}",
+                out.stderr
+            );
+            assert_eq!(etcd.dump().await, before, "{verb} {field} wrote something");
+        }
+    }
+}

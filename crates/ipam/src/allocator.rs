@@ -730,7 +730,14 @@ impl Ipam {
             .pools
             .iter()
             .filter(|p| p.family() == family)
-            .filter(|p| filter.is_empty() || filter.contains(&p.cidr))
+            .filter(|p| {
+                // A Manual pool serves only requests that name it (Calico's assignmentMode).
+                if filter.is_empty() {
+                    !p.manual
+                } else {
+                    filter.contains(&p.cidr)
+                }
+            })
             .filter(|p| p.usable_by(&labels, args.allowed_use))
             .collect();
         let pool_names: Vec<String> = if pools.is_empty() {

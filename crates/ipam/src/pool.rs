@@ -57,6 +57,9 @@ pub struct Pool {
     /// None means `all()`.
     pub node_selector: Option<Selector>,
     pub allowed_uses: Vec<AllowedUse>,
+    /// `assignmentMode: Manual`: used only when a request names the pool, never picked
+    /// automatically.
+    pub manual: bool,
 }
 
 impl Pool {
@@ -69,6 +72,7 @@ impl Pool {
             disabled: false,
             node_selector: None,
             allowed_uses: vec![AllowedUse::Workload, AllowedUse::Tunnel],
+            manual: false,
         }
     }
 
@@ -124,6 +128,7 @@ impl Pool {
             disabled: p.spec.disabled.unwrap_or(false),
             node_selector,
             allowed_uses,
+            manual: p.spec.assignment_mode == Some(calico_api::AssignmentMode::Manual),
         })
     }
 

@@ -268,6 +268,52 @@ async fn max_blocks_per_host_and_node_selector_limit_claims() {
 }
 
 #[tokio::test]
+async fn a_manual_pool_serves_only_requests_that_name_it() {
+    let etcd = Etcd::start();
+    let ipam = etcd.ipam().await;
+    let ds = ipam.datastore().clone();
+    create_pool(&ds, "auto", "10.55.0.0/26", 26, json!({})).await;
+    create_pool(
+        &ds,
+        "manual",
+        "10.56.0.0/26",
+        26,
+        json!({"assignmentMode": "Manual"}),
+    )
+    .await;
+    create_node(&ds, "n1", json!({})).await;
+    // Automatic choice never lands in the Manual pool, however many addresses it takes.
+    let got = ipam.auto_assign(args("n1", 3, 0, "a")).await.unwrap();
+    assert!(
+        got.v4.iter().all(|a| net("10.55.0.0/26").contains(a)),
+        "{got:?}"
+    );
+    // A request naming the Manual pool gets an address from it.
+    let named = AutoAssignArgs {
+        v4_pools: vec![net("10.56.0.0/26")],
+        ..args("n1", 1, 0, "m")
+    };
+    let got = ipam.auto_assign(named).await.unwrap();
+    assert!(net("10.56.0.0/26").contains(&got.v4[0]), "{got:?}");
+    // With only the Manual pool left, an automatic request finds no pool at all.
+    ds.delete::<calico_api::IPPool>(None, "auto", None)
+        .await
+        .unwrap();
+    ipam.invalidate_settings();
+    let err = ipam.auto_assign(args("n1", 1, 0, "b")).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            IpamError::Exhausted {
+                reason: ExhaustedReason::NoPools,
+                ..
+            }
+        ),
+        "{err}"
+    );
+}
+
+#[tokio::test]
 async fn assign_ip_takes_exactly_that_address_once() {
     let etcd = Etcd::start();
     let ipam = etcd.ipam().await;

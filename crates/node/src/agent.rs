@@ -700,6 +700,7 @@ async fn reconcile(
     ipv6: bool,
 ) -> Result<RoundStats, AgentError> {
     let snap = read_snapshot(ds, ipam, &started.node_name).await?;
+    let services = crate::service_routes::read(ds, ipam.kv(), &started.node_name).await?;
     let mut inputs = RouteInputs {
         own_blocks: snap.own_blocks.clone(),
         learned: BTreeMap::new(),
@@ -721,7 +722,7 @@ async fn reconcile(
                 .and_then(|n| n.listen_port)
                 .unwrap_or(snap.global.listen_port),
             sessions,
-            announced: routes::announced_prefixes(&inputs),
+            announced: &routes::announced_prefixes(&inputs) | &services.advertised,
             local_v4: started.ipv4.map(|n| n.addr()),
             local_v6: started.ipv6.map(|n| n.addr()),
             cluster_id: snap
@@ -732,9 +733,12 @@ async fn reconcile(
                 .and_then(|c| c.parse().ok()),
             bgp_filters: snap.bgp_filters.clone(),
             prefix_advertisements: snap.global.prefix_advertisements.clone(),
+            service_ranges: services.ranges.all().copied().collect(),
         };
         sp.apply(&view);
         inputs.learned = sp.learned();
+        // Service addresses are reached locally (kube-proxy), never via another node.
+        inputs.learned.retain(|p, _| !services.ranges.covers(p));
         synced = synced || sp.initial_sync_done();
     }
     let mut desired = routes::desired_routes(&inputs);

@@ -43,6 +43,28 @@ pub struct SpeakerView {
     pub bgp_filters: BTreeMap<String, calico_api::BGPFilterSpec>,
     /// Communities every exported route inside a CIDR carries (`prefixAdvertisements`).
     pub prefix_advertisements: Vec<PrefixCommunities>,
+    /// The service ranges (`serviceClusterIPs`, ...): a route inside them learned from a peer
+    /// is never passed on, so a Local Service's /32 reaches routers only from the nodes that
+    /// host its endpoints ([`crate::service_routes`]).
+    pub service_ranges: Vec<IpNet>,
+}
+
+/// Export rules, ahead of a peer's BGPFilter rules, that keep learned service routes in.
+fn service_export_guard(ranges: &[IpNet]) -> Vec<calico_bgp::speaker::PolicyRule> {
+    ranges
+        .iter()
+        .map(|r| {
+            let mut rule = calico_bgp::speaker::PolicyRule::all(
+                calico_bgp::rib::Action::Reject,
+                Some(r.addr().is_ipv6()),
+            );
+            rule.cidr = Some(*r);
+            rule.min_len = Some(r.prefix_len());
+            rule.max_len = Some(r.max_prefix_len());
+            rule.remote_peers_only = true;
+            rule
+        })
+        .collect()
 }
 
 pub struct BgpControl {
@@ -128,7 +150,10 @@ pub fn speaker_config(
                 },
                 route_reflector_client: s.route_reflector_client,
                 import: filters.import,
-                export: filters.export,
+                export: service_export_guard(&view.service_ranges)
+                    .into_iter()
+                    .chain(filters.export)
+                    .collect(),
                 passive: false,
                 families: Some(vec![AfiName::of(s.peer_address)]),
                 connect_retry: Some(1),
@@ -347,7 +372,27 @@ mod tests {
             cluster_id: None,
             bgp_filters: BTreeMap::new(),
             prefix_advertisements: vec![],
+            service_ranges: vec![],
         }
+    }
+
+    #[test]
+    fn learned_service_routes_are_not_passed_on_but_our_own_are_announced() {
+        let mut v = view();
+        v.service_ranges = vec!["10.96.0.0/16".parse().unwrap()];
+        v.announced.insert("10.96.0.0/16".parse().unwrap());
+        let cfg = speaker_config(&v, false, std::path::Path::new("/nonexistent"));
+        let export = &cfg.peers[0].export;
+        let guard = &export[0];
+        assert_eq!(guard.action, calico_bgp::rib::Action::Reject);
+        assert!(guard.remote_peers_only);
+        assert_eq!(guard.cidr, Some("10.96.0.0/16".parse().unwrap()));
+        assert_eq!((guard.min_len, guard.max_len), (Some(16), Some(32)));
+        assert!(
+            cfg.originated
+                .iter()
+                .any(|r| r.prefix == "10.96.0.0/16".parse::<IpNet>().unwrap())
+        );
     }
 
     #[test]

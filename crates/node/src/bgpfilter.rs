@@ -13,8 +13,10 @@
 //! `aa:nn:mm` value the route must carry); `asPathPrefix`; `operations` `addCommunity` and
 //! `prependASPath`.
 //!
-//! Refused with the field named (the agent keeps that session down rather than run it with a
-//! filter it cannot honour):
+//! Refused with the field named: at apply time by calico-api's validation (calicoctl, the
+//! controllers, the chart's admission policy; docs/resources.md), and here again for a filter
+//! that reached etcd some other way (the agent keeps that session down rather than run it with
+//! a filter it cannot honour):
 //! - `interface`: Calico matches BIRD's outgoing interface of kernel routes it exports. Our
 //!   speaker exports IPAM blocks (blackholes, no interface) and routes learned over BGP, whose
 //!   interface the kernel resolves only after installation; it holds no interface per route,

@@ -18,6 +18,7 @@ pub mod peering;
 pub mod policy;
 pub mod report;
 pub mod routes;
+pub mod service_routes;
 pub mod snapshot;
 pub mod startup;
 pub mod status;

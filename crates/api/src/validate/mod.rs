@@ -12,6 +12,7 @@ pub(crate) use names::check_meta as names_check_meta;
 mod net;
 mod network;
 mod policy;
+mod support;
 
 pub use names::{
     check_qualified_name, is_dns_label, is_dns_subdomain, is_iana_service_name, is_label_value,

@@ -9,6 +9,7 @@ use super::net::{
     check_ip_or_cidr_list, is_interface_name, is_mac, parse_cidr, parse_ip_or_cidr, parse_peer_ip,
 };
 use super::policy::check_selector;
+use super::support;
 use super::{Errs, FieldError, Validate, ValidationErrors, validate_with};
 use crate::kinds::*;
 
@@ -113,6 +114,7 @@ fn ip_pool(p: &IPPool, e: &mut Errs) {
             check_selector(path, sel.as_deref(), e);
         }
     }
+    support::ip_pool(s, e);
 }
 
 /// Rejects pools whose CIDRs overlap, e.g. a new pool against the existing ones. Each error
@@ -230,6 +232,7 @@ fn bgp_peer(p: &BGPPeer, e: &mut Errs) {
     {
         e.add("spec.ttlSecurity", format!("{t} is not in 0..=255"));
     }
+    support::bgp_peer(s, e);
 }
 
 /// A BGP community: `AA:NN` (standard, each 0..=65535) or `AA:NN:MM` (large, each u32).
@@ -253,6 +256,7 @@ pub fn check_community(s: &str) -> Result<(), String> {
 
 fn bgp_configuration(c: &BGPConfiguration, e: &mut Errs) {
     let s = &c.spec;
+    support::bgp_configuration(c.metadata.name.as_deref().unwrap_or_default(), s, e);
     if let Some(p) = s.listen_port
         && !(1..=65535).contains(&p)
     {
@@ -352,6 +356,8 @@ struct FilterRuleView<'a> {
     accept: bool,
     has_operations: bool,
     interface: Option<&'a str>,
+    priority: Option<i64>,
+    operations: &'a [BGPFilterOperation],
 }
 
 impl<'a> From<&'a BGPFilterRuleV4> for FilterRuleView<'a> {
@@ -363,6 +369,8 @@ impl<'a> From<&'a BGPFilterRuleV4> for FilterRuleView<'a> {
             accept: r.action == BGPFilterAction::Accept,
             has_operations: !r.operations.is_empty(),
             interface: r.interface.as_deref(),
+            priority: r.priority,
+            operations: &r.operations,
         }
     }
 }
@@ -376,6 +384,8 @@ impl<'a> From<&'a BGPFilterRuleV6> for FilterRuleView<'a> {
             accept: r.action == BGPFilterAction::Accept,
             has_operations: !r.operations.is_empty(),
             interface: r.interface.as_deref(),
+            priority: r.priority,
+            operations: &r.operations,
         }
     }
 }
@@ -438,6 +448,7 @@ fn check_bgp_filter_rule(path: &str, r: FilterRuleView<'_>, v6: bool, e: &mut Er
             format!("{i:?} is not an interface name or pattern"),
         );
     }
+    support::bgp_filter_rule(path, r.interface, r.priority, r.operations, e);
 }
 
 fn bgp_filter(f: &BGPFilter, e: &mut Errs) {
