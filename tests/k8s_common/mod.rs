@@ -53,10 +53,7 @@ pub fn build_images(out: &Path) {
 
 /// The two-node lab with calico-rs installed by `helm install` (`extra` values) and ready.
 /// The image directory must live as long as the lab.
-pub fn cluster_with_calico(
-    started: Instant,
-    extra: &[&str],
-) -> (KubeLab, tempfile::TempDir) {
+pub fn cluster_with_calico(started: Instant, extra: &[&str]) -> (KubeLab, tempfile::TempDir) {
     let images = tempfile::tempdir().expect("tempdir");
     build_images(images.path());
     let mut kube = KubeLab::start(
@@ -127,7 +124,10 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Opt
         if let Some(v) = check() {
             return v;
         }
-        assert!(Instant::now() < deadline, "timed out ({timeout:?}) waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out ({timeout:?}) waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(500));
     }
 }
