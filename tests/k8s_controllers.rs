@@ -283,11 +283,30 @@ fn controllers_elect_one_leader_hand_over_and_free_a_deleted_nodes_ipam() {
     let deleted = Instant::now();
     kube.kubectl_ok(&["delete", "pod", &old.0, "-n", NS, "--wait=false"])
         .expect("delete the leading pod");
-    wait_for(
-        "the other replica to take the Lease",
-        LEASE + RETRY + Duration::from_secs(20),
-        || (holder(&kube) == next.0).then_some(()),
-    );
+    let limit = deleted + LEASE + RETRY + Duration::from_secs(20);
+    while holder(&kube) != next.0 {
+        if Instant::now() > limit {
+            let dump = |args: &[&str]| kube.kubectl(args).map(|o| text(&o)).unwrap_or_default();
+            panic!(
+                "the other replica did not take the Lease:\n{}\n{}\n--- old {}:\n{}\n--- next {}:\n{}",
+                dump(&[
+                    "get",
+                    "lease",
+                    "calico-kube-controllers",
+                    "-n",
+                    NS,
+                    "-o",
+                    "yaml"
+                ]),
+                dump(&["get", "pods", "-n", NS, "-o", "wide"]),
+                old.0,
+                dump(&["logs", "-n", NS, &old.0]),
+                next.0,
+                dump(&["logs", "-n", NS, &next.0]),
+            );
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
     let handover = deleted.elapsed();
     say(
         started,
