@@ -194,7 +194,8 @@ fn default_render_has_every_object_and_passes_kubernetes_validate() {
         ("Service", 1),
         ("ValidatingAdmissionPolicy", 9),
         ("ValidatingAdmissionPolicyBinding", 9),
-        ("Pod", 2), // helm test hooks
+        ("Lease", 1),
+        ("Pod", 3), // helm test hooks
     ] {
         assert_eq!(k.get(kind), Some(&n), "{kind} count in {k:?}");
     }

@@ -53,11 +53,23 @@ async fn main() -> anyhow::Result<()> {
     let client = calico_controllers::kube::Client::try_default()
         .await
         .context("connecting to the Kubernetes API")?;
-    calico_controllers::run::run(
+    // SIGTERM (pod deletion, rolling update) or SIGINT: stop and give the Lease up. Without a
+    // handler, PID 1 of a container ignores SIGTERM and keeps leading until the kubelet's
+    // SIGKILL after the grace period, and the others wait for the lease to expire after that.
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    let shutdown = async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    };
+    calico_controllers::run::run_until(
         client,
         calico_controllers::mirror::EtcdMirror::new(ds),
         ipam,
         settings,
+        shutdown,
     )
     .await?;
     Ok(())

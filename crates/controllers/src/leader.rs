@@ -177,6 +177,42 @@ impl LeaseLock {
     }
 }
 
+impl LeaseLock {
+    /// Gives the Lease up if this replica holds it, as client-go's `ReleaseOnCancel` does: no
+    /// holder, a one-second duration, so that another replica takes it at its next try
+    /// instead of waiting for it to expire. `Ok(false)` when someone else holds it (or won a
+    /// race for it). Call only once this replica has stopped reconciling.
+    pub async fn release(&self) -> Result<bool, LeaderError> {
+        let Some(mut lease) = self
+            .api
+            .get_opt(&self.name)
+            .await
+            .map_err(|e| self.err(e))?
+        else {
+            return Ok(false);
+        };
+        let mut spec = lease.spec.take().unwrap_or_default();
+        if spec.holder_identity.as_deref() != Some(self.identity.as_str()) {
+            return Ok(false);
+        }
+        let now = MicroTime(Timestamp::now());
+        spec.holder_identity = None;
+        spec.lease_duration_seconds = Some(1);
+        spec.acquire_time = Some(now.clone());
+        spec.renew_time = Some(now);
+        lease.spec = Some(spec);
+        match self
+            .api
+            .replace(&self.name, &PostParams::default(), &lease)
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(e) if is_conflict(&e) => Ok(false),
+            Err(e) => Err(self.err(e)),
+        }
+    }
+}
+
 /// Renews the Lease every [`LeaseLock::renew_every`] and returns once leadership is lost: the
 /// Lease was taken by someone else, or could not be renewed for `duration - renew_every`
 /// (one renewal period before it could expire for the others, so two leaders never overlap).

@@ -66,6 +66,20 @@ pub async fn run(
     ipam: Arc<Ipam>,
     settings: Settings,
 ) -> Result<(), RunError> {
+    run_until(client, mirror, ipam, settings, std::future::pending()).await
+}
+
+/// [`run`], and when `shutdown` completes (the binary's SIGTERM): stops reconciling, gives
+/// the Lease up if held ([`LeaseLock::release`]) so that another replica leads at once rather
+/// than after the lease expires, and returns `Ok`.
+pub async fn run_until(
+    client: Client,
+    mirror: EtcdMirror,
+    ipam: Arc<Ipam>,
+    settings: Settings,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), RunError> {
+    let mut shutdown = std::pin::pin!(shutdown);
     let metrics = Arc::new(Metrics::default());
     let listener = tokio::net::TcpListener::bind(settings.metrics_addr)
         .await
@@ -93,7 +107,13 @@ pub async fn run(
             Ok(false) => {}
             Err(e) => warn!(error = %e, "leader election"),
         }
-        tokio::time::sleep(lock.renew_every()).await;
+        tokio::select! {
+            _ = tokio::time::sleep(lock.renew_every()) => {}
+            _ = &mut shutdown => {
+                info!("shutting down while standing by");
+                return Ok(());
+            }
+        }
     }
     info!(
         identity = lock.identity(),
@@ -149,6 +169,18 @@ pub async fn run(
     let reflections = reflect::run_loop(ctx.clone(), reflected_kinds(), lost_rx.clone());
     tokio::select! {
         _ = futures::future::join4(controllers, inputs, sessions, reflections) => {}
+        _ = &mut shutdown => {
+            // The controllers' futures are dropped with this select: nothing reconciles any
+            // more when the Lease is given up.
+            renewer.abort();
+            metrics.set_leader(false);
+            match lock.release().await {
+                Ok(true) => info!("shutting down; gave the Lease up"),
+                Ok(false) => info!("shutting down; the Lease was no longer ours"),
+                Err(e) => warn!(error = %e, "shutting down; could not give the Lease up (it expires)"),
+            }
+            return Ok(());
+        }
         r = server => {
             let source = match r {
                 Ok(Ok(())) => std::io::Error::other("server stopped"),

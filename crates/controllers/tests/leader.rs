@@ -38,6 +38,15 @@ async fn run_script(
     me: &str,
     script: Vec<(&'static str, &'static str, u16, Value)>,
 ) -> (bool, Vec<Value>) {
+    run_script_doing(me, script, false).await
+}
+
+/// [`run_script`] of `try_acquire_or_renew`, or (`release`) of `release`.
+async fn run_script_doing(
+    me: &str,
+    script: Vec<(&'static str, &'static str, u16, Value)>,
+    release: bool,
+) -> (bool, Vec<Value>) {
     let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let client = kube::Client::new(service, "kube-system");
     let server = tokio::spawn(async move {
@@ -72,7 +81,12 @@ async fn run_script(
         me,
         Duration::from_secs(15),
     );
-    let held = lock.try_acquire_or_renew().await.expect("no API error");
+    let held = if release {
+        lock.release().await
+    } else {
+        lock.try_acquire_or_renew().await
+    }
+    .expect("no API error");
     drop(lock);
     (held, server.await.expect("scripted server"))
 }
@@ -282,4 +296,37 @@ async fn leader_gives_up_before_the_lease_can_expire() {
     assert_eq!(started.elapsed(), Duration::from_secs(10));
     drop(l);
     assert_eq!(server.await.unwrap(), 2);
+}
+
+#[tokio::test]
+async fn release_clears_the_holder_so_another_replica_need_not_wait() {
+    let (released, bodies) = run_script_doing(
+        "pod-a",
+        vec![
+            ("GET", PATH, 200, lease("pod-a", 1, 2)),
+            ("PUT", PATH, 200, lease("", 0, 2)),
+        ],
+        true,
+    )
+    .await;
+    assert!(released);
+    let put = &bodies[1];
+    assert!(
+        put["spec"].get("holderIdentity").is_none_or(Value::is_null),
+        "{put}"
+    );
+    assert_eq!(put["spec"]["leaseDurationSeconds"], 1);
+    assert_eq!(put["metadata"]["resourceVersion"], "77");
+}
+
+#[tokio::test]
+async fn release_leaves_someone_elses_lease_alone() {
+    let (released, bodies) = run_script_doing(
+        "pod-b",
+        vec![("GET", PATH, 200, lease("pod-a", 1, 2))],
+        true,
+    )
+    .await;
+    assert!(!released);
+    assert_eq!(bodies.len(), 1);
 }

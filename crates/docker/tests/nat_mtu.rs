@@ -149,6 +149,7 @@ fn containers_get_nat_outgoing_and_the_detected_mtu() {
             state_dir: state.clone(),
             plugins_dir: plugins.clone(),
             start_timeout: Duration::from_secs(60),
+            cgroup_parent: None,
         }))
         .expect("dockerd");
     let sock = dockerd.socket();
