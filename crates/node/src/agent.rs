@@ -28,7 +28,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use calico_dataplane::{Netlink, Route, RouteChange, RouteFilter, RouteTarget};
-use calico_datastore::{Datastore, EtcdClient, KindRef};
+use calico_datastore::{Datastore, EtcdClient, KindRef, WatchEvent};
 use calico_ipam::Ipam;
 use calico_policy::isolate::{Outcome, PolicyIssue};
 use calico_policy::program::HostProgram;
@@ -42,9 +42,10 @@ use crate::felix_config::{self, FelixSettings, Listen};
 use crate::health::{self, Health};
 use crate::metrics::Metrics;
 use crate::peering;
-use crate::policy::PolicySync;
-use crate::routes::{self, KernelRoute, ROUTE_PROTOCOL, RouteInputs, Target};
-use crate::snapshot::{SnapshotError, read_snapshot};
+use crate::model::{Aspects, Change, PolicyModel, Store};
+use crate::policy::{PolicyError, PolicySync};
+use crate::routes::{self, KernelRoute, ROUTE_PROTOCOL, RouteInputs, RouteNotice, Target};
+use crate::snapshot::{Snapshot, SnapshotError};
 use crate::startup::{self, Started};
 use crate::status::{self, NodeStatus};
 
@@ -342,7 +343,7 @@ pub async fn run(mut cfg: NodeConfig, etcd: EtcdClient) -> Result<(), AgentError
         what: "opening netlink".into(),
         source: Box::new(e),
     })?;
-    let (trigger_tx, mut trigger_rx) = mpsc::channel::<()>(64);
+    let (route_feed, mut route_rx) = crate::routes::route_feed(crate::routes::ROUTE_NOTICES);
     // Our own routes already in the kernel mean this agent is restarting: peers are asked
     // (graceful restart) to keep our routes, and we keep theirs until the speaker has synced.
     let restarted = !nl
@@ -357,36 +358,40 @@ pub async fn run(mut cfg: NodeConfig, etcd: EtcdClient) -> Result<(), AgentError
         info!("found this agent's routes in the kernel: restarting gracefully");
     }
     let mut speaker = match cfg.backend {
-        NetworkingBackend::Bgp => Some(BgpControl::start(restarted, trigger_tx.clone())),
+        NetworkingBackend::Bgp => Some(BgpControl::start(restarted, route_feed)),
         NetworkingBackend::None => None,
     };
     let node_status =
         crate::node_status::Publisher::spawn(ds.clone(), started.node_name.clone(), nl.clone());
 
-    // Any change under /calico/ may change our desired state: one watch covers them all.
-    let watch_tx = trigger_tx.clone();
+    // The model: one watch on /calico/ (a list at start and after a compaction, otherwise
+    // resumed from its revision) keeps the store; nothing else reads the datastore per change.
+    let (watch_tx, mut watch_rx) = mpsc::channel::<WatchEvent>(1024);
     let watch_kv = etcd.clone();
     tokio::spawn(async move {
-        let mut events = watch_kv.watch("/calico/", 0);
-        while let Some(ev) = events.next().await {
-            match &ev {
-                Err(e) => warn!(error = %e, "datastore watch error; resyncing"),
-                // Status reports (our own writes among them) change nothing we reconcile.
-                Ok(ev)
-                    if crate::node_status::is_node_status_event(ev)
-                        || crate::report::is_report_event(ev) =>
-                {
-                    continue;
+        loop {
+            let mut events = watch_kv.list_watch("/calico/");
+            while let Some(ev) = events.next().await {
+                match ev {
+                    // Status reports (our own writes among them) change nothing we reconcile.
+                    Ok(ev)
+                        if crate::node_status::is_node_status_event(&ev)
+                            || crate::report::is_report_event(&ev) => {}
+                    Ok(ev) => {
+                        if watch_tx.send(ev).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => warn!(error = %e, "datastore watch error"),
                 }
-                Ok(_) => {}
             }
-            if watch_tx.send(()).await.is_err() {
-                return;
-            }
+            // The watch gave up (etcd away for long): start again with a fresh list.
+            warn!("datastore watch ended; listing again");
+            tokio::time::sleep(MAX_BACKOFF).await;
         }
     });
     // The periodic full check (routeRefreshInterval; none when it is 0).
-    let tick_tx = trigger_tx.clone();
+    let (tick_tx, mut tick_rx) = mpsc::channel::<()>(1);
     tokio::spawn(async move {
         loop {
             let every = *refresh_rx.borrow_and_update();
@@ -412,143 +417,338 @@ pub async fn run(mut cfg: NodeConfig, etcd: EtcdClient) -> Result<(), AgentError
     // one transaction, so a restart never opens a gap. Without a usable nftables the agent
     // is not ready and retries every round (rounds back off while they fail).
     let mut policy: Option<PolicySync> = None;
+    let mut store = Store::new(&started.node_name);
+    let mut model: Option<PolicyModel> = None;
+    let mut routing = Routing::default();
 
     println!("Calico node started successfully");
     let started_at = Instant::now();
     let mut failures: u32 = 0;
+    let mut work = Work::default();
+    // The first round waits for the watch's first snapshot (the start-up list).
+    let mut synced_once = false;
     loop {
-        match read_felix(&ds, &started.node_name, wireguard).await {
-            Ok(new) => settings.apply(new, &health, &metrics).await,
-            Err(e) => {
-                warn!(error = %e, "FelixConfiguration not readable; keeping the settings in force")
+        if synced_once {
+            let round = Instant::now();
+            if work.resync {
+                metrics.inc(crate::metrics::RESYNCS_STARTED);
             }
-        }
-        metrics.inc(crate::metrics::RESYNCS_STARTED);
-        let round = Instant::now();
-        let mut problems: Vec<String> = vec![];
-        let ipv6 = settings.current.ipv6_support;
-        match reconcile(
-            &ds,
-            &ipam,
-            &nl,
-            &started,
-            speaker.as_mut(),
-            started_at,
-            ipv6,
-        )
-        .await
-        {
-            Ok(stats) => {
-                record_route_metrics(
-                    &metrics,
-                    &ipam,
-                    &stats,
-                    speaker.as_ref(),
-                    settings.current.metrics.enabled,
-                )
-                .await;
-            }
-            Err(e) => {
-                warn!(error = %e, source = ?std::error::Error::source(&e), "reconcile failed; will retry");
-                problems.push(format!("routes: {e}"));
-            }
-        }
-        if policy.is_none() {
-            match PolicySync::new() {
-                Ok(p) => policy = Some(p),
-                Err(e) => {
-                    error!(error = %e, "nftables cannot be programmed: policy is NOT enforced on this node; not ready, retrying");
-                    problems.push(format!("nftables cannot be programmed: {e}"));
+            let problems = run_round(
+                &mut work,
+                &mut Round {
+                    store: &store,
+                    model: &mut model,
+                    policy: &mut policy,
+                    routing: &mut routing,
+                    speaker: speaker.as_mut(),
+                    settings: &mut settings,
+                    nl: &nl,
+                    ipam: &ipam,
+                    health: &health,
+                    metrics: &metrics,
+                    status: &status,
+                    started: &started,
+                    started_at,
+                    wireguard,
+                },
+            )
+            .await;
+            metrics.observe(crate::metrics::APPLY_TIME, round.elapsed().as_secs_f64());
+            if problems.is_empty() {
+                if failures > 0 {
+                    info!("dataplane in sync again");
                 }
+                failures = 0;
+                health.report(
+                    health::DATAPLANE,
+                    Some(health::LIVENESS_TIMEOUT),
+                    true,
+                    "in sync",
+                );
+            } else {
+                failures += 1;
+                metrics.inc(crate::metrics::DATAPLANE_FAILURES);
+                health.report(
+                    health::DATAPLANE,
+                    Some(health::LIVENESS_TIMEOUT),
+                    false,
+                    problems.join("; "),
+                );
             }
         }
-        if let Some(p) = policy.as_mut() {
-            let synced = match p.verify() {
-                Ok(_) => p.sync(&ds, &started.node_name).await,
-                Err(e) => Err(e),
-            };
-            // The isolated issues come from the compilation, which precedes any apply error:
-            // shown whatever the outcome of the apply.
-            record_policy_issues(&metrics, &status, p.issues());
-            match synced {
-                Ok(_) => {
-                    if let Some(prog) = p.applied() {
-                        record_policy_metrics(&metrics, prog);
-                    }
-                }
-                Err(e) => {
-                    error!(error = %e, source = ?std::error::Error::source(&e), "policy sync failed: this node does not enforce the current policy; not ready, retrying");
-                    problems.push(format!("policy: {}", error_chain(&e)));
-                }
-            }
-        }
-        metrics.observe(crate::metrics::APPLY_TIME, round.elapsed().as_secs_f64());
-        let (dp_ready, dp_detail) = if problems.is_empty() {
-            failures = 0;
-            debug!("dataplane in sync");
-            (true, "in sync".to_string())
-        } else {
-            failures += 1;
-            metrics.inc(crate::metrics::DATAPLANE_FAILURES);
-            (false, problems.join("; "))
-        };
-        // A failed round is retried after 1 s, then 2, 4, ... up to MAX_BACKOFF.
+        // A failed round is retried (as a full resync) after 1 s, then 2, 4, ... up to
+        // MAX_BACKOFF.
         let retry_at = (failures > 0).then(|| {
             Instant::now()
                 + (Duration::from_secs(1) * 2u32.saturating_pow(failures - 1)).min(MAX_BACKOFF)
         });
-        // Wait for the next trigger. Session state changes do not trigger a reconcile (nothing
-        // in the datastore changed), so the status rows and health are refreshed every second
+        // Wait for the next change. Session state changes do not start a round (nothing we
+        // program changed), so the status rows and health are refreshed every second
         // meanwhile: cheap, and neither `calicoctl node status` nor readiness lags a session
         // by more than that.
         loop {
-            health.report(
-                health::DATAPLANE,
-                Some(health::LIVENESS_TIMEOUT),
-                dp_ready,
-                dp_detail.clone(),
-            );
-            if let Some(sp) = &speaker {
-                let (v4, v6) = sp.peer_rows();
-                let peers: Vec<_> = v4.iter().chain(&v6).cloned().collect();
-                match health::bgp_readiness(&peers, started_at.elapsed()) {
-                    Ok(()) => health.report(health::BGP, None, true, ""),
-                    Err(why) => health.report(health::BGP, None, false, why),
-                }
-                let mut states: BTreeMap<String, f64> = BTreeMap::new();
-                for p in &peers {
-                    *states.entry(p.info.clone()).or_default() += 1.0;
-                }
-                metrics.replace(
-                    crate::metrics::BGP_PEERS,
-                    states
-                        .into_iter()
-                        .map(|(s, n)| (vec![("state", s)], n))
-                        .collect(),
-                );
-                metrics.set(
-                    crate::metrics::BGP_PREFIXES_RECEIVED,
-                    sp.prefixes_received() as f64,
-                );
-                if let Ok(mut s) = status.lock() {
-                    s.ipv4_peers = v4;
-                    s.ipv6_peers = v6;
-                }
-            }
-            if let Ok(mut s) = status.lock() {
-                s.readiness = Some(health.readiness());
-            }
+            refresh_status(&health, &metrics, &status, speaker.as_ref(), started_at);
             node_status.observe(speaker.as_ref());
-            match tokio::time::timeout(STATUS_REFRESH, trigger_rx.recv()).await {
-                Ok(Some(())) => break,
-                Ok(None) => return Ok(()),
-                Err(_elapsed) if retry_at.is_some_and(|t| Instant::now() >= t) => break,
-                Err(_elapsed) => {}
+            tokio::select! {
+                ev = watch_rx.recv() => {
+                    let Some(ev) = ev else { return Ok(()) };
+                    work.change.merge(store.apply(&ev));
+                    synced_once |= store.revision() > 0;
+                    break;
+                }
+                n = route_rx.rx.recv() => {
+                    let Some(n) = n else { return Ok(()) };
+                    work.notice(n);
+                    break;
+                }
+                _ = tick_rx.recv() => {
+                    work.resync = true;
+                    break;
+                }
+                _ = tokio::time::sleep(STATUS_REFRESH) => {
+                    if retry_at.is_some_and(|t| Instant::now() >= t) {
+                        work.resync = true;
+                        break;
+                    }
+                }
             }
         }
-        // Swallow the triggers that arrive right behind the first.
+        // Take the changes that arrive right behind the first into the same round.
         tokio::time::sleep(COALESCE).await;
-        while trigger_rx.try_recv().is_ok() {}
+        while let Ok(ev) = watch_rx.try_recv() {
+            work.change.merge(store.apply(&ev));
+            synced_once |= store.revision() > 0;
+        }
+        while let Ok(n) = route_rx.rx.try_recv() {
+            work.notice(n);
+        }
+        if route_rx.take_overflow() {
+            debug!("route notices overflowed: reconciling every route");
+            work.all_routes = true;
+        }
+        if tick_rx.try_recv().is_ok() {
+            work.resync = true;
+        }
+    }
+}
+
+/// Status rows, BGP readiness and peer metrics from the speaker (every second).
+fn refresh_status(
+    health: &Arc<Health>,
+    metrics: &Arc<Metrics>,
+    status: &Arc<Mutex<NodeStatus>>,
+    speaker: Option<&BgpControl>,
+    started_at: Instant,
+) {
+    if let Some(sp) = speaker {
+        let (v4, v6) = sp.peer_rows();
+        let peers: Vec<_> = v4.iter().chain(&v6).cloned().collect();
+        match health::bgp_readiness(&peers, started_at.elapsed()) {
+            Ok(()) => health.report(health::BGP, None, true, ""),
+            Err(why) => health.report(health::BGP, None, false, why),
+        }
+        let mut states: BTreeMap<String, f64> = BTreeMap::new();
+        for p in &peers {
+            *states.entry(p.info.clone()).or_default() += 1.0;
+        }
+        metrics.replace(
+            crate::metrics::BGP_PEERS,
+            states
+                .into_iter()
+                .map(|(s, n)| (vec![("state", s)], n))
+                .collect(),
+        );
+        metrics.set(
+            crate::metrics::BGP_PREFIXES_RECEIVED,
+            sp.prefixes_received() as f64,
+        );
+        if let Ok(mut s) = status.lock() {
+            s.ipv4_peers = v4;
+            s.ipv6_peers = v6;
+        }
+    }
+    if let Ok(mut s) = status.lock() {
+        s.readiness = Some(health.readiness());
+    }
+}
+
+/// What the next round has to do.
+#[derive(Debug, Default)]
+struct Work {
+    /// What the watch changed since the last round.
+    change: Change,
+    /// Route notices from the speaker since the last round, last one per prefix wins:
+    /// prefix → next hop (`None`: withdrawn).
+    learned: BTreeMap<ipnet::IpNet, Option<std::net::IpAddr>>,
+    /// Every route is reconciled against the kernel (notices overflowed, the speaker synced).
+    all_routes: bool,
+    /// Level-triggered repair: everything is recomputed and compared with the kernel
+    /// (routeRefreshInterval, and after a failed round).
+    resync: bool,
+}
+
+impl Work {
+    fn notice(&mut self, n: RouteNotice) {
+        match n {
+            RouteNotice::Best { prefix, next_hop } => {
+                self.learned.insert(prefix, Some(next_hop));
+            }
+            RouteNotice::Withdrawn { prefix } => {
+                self.learned.insert(prefix, None);
+            }
+            // Learned routes the agent kept through a restart may go now.
+            RouteNotice::Synced => self.all_routes = true,
+        }
+    }
+}
+
+/// What a round works on.
+struct Round<'a> {
+    store: &'a Store,
+    model: &'a mut Option<PolicyModel>,
+    policy: &'a mut Option<PolicySync>,
+    routing: &'a mut Routing,
+    speaker: Option<&'a mut BgpControl>,
+    settings: &'a mut Settings,
+    nl: &'a Netlink,
+    ipam: &'a Ipam,
+    health: &'a Arc<Health>,
+    metrics: &'a Arc<Metrics>,
+    status: &'a Arc<Mutex<NodeStatus>>,
+    started: &'a Started,
+    started_at: Instant,
+    wireguard: bool,
+}
+
+/// The route state the agent keeps between rounds.
+#[derive(Debug, Default)]
+struct Routing {
+    /// This node's routing snapshot, from the store (recomputed when routing inputs change).
+    snapshot: Option<Snapshot>,
+    /// The learned routes installed (or kept) by the last full route round, updated by the
+    /// notices since: what a withdrawal removes.
+    learned_installed: BTreeMap<ipnet::IpNet, std::net::IpAddr>,
+}
+
+/// One round: only the parts `work` touches (everything on a resync). Returns the problems
+/// (empty: in sync).
+async fn run_round(work: &mut Work, r: &mut Round<'_>) -> Vec<String> {
+    let mut problems = Vec::new();
+    let w = std::mem::take(work);
+    let mut aspects = w.change.aspects;
+    if w.resync {
+        aspects = Aspects::ALL;
+    }
+    let node = r.started.node_name.clone();
+    let felix_docs = r.store.felix_docs();
+    if aspects.felix {
+        let env = |k: &str| std::env::var(k).ok();
+        let new = felix_config::settings_for(&env, &felix_docs, &node, r.wireguard);
+        r.settings.apply(new, r.health, r.metrics).await;
+    }
+    let ipv6 = r.settings.current.ipv6_support;
+    // Routing: the speaker's configuration and the kernel's routes.
+    if aspects.speaker || aspects.routes || r.routing.snapshot.is_none() {
+        r.routing.snapshot = Some(r.store.snapshot());
+    }
+    let snap = r.routing.snapshot.clone().unwrap_or_default();
+    let mut synced = r.started_at.elapsed() > LEARNED_ROUTES_GRACE;
+    let mut learned = BTreeMap::new();
+    if let Some(sp) = r.speaker.as_deref_mut() {
+        if aspects.speaker {
+            match speaker_view(&snap, r.started) {
+                Ok(view) => sp.apply(&view),
+                Err(e) => problems.push(format!("peering: {e}")),
+            }
+        }
+        synced = synced || sp.initial_sync_done();
+        if aspects.routes || w.all_routes {
+            learned = sp.learned();
+        }
+    }
+    if aspects.routes || w.all_routes {
+        match reconcile_routes(r.nl, &snap, &learned, synced, ipv6).await {
+            Ok(stats) => {
+                r.routing.learned_installed = stats.learned_installed.clone();
+                record_route_metrics(
+                    r.metrics,
+                    r.ipam,
+                    r.store,
+                    &stats,
+                    r.speaker.is_some(),
+                    r.settings.current.metrics.enabled && w.resync,
+                )
+                .await;
+            }
+            Err(e) => {
+                warn!(error = %e, source = ?std::error::Error::source(&e), "route reconcile failed; will retry");
+                problems.push(format!("routes: {e}"));
+            }
+        }
+    } else if !w.learned.is_empty() {
+        // A route event: straight to the kernel, nothing else recomputed.
+        if let Err(e) = apply_learned(r.nl, &snap, &w.learned, &mut r.routing.learned_installed, synced, ipv6).await {
+            warn!(error = %e, "learned route change failed; will retry");
+            problems.push(format!("routes: {e}"));
+        }
+    }
+    if aspects.policy || aspects.felix {
+        if let Err(e) = sync_policy(r, &felix_docs, &w.change, w.resync) {
+            problems.push(e);
+        }
+    }
+    problems
+}
+
+/// Updates the policy model with the changed objects and enforces the program when it
+/// changed. `resync` also checks that the table is still in the kernel.
+fn sync_policy(
+    r: &mut Round<'_>,
+    felix_docs: &[serde_json::Value],
+    change: &Change,
+    resync: bool,
+) -> Result<(), String> {
+    let node = r.started.node_name.as_str();
+    if r.policy.is_none() {
+        match PolicySync::new() {
+            Ok(p) => *r.policy = Some(p),
+            Err(e) => {
+                error!(error = %e, "nftables cannot be programmed: policy is NOT enforced on this node; not ready, retrying");
+                return Err(format!("nftables cannot be programmed: {e}"));
+            }
+        }
+    }
+    let p = r.policy.as_mut().expect("set above");
+    let felix = calico_policy::felix::settings_for(felix_docs, node)
+        .map_err(|e| format!("policy: {}", error_chain(&PolicyError::from(e))))?;
+    match r.model.as_mut() {
+        Some(m) if !change.snapshot => m.apply(r.store, &change.policy_keys, &felix),
+        _ => *r.model = Some(PolicyModel::new(r.store, &felix)),
+    }
+    let model = r.model.as_ref().expect("set above");
+    let synced = match model.program() {
+        Ok((program, issues)) => {
+            let _ = resync;
+            let verified = p.verify().map(|_| ());
+            let res = verified.and_then(|_| p.enforce_compiled(program, issues, model.felix(), node));
+            // The isolated issues come from the compilation, which precedes any apply error:
+            // shown whatever the outcome of the apply.
+            record_policy_issues(r.metrics, r.status, p.issues());
+            res
+        }
+        Err(e) => Err(e),
+    };
+    match synced {
+        Ok(_) => {
+            if let Some(prog) = p.applied() {
+                record_policy_metrics(r.metrics, prog);
+            }
+            Ok(())
+        }
+        Err(e) => {
+            error!(error = %e, source = ?std::error::Error::source(&e), "policy sync failed: this node does not enforce the current policy; not ready, retrying");
+            Err(format!("policy: {}", error_chain(&e)))
+        }
     }
 }
 
@@ -567,30 +767,31 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     out
 }
 
-/// What one reconcile round found, for the metrics.
+/// What one full route round found, for the metrics.
 struct RoundStats {
-    hosts: usize,
     own_blocks: BTreeSet<ipnet::IpNet>,
-    learned_installed: usize,
+    learned_installed: BTreeMap<ipnet::IpNet, std::net::IpAddr>,
     route_list: Duration,
 }
 
+/// `scrape_ipam`: also read IPAM usage, which is a datastore listing of every block: only on
+/// the periodic resync and while metrics are served, never per change.
 async fn record_route_metrics(
     metrics: &Metrics,
     ipam: &Ipam,
+    store: &Store,
     stats: &RoundStats,
-    speaker: Option<&BgpControl>,
-    enabled: bool,
+    has_speaker: bool,
+    scrape_ipam: bool,
 ) {
     use crate::metrics::*;
-    metrics.set(CLUSTER_NUM_HOSTS, stats.hosts as f64);
+    metrics.set(CLUSTER_NUM_HOSTS, store.node_count() as f64);
     metrics.observe(ROUTE_TABLE_LIST, stats.route_list.as_secs_f64());
-    if speaker.is_some() {
-        metrics.set(BGP_ROUTES_INSTALLED, stats.learned_installed as f64);
+    if has_speaker {
+        metrics.set(BGP_ROUTES_INSTALLED, stats.learned_installed.len() as f64);
     }
     metrics.set(IPAM_BLOCKS, stats.own_blocks.len() as f64);
-    // Reading every block is a datastore listing: only while someone scrapes.
-    if enabled {
+    if scrape_ipam {
         match calico_ipam::cli::utilization(ipam).await {
             Ok(pools) => {
                 let in_use: u128 = pools
@@ -651,67 +852,126 @@ fn record_policy_metrics(metrics: &Metrics, prog: &HostProgram) {
     metrics.set(crate::metrics::ACTIVE_LOCAL_POLICIES, policies.len() as f64);
 }
 
-async fn reconcile(
-    ds: &Datastore,
-    ipam: &Ipam,
-    nl: &Netlink,
-    started: &Started,
-    speaker: Option<&mut BgpControl>,
-    started_at: Instant,
-    ipv6: bool,
-) -> Result<RoundStats, AgentError> {
-    let snap = read_snapshot(ds, ipam, &started.node_name).await?;
-    let mut inputs = RouteInputs {
+/// What the speaker must be told for this snapshot.
+fn speaker_view(snap: &Snapshot, started: &Started) -> Result<SpeakerView, AgentError> {
+    let sessions =
+        peering::sessions_for(&started.node_name, &snap.nodes, &snap.global, &snap.peers)?;
+    let me = snap.nodes.iter().find(|n| n.name == started.node_name);
+    Ok(SpeakerView {
+        router_id: started.ipv4.map(|n| n.addr()),
+        local_as: started.as_number,
+        listen_port: me
+            .and_then(|n| n.listen_port)
+            .unwrap_or(snap.global.listen_port),
+        sessions,
+        announced: routes::announced_prefixes(&route_inputs(snap, BTreeMap::new())),
+        local_v4: started.ipv4.map(|n| n.addr()),
+        local_v6: started.ipv6.map(|n| n.addr()),
+        cluster_id: me
+            .and_then(|n| n.rr_cluster_id.as_deref())
+            .and_then(|c| c.parse().ok()),
+        bgp_filters: snap.bgp_filters.clone(),
+        prefix_advertisements: snap.global.prefix_advertisements.clone(),
+    })
+}
+
+fn route_inputs(
+    snap: &Snapshot,
+    learned: BTreeMap<ipnet::IpNet, std::net::IpAddr>,
+) -> RouteInputs {
+    RouteInputs {
         own_blocks: snap.own_blocks.clone(),
-        learned: BTreeMap::new(),
+        learned,
         workloads: snap.workloads.clone(),
         no_export: snap.no_export.clone(),
-    };
-    let mut synced = started_at.elapsed() > LEARNED_ROUTES_GRACE;
-    if let Some(sp) = speaker {
-        let sessions =
-            peering::sessions_for(&started.node_name, &snap.nodes, &snap.global, &snap.peers)?;
-        let view = SpeakerView {
-            router_id: started.ipv4.map(|n| n.addr()),
-            local_as: started.as_number,
-            listen_port: snap
-                .nodes
-                .iter()
-                .find(|n| n.name == started.node_name)
-                .and_then(|n| n.listen_port)
-                .unwrap_or(snap.global.listen_port),
-            sessions,
-            announced: routes::announced_prefixes(&inputs),
-            local_v4: started.ipv4.map(|n| n.addr()),
-            local_v6: started.ipv6.map(|n| n.addr()),
-            cluster_id: snap
-                .nodes
-                .iter()
-                .find(|n| n.name == started.node_name)
-                .and_then(|n| n.rr_cluster_id.as_deref())
-                .and_then(|c| c.parse().ok()),
-            bgp_filters: snap.bgp_filters.clone(),
-            prefix_advertisements: snap.global.prefix_advertisements.clone(),
-        };
-        sp.apply(&view);
-        inputs.learned = sp.learned();
-        synced = synced || sp.initial_sync_done();
     }
-    let mut desired = routes::desired_routes(&inputs);
+}
+
+/// Every route of this node against the kernel: the level-triggered path (start, a change of
+/// blocks or local workloads, a resync, an overflow of route notices).
+async fn reconcile_routes(
+    nl: &Netlink,
+    snap: &Snapshot,
+    learned: &BTreeMap<ipnet::IpNet, std::net::IpAddr>,
+    synced: bool,
+    ipv6: bool,
+) -> Result<RoundStats, AgentError> {
+    let mut desired = routes::desired_routes(&route_inputs(snap, learned.clone()));
     if !ipv6 {
         // ipv6Support: false: IPv6 routes are neither programmed nor removed.
         desired.retain(|r| r.dst.addr().is_ipv4());
     }
     let route_list = apply_routes(nl, &desired, synced, ipv6).await?;
     Ok(RoundStats {
-        hosts: snap.nodes.len(),
-        own_blocks: snap.own_blocks,
+        own_blocks: snap.own_blocks.clone(),
         learned_installed: desired
             .iter()
-            .filter(|r| matches!(r.target, Target::Via(_)))
-            .count(),
+            .filter_map(|r| match r.target {
+                Target::Via(nh) => Some((r.dst, nh)),
+                _ => None,
+            })
+            .collect(),
         route_list,
     })
+}
+
+/// Route notices from the speaker, straight to the kernel: no datastore read, no speaker
+/// reconfiguration, no policy compile, no listing of the kernel's routes. The same rules as
+/// [`routes::desired_routes`]: our own blocks keep their blackhole; a withdrawn route goes only
+/// once the speaker has synced (until then the next full round decides).
+async fn apply_learned(
+    nl: &Netlink,
+    snap: &Snapshot,
+    notices: &BTreeMap<ipnet::IpNet, Option<std::net::IpAddr>>,
+    installed: &mut BTreeMap<ipnet::IpNet, std::net::IpAddr>,
+    synced: bool,
+    ipv6: bool,
+) -> Result<(), AgentError> {
+    let mut changes = Vec::new();
+    for (prefix, next_hop) in notices {
+        if snap.own_blocks.contains(prefix) || (!ipv6 && !prefix.addr().is_ipv4()) {
+            continue;
+        }
+        let route = |nh| {
+            to_kernel(&KernelRoute {
+                dst: *prefix,
+                target: Target::Via(nh),
+            })
+        };
+        match next_hop {
+            Some(nh) if installed.get(prefix) != Some(nh) => {
+                info!(route = %route(*nh), "installing route");
+                changes.push((*prefix, Some(*nh), RouteChange::Replace(route(*nh))));
+            }
+            Some(_) => {}
+            None if synced => {
+                if let Some(old) = installed.get(prefix) {
+                    info!(route = %route(*old), "removing route");
+                    changes.push((*prefix, None, RouteChange::Delete(route(*old))));
+                }
+            }
+            None => debug!(%prefix, "keeping learned route until the speaker has synced"),
+        }
+    }
+    let batch: Vec<RouteChange> = changes.iter().map(|(_, _, c)| c.clone()).collect();
+    let failures = nl.apply_route_changes(&batch).await;
+    for (i, (prefix, nh, _)) in changes.iter().enumerate() {
+        if failures.iter().any(|(j, _)| *j == i) {
+            continue;
+        }
+        match nh {
+            Some(nh) => installed.insert(*prefix, *nh),
+            None => installed.remove(prefix),
+        };
+    }
+    let failed = failures.len();
+    match failures.into_iter().next() {
+        None => Ok(()),
+        Some((_, first)) => Err(AgentError::Kernel {
+            what: format!("{failed} of {} route changes failed", batch.len()),
+            source: Box::new(first),
+        }),
+    }
 }
 
 #[cfg(test)]

@@ -30,6 +30,7 @@
 pub mod compile;
 pub mod felix;
 pub mod from_api;
+pub mod incremental;
 pub mod isolate;
 pub mod knp;
 pub mod labels;
