@@ -41,8 +41,8 @@ use crate::config::{NetworkingBackend, NodeConfig};
 use crate::felix_config::{self, FelixSettings, Listen};
 use crate::health::{self, Health};
 use crate::metrics::Metrics;
-use crate::peering;
 use crate::model::{Aspects, Change, PolicyModel, Store};
+use crate::peering;
 use crate::policy::{PolicyError, PolicySync};
 use crate::routes::{self, KernelRoute, ROUTE_PROTOCOL, RouteInputs, RouteNotice, Target};
 use crate::snapshot::{Snapshot, SnapshotError};
@@ -687,7 +687,16 @@ async fn run_round(work: &mut Work, r: &mut Round<'_>) -> Vec<String> {
         }
     } else if !w.learned.is_empty() {
         // A route event: straight to the kernel, nothing else recomputed.
-        if let Err(e) = apply_learned(r.nl, &snap, &w.learned, &mut r.routing.learned_installed, synced, ipv6).await {
+        if let Err(e) = apply_learned(
+            r.nl,
+            &snap,
+            &w.learned,
+            &mut r.routing.learned_installed,
+            synced,
+            ipv6,
+        )
+        .await
+        {
             warn!(error = %e, "learned route change failed; will retry");
             problems.push(format!("routes: {e}"));
         }
@@ -730,7 +739,8 @@ fn sync_policy(
         Ok((program, issues)) => {
             let _ = resync;
             let verified = p.verify().map(|_| ());
-            let res = verified.and_then(|_| p.enforce_compiled(program, issues, model.felix(), node));
+            let res =
+                verified.and_then(|_| p.enforce_compiled(program, issues, model.felix(), node));
             // The isolated issues come from the compilation, which precedes any apply error:
             // shown whatever the outcome of the apply.
             record_policy_issues(r.metrics, r.status, p.issues());
@@ -875,10 +885,7 @@ fn speaker_view(snap: &Snapshot, started: &Started) -> Result<SpeakerView, Agent
     })
 }
 
-fn route_inputs(
-    snap: &Snapshot,
-    learned: BTreeMap<ipnet::IpNet, std::net::IpAddr>,
-) -> RouteInputs {
+fn route_inputs(snap: &Snapshot, learned: BTreeMap<ipnet::IpNet, std::net::IpAddr>) -> RouteInputs {
     RouteInputs {
         own_blocks: snap.own_blocks.clone(),
         learned,

@@ -203,7 +203,11 @@ impl Incremental {
         pol!(resources.network_policies, Network, "np");
         pol!(resources.global_network_policies, Global, "gnp");
         pol!(resources.staged_network_policies, StagedNetwork, "snp");
-        pol!(resources.staged_global_network_policies, StagedGlobal, "sgnp");
+        pol!(
+            resources.staged_global_network_policies,
+            StagedGlobal,
+            "sgnp"
+        );
         macro_rules! src {
             ($list:expr, $v:ident, $k:expr) => {
                 for s in &$list {
@@ -282,7 +286,10 @@ impl Incremental {
             }
             None => None,
         };
-        if state.update_policy(key, isolated, self.node.as_deref()).is_err() {
+        if state
+            .update_policy(key, isolated, self.node.as_deref())
+            .is_err()
+        {
             self.rebuild();
         }
     }

@@ -330,7 +330,13 @@ pub fn isolate_profile(
     if let Err(e) = crate::compile::check_profile(&profile) {
         let in_rules =
             e.field().starts_with("spec.ingress") || e.field().starts_with("spec.egress");
-        if !in_rules || profile.ingress.iter().chain(&profile.egress).all(is_plain_deny) {
+        if !in_rules
+            || profile
+                .ingress
+                .iter()
+                .chain(&profile.egress)
+                .all(is_plain_deny)
+        {
             return Err(e);
         }
         issues.push(PolicyIssue {

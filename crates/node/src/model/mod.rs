@@ -22,7 +22,9 @@ pub mod store;
 use calico_policy::felix::FelixPolicySettings;
 use std::collections::BTreeMap;
 
-use calico_policy::incremental::{ApiPolicy, ApiSource, Incremental, KeyedResources, PolicyResource};
+use calico_policy::incremental::{
+    ApiPolicy, ApiSource, Incremental, KeyedResources, PolicyResource,
+};
 use calico_policy::isolate::PolicyIssue;
 use calico_policy::program::HostProgram;
 
@@ -43,7 +45,8 @@ impl PolicyModel {
     pub fn new(store: &Store, felix: &FelixPolicySettings) -> PolicyModel {
         let node = store.node().to_string();
         // One build from the whole store, keyed by etcd key so later changes find them.
-        let engine = Incremental::from_resources(keyed(store.policy()), &felix.failsafe, Some(&node));
+        let engine =
+            Incremental::from_resources(keyed(store.policy()), &felix.failsafe, Some(&node));
         PolicyModel {
             node,
             felix: felix.clone(),
@@ -71,10 +74,9 @@ impl PolicyModel {
             match kind {
                 PolicyKind::Tier => self.engine.set_tier(key, p.tiers.get(key)),
                 PolicyKind::Profile => self.engine.set_profile(key, p.profiles.get(key)),
-                PolicyKind::NetworkPolicy => self.engine.set_policy(
-                    key,
-                    p.network_policies.get(key).map(ApiPolicy::Network),
-                ),
+                PolicyKind::NetworkPolicy => self
+                    .engine
+                    .set_policy(key, p.network_policies.get(key).map(ApiPolicy::Network)),
                 PolicyKind::GlobalNetworkPolicy => self.engine.set_policy(
                     key,
                     p.global_network_policies.get(key).map(ApiPolicy::Global),
@@ -139,14 +141,25 @@ fn keyed(p: &PolicyObjects) -> KeyedResources {
         profiles: p.profiles.clone(),
         ..Default::default()
     };
-    r.policies.extend(copy(&p.network_policies, PolicyResource::Network));
-    r.policies.extend(copy(&p.global_network_policies, PolicyResource::Global));
-    r.policies.extend(copy(&p.staged_network_policies, PolicyResource::StagedNetwork));
-    r.policies.extend(copy(&p.staged_global_network_policies, PolicyResource::StagedGlobal));
-    r.sources.extend(copy(&p.workload_endpoints, ApiSource::Workload));
+    r.policies
+        .extend(copy(&p.network_policies, PolicyResource::Network));
+    r.policies
+        .extend(copy(&p.global_network_policies, PolicyResource::Global));
+    r.policies.extend(copy(
+        &p.staged_network_policies,
+        PolicyResource::StagedNetwork,
+    ));
+    r.policies.extend(copy(
+        &p.staged_global_network_policies,
+        PolicyResource::StagedGlobal,
+    ));
+    r.sources
+        .extend(copy(&p.workload_endpoints, ApiSource::Workload));
     r.sources.extend(copy(&p.host_endpoints, ApiSource::Host));
-    r.sources.extend(copy(&p.network_sets, ApiSource::NetworkSet));
-    r.sources.extend(copy(&p.global_network_sets, ApiSource::GlobalNetworkSet));
+    r.sources
+        .extend(copy(&p.network_sets, ApiSource::NetworkSet));
+    r.sources
+        .extend(copy(&p.global_network_sets, ApiSource::GlobalNetworkSet));
     r
 }
 

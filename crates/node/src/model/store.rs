@@ -303,14 +303,17 @@ impl Store {
         let a = &mut change.aspects;
         // Routing kinds.
         if let Some((host, cidr)) = calico_ipam::model::parse_affinity_key(key) {
-            let state = kv.and_then(|kv| match serde_json::from_slice::<AffinityValue>(&kv.value) {
-                // As `Ipam::host_affinities` reads them (the oracle): any state, deleted or not.
-                Ok(v) => Some(v.state),
-                Err(e) => {
-                    warn!(key, error = %e, "block affinity does not decode; ignored");
-                    None
-                }
-            });
+            let state =
+                kv.and_then(
+                    |kv| match serde_json::from_slice::<AffinityValue>(&kv.value) {
+                        // As `Ipam::host_affinities` reads them (the oracle): any state, deleted or not.
+                        Ok(v) => Some(v.state),
+                        Err(e) => {
+                            warn!(key, error = %e, "block affinity does not decode; ignored");
+                            None
+                        }
+                    },
+                );
             let mine = host == self.node;
             match state {
                 Some(s) => self.affinities.insert((host, cidr), s),
@@ -381,7 +384,10 @@ impl Store {
                 policy!(staged_network_policies, api::StagedNetworkPolicy)
             }
             PolicyKind::StagedGlobalNetworkPolicy => {
-                policy!(staged_global_network_policies, api::StagedGlobalNetworkPolicy)
+                policy!(
+                    staged_global_network_policies,
+                    api::StagedGlobalNetworkPolicy
+                )
             }
             PolicyKind::Profile => policy!(profiles, api::Profile),
             PolicyKind::WorkloadEndpoint => {
