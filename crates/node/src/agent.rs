@@ -370,7 +370,7 @@ pub async fn run(mut cfg: NodeConfig, etcd: EtcdClient) -> Result<(), AgentError
     let watch_kv = etcd.clone();
     tokio::spawn(async move {
         loop {
-            let mut events = watch_kv.list_watch("/calico/");
+            let mut events = watch_kv.list_watch_without_prev("/calico/");
             while let Some(ev) = events.next().await {
                 match ev {
                     // Status reports (our own writes among them) change nothing we reconcile.
@@ -718,6 +718,39 @@ fn sync_policy(
     resync: bool,
 ) -> Result<(), String> {
     let node = r.started.node_name.as_str();
+    let mut problem = None;
+    let felix = match calico_policy::felix::settings_for(felix_docs, node) {
+        Ok(f) => f,
+        Err(e) => {
+            problem = Some(format!("policy: {}", error_chain(&PolicyError::from(e))));
+            r.model
+                .as_ref()
+                .map(|m| m.felix().clone())
+                .unwrap_or_default()
+        }
+    };
+    // The model first: whatever fails below, it has taken this change.
+    PolicyModel::advance(r.model, r.store, change, &felix);
+    if resync {
+        // Level-triggered safety: the periodic resync recomputes the program from the whole
+        // store (memory only, no datastore read); a difference would be a bug of the
+        // incremental path, logged, and the recomputed program is the one enforced.
+        let fresh = PolicyModel::new(r.store, &felix);
+        let same = match (fresh.program(), r.model.as_ref().map(PolicyModel::program)) {
+            (Ok(a), Some(Ok(b))) => a == b,
+            (Err(_), Some(Err(_))) => true,
+            _ => false,
+        };
+        if !same {
+            error!(
+                "the incremental policy model differed from a full recompute; enforcing the recompute"
+            );
+        }
+        *r.model = Some(fresh);
+    }
+    if let Some(p) = problem {
+        return Err(p);
+    }
     if r.policy.is_none() {
         match PolicySync::new() {
             Ok(p) => *r.policy = Some(p),
@@ -728,16 +761,9 @@ fn sync_policy(
         }
     }
     let p = r.policy.as_mut().expect("set above");
-    let felix = calico_policy::felix::settings_for(felix_docs, node)
-        .map_err(|e| format!("policy: {}", error_chain(&PolicyError::from(e))))?;
-    match r.model.as_mut() {
-        Some(m) if !change.snapshot => m.apply(r.store, &change.policy_keys, &felix),
-        _ => *r.model = Some(PolicyModel::new(r.store, &felix)),
-    }
-    let model = r.model.as_ref().expect("set above");
+    let model = r.model.as_ref().expect("set by advance");
     let synced = match model.program() {
         Ok((program, issues)) => {
-            let _ = resync;
             let verified = p.verify().map(|_| ());
             let res =
                 verified.and_then(|_| p.enforce_compiled(program, issues, model.felix(), node));

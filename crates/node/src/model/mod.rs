@@ -1,7 +1,7 @@
 //! The agent's model of the cluster: one per agent, fed by one etcd watch on `/calico/`.
 //!
 //! ```text
-//!   etcd list_watch("/calico/")        (a full list at start and after a compaction,
+//!   etcd list_watch_without_prev("/calico/")  (a full list at start and after compaction,
 //!        │ WatchEvent                    otherwise resumed from the last revision)
 //!        ▼
 //!   Store::apply ── typed view by key, this node's endpoints and blocks indexed apart
@@ -17,6 +17,7 @@
 //! [`crate::snapshot::read_snapshot`] list the datastore and compute from scratch through the
 //! same pure functions; the tests check the model against them.
 
+pub mod follow;
 pub mod store;
 
 use calico_policy::felix::FelixPolicySettings;
@@ -171,4 +172,20 @@ pub fn full_policy(
     node: &str,
 ) -> Result<(HostProgram, Vec<PolicyIssue>), PolicyError> {
     crate::policy::compile_isolated_for(resources, felix, node)
+}
+
+impl PolicyModel {
+    /// Brings `slot` up to date with `change` (built afresh on a snapshot or when empty): the
+    /// one way the agent and a model-only follower advance the policy model.
+    pub fn advance(
+        slot: &mut Option<PolicyModel>,
+        store: &Store,
+        change: &Change,
+        felix: &FelixPolicySettings,
+    ) {
+        match slot.as_mut() {
+            Some(m) if !change.snapshot => m.apply(store, &change.policy_keys, felix),
+            _ => *slot = Some(PolicyModel::new(store, felix)),
+        }
+    }
 }
