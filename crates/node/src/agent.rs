@@ -1,23 +1,29 @@
-//! The agent's run loop: desired state from the datastore → diff → apply.
+//! The agent's run loop: the model (one watch) → only the work a change touches → apply.
 //!
 //! ```text
-//!   etcd watch "/calico/" ──┐
-//!   speaker route changes ──┼──► trigger (mpsc, coalesced) ──► reconcile():
-//!   refresh tick (90 s) ────┘        FelixConfiguration → log level, servers, intervals
-//!                                    snapshot = list nodes, BGP config, peers, affinities, local WEPs
-//!                                    sessions  = peering::sessions_for(snapshot)   → speaker.set_config
-//!                                    routes    = routes::desired_routes(snapshot + learned)
-//!                                    diff against the kernel (proto 12 + workload routes) → netlink
-//!                                    policy: table still there? → PolicySync::sync → nftables
+//!   etcd list_watch_without_prev("/calico/") ─► watch task ─► WatchEvent (mpsc 1024) ─┐
+//!   speaker route events ─► BgpControl ─► RouteFeed (bounded 4096, overflow mark) ─────┤
+//!   refresh tick (routeRefreshInterval, 90 s) ──────────────────────────────────────────┤
+//!                                                   (coalesced 20 ms) ─► run_round():  ▼
+//!     Store::apply(event) → Change { aspects, policy keys }          (model/store.rs)
+//!     felix    → FelixConfiguration from the model → log level, servers, intervals
+//!     speaker  → Store::snapshot → peering::sessions_for → BgpControl::apply
+//!     routes   → Store::snapshot + learned paths → diff against the kernel → one batch
+//!     notices  → apply_learned: prefix + next hop straight to netlink (nothing else)
+//!     policy   → PolicyModel::advance (calico_policy::incremental: only the policies,
+//!                endpoints and sets touched) → PolicySync::enforce_compiled → nftables diff
+//!     resync   → all of the above from the model, the kernel's routes listed and compared,
+//!                the policy program recomputed from scratch and compared
 //!   every second: status rows, BGP readiness, health heartbeat ──► NodeStatus, Health, Metrics
 //!   status socket task ◄── shared NodeStatus (peer rows, readiness)
 //!   health server (/liveness, /readiness) ◄── Health; metrics server (/metrics) ◄── Metrics
 //! ```
-//! The refresh tick is FelixConfiguration `routeRefreshInterval`; a failed round is retried
-//! with backoff (1 s doubling to 30 s) and makes the node not ready with the reason.
-//! Level-triggered on purpose: every trigger recomputes the whole desired state from a fresh
-//! snapshot, so a missed or duplicated event can never leave the kernel wrong, and a restarted
-//! agent converges on what is already there without touching it.
+//! Nothing reads the datastore per change: the watch lists once at start (and after a
+//! compaction) and the model answers everything else. A failed round is retried as a full
+//! resync with backoff (1 s doubling to 30 s) and makes the node not ready with the reason.
+//! Level-triggered safety: the periodic resync compares the model's desired state with the
+//! kernel and repairs drift, and a restarted agent computes the same state from its first list
+//! and converges on what is already there without touching it.
 //!
 //! Restart rule: routes learned over BGP are only removed once the speaker has synchronised
 //! with its peers (end-of-RIB from every established peer) or the graceful-restart window has
@@ -29,7 +35,6 @@ use std::time::{Duration, Instant};
 
 use calico_dataplane::{Netlink, Route, RouteChange, RouteFilter, RouteTarget};
 use calico_datastore::{Datastore, EtcdClient, KindRef, WatchEvent};
-use calico_ipam::Ipam;
 use calico_policy::isolate::{Outcome, PolicyIssue};
 use calico_policy::program::HostProgram;
 use futures::StreamExt;
@@ -279,7 +284,6 @@ impl Settings {
 /// Runs the agent until the process is stopped.
 pub async fn run(mut cfg: NodeConfig, etcd: EtcdClient) -> Result<(), AgentError> {
     let ds = Datastore::from_etcd(etcd.clone());
-    let ipam = Ipam::new(etcd.clone());
     let health = Health::new();
     let metrics = Metrics::new();
     health.report(
@@ -430,7 +434,8 @@ pub async fn run(mut cfg: NodeConfig, etcd: EtcdClient) -> Result<(), AgentError
     loop {
         if synced_once {
             let round = Instant::now();
-            if work.resync {
+            // A full recompute: the watch's list (start, compaction) or the periodic resync.
+            if work.resync || work.change.snapshot {
                 metrics.inc(crate::metrics::RESYNCS_STARTED);
             }
             let problems = run_round(
@@ -443,7 +448,6 @@ pub async fn run(mut cfg: NodeConfig, etcd: EtcdClient) -> Result<(), AgentError
                     speaker: speaker.as_mut(),
                     settings: &mut settings,
                     nl: &nl,
-                    ipam: &ipam,
                     health: &health,
                     metrics: &metrics,
                     status: &status,
@@ -455,9 +459,7 @@ pub async fn run(mut cfg: NodeConfig, etcd: EtcdClient) -> Result<(), AgentError
             .await;
             metrics.observe(crate::metrics::APPLY_TIME, round.elapsed().as_secs_f64());
             if problems.is_empty() {
-                if failures > 0 {
-                    info!("dataplane in sync again");
-                }
+                debug!("dataplane in sync");
                 failures = 0;
                 health.report(
                     health::DATAPLANE,
@@ -611,7 +613,6 @@ struct Round<'a> {
     speaker: Option<&'a mut BgpControl>,
     settings: &'a mut Settings,
     nl: &'a Netlink,
-    ipam: &'a Ipam,
     health: &'a Arc<Health>,
     metrics: &'a Arc<Metrics>,
     status: &'a Arc<Mutex<NodeStatus>>,
@@ -670,15 +671,7 @@ async fn run_round(work: &mut Work, r: &mut Round<'_>) -> Vec<String> {
         match reconcile_routes(r.nl, &snap, &learned, synced, ipv6).await {
             Ok(stats) => {
                 r.routing.learned_installed = stats.learned_installed.clone();
-                record_route_metrics(
-                    r.metrics,
-                    r.ipam,
-                    r.store,
-                    &stats,
-                    r.speaker.is_some(),
-                    r.settings.current.metrics.enabled && w.resync,
-                )
-                .await;
+                record_route_metrics(r.metrics, r.store, &stats);
             }
             Err(e) => {
                 warn!(error = %e, source = ?std::error::Error::source(&e), "route reconcile failed; will retry");
@@ -706,6 +699,18 @@ async fn run_round(work: &mut Work, r: &mut Round<'_>) -> Vec<String> {
             problems.push(e);
         }
     }
+    // Learned routes change with route notices too (no full round): counted every round.
+    if r.speaker.is_some() {
+        r.metrics.set(
+            crate::metrics::BGP_ROUTES_INSTALLED,
+            r.routing.learned_installed.len() as f64,
+        );
+    }
+    // IPAM blocks change no work, only this metric (from the model, every round).
+    r.metrics.set(
+        crate::metrics::IPAM_ALLOCATED,
+        r.store.own_addresses_in_use() as f64,
+    );
     problems
 }
 
@@ -810,37 +815,12 @@ struct RoundStats {
     route_list: Duration,
 }
 
-/// `scrape_ipam`: also read IPAM usage, which is a datastore listing of every block: only on
-/// the periodic resync and while metrics are served, never per change.
-async fn record_route_metrics(
-    metrics: &Metrics,
-    ipam: &Ipam,
-    store: &Store,
-    stats: &RoundStats,
-    has_speaker: bool,
-    scrape_ipam: bool,
-) {
+/// Route and IPAM metrics, from the model (no datastore read).
+fn record_route_metrics(metrics: &Metrics, store: &Store, stats: &RoundStats) {
     use crate::metrics::*;
     metrics.set(CLUSTER_NUM_HOSTS, store.node_count() as f64);
     metrics.observe(ROUTE_TABLE_LIST, stats.route_list.as_secs_f64());
-    if has_speaker {
-        metrics.set(BGP_ROUTES_INSTALLED, stats.learned_installed.len() as f64);
-    }
     metrics.set(IPAM_BLOCKS, stats.own_blocks.len() as f64);
-    if scrape_ipam {
-        match calico_ipam::cli::utilization(ipam).await {
-            Ok(pools) => {
-                let in_use: u128 = pools
-                    .iter()
-                    .flat_map(|(_, blocks)| blocks)
-                    .filter(|b| stats.own_blocks.contains(&b.cidr))
-                    .map(|b| b.in_use)
-                    .sum();
-                metrics.set(IPAM_ALLOCATED, in_use as f64);
-            }
-            Err(e) => debug!(error = %e, "IPAM usage not readable for metrics"),
-        }
-    }
 }
 
 /// The policies and profiles not enforced as written: per outcome on `/metrics` (every

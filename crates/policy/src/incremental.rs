@@ -286,10 +286,7 @@ impl Incremental {
             }
             None => None,
         };
-        if state
-            .update_policy(key, isolated, self.node.as_deref())
-            .is_err()
-        {
+        if state.update_policy(key, isolated).is_err() {
             self.rebuild();
         }
     }
@@ -440,7 +437,6 @@ impl State {
         &mut self,
         key: &str,
         new: Option<Isolated>,
-        node: Option<&str>,
     ) -> Result<(), crate::compile::CompileError> {
         let old = self.policies.remove(key);
         let old_id = old
@@ -451,7 +447,6 @@ impl State {
             .as_ref()
             .and_then(|i| i.policy.as_ref())
             .map(|p| (p.qualified_name(), p.staged));
-        let _ = node;
         let local: Vec<Source> = self
             .local
             .iter()

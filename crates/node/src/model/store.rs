@@ -8,8 +8,9 @@
 //!
 //! Indexed for what this node needs: its own workload endpoints apart from the others (routes
 //! and the speaker read only those), the confirmed affinities of this node apart from the
-//! others' (routes), and nothing at all of what no part of the agent reads (IPAM handles and
-//! blocks, status reports, Kubernetes-only kinds).
+//! others' (routes), of IPAM blocks only how many addresses are in use (a metric), and nothing
+//! at all of what no part of the agent reads (IPAM handles, status reports, Kubernetes-only
+//! kinds).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -179,6 +180,8 @@ pub struct Store {
     affinities: BTreeMap<(String, IpNet), AffinityState>,
     /// This node's confirmed blocks (derived from `affinities`).
     own_blocks: BTreeSet<IpNet>,
+    /// Addresses in use per IPAM block (for `calico_ipam_allocated_addresses`).
+    block_in_use: BTreeMap<IpNet, usize>,
     /// This node's workload endpoints, by key (also in `policy.workload_endpoints`).
     local_workloads: ByKey<api::WorkloadEndpoint>,
     policy: PolicyObjects,
@@ -209,6 +212,7 @@ impl Store {
             ip_pools: BTreeMap::new(),
             affinities: BTreeMap::new(),
             own_blocks: BTreeSet::new(),
+            block_in_use: BTreeMap::new(),
             local_workloads: BTreeMap::new(),
             policy: PolicyObjects::default(),
         }
@@ -233,6 +237,30 @@ impl Store {
 
     pub fn own_blocks(&self) -> &BTreeSet<IpNet> {
         &self.own_blocks
+    }
+
+    /// Every node's block affinities, (host, block) → state (for routes to other nodes'
+    /// blocks that do not come over BGP, e.g. tunnels).
+    pub fn affinities(&self) -> &BTreeMap<(String, IpNet), AffinityState> {
+        &self.affinities
+    }
+
+    /// Nodes by key.
+    pub fn nodes(&self) -> impl Iterator<Item = &api::Node> {
+        self.nodes.values()
+    }
+
+    /// IPPools by key.
+    pub fn ip_pools(&self) -> impl Iterator<Item = &api::IPPool> {
+        self.ip_pools.values()
+    }
+
+    /// Addresses in use in this node's blocks (`calico_ipam_allocated_addresses`).
+    pub fn own_addresses_in_use(&self) -> usize {
+        self.own_blocks
+            .iter()
+            .filter_map(|b| self.block_in_use.get(b))
+            .sum()
     }
 
     /// Number of nodes (`felix_cluster_num_hosts`).
@@ -301,6 +329,17 @@ impl Store {
     fn update(&mut self, key: &str, kv: Option<&KeyValue>) -> Change {
         let mut change = Change::default();
         let a = &mut change.aspects;
+        // IPAM blocks: only how many addresses are in use (a metric; no work).
+        if let Some(cidr) = calico_ipam::model::parse_block_key(key) {
+            let block = kv.and_then(|kv| {
+                serde_json::from_slice::<calico_ipam::model::AllocationBlock>(&kv.value).ok()
+            });
+            match block {
+                Some(b) => self.block_in_use.insert(cidr, b.in_use()),
+                None => self.block_in_use.remove(&cidr),
+            };
+            return change;
+        }
         // Routing kinds.
         if let Some((host, cidr)) = calico_ipam::model::parse_affinity_key(key) {
             let state =
