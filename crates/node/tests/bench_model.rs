@@ -157,15 +157,21 @@ fn rss_kib() -> u64 {
         .unwrap_or(0)
 }
 
-async fn reached(f: &Follower, rev: i64) -> Duration {
+/// Waits until the follower has taken revision `rev` (its lock is held from taking an event
+/// until the model is updated, so reaching it means the work is done).
+async fn reached(f: &Follower, rev: i64) {
     let t = Instant::now();
     while f.revision() < rev {
-        assert!(
-            t.elapsed() < Duration::from_secs(600),
-            "never reached {rev}"
-        );
-        tokio::time::sleep(Duration::from_micros(200)).await;
+        assert!(t.elapsed() < Duration::from_secs(600), "never reached {rev}");
+        tokio::time::sleep(Duration::from_micros(100)).await;
     }
+}
+
+/// Write → model updated: the clock starts before the write.
+async fn write_to_model(kv: &EtcdClient, f: &Follower, docs: Vec<(String, Value)>) -> Duration {
+    let t = Instant::now();
+    let rev = put_all(kv, docs).await;
+    reached(f, rev).await;
     t.elapsed()
 }
 
@@ -235,18 +241,18 @@ fn run_scale(nodes: usize) {
         };
         for k in 0..SAMPLES {
             // A one-rule change of a policy that selects local endpoints.
-            let rev = put_all(&kv, vec![policy(APPS * k, 1 + k)]).await;
-            timed("one-rule policy edit", reached(&f, rev).await);
+            let d = write_to_model(&kv, &f, vec![policy(APPS * k, 1 + k)]).await;
+            timed("one-rule policy edit", d);
             // A remote endpoint's label change (its address moves between sets).
             let n = 1 + k % (nodes - 1);
-            let rev = put_all(&kv, vec![wep(n, k, (n + k + 1) % APPS)]).await;
-            timed("remote endpoint label change", reached(&f, rev).await);
+            let d = write_to_model(&kv, &f, vec![wep(n, k, (n + k + 1) % APPS)]).await;
+            timed("remote endpoint label change", d);
             // A new remote block (routes would learn it over BGP; the model keeps affinities).
-            let rev = put_all(&kv, vec![affinity(n, 1 + k)]).await;
-            timed("new remote block affinity", reached(&f, rev).await);
+            let d = write_to_model(&kv, &f, vec![affinity(n, 1 + k)]).await;
+            timed("new remote block affinity", d);
             // A new block of this node (a route: its blackhole).
-            let rev = put_all(&kv, vec![affinity(0, 1 + k)]).await;
-            timed("new local block affinity", reached(&f, rev).await);
+            let d = write_to_model(&kv, &f, vec![affinity(0, 1 + k)]).await;
+            timed("new local block affinity", d);
         }
         let after = range_counts(&addr).await;
         let changes = (SAMPLES * 4) as u64;
