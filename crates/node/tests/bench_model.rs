@@ -162,7 +162,10 @@ fn rss_kib() -> u64 {
 async fn reached(f: &Follower, rev: i64) {
     let t = Instant::now();
     while f.revision() < rev {
-        assert!(t.elapsed() < Duration::from_secs(600), "never reached {rev}");
+        assert!(
+            t.elapsed() < Duration::from_secs(600),
+            "never reached {rev}"
+        );
         tokio::time::sleep(Duration::from_micros(100)).await;
     }
 }

@@ -12,7 +12,7 @@
 //!   ([`crate::sets::SetIndex`], indexed by label key); a local endpoint also gets its own
 //!   chains recompiled;
 //! - tiers, profiles (their labels are inherited by endpoints) and the failsafe ports are rare
-//!   and change every chain: they rebuild the whole state ([`Incremental::new`]).
+//!   and change every chain: they rebuild the whole state from the resources it keeps.
 //!
 //! The result must always equal [`crate::isolate::compile_isolated`] of the same resources
 //! (the full recompute, the oracle); a property test in calico-node checks exactly that over
@@ -25,7 +25,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use calico_api::kinds as api;
 
 use crate::compile::Compiler;
-use crate::from_api::{self, ApiResources};
+use crate::from_api;
 use crate::isolate::{IsolateError, PolicyIssue, isolate_policy, isolate_profile};
 use crate::model::{Direction, Failsafe, HostEndpoint, Policy, PolicyModel, WorkloadEndpoint};
 use crate::program::{
@@ -172,59 +172,6 @@ struct State {
 }
 
 impl Incremental {
-    /// Everything compiled from `resources` for `node` (every endpoint when `None`).
-    pub fn new(resources: &ApiResources, failsafe: &Failsafe, node: Option<&str>) -> Incremental {
-        let mut r = Resources::default();
-        let key = |kind: &str, ns: &Option<String>, name: &Option<String>| {
-            format!(
-                "{kind}/{}/{}",
-                ns.as_deref().unwrap_or(""),
-                name.as_deref().unwrap_or("")
-            )
-        };
-        for t in &resources.tiers {
-            r.tiers
-                .insert(key("tier", &None, &t.metadata.name), t.clone());
-        }
-        for p in &resources.profiles {
-            r.profiles
-                .insert(key("profile", &None, &p.metadata.name), p.clone());
-        }
-        macro_rules! pol {
-            ($list:expr, $v:ident, $k:expr) => {
-                for p in &$list {
-                    r.policies.insert(
-                        key($k, &p.metadata.namespace, &p.metadata.name),
-                        PolicyResource::$v(p.clone()),
-                    );
-                }
-            };
-        }
-        pol!(resources.network_policies, Network, "np");
-        pol!(resources.global_network_policies, Global, "gnp");
-        pol!(resources.staged_network_policies, StagedNetwork, "snp");
-        pol!(
-            resources.staged_global_network_policies,
-            StagedGlobal,
-            "sgnp"
-        );
-        macro_rules! src {
-            ($list:expr, $v:ident, $k:expr) => {
-                for s in &$list {
-                    r.sources.insert(
-                        key($k, &s.metadata.namespace, &s.metadata.name),
-                        ApiSource::$v(s.clone()),
-                    );
-                }
-            };
-        }
-        src!(resources.workload_endpoints, Workload, "wep");
-        src!(resources.host_endpoints, Host, "hep");
-        src!(resources.network_sets, NetworkSet, "ns");
-        src!(resources.global_network_sets, GlobalNetworkSet, "gns");
-        Self::from_resources(r, failsafe, node)
-    }
-
     /// Everything compiled from resources keyed by the caller (later changes use the same
     /// keys).
     pub fn from_resources(resources: Resources, failsafe: &Failsafe, node: Option<&str>) -> Self {

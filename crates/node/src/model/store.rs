@@ -18,7 +18,6 @@ use calico_api as api;
 use calico_api::CalicoResource;
 use calico_datastore::{KeyValue, KindRef, WatchEvent, decode_doc, decode_kv};
 use calico_ipam::model::{AffinityState, AffinityValue};
-use calico_policy::from_api::ApiResources;
 use ipnet::IpNet;
 use serde_json::Value;
 use tracing::warn;
@@ -111,25 +110,6 @@ pub struct PolicyObjects {
 }
 
 impl PolicyObjects {
-    /// Everything, as the policy compiler's full input (the oracle's shape).
-    pub fn to_resources(&self) -> ApiResources {
-        fn all<T: Clone>(m: &ByKey<T>) -> Vec<T> {
-            m.values().cloned().collect()
-        }
-        ApiResources {
-            tiers: all(&self.tiers),
-            network_policies: all(&self.network_policies),
-            global_network_policies: all(&self.global_network_policies),
-            staged_network_policies: all(&self.staged_network_policies),
-            staged_global_network_policies: all(&self.staged_global_network_policies),
-            profiles: all(&self.profiles),
-            workload_endpoints: all(&self.workload_endpoints),
-            host_endpoints: all(&self.host_endpoints),
-            network_sets: all(&self.network_sets),
-            global_network_sets: all(&self.global_network_sets),
-        }
-    }
-
     /// The kind `key` belongs to.
     pub fn kind_of(key: &str) -> Option<PolicyKind> {
         fn is<T: CalicoResource>(key: &str) -> bool {
