@@ -694,10 +694,10 @@ async fn run_round(work: &mut Work, r: &mut Round<'_>) -> Vec<String> {
             problems.push(format!("routes: {e}"));
         }
     }
-    if aspects.policy || aspects.felix {
-        if let Err(e) = sync_policy(r, &felix_docs, &w.change, w.resync) {
-            problems.push(e);
-        }
+    if (aspects.policy || aspects.felix)
+        && let Err(e) = sync_policy(r, &felix_docs, &w.change, w.resync)
+    {
+        problems.push(e);
     }
     // Learned routes change with route notices too (no full round): counted every round.
     if r.speaker.is_some() {

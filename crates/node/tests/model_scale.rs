@@ -71,7 +71,7 @@ fn wep(n: usize, j: usize, app: &str, ip_gen: usize) -> (String, Value) {
         format!("{RES}workloadendpoints/ns{}/{name}", j % 4),
         json!({"apiVersion": "projectcalico.org/v3", "kind": "WorkloadEndpoint",
                "metadata": {"name": name, "namespace": format!("ns{}", j % 4),
-                            "labels": {"app": app, "role": if j % 2 == 0 { "db" } else { "web" }}},
+                            "labels": {"app": app, "role": if j.is_multiple_of(2) { "db" } else { "web" }}},
                "spec": {"orchestrator": "k8s", "node": format!("node-{n}"),
                         "interfaceName": format!("cali{n:03}x{j:03}"),
                         "ipNetworks": [format!("10.{}.{}.{}/32", 80 + ip_gen, n, j + 1)],

@@ -138,6 +138,9 @@ impl From<ApiPolicy<'_>> for PolicyResource {
 }
 
 /// An endpoint or network set resource.
+// Nearly every source is a workload endpoint (the largest variant): boxing it would add an
+// allocation per endpoint to save nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum ApiSource {
     Workload(api::WorkloadEndpoint),
