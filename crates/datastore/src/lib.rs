@@ -21,5 +21,5 @@ pub use kv::{
 pub use resource::{
     Applied, Atomicity, BatchItem, BatchOp, BatchOutcome, Datastore, EtcdResourceStore, KindRef,
     MAX_TXN_BYTES, ObjectId, ResourceError, ResourceEvent, ResourceList, ResourceStore,
-    ResourceWatch, txn_chunks,
+    ResourceWatch, decode_doc, decode_kv, txn_chunks,
 };

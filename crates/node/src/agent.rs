@@ -1,23 +1,29 @@
-//! The agent's run loop: desired state from the datastore → diff → apply.
+//! The agent's run loop: the model (one watch) → only the work a change touches → apply.
 //!
 //! ```text
-//!   etcd watch "/calico/" ──┐
-//!   speaker route changes ──┼──► trigger (mpsc, coalesced) ──► reconcile():
-//!   refresh tick (90 s) ────┘        FelixConfiguration → log level, servers, intervals
-//!                                    snapshot = list nodes, BGP config, peers, affinities, local WEPs
-//!                                    sessions  = peering::sessions_for(snapshot)   → speaker.set_config
-//!                                    routes    = routes::desired_routes(snapshot + learned)
-//!                                    diff against the kernel (proto 12 + workload routes) → netlink
-//!                                    policy: table still there? → PolicySync::sync → nftables
+//!   etcd list_watch_without_prev("/calico/") ─► watch task ─► WatchEvent (mpsc 1024) ─┐
+//!   speaker route events ─► BgpControl ─► RouteFeed (bounded 4096, overflow mark) ─────┤
+//!   refresh tick (routeRefreshInterval, 90 s) ──────────────────────────────────────────┤
+//!                                                   (coalesced 20 ms) ─► run_round():  ▼
+//!     Store::apply(event) → Change { aspects, policy keys }          (model/store.rs)
+//!     felix    → FelixConfiguration from the model → log level, servers, intervals
+//!     speaker  → Store::snapshot → peering::sessions_for → BgpControl::apply
+//!     routes   → Store::snapshot + learned paths → diff against the kernel → one batch
+//!     notices  → apply_learned: prefix + next hop straight to netlink (nothing else)
+//!     policy   → PolicyModel::advance (calico_policy::incremental: only the policies,
+//!                endpoints and sets touched) → PolicySync::enforce_compiled → nftables diff
+//!     resync   → all of the above from the model, the kernel's routes listed and compared,
+//!                the policy program recomputed from scratch and compared
 //!   every second: status rows, BGP readiness, health heartbeat ──► NodeStatus, Health, Metrics
 //!   status socket task ◄── shared NodeStatus (peer rows, readiness)
 //!   health server (/liveness, /readiness) ◄── Health; metrics server (/metrics) ◄── Metrics
 //! ```
-//! The refresh tick is FelixConfiguration `routeRefreshInterval`; a failed round is retried
-//! with backoff (1 s doubling to 30 s) and makes the node not ready with the reason.
-//! Level-triggered on purpose: every trigger recomputes the whole desired state from a fresh
-//! snapshot, so a missed or duplicated event can never leave the kernel wrong, and a restarted
-//! agent converges on what is already there without touching it.
+//! Nothing reads the datastore per change: the watch lists once at start (and after a
+//! compaction) and the model answers everything else. A failed round is retried as a full
+//! resync with backoff (1 s doubling to 30 s) and makes the node not ready with the reason.
+//! Level-triggered safety: the periodic resync compares the model's desired state with the
+//! kernel and repairs drift, and a restarted agent computes the same state from its first list
+//! and converges on what is already there without touching it.
 //!
 //! Restart rule: routes learned over BGP are only removed once the speaker has synchronised
 //! with its peers (end-of-RIB from every established peer) or the graceful-restart window has
@@ -27,8 +33,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use calico_api::service_advertisement::SERVICES_PREFIX;
 use calico_dataplane::{Netlink, Route, RouteChange, RouteFilter, RouteTarget};
-use calico_datastore::{Datastore, EtcdClient, KindRef};
+use calico_datastore::{Datastore, EtcdClient, KindRef, WatchEvent};
 use calico_ipam::Ipam;
 use calico_policy::isolate::{Outcome, PolicyIssue};
 use calico_policy::program::HostProgram;
@@ -41,10 +48,11 @@ use crate::config::{NetworkingBackend, NodeConfig};
 use crate::felix_config::{self, FelixSettings, Listen};
 use crate::health::{self, Health};
 use crate::metrics::Metrics;
+use crate::model::{Aspects, Change, PolicyModel, Store};
 use crate::peering;
-use crate::policy::PolicySync;
-use crate::routes::{self, KernelRoute, ROUTE_PROTOCOL, RouteInputs, Target};
-use crate::snapshot::{SnapshotError, read_snapshot};
+use crate::policy::{PolicyError, PolicySync};
+use crate::routes::{self, KernelRoute, ROUTE_PROTOCOL, RouteInputs, RouteNotice, Target};
+use crate::snapshot::{Snapshot, SnapshotError};
 use crate::startup::{self, Started};
 use crate::status::{self, NodeStatus};
 
@@ -77,6 +85,9 @@ fn to_kernel(r: &KernelRoute) -> Route {
     match &r.target {
         Target::Blackhole => Route::blackhole(r.dst, ROUTE_PROTOCOL),
         Target::Via(gw) => Route::gateway(r.dst, *gw, None, ROUTE_PROTOCOL),
+        // Workload routes use the kernel's default protocol (boot) like `ip route add`, as
+        // the seed shows: `192.168.166.128 dev calicce21fc3677 scope link`.
+        Target::Dev(ifname) => Route::device(r.dst, ifname, 3),
         Target::Onlink { via, dev } => Route {
             target: RouteTarget::Gateway {
                 via: *via,
@@ -85,9 +96,6 @@ fn to_kernel(r: &KernelRoute) -> Route {
             },
             ..Route::blackhole(r.dst, ROUTE_PROTOCOL)
         },
-        // Workload routes use the kernel's default protocol (boot) like `ip route add`, as
-        // the seed shows: `192.168.166.128 dev calicce21fc3677 scope link`.
-        Target::Dev(ifname) => Route::device(r.dst, ifname, 3),
     }
 }
 
@@ -358,7 +366,7 @@ pub async fn run(mut cfg: NodeConfig, etcd: EtcdClient) -> Result<(), AgentError
         what: "opening netlink".into(),
         source: Box::new(e),
     })?;
-    let (trigger_tx, mut trigger_rx) = mpsc::channel::<()>(64);
+    let (route_feed, mut route_rx) = crate::routes::route_feed(crate::routes::ROUTE_NOTICES);
     // Our own routes already in the kernel mean this agent is restarting: peers are asked
     // (graceful restart) to keep our routes, and we keep theirs until the speaker has synced.
     let restarted = !nl
@@ -373,37 +381,41 @@ pub async fn run(mut cfg: NodeConfig, etcd: EtcdClient) -> Result<(), AgentError
         info!("found this agent's routes in the kernel: restarting gracefully");
     }
     let mut speaker = match cfg.backend {
-        NetworkingBackend::Bgp => Some(BgpControl::start(restarted, trigger_tx.clone())),
+        NetworkingBackend::Bgp => Some(BgpControl::start(restarted, route_feed)),
         NetworkingBackend::None | NetworkingBackend::Vxlan => None,
     };
     let mut tunnels = crate::tunnel::Tunnels::new(cfg.backend == NetworkingBackend::Bgp);
     let node_status =
         crate::node_status::Publisher::spawn(ds.clone(), started.node_name.clone(), nl.clone());
 
-    // Any change under /calico/ may change our desired state: one watch covers them all.
-    let watch_tx = trigger_tx.clone();
+    // The model: one watch on /calico/ (a list at start and after a compaction, otherwise
+    // resumed from its revision) keeps the store; nothing else reads the datastore per change.
+    let (watch_tx, mut watch_rx) = mpsc::channel::<WatchEvent>(1024);
     let watch_kv = etcd.clone();
     tokio::spawn(async move {
-        let mut events = watch_kv.watch("/calico/", 0);
-        while let Some(ev) = events.next().await {
-            match &ev {
-                Err(e) => warn!(error = %e, "datastore watch error; resyncing"),
-                // Status reports (our own writes among them) change nothing we reconcile.
-                Ok(ev)
-                    if crate::node_status::is_node_status_event(ev)
-                        || crate::report::is_report_event(ev) =>
-                {
-                    continue;
+        loop {
+            let mut events = watch_kv.list_watch_without_prev("/calico/");
+            while let Some(ev) = events.next().await {
+                match ev {
+                    // Status reports (our own writes among them) change nothing we reconcile.
+                    Ok(ev)
+                        if crate::node_status::is_node_status_event(&ev)
+                            || crate::report::is_report_event(&ev) => {}
+                    Ok(ev) => {
+                        if watch_tx.send(ev).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => warn!(error = %e, "datastore watch error"),
                 }
-                Ok(_) => {}
             }
-            if watch_tx.send(()).await.is_err() {
-                return;
-            }
+            // The watch gave up (etcd away for long): start again with a fresh list.
+            warn!("datastore watch ended; listing again");
+            tokio::time::sleep(MAX_BACKOFF).await;
         }
     });
     // The periodic full check (routeRefreshInterval; none when it is 0).
-    let tick_tx = trigger_tx.clone();
+    let (tick_tx, mut tick_rx) = mpsc::channel::<()>(1);
     tokio::spawn(async move {
         loop {
             let every = *refresh_rx.borrow_and_update();
@@ -429,162 +441,447 @@ pub async fn run(mut cfg: NodeConfig, etcd: EtcdClient) -> Result<(), AgentError
     // one transaction, so a restart never opens a gap. Without a usable nftables the agent
     // is not ready and retries every round (rounds back off while they fail).
     let mut policy: Option<PolicySync> = None;
+    let mut store = Store::new(&started.node_name);
+    let mut model: Option<PolicyModel> = None;
+    let mut routing = Routing::default();
 
     println!("{}", status::STARTED_LINE);
     let started_at = Instant::now();
     let mut failures: u32 = 0;
+    let mut work = Work::default();
+    // The first round waits for the watch's first snapshot (the start-up list).
+    let mut synced_once = false;
     loop {
-        match read_felix(&ds, &started.node_name, wireguard).await {
-            Ok(new) => settings.apply(new, &health, &metrics).await,
-            Err(e) => {
-                warn!(error = %e, "FelixConfiguration not readable; keeping the settings in force")
+        if synced_once {
+            let round = Instant::now();
+            // A full recompute: the watch's list (start, compaction) or the periodic resync.
+            if work.resync || work.change.snapshot {
+                metrics.inc(crate::metrics::RESYNCS_STARTED);
+            }
+            let problems = run_round(
+                &mut work,
+                &mut Round {
+                    ds: &ds,
+                    ipam: &ipam,
+                    tunnels: &mut tunnels,
+                    store: &store,
+                    model: &mut model,
+                    policy: &mut policy,
+                    routing: &mut routing,
+                    speaker: speaker.as_mut(),
+                    settings: &mut settings,
+                    nl: &nl,
+                    health: &health,
+                    metrics: &metrics,
+                    status: &status,
+                    started: &started,
+                    started_at,
+                    wireguard,
+                },
+            )
+            .await;
+            metrics.observe(crate::metrics::APPLY_TIME, round.elapsed().as_secs_f64());
+            if problems.is_empty() {
+                debug!("dataplane in sync");
+                failures = 0;
+                health.report(
+                    health::DATAPLANE,
+                    Some(health::LIVENESS_TIMEOUT),
+                    true,
+                    "in sync",
+                );
+            } else {
+                failures += 1;
+                metrics.inc(crate::metrics::DATAPLANE_FAILURES);
+                health.report(
+                    health::DATAPLANE,
+                    Some(health::LIVENESS_TIMEOUT),
+                    false,
+                    problems.join("; "),
+                );
             }
         }
-        metrics.inc(crate::metrics::RESYNCS_STARTED);
-        let round = Instant::now();
-        let mut problems: Vec<String> = vec![];
-        let ipv6 = settings.current.ipv6_support;
-        if let Err(e) = tunnels
-            .sync(
-                &ds,
-                &ipam,
-                &nl,
-                &started.node_name,
-                &settings.current.vxlan,
-                ipv6,
+        // A failed round is retried (as a full resync) after 1 s, then 2, 4, ... up to
+        // MAX_BACKOFF.
+        let retry_at = (failures > 0).then(|| {
+            Instant::now()
+                + (Duration::from_secs(1) * 2u32.saturating_pow(failures - 1)).min(MAX_BACKOFF)
+        });
+        // Wait for the next change. Session state changes do not start a round (nothing we
+        // program changed), so the status rows and health are refreshed every second
+        // meanwhile: cheap, and neither `calicoctl node status` nor readiness lags a session
+        // by more than that.
+        loop {
+            refresh_status(&health, &metrics, &status, speaker.as_ref(), started_at);
+            node_status.observe(speaker.as_ref());
+            tokio::select! {
+                ev = watch_rx.recv() => {
+                    let Some(ev) = ev else { return Ok(()) };
+                    work.event(&mut store, &ev);
+                    synced_once |= store.revision() > 0;
+                    break;
+                }
+                n = route_rx.rx.recv() => {
+                    let Some(n) = n else { return Ok(()) };
+                    work.notice(n);
+                    break;
+                }
+                _ = tick_rx.recv() => {
+                    work.resync = true;
+                    break;
+                }
+                _ = tokio::time::sleep(STATUS_REFRESH) => {
+                    if retry_at.is_some_and(|t| Instant::now() >= t) {
+                        work.resync = true;
+                        break;
+                    }
+                }
+            }
+        }
+        // Take the changes that arrive right behind the first into the same round.
+        tokio::time::sleep(COALESCE).await;
+        while let Ok(ev) = watch_rx.try_recv() {
+            work.event(&mut store, &ev);
+            synced_once |= store.revision() > 0;
+        }
+        while let Ok(n) = route_rx.rx.try_recv() {
+            work.notice(n);
+        }
+        if route_rx.take_overflow() {
+            debug!("route notices overflowed: reconciling every route");
+            work.all_routes = true;
+        }
+        if tick_rx.try_recv().is_ok() {
+            work.resync = true;
+        }
+    }
+}
+
+/// Status rows, BGP readiness and peer metrics from the speaker (every second).
+fn refresh_status(
+    health: &Arc<Health>,
+    metrics: &Arc<Metrics>,
+    status: &Arc<Mutex<NodeStatus>>,
+    speaker: Option<&BgpControl>,
+    started_at: Instant,
+) {
+    if let Some(sp) = speaker {
+        let (v4, v6) = sp.peer_rows();
+        let peers: Vec<_> = v4.iter().chain(&v6).cloned().collect();
+        match health::bgp_readiness(&peers, started_at.elapsed()) {
+            Ok(()) => health.report(health::BGP, None, true, ""),
+            Err(why) => health.report(health::BGP, None, false, why),
+        }
+        let mut states: BTreeMap<String, f64> = BTreeMap::new();
+        for p in &peers {
+            *states.entry(p.info.clone()).or_default() += 1.0;
+        }
+        metrics.replace(
+            crate::metrics::BGP_PEERS,
+            states
+                .into_iter()
+                .map(|(s, n)| (vec![("state", s)], n))
+                .collect(),
+        );
+        metrics.set(
+            crate::metrics::BGP_PREFIXES_RECEIVED,
+            sp.prefixes_received() as f64,
+        );
+        if let Ok(mut s) = status.lock() {
+            s.ipv4_peers = v4;
+            s.ipv6_peers = v6;
+        }
+    }
+    if let Ok(mut s) = status.lock() {
+        s.readiness = Some(health.readiness());
+    }
+}
+
+/// What the next round has to do.
+#[derive(Debug, Default)]
+struct Work {
+    /// What the watch changed since the last round.
+    change: Change,
+    /// Route notices from the speaker since the last round, last one per prefix wins:
+    /// prefix → next hop (`None`: withdrawn).
+    learned: BTreeMap<ipnet::IpNet, Option<std::net::IpAddr>>,
+    /// Every route is reconciled against the kernel (notices overflowed, the speaker synced).
+    all_routes: bool,
+    /// Level-triggered repair: everything is recomputed and compared with the kernel
+    /// (routeRefreshInterval, and after a failed round).
+    resync: bool,
+    /// A published Service record or a BGPConfiguration changed (or the watch re-listed):
+    /// the service addresses to advertise are read again.
+    services: bool,
+}
+
+impl Work {
+    /// Takes one watch event into the work.
+    fn event(&mut self, store: &mut Store, ev: &WatchEvent) {
+        self.change.merge(store.apply(ev));
+        let key = match ev {
+            WatchEvent::Put(kv) => kv.key.as_str(),
+            WatchEvent::Delete { key, .. } => key.as_str(),
+            WatchEvent::Snapshot(_) => "",
+        };
+        if key.is_empty()
+            || key.starts_with(SERVICES_PREFIX)
+            || key.contains("/projectcalico.org/bgpconfigurations/")
+        {
+            self.services = true;
+        }
+    }
+
+    fn notice(&mut self, n: RouteNotice) {
+        match n {
+            RouteNotice::Best { prefix, next_hop } => {
+                self.learned.insert(prefix, Some(next_hop));
+            }
+            RouteNotice::Withdrawn { prefix } => {
+                self.learned.insert(prefix, None);
+            }
+            // Learned routes the agent kept through a restart may go now.
+            RouteNotice::Synced => self.all_routes = true,
+        }
+    }
+}
+
+/// What a round works on.
+struct Round<'a> {
+    ds: &'a Datastore,
+    ipam: &'a Ipam,
+    tunnels: &'a mut crate::tunnel::Tunnels,
+    store: &'a Store,
+    model: &'a mut Option<PolicyModel>,
+    policy: &'a mut Option<PolicySync>,
+    routing: &'a mut Routing,
+    speaker: Option<&'a mut BgpControl>,
+    settings: &'a mut Settings,
+    nl: &'a Netlink,
+    health: &'a Arc<Health>,
+    metrics: &'a Arc<Metrics>,
+    status: &'a Arc<Mutex<NodeStatus>>,
+    started: &'a Started,
+    started_at: Instant,
+    wireguard: bool,
+}
+
+/// The route state the agent keeps between rounds.
+#[derive(Debug, Default)]
+struct Routing {
+    /// This node's routing snapshot, from the store (recomputed when routing inputs change).
+    snapshot: Option<Snapshot>,
+    /// The learned routes installed (or kept) by the last full route round, updated by the
+    /// notices since: what a withdrawal removes.
+    learned_installed: BTreeMap<ipnet::IpNet, std::net::IpAddr>,
+    /// The service ranges and this node's Local service addresses (read when `Work::services`).
+    services: crate::service_routes::ServiceAdvertisement,
+}
+
+/// One round: only the parts `work` touches (everything on a resync). Returns the problems
+/// (empty: in sync).
+async fn run_round(work: &mut Work, r: &mut Round<'_>) -> Vec<String> {
+    let mut problems = Vec::new();
+    let w = std::mem::take(work);
+    let mut aspects = w.change.aspects;
+    if w.resync {
+        aspects = Aspects::ALL;
+    }
+    let node = r.started.node_name.clone();
+    let felix_docs = r.store.felix_docs();
+    if aspects.felix {
+        let env = |k: &str| std::env::var(k).ok();
+        let new = felix_config::settings_for(&env, &felix_docs, &node, r.wireguard);
+        r.settings.apply(new, r.health, r.metrics).await;
+    }
+    let ipv6 = r.settings.current.ipv6_support;
+    // Routing: the speaker's configuration and the kernel's routes.
+    if aspects.speaker || aspects.routes || r.routing.snapshot.is_none() {
+        r.routing.snapshot = Some(r.store.snapshot());
+    }
+    let snap = r.routing.snapshot.clone().unwrap_or_default();
+    if w.services {
+        // Read only when a Service record or a BGPConfiguration changed (never per change of
+        // anything else): the published records are few and change rarely.
+        match crate::service_routes::read(r.ds, r.ipam.kv(), &node).await {
+            Ok(s) => {
+                r.routing.services = s;
+                aspects.speaker = true;
+            }
+            Err(e) => {
+                work.services = true;
+                problems.push(format!("service addresses: {}", error_chain(&e)));
+            }
+        }
+    }
+    // Overlays: while a pool asks for one (and on every resync, to clean up after one), the
+    // tunnel state is synchronised and every route is reconciled through its plan.
+    let overlay = r.store.ip_pools().any(|p| {
+        crate::tunnel::PoolOverlay::from_pool(p).is_some_and(|o| {
+            matches!(
+                o.overlay,
+                crate::tunnel::Overlay::Vxlan(_) | crate::tunnel::Overlay::Ipip(_)
             )
+        })
+    });
+    if overlay || w.resync {
+        if let Err(e) = r
+            .tunnels
+            .sync(r.ds, r.ipam, r.nl, &node, &r.settings.current.vxlan, ipv6)
             .await
         {
             warn!(error = %e, "overlay not in sync; will retry");
             problems.push(format!("overlay: {e}"));
         }
-        match reconcile(
-            &ds,
-            &ipam,
-            &nl,
-            &started,
-            speaker.as_mut(),
-            &tunnels,
-            started_at,
+        aspects.routes = true;
+    }
+    // Without a speaker no route is learned: nothing to wait for.
+    let mut synced = r.speaker.is_none() || r.started_at.elapsed() > LEARNED_ROUTES_GRACE;
+    let mut learned = BTreeMap::new();
+    if let Some(sp) = r.speaker.as_deref_mut() {
+        if aspects.speaker {
+            match speaker_view(&snap, r.started, &r.routing.services) {
+                Ok(view) => sp.apply(&view),
+                Err(e) => problems.push(format!("peering: {e}")),
+            }
+        }
+        synced = synced || sp.initial_sync_done();
+        if aspects.routes || w.all_routes {
+            learned = sp.learned();
+            // Service addresses are reached locally (kube-proxy), never via another node.
+            learned.retain(|p, _| !r.routing.services.ranges.covers(p));
+        }
+    }
+    if aspects.routes || w.all_routes {
+        match reconcile_routes(r.nl, &snap, &learned, r.tunnels, synced, ipv6).await {
+            Ok(stats) => {
+                r.routing.learned_installed = stats.learned_installed.clone();
+                record_route_metrics(r.metrics, r.store, &stats);
+            }
+            Err(e) => {
+                warn!(error = %e, source = ?std::error::Error::source(&e), "route reconcile failed; will retry");
+                problems.push(format!("routes: {e}"));
+            }
+        }
+    } else if !w.learned.is_empty() {
+        // A route event: straight to the kernel, nothing else recomputed.
+        let mut notices = w.learned.clone();
+        notices.retain(|p, _| !r.routing.services.ranges.covers(p));
+        if let Err(e) = apply_learned(
+            r.nl,
+            &snap,
+            &notices,
+            &mut r.routing.learned_installed,
+            synced,
             ipv6,
         )
         .await
         {
-            Ok(stats) => {
-                record_route_metrics(
-                    &metrics,
-                    &ipam,
-                    &stats,
-                    speaker.as_ref(),
-                    settings.current.metrics.enabled,
-                )
-                .await;
-            }
+            warn!(error = %e, "learned route change failed; will retry");
+            problems.push(format!("routes: {e}"));
+        }
+    }
+    // IPPool changes mark the speaker: NAT outgoing follows the pools, so the policy sync
+    // (which carries the nat chain) runs then too; unchanged, it sends nothing.
+    if (aspects.policy || aspects.felix || aspects.speaker)
+        && let Err(e) = sync_policy(r, &felix_docs, &w.change, w.resync)
+    {
+        problems.push(e);
+    }
+    // Learned routes change with route notices too (no full round): counted every round.
+    if r.speaker.is_some() {
+        r.metrics.set(
+            crate::metrics::BGP_ROUTES_INSTALLED,
+            r.routing.learned_installed.len() as f64,
+        );
+    }
+    // IPAM blocks change no work, only this metric (from the model, every round).
+    r.metrics.set(
+        crate::metrics::IPAM_ALLOCATED,
+        r.store.own_addresses_in_use() as f64,
+    );
+    problems
+}
+
+/// Updates the policy model with the changed objects and enforces the program when it
+/// changed. `resync` also checks that the table is still in the kernel.
+fn sync_policy(
+    r: &mut Round<'_>,
+    felix_docs: &[serde_json::Value],
+    change: &Change,
+    resync: bool,
+) -> Result<(), String> {
+    let node = r.started.node_name.as_str();
+    let mut problem = None;
+    let felix = match calico_policy::felix::settings_for(felix_docs, node) {
+        Ok(f) => f,
+        Err(e) => {
+            problem = Some(format!("policy: {}", error_chain(&PolicyError::from(e))));
+            r.model
+                .as_ref()
+                .map(|m| m.felix().clone())
+                .unwrap_or_default()
+        }
+    };
+    // The model first: whatever fails below, it has taken this change.
+    PolicyModel::advance(r.model, r.store, change, &felix);
+    if resync {
+        // Level-triggered safety: the periodic resync recomputes the program from the whole
+        // store (memory only, no datastore read); a difference would be a bug of the
+        // incremental path, logged, and the recomputed program is the one enforced.
+        let fresh = PolicyModel::new(r.store, &felix);
+        let same = match (fresh.program(), r.model.as_ref().map(PolicyModel::program)) {
+            (Ok(a), Some(Ok(b))) => a == b,
+            (Err(_), Some(Err(_))) => true,
+            _ => false,
+        };
+        if !same {
+            error!(
+                "the incremental policy model differed from a full recompute; enforcing the recompute"
+            );
+        }
+        *r.model = Some(fresh);
+    }
+    if let Some(p) = problem {
+        return Err(p);
+    }
+    if r.policy.is_none() {
+        match PolicySync::new() {
+            Ok(p) => *r.policy = Some(p),
             Err(e) => {
-                warn!(error = %e, source = ?std::error::Error::source(&e), "reconcile failed; will retry");
-                problems.push(format!("routes: {e}"));
+                error!(error = %e, "nftables cannot be programmed: policy is NOT enforced on this node; not ready, retrying");
+                return Err(format!("nftables cannot be programmed: {e}"));
             }
         }
-        if policy.is_none() {
-            match PolicySync::new() {
-                Ok(p) => policy = Some(p),
-                Err(e) => {
-                    error!(error = %e, "nftables cannot be programmed: policy is NOT enforced on this node; not ready, retrying");
-                    problems.push(format!("nftables cannot be programmed: {e}"));
-                }
-            }
-        }
-        if let Some(p) = policy.as_mut() {
-            // NAT outgoing lives in the policy table: handed over here, enforced by the sync.
-            if let Err(e) = crate::nat::sync(&ds, &settings.current, p).await {
-                problems.push(format!("nat outgoing: {}", error_chain(&e)));
-            }
-            let synced = match p.verify() {
-                Ok(_) => p.sync(&ds, &started.node_name).await,
-                Err(e) => Err(e),
-            };
+    }
+    let p = r.policy.as_mut().expect("set above");
+    // NAT outgoing lives in the policy table: from the model's pools, enforced by this sync.
+    let pools: Vec<calico_api::IPPool> = r.store.ip_pools().cloned().collect();
+    p.set_nat_outgoing(crate::nat::desired(&pools, &r.settings.current));
+    let model = r.model.as_ref().expect("set by advance");
+    let synced = match model.program() {
+        Ok((program, issues)) => {
+            let verified = p.verify().map(|_| ());
+            let res =
+                verified.and_then(|_| p.enforce_compiled(program, issues, model.felix(), node));
             // The isolated issues come from the compilation, which precedes any apply error:
             // shown whatever the outcome of the apply.
-            record_policy_issues(&metrics, &status, p.issues());
-            match synced {
-                Ok(_) => {
-                    if let Some(prog) = p.applied() {
-                        record_policy_metrics(&metrics, prog);
-                    }
-                }
-                Err(e) => {
-                    error!(error = %e, source = ?std::error::Error::source(&e), "policy sync failed: this node does not enforce the current policy; not ready, retrying");
-                    problems.push(format!("policy: {}", error_chain(&e)));
-                }
-            }
+            record_policy_issues(r.metrics, r.status, p.issues());
+            res
         }
-        metrics.observe(crate::metrics::APPLY_TIME, round.elapsed().as_secs_f64());
-        let (dp_ready, dp_detail) = if problems.is_empty() {
-            failures = 0;
-            debug!("dataplane in sync");
-            (true, "in sync".to_string())
-        } else {
-            failures += 1;
-            metrics.inc(crate::metrics::DATAPLANE_FAILURES);
-            (false, problems.join("; "))
-        };
-        // A failed round is retried after 1 s, then 2, 4, ... up to MAX_BACKOFF.
-        let retry_at = (failures > 0).then(|| {
-            Instant::now()
-                + (Duration::from_secs(1) * 2u32.saturating_pow(failures - 1)).min(MAX_BACKOFF)
-        });
-        // Wait for the next trigger. Session state changes do not trigger a reconcile (nothing
-        // in the datastore changed), so the status rows and health are refreshed every second
-        // meanwhile: cheap, and neither `calicoctl node status` nor readiness lags a session
-        // by more than that.
-        loop {
-            health.report(
-                health::DATAPLANE,
-                Some(health::LIVENESS_TIMEOUT),
-                dp_ready,
-                dp_detail.clone(),
-            );
-            if let Some(sp) = &speaker {
-                let (v4, v6) = sp.peer_rows();
-                let peers: Vec<_> = v4.iter().chain(&v6).cloned().collect();
-                match health::bgp_readiness(&peers, started_at.elapsed()) {
-                    Ok(()) => health.report(health::BGP, None, true, ""),
-                    Err(why) => health.report(health::BGP, None, false, why),
-                }
-                let mut states: BTreeMap<String, f64> = BTreeMap::new();
-                for p in &peers {
-                    *states.entry(p.info.clone()).or_default() += 1.0;
-                }
-                metrics.replace(
-                    crate::metrics::BGP_PEERS,
-                    states
-                        .into_iter()
-                        .map(|(s, n)| (vec![("state", s)], n))
-                        .collect(),
-                );
-                metrics.set(
-                    crate::metrics::BGP_PREFIXES_RECEIVED,
-                    sp.prefixes_received() as f64,
-                );
-                if let Ok(mut s) = status.lock() {
-                    s.ipv4_peers = v4;
-                    s.ipv6_peers = v6;
-                }
+        Err(e) => Err(e),
+    };
+    match synced {
+        Ok(_) => {
+            if let Some(prog) = p.applied() {
+                record_policy_metrics(r.metrics, prog);
             }
-            if let Ok(mut s) = status.lock() {
-                s.readiness = Some(health.readiness());
-            }
-            node_status.observe(speaker.as_ref());
-            match tokio::time::timeout(STATUS_REFRESH, trigger_rx.recv()).await {
-                Ok(Some(())) => break,
-                Ok(None) => return Ok(()),
-                Err(_elapsed) if retry_at.is_some_and(|t| Instant::now() >= t) => break,
-                Err(_elapsed) => {}
-            }
+            Ok(())
         }
-        // Swallow the triggers that arrive right behind the first.
-        tokio::time::sleep(COALESCE).await;
-        while trigger_rx.try_recv().is_ok() {}
+        Err(e) => {
+            error!(error = %e, source = ?std::error::Error::source(&e), "policy sync failed: this node does not enforce the current policy; not ready, retrying");
+            Err(format!("policy: {}", error_chain(&e)))
+        }
     }
 }
 
@@ -603,43 +900,19 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     out
 }
 
-/// What one reconcile round found, for the metrics.
+/// What one full route round found, for the metrics.
 struct RoundStats {
-    hosts: usize,
     own_blocks: BTreeSet<ipnet::IpNet>,
-    learned_installed: usize,
+    learned_installed: BTreeMap<ipnet::IpNet, std::net::IpAddr>,
     route_list: Duration,
 }
 
-async fn record_route_metrics(
-    metrics: &Metrics,
-    ipam: &Ipam,
-    stats: &RoundStats,
-    speaker: Option<&BgpControl>,
-    enabled: bool,
-) {
+/// Route and IPAM metrics, from the model (no datastore read).
+fn record_route_metrics(metrics: &Metrics, store: &Store, stats: &RoundStats) {
     use crate::metrics::*;
-    metrics.set(CLUSTER_NUM_HOSTS, stats.hosts as f64);
+    metrics.set(CLUSTER_NUM_HOSTS, store.node_count() as f64);
     metrics.observe(ROUTE_TABLE_LIST, stats.route_list.as_secs_f64());
-    if speaker.is_some() {
-        metrics.set(BGP_ROUTES_INSTALLED, stats.learned_installed as f64);
-    }
     metrics.set(IPAM_BLOCKS, stats.own_blocks.len() as f64);
-    // Reading every block is a datastore listing: only while someone scrapes.
-    if enabled {
-        match calico_ipam::admin::utilization(ipam).await {
-            Ok(pools) => {
-                let in_use: u128 = pools
-                    .iter()
-                    .flat_map(|(_, blocks)| blocks)
-                    .filter(|b| stats.own_blocks.contains(&b.cidr))
-                    .map(|b| b.in_use)
-                    .sum();
-                metrics.set(IPAM_ALLOCATED, in_use as f64);
-            }
-            Err(e) => debug!(error = %e, "IPAM usage not readable for metrics"),
-        }
-    }
 }
 
 /// The policies and profiles not enforced as written: per outcome on `/metrics` (every
@@ -687,61 +960,55 @@ fn record_policy_metrics(metrics: &Metrics, prog: &HostProgram) {
     metrics.set(crate::metrics::ACTIVE_LOCAL_POLICIES, policies.len() as f64);
 }
 
-// One argument per input of the round; the incremental model (issue 15) replaces this list.
-#[allow(clippy::too_many_arguments)]
-async fn reconcile(
-    ds: &Datastore,
-    ipam: &Ipam,
-    nl: &Netlink,
+/// What the speaker must be told for this snapshot.
+fn speaker_view(
+    snap: &Snapshot,
     started: &Started,
-    speaker: Option<&mut BgpControl>,
-    tunnels: &crate::tunnel::Tunnels,
-    started_at: Instant,
-    ipv6: bool,
-) -> Result<RoundStats, AgentError> {
-    let snap = read_snapshot(ds, ipam, &started.node_name).await?;
-    let services = crate::service_routes::read(ds, ipam.kv(), &started.node_name).await?;
-    let mut inputs = RouteInputs {
+    services: &crate::service_routes::ServiceAdvertisement,
+) -> Result<SpeakerView, AgentError> {
+    let sessions =
+        peering::sessions_for(&started.node_name, &snap.nodes, &snap.global, &snap.peers)?;
+    let me = snap.nodes.iter().find(|n| n.name == started.node_name);
+    Ok(SpeakerView {
+        router_id: started.ipv4.map(|n| n.addr()),
+        local_as: started.as_number,
+        listen_port: me
+            .and_then(|n| n.listen_port)
+            .unwrap_or(snap.global.listen_port),
+        sessions,
+        announced: &routes::announced_prefixes(&route_inputs(snap, BTreeMap::new()))
+            | &services.advertised,
+        local_v4: started.ipv4.map(|n| n.addr()),
+        local_v6: started.ipv6.map(|n| n.addr()),
+        cluster_id: me
+            .and_then(|n| n.rr_cluster_id.as_deref())
+            .and_then(|c| c.parse().ok()),
+        bgp_filters: snap.bgp_filters.clone(),
+        prefix_advertisements: snap.global.prefix_advertisements.clone(),
+        service_ranges: services.ranges.all().copied().collect(),
+    })
+}
+
+fn route_inputs(snap: &Snapshot, learned: BTreeMap<ipnet::IpNet, std::net::IpAddr>) -> RouteInputs {
+    RouteInputs {
         own_blocks: snap.own_blocks.clone(),
-        learned: BTreeMap::new(),
+        learned,
         workloads: snap.workloads.clone(),
         no_export: snap.no_export.clone(),
-    };
-    // Without a speaker no route is learned: nothing to wait for.
-    let mut synced = speaker.is_none() || started_at.elapsed() > LEARNED_ROUTES_GRACE;
-    if let Some(sp) = speaker {
-        let sessions =
-            peering::sessions_for(&started.node_name, &snap.nodes, &snap.global, &snap.peers)?;
-        let view = SpeakerView {
-            router_id: started.ipv4.map(|n| n.addr()),
-            local_as: started.as_number,
-            listen_port: snap
-                .nodes
-                .iter()
-                .find(|n| n.name == started.node_name)
-                .and_then(|n| n.listen_port)
-                .unwrap_or(snap.global.listen_port),
-            sessions,
-            announced: &routes::announced_prefixes(&inputs) | &services.advertised,
-            local_v4: started.ipv4.map(|n| n.addr()),
-            local_v6: started.ipv6.map(|n| n.addr()),
-            cluster_id: snap
-                .nodes
-                .iter()
-                .find(|n| n.name == started.node_name)
-                .and_then(|n| n.rr_cluster_id.as_deref())
-                .and_then(|c| c.parse().ok()),
-            bgp_filters: snap.bgp_filters.clone(),
-            prefix_advertisements: snap.global.prefix_advertisements.clone(),
-            service_ranges: services.ranges.all().copied().collect(),
-        };
-        sp.apply(&view);
-        inputs.learned = sp.learned();
-        // Service addresses are reached locally (kube-proxy), never via another node.
-        inputs.learned.retain(|p, _| !services.ranges.covers(p));
-        synced = synced || sp.initial_sync_done();
     }
-    let mut desired = routes::desired_routes(&inputs);
+}
+
+/// Every route of this node against the kernel: the level-triggered path (start, a change of
+/// blocks or local workloads, a resync, an overflow of route notices).
+async fn reconcile_routes(
+    nl: &Netlink,
+    snap: &Snapshot,
+    learned: &BTreeMap<ipnet::IpNet, std::net::IpAddr>,
+    tunnels: &crate::tunnel::Tunnels,
+    synced: bool,
+    ipv6: bool,
+) -> Result<RoundStats, AgentError> {
+    let mut desired = routes::desired_routes(&route_inputs(snap, learned.clone()));
     tunnels.adjust(&mut desired);
     if !ipv6 {
         // ipv6Support: false: IPv6 routes are neither programmed nor removed.
@@ -749,14 +1016,75 @@ async fn reconcile(
     }
     let route_list = apply_routes(nl, &desired, synced, ipv6).await?;
     Ok(RoundStats {
-        hosts: snap.nodes.len(),
-        own_blocks: snap.own_blocks,
+        own_blocks: snap.own_blocks.clone(),
         learned_installed: desired
             .iter()
-            .filter(|r| matches!(r.target, Target::Via(_)))
-            .count(),
+            .filter_map(|r| match r.target {
+                Target::Via(nh) => Some((r.dst, nh)),
+                _ => None,
+            })
+            .collect(),
         route_list,
     })
+}
+
+/// Route notices from the speaker, straight to the kernel: no datastore read, no speaker
+/// reconfiguration, no policy compile, no listing of the kernel's routes. The same rules as
+/// [`routes::desired_routes`]: our own blocks keep their blackhole; a withdrawn route goes only
+/// once the speaker has synced (until then the next full round decides).
+async fn apply_learned(
+    nl: &Netlink,
+    snap: &Snapshot,
+    notices: &BTreeMap<ipnet::IpNet, Option<std::net::IpAddr>>,
+    installed: &mut BTreeMap<ipnet::IpNet, std::net::IpAddr>,
+    synced: bool,
+    ipv6: bool,
+) -> Result<(), AgentError> {
+    let mut changes = Vec::new();
+    for (prefix, next_hop) in notices {
+        if snap.own_blocks.contains(prefix) || (!ipv6 && !prefix.addr().is_ipv4()) {
+            continue;
+        }
+        let route = |nh| {
+            to_kernel(&KernelRoute {
+                dst: *prefix,
+                target: Target::Via(nh),
+            })
+        };
+        match next_hop {
+            Some(nh) if installed.get(prefix) != Some(nh) => {
+                info!(route = %route(*nh), "installing route");
+                changes.push((*prefix, Some(*nh), RouteChange::Replace(route(*nh))));
+            }
+            Some(_) => {}
+            None if synced => {
+                if let Some(old) = installed.get(prefix) {
+                    info!(route = %route(*old), "removing route");
+                    changes.push((*prefix, None, RouteChange::Delete(route(*old))));
+                }
+            }
+            None => debug!(%prefix, "keeping learned route until the speaker has synced"),
+        }
+    }
+    let batch: Vec<RouteChange> = changes.iter().map(|(_, _, c)| c.clone()).collect();
+    let failures = nl.apply_route_changes(&batch).await;
+    for (i, (prefix, nh, _)) in changes.iter().enumerate() {
+        if failures.iter().any(|(j, _)| *j == i) {
+            continue;
+        }
+        match nh {
+            Some(nh) => installed.insert(*prefix, *nh),
+            None => installed.remove(prefix),
+        };
+    }
+    let failed = failures.len();
+    match failures.into_iter().next() {
+        None => Ok(()),
+        Some((_, first)) => Err(AgentError::Kernel {
+            what: format!("{failed} of {} route changes failed", batch.len()),
+            source: Box::new(first),
+        }),
+    }
 }
 
 #[cfg(test)]
@@ -777,13 +1105,6 @@ mod tests {
             KernelRoute {
                 dst: "192.168.166.128/32".parse().unwrap(),
                 target: Target::Dev("calicce21fc3677".into()),
-            },
-            KernelRoute {
-                dst: "10.65.1.0/26".parse().unwrap(),
-                target: Target::Onlink {
-                    via: "10.65.1.0".parse().unwrap(),
-                    dev: "vxlan.calico".into(),
-                },
             },
         ] {
             assert_eq!(from_kernel(&to_kernel(&r)), Some(r));

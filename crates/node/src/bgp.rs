@@ -18,11 +18,11 @@ use calico_bgp::speaker::{
     AfiName, NextHopMode, PeerConfig, PrefixCommunities, Route, RouteEvent, Speaker, SpeakerConfig,
 };
 use ipnet::IpNet;
-use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use crate::bgpfilter;
 use crate::peering::{self, Session, SessionKind};
+use crate::routes::RouteNotice;
 use crate::status::{PeerRow, PeerType};
 
 /// Where BGP password secrets are read from unless `CALICO_BGP_SECRETS_DIR` says otherwise.
@@ -202,14 +202,16 @@ fn hhmmss(t: SystemTime) -> String {
 impl BgpControl {
     /// Starts the speaker. `restarted`: this agent finds its own routes already in the kernel,
     /// so it asks its peers (graceful restart) to keep ours while it comes back.
-    pub fn start(restarted: bool, trigger: mpsc::Sender<()>) -> BgpControl {
+    /// Each route event goes on `routes` to the agent's route reconciler as it comes (the
+    /// table of best paths is updated first; see [`crate::routes::RouteFeed`] on overflow).
+    pub fn start(restarted: bool, routes: crate::routes::RouteFeed) -> BgpControl {
         let (speaker, mut events) = Speaker::start();
         let learned = Arc::new(Mutex::new(BTreeMap::new()));
         let synced = Arc::new(AtomicBool::new(false));
         let (l, s) = (learned.clone(), synced.clone());
         tokio::spawn(async move {
             while let Some(ev) = events.recv().await {
-                {
+                let notice = {
                     let mut map = l.lock().unwrap_or_else(|p| p.into_inner());
                     match ev {
                         RouteEvent::Best {
@@ -219,17 +221,20 @@ impl BgpControl {
                             ..
                         } => {
                             map.insert(prefix, (next_hop, learned_from));
+                            RouteNotice::Best { prefix, next_hop }
                         }
                         RouteEvent::Withdrawn { prefix } => {
                             map.remove(&prefix);
+                            RouteNotice::Withdrawn { prefix }
                         }
                         RouteEvent::Synced => {
                             info!("BGP speaker synchronised with its peers");
                             s.store(true, Ordering::SeqCst);
+                            RouteNotice::Synced
                         }
                     }
-                }
-                if trigger.send(()).await.is_err() {
+                };
+                if !routes.send(notice) {
                     return;
                 }
             }

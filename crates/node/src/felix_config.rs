@@ -580,11 +580,15 @@ pub const FIELDS: &[(&str, Support)] = {
         ),
         (
             "vxlanMTU",
-            Honoured("MTU of vxlan.calico and, when an IPv4 pool uses VXLAN, of pods (0 or unset: host MTU − 50)"),
+            Honoured(
+                "MTU of vxlan.calico and, when an IPv4 pool uses VXLAN, of pods (0 or unset: host MTU − 50)",
+            ),
         ),
         (
             "vxlanMTUV6",
-            Honoured("MTU of vxlan-v6.calico and, when an IPv6 pool uses VXLAN, of pods (0 or unset: host MTU − 70)"),
+            Honoured(
+                "MTU of vxlan-v6.calico and, when an IPv6 pool uses VXLAN, of pods (0 or unset: host MTU − 70)",
+            ),
         ),
         ("vxlanPort", Honoured("UDP port of the VXLAN devices")),
         ("vxlanVNI", Honoured("VNI of the VXLAN devices")),

@@ -11,6 +11,7 @@ pub mod health;
 pub mod libnetwork;
 pub mod logging;
 pub mod metrics;
+pub mod model;
 pub mod mtu;
 pub mod nat;
 pub mod node_status;

@@ -12,25 +12,15 @@
 //!   stops IPAM from allocating in the pool), so the workloads still holding addresses of a
 //!   disabled pool keep reaching the outside, and traffic to a disabled pool keeps its source.
 //!
-//! The agent calls [`sync`] once per round, before the policy sync; the table is changed
-//! only when the result differs, and then by difference (the pool sets are refilled, the
+//! The agent computes [`desired`] from the pools in its model on every policy round and hands
+//! it to the policy sync; the table is changed only when the result differs, and then by difference (the pool sets are refilled, the
 //! chain is rewritten only when its rules change). Established connections keep the mapping
 //! conntrack gave them, whatever changes.
 
 use calico_api::IPPool;
-use calico_datastore::{Datastore, ResourceError};
 use calico_nftables::NatOutgoing;
 
 use crate::felix_config::FelixSettings;
-use crate::policy::PolicySync;
-
-/// Why the NAT settings could not be computed (the ones in force stay).
-#[derive(Debug, thiserror::Error)]
-pub enum NatError {
-    /// The pools could not be listed.
-    #[error("listing IPPools: {0}")]
-    Pools(#[source] Box<ResourceError>),
-}
 
 /// What NAT outgoing does on a node, from the pools and the FelixConfiguration in force.
 pub fn desired(pools: &[IPPool], felix: &FelixSettings) -> NatOutgoing {
@@ -53,21 +43,6 @@ pub fn desired(pools: &[IPPool], felix: &FelixSettings) -> NatOutgoing {
     nat.all_pools.sort();
     nat.masq_pools.sort();
     nat
-}
-
-/// Reads the pools and hands the NAT settings to the policy sync (applied by its next sync).
-pub async fn sync(
-    ds: &Datastore,
-    felix: &FelixSettings,
-    policy: &mut PolicySync,
-) -> Result<(), NatError> {
-    let pools = ds
-        .list::<IPPool>(None)
-        .await
-        .map_err(|e| NatError::Pools(Box::new(e)))?
-        .items;
-    policy.set_nat_outgoing(desired(&pools, felix));
-    Ok(())
 }
 
 #[cfg(test)]

@@ -244,8 +244,22 @@ impl<E: Enforcer> PolicySync<E> {
         node: &str,
     ) -> Result<bool, PolicyError> {
         let (program, issues) = compile_isolated_for(resources, felix, node)?;
-        if issues != self.issues {
-            for i in &issues {
+        self.enforce_compiled(&program, &issues, felix, node)
+    }
+
+    /// Enforces a program already compiled (the agent's model keeps it up to date change by
+    /// change) when it differs from the last one applied; records its issues. Returns whether
+    /// anything was sent to the kernel. Only the difference is sent
+    /// (`PolicyDataplane::apply_changes`: the chains and sets that changed).
+    pub fn enforce_compiled(
+        &mut self,
+        program: &HostProgram,
+        issues: &[PolicyIssue],
+        felix: &FelixPolicySettings,
+        node: &str,
+    ) -> Result<bool, PolicyError> {
+        if issues != self.issues.as_slice() {
+            for i in issues {
                 tracing::warn!(
                     node,
                     policy = %i.owner,
@@ -255,12 +269,12 @@ impl<E: Enforcer> PolicySync<E> {
                     "policy not enforced as written"
                 );
             }
-            self.issues = issues;
+            self.issues = issues.to_vec();
         }
         if self
             .applied
             .as_ref()
-            .is_some_and(|(p, f)| *p == program && f == felix)
+            .is_some_and(|(p, f)| p == program && f == felix)
             && self.nat_applied.as_ref() == Some(&self.nat)
         {
             return Ok(false);
@@ -268,7 +282,7 @@ impl<E: Enforcer> PolicySync<E> {
         self.enforcer.set_nat_outgoing(self.nat.clone());
         let report =
             self.enforcer
-                .enforce(&program, felix)
+                .enforce(program, felix)
                 .map_err(|source| PolicyError::Apply {
                     node: node.to_string(),
                     source: Box::new(source),
@@ -284,7 +298,7 @@ impl<E: Enforcer> PolicySync<E> {
             sets_touched = report.sets.len(),
             "policy applied"
         );
-        self.applied = Some((program, felix.clone()));
+        self.applied = Some((program.clone(), felix.clone()));
         self.nat_applied = Some(self.nat.clone());
         Ok(true)
     }
@@ -312,13 +326,18 @@ pub fn compile_isolated_for(
     felix: &FelixPolicySettings,
     node: &str,
 ) -> Result<(HostProgram, Vec<PolicyIssue>), PolicyError> {
-    compile_isolated(resources, &felix.failsafe, Some(node)).map_err(|e| match e {
+    compile_isolated(resources, &felix.failsafe, Some(node)).map_err(|e| isolate_error(e, node))
+}
+
+/// The error of a compilation for `node` that failed as a whole.
+pub(crate) fn isolate_error(e: IsolateError, node: &str) -> PolicyError {
+    match e {
         IsolateError::Convert(e) => PolicyError::Convert(Box::new(e)),
         IsolateError::Compile(source) => PolicyError::Compile {
             node: node.to_string(),
             source: Box::new(source),
         },
-    })
+    }
 }
 
 /// The policy settings of FelixConfiguration `default` and `node.<node>`, read as stored

@@ -128,6 +128,81 @@ pub fn diff(desired: &BTreeSet<KernelRoute>, present: &BTreeSet<KernelRoute>) ->
     }
 }
 
+/// What the BGP speaker tells the agent's route reconciler about one prefix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteNotice {
+    /// The best path to `prefix` is now via `next_hop`.
+    Best { prefix: IpNet, next_hop: IpAddr },
+    /// No learned path to `prefix` any more.
+    Withdrawn { prefix: IpNet },
+    /// The speaker has synchronised with its peers: stale learned routes may go.
+    Synced,
+}
+
+/// How many route notices may wait for the agent before they are coalesced into one full
+/// route resync (see [`RouteFeed`]).
+pub const ROUTE_NOTICES: usize = 4096;
+
+/// The bounded channel from the speaker's route events to the agent's route reconciler.
+///
+/// Overflow: the sender never waits (the speaker's own queue is drained at once into the
+/// table of best paths, [`crate::bgp::BgpControl::learned`], which always holds every
+/// prefix). When [`ROUTE_NOTICES`] notices are already waiting, a new one is dropped and the
+/// feed is marked overflowed; the agent, on taking the mark
+/// ([`RouteFeedReceiver::take_overflow`]), reconciles every route from that table instead of
+/// from the notices. Nothing is lost: the table is read after the mark is taken, so it holds
+/// every change a dropped notice described.
+#[derive(Debug, Clone)]
+pub struct RouteFeed {
+    tx: tokio::sync::mpsc::Sender<RouteNotice>,
+    overflowed: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// The agent's end of a [`RouteFeed`].
+#[derive(Debug)]
+pub struct RouteFeedReceiver {
+    pub rx: tokio::sync::mpsc::Receiver<RouteNotice>,
+    overflowed: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// A route feed holding at most `capacity` notices.
+pub fn route_feed(capacity: usize) -> (RouteFeed, RouteFeedReceiver) {
+    let (tx, rx) = tokio::sync::mpsc::channel(capacity);
+    let overflowed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    (
+        RouteFeed {
+            tx,
+            overflowed: overflowed.clone(),
+        },
+        RouteFeedReceiver { rx, overflowed },
+    )
+}
+
+impl RouteFeed {
+    /// Queues `n` without waiting; on a full queue marks the feed overflowed. `false` once
+    /// the agent is gone.
+    pub fn send(&self, n: RouteNotice) -> bool {
+        use tokio::sync::mpsc::error::TrySendError;
+        match self.tx.try_send(n) {
+            Ok(()) => true,
+            Err(TrySendError::Full(_)) => {
+                self.overflowed
+                    .store(true, std::sync::atomic::Ordering::SeqCst);
+                true
+            }
+            Err(TrySendError::Closed(_)) => false,
+        }
+    }
+}
+
+impl RouteFeedReceiver {
+    /// Whether notices were dropped since the last call (then reconcile every route).
+    pub fn take_overflow(&self) -> bool {
+        self.overflowed
+            .swap(false, std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -248,5 +323,24 @@ mod tests {
         assert_eq!(d.add, vec![old]);
         // Replace semantics: the add overwrites; removing the old one would drop traffic.
         assert!(d.remove.is_empty());
+    }
+
+    #[tokio::test]
+    async fn route_feed_overflow_is_marked_not_lost() {
+        let (feed, mut rx) = route_feed(2);
+        let p = |i: u8| RouteNotice::Withdrawn {
+            prefix: net(&format!("10.0.{i}.0/24")),
+        };
+        assert!(feed.send(p(1)) && feed.send(p(2)));
+        assert!(!rx.take_overflow());
+        assert!(feed.send(p(3)), "full: dropped, not an error");
+        assert!(rx.take_overflow(), "the drop is marked");
+        assert!(!rx.take_overflow(), "the mark is taken once");
+        assert_eq!(rx.rx.recv().await, Some(p(1)));
+        assert_eq!(rx.rx.recv().await, Some(p(2)));
+        assert!(feed.send(p(4)));
+        assert_eq!(rx.rx.recv().await, Some(p(4)));
+        drop(rx);
+        assert!(!feed.send(p(5)), "closed once the agent is gone");
     }
 }

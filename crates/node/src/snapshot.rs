@@ -142,7 +142,92 @@ fn global_view(configs: &[BGPConfiguration]) -> GlobalBgp {
     g
 }
 
-/// Reads the snapshot for node `name`.
+/// Everything a [`Snapshot`] is computed from, as resources: what the agent's model holds
+/// (kept by its watch) and what [`read_snapshot`] lists (the full-recompute oracle). Both go
+/// through [`Snapshot::compute`], so they cannot disagree on the rules.
+#[derive(Debug, Clone, Copy)]
+pub struct RoutingResources<'a> {
+    pub bgp_configs: &'a [&'a BGPConfiguration],
+    pub nodes: &'a [&'a Node],
+    pub peers: &'a [&'a BGPPeer],
+    pub bgp_filters: &'a [&'a calico_api::BGPFilter],
+    pub ip_pools: &'a [&'a calico_api::IPPool],
+    /// Blocks with a confirmed affinity to this node.
+    pub own_blocks: &'a BTreeSet<IpNet>,
+    /// This node's workload endpoints (others are ignored).
+    pub local_workloads: &'a [&'a WorkloadEndpoint],
+}
+
+impl Snapshot {
+    /// The snapshot of node `name` from its resources (pure).
+    pub fn compute(r: &RoutingResources<'_>, name: &str) -> Snapshot {
+        // Per-node listen ports live in `node.<name>` BGPConfigurations.
+        let listen_ports: BTreeMap<String, u16> = r
+            .bgp_configs
+            .iter()
+            .filter_map(|c| {
+                let node = c.metadata.name.as_deref()?.strip_prefix("node.")?;
+                let port = u16::try_from(c.spec.listen_port?).ok()?;
+                Some((node.to_string(), port))
+            })
+            .collect();
+        let nodes = r
+            .nodes
+            .iter()
+            .map(|n| node_view(n, &listen_ports))
+            .collect();
+        let peers = r.peers.iter().map(|p| peer_view(p)).collect();
+        let workloads = r
+            .local_workloads
+            .iter()
+            .filter(|w| w.spec.node.as_deref() == Some(name))
+            .flat_map(|w| {
+                let iface = w.spec.interface_name.clone().unwrap_or_default();
+                w.spec
+                    .ip_networks
+                    .iter()
+                    .filter_map(|n| n.parse::<IpNet>().ok())
+                    .map(move |ip| LocalWorkload {
+                        ip,
+                        interface: iface.clone(),
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .filter(|w| !w.interface.is_empty())
+            .collect();
+        let no_export = r
+            .ip_pools
+            .iter()
+            .filter(|p| p.spec.disable_bgp_export == Some(true))
+            .filter_map(|p| p.spec.cidr.parse::<IpNet>().ok())
+            .collect();
+        let bgp_filters = r
+            .bgp_filters
+            .iter()
+            .filter_map(|f| Some((f.metadata.name.clone()?, f.spec.clone())))
+            .collect();
+        let configs: Vec<BGPConfiguration> = r.bgp_configs.iter().map(|c| (*c).clone()).collect();
+        Snapshot {
+            no_export,
+            bgp_filters,
+            nodes,
+            global: GlobalBgp {
+                prefix_advertisements: crate::bgpfilter::prefix_advertisements(&configs, name)
+                    .unwrap_or_else(|e| {
+                        tracing::warn!(error = %e, "prefixAdvertisements ignored");
+                        Vec::new()
+                    }),
+                ..global_view(&configs)
+            },
+            peers,
+            own_blocks: r.own_blocks.clone(),
+            workloads,
+        }
+    }
+}
+
+/// Reads the snapshot for node `name` by listing the datastore: the full recompute the
+/// agent's watch-fed model is checked against, and what `calicoctl node peers` uses.
 pub async fn read_snapshot(
     ds: &Datastore,
     ipam: &Ipam,
@@ -160,32 +245,17 @@ pub async fn read_snapshot(
         .await
         .map_err(err("listing BGPConfigurations"))?
         .items;
-    // Per-node listen ports live in `node.<name>` BGPConfigurations.
-    let listen_ports: BTreeMap<String, u16> = configs
-        .iter()
-        .filter_map(|c| {
-            let node = c.metadata.name.as_deref()?.strip_prefix("node.")?;
-            let port = u16::try_from(c.spec.listen_port?).ok()?;
-            Some((node.to_string(), port))
-        })
-        .collect();
     let nodes = ds
         .list::<Node>(None)
         .await
         .map_err(err("listing Nodes"))?
-        .items
-        .iter()
-        .map(|n| node_view(n, &listen_ports))
-        .collect();
+        .items;
     let peers = ds
         .list::<BGPPeer>(None)
         .await
         .map_err(err("listing BGPPeers"))?
-        .items
-        .iter()
-        .map(peer_view)
-        .collect();
-    let own_blocks = ipam
+        .items;
+    let own_blocks: BTreeSet<IpNet> = ipam
         .host_affinities(name)
         .await
         .map_err(|source| SnapshotError::Ipam {
@@ -200,56 +270,38 @@ pub async fn read_snapshot(
         .list::<WorkloadEndpoint>(None)
         .await
         .map_err(err("listing WorkloadEndpoints"))?
-        .items
-        .iter()
-        .filter(|w| w.spec.node.as_deref() == Some(name))
-        .flat_map(|w| {
-            let iface = w.spec.interface_name.clone().unwrap_or_default();
-            w.spec
-                .ip_networks
-                .iter()
-                .filter_map(|n| n.parse::<IpNet>().ok())
-                .map(move |ip| LocalWorkload {
-                    ip,
-                    interface: iface.clone(),
-                })
-                .collect::<Vec<_>>()
-        })
-        .filter(|w| !w.interface.is_empty())
-        .collect();
-    let no_export = ds
+        .items;
+    let pools = ds
         .list::<calico_api::IPPool>(None)
         .await
         .map_err(err("listing IPPools"))?
-        .items
-        .iter()
-        .filter(|p| p.spec.disable_bgp_export == Some(true))
-        .filter_map(|p| p.spec.cidr.parse::<IpNet>().ok())
-        .collect();
-    let bgp_filters = ds
+        .items;
+    let filters = ds
         .list::<calico_api::BGPFilter>(None)
         .await
         .map_err(err("listing BGPFilters"))?
-        .items
-        .into_iter()
-        .filter_map(|f| Some((f.metadata.name?, f.spec)))
+        .items;
+    let configs: Vec<&BGPConfiguration> = configs.iter().collect();
+    let nodes: Vec<&Node> = nodes.iter().collect();
+    let peers: Vec<&BGPPeer> = peers.iter().collect();
+    let filters: Vec<&calico_api::BGPFilter> = filters.iter().collect();
+    let pools: Vec<&calico_api::IPPool> = pools.iter().collect();
+    let local: Vec<&WorkloadEndpoint> = workloads
+        .iter()
+        .filter(|w| w.spec.node.as_deref() == Some(name))
         .collect();
-    Ok(Snapshot {
-        no_export,
-        bgp_filters,
-        nodes,
-        global: GlobalBgp {
-            prefix_advertisements: crate::bgpfilter::prefix_advertisements(&configs, name)
-                .unwrap_or_else(|e| {
-                    tracing::warn!(error = %e, "prefixAdvertisements ignored");
-                    Vec::new()
-                }),
-            ..global_view(&configs)
+    Ok(Snapshot::compute(
+        &RoutingResources {
+            bgp_configs: &configs,
+            nodes: &nodes,
+            peers: &peers,
+            bgp_filters: &filters,
+            ip_pools: &pools,
+            own_blocks: &own_blocks,
+            local_workloads: &local,
         },
-        peers,
-        own_blocks,
-        workloads,
-    })
+        name,
+    ))
 }
 
 /// The sessions node `name` must run, from the datastore alone (`calicoctl node peers`).

@@ -526,6 +526,21 @@ fn prepare_policy(tiers: &[Tier], p: &Policy) -> Result<PreparedPolicy, CompileE
     })
 }
 
+/// Whether `p` compiles against `tiers` (the checks [`Compiler::new`] makes of it), without
+/// keeping the result: how one policy is isolated on its own ([`crate::incremental`]).
+pub fn check_policy(tiers: &[Tier], p: &Policy) -> Result<(), CompileError> {
+    prepare_policy(tiers, p).map(|_| ())
+}
+
+/// Whether profile `p`'s rules compile (the checks [`Compiler::new`] makes of it).
+pub fn check_profile(p: &Profile) -> Result<(), CompileError> {
+    let owner = profile_owner(&p.name);
+    let ctx = Ctx { owner: &owner };
+    prepare_rules(&ctx, "ingress", &p.ingress, None)?;
+    prepare_rules(&ctx, "egress", &p.egress, None)?;
+    Ok(())
+}
+
 /// Calico's order: tier order, then policy order (unordered last), then name.
 fn sort_policies(policies: &mut [PreparedPolicy]) {
     policies.sort_by(|a, b| {
@@ -697,6 +712,15 @@ impl Compiler {
         self.rule_lists.retain(|id, _| {
             !matches!(id, RuleListId::Policy { name, staged: s, .. } if name == qualified_name && *s == staged)
         });
+    }
+
+    /// Whether the policy `qualified_name` (staged or not) applies to an endpoint with these
+    /// effective labels (false when the compiler does not hold it).
+    pub fn policy_selects(&self, qualified_name: &str, staged: bool, labels: &LabelMap) -> bool {
+        self.policies
+            .iter()
+            .find(|p| p.name == qualified_name && p.staged == staged)
+            .is_some_and(|p| p.applies_to.matches(labels))
     }
 
     /// The set index (membership of every set compiled so far).

@@ -240,6 +240,116 @@ fn convert_isolated(r: &ApiResources) -> Result<(PolicyModel, Vec<PolicyIssue>),
     Ok((model, issues))
 }
 
+/// One policy as [`compile_isolated`] would enforce it, on its own: converted (or replaced
+/// by Deny, or dropped), its unenforceable rules reported, and checked against `tiers` the
+/// way the compiler prepares it (replaced by Deny when a rule does not compile, dropped when
+/// its selector or tier is broken). `convert` converts the resource, `convert_stripped` the
+/// resource without rules; `egress_rules` is whether it had egress rules.
+pub fn isolate_policy(
+    tiers: &[crate::model::Tier],
+    convert: Result<Policy, ConvertError>,
+    convert_stripped: impl FnOnce() -> Result<Policy, ConvertError>,
+    egress_rules: bool,
+) -> (Option<Policy>, Vec<PolicyIssue>) {
+    let mut issues = Vec::new();
+    let Some(mut p) = isolated(
+        &mut issues,
+        convert,
+        convert_stripped,
+        |mut policy: Policy| {
+            if policy.types.is_empty() && egress_rules {
+                policy.types = vec![Direction::Ingress, Direction::Egress];
+            }
+            deny_all_policy(&mut policy);
+            policy
+        },
+        policy_owner,
+    ) else {
+        return (None, issues);
+    };
+    if !p.staged {
+        rule_issues(&mut issues, &policy_owner(&p), &p.ingress, &p.egress);
+    }
+    // At most two rounds: the rules replaced by Deny, then the policy dropped.
+    for _ in 0..2 {
+        let Err(e) = crate::compile::check_policy(tiers, &p) else {
+            return (Some(p), issues);
+        };
+        let in_rules =
+            e.field().starts_with("spec.ingress") || e.field().starts_with("spec.egress");
+        let issue = |outcome| PolicyIssue {
+            owner: e.owner().to_owned(),
+            field: e.field().to_owned(),
+            outcome,
+            reason: e.to_string(),
+        };
+        let already = p.ingress.iter().chain(&p.egress).all(is_plain_deny);
+        if in_rules && !already {
+            deny_all_policy(&mut p);
+            issues.push(issue(Outcome::ReplacedByDeny));
+        } else {
+            issues.push(issue(Outcome::Dropped));
+            return (None, issues);
+        }
+    }
+    (None, issues)
+}
+
+/// One profile as [`compile_isolated`] would enforce it, on its own (see [`isolate_policy`]).
+/// `Err` when it cannot be enforced even as Deny (then nothing can be compiled).
+pub fn isolate_profile(
+    p: &calico_api::kinds::Profile,
+) -> Result<(Option<crate::model::Profile>, Vec<PolicyIssue>), CompileError> {
+    let mut issues = Vec::new();
+    let stripped = || {
+        let mut s = p.clone();
+        s.spec.ingress.clear();
+        s.spec.egress.clear();
+        s
+    };
+    let deny = |mut profile: crate::model::Profile| {
+        profile.ingress = vec![Rule::new(Action::Deny)];
+        profile.egress = vec![Rule::new(Action::Deny)];
+        profile
+    };
+    let Some(mut profile) = isolated(
+        &mut issues,
+        from_api::profile(p),
+        || from_api::profile(&stripped()),
+        deny,
+        |p: &crate::model::Profile| profile_owner(&p.name),
+    ) else {
+        return Ok((None, issues));
+    };
+    rule_issues(
+        &mut issues,
+        &profile_owner(&profile.name),
+        &profile.ingress,
+        &profile.egress,
+    );
+    if let Err(e) = crate::compile::check_profile(&profile) {
+        let in_rules =
+            e.field().starts_with("spec.ingress") || e.field().starts_with("spec.egress");
+        if !in_rules
+            || profile
+                .ingress
+                .iter()
+                .chain(&profile.egress)
+                .all(is_plain_deny)
+        {
+            return Err(e);
+        }
+        issues.push(PolicyIssue {
+            owner: e.owner().to_owned(),
+            field: e.field().to_owned(),
+            outcome: Outcome::ReplacedByDeny,
+            reason: e.to_string(),
+        });
+        profile = deny(profile);
+    }
+    Ok((Some(profile), issues))
+}
+
 /// The converted resource, or its replacement (the resource without rules, then `deny`),
 /// or nothing; the issue recorded.
 fn isolated<T>(

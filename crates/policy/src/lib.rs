@@ -17,6 +17,10 @@
 //! [`isolate::compile_isolated`] keeps one bad policy from stopping the others (skipped rules,
 //! policies replaced by deny, reported as [`isolate::PolicyIssue`]).
 //!
+//! [`incremental::Incremental`] keeps one node's program up to date change by change (a
+//! policy recompiled only for the endpoints it selects, sets updated from the endpoints that
+//! enter or leave them); it always equals `compile_isolated` of the same resources.
+//!
 //! Not modelled (yet): rule `http` and `services` matches (reported and handled fail closed,
 //! see [`isolate`]), `metadata`; anything specific to a
 //! `*` (all-interfaces) host endpoint beyond having no interface name; incremental updates of
@@ -30,6 +34,7 @@
 pub mod compile;
 pub mod felix;
 pub mod from_api;
+pub mod incremental;
 pub mod isolate;
 pub mod knp;
 pub mod labels;

@@ -84,18 +84,27 @@ impl EtcdClient {
     /// (`from_revision <= 0`: changes after now). Resumes transparently after disconnects;
     /// emits [`WatchEvent::Snapshot`] if `from_revision` (or a later resume point) was compacted.
     pub fn watch(&self, prefix: &str, from_revision: i64) -> KvWatchStream {
-        self.spawn_watch(prefix, Start::Revision(from_revision))
+        self.spawn_watch(prefix, Start::Revision(from_revision), true)
     }
 
     /// Lists `prefix` (emitted as a first [`WatchEvent::Snapshot`]) and then watches it from
     /// the listing's revision + 1: the usual way to build and maintain a view.
     pub fn list_watch(&self, prefix: &str) -> KvWatchStream {
-        self.spawn_watch(prefix, Start::Snapshot)
+        self.spawn_watch(prefix, Start::Snapshot, true)
     }
 
-    fn spawn_watch(&self, prefix: &str, start: Start) -> KvWatchStream {
+    /// [`EtcdClient::list_watch`] without the previous value of deleted keys
+    /// ([`WatchEvent::Delete`]'s `prev` is always `None`). For a consumer that keeps its own
+    /// view: asking for previous values makes etcd read the key's previous revision from its
+    /// backend for every event sent to every such watcher (a range per event per watcher,
+    /// seen in `etcd_debugging_mvcc_range_total`), which a cluster of agents multiplies.
+    pub fn list_watch_without_prev(&self, prefix: &str) -> KvWatchStream {
+        self.spawn_watch(prefix, Start::Snapshot, false)
+    }
+
+    fn spawn_watch(&self, prefix: &str, start: Start, prev: bool) -> KvWatchStream {
         let (tx, rx) = mpsc::channel(1024);
-        let task = tokio::spawn(run_watch(self.clone(), prefix.to_owned(), start, tx));
+        let task = tokio::spawn(run_watch(self.clone(), prefix.to_owned(), start, prev, tx));
         KvWatchStream {
             rx: ReceiverStream::new(rx),
             task: task.abort_handle(),
@@ -122,6 +131,7 @@ async fn run_watch(
     client: EtcdClient,
     prefix: String,
     start: Start,
+    prev: bool,
     tx: mpsc::Sender<Result<WatchEvent>>,
 ) {
     let policy = client.retry.clone();
@@ -167,7 +177,7 @@ async fn run_watch(
                 }
             }
         }
-        match watch_once(&client, &prefix, &mut next, &tx).await {
+        match watch_once(&client, &prefix, &mut next, prev, &tx).await {
             Ended::ConsumerGone => return,
             Ended::Compacted { compact_revision } => {
                 info!(
@@ -211,12 +221,13 @@ async fn watch_once(
     client: &EtcdClient,
     prefix: &str,
     next: &mut i64,
+    prev: bool,
     tx: &mpsc::Sender<Result<WatchEvent>>,
 ) -> Ended {
-    let mut options = WatchOptions::new()
-        .with_prefix()
-        .with_prev_key()
-        .with_progress_notify();
+    let mut options = WatchOptions::new().with_prefix().with_progress_notify();
+    if prev {
+        options = options.with_prev_key();
+    }
     if *next > 0 {
         options = options.with_start_revision(*next);
     }

@@ -31,7 +31,7 @@ use serde_json::Value;
 
 pub use batch::{Atomicity, BatchItem, BatchOp, BatchOutcome, MAX_TXN_BYTES, txn_chunks};
 pub use etcd::EtcdResourceStore;
-pub use typed::Datastore;
+pub use typed::{Datastore, decode_doc, decode_kv};
 
 use crate::kv::KvError;
 

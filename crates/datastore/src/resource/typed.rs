@@ -49,6 +49,19 @@ fn from_value<T: CalicoResource>(doc: Value) -> Result<T> {
     })
 }
 
+/// The document a stored key-value holds, when its key is an object of `kind` (`None` for any
+/// other key): how a watch of a wider prefix (calico-node watches all of `/calico/`) keeps a
+/// view of several kinds. The document carries its `resourceVersion`, as a list gives it.
+pub fn decode_doc(kind: &KindRef, kv: &crate::kv::KeyValue) -> Option<Result<Value>> {
+    super::meta::id_from_key(kind, &kv.key)?;
+    Some(super::etcd::decode(kind, kv))
+}
+
+/// [`decode_doc`], typed: the `T` a stored key-value holds when its key is one of `T`'s.
+pub fn decode_kv<T: CalicoResource>(kv: &crate::kv::KeyValue) -> Option<Result<T>> {
+    Some(decode_doc(&KindRef::of::<T>(), kv)?.and_then(from_value))
+}
+
 /// The identity of a `T` named by the caller, checked against the kind's scope.
 fn object_id<T: CalicoResource>(namespace: Option<&str>, name: &str) -> Result<ObjectId> {
     match (T::NAMESPACED, namespace) {

@@ -1,0 +1,191 @@
+//! The agent's model of the cluster: one per agent, fed by one etcd watch on `/calico/`.
+//!
+//! ```text
+//!   etcd list_watch_without_prev("/calico/")  (a full list at start and after compaction,
+//!        │ WatchEvent                    otherwise resumed from the last revision)
+//!        ▼
+//!   Store::apply ── typed view by key, this node's endpoints and blocks indexed apart
+//!        │ Change { aspects, policy keys }
+//!        ├─► speaker:  Store::snapshot → peering::sessions_for → BgpControl::apply
+//!        ├─► routes:   Store::snapshot + learned paths → route reconciler
+//!        ├─► felix:    Store::felix_docs → settings (and policy's failsafe ports)
+//!        └─► policy:   PolicyModel::apply(changed keys) → calico_policy::incremental
+//!                      (only the policies, endpoints and sets the change touches)
+//! ```
+//! Nothing here reads the datastore: the watch brings every change, and the full list is the
+//! watch's own (its snapshot). The full recompute stays as the oracle: [`full_policy`] and
+//! [`crate::snapshot::read_snapshot`] list the datastore and compute from scratch through the
+//! same pure functions; the tests check the model against them.
+
+pub mod follow;
+pub mod store;
+
+use calico_policy::felix::FelixPolicySettings;
+use std::collections::BTreeMap;
+
+use calico_policy::incremental::{
+    ApiPolicy, ApiSource, Incremental, KeyedResources, PolicyResource,
+};
+use calico_policy::isolate::PolicyIssue;
+use calico_policy::program::HostProgram;
+
+pub use store::{Aspects, Change, PolicyKind, PolicyObjects, Store};
+
+use crate::policy::PolicyError;
+
+/// The policy program of this node, kept up to date from the store's changes.
+#[derive(Debug, Clone)]
+pub struct PolicyModel {
+    node: String,
+    felix: FelixPolicySettings,
+    engine: Incremental,
+}
+
+impl PolicyModel {
+    /// Compiled from everything in `store`.
+    pub fn new(store: &Store, felix: &FelixPolicySettings) -> PolicyModel {
+        let node = store.node().to_string();
+        // One build from the whole store, keyed by etcd key so later changes find them.
+        let engine =
+            Incremental::from_resources(keyed(store.policy()), &felix.failsafe, Some(&node));
+        PolicyModel {
+            node,
+            felix: felix.clone(),
+            engine,
+        }
+    }
+
+    /// Applies the policy objects at `keys` (present in `store`: added or changed; absent:
+    /// deleted) and new FelixConfiguration policy settings.
+    pub fn apply<'a>(
+        &mut self,
+        store: &Store,
+        keys: impl IntoIterator<Item = &'a String>,
+        felix: &FelixPolicySettings,
+    ) {
+        if felix.failsafe != self.felix.failsafe {
+            self.engine.set_failsafe(&felix.failsafe);
+        }
+        self.felix = felix.clone();
+        let p = store.policy();
+        for key in keys {
+            let Some(kind) = PolicyObjects::kind_of(key) else {
+                continue;
+            };
+            match kind {
+                PolicyKind::Tier => self.engine.set_tier(key, p.tiers.get(key)),
+                PolicyKind::Profile => self.engine.set_profile(key, p.profiles.get(key)),
+                PolicyKind::NetworkPolicy => self
+                    .engine
+                    .set_policy(key, p.network_policies.get(key).map(ApiPolicy::Network)),
+                PolicyKind::GlobalNetworkPolicy => self.engine.set_policy(
+                    key,
+                    p.global_network_policies.get(key).map(ApiPolicy::Global),
+                ),
+                PolicyKind::StagedNetworkPolicy => self.engine.set_policy(
+                    key,
+                    p.staged_network_policies
+                        .get(key)
+                        .map(ApiPolicy::StagedNetwork),
+                ),
+                PolicyKind::StagedGlobalNetworkPolicy => self.engine.set_policy(
+                    key,
+                    p.staged_global_network_policies
+                        .get(key)
+                        .map(ApiPolicy::StagedGlobal),
+                ),
+                PolicyKind::WorkloadEndpoint => self.engine.set_source(
+                    key,
+                    p.workload_endpoints
+                        .get(key)
+                        .cloned()
+                        .map(ApiSource::Workload),
+                ),
+                PolicyKind::HostEndpoint => self
+                    .engine
+                    .set_source(key, p.host_endpoints.get(key).cloned().map(ApiSource::Host)),
+                PolicyKind::NetworkSet => self.engine.set_source(
+                    key,
+                    p.network_sets.get(key).cloned().map(ApiSource::NetworkSet),
+                ),
+                PolicyKind::GlobalNetworkSet => self.engine.set_source(
+                    key,
+                    p.global_network_sets
+                        .get(key)
+                        .cloned()
+                        .map(ApiSource::GlobalNetworkSet),
+                ),
+            }
+        }
+    }
+
+    /// The FelixConfiguration policy settings in force.
+    pub fn felix(&self) -> &FelixPolicySettings {
+        &self.felix
+    }
+
+    /// The desired program and the policies not enforced as written.
+    pub fn program(&self) -> Result<(&HostProgram, &[PolicyIssue]), PolicyError> {
+        self.engine
+            .program()
+            .map_err(|e| crate::policy::isolate_error(e.clone(), &self.node))
+    }
+}
+
+/// The store's policy objects, keyed by etcd key.
+fn keyed(p: &PolicyObjects) -> KeyedResources {
+    fn copy<T: Clone, U>(m: &BTreeMap<String, T>, f: fn(T) -> U) -> Vec<(String, U)> {
+        m.iter().map(|(k, v)| (k.clone(), f(v.clone()))).collect()
+    }
+    let mut r = KeyedResources {
+        tiers: p.tiers.clone(),
+        profiles: p.profiles.clone(),
+        ..Default::default()
+    };
+    r.policies
+        .extend(copy(&p.network_policies, PolicyResource::Network));
+    r.policies
+        .extend(copy(&p.global_network_policies, PolicyResource::Global));
+    r.policies.extend(copy(
+        &p.staged_network_policies,
+        PolicyResource::StagedNetwork,
+    ));
+    r.policies.extend(copy(
+        &p.staged_global_network_policies,
+        PolicyResource::StagedGlobal,
+    ));
+    r.sources
+        .extend(copy(&p.workload_endpoints, ApiSource::Workload));
+    r.sources.extend(copy(&p.host_endpoints, ApiSource::Host));
+    r.sources
+        .extend(copy(&p.network_sets, ApiSource::NetworkSet));
+    r.sources
+        .extend(copy(&p.global_network_sets, ApiSource::GlobalNetworkSet));
+    r
+}
+
+/// The full recompute of this node's policy program from resources (the oracle the model is
+/// checked against, and what it replaced in the agent's loop).
+pub fn full_policy(
+    resources: &calico_policy::from_api::ApiResources,
+    felix: &FelixPolicySettings,
+    node: &str,
+) -> Result<(HostProgram, Vec<PolicyIssue>), PolicyError> {
+    crate::policy::compile_isolated_for(resources, felix, node)
+}
+
+impl PolicyModel {
+    /// Brings `slot` up to date with `change` (built afresh on a snapshot or when empty): the
+    /// one way the agent and a model-only follower advance the policy model.
+    pub fn advance(
+        slot: &mut Option<PolicyModel>,
+        store: &Store,
+        change: &Change,
+        felix: &FelixPolicySettings,
+    ) {
+        match slot.as_mut() {
+            Some(m) if !change.snapshot => m.apply(store, &change.policy_keys, felix),
+            _ => *slot = Some(PolicyModel::new(store, felix)),
+        }
+    }
+}

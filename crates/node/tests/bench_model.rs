@@ -1,0 +1,286 @@
+//! The agent's model at cluster scale (ignored by default; the command is in
+//! docs/BENCHMARKS.md). A synthetic cluster is written into a real etcd in a lab namespace,
+//! the same at every scale except the number of nodes: per node one confirmed block and 50
+//! workload endpoints; node-0 (this node) has 100 local endpoints; 10,000 rules in 1,000
+//! GlobalNetworkPolicies (label selectors, a named port); 1,000 GlobalNetworkSets. One
+//! model-only agent ([`Follower`]: the agent's watch, store and incremental policy model,
+//! without a dataplane) follows it as node-0. Measured, per scale:
+//! - start → first complete model (the watch's list, the store, the full policy compile);
+//! - write → model updated, per change kind (a one-rule policy edit, a remote endpoint label
+//!   change that moves its address between sets, a new remote block affinity, a new block of
+//!   this node), median of `SAMPLES`;
+//! - range requests per change (etcd's gRPC Range count and `etcd_debugging_mvcc_range_total`);
+//! - the process's resident memory grown by the follower (VmRSS after its first model minus
+//!   before it started; the writer's own allocations are mostly freed by then).
+//!
+//! Prints `BENCH|` lines.
+
+use std::time::{Duration, Instant};
+
+use calico_datastore::{EtcdClient, EtcdConfig, TxnOutcome, Write};
+use calico_lab::Lab;
+use calico_lab::etcd::{Etcd, EtcdOptions};
+use calico_node::model::follow::Follower;
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const RES: &str = "/calico/resources/v3/projectcalico.org/";
+const REMOTE_WEPS_PER_NODE: usize = 50;
+const LOCAL_WEPS: usize = 100;
+const POLICIES: usize = 1_000;
+const RULES_PER_POLICY: usize = 10;
+const SETS: usize = 1_000;
+const SAMPLES: usize = 5;
+const APPS: usize = 50;
+
+fn node(i: usize) -> (String, Value) {
+    let name = format!("node-{i}");
+    (
+        format!("{RES}nodes/{name}"),
+        json!({"apiVersion": "projectcalico.org/v3", "kind": "Node", "metadata": {"name": name},
+               "spec": {"bgp": {"ipv4Address": format!("172.16.{}.{}/16", i / 250, i % 250 + 1)}}}),
+    )
+}
+
+fn block(i: usize, b: usize) -> String {
+    format!(
+        "10.{}.{}.{}-26",
+        64 + i / 1000,
+        (i % 1000) / 4,
+        (i % 4) * 64 + b
+    )
+}
+
+fn affinity(i: usize, b: usize) -> (String, Value) {
+    (
+        format!("/calico/ipam/v2/host/node-{i}/ipv4/block/{}", block(i, b)),
+        json!({"state": "confirmed", "deleted": false}),
+    )
+}
+
+fn wep(n: usize, j: usize, app: usize) -> (String, Value) {
+    let name = format!("node-{n}-k8s-pod{j}-eth0");
+    (
+        format!("{RES}workloadendpoints/ns{}/{name}", j % 10),
+        json!({"apiVersion": "projectcalico.org/v3", "kind": "WorkloadEndpoint",
+               "metadata": {"name": name, "namespace": format!("ns{}", j % 10),
+                            "labels": {"app": format!("app{app}"), "tier": format!("t{}", j % 5)}},
+               "spec": {"orchestrator": "k8s", "node": format!("node-{n}"),
+                        "interfaceName": format!("cali{n:04}x{j:03}"),
+                        "ipNetworks": [format!("10.{}.{}.{}/32", 100 + n / 250, n % 250, j + 1)],
+                        "ports": [{"name": "http", "protocol": "TCP", "port": 8080}],
+                        "profiles": []}}),
+    )
+}
+
+fn policy(i: usize, version: usize) -> (String, Value) {
+    let name = format!("pol{i}");
+    let rules: Vec<Value> = (0..RULES_PER_POLICY)
+        .map(|r| {
+            let port: Value = if r == 0 {
+                json!("http")
+            } else {
+                json!(1000 + r + version)
+            };
+            json!({"action": "Allow", "protocol": "TCP",
+                   "source": {"selector": format!("app == 'app{}'", (i + r) % APPS)},
+                   "destination": {"ports": [port]}})
+        })
+        .collect();
+    (
+        format!("{RES}globalnetworkpolicies/{name}"),
+        json!({"apiVersion": "projectcalico.org/v3", "kind": "GlobalNetworkPolicy",
+               "metadata": {"name": name},
+               "spec": {"order": i as f64, "selector": format!("app == 'app{}'", i % APPS),
+                        "ingress": rules}}),
+    )
+}
+
+fn netset(i: usize) -> (String, Value) {
+    let name = format!("set{i}");
+    (
+        format!("{RES}globalnetworksets/{name}"),
+        json!({"apiVersion": "projectcalico.org/v3", "kind": "GlobalNetworkSet",
+               "metadata": {"name": name, "labels": {"app": format!("app{}", i % APPS)}},
+               "spec": {"nets": [format!("198.{}.{}.0/24", 18 + i / 256, i % 256)]}}),
+    )
+}
+
+/// Writes in transactions of 100 puts (etcd allows 128 operations per transaction).
+async fn put_all(kv: &EtcdClient, docs: Vec<(String, Value)>) -> i64 {
+    let mut rev = 0;
+    for chunk in docs.chunks(100) {
+        let writes = chunk
+            .iter()
+            .map(|(k, v)| Write::Put {
+                key: k.clone(),
+                value: serde_json::to_vec(v).unwrap(),
+            })
+            .collect();
+        match kv.txn(vec![], writes).await.expect("txn") {
+            TxnOutcome::Committed { revision } => rev = revision,
+            other => panic!("{other:?}"),
+        }
+    }
+    rev
+}
+
+async fn range_counts(addr: &str) -> (u64, u64) {
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("etcd");
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: etcd\r\n\r\n")
+        .await
+        .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).await.unwrap();
+    let (mut mvcc, mut grpc) = (0, 0);
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let Some((name, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let value = value.parse::<f64>().unwrap_or(0.0) as u64;
+        if name == "etcd_debugging_mvcc_range_total" {
+            mvcc = value;
+        }
+        if name.starts_with("grpc_server_handled_total") && name.contains("grpc_method=\"Range\"") {
+            grpc += value;
+        }
+    }
+    (mvcc, grpc)
+}
+
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Waits until the follower has taken revision `rev` (its lock is held from taking an event
+/// until the model is updated, so reaching it means the work is done).
+async fn reached(f: &Follower, rev: i64) {
+    let t = Instant::now();
+    while f.revision() < rev {
+        assert!(
+            t.elapsed() < Duration::from_secs(600),
+            "never reached {rev}"
+        );
+        tokio::time::sleep(Duration::from_micros(100)).await;
+    }
+}
+
+/// Write → model updated: the clock starts before the write.
+async fn write_to_model(kv: &EtcdClient, f: &Follower, docs: Vec<(String, Value)>) -> Duration {
+    let t = Instant::now();
+    let rev = put_all(kv, docs).await;
+    reached(f, rev).await;
+    t.elapsed()
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn run_scale(nodes: usize) {
+    let lab = Lab::new().expect("lab");
+    let host = lab.add_host("etcd", "192.168.33.2/24").expect("etcd host");
+    let etcd = Etcd::start(EtcdOptions::in_netns(host.netns_path(), host.ip())).expect("etcd");
+    let endpoint = etcd.endpoint();
+    let addr = endpoint
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_string();
+    host.run_async(move || async move {
+        let kv = EtcdClient::connect(&EtcdConfig::new([endpoint]))
+            .await
+            .expect("etcd client");
+        let mut docs = Vec::new();
+        for i in 0..nodes {
+            docs.push(node(i));
+            docs.push(affinity(i, 0));
+            let weps = if i == 0 {
+                LOCAL_WEPS
+            } else {
+                REMOTE_WEPS_PER_NODE
+            };
+            for j in 0..weps {
+                docs.push(wep(i, j, (i + j) % APPS));
+            }
+        }
+        for i in 0..POLICIES {
+            docs.push(policy(i, 0));
+        }
+        for i in 0..SETS {
+            docs.push(netset(i));
+        }
+        let objects = docs.len();
+        let written = put_all(&kv, docs).await;
+
+        let rss_before = rss_kib();
+        let t = Instant::now();
+        let f = Follower::start(kv.clone(), "node-0");
+        reached(&f, written).await;
+        let first_sync = t.elapsed();
+        let rss_model = rss_kib().saturating_sub(rss_before);
+        let s = f.state();
+        let (program, _) = s.policy.as_ref().unwrap().program().expect("compiles");
+        let started = range_counts(&addr).await;
+        println!(
+            "BENCH|model|{nodes}|objects|{objects}|endpoints|{}|rule_lists|{}|sets|{}",
+            program.endpoints.len(),
+            program.rule_lists.len(),
+            program.sets.len()
+        );
+
+        let mut kinds: Vec<(&str, Vec<Duration>)> = Vec::new();
+        let mut timed = |name: &'static str, d: Duration| match kinds
+            .iter_mut()
+            .find(|(n, _)| *n == name)
+        {
+            Some((_, v)) => v.push(d),
+            None => kinds.push((name, vec![d])),
+        };
+        for k in 0..SAMPLES {
+            // A one-rule change of a policy that selects local endpoints.
+            let d = write_to_model(&kv, &f, vec![policy(APPS * k, 1 + k)]).await;
+            timed("one-rule policy edit", d);
+            // A remote endpoint's label change (its address moves between sets).
+            let n = 1 + k % (nodes - 1);
+            let d = write_to_model(&kv, &f, vec![wep(n, k, (n + k + 1) % APPS)]).await;
+            timed("remote endpoint label change", d);
+            // A new remote block (routes would learn it over BGP; the model keeps affinities).
+            let d = write_to_model(&kv, &f, vec![affinity(n, 1 + k)]).await;
+            timed("new remote block affinity", d);
+            // A new block of this node (a route: its blackhole).
+            let d = write_to_model(&kv, &f, vec![affinity(0, 1 + k)]).await;
+            timed("new local block affinity", d);
+        }
+        let after = range_counts(&addr).await;
+        let changes = (SAMPLES * 4) as u64;
+        println!(
+            "BENCH|model|{nodes}|first_sync_ms|{:.1}|rss_model_mib|{:.1}|ranges_per_change_grpc|{}|ranges_per_change_mvcc|{}",
+            first_sync.as_secs_f64() * 1e3,
+            rss_model as f64 / 1024.0,
+            (after.1 - started.1) as f64 / changes as f64,
+            (after.0 - started.0) as f64 / changes as f64,
+        );
+        for (name, v) in kinds {
+            println!(
+                "BENCH|model|{nodes}|write_to_model_ms|{name}|{:.2}",
+                median(v).as_secs_f64() * 1e3
+            );
+        }
+    })
+    .expect("run in the etcd namespace");
+    drop(etcd);
+}
+
+#[test]
+#[ignore = "benchmark: see docs/BENCHMARKS.md"]
+fn model_at_10_and_1000_nodes() {
+    for nodes in [10, 1_000] {
+        run_scale(nodes);
+    }
+}

@@ -1,0 +1,261 @@
+//! A real agent against a real etcd: after start-up, no change makes it read the datastore.
+//!
+//! etcd counts every range (get or list) it serves (`etcd_debugging_mvcc_range_total`, and
+//! gRPC's `grpc_server_handled_total{grpc_method="Range"}`); the test reads both from etcd's
+//! own `/metrics` before and after each change, and asserts zero new range requests for every
+//! change kind once the agent has started: a policy edit, a remote endpoint's label change
+//! (moves its address between sets), a network set, a local endpoint, a block affinity of this
+//! node (a route), a new node (the speaker's peers), FelixConfiguration. Each change is
+//! written with plain puts (no ranges of the test's own) and its effect is waited for before
+//! counting. A control read of ours shows the counters do move.
+//!
+//! Needs root and `target/debug/calico-node` (`cargo build -p calico-rs --bin calico-node`).
+
+mod cluster_support;
+use cluster_support::*;
+
+use std::time::Duration;
+
+use calico_datastore::{EtcdClient, EtcdConfig};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const RES: &str = "/calico/resources/v3/projectcalico.org/";
+
+/// (etcd_debugging_mvcc_range_total, grpc Range requests handled) from etcd's `/metrics`.
+fn range_counts(c: &Cluster) -> (u64, u64) {
+    let endpoint = c.etcd.endpoint();
+    let addr = endpoint
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_string();
+    let text = c
+        .etcd_host
+        .run_async(move || async move {
+            let mut s = tokio::net::TcpStream::connect(&addr).await.expect("etcd");
+            s.write_all(b"GET /metrics HTTP/1.0\r\nHost: etcd\r\n\r\n")
+                .await
+                .unwrap();
+            let mut out = String::new();
+            s.read_to_string(&mut out).await.unwrap();
+            out
+        })
+        .expect("scrape in the etcd namespace");
+    let mut mvcc = None;
+    let mut grpc = 0u64;
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let Some((name, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let value: f64 = value.parse().unwrap_or(0.0);
+        if name == "etcd_debugging_mvcc_range_total" {
+            mvcc = Some(value as u64);
+        }
+        if name.starts_with("grpc_server_handled_total") && name.contains("grpc_method=\"Range\"") {
+            grpc += value as u64;
+        }
+    }
+    (
+        mvcc.expect("etcd_debugging_mvcc_range_total in etcd's /metrics"),
+        grpc,
+    )
+}
+
+/// Puts documents with plain puts (no read of ours).
+fn put(c: &Cluster, docs: Vec<(String, Value)>) {
+    let endpoint = c.etcd.endpoint();
+    c.etcd_host
+        .run_async(move || async move {
+            let kv = EtcdClient::connect(&EtcdConfig::new([endpoint]))
+                .await
+                .expect("etcd client");
+            for (key, doc) in docs {
+                kv.put(&key, serde_json::to_vec(&doc).unwrap())
+                    .await
+                    .expect("put");
+            }
+        })
+        .expect("run in the etcd namespace");
+}
+
+fn wep(node: &str, name: &str, ip: &str, app: &str) -> (String, Value) {
+    (
+        format!("{RES}workloadendpoints/ns1/{name}"),
+        json!({
+            "apiVersion": "projectcalico.org/v3",
+            "kind": "WorkloadEndpoint",
+            "metadata": {"name": name, "namespace": "ns1", "labels": {"app": app}},
+            "spec": {
+                "orchestrator": "k8s", "node": node, "interfaceName": format!("cali{name}"),
+                "ipNetworks": [format!("{ip}/32")], "profiles": [],
+            },
+        }),
+    )
+}
+
+fn gnp(name: &str, port: u16) -> (String, Value) {
+    (
+        format!("{RES}globalnetworkpolicies/{name}"),
+        json!({
+            "apiVersion": "projectcalico.org/v3",
+            "kind": "GlobalNetworkPolicy",
+            "metadata": {"name": name},
+            "spec": {
+                "selector": "app == 'a'",
+                "ingress": [
+                    {"action": "Allow", "protocol": "TCP",
+                     "source": {"selector": "app == 'b'"}, "destination": {"ports": [port]}},
+                ],
+            },
+        }),
+    )
+}
+
+fn policy_applied(c: &Cluster) -> usize {
+    c.agent_log(1).matches("policy applied").count()
+}
+
+#[test]
+fn no_datastore_reads_per_change_after_start() {
+    let mut c = Cluster::new(1);
+    let before_start = range_counts(&c);
+    c.start_agent(1);
+    // Start-up is done once the agent has programmed its first block and its policy.
+    let (_, block) = c.allocate("node1");
+    c.wait_routes(1, &[format!("blackhole {block} proto bird")], &[]);
+    put(
+        &c,
+        vec![
+            wep("node1", "local1", "10.65.250.1", "a"),
+            wep("node2", "remote1", "10.65.251.1", "c"),
+            gnp("allow-b", 80),
+        ],
+    );
+    let applied = wait_for(WAIT, || {
+        c.agent_log(1)
+            .lines()
+            .any(|l| l.contains("policy applied") && l.contains("endpoints=1"))
+            .then_some(())
+    });
+    assert!(applied.is_some(), "no policy applied:\n{}", c.agent_log(1));
+    // Let the start-up settle (status reports, the first resync of node status).
+    std::thread::sleep(Duration::from_secs(2));
+    let started = range_counts(&c);
+    assert!(
+        started.0 > before_start.0,
+        "the agent's start-up list must show in the counter: {before_start:?} → {started:?}"
+    );
+
+    let mut last = started;
+    let mut check =
+        |c: &Cluster, what: &str, change: Vec<(String, Value)>, wait: &dyn Fn(&Cluster) -> bool| {
+            put(c, change);
+            assert!(
+                wait_for(WAIT, || wait(c).then_some(())).is_some(),
+                "{what}: the effect never showed:\n{}",
+                c.agent_log(1)
+            );
+            // Anything the agent would read because of this change happens in the same round.
+            std::thread::sleep(Duration::from_millis(500));
+            let now = range_counts(c);
+            assert_eq!(
+                (now.0 - last.0, now.1 - last.1),
+                (0, 0),
+                "{what}: range requests (mvcc, grpc) after start-up"
+            );
+            eprintln!("{what}: 0 range requests");
+            last = now;
+        };
+
+    let n = policy_applied(&c);
+    check(&c, "policy edit", vec![gnp("allow-b", 8080)], &|c| {
+        policy_applied(c) > n
+    });
+    let n = policy_applied(&c);
+    check(
+        &c,
+        "remote endpoint label change",
+        vec![wep("node2", "remote1", "10.65.251.1", "b")],
+        &|c| policy_applied(c) > n,
+    );
+    let n = policy_applied(&c);
+    check(
+        &c,
+        "new local endpoint",
+        vec![wep("node1", "local2", "10.65.250.2", "a")],
+        &|c| policy_applied(c) > n,
+    );
+    let n = policy_applied(&c);
+    check(
+        &c,
+        "network set",
+        vec![(
+            format!("{RES}globalnetworksets/set1"),
+            json!({
+                "apiVersion": "projectcalico.org/v3", "kind": "GlobalNetworkSet",
+                "metadata": {"name": "set1", "labels": {"app": "b"}},
+                "spec": {"nets": ["198.51.100.0/24"]},
+            }),
+        )],
+        &|c| policy_applied(c) > n,
+    );
+    let block = "10.65.200.0/26";
+    check(
+        &c,
+        "block affinity (route)",
+        vec![(
+            format!(
+                "/calico/ipam/v2/host/node1/ipv4/block/{}",
+                block.replace('/', "-")
+            ),
+            json!({"state": "confirmed", "deleted": false}),
+        )],
+        &|c| {
+            c.routes(1)
+                .contains(&format!("blackhole {block} proto bird"))
+        },
+    );
+    check(
+        &c,
+        "new node (speaker peers)",
+        vec![(
+            format!("{RES}nodes/node9"),
+            json!({
+                "apiVersion": "projectcalico.org/v3", "kind": "Node",
+                "metadata": {"name": "node9"},
+                "spec": {"bgp": {"ipv4Address": "192.168.33.99/24"}},
+            }),
+        )],
+        &|c| c.node_status(1).contains("192.168.33.99"),
+    );
+    let n = c.agent_log(1).matches("serving").count();
+    check(
+        &c,
+        "FelixConfiguration",
+        vec![(
+            format!("{RES}felixconfigurations/default"),
+            json!({
+                "apiVersion": "projectcalico.org/v3", "kind": "FelixConfiguration",
+                "metadata": {"name": "default"},
+                "spec": {"healthEnabled": true, "healthPort": 19099},
+            }),
+        )],
+        &|c| c.agent_log(1).matches("serving").count() > n,
+    );
+
+    // Control: a read of ours moves the counters, so zero above means zero.
+    let endpoint = c.etcd.endpoint();
+    c.etcd_host
+        .run_async(move || async move {
+            let kv = EtcdClient::connect(&EtcdConfig::new([endpoint]))
+                .await
+                .expect("etcd client");
+            kv.list(RES).await.expect("list");
+        })
+        .expect("run in the etcd namespace");
+    let after = range_counts(&c);
+    assert!(
+        after.0 > last.0 && after.1 > last.1,
+        "a list of ours must count: {last:?} → {after:?}"
+    );
+}
