@@ -14,90 +14,15 @@
 //!    again.
 //! 6. Failure case: a node whose kubelet is killed goes NotReady.
 
-use std::net::Ipv4Addr;
-use std::path::{Path, PathBuf};
+mod k8s_common;
+
 use std::time::{Duration, Instant};
 
 use calico_lab::cluster::{KubeLab, KubeLabOptions, POD_CIDR};
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn calicoctl() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_calicoctl"))
-}
-
-fn text(out: &std::process::Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-/// images/containerd/build.sh into `out`, from this build's binaries.
-fn build_images(out: &Path) {
-    let bin_dir = Path::new(env!("CARGO_BIN_EXE_calico-node"))
-        .parent()
-        .expect("bin dir");
-    let cmd = {
-        let mut c = std::process::Command::new("sh");
-        c.arg(root().join("images/containerd/build.sh"))
-            .arg(out)
-            .env("BIN_DIR", bin_dir);
-        c
-    };
-    let built = calico_lab::lab::output_bounded(cmd, Duration::from_secs(300)).expect("build.sh");
-    assert!(
-        built.status.success(),
-        "images/containerd/build.sh: {}",
-        text(&built)
-    );
-}
+use k8s_common::*;
 
 fn in_pool(ip: &str) -> bool {
-    let ip: Ipv4Addr = ip.parse().expect("pod IP");
-    let (net, len) = POD_CIDR.split_once('/').expect("cidr");
-    let net: Ipv4Addr = net.parse().expect("net");
-    let len: u32 = len.parse().expect("len");
-    let mask = u32::MAX << (32 - len);
-    u32::from(ip) & mask == u32::from(net) & mask
-}
-
-fn pod_yaml(name: &str, node: &str) -> String {
-    format!(
-        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  labels:\n    app: bbox\n    pod: {name}\nspec:\n  nodeSelector:\n    kubernetes.io/hostname: {node}\n  terminationGracePeriodSeconds: 0\n  containers:\n  - name: bbox\n    image: localhost/busybox:1\n    imagePullPolicy: Never\n    command: [\"sh\", \"-c\", \"echo {name} up; exec sleep 100000\"]\n"
-    )
-}
-
-fn apply(kube: &KubeLab, name: &str, yaml: &str) {
-    let file = kube.lab().dir().join(format!("{name}.yaml"));
-    std::fs::write(&file, yaml).expect("write manifest");
-    kube.kubectl_ok(&["apply", "-f", &file.display().to_string()])
-        .unwrap_or_else(|e| panic!("kubectl apply {name}: {e}"));
-}
-
-fn pod_ip(kube: &KubeLab, pod: &str) -> String {
-    kube.kubectl_ok(&["get", "pod", pod, "-o", "jsonpath={.status.podIP}"])
-        .expect("pod IP")
-        .trim()
-        .to_owned()
-}
-
-/// `kubectl exec FROM -- ping -c1 -W1 IP`, retried until it succeeds or `timeout` passes.
-fn ping_within(kube: &KubeLab, from: &str, ip: &str, timeout: Duration) -> bool {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        let out = kube
-            .kubectl(&["exec", from, "--", "ping", "-c1", "-W1", ip])
-            .expect("kubectl exec");
-        if out.status.success() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(300));
-    }
-    false
+    in_cidr(ip, POD_CIDR)
 }
 
 /// True if no ping from `from` to `ip` gets through during `window` (after the policy had

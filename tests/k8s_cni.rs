@@ -18,11 +18,12 @@
 //! 6. CalicoNodeStatus applied with kubectl reaches etcd, and node1's calico-node report
 //!    (BGP sessions) comes back on the Kubernetes object.
 
-use std::net::Ipv4Addr;
-use std::path::{Path, PathBuf};
+mod k8s_common;
+
 use std::time::{Duration, Instant};
 
 use calico_lab::cluster::{KubeLab, KubeLabOptions};
+use k8s_common::*;
 
 /// A second pool, chosen by name in annotations.
 const POOL_B: (&str, &str) = ("pool-b", "10.246.0.0/24");
@@ -31,59 +32,11 @@ const POOL_C: (&str, &str) = ("pool-c", "10.247.0.0/24");
 /// The address asked for with `ipAddrs` (in manifests/ippool.yaml's 10.244.0.0/16).
 const FIXED_IP: &str = "10.244.200.7";
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn calicoctl() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_calicoctl"))
-}
-
-fn text(out: &std::process::Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-/// images/containerd/build.sh into `out`, from this build's binaries.
-fn build_images(out: &Path) {
-    let bin_dir = Path::new(env!("CARGO_BIN_EXE_calico-node"))
-        .parent()
-        .expect("bin dir");
-    let mut cmd = std::process::Command::new("sh");
-    cmd.arg(root().join("images/containerd/build.sh"))
-        .arg(out)
-        .env("BIN_DIR", bin_dir);
-    let built = calico_lab::lab::output_bounded(cmd, Duration::from_secs(300)).expect("build.sh");
-    assert!(
-        built.status.success(),
-        "images/containerd/build.sh: {}",
-        text(&built)
-    );
-}
-
-fn in_cidr(ip: &str, cidr: &str) -> bool {
-    let ip: Ipv4Addr = ip.parse().expect("an IPv4 address");
-    let (net, len) = cidr.split_once('/').expect("cidr");
-    let net: Ipv4Addr = net.parse().expect("net");
-    let mask = u32::MAX << (32 - len.parse::<u32>().expect("len"));
-    u32::from(ip) & mask == u32::from(net) & mask
-}
-
 /// A busybox pod on `node` in `namespace` with `labels` and `annotations` (YAML flow maps).
 fn pod_yaml(name: &str, namespace: &str, node: &str, labels: &str, annotations: &str) -> String {
     format!(
         "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  namespace: {namespace}\n  labels: {labels}\n  annotations: {annotations}\nspec:\n  nodeSelector:\n    kubernetes.io/hostname: {node}\n  terminationGracePeriodSeconds: 0\n  containers:\n  - name: bbox\n    image: localhost/busybox:1\n    imagePullPolicy: Never\n    command: [\"sh\", \"-c\", \"exec sleep 100000\"]\n"
     )
-}
-
-fn apply(kube: &KubeLab, name: &str, yaml: &str) {
-    let file = kube.lab().dir().join(format!("{name}.yaml"));
-    std::fs::write(&file, yaml).expect("write manifest");
-    kube.kubectl_ok(&["apply", "-f", &file.display().to_string()])
-        .unwrap_or_else(|e| panic!("kubectl apply {name}: {e}"));
 }
 
 fn wait_ready(kube: &KubeLab, pods: &[&str], namespace: &str) {
@@ -111,18 +64,6 @@ fn pod_ip(kube: &KubeLab, pod: &str, namespace: &str) -> String {
     .expect("pod IP")
     .trim()
     .to_owned()
-}
-
-/// Polls `check` every 500 ms until it returns `Some`, failing with `what` after `timeout`.
-fn wait_for<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = check() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(500));
-    }
 }
 
 /// Whether one ping from pod `from` reaches `ip` (up to 2 tries of 1 s).

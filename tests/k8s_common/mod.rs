@@ -1,8 +1,9 @@
-//! What tests/k8s_helm.rs and tests/k8s_controllers.rs share: the images, a cluster with
+//! What the tests on the real cluster (k8s_cluster, k8s_cni, k8s_helm, k8s_controllers, k8s_bench) share: the images, a cluster with
 //! calico-rs installed by Helm, pods pinned to a node, bounded waits.
 
 #![allow(dead_code)] // each test binary uses its own part
 
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::{Duration, Instant};
@@ -130,4 +131,13 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Opt
         );
         std::thread::sleep(Duration::from_millis(500));
     }
+}
+
+/// Whether IPv4 address `ip` lies in `cidr`.
+pub fn in_cidr(ip: &str, cidr: &str) -> bool {
+    let ip: Ipv4Addr = ip.parse().expect("an IPv4 address");
+    let (net, len) = cidr.split_once('/').expect("cidr");
+    let net: Ipv4Addr = net.parse().expect("net");
+    let mask = u32::MAX << (32 - len.parse::<u32>().expect("len"));
+    u32::from(ip) & mask == u32::from(net) & mask
 }

@@ -420,11 +420,9 @@ fn nat_port_range_bounds_the_source_ports_the_outside_sees() {
     // Wait until the range is in force (the chain shows it), then open several connections.
     assert!(
         wait_until(WAIT, || {
-            sh(
-                node,
-                &["nft", "list", "chain", "inet", "calico-rs", "nat-outgoing"],
-            )
-            .contains("40000-40009")
+            // The table appears with the agent's first policy round: absent is "not yet".
+            node.exec_ok(&["nft", "list", "chain", "inet", "calico-rs", "nat-outgoing"])
+                .is_ok_and(|out| out.contains("40000-40009"))
         }),
         "the port range never reached the nat chain\n{}",
         s.agent_logs()

@@ -64,6 +64,10 @@ fn reply(path: &str) -> Value {
             "spec": {"containers": [], "serviceAccountName": "api", "nodeName": "k1"}}]),
         ),
         "/apis/projectcalico.org/v3/ippools" => list("projectcalico.org/v3", "IPPool", json!([])),
+        "/api/v1/services" => list("v1", "Service", json!([])),
+        "/apis/discovery.k8s.io/v1/endpointslices" => {
+            list("discovery.k8s.io/v1", "EndpointSlice", json!([]))
+        }
         other => panic!("unexpected request for {other}"),
     }
 }
