@@ -301,15 +301,47 @@ impl Netlink {
 
     /// The permanent FDB entries with a destination on `ifname` (what Calico programs).
     pub async fn fdb_entries(&self, ifname: &str) -> Result<Vec<FdbEntry>, VxlanError> {
+        let mut out: Vec<FdbEntry> = self
+            .permanent_entries(ifname, Some(AddressFamily::Bridge), "list FDB entries")
+            .await?
+            .into_iter()
+            .map(|(mac, host)| FdbEntry { mac, host })
+            .collect();
+        out.sort();
+        Ok(out)
+    }
+
+    /// The permanent neighbour entries on `ifname`.
+    pub async fn permanent_neighbours(&self, ifname: &str) -> Result<Vec<NeighEntry>, VxlanError> {
+        let mut out: Vec<NeighEntry> = self
+            .permanent_entries(ifname, None, "list neighbours")
+            .await?
+            .into_iter()
+            .map(|(mac, ip)| NeighEntry { ip, mac })
+            .collect();
+        out.sort();
+        Ok(out)
+    }
+
+    /// (MAC, destination) of the permanent neighbour-table entries on `ifname`: the FDB with
+    /// `family` Bridge, the IP neighbours without a family filter.
+    async fn permanent_entries(
+        &self,
+        ifname: &str,
+        family: Option<AddressFamily>,
+        op: &str,
+    ) -> Result<Vec<([u8; 6], IpAddr)>, VxlanError> {
         let link = self.require_link(ifname).await?;
         let mut req = self.handle.neighbours().get();
-        req = req.set_address_family(AddressFamily::Bridge);
+        if let Some(f) = family {
+            req = req.set_address_family(f);
+        }
         let msgs: Vec<NeighbourMessage> =
             req.execute()
                 .try_collect()
                 .await
                 .map_err(|source| VxlanError::Netlink {
-                    op: "list FDB entries".into(),
+                    op: op.into(),
                     ifname: ifname.to_owned(),
                     source,
                 })?;
@@ -318,55 +350,18 @@ impl Netlink {
             m.header.ifindex == link.index && m.header.state == NeighbourState::Permanent
         }) {
             let mut mac = None;
-            let mut host = None;
+            let mut dst = None;
             for a in &m.attributes {
                 match a {
                     NeighbourAttribute::LinkLayerAddress(b) => mac = mac_of(b),
-                    NeighbourAttribute::Destination(d) => host = ip_of(d),
+                    NeighbourAttribute::Destination(d) => dst = ip_of(d),
                     _ => {}
                 }
             }
-            if let (Some(mac), Some(host)) = (mac, host) {
-                out.push(FdbEntry { mac, host });
+            if let (Some(mac), Some(dst)) = (mac, dst) {
+                out.push((mac, dst));
             }
         }
-        out.sort();
-        Ok(out)
-    }
-
-    /// The permanent neighbour entries on `ifname`.
-    pub async fn permanent_neighbours(&self, ifname: &str) -> Result<Vec<NeighEntry>, VxlanError> {
-        let link = self.require_link(ifname).await?;
-        let msgs: Vec<NeighbourMessage> = self
-            .handle
-            .neighbours()
-            .get()
-            .execute()
-            .try_collect()
-            .await
-            .map_err(|source| VxlanError::Netlink {
-                op: "list neighbours".into(),
-                ifname: ifname.to_owned(),
-                source,
-            })?;
-        let mut out = Vec::new();
-        for m in msgs.iter().filter(|m| {
-            m.header.ifindex == link.index && m.header.state == NeighbourState::Permanent
-        }) {
-            let mut mac = None;
-            let mut ip = None;
-            for a in &m.attributes {
-                match a {
-                    NeighbourAttribute::LinkLayerAddress(b) => mac = mac_of(b),
-                    NeighbourAttribute::Destination(d) => ip = ip_of(d),
-                    _ => {}
-                }
-            }
-            if let (Some(mac), Some(ip)) = (mac, ip) {
-                out.push(NeighEntry { ip, mac });
-            }
-        }
-        out.sort();
         Ok(out)
     }
 
