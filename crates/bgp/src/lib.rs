@@ -31,6 +31,10 @@
 //! the whole desired state whenever it changes; read [`RouteEvent`]s from `routes` and program
 //! them; `speaker.status()` for `calicoctl node status`.
 //!
+//! Backpressure: the [`RouteEvent`] channel holds at most [`ROUTE_EVENTS`] events; while a
+//! consumer lags, further changes are coalesced per prefix (newest wins, `Synced` last) and
+//! delivered as room appears, so memory is bounded by the table, not by the churn.
+//!
 //! Not implemented yet (said plainly so nobody relies on it):
 //! - RFC 7606 revised error handling (a malformed UPDATE resets the session), extended
 //!   messages (RFC 8654), ADD-PATH, confederations (segments are parsed and kept, not acted on).
@@ -40,8 +44,6 @@
 //!   agent is told when all peers are in sync through [`RouteEvent::Synced`] instead.
 //! - GTSM on accepted connections is applied right after `accept`, not on the listening socket
 //!   (the first segment of such a connection is not checked).
-//! - Backpressure: the [`RouteEvent`] channel is unbounded; a consumer that does not drain it
-//!   promptly holds a bulk load as events, about 54 bytes each (docs/BENCHMARKS.md, BGP).
 
 pub mod codec;
 pub mod fsm;
@@ -50,6 +52,6 @@ pub mod sockopt;
 pub mod speaker;
 
 pub use speaker::{
-    AfiName, NextHopMode, PeerConfig, PeerStatus, Route, RouteEvent, Speaker, SpeakerConfig,
-    SpeakerError,
+    AfiName, NextHopMode, PeerConfig, PeerStatus, ROUTE_EVENTS, Route, RouteEvent, Speaker,
+    SpeakerConfig, SpeakerError,
 };

@@ -247,7 +247,7 @@ fn load(path: &PathBuf) -> anyhow::Result<SpeakerConfig> {
 
 /// Starts the speaker on its own thread and single-threaded runtime (one core loop plus I/O
 /// tasks: more workers would only cost memory).
-fn start_speaker() -> anyhow::Result<(Speaker, mpsc::UnboundedReceiver<RouteEvent>)> {
+fn start_speaker() -> anyhow::Result<(Speaker, mpsc::Receiver<RouteEvent>)> {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::Builder::new()
         .name("speaker".into())
@@ -303,7 +303,7 @@ async fn run(
     install: Option<u8>,
     quiet: bool,
     speaker: Speaker,
-    mut routes: mpsc::UnboundedReceiver<RouteEvent>,
+    mut routes: mpsc::Receiver<RouteEvent>,
 ) -> anyhow::Result<()> {
     let queue = Arc::new(Queue::default());
     if let Some(proto) = install {

@@ -11,7 +11,8 @@
 //! - `wire`: packing announcements and withdrawals into UPDATE messages.
 //!
 //! ```text
-//!  agent ── Speaker::set_config ──┐                 ┌──► RouteEvent (mpsc) ──► agent
+//!  agent ── Speaker::set_config ──┐                 ┌──► RouteEvent (bounded mpsc, ──► agent
+//!                                 │                 │    coalesced per prefix when full)
 //!                                 ▼                 │
 //!  listener task ──────► ┌──────────────────────────┴──┐
 //!  (accept; the MD5      │ runtime task                │ ──► status map ──► Speaker::status()
@@ -29,6 +30,7 @@
 
 mod config;
 mod core;
+mod outbox;
 mod policy;
 mod runtime;
 mod session;
@@ -48,6 +50,7 @@ use tokio::sync::mpsc;
 
 pub use self::config::{AfiName, NextHopMode, PeerConfig, PrefixCommunities, Route, SpeakerConfig};
 pub use self::core::{PeerStatus, RouteEvent};
+pub use self::outbox::ROUTE_EVENTS;
 pub use self::policy::{Community, PolicyRule, RouteOperation, apply_policy};
 use self::runtime::{Runtime, SharedStatus};
 
@@ -67,10 +70,11 @@ pub struct Speaker {
 
 impl Speaker {
     /// Starts the speaker's runtime task on the current tokio runtime. Returns the handle and
-    /// the stream of best-path changes.
-    pub fn start() -> (Speaker, mpsc::UnboundedReceiver<RouteEvent>) {
+    /// the stream of best-path changes: at most [`ROUTE_EVENTS`] wait in it; beyond that the
+    /// speaker coalesces them per prefix until there is room (nothing is lost, see `outbox`).
+    pub fn start() -> (Speaker, mpsc::Receiver<RouteEvent>) {
         let (tx, rx) = mpsc::unbounded_channel();
-        let (route_tx, route_rx) = mpsc::unbounded_channel();
+        let (route_tx, route_rx) = mpsc::channel(ROUTE_EVENTS);
         let status = Arc::new(Mutex::new(BTreeMap::new()));
         tokio::spawn(Runtime::new(route_tx, status.clone()).run(rx));
         (Speaker { tx, status }, route_rx)

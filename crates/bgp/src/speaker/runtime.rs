@@ -16,6 +16,7 @@ use tracing::{debug, info, warn};
 
 use super::config::SpeakerConfig;
 use super::core::{Action, Core, CoreTimer, Event, PeerStatus, RouteEvent};
+use super::outbox::Outbox;
 use super::session::{self, SessionCmd};
 use crate::codec::notif;
 use crate::sockopt;
@@ -47,7 +48,8 @@ struct SessionHandle {
 
 pub(super) struct Runtime {
     core: Core,
-    routes: mpsc::UnboundedSender<RouteEvent>,
+    /// Bounded; coalesced per prefix while the consumer is behind (see [`Outbox`]).
+    routes: Outbox,
     status: SharedStatus,
     /// Session reports and expired timers; every session and timer task holds a clone.
     events_tx: mpsc::UnboundedSender<Event>,
@@ -63,12 +65,12 @@ pub(super) struct Runtime {
 }
 
 impl Runtime {
-    pub(super) fn new(routes: mpsc::UnboundedSender<RouteEvent>, status: SharedStatus) -> Runtime {
+    pub(super) fn new(routes: mpsc::Sender<RouteEvent>, status: SharedStatus) -> Runtime {
         let (events_tx, events_rx) = mpsc::unbounded_channel();
         let (incoming_tx, incoming_rx) = mpsc::unbounded_channel();
         Runtime {
             core: Core::default(),
-            routes,
+            routes: Outbox::new(routes),
             status,
             events_tx,
             events_rx,
@@ -104,6 +106,8 @@ impl Runtime {
                     self.core_event(event);
                 }
                 Some((stream, from)) = self.incoming_rx.recv() => self.incoming(stream, from),
+                // Route events held back while the consumer was behind, as room appears.
+                () = self.routes.drain(), if self.routes.has_pending() => {}
             }
         }
         for (_, s) in self.sessions.drain() {
@@ -132,9 +136,7 @@ impl Runtime {
 
     fn perform(&mut self, action: Action) {
         match action {
-            Action::Route(ev) => {
-                let _ = self.routes.send(ev);
-            }
+            Action::Route(ev) => self.routes.push(ev),
             Action::Listen(addr) => self.ensure_listener(addr),
             Action::ListenerKeys(keys) => self.sync_listener_keys(keys),
             Action::StartSession(spec) => {
