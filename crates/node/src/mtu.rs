@@ -3,7 +3,7 @@
 //! `calico_dataplane::mtu` for the rules). The encapsulations in use come from the IP pools
 //! ([`encapsulation`]); the overlay code can use the same function.
 
-use calico_api::{IPIPMode, IPPool, VXLANMode};
+use calico_api::IPPool;
 use calico_dataplane::Netlink;
 use calico_dataplane::mtu::{
     Encapsulation, FALLBACK_HOST_MTU, HostIface, host_mtu, pod_mtu, write_mtu_file,
@@ -12,6 +12,7 @@ use calico_datastore::{Datastore, KindRef};
 
 use crate::config::NodeConfig;
 use crate::felix_config::{self, FelixSettings};
+use crate::tunnel::{Overlay, PoolOverlay};
 
 /// Why the MTU could not be detected or written.
 #[derive(Debug, thiserror::Error)]
@@ -22,28 +23,18 @@ pub enum MtuError {
     File(#[from] calico_dataplane::mtu::MtuFileError),
 }
 
-/// The encapsulations the pools use (Felix: IPIP when a pool's `ipipMode` is not `Never`,
-/// VXLAN per family when a pool's `vxlanMode` is not `Never`).
+/// The encapsulations the pools use (Felix: IPIP when an IPv4 pool's `ipipMode` is not
+/// `Never`, VXLAN per family when a pool's `vxlanMode` is not `Never`), as the overlay code
+/// reads a pool's mode: [`PoolOverlay::from_pool`] is the one reader of that rule.
 pub fn encapsulation(pools: &[IPPool]) -> Encapsulation {
     let mut e = Encapsulation::default();
-    for p in pools {
-        let v6 = matches!(p.spec.net(), Some(ipnet::IpNet::V6(_)));
-        if p.spec
-            .ipip_mode
-            .is_some_and(|m| !matches!(m, IPIPMode::Never))
-            && !v6
-        {
-            e.ipip = true;
-        }
-        if p.spec
-            .vxlan_mode
-            .is_some_and(|m| !matches!(m, VXLANMode::Never))
-        {
-            if v6 {
-                e.vxlan_v6 = true;
-            } else {
-                e.vxlan = true;
-            }
+    for o in pools.iter().filter_map(PoolOverlay::from_pool) {
+        let v4 = o.cidr.addr().is_ipv4();
+        match o.overlay {
+            Overlay::Ipip(_) if v4 => e.ipip = true,
+            Overlay::Vxlan(_) if v4 => e.vxlan = true,
+            Overlay::Vxlan(_) => e.vxlan_v6 = true,
+            Overlay::Ipip(_) | Overlay::None => {}
         }
     }
     e
@@ -119,7 +110,7 @@ pub async fn write(cfg: &NodeConfig, ds: &Datastore) -> Result<u32, MtuError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use calico_api::IPPoolSpec;
+    use calico_api::{IPIPMode, IPPoolSpec, VXLANMode};
 
     fn pool(cidr: &str, ipip: Option<IPIPMode>, vxlan: Option<VXLANMode>) -> IPPool {
         IPPool::new(
@@ -152,6 +143,11 @@ mod tests {
             pool("fd00::/64", None, Some(VXLANMode::Always)),
         ]);
         assert!(e.ipip && !e.vxlan && e.vxlan_v6);
+        // IPIP is IPv4 only: an IPv6 pool asking for it adds no overhead.
+        assert_eq!(
+            encapsulation(&[pool("fd00::/64", Some(IPIPMode::Always), None)]),
+            Encapsulation::default()
+        );
     }
 
     #[test]
