@@ -613,6 +613,8 @@ struct Work {
     /// A published Service record or a BGPConfiguration changed (or the watch re-listed):
     /// the service addresses to advertise are read again.
     services: bool,
+    /// Other nodes' block affinities that changed: (host, block) (their tunnel routes).
+    remote_blocks: BTreeSet<(String, ipnet::IpNet)>,
 }
 
 impl Work {
@@ -624,6 +626,11 @@ impl Work {
             WatchEvent::Delete { key, .. } => key.as_str(),
             WatchEvent::Snapshot(_) => "",
         };
+        if let Some((host, block)) = calico_ipam::model::parse_affinity_key(key)
+            && host != store.node()
+        {
+            self.remote_blocks.insert((host, block));
+        }
         if key.is_empty()
             || key.starts_with(SERVICES_PREFIX)
             || key.contains("/projectcalico.org/bgpconfigurations/")
@@ -714,26 +721,46 @@ async fn run_round(work: &mut Work, r: &mut Round<'_>) -> Vec<String> {
             }
         }
     }
-    // Overlays: while a pool asks for one (and on every resync, to clean up after one), the
-    // tunnel state is synchronised and every route is reconciled through its plan.
-    let overlay = r.store.ip_pools().any(|p| {
-        crate::tunnel::PoolOverlay::from_pool(p).is_some_and(|o| {
-            matches!(
-                o.overlay,
-                crate::tunnel::Overlay::Vxlan(_) | crate::tunnel::Overlay::Ipip(_)
-            )
-        })
-    });
-    if overlay || w.resync {
-        if let Err(e) = r
-            .tunnels
-            .sync(r.ds, r.ipam, r.nl, &node, &r.settings.current.vxlan, ipv6)
-            .await
-        {
-            warn!(error = %e, "overlay not in sync; will retry");
-            problems.push(format!("overlay: {e}"));
+    // Overlays (from the model; see crate::tunnel): a sync on start, resync, and when
+    // pools, Nodes or FelixConfiguration change while an overlay is in use (or was: cleanup);
+    // another node's block affinity only recomputes and installs that block's route.
+    let overlay = crate::tunnel::overlay_in_use(r.store.ip_pools()) || r.tunnels.in_use();
+    // IPAM is checked for this node's tunnel addresses only when the watch (re)listed: a
+    // periodic resync compares with the model and the kernel, it reads nothing.
+    let full = w.change.snapshot;
+    let mut tunnel_sync = w.resync
+        || full
+        || (overlay && (aspects.speaker || aspects.felix || r.tunnels.failed()));
+    if !tunnel_sync && overlay && !w.remote_blocks.is_empty() {
+        match r.tunnels.blocks_changed(r.store, &w.remote_blocks) {
+            Some(install) => {
+                if let Err(e) = install_tunnel_routes(r.nl, &install, ipv6).await {
+                    warn!(error = %e, "tunnel route change failed; will retry");
+                    problems.push(format!("routes: {e}"));
+                    aspects.routes = true;
+                }
+            }
+            None => tunnel_sync = true,
         }
-        aspects.routes = true;
+    }
+    if tunnel_sync {
+        let cx = crate::tunnel::SyncContext {
+            store: r.store,
+            ds: r.ds,
+            ipam: r.ipam,
+            nl: r.nl,
+            vxlan: &r.settings.current.vxlan,
+            ipv6,
+            full,
+        };
+        match r.tunnels.sync(&cx).await {
+            Ok(changed) => aspects.routes |= changed,
+            Err(e) => {
+                warn!(error = %e, "overlay not in sync; will retry");
+                problems.push(format!("overlay: {e}"));
+                aspects.routes = true;
+            }
+        }
     }
     // Without a speaker no route is learned: nothing to wait for.
     let mut synced = r.speaker.is_none() || r.started_at.elapsed() > LEARNED_ROUTES_GRACE;
@@ -767,6 +794,7 @@ async fn run_round(work: &mut Work, r: &mut Round<'_>) -> Vec<String> {
         // A route event: straight to the kernel, nothing else recomputed.
         let mut notices = w.learned.clone();
         notices.retain(|p, _| !r.routing.services.ranges.covers(p));
+        r.tunnels.filter_notices(&mut notices);
         if let Err(e) = apply_learned(
             r.nl,
             &snap,
@@ -1028,6 +1056,41 @@ async fn reconcile_routes(
     })
 }
 
+/// Tunnel routes of other nodes' blocks whose affinity changed ([`crate::tunnel::Tunnels::blocks_changed`]),
+/// straight to the kernel.
+async fn install_tunnel_routes(
+    nl: &Netlink,
+    routes: &[KernelRoute],
+    ipv6: bool,
+) -> Result<(), AgentError> {
+    let batch: Vec<RouteChange> = routes
+        .iter()
+        .filter(|r| ipv6 || r.dst.addr().is_ipv4())
+        .map(|r| {
+            let route = to_kernel(r);
+            info!(route = %route, "installing tunnel route");
+            RouteChange::Replace(route)
+        })
+        .collect();
+    let failures = nl.apply_route_changes(&batch).await;
+    batch_result(failures, batch.len())
+}
+
+/// A batch of `total` route changes: an error naming the first failure, if any.
+fn batch_result(
+    failures: Vec<(usize, calico_dataplane::RouteError)>,
+    total: usize,
+) -> Result<(), AgentError> {
+    let failed = failures.len();
+    match failures.into_iter().next() {
+        None => Ok(()),
+        Some((_, first)) => Err(AgentError::Kernel {
+            what: format!("{failed} of {total} route changes failed"),
+            source: Box::new(first),
+        }),
+    }
+}
+
 /// Route notices from the speaker, straight to the kernel: no datastore read, no speaker
 /// reconfiguration, no policy compile, no listing of the kernel's routes. The same rules as
 /// [`routes::desired_routes`]: our own blocks keep their blackhole; a withdrawn route goes only
@@ -1077,14 +1140,7 @@ async fn apply_learned(
             None => installed.remove(prefix),
         };
     }
-    let failed = failures.len();
-    match failures.into_iter().next() {
-        None => Ok(()),
-        Some((_, first)) => Err(AgentError::Kernel {
-            what: format!("{failed} of {} route changes failed", batch.len()),
-            source: Box::new(first),
-        }),
-    }
+    batch_result(failures, batch.len())
 }
 
 #[cfg(test)]

@@ -1,26 +1,36 @@
 //! Overlays as Calico runs them: VXLAN (`vxlan.calico`, `vxlan-v6.calico`) and IPIP (`tunl0`).
 //!
-//! Every round, before the routes are reconciled, [`Tunnels::sync`]:
-//! 1. reads the pools, the Nodes and every block affinity;
-//! 2. for each overlay a pool of this node's family asks for (`vxlanMode`/`ipipMode` not
+//! Everything is read from the agent's watch-fed model ([`Store`]: pools, Nodes, every block
+//! affinity), never listed from the datastore per change. [`Tunnels::sync`] runs when the
+//! pools, the Nodes or FelixConfiguration change (and on start and every resync):
+//! 1. for each overlay a pool of this node's family asks for (`vxlanMode`/`ipipMode` not
 //!    `Never`), makes sure this node has a tunnel address allocated by IPAM from such a pool
 //!    (handle `vxlan-tunnel-addr-<node>`, attributes `node` and `type: vxlanTunnelAddress`, as
 //!    calico-node does; `vxlan-v6-tunnel-addr-`, `ipip-tunnel-addr-` likewise) and records it on
 //!    its Node (`ipv4VXLANTunnelAddr` + `vxlanTunnelMACAddr`, `ipv6VXLANTunnelAddr` +
 //!    `vxlanTunnelMACAddrV6`, `bgp.ipv4IPIPTunnelAddr`); with no such pool any more, the
-//!    address is released, the fields cleared and the device removed;
-//! 3. brings the device to its settings (FelixConfiguration `vxlanVNI`, `vxlanPort`,
+//!    address is released, the fields cleared and the device removed. IPAM handles are the
+//!    one thing the model does not hold (nothing else in the agent reads them, and one per
+//!    workload would cost memory on every agent), so the handle is read, with a fresh copy of
+//!    this node's Node, only when the watch lists (start, compaction) and when this node's
+//!    tunnel address in the model is not what the last such check found (a pool change, a
+//!    Node edited by someone else);
+//! 2. brings the device to its settings (FelixConfiguration `vxlanVNI`, `vxlanPort`,
 //!    `vxlanMTU`/`vxlanMTUV6`; the MTU defaults to the host interface's minus 50 (IPv4) or 70
 //!    (IPv6)), and the permanent FDB and neighbour entries to one per remote VTEP;
-//! 4. computes, with the pure [`plan`], the routes to remote blocks that go through a tunnel.
+//! 3. computes, with the pure [`plan`], the routes to remote blocks that go through a tunnel.
+//!
+//! Another node's block affinity changing needs none of that: [`Tunnels::blocks_changed`]
+//! recomputes the route of that block alone and the agent installs it.
 //!
 //! The route reconcile then calls [`Tunnels::adjust`]: tunnel routes (`via <remote tunnel
 //! address> dev vxlan.calico onlink`, `via <remote host> dev tunl0 onlink`) replace whatever
 //! BGP learned for those blocks, and a learned route into an overlay pool that would leave
-//! unencapsulated where the pool asks for encapsulation is dropped: a node never falls back to
+//! unencapsulated where the pool asks for encapsulation is dropped (route notices from the
+//! speaker go through [`Tunnels::filter_notices`] the same way): a node never falls back to
 //! native routing behind the user's back. With no BGP (`CALICO_NETWORKING_BACKEND=vxlan`) the
-//! remote blocks come from the block affinities in the datastore, native ones (CrossSubnet,
-//! same subnet) included.
+//! remote blocks come from the block affinities, native ones (CrossSubnet, same subnet)
+//! included.
 //!
 //! IPIP needs the kernel's `ipip` module (it provides `tunl0`). Without it the node logs an
 //! error, reports the problem (not ready, with the reason) and installs no route for the
@@ -34,11 +44,12 @@ use calico_dataplane::Netlink;
 use calico_dataplane::link::{format_mac, random_mac};
 use calico_dataplane::vxlan::{Ensured, FdbEntry, NeighEntry, VxlanSpec};
 use calico_datastore::Datastore;
-use calico_ipam::model::{self, AffinityState, AffinityValue};
+use calico_ipam::model::{self, AffinityState};
 use calico_ipam::{AllowedUse, AutoAssignArgs, Ipam};
 use ipnet::IpNet;
-use tracing::{error, info, warn};
+use tracing::{error, info};
 
+use crate::model::Store;
 use crate::routes::{KernelRoute, Target};
 
 /// The IPv4 VXLAN device.
@@ -125,6 +136,19 @@ impl PoolOverlay {
         };
         Some(PoolOverlay { cidr, overlay })
     }
+
+    /// Whether the pool asks for VXLAN or IPIP.
+    pub fn encapsulated(&self) -> bool {
+        self.overlay != Overlay::None
+    }
+}
+
+/// Whether any pool asks for an overlay (the agent then keeps the tunnel state in sync).
+pub fn overlay_in_use<'a>(pools: impl IntoIterator<Item = &'a IPPool>) -> bool {
+    pools
+        .into_iter()
+        .filter_map(PoolOverlay::from_pool)
+        .any(|o| o.encapsulated())
 }
 
 /// What the plan reads of a node: host addresses (with their prefix: the subnet) and tunnel
@@ -277,83 +301,112 @@ pub fn plan(inp: &PlanInputs) -> Plan {
         if *host == inp.me {
             continue;
         }
-        let Some(pool) = inp.pools.iter().find(|p| p.cidr.contains(block)) else {
-            continue;
-        };
-        let v4 = block.addr().is_ipv4();
-        let Some(node) = nodes.get(host.as_str()) else {
-            continue;
-        };
-        let Some(remote) = node.host(v4).map(|n| n.addr()) else {
-            continue;
-        };
-        let same = same_subnet(if v4 { my_v4 } else { my_v6 }, remote);
-        let route = |target| KernelRoute {
-            dst: *block,
-            target,
-        };
-        match pool.overlay {
-            Overlay::Vxlan(mode) if mode.encapsulates(same) => {
-                let have_device = out.vteps.contains_key(vxlan_device(v4));
-                match node.vxlan(v4) {
-                    Some((tunnel, _)) if have_device => {
-                        out.routes.insert(route(Target::Onlink {
-                            via: tunnel,
-                            dev: vxlan_device(v4).to_string(),
-                        }));
-                    }
-                    // The remote VTEP is not known yet (or this node has none): no route
-                    // rather than an unencapsulated one; the next round retries.
-                    _ => {}
-                }
+        match out.block_route(
+            *block,
+            nodes.get(host.as_str()).copied(),
+            inp.bgp,
+            inp.ipip_device,
+        ) {
+            Ok(Some(r)) => {
+                out.routes.insert(r);
             }
-            Overlay::Ipip(mode) if v4 && mode.encapsulates(same) => {
-                if inp.ipip_device {
-                    out.routes.insert(route(Target::Onlink {
-                        via: remote,
-                        dev: IPIP_DEVICE.to_string(),
-                    }));
-                } else {
-                    out.problems.insert(format!(
-                        "IPPool {}: ipipMode needs the {IPIP_DEVICE} device and this kernel has no ipip module; its remote blocks are not routed",
-                        pool.cidr
-                    ));
-                }
+            Ok(None) => {}
+            Err(problem) => {
+                out.problems.insert(problem);
             }
-            // Native: BGP provides it; without BGP the affinity does, inside the subnet.
-            _ if !inp.bgp && same => {
-                out.routes.insert(route(Target::Via(remote)));
-            }
-            _ => {}
         }
     }
     out
 }
 
 impl Plan {
+    /// The route to another node's `block` (hosted by `node`, `None`: no such Node), or none
+    /// (BGP provides it, or it cannot be routed yet), or why it cannot be routed at all.
+    /// `bgp`: BGP runs; `ipip_device`: `tunl0` exists.
+    fn block_route(
+        &self,
+        block: IpNet,
+        node: Option<&NodeTunnels>,
+        bgp: bool,
+        ipip_device: bool,
+    ) -> Result<Option<KernelRoute>, String> {
+        let Some(pool) = self.pools.iter().find(|p| p.cidr.contains(&block)) else {
+            return Ok(None);
+        };
+        let v4 = block.addr().is_ipv4();
+        let Some(node) = node else {
+            return Ok(None);
+        };
+        let Some(remote) = node.host(v4).map(|n| n.addr()) else {
+            return Ok(None);
+        };
+        let same = same_subnet(if v4 { self.my_v4 } else { self.my_v6 }, remote);
+        let route = |target| KernelRoute { dst: block, target };
+        Ok(match pool.overlay {
+            Overlay::Vxlan(mode) if mode.encapsulates(same) => {
+                let have_device = self.vteps.contains_key(vxlan_device(v4));
+                match node.vxlan(v4) {
+                    Some((tunnel, _)) if have_device => Some(route(Target::Onlink {
+                        via: tunnel,
+                        dev: vxlan_device(v4).to_string(),
+                    })),
+                    // The remote VTEP is not known yet (or this node has none): no route
+                    // rather than an unencapsulated one; the next round retries.
+                    _ => None,
+                }
+            }
+            Overlay::Ipip(mode) if v4 && mode.encapsulates(same) => {
+                if !ipip_device {
+                    return Err(format!(
+                        "IPPool {}: ipipMode needs the {IPIP_DEVICE} device and this kernel has no ipip module; its remote blocks are not routed",
+                        pool.cidr
+                    ));
+                }
+                Some(route(Target::Onlink {
+                    via: remote,
+                    dev: IPIP_DEVICE.to_string(),
+                }))
+            }
+            // Native: BGP provides it; without BGP the affinity does, inside the subnet.
+            _ if !bgp && same => Some(route(Target::Via(remote))),
+            _ => None,
+        })
+    }
+
+    /// The prefixes the plan routes itself.
+    fn decided(&self) -> BTreeSet<IpNet> {
+        self.routes.iter().map(|r| r.dst).collect()
+    }
+
+    /// Whether a learned route to `dst` via `next_hop` may be installed: not when `dst` is in
+    /// an overlay pool and that next hop would need encapsulation.
+    fn keeps_learned(&self, dst: &IpNet, next_hop: IpAddr) -> bool {
+        let mine = if next_hop.is_ipv4() {
+            self.my_v4
+        } else {
+            self.my_v6
+        };
+        let same = same_subnet(mine, next_hop);
+        match self.pools.iter().find(|p| p.cidr.contains(dst)) {
+            Some(PoolOverlay {
+                overlay: Overlay::Vxlan(m) | Overlay::Ipip(m),
+                ..
+            }) => !m.encapsulates(same),
+            _ => true,
+        }
+    }
+
     /// Merges the plan into the desired routes: the plan's routes replace any other route to
     /// the same prefix, and a learned route into an overlay pool whose next hop would need
     /// encapsulation is dropped (never routed natively instead).
     pub fn adjust(&self, desired: &mut BTreeSet<KernelRoute>) {
-        let decided: BTreeSet<IpNet> = self.routes.iter().map(|r| r.dst).collect();
+        let decided = self.decided();
         desired.retain(|r| {
             if decided.contains(&r.dst) {
                 return false;
             }
-            let Target::Via(next_hop) = r.target else {
-                return true;
-            };
-            let mine = if next_hop.is_ipv4() {
-                self.my_v4
-            } else {
-                self.my_v6
-            };
-            let same = same_subnet(mine, next_hop);
-            match self.pools.iter().find(|p| p.cidr.contains(&r.dst)) {
-                Some(PoolOverlay {
-                    overlay: Overlay::Vxlan(m) | Overlay::Ipip(m),
-                    ..
-                }) => !m.encapsulates(same),
+            match r.target {
+                Target::Via(next_hop) => self.keeps_learned(&r.dst, next_hop),
                 _ => true,
             }
         });
@@ -389,7 +442,7 @@ pub fn tunnel_mtu(configured: Option<u32>, host_mtu: Option<u32>, overhead: u32)
 }
 
 /// The tunnel kinds calico-node allocates addresses for: handle prefix, `type` attribute.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum TunnelKind {
     VxlanV4,
     VxlanV6,
@@ -467,11 +520,35 @@ fn failed(what: impl Into<String>) -> impl FnOnce(String) -> TunnelError {
     move |detail| TunnelError::Failed { what, detail }
 }
 
+/// What a [`Tunnels::sync`] works with.
+#[derive(Clone, Copy)]
+pub struct SyncContext<'a> {
+    /// The model: pools, Nodes, block affinities.
+    pub store: &'a Store,
+    /// For this node's Node and its tunnel addresses only (see the module's description).
+    pub ds: &'a Datastore,
+    pub ipam: &'a Ipam,
+    pub nl: &'a Netlink,
+    pub vxlan: &'a VxlanSettings,
+    /// `ipv6Support`.
+    pub ipv6: bool,
+    /// Check this node's tunnel addresses against IPAM (the watch listed: start, compaction).
+    pub full: bool,
+}
+
 /// The agent's overlay state between rounds.
 #[derive(Debug, Default)]
 pub struct Tunnels {
     bgp: bool,
+    /// Whether `tunl0` existed at the last sync.
+    ipip_device: bool,
     plan: Plan,
+    /// This node's tunnel addresses as the last check against IPAM found them (recorded on
+    /// the Node and held by the handle): kind → (address, MAC). While the model's Node still
+    /// shows the same, no sync reads IPAM or the datastore again.
+    verified: BTreeMap<TunnelKind, (IpAddr, Option<[u8; 6]>)>,
+    /// The last sync failed: the next round syncs again whatever changed.
+    failed: bool,
     /// The last problems logged (each is logged once, when it appears).
     logged: BTreeSet<String>,
 }
@@ -490,34 +567,128 @@ impl Tunnels {
         self.plan.adjust(desired);
     }
 
-    /// One round: tunnel addresses, Node fields, devices, VTEP entries, the plan. An error
-    /// (or a problem of the plan) means the node is not ready; the caller retries.
-    pub async fn sync(
+    /// Whether tunnel state exists that a sync may have to clean up when the last overlay
+    /// pool goes: an overlay pool in the last plan, a tunnel address of this node.
+    pub fn in_use(&self) -> bool {
+        !self.verified.is_empty() || self.plan.pools.iter().any(PoolOverlay::encapsulated)
+    }
+
+    /// Whether the last sync failed (the next round syncs again).
+    pub fn failed(&self) -> bool {
+        self.failed
+    }
+
+    /// Route notices from the speaker, as [`Plan::adjust`] treats learned routes: a prefix
+    /// the plan routes itself is left alone, and a path that would leave unencapsulated where
+    /// the pool asks for encapsulation counts as withdrawn.
+    pub fn filter_notices(&self, notices: &mut BTreeMap<IpNet, Option<IpAddr>>) {
+        if self.plan.pools.is_empty() {
+            return;
+        }
+        let decided = self.plan.decided();
+        notices.retain(|p, _| !decided.contains(p));
+        for (p, nh) in notices.iter_mut() {
+            if nh.is_some_and(|h| !self.plan.keeps_learned(p, h)) {
+                *nh = None;
+            }
+        }
+    }
+
+    /// Other nodes' block affinities changed (as now in `store`): recomputes the routes of
+    /// those blocks alone and returns the ones to install (no datastore read, no kernel
+    /// listing). `None`: a block lost its route or cannot be routed (a route learned over
+    /// BGP may take its place, or a problem must be reported): the caller runs a full
+    /// [`Tunnels::sync`] and reconciles every route instead.
+    pub fn blocks_changed(
         &mut self,
-        ds: &Datastore,
-        ipam: &Ipam,
-        nl: &Netlink,
-        node: &str,
-        vxlan: &VxlanSettings,
-        ipv6: bool,
-    ) -> Result<(), TunnelError> {
-        let pools = ds
-            .list::<IPPool>(None)
-            .await
-            .map_err(|e| failed("listing IPPools")(e.to_string()))?
-            .items;
-        let overlays: Vec<PoolOverlay> = pools.iter().filter_map(PoolOverlay::from_pool).collect();
+        store: &Store,
+        blocks: &BTreeSet<(String, IpNet)>,
+    ) -> Option<Vec<KernelRoute>> {
+        let mut install = Vec::new();
+        for (host, block) in blocks {
+            if host == store.node() {
+                continue;
+            }
+            let confirmed =
+                store.affinities().get(&(host.clone(), *block)) == Some(&AffinityState::Confirmed);
+            let node = store
+                .nodes()
+                .find(|n| n.metadata.name.as_deref() == Some(host.as_str()))
+                .map(NodeTunnels::from_node);
+            let new = if confirmed {
+                self.plan
+                    .block_route(*block, node.as_ref(), self.bgp, self.ipip_device)
+                    .ok()?
+            } else {
+                None
+            };
+            let old = self.plan.routes.iter().find(|r| r.dst == *block).cloned();
+            match (old, new) {
+                (old, Some(new)) if old.as_ref() != Some(&new) => {
+                    if let Some(old) = old {
+                        self.plan.routes.remove(&old);
+                    }
+                    self.plan.routes.insert(new.clone());
+                    install.push(new);
+                }
+                (Some(_), None) => {
+                    // Recomputed with everything else by the full round the caller runs.
+                    return None;
+                }
+                _ => {}
+            }
+        }
+        Some(install)
+    }
+
+    /// One sync: tunnel addresses, Node fields, devices, VTEP entries, the plan, from the
+    /// model. With `cx.full`, this node's tunnel addresses are checked against IPAM too
+    /// (the watch listed: start, compaction); otherwise IPAM and the datastore are read only when the model's Node
+    /// no longer shows what the last check found. Returns whether the plan's routes changed.
+    /// An error (or a problem of the plan) means the node is not ready; the caller retries.
+    pub async fn sync(&mut self, cx: &SyncContext<'_>) -> Result<bool, TunnelError> {
+        let result = self.sync_inner(cx).await;
+        self.failed = result.is_err();
+        result
+    }
+
+    async fn sync_inner(&mut self, cx: &SyncContext<'_>) -> Result<bool, TunnelError> {
+        let SyncContext {
+            store,
+            nl,
+            vxlan,
+            ipv6,
+            ..
+        } = *cx;
+        let node = store.node().to_string();
+        let pools: Vec<&IPPool> = store.ip_pools().collect();
+        let overlays: Vec<PoolOverlay> = pools
+            .iter()
+            .copied()
+            .filter_map(PoolOverlay::from_pool)
+            .collect();
+        let me: Option<NodeTunnels> = store
+            .nodes()
+            .find(|n| n.metadata.name.as_deref() == Some(node.as_str()))
+            .map(NodeTunnels::from_node);
         let mut problems = BTreeSet::new();
 
         let ipip_device = nl.link(IPIP_DEVICE).await.ok().flatten().is_some();
         for kind in [TunnelKind::VxlanV4, TunnelKind::VxlanV6, TunnelKind::Ipip] {
-            let wanted = (kind.v4() || ipv6) && pools.iter().any(|p| kind.serves(p));
-            let me = self.ensure_address(ds, ipam, node, kind, wanted).await?;
+            let serving: Vec<IpNet> = pools
+                .iter()
+                .filter(|p| kind.serves(p))
+                .filter_map(|p| p.spec.cidr.parse::<IpNet>().ok())
+                .collect();
+            let wanted = (kind.v4() || ipv6) && !serving.is_empty();
+            let mine = self
+                .ensure_address(cx, me.as_ref(), kind, wanted, &serving)
+                .await?;
             let dev = match kind {
                 TunnelKind::Ipip => IPIP_DEVICE,
                 k => vxlan_device(k.v4()),
             };
-            match (kind, me) {
+            match (kind, mine) {
                 (TunnelKind::Ipip, Some((addr, _))) => {
                     if !ipip_device {
                         problems.insert(format!(
@@ -529,7 +700,7 @@ impl Tunnels {
                 }
                 (TunnelKind::Ipip, None) => {}
                 (k, Some((addr, mac))) => {
-                    let host = self.host_address(ds, node, k.v4()).await?;
+                    let host = me.as_ref().and_then(|m| m.host(k.v4())).map(|a| a.addr());
                     let Some(host) = host else {
                         problems.insert(format!(
                             "{dev}: this node has no IPv{} address for the VXLAN tunnel",
@@ -569,19 +740,25 @@ impl Tunnels {
             }
         }
 
-        let nodes: Vec<NodeTunnels> = ds
-            .list::<Node>(None)
-            .await
-            .map_err(|e| failed("listing Nodes")(e.to_string()))?
-            .items
-            .iter()
+        // This node's own VTEP as just ensured (the model may not show our write yet).
+        let nodes: Vec<NodeTunnels> = store
+            .nodes()
             .map(NodeTunnels::from_node)
+            .map(|mut n| {
+                if n.name == node {
+                    self.overlay_own_vteps(&mut n);
+                }
+                n
+            })
             .collect();
-        let affinities = all_affinities(ipam)
-            .await
-            .map_err(failed("listing block affinities"))?;
+        let affinities: Vec<(String, IpNet)> = store
+            .affinities()
+            .iter()
+            .filter(|(_, s)| **s == AffinityState::Confirmed)
+            .map(|((h, b), _)| (h.clone(), *b))
+            .collect();
         let plan = plan(&PlanInputs {
-            me: node.to_string(),
+            me: node.clone(),
             nodes,
             pools: overlays,
             affinities,
@@ -594,13 +771,17 @@ impl Tunnels {
             }
         }
         problems.extend(plan.problems.iter().cloned());
+        let changed = plan.routes != self.plan.routes
+            || plan.pools != self.plan.pools
+            || (plan.my_v4, plan.my_v6) != (self.plan.my_v4, self.plan.my_v6);
         self.plan = plan;
+        self.ipip_device = ipip_device;
         for p in problems.difference(&self.logged) {
             error!(problem = %p, "overlay not programmed");
         }
         self.logged = problems.clone();
         if problems.is_empty() {
-            Ok(())
+            Ok(changed)
         } else {
             Err(TunnelError::Failed {
                 what: "overlay".into(),
@@ -609,34 +790,71 @@ impl Tunnels {
         }
     }
 
-    /// This node's host address of a family, from its Node.
-    async fn host_address(
-        &self,
-        ds: &Datastore,
-        node: &str,
-        v4: bool,
-    ) -> Result<Option<IpAddr>, TunnelError> {
-        let n: Option<Node> = ds
-            .get(None, node)
-            .await
-            .map_err(|e| failed(format!("reading Node {node}"))(e.to_string()))?;
-        Ok(n.map(|n| NodeTunnels::from_node(&n))
-            .and_then(|t| t.host(v4))
-            .map(|a| a.addr()))
+    /// This node's VTEPs as the last check found them (written by us, possibly not yet
+    /// back through the watch).
+    fn overlay_own_vteps(&self, n: &mut NodeTunnels) {
+        for (kind, (addr, mac)) in &self.verified {
+            match (kind, mac) {
+                (TunnelKind::VxlanV4, Some(m)) => n.vxlan_v4 = Some((*addr, *m)),
+                (TunnelKind::VxlanV6, Some(m)) => n.vxlan_v6 = Some((*addr, *m)),
+                (TunnelKind::Ipip, _) => n.ipip_v4 = Some(*addr),
+                _ => {}
+            }
+        }
     }
 
-    /// Makes this node's tunnel address (and MAC) of `kind` exist when `wanted`, released
-    /// and cleared otherwise. Returns the address and MAC in force.
+    /// Makes this node's tunnel address (and MAC) of `kind` exist when `wanted` (from one of
+    /// the `serving` pools), released and cleared otherwise. Returns the address and MAC in
+    /// force. `me`: this node as the model has it. Without `full`, nothing is read when the
+    /// model's Node shows what the last check found (or nothing was and nothing is wanted).
     async fn ensure_address(
+        &mut self,
+        cx: &SyncContext<'_>,
+        me: Option<&NodeTunnels>,
+        kind: TunnelKind,
+        wanted: bool,
+        serving: &[IpNet],
+    ) -> Result<Option<(IpAddr, Option<[u8; 6]>)>, TunnelError> {
+        let shown = me.and_then(|m| match kind {
+            TunnelKind::VxlanV4 => m.vxlan_v4.map(|(a, mac)| (a, Some(mac))),
+            TunnelKind::VxlanV6 => m.vxlan_v6.map(|(a, mac)| (a, Some(mac))),
+            TunnelKind::Ipip => m.ipip_v4.map(|a| (a, None)),
+        });
+        if !cx.full {
+            match (wanted, self.verified.get(&kind)) {
+                (true, Some(v))
+                    if shown == Some(*v) && serving.iter().any(|p| p.contains(&v.0)) =>
+                {
+                    return Ok(Some(*v));
+                }
+                (false, None) if shown.is_none() => return Ok(None),
+                _ => {}
+            }
+        }
+        let got = self
+            .check_address(cx.ds, cx.ipam, cx.store.node(), kind, wanted, serving)
+            .await?;
+        match got {
+            Some(v) => self.verified.insert(kind, v),
+            None => self.verified.remove(&kind),
+        };
+        Ok(got)
+    }
+
+    /// [`Tunnels::ensure_address`] against IPAM and a fresh copy of this node's Node.
+    async fn check_address(
         &self,
         ds: &Datastore,
         ipam: &Ipam,
         node: &str,
         kind: TunnelKind,
         wanted: bool,
+        pools: &[IpNet],
     ) -> Result<Option<(IpAddr, Option<[u8; 6]>)>, TunnelError> {
         let handle = kind.handle(node);
         let ds_err = |what: &str| failed(format!("{what} Node {node}"));
+        // Read afresh (not from the model): the update below needs the current revision, and
+        // the model may not show our own last write yet.
         let current: Node = ds
             .get(None, node)
             .await
@@ -649,15 +867,7 @@ impl Tunnels {
             .ips_by_handle(&handle)
             .await
             .map_err(|e| failed(format!("reading IPAM handle {handle}"))(e.to_string()))?;
-        let pools: Vec<IpNet> = ds
-            .list::<IPPool>(None)
-            .await
-            .map_err(|e| failed("listing IPPools")(e.to_string()))?
-            .items
-            .iter()
-            .filter(|p| kind.serves(p))
-            .filter_map(|p| p.spec.cidr.parse::<IpNet>().ok())
-            .collect();
+        let pools = pools.to_vec();
         let keep = recorded.filter(|a| held.contains(a) && pools.iter().any(|p| p.contains(a)));
         let addr = match (wanted, keep) {
             (false, _) => {
@@ -872,27 +1082,6 @@ async fn program_vteps(
             .map_err(e(format!("neighbours of {dev}")))?;
     }
     Ok(())
-}
-
-/// Every confirmed block affinity in the datastore: (node, block).
-async fn all_affinities(ipam: &Ipam) -> Result<Vec<(String, IpNet)>, String> {
-    let listing = ipam
-        .kv()
-        .list(model::HOSTS_PREFIX)
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut out = Vec::new();
-    for kv in &listing.kvs {
-        let Some((host, cidr)) = model::parse_affinity_key(&kv.key) else {
-            continue;
-        };
-        match serde_json::from_slice::<AffinityValue>(&kv.value) {
-            Ok(v) if v.state == AffinityState::Confirmed && !v.deleted => out.push((host, cidr)),
-            Ok(_) => {}
-            Err(e) => warn!(key = %kv.key, error = %e, "unreadable block affinity skipped"),
-        }
-    }
-    Ok(out)
 }
 
 #[cfg(test)]
@@ -1113,6 +1302,99 @@ mod tests {
         );
         assert_eq!(p.vteps[VXLAN_V6].len(), 1);
         assert!(!p.vteps.contains_key(VXLAN_V4));
+    }
+
+    #[test]
+    fn route_notices_follow_the_plan() {
+        let p = plan(&inputs(Overlay::Vxlan(Mode::Always), true));
+        let t = Tunnels {
+            plan: p,
+            ..Tunnels::new(true)
+        };
+        let mut notices: BTreeMap<IpNet, Option<IpAddr>> = [
+            (net("10.65.1.0/26"), Some(ip("192.168.34.12"))),
+            (net("10.65.3.7/32"), Some(ip("192.168.34.12"))),
+            (net("172.16.0.0/24"), Some(ip("192.168.34.12"))),
+            (net("10.65.9.0/26"), None),
+        ]
+        .into();
+        t.filter_notices(&mut notices);
+        assert_eq!(
+            notices,
+            [
+                // The plan routes 10.65.1.0/26 through the tunnel itself: the notice goes.
+                // Into the VXLAN pool natively: as withdrawn.
+                (net("10.65.3.7/32"), None),
+                (net("172.16.0.0/24"), Some(ip("192.168.34.12"))),
+                (net("10.65.9.0/26"), None),
+            ]
+            .into()
+        );
+    }
+
+    fn put(store: &mut Store, key: &str, value: serde_json::Value) {
+        store.apply(&calico_datastore::WatchEvent::Put(
+            calico_datastore::KeyValue {
+                key: key.into(),
+                value: serde_json::to_vec(&value).unwrap(),
+                create_revision: 1,
+                mod_revision: store.revision() + 1,
+            },
+        ));
+    }
+
+    #[test]
+    fn another_nodes_block_changes_only_its_own_route() {
+        const RES: &str = "/calico/resources/v3/projectcalico.org";
+        let mut store = Store::new("node1");
+        put(
+            &mut store,
+            &format!("{RES}/ippools/p"),
+            serde_json::json!({"apiVersion": "projectcalico.org/v3", "kind": "IPPool",
+                "metadata": {"name": "p"},
+                "spec": {"cidr": "10.65.0.0/16", "vxlanMode": "Always"}}),
+        );
+        put(
+            &mut store,
+            &format!("{RES}/nodes/node2"),
+            serde_json::json!({"apiVersion": "projectcalico.org/v3", "kind": "Node",
+                "metadata": {"name": "node2"},
+                "spec": {"bgp": {"ipv4Address": "192.168.34.12/24"},
+                    "ipv4VXLANTunnelAddr": "10.65.1.0", "vxlanTunnelMACAddr": "66:00:00:00:00:02"}}),
+        );
+        // The last sync knew node1 and node3's blocks only.
+        let mut i = inputs(Overlay::Vxlan(Mode::Always), true);
+        i.affinities.retain(|(h, _)| h != "node2");
+        let mut t = Tunnels {
+            plan: plan(&i),
+            ..Tunnels::new(true)
+        };
+        let before = t.plan.routes.clone();
+        let key = "/calico/ipam/v2/host/node2/ipv4/block/10.65.1.0-26";
+        put(
+            &mut store,
+            key,
+            serde_json::json!({"state": "confirmed", "deleted": false}),
+        );
+        let changed: BTreeSet<(String, IpNet)> = [("node2".into(), net("10.65.1.0/26"))].into();
+        let want = onlink("10.65.1.0/26", "10.65.1.0", VXLAN_V4);
+        assert_eq!(t.blocks_changed(&store, &changed), Some(vec![want.clone()]));
+        // Only that block's route was added to the plan.
+        let mut expected = before.clone();
+        expected.insert(want);
+        assert_eq!(t.plan.routes, expected);
+        // Nothing changed since: nothing to install.
+        assert_eq!(t.blocks_changed(&store, &changed), Some(vec![]));
+        // This node's own blocks are not routed here.
+        let own: BTreeSet<(String, IpNet)> = [("node1".into(), net("10.65.0.0/26"))].into();
+        assert_eq!(t.blocks_changed(&store, &own), Some(vec![]));
+        // The block goes: a full round decides what replaces the route.
+        store.apply(&calico_datastore::WatchEvent::Delete {
+            key: key.into(),
+            revision: store.revision() + 1,
+            prev: None,
+        });
+        assert_eq!(t.blocks_changed(&store, &changed), None);
     }
 
     #[test]

@@ -8,6 +8,8 @@
 //! and fails.
 #![allow(dead_code)]
 
+
+
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -134,6 +136,20 @@ impl Cluster {
         }
     }
 
+    /// A cluster of `addrs` (see [`Cluster::with_hosts`]) with every agent started with
+    /// `env`, and one workload address allocated on each node ([`Cluster::allocate`]):
+    /// the cluster and, per node, (address, block).
+    pub fn with_agents(addrs: &[&str], env: &[(&str, &str)]) -> (Cluster, Vec<(IpAddr, String)>) {
+        let mut c = Cluster::with_hosts(addrs);
+        for i in 1..=addrs.len() {
+            c.start_agent_with(i, env);
+        }
+        let allocated = (1..=addrs.len())
+            .map(|i| c.allocate(&format!("node{i}")))
+            .collect();
+        (c, allocated)
+    }
+
     pub fn node(&self, i: usize) -> &Node {
         &self.nodes[i - 1]
     }
@@ -202,19 +218,26 @@ impl Cluster {
             .unwrap_or_default()
     }
 
-    /// Runs `f` with a datastore and IPAM client, inside the etcd host's namespace.
-    pub fn with_datastore<R: Send>(&self, f: impl AsyncFnOnce(&Datastore, &Ipam) -> R + Send) -> R {
+    /// Runs `f` with an etcd client, inside the etcd host's namespace.
+    pub fn with_etcd<R: Send>(&self, f: impl AsyncFnOnce(&EtcdClient) -> R + Send) -> R {
         let endpoint = self.etcd.endpoint();
         self.etcd_host
             .run_async(move || async move {
                 let kv = EtcdClient::connect(&EtcdConfig::new([endpoint]))
                     .await
                     .expect("etcd client");
-                let ds = Datastore::from_etcd(kv.clone());
-                let ipam = Ipam::new(kv);
-                f(&ds, &ipam).await
+                f(&kv).await
             })
             .expect("run in the etcd namespace")
+    }
+
+    /// Runs `f` with a datastore and IPAM client, inside the etcd host's namespace.
+    pub fn with_datastore<R: Send>(&self, f: impl AsyncFnOnce(&Datastore, &Ipam) -> R + Send) -> R {
+        self.with_etcd(async move |kv: &EtcdClient| {
+            let ds = Datastore::from_etcd(kv.clone());
+            let ipam = Ipam::new(kv.clone());
+            f(&ds, &ipam).await
+        })
     }
 
     /// Allocates one address for a workload on `node` (handle `wl-<node>`), so that the node
