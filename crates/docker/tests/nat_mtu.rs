@@ -8,6 +8,8 @@
 //!
 //! Needs root and `cargo build -p calico-rs --bin calico-node`.
 
+mod common;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Command;
@@ -34,31 +36,6 @@ fn calico_node() -> PathBuf {
     bin
 }
 
-fn docker(sock: &std::path::Path, args: &[&str]) -> std::process::Output {
-    calico_lab::lab::output_bounded(
-        {
-            let mut c = Command::new("docker");
-            c.arg("-H")
-                .arg(format!("unix://{}", sock.display()))
-                .args(args);
-            c
-        },
-        Duration::from_secs(60),
-    )
-    .expect("docker CLI")
-}
-
-fn docker_ok(sock: &std::path::Path, args: &[&str]) -> String {
-    let o = docker(sock, args);
-    assert!(
-        o.status.success(),
-        "docker {args:?}: {}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).trim().to_string()
-}
-
 fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;
     loop {
@@ -73,10 +50,10 @@ fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
 }
 
 /// `echo MSG | nc` from inside a container to the outside host: the echoed text, if any.
-fn nc_from(sock: &std::path::Path, container: &str, msg: &str) -> Option<String> {
+fn nc_from(w: &World, container: &str, msg: &str) -> Option<String> {
     let script = format!("echo {msg} | nc -w 2 {OUTSIDE} {PORT}");
-    let o = docker(sock, &["exec", container, "sh", "-c", &script]);
-    let out = String::from_utf8_lossy(&o.stdout).trim().to_string();
+    let o = w.docker(&["exec", container, "sh", "-c", &script]);
+    let out = o.stdout.trim().to_string();
     // Only the echo counts (nc's exit status after its idle timeout varies by version).
     (out == msg).then_some(out)
 }
@@ -90,13 +67,26 @@ struct World {
     node: Host,
     outside: Host,
     _lab: Lab,
+    /// Runs the docker tests' common (async) docker helpers.
+    rt: tokio::runtime::Runtime,
 }
 
 impl World {
+    fn docker(&self, args: &[&str]) -> common::Out {
+        self.rt
+            .block_on(common::docker(&self.dockerd.socket(), args))
+    }
+
+    fn docker_ok(&self, args: &[&str]) -> String {
+        self.rt
+            .block_on(common::docker_ok(&self.dockerd.socket(), args))
+            .trim()
+            .to_string()
+    }
+
     fn remove_containers(&self) {
-        let ids = docker(&self.dockerd.socket(), &["ps", "-aq"]);
-        for id in String::from_utf8_lossy(&ids.stdout).split_whitespace() {
-            docker(&self.dockerd.socket(), &["rm", "-f", id]);
+        for id in self.docker(&["ps", "-aq"]).stdout.split_whitespace() {
+            self.docker(&["rm", "-f", id]);
         }
     }
 }
@@ -178,6 +168,7 @@ fn containers_get_nat_outgoing_and_the_detected_mtu() {
         node,
         outside,
         _lab: lab,
+        rt,
     };
     let mtu_file = run_dir.join("lib/mtu");
     assert!(
@@ -200,32 +191,14 @@ fn containers_get_nat_outgoing_and_the_detected_mtu() {
     calico_lab::dockerd::build_busybox_image(&w.dockerd, "busybox:latest").unwrap();
 
     for (net, subnet) in [("natnet", "10.65.0.0/16"), ("plainnet", "10.66.0.0/16")] {
-        docker_ok(
-            &sock,
-            &[
-                "network",
-                "create",
-                "--driver",
-                "calico",
-                "--ipam-driver",
-                "calico-ipam",
-                "--subnet",
-                subnet,
-                net,
-            ],
-        );
+        w.rt.block_on(common::calico_network_ok(&sock, &["--subnet", subnet], net));
     }
     for (name, net) in [("c1", "natnet"), ("c2", "plainnet")] {
-        docker_ok(
-            &sock,
-            &[
-                "run", "-d", "--net", net, "--name", name, "busybox", "sleep", "600",
-            ],
-        );
+        w.rt.block_on(common::sleeper(&sock, net, name));
     }
 
     // MTU: both ends of the veth have the detected value.
-    let inside = docker_ok(&sock, &["exec", "c1", "cat", "/sys/class/net/cali0/mtu"]);
+    let inside = w.docker_ok(&["exec", "c1", "cat", "/sys/class/net/cali0/mtu"]);
     assert_eq!(inside, HOST_MTU.to_string(), "container side");
     let host_side = w
         .node
@@ -247,7 +220,7 @@ fn containers_get_nat_outgoing_and_the_detected_mtu() {
         .serve_tcp_echo(OUTSIDE.parse().unwrap(), PORT)
         .unwrap();
     assert!(
-        wait_until(Duration::from_secs(30), || nc_from(&sock, "c1", "hello")
+        wait_until(Duration::from_secs(30), || nc_from(&w, "c1", "hello")
             .is_some()),
         "c1 never reached the outside host\n{}\n{}",
         w.node
@@ -264,7 +237,7 @@ fn containers_get_nat_outgoing_and_the_detected_mtu() {
     // c2 (pool without natOutgoing): the same probe fails, and the server saw no connection
     // from it.
     let before = server.peers().len();
-    assert!(nc_from(&sock, "c2", "hello").is_none());
+    assert!(nc_from(&w, "c2", "hello").is_none());
     assert_eq!(server.peers().len(), before);
 
     w.remove_containers();

@@ -59,33 +59,9 @@ fn containers_get_calico_interfaces_and_release_addresses() {
         let sock = host.sock();
         calico_lab::dockerd::build_busybox_image(&host.dockerd, "busybox:latest").unwrap();
 
-        docker_ok(
-            &sock,
-            &[
-                "network",
-                "create",
-                "--driver",
-                "calico",
-                "--ipam-driver",
-                "calico-ipam",
-                "cal_net1",
-            ],
-        )
-        .await;
-        docker_ok(
-            &sock,
-            &[
-                "run", "-d", "--net", "cal_net1", "--name", "bbox1", "busybox", "sleep", "600",
-            ],
-        )
-        .await;
-        docker_ok(
-            &sock,
-            &[
-                "run", "-d", "--net", "cal_net1", "--name", "bbox2", "busybox", "sleep", "600",
-            ],
-        )
-        .await;
+        calico_network_ok(&sock, &[], "cal_net1").await;
+        sleeper(&sock, "cal_net1", "bbox1").await;
+        sleeper(&sock, "cal_net1", "bbox2").await;
 
         let pool: IpNet = "192.168.0.0/16".parse().unwrap();
         let a1 = container_addr(&sock, "bbox1").await;
@@ -223,13 +199,7 @@ fn containers_get_calico_interfaces_and_release_addresses() {
 
         // The next container gets a free address of the same block (the freed one may come back
         // later: calico-ipam hands out a block's addresses in order).
-        docker_ok(
-            &sock,
-            &[
-                "run", "-d", "--net", "cal_net1", "--name", "bbox3", "busybox", "sleep", "600",
-            ],
-        )
-        .await;
+        sleeper(&sock, "cal_net1", "bbox3").await;
         let a3 = container_addr(&sock, "bbox3").await;
         assert!(block.contains(&a3.addr()) && a3 != a1, "{a3}");
 
@@ -253,21 +223,7 @@ fn subnets_fixed_addresses_and_bad_requests() {
         calico_lab::dockerd::build_busybox_image(&host.dockerd, "busybox:latest").unwrap();
 
         // --subnet must match a pool; the error reaches the user.
-        let bad = docker(
-            &sock,
-            &[
-                "network",
-                "create",
-                "--driver",
-                "calico",
-                "--ipam-driver",
-                "calico-ipam",
-                "--subnet",
-                "10.99.0.0/16",
-                "nope",
-            ],
-        )
-        .await;
+        let bad = calico_network(&sock, &["--subnet", "10.99.0.0/16"], "nope").await;
         assert!(!bad.ok);
         assert!(
             bad.stderr
@@ -276,39 +232,12 @@ fn subnets_fixed_addresses_and_bad_requests() {
             bad.stderr
         );
         // Unsupported options are refused by name.
-        let bad = docker(
-            &sock,
-            &[
-                "network",
-                "create",
-                "--driver",
-                "calico",
-                "--ipam-driver",
-                "calico-ipam",
-                "--internal",
-                "nope2",
-            ],
-        )
-        .await;
+        let bad = calico_network(&sock, &["--internal"], "nope2").await;
         assert!(!bad.ok);
         assert!(bad.stderr.contains("--internal"), "{}", bad.stderr);
 
         // --subnet and --ip.
-        docker_ok(
-            &sock,
-            &[
-                "network",
-                "create",
-                "--driver",
-                "calico",
-                "--ipam-driver",
-                "calico-ipam",
-                "--subnet",
-                "10.77.0.0/16",
-                "net_sub",
-            ],
-        )
-        .await;
+        calico_network_ok(&sock, &["--subnet", "10.77.0.0/16"], "net_sub").await;
         docker_ok(
             &sock,
             &[
@@ -330,13 +259,7 @@ fn subnets_fixed_addresses_and_bad_requests() {
             container_addr(&sock, "fixed").await,
             "10.77.3.9/32".parse::<IpNet>().unwrap()
         );
-        docker_ok(
-            &sock,
-            &[
-                "run", "-d", "--net", "net_sub", "--name", "auto", "busybox", "sleep", "600",
-            ],
-        )
-        .await;
+        sleeper(&sock, "net_sub", "auto").await;
         let auto = container_addr(&sock, "auto").await;
         assert!(
             "10.77.0.0/16"
@@ -367,28 +290,8 @@ fn subnets_fixed_addresses_and_bad_requests() {
         assert!(dup.stderr.contains("already assigned"), "{}", dup.stderr);
 
         // --ipam-opt pool=<name> selects a pool by name.
-        docker_ok(
-            &sock,
-            &[
-                "network",
-                "create",
-                "--driver",
-                "calico",
-                "--ipam-driver",
-                "calico-ipam",
-                "--ipam-opt",
-                "pool=other",
-                "net_opt",
-            ],
-        )
-        .await;
-        docker_ok(
-            &sock,
-            &[
-                "run", "-d", "--net", "net_opt", "--name", "byname", "busybox", "sleep", "600",
-            ],
-        )
-        .await;
+        calico_network_ok(&sock, &["--ipam-opt", "pool=other"], "net_opt").await;
+        sleeper(&sock, "net_opt", "byname").await;
         let byname = container_addr(&sock, "byname").await;
         assert!(
             "10.77.0.0/16"
@@ -477,19 +380,7 @@ fn dockerd_restart_keeps_the_network_and_connectivity_without_leaking_addresses(
         let mut host = Host::start("node1", &name, dir.path(), &etcd).await;
         let sock = host.sock();
         calico_lab::dockerd::build_busybox_image(&host.dockerd, "busybox:latest").unwrap();
-        docker_ok(
-            &sock,
-            &[
-                "network",
-                "create",
-                "--driver",
-                "calico",
-                "--ipam-driver",
-                "calico-ipam",
-                "cal_net1",
-            ],
-        )
-        .await;
+        calico_network_ok(&sock, &[], "cal_net1").await;
         for n in ["bbox1", "bbox2"] {
             docker_ok(
                 &sock,
@@ -590,26 +481,8 @@ fn after_a_dockerd_crash_the_guard_reaps_containers_and_shims() {
         let mut host = Host::start("node1", &name, dir.path(), &etcd).await;
         let sock = host.sock();
         calico_lab::dockerd::build_busybox_image(&host.dockerd, "busybox:latest").unwrap();
-        docker_ok(
-            &sock,
-            &[
-                "network",
-                "create",
-                "--driver",
-                "calico",
-                "--ipam-driver",
-                "calico-ipam",
-                "cal_net1",
-            ],
-        )
-        .await;
-        docker_ok(
-            &sock,
-            &[
-                "run", "-d", "--net", "cal_net1", "--name", "bbox1", "busybox", "sleep", "600",
-            ],
-        )
-        .await;
+        calico_network_ok(&sock, &[], "cal_net1").await;
+        sleeper(&sock, "cal_net1", "bbox1").await;
         let pid: i32 = docker_ok(&sock, &["inspect", "-f", "{{.State.Pid}}", "bbox1"])
             .await
             .trim()

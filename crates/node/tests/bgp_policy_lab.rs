@@ -15,14 +15,13 @@
 //! (`cargo build -p calico-rs --bin calico-node --bin calicoctl`).
 
 mod cluster_support;
+use cluster_support::gobgp::GoBgp;
 use cluster_support::*;
 
 use std::net::IpAddr;
-use std::process::Command;
 use std::time::Duration;
 
 use calico_datastore::Datastore;
-use calico_lab::{Host, ProcessGuard};
 use serde_json::Value;
 
 impl Cluster {
@@ -189,54 +188,14 @@ spec:
 
 const GOBGP_AS: u32 = 65003;
 
-struct GoBgp {
-    // Declared first: killed before the host goes.
-    guard: ProcessGuard,
-    host: Host,
-}
-
 impl GoBgp {
-    fn start(c: &Cluster) -> GoBgp {
+    /// GoBGP on 192.168.33.20, peering with node1.
+    fn for_node1(c: &Cluster) -> GoBgp {
         let host = c
             .lab
             .add_host("gobgp", "192.168.33.20/24")
             .expect("gobgp host");
-        let conf = c.lab.dir().join("gobgpd.toml");
-        let text = format!(
-            r#"[global.config]
-  as = {GOBGP_AS}
-  router-id = "192.168.33.20"
-[[neighbors]]
-  [neighbors.config]
-    neighbor-address = "{node1}"
-    peer-as = 64512
-  [neighbors.timers.config]
-    hold-time = 9
-    keepalive-interval = 3
-    connect-retry = 1
-  [[neighbors.afi-safis]]
-    [neighbors.afi-safis.config]
-      afi-safi-name = "ipv4-unicast"
-"#,
-            node1 = c.ip(1)
-        );
-        std::fs::write(&conf, text).expect("gobgpd config");
-        let mut cmd = Command::new("gobgpd");
-        cmd.arg("-f")
-            .arg(&conf)
-            .arg("-p")
-            .arg("--api-hosts=127.0.0.1:50051");
-        let guard = host.spawn(cmd, "gobgpd").expect("spawn gobgpd");
-        GoBgp { guard, host }
-    }
-
-    fn gobgp(&self, args: &[&str]) -> String {
-        let mut argv = vec!["gobgp", "-u", "127.0.0.1", "-p", "50051"];
-        argv.extend_from_slice(args);
-        self.host
-            .exec(&argv)
-            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-            .unwrap_or_default()
+        GoBgp::start(host, c.lab.dir(), GOBGP_AS, &[c.ip(1).to_string()])
     }
 
     fn add(&self, prefix: &str) {
@@ -270,7 +229,7 @@ fn attr(attrs: &[Value], type_code: u64) -> Option<&Value> {
 fn prefix_advertisements_and_bgp_filters_with_a_gobgp_peer() {
     let mut c = Cluster::new(1);
     c.start_agent(1);
-    let gobgp = GoBgp::start(&c);
+    let gobgp = GoBgp::for_node1(&c);
     gobgp.add("10.13.0.0/24");
     gobgp.add("10.99.0.0/24");
     c.apply_yaml(&[

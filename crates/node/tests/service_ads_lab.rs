@@ -9,6 +9,7 @@
 //! `target/debug/calico-node` and `target/debug/calicoctl`.
 
 mod cluster_support;
+use cluster_support::gobgp::GoBgp;
 use cluster_support::*;
 
 use std::path::PathBuf;
@@ -82,46 +83,6 @@ impl Router for Bird {
             self.birdc(&["show", "route", "all"]),
             self.birdc(&["show", "protocols"])
         )
-    }
-}
-
-struct GoBgp {
-    host: Host,
-    guard: ProcessGuard,
-}
-
-impl GoBgp {
-    fn start(host: Host, dir: &std::path::Path, nodes: &[String]) -> GoBgp {
-        let conf = dir.join("gobgpd.toml");
-        let mut text = format!(
-            "[global.config]\n  as = {ROUTER_AS}\n  router-id = \"{}\"\n",
-            host.ip()
-        );
-        for n in nodes {
-            text.push_str(&format!(
-                "\n[[neighbors]]\n  [neighbors.config]\n    neighbor-address = \"{n}\"\n    \
-                 peer-as = 64512\n  [neighbors.timers.config]\n    hold-time = 9\n    \
-                 keepalive-interval = 3\n    connect-retry = 1\n  [[neighbors.afi-safis]]\n    \
-                 [neighbors.afi-safis.config]\n      afi-safi-name = \"ipv4-unicast\"\n"
-            ));
-        }
-        std::fs::write(&conf, text).unwrap();
-        let mut cmd = Command::new("gobgpd");
-        cmd.arg("-f")
-            .arg(&conf)
-            .arg("-p")
-            .arg("--api-hosts=127.0.0.1:50051");
-        let guard = host.spawn(cmd, "gobgpd").expect("spawn gobgpd");
-        GoBgp { host, guard }
-    }
-
-    fn gobgp(&self, args: &[&str]) -> String {
-        let mut argv = vec!["gobgp", "-u", "127.0.0.1", "-p", "50051"];
-        argv.extend_from_slice(args);
-        self.host
-            .exec(&argv)
-            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-            .unwrap_or_default()
     }
 }
 
@@ -278,7 +239,7 @@ fn service_ranges_and_local_service_addresses_reach_bird_gobgp_and_frr() {
         std::fs::create_dir_all(d).unwrap();
     }
     let bird = Bird::start(bird_host, &bird_dir, &nodes);
-    let gobgp = GoBgp::start(gobgp_host, &gobgp_dir, &nodes);
+    let gobgp = GoBgp::start(gobgp_host, &gobgp_dir, ROUTER_AS, &nodes);
     let frr = Frr::start(frr_host, &frr_dir, &nodes);
     apply(
         &c,

@@ -232,6 +232,43 @@ pub async fn docker_ok(sock: &Path, args: &[&str]) -> String {
     o.stdout
 }
 
+/// `docker network create --driver calico --ipam-driver calico-ipam EXTRA... NAME`.
+pub async fn calico_network(sock: &Path, extra: &[&str], name: &str) -> Out {
+    let mut args = vec![
+        "network",
+        "create",
+        "--driver",
+        "calico",
+        "--ipam-driver",
+        "calico-ipam",
+    ];
+    args.extend_from_slice(extra);
+    args.push(name);
+    docker(sock, &args).await
+}
+
+/// [`calico_network`], which must succeed; the network's id.
+pub async fn calico_network_ok(sock: &Path, extra: &[&str], name: &str) -> String {
+    let o = calico_network(sock, extra, name).await;
+    assert!(
+        o.ok,
+        "docker network create {name} failed: {}{}",
+        o.stdout, o.stderr
+    );
+    o.stdout
+}
+
+/// A busybox container `name` sleeping on network `net` (`docker run -d`); its id.
+pub async fn sleeper(sock: &Path, net: &str, name: &str) -> String {
+    docker_ok(
+        sock,
+        &[
+            "run", "-d", "--net", net, "--name", name, "busybox", "sleep", "600",
+        ],
+    )
+    .await
+}
+
 /// The drivers, served on their own thread inside the host's namespace so they keep answering
 /// dockerd while the test thread is blocked (e.g. in a guard's drop during a panic).
 pub struct DriverThread {

@@ -8,7 +8,7 @@
 //! and fails.
 #![allow(dead_code)]
 
-
+pub mod gobgp;
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
