@@ -728,9 +728,8 @@ async fn run_round(work: &mut Work, r: &mut Round<'_>) -> Vec<String> {
     // IPAM is checked for this node's tunnel addresses only when the watch (re)listed: a
     // periodic resync compares with the model and the kernel, it reads nothing.
     let full = w.change.snapshot;
-    let mut tunnel_sync = w.resync
-        || full
-        || (overlay && (aspects.speaker || aspects.felix || r.tunnels.failed()));
+    let mut tunnel_sync =
+        w.resync || full || (overlay && (aspects.speaker || aspects.felix || r.tunnels.failed()));
     if !tunnel_sync && overlay && !w.remote_blocks.is_empty() {
         match r.tunnels.blocks_changed(r.store, &w.remote_blocks) {
             Some(install) => {
