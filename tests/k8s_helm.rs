@@ -550,6 +550,43 @@ fn helm_upgrade_test_and_uninstall_on_a_real_cluster() {
         "--timeout=120s",
     ])
     .expect("delete the workload pods");
+    // What the uninstall must remove is there before it (so its absence after means
+    // something): block routes, the nftables table, the CNI config.
+    let pool_prefix = format!("{}.", BOOTSTRAP_POOL_CIDR.rsplit_once('.').expect("cidr").0);
+    let cni_files = |node: &calico_lab::cluster::KubeNode| -> Vec<String> {
+        std::fs::read_dir(node.node_path("/etc/cni/net.d"))
+            .expect("the node's /etc/cni/net.d")
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|f| f.contains("calico"))
+            .collect()
+    };
+    for node in kube.nodes() {
+        let routes = node
+            .host()
+            .exec_ok(&["ip", "route", "show", "table", "all"])
+            .expect("ip route");
+        assert!(
+            routes.lines().any(|l| l.contains(&pool_prefix)),
+            "{}: no pool route before uninstall:\n{routes}",
+            node.name()
+        );
+        let tables = node
+            .host()
+            .exec_ok(&["nft", "list", "tables"])
+            .expect("nft");
+        assert!(
+            tables.lines().any(|l| l.trim() == "table inet calico-rs"),
+            "{}: no calico-rs table before uninstall:\n{tables}",
+            node.name()
+        );
+        let conf = cni_files(node);
+        assert!(
+            conf.len() >= 2,
+            "{}: the conflist and kubeconfig are not there before uninstall: {conf:?}",
+            node.name()
+        );
+    }
     let objects = release_objects(&kube);
     assert!(objects.len() > 20, "{objects:?}");
     let out = helm(
@@ -618,7 +655,6 @@ fn helm_upgrade_test_and_uninstall_on_a_real_cluster() {
     // On the nodes: the workloads' veths and routes went with their CNI DEL; calico-node,
     // stopped after the pre-delete hook's mark, removed its routes, its nftables table and the
     // CNI config, and the cni-kubeconfig sidecar the kubeconfig.
-    let pool_prefix = format!("{}.", BOOTSTRAP_POOL_CIDR.rsplit_once('.').expect("cidr").0);
     for node in kube.nodes() {
         let links = node.host().exec_ok(&["ip", "-o", "link"]).expect("ip link");
         assert!(
@@ -655,22 +691,16 @@ fn helm_upgrade_test_and_uninstall_on_a_real_cluster() {
             "{}: the calico-rs nftables table is left:\n{tables}",
             node.name()
         );
-        let conf: Vec<String> = std::fs::read_dir(node.node_path("/etc/cni/net.d"))
-            .map(|d| {
-                d.flatten()
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .collect()
-            })
-            .unwrap_or_default();
+        let conf = cni_files(node);
         assert!(
-            !conf.iter().any(|f| f.contains("calico")),
+            conf.is_empty(),
             "{}: calico CNI config left in /etc/cni/net.d: {conf:?}",
             node.name()
         );
         say(
             started,
             &format!(
-                "{} after uninstall: no pool route, no calico-rs table, /etc/cni/net.d {conf:?}",
+                "{} after uninstall: no pool route, no calico-rs table, no calico CNI config",
                 node.name()
             ),
         );
