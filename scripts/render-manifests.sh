@@ -2,7 +2,8 @@
 # Regenerates manifests/calico-rs.yaml from charts/calico-rs with the default values, so the
 # plain manifest and the chart cannot drift (tests/install_artefacts.rs checks they are equal).
 # The release is named calico-rs in kube-system; CRDs are included and `helm test` hook pods
-# are left out (they belong to `helm test`, not to `kubectl apply`).
+# and the uninstall hook are left out (hooks belong to `helm test` and `helm uninstall`, not to
+# `kubectl apply`; a hook applied with kubectl would run at once).
 #
 # usage: scripts/render-manifests.sh [OUTPUT]   (default: manifests/calico-rs.yaml)
 set -eu
@@ -14,6 +15,6 @@ trap 'rm -f "$tmp"' EXIT
     echo "# calico-rs: rendered from charts/calico-rs by scripts/render-manifests.sh; do not edit."
     echo "# Install: kubectl apply --server-side -f manifests/calico-rs.yaml"
     echo "# (edit the etcd endpoints in the calico-rs-config ConfigMap first)."
-    helm template calico-rs "$root/charts/calico-rs" --namespace kube-system --include-crds --skip-tests
+    helm template calico-rs "$root/charts/calico-rs" --namespace kube-system --include-crds --no-hooks
 } > "$tmp"
 mv "$tmp" "$out"

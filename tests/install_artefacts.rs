@@ -196,6 +196,7 @@ fn default_render_has_every_object_and_passes_kubernetes_validate() {
         ("ValidatingAdmissionPolicyBinding", 9),
         ("Lease", 1),
         ("Pod", 3), // helm test hooks
+        ("Job", 1), // the pre-delete hook that marks an uninstall
     ] {
         assert_eq!(k.get(kind), Some(&n), "{kind} count in {k:?}");
     }
@@ -206,7 +207,10 @@ fn default_render_has_every_object_and_passes_kubernetes_validate() {
         "name: install-cni",
         "name: cni-kubeconfig",
         "restartPolicy: Always",
-        "command: [\"/opt/cni/bin/calico\", \"kubeconfig\"]",
+        "/opt/cni/bin/calico kubeconfig &",
+        "helm.sh/hook: pre-delete",
+        "command: [\"/bin/calico-node\", \"-mark-uninstall\"]",
+        "name: CNI_CONF_NAME",
         "\"kubernetes\": {\"kubeconfig\": \"/etc/cni/net.d/calico-kubeconfig\"}",
         "expirationSeconds: 3600",
         "path: /liveness",
@@ -389,7 +393,7 @@ fn plain_manifest_is_a_fresh_render_of_the_chart() {
     );
     assert!(
         !committed.contains("helm.sh/hook"),
-        "test hooks leaked into the plain manifest"
+        "hooks leaked into the plain manifest"
     );
 }
 

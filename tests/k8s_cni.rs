@@ -32,13 +32,6 @@ const POOL_C: (&str, &str) = ("pool-c", "10.247.0.0/24");
 /// The address asked for with `ipAddrs` (in manifests/ippool.yaml's 10.244.0.0/16).
 const FIXED_IP: &str = "10.244.200.7";
 
-/// A busybox pod on `node` in `namespace` with `labels` and `annotations` (YAML flow maps).
-fn pod_yaml(name: &str, namespace: &str, node: &str, labels: &str, annotations: &str) -> String {
-    format!(
-        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  namespace: {namespace}\n  labels: {labels}\n  annotations: {annotations}\nspec:\n  nodeSelector:\n    kubernetes.io/hostname: {node}\n  terminationGracePeriodSeconds: 0\n  containers:\n  - name: bbox\n    image: localhost/busybox:1\n    imagePullPolicy: Never\n    command: [\"sh\", \"-c\", \"exec sleep 100000\"]\n"
-    )
-}
-
 fn wait_ready(kube: &KubeLab, pods: &[&str], namespace: &str) {
     let mut args = vec!["wait", "--for=condition=Ready", "-n", namespace];
     args.extend(pods);
@@ -49,21 +42,6 @@ fn wait_ready(kube: &KubeLab, pods: &[&str], namespace: &str) {
             .unwrap_or_default();
         panic!("pods {pods:?} not Ready: {e}\n{events}");
     }
-}
-
-fn pod_ip(kube: &KubeLab, pod: &str, namespace: &str) -> String {
-    kube.kubectl_ok(&[
-        "get",
-        "pod",
-        pod,
-        "-n",
-        namespace,
-        "-o",
-        "jsonpath={.status.podIP}",
-    ])
-    .expect("pod IP")
-    .trim()
-    .to_owned()
 }
 
 /// Whether one ping from pod `from` reaches `ip` (up to 2 tries of 1 s).
@@ -167,7 +145,7 @@ fn cni_annotations_labels_ipam_config_and_node_status_on_a_real_cluster() {
     apply(
         &kube,
         "by-pool",
-        &pod_yaml(
+        &pod_yaml_in(
             "by-pool",
             "default",
             "node1",
@@ -178,7 +156,7 @@ fn cni_annotations_labels_ipam_config_and_node_status_on_a_real_cluster() {
     apply(
         &kube,
         "by-ip",
-        &pod_yaml(
+        &pod_yaml_in(
             "by-ip",
             "default",
             "node2",
@@ -189,7 +167,7 @@ fn cni_annotations_labels_ipam_config_and_node_status_on_a_real_cluster() {
     apply(
         &kube,
         "in-team-b",
-        &pod_yaml(
+        &pod_yaml_in(
             "in-team-b",
             "team-b",
             "node1",
@@ -199,9 +177,9 @@ fn cni_annotations_labels_ipam_config_and_node_status_on_a_real_cluster() {
     );
     wait_ready(&kube, &["pod/by-pool", "pod/by-ip"], "default");
     wait_ready(&kube, &["pod/in-team-b"], "team-b");
-    let by_pool = pod_ip(&kube, "by-pool", "default");
-    let by_ip = pod_ip(&kube, "by-ip", "default");
-    let in_team_b = pod_ip(&kube, "in-team-b", "team-b");
+    let by_pool = pod_ip_in(&kube, "by-pool", "default");
+    let by_ip = pod_ip_in(&kube, "by-ip", "default");
+    let in_team_b = pod_ip_in(&kube, "in-team-b", "team-b");
     eprintln!(
         "[{:>4.0?}] by-pool {by_pool}, by-ip {by_ip}, in-team-b {in_team_b}",
         started.elapsed()
@@ -282,7 +260,7 @@ fn cni_annotations_labels_ipam_config_and_node_status_on_a_real_cluster() {
     apply(
         &kube,
         "no-pool",
-        &pod_yaml(
+        &pod_yaml_in(
             "no-pool",
             "default",
             "node1",
@@ -312,7 +290,7 @@ fn cni_annotations_labels_ipam_config_and_node_status_on_a_real_cluster() {
         .kubectl_ok(&["get", "pod", "no-pool", "-o", "jsonpath={.status.phase}"])
         .expect("phase");
     assert_eq!(phase.trim(), "Pending");
-    assert!(pod_ip(&kube, "no-pool", "default").is_empty());
+    assert!(pod_ip_in(&kube, "no-pool", "default").is_empty());
     assert_eq!(
         cali_links(&kube, "node1"),
         links_before,
@@ -361,7 +339,7 @@ fn cni_annotations_labels_ipam_config_and_node_status_on_a_real_cluster() {
     apply(
         &kube,
         "in-pool-c",
-        &pod_yaml(
+        &pod_yaml_in(
             "in-pool-c",
             "default",
             "node2",
@@ -392,7 +370,7 @@ fn cni_annotations_labels_ipam_config_and_node_status_on_a_real_cluster() {
     );
     apply(&kube, "ipam-config", &ipam_config(true));
     wait_ready(&kube, &["pod/in-pool-c"], "default");
-    let in_pool_c = pod_ip(&kube, "in-pool-c", "default");
+    let in_pool_c = pod_ip_in(&kube, "in-pool-c", "default");
     assert!(in_cidr(&in_pool_c, POOL_C.1), "{in_pool_c}");
 
     // 6. CalicoNodeStatus: spec to etcd, calico-node's report back on the object.

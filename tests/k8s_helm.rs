@@ -11,15 +11,18 @@
 //!    in the kernel; the peers keep the restarting node's routes through BGP graceful restart),
 //!    so nothing in the forwarding path changes; a loss would be a real regression, not noise
 //!    (busybox ping counts late replies, so a slow machine delays answers but loses none).
+//!    Every replaced calico-node container exits with code 0 on the kubelet's SIGTERM (not
+//!    137 at the grace deadline), as does its cni-kubeconfig sidecar: a watch on the pods
+//!    records their final states.
 //! 3. `helm test` runs the chart's three hooks and passes. Failure case: with the controllers
 //!    scaled to zero, `helm test` fails and names the controllers' hook; with them back it
 //!    passes again (replacing the failed hook's pod, which Helm keeps for inspection).
 //! 4. `helm uninstall` (after the workload pods are deleted, as a user would before removing
 //!    the network): every object of the release's manifest is gone, no calico-rs pod is left,
 //!    the CRDs stay (Helm never deletes crds/, by design, as with Calico's own chart); on each
-//!    node no cali* interface and no route to a deleted pod is left. What calico-node programmed
-//!    for the node itself (block routes, its nftables table, the CNI config) is left, as
-//!    Calico leaves it; the test prints it.
+//!    node no cali* interface, no route to a pool address, no `calico-rs` nftables table and no
+//!    calico CNI config (conflist, kubeconfig) is left: the chart's pre-delete hook marks the
+//!    datastore and each calico-node, stopped after the mark, removes them.
 
 mod k8s_common;
 
@@ -199,6 +202,68 @@ fn release_objects(kube: &KubeLab) -> Vec<(String, String, String)> {
     objects
 }
 
+/// A `kubectl get pods -w` on the calico-node pods that records each container's terminated
+/// exit code (calico-node and its cni-kubeconfig sidecar) as the pods go. Stopped on drop.
+struct ExitWatch {
+    guard: calico_lab::ProcessGuard,
+    log: std::path::PathBuf,
+}
+
+impl ExitWatch {
+    fn start(kube: &KubeLab) -> ExitWatch {
+        let template = concat!(
+            "{.metadata.name} calico-node=",
+            "{.status.containerStatuses[?(@.name==\"calico-node\")].state.terminated.exitCode}",
+            " cni-kubeconfig=",
+            "{.status.initContainerStatuses[?(@.name==\"cni-kubeconfig\")].state.terminated.exitCode}",
+            "{\"\\n\"}"
+        );
+        let cp = kube.control_plane();
+        let mut cmd =
+            std::process::Command::new(calico_lab::cluster::k8s_bin("kubectl").expect("kubectl"));
+        cmd.arg(format!("--kubeconfig={}", cp.admin_kubeconfig().display()))
+            .args([
+                "get",
+                "pods",
+                "-n",
+                NS,
+                "-l",
+                "app.kubernetes.io/name=calico-node",
+                "-w",
+                "-o",
+            ])
+            .arg(format!("jsonpath={template}"));
+        let name = "calico-node-exits";
+        let guard = cp.host().nsenter_spawn(cmd, name).expect("kubectl get -w");
+        let log = guard.log_path().expect("log").to_owned();
+        ExitWatch { guard, log }
+    }
+
+    /// (pod, container) → exit code, for every container seen terminated.
+    fn finals(&self) -> std::collections::BTreeMap<(String, String), String> {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let mut out = std::collections::BTreeMap::new();
+        for line in text.lines() {
+            let mut words = line.split_whitespace();
+            let Some(pod) = words.next() else { continue };
+            for w in words {
+                if let Some((container, code)) = w.split_once('=')
+                    && !code.is_empty()
+                {
+                    out.insert((pod.to_owned(), container.to_owned()), code.to_owned());
+                }
+            }
+        }
+        out
+    }
+}
+
+impl Drop for ExitWatch {
+    fn drop(&mut self) {
+        self.guard.kill();
+    }
+}
+
 #[test]
 fn helm_upgrade_test_and_uninstall_on_a_real_cluster() {
     let started = Instant::now();
@@ -265,6 +330,8 @@ fn helm_upgrade_test_and_uninstall_on_a_real_cluster() {
     .expect("start the probe");
     // Some answered probes before the rollout starts.
     std::thread::sleep(Duration::from_secs(3));
+    let exits = ExitWatch::start(&kube);
+    let rollout_started = Instant::now();
     let out = helm(
         &kube,
         &[
@@ -289,7 +356,13 @@ fn helm_upgrade_test_and_uninstall_on_a_real_cluster() {
         "--timeout=600s",
     ])
     .expect("calico-node rollout");
-    say(started, "calico-node rolled out");
+    say(
+        started,
+        &format!(
+            "calico-node rolled out in {:.0?}",
+            rollout_started.elapsed()
+        ),
+    );
     assert_eq!(revision(&kube), 2);
     assert_ne!(
         ds_generation(&kube),
@@ -316,6 +389,31 @@ fn helm_upgrade_test_and_uninstall_on_a_real_cluster() {
             ])
             .expect("pod env");
         assert_eq!(env.trim(), "debug", "{name} runs without the new value");
+    }
+    // The old pods' last states: calico-node and its sidecar stopped on SIGTERM with 0.
+    let finals = wait_for(
+        "the replaced calico-node containers' exit codes",
+        Duration::from_secs(60),
+        || {
+            let finals = exits.finals();
+            pods_before
+                .iter()
+                .all(|(name, _, _)| finals.contains_key(&(name.clone(), "calico-node".into())))
+                .then_some(finals)
+        },
+    );
+    drop(exits);
+    say(
+        started,
+        &format!("replaced containers' exit codes: {finals:?}"),
+    );
+    for ((pod, container), code) in &finals {
+        if pods_before.iter().any(|p| &p.0 == pod) {
+            assert_eq!(
+                code, "0",
+                "{pod}/{container} exited with {code} on the rolling update (137: killed at the grace deadline)"
+            );
+        }
     }
     // Keep probing through the new agents' first seconds (BGP re-established, dataplane
     // resynced), then stop the probe (SIGINT: ping prints its summary).
@@ -452,6 +550,43 @@ fn helm_upgrade_test_and_uninstall_on_a_real_cluster() {
         "--timeout=120s",
     ])
     .expect("delete the workload pods");
+    // What the uninstall must remove is there before it (so its absence after means
+    // something): block routes, the nftables table, the CNI config.
+    let pool_prefix = format!("{}.", BOOTSTRAP_POOL_CIDR.rsplit_once('.').expect("cidr").0);
+    let cni_files = |node: &calico_lab::cluster::KubeNode| -> Vec<String> {
+        std::fs::read_dir(node.node_path("/etc/cni/net.d"))
+            .expect("the node's /etc/cni/net.d")
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|f| f.contains("calico"))
+            .collect()
+    };
+    for node in kube.nodes() {
+        let routes = node
+            .host()
+            .exec_ok(&["ip", "route", "show", "table", "all"])
+            .expect("ip route");
+        assert!(
+            routes.lines().any(|l| l.contains(&pool_prefix)),
+            "{}: no pool route before uninstall:\n{routes}",
+            node.name()
+        );
+        let tables = node
+            .host()
+            .exec_ok(&["nft", "list", "tables"])
+            .expect("nft");
+        assert!(
+            tables.lines().any(|l| l.trim() == "table inet calico-rs"),
+            "{}: no calico-rs table before uninstall:\n{tables}",
+            node.name()
+        );
+        let conf = cni_files(node);
+        assert!(
+            conf.len() >= 2,
+            "{}: the conflist and kubeconfig are not there before uninstall: {conf:?}",
+            node.name()
+        );
+    }
     let objects = release_objects(&kube);
     assert!(objects.len() > 20, "{objects:?}");
     let out = helm(
@@ -517,14 +652,9 @@ fn helm_upgrade_test_and_uninstall_on_a_real_cluster() {
             || crds.contains("ippools.projectcalico.org"),
         "the CRDs are gone; Helm keeps crds/ by design: {crds}"
     );
-    // On the nodes: the workloads' veths and routes went with their CNI DEL. What calico-node
-    // programmed for the node itself (block routes, its nftables table) stays, as Calico's
-    // does (docs/kubernetes.md, "Upgrade, test, uninstall"); it is shown, not asserted.
-    let pool_prefix = BOOTSTRAP_POOL_CIDR
-        .rsplit_once('.')
-        .expect("cidr")
-        .0
-        .to_owned();
+    // On the nodes: the workloads' veths and routes went with their CNI DEL; calico-node,
+    // stopped after the pre-delete hook's mark, removed its routes, its nftables table and the
+    // CNI config, and the cni-kubeconfig sidecar the kubeconfig.
     for node in kube.nodes() {
         let links = node.host().exec_ok(&["ip", "-o", "link"]).expect("ip link");
         assert!(
@@ -547,23 +677,31 @@ fn helm_upgrade_test_and_uninstall_on_a_real_cluster() {
             .lines()
             .filter(|l| l.contains(&pool_prefix))
             .collect();
+        assert!(
+            kept.is_empty(),
+            "{}: routes to pool addresses left after uninstall: {kept:?}",
+            node.name()
+        );
         let tables = node
             .host()
             .exec_ok(&["nft", "list", "tables"])
             .expect("nft");
-        let conf = std::fs::read_dir(node.node_path("/etc/cni/net.d"))
-            .map(|d| {
-                d.flatten()
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .collect::<Vec<_>>()
-            })
-            .unwrap_or_default();
+        assert!(
+            !tables.lines().any(|l| l.trim() == "table inet calico-rs"),
+            "{}: the calico-rs nftables table is left:\n{tables}",
+            node.name()
+        );
+        let conf = cni_files(node);
+        assert!(
+            conf.is_empty(),
+            "{}: calico CNI config left in /etc/cni/net.d: {conf:?}",
+            node.name()
+        );
         say(
             started,
             &format!(
-                "{} after uninstall: routes {kept:?}; nftables {:?}; /etc/cni/net.d {conf:?}",
-                node.name(),
-                tables.lines().collect::<Vec<_>>()
+                "{} after uninstall: no pool route, no calico-rs table, no calico CNI config",
+                node.name()
             ),
         );
     }

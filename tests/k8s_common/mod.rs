@@ -95,11 +95,38 @@ pub fn start_pods(kube: &KubeLab, pods: &[(&str, &str)]) {
     kube.kubectl_ok(&args).expect("pods Ready");
 }
 
+/// A busybox pod on `node` in `namespace` with `labels` and `annotations` (YAML flow maps).
+pub fn pod_yaml_in(
+    name: &str,
+    namespace: &str,
+    node: &str,
+    labels: &str,
+    annotations: &str,
+) -> String {
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  namespace: {namespace}\n  labels: {labels}\n  annotations: {annotations}\nspec:\n  nodeSelector:\n    kubernetes.io/hostname: {node}\n  terminationGracePeriodSeconds: 0\n  containers:\n  - name: bbox\n    image: localhost/busybox:1\n    imagePullPolicy: Never\n    command: [\"sh\", \"-c\", \"exec sleep 100000\"]\n"
+    )
+}
+
+/// The address of pod `pod` in namespace `default`.
 pub fn pod_ip(kube: &KubeLab, pod: &str) -> String {
-    kube.kubectl_ok(&["get", "pod", pod, "-o", "jsonpath={.status.podIP}"])
-        .expect("pod IP")
-        .trim()
-        .to_owned()
+    pod_ip_in(kube, pod, "default")
+}
+
+/// The address of pod `pod` in `namespace` (empty while it has none).
+pub fn pod_ip_in(kube: &KubeLab, pod: &str, namespace: &str) -> String {
+    kube.kubectl_ok(&[
+        "get",
+        "pod",
+        pod,
+        "-n",
+        namespace,
+        "-o",
+        "jsonpath={.status.podIP}",
+    ])
+    .expect("pod IP")
+    .trim()
+    .to_owned()
 }
 
 /// `kubectl exec FROM -- ping -c1 -W1 IP`, retried until it succeeds or `timeout` passes.

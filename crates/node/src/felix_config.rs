@@ -12,7 +12,8 @@
 //! an error naming the field and reports it in readiness and `calicoctl node status`.
 //!
 //! The policy fields (`failsafe*HostPorts`, `defaultEndpointToHostAction`, `interfacePrefix`)
-//! are read by the policy dataplane (`calico_policy::felix`), not here.
+//! are read by the policy dataplane (`calico_policy::felix`, with the same precedence), not
+//! here; [`check_policy_environment`] refuses a bad `FELIX_*` value for them at start.
 
 use std::time::Duration;
 
@@ -631,6 +632,13 @@ pub const FIELDS: &[(&str, Support)] = {
         ("xdpRefreshInterval", NotApplicable("XDP is not used")),
     ]
 };
+
+/// The policy fields' `FELIX_*` variables (read by `calico_policy::felix` on every round),
+/// checked once at start: a bad value stops calico-node naming the variable, rather than
+/// leaving a node without a policy program until someone restarts it with a good one.
+pub fn check_policy_environment() -> Result<(), calico_policy::felix::FelixConfigError> {
+    calico_policy::felix::settings_for(&[], "").map(|_| ())
+}
 
 /// Whether this kernel has WireGuard (the module loaded or built in).
 pub fn kernel_has_wireguard() -> bool {

@@ -23,4 +23,5 @@ pub mod service_routes;
 pub mod snapshot;
 pub mod startup;
 pub mod status;
+pub mod teardown;
 pub mod tunnel;

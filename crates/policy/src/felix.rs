@@ -1,7 +1,9 @@
 //! The policy settings of FelixConfiguration: failsafe ports and what happens to traffic from
-//! workloads to the host. Felix reads the `default` FelixConfiguration and then
-//! `node.<nodename>`; a field set in the per-node resource wins over the global one, a field
-//! set in neither keeps Calico's default.
+//! workloads to the host. Felix's precedence: a `FELIX_<FIELD>` environment variable (e.g.
+//! `FELIX_DEFAULTENDPOINTTOHOSTACTION=ACCEPT`, as Calico's manifests set) wins over the
+//! `node.<nodename>` FelixConfiguration, which wins over the global `default`; a field set
+//! nowhere keeps Calico's default. An empty variable counts as unset. (Felix's config file,
+//! between the environment and the datastore, does not exist in calico-rs.)
 //!
 //! Absent and empty are different: `failsafeInboundHostPorts: []` disables the inbound
 //! failsafe ports, an absent field keeps Calico's defaults. That is why this reads the stored
@@ -68,21 +70,48 @@ pub fn parse_interface_prefixes(value: &str) -> Result<Vec<String>, String> {
     Ok(out)
 }
 
-/// A FelixConfiguration field that does not convert.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("FelixConfiguration {name}: {field}: {reason}")]
+/// A FelixConfiguration field (or Felix environment variable) that does not convert.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FelixConfigError {
-    /// Resource name (`default`, `node.<name>`).
+    /// Resource name (`default`, `node.<name>`), or [`ENVIRONMENT`].
     pub name: String,
-    /// Field path.
+    /// Field path, or the variable's name.
     pub field: String,
     /// Why it was refused.
     pub reason: String,
 }
 
-/// The settings for `node` from the stored FelixConfiguration documents (any number, in any
-/// order; only `default` and `node.<node>` matter).
+/// [`FelixConfigError::name`] of a refused environment variable.
+pub const ENVIRONMENT: &str = "environment";
+
+impl std::fmt::Display for FelixConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.name == ENVIRONMENT {
+            write!(f, "environment variable {}: {}", self.field, self.reason)
+        } else {
+            write!(
+                f,
+                "FelixConfiguration {}: {}: {}",
+                self.name, self.field, self.reason
+            )
+        }
+    }
+}
+
+impl std::error::Error for FelixConfigError {}
+
+/// The settings for `node` from the process environment and the stored FelixConfiguration
+/// documents (any number, in any order; only `default` and `node.<node>` matter).
 pub fn settings_for(docs: &[Value], node: &str) -> Result<FelixPolicySettings, FelixConfigError> {
+    settings_with_env(&|k: &str| std::env::var(k).ok(), docs, node)
+}
+
+/// [`settings_for`] with `env` for the process environment.
+pub fn settings_with_env(
+    env: &dyn Fn(&str) -> Option<String>,
+    docs: &[Value],
+    node: &str,
+) -> Result<FelixPolicySettings, FelixConfigError> {
     let by_name = |want: &str| {
         docs.iter()
             .find(|d| d.pointer("/metadata/name").and_then(Value::as_str) == Some(want))
@@ -117,18 +146,13 @@ pub fn settings_for(docs: &[Value], node: &str) -> Result<FelixPolicySettings, F
             None | Some(Value::Null) => {}
             Some(Value::String(s)) if s.is_empty() => {}
             Some(Value::String(s)) => {
-                out.endpoint_to_host = match s.to_ascii_lowercase().as_str() {
-                    "drop" => EndpointToHostAction::Drop,
-                    "return" => EndpointToHostAction::Return,
-                    "accept" => EndpointToHostAction::Accept,
-                    _ => {
-                        return Err(err(
-                            &name,
-                            "spec.defaultEndpointToHostAction",
-                            format!("{s:?} is not Drop, Return or Accept"),
-                        ));
-                    }
-                }
+                out.endpoint_to_host = endpoint_to_host(s).ok_or_else(|| {
+                    err(
+                        &name,
+                        "spec.defaultEndpointToHostAction",
+                        format!("{s:?} is not Drop, Return or Accept"),
+                    )
+                })?
             }
             Some(other) => {
                 return Err(err(
@@ -138,6 +162,93 @@ pub fn settings_for(docs: &[Value], node: &str) -> Result<FelixPolicySettings, F
                 ));
             }
         }
+    }
+    apply_env(env, &mut out)?;
+    Ok(out)
+}
+
+/// The environment's values, over whatever the resources set.
+fn apply_env(
+    env: &dyn Fn(&str) -> Option<String>,
+    out: &mut FelixPolicySettings,
+) -> Result<(), FelixConfigError> {
+    let var = |name: &'static str| {
+        env(name)
+            .map(|v| v.trim().to_owned())
+            .filter(|v| !v.is_empty())
+            .map(|v| (name, v))
+    };
+    if let Some((name, v)) = var("FELIX_FAILSAFEINBOUNDHOSTPORTS") {
+        out.failsafe.inbound = env_ports(name, &v)?;
+    }
+    if let Some((name, v)) = var("FELIX_FAILSAFEOUTBOUNDHOSTPORTS") {
+        out.failsafe.outbound = env_ports(name, &v)?;
+    }
+    if let Some((name, v)) = var("FELIX_INTERFACEPREFIX") {
+        out.interface_prefixes =
+            parse_interface_prefixes(&v).map_err(|reason| err(ENVIRONMENT, name, reason))?;
+    }
+    if let Some((name, v)) = var("FELIX_DEFAULTENDPOINTTOHOSTACTION") {
+        out.endpoint_to_host = endpoint_to_host(&v).ok_or_else(|| {
+            err(
+                ENVIRONMENT,
+                name,
+                format!("{v:?} is not Drop, Return or Accept"),
+            )
+        })?;
+    }
+    Ok(())
+}
+
+/// `Drop`, `Return` or `Accept`, in any case (Felix's manifests write `ACCEPT`).
+fn endpoint_to_host(s: &str) -> Option<EndpointToHostAction> {
+    match s.to_ascii_lowercase().as_str() {
+        "drop" => Some(EndpointToHostAction::Drop),
+        "return" => Some(EndpointToHostAction::Return),
+        "accept" => Some(EndpointToHostAction::Accept),
+        _ => None,
+    }
+}
+
+/// Felix's environment form of the failsafe ports: `none`, or a comma-separated list of
+/// `port`, `protocol:port` or `protocol:net:port` (`tcp:22,udp:68,tcp:10.0.0.0/8:179`;
+/// an IPv6 net keeps its colons: `tcp:fd00::/64:22`).
+fn env_ports(name: &str, value: &str) -> Result<Vec<FailsafePort>, FelixConfigError> {
+    if value.eq_ignore_ascii_case("none") {
+        return Ok(Vec::new());
+    }
+    let mut out = Vec::new();
+    for item in value.split(',').map(str::trim) {
+        let bad = |why: &str| err(ENVIRONMENT, name, format!("{item:?} {why}"));
+        let (rest, port) = match item.rsplit_once(':') {
+            Some((rest, port)) => (Some(rest), port),
+            None => (None, item),
+        };
+        let port = port.parse::<u16>().ok().filter(|p| *p > 0).ok_or_else(|| {
+            bad("has no port 1-65535 (expected protocol:port or protocol:net:port)")
+        })?;
+        let (protocol, net) = match rest {
+            None => (None, None),
+            Some(rest) => match rest.split_once(':') {
+                Some((p, n)) => (Some(p), Some(n)),
+                None => (Some(rest), None),
+            },
+        };
+        let protocol = match protocol.map(str::to_ascii_lowercase).as_deref() {
+            None | Some("tcp") => Protocol::TCP,
+            Some("udp") => Protocol::UDP,
+            Some("sctp") => Protocol::SCTP,
+            Some(_) => return Err(bad("has a protocol other than tcp, udp or sctp")),
+        };
+        let net = match net {
+            None => None,
+            Some(n) => Some(parse_net(n).ok_or_else(|| bad("has a net that is not a CIDR"))?),
+        };
+        out.push(FailsafePort {
+            protocol,
+            port,
+            net,
+        });
     }
     Ok(out)
 }
@@ -215,6 +326,104 @@ mod tests {
     fn fc(name: &str, spec: Value) -> Value {
         json!({"apiVersion": "projectcalico.org/v3", "kind": "FelixConfiguration",
                "metadata": {"name": name}, "spec": spec})
+    }
+
+    fn with_env(
+        vars: &[(&str, &str)],
+        docs: &[Value],
+    ) -> Result<FelixPolicySettings, FelixConfigError> {
+        let vars: Vec<(String, String)> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        settings_with_env(
+            &move |k: &str| vars.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone()),
+            docs,
+            "n1",
+        )
+    }
+
+    #[test]
+    fn the_environment_wins_over_both_resources() {
+        let docs = [
+            fc("default", json!({"defaultEndpointToHostAction": "Drop"})),
+            fc(
+                "node.n1",
+                json!({"defaultEndpointToHostAction": "Return",
+                                  "failsafeInboundHostPorts": [{"port": 22}]}),
+            ),
+        ];
+        let s = with_env(
+            &[
+                ("FELIX_DEFAULTENDPOINTTOHOSTACTION", "ACCEPT"),
+                (
+                    "FELIX_FAILSAFEINBOUNDHOSTPORTS",
+                    "tcp:22, udp:68,sctp:10.0.0.0/8:179,tcp:fd00::/64:9",
+                ),
+                ("FELIX_FAILSAFEOUTBOUNDHOSTPORTS", "none"),
+                ("FELIX_INTERFACEPREFIX", "cali,tap"),
+            ],
+            &docs,
+        )
+        .expect("valid");
+        assert_eq!(s.endpoint_to_host, EndpointToHostAction::Accept);
+        let inbound: Vec<(Protocol, u16, Option<String>)> = s
+            .failsafe
+            .inbound
+            .iter()
+            .map(|p| (p.protocol, p.port, p.net.map(|n| n.to_string())))
+            .collect();
+        assert_eq!(
+            inbound,
+            vec![
+                (Protocol::TCP, 22, None),
+                (Protocol::UDP, 68, None),
+                (Protocol::SCTP, 179, Some("10.0.0.0/8".into())),
+                (Protocol::TCP, 9, Some("fd00::/64".into())),
+            ]
+        );
+        assert!(s.failsafe.outbound.is_empty(), "none disables");
+        assert_eq!(s.interface_prefixes, vec!["cali", "tap"]);
+        // Unset or empty: the resources decide.
+        let s = with_env(&[("FELIX_DEFAULTENDPOINTTOHOSTACTION", " ")], &docs).expect("valid");
+        assert_eq!(s.endpoint_to_host, EndpointToHostAction::Return);
+        assert_eq!(s.failsafe.inbound.len(), 1);
+    }
+
+    #[test]
+    fn a_bad_environment_value_is_refused_naming_the_variable() {
+        for (var, value, reason) in [
+            (
+                "FELIX_DEFAULTENDPOINTTOHOSTACTION",
+                "allow",
+                "\"allow\" is not Drop, Return or Accept",
+            ),
+            (
+                "FELIX_FAILSAFEINBOUNDHOSTPORTS",
+                "tcp:22,tcp:x",
+                "\"tcp:x\" has no port 1-65535",
+            ),
+            (
+                "FELIX_FAILSAFEOUTBOUNDHOSTPORTS",
+                "icmp:22",
+                "\"icmp:22\" has a protocol other than tcp",
+            ),
+            (
+                "FELIX_FAILSAFEINBOUNDHOSTPORTS",
+                "tcp:10.0.0.0/33:22",
+                "has a net that is not a CIDR",
+            ),
+            ("FELIX_INTERFACEPREFIX", "cali,", "has an empty prefix"),
+        ] {
+            let e = with_env(&[(var, value)], &[]).expect_err(value);
+            assert_eq!(e.name, ENVIRONMENT);
+            assert_eq!(e.field, var);
+            let text = e.to_string();
+            assert!(
+                text.starts_with(&format!("environment variable {var}: ")) && text.contains(reason),
+                "{text}"
+            );
+        }
     }
 
     #[test]
