@@ -12,10 +12,13 @@
 # time to Running (kubectl wait) and to the first ping the pinger gets answered (kubectl exec of
 # a ping loop) are measured from the apply. Both pods are deleted before the next swap, so each
 # CNI DEL goes to the plugin that added the pod. Then the cross-node figure for calico-rs: a
-# pinger on node2, new pods on node1. Prints each round and a table of medians. Debug build.
+# pinger on node2, new pods on node1. Each apply waits a per-round phase offset first (the same
+# for both plugins) so the rounds spread over the kubelet's 1 s PLEG relist cycle. Prints each
+# round with a trace from node1's logs (kubelet at verbosity 2 on every node, containerd,
+# calico's ADD step times) and a table of medians and means. Debug build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [[ $(id -u) == 0 ]] || { echo "bench-k8s.sh: run as root" >&2; exit 1; }
 scripts/k8s-build.sh >&2
 echo "kernel $(uname -r), $(nproc) cores, $(date -u +%Y-%m-%dT%H:%MZ)"
-K8S_BENCH_ROUNDS=${1:-5} cargo test --test k8s_bench -- --ignored --nocapture --test-threads=1
+CALICO_LAB_KUBELET_V=2 K8S_BENCH_ROUNDS=${1:-5} cargo test --test k8s_bench -- --ignored --nocapture --test-threads=1

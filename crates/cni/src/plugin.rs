@@ -380,6 +380,7 @@ impl Plugin {
     pub async fn add(&self) -> Result<CniResult, PluginError> {
         let wl = self.workload()?;
         let started = std::time::Instant::now();
+        tracing::info!(container = wl.container_id, pod = ?wl.pod, "ADD");
         // Checked: a datastore that is down fails ADD before anything is created, with
         // "try again later" rather than a failure half-way through IPAM.
         let etcd = datastore::connect_checked(&self.conf);
@@ -395,7 +396,8 @@ impl Plugin {
             _ => (etcd.await?, PodInfo::default()),
         };
         tracing::debug!(elapsed = ?started.elapsed(), "etcd connected, pod read");
-        self.add_connected(Workload { info, ..wl }, kv).await
+        self.add_connected(Workload { info, ..wl }, kv, started)
+            .await
     }
 
     /// ADD for a pod whose [`PodInfo`] is already known (what [`Plugin::add`] reads from the
@@ -405,15 +407,22 @@ impl Plugin {
             info,
             ..self.workload()?
         };
+        let started = std::time::Instant::now();
         let kv = datastore::connect_checked(&self.conf).await?;
-        self.add_connected(wl, kv).await
+        self.add_connected(wl, kv, started).await
     }
 
-    async fn add_connected(&self, wl: Workload, kv: EtcdClient) -> Result<CniResult, PluginError> {
+    /// `started`: when ADD began (the step times in the log count from it).
+    async fn add_connected(
+        &self,
+        wl: Workload,
+        kv: EtcdClient,
+        started: std::time::Instant,
+    ) -> Result<CniResult, PluginError> {
         let ipam = Ipam::new(kv.clone());
         let ds = Datastore::from_etcd(kv);
         let mut undo = Undo::default();
-        match self.add_steps(&wl, &ipam, &ds, &mut undo).await {
+        match self.add_steps(&wl, &ipam, &ds, &mut undo, started).await {
             Ok(r) => Ok(r),
             Err(e) => {
                 tracing::warn!(error = %e, "ADD failed, undoing");
@@ -494,8 +503,15 @@ impl Plugin {
         ipam: &Ipam,
         ds: &Datastore,
         undo: &mut Undo,
+        started: std::time::Instant,
     ) -> Result<CniResult, PluginError> {
-        let started = std::time::Instant::now();
+        // Milliseconds since ADD began at the end of each step, for the "pod network ready"
+        // line (the pod-start benchmark reads them).
+        let mut steps_ms: Vec<(&str, u128)> = vec![("connected", started.elapsed().as_millis())];
+        let mut mark = |step: &'static str| {
+            tracing::debug!(step, elapsed = ?started.elapsed(), "done");
+            steps_ms.push((step, started.elapsed().as_millis()));
+        };
         let netns = self.netns()?.to_owned();
         let req = pod::requests(&wl.info, &self.conf)?;
         let addrs = self.addresses(wl, &req, ipam, ds, undo).await?;
@@ -506,7 +522,7 @@ impl Plugin {
             });
         }
         let ip_nats = pod::ip_nats(&req.floating_ips, &addrs)?;
-        tracing::debug!(step = "ipam", elapsed = ?started.elapsed(), "done");
+        mark("ipam");
         fault("ipam")?;
 
         let host_if = wl.host_veth();
@@ -523,17 +539,17 @@ impl Plugin {
             .create(&host_nl)
             .await
             .map_err(|e| PluginError::step("veth", e))?;
-        tracing::debug!(step = "veth", elapsed = ?started.elapsed(), "done");
+        mark("veth");
         fault("veth")?;
 
         let routes = self.configure_container(&netns, &wl.ifname, &addrs).await?;
-        tracing::debug!(step = "container", elapsed = ?started.elapsed(), "done");
+        mark("container");
         fault("container")?;
 
         veth.plumb_host(&host_nl, &addrs)
             .await
             .map_err(|e| PluginError::step("host", e))?;
-        tracing::debug!(step = "host", elapsed = ?started.elapsed(), "done");
+        mark("host");
         fault("host")?;
 
         let peer_mac = Some(pair.peer_mac);
@@ -546,12 +562,14 @@ impl Plugin {
         ds.apply(&wep)
             .await
             .map_err(|e| PluginError::step("endpoint", e))?;
-        tracing::debug!(step = "endpoint", elapsed = ?started.elapsed(), "done");
+        mark("endpoint");
         fault("endpoint")?;
         tracing::info!(
+            container = wl.container_id,
             endpoint = name,
             interface = host_if,
             ?addrs,
+            ?steps_ms,
             "pod network ready"
         );
 

@@ -181,7 +181,7 @@ impl KubeNode {
             format!("--cert-dir={}", dir.join("kubelet/pki").display()),
             format!("--hostname-override={name}"),
             format!("--node-ip={ip}"),
-            "--v=1".into(),
+            format!("--v={}", kubelet_verbosity()),
         ];
         node.start_kubelet()?;
 
@@ -425,6 +425,16 @@ fn run(cmd: &mut Command, what: &str) -> Result<(), ClusterError> {
         });
     }
     Ok(())
+}
+
+/// The kubelet's log verbosity: `CALICO_LAB_KUBELET_V` (a number), else 1. The pod-start
+/// benchmark (tests/k8s_bench.rs) sets 2 for the kubelet's `SyncLoop` and PLEG events; it applies
+/// to every node and every CNI plugin alike.
+fn kubelet_verbosity() -> u8 {
+    std::env::var("CALICO_LAB_KUBELET_V")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1)
 }
 
 fn containerd_config(dir: &Path, socket: &Path) -> String {
