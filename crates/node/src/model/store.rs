@@ -103,6 +103,8 @@ pub struct PolicyObjects {
     pub staged_network_policies: ByKey<api::StagedNetworkPolicy>,
     pub staged_global_network_policies: ByKey<api::StagedGlobalNetworkPolicy>,
     pub profiles: ByKey<api::Profile>,
+    /// This node's whole; other nodes' only with what the policy program reads of them (see
+    /// `other_nodes_endpoint`).
     pub workload_endpoints: ByKey<api::WorkloadEndpoint>,
     pub host_endpoints: ByKey<api::HostEndpoint>,
     pub network_sets: ByKey<api::NetworkSet>,
@@ -411,7 +413,17 @@ impl Store {
             PolicyKind::Profile => policy!(profiles, api::Profile),
             PolicyKind::WorkloadEndpoint => {
                 local_before = self.local_workloads.contains_key(key);
-                let changed = policy!(workload_endpoints, api::WorkloadEndpoint);
+                let node = self.node.as_str();
+                let obj = Self::typed::<api::WorkloadEndpoint>(key, kv)
+                    .unwrap_or(None)
+                    .map(|w| {
+                        if w.spec.node.as_deref() == Some(node) {
+                            w
+                        } else {
+                            other_nodes_endpoint(w)
+                        }
+                    });
+                let changed = set(&mut p.workload_endpoints, key, obj);
                 match p.workload_endpoints.get(key) {
                     Some(w) if w.spec.node.as_deref() == Some(self.node.as_str()) => {
                         local_after = true;
@@ -446,6 +458,31 @@ impl Store {
                 .map(|_| None),
         }
     }
+}
+
+/// Another node's workload endpoint with only what this node reads of it: its identity,
+/// labels, orchestrator, service account, addresses, named ports and profiles (the policy
+/// program's sets; every field the conversion checks stays, so one that does not convert
+/// still fails as the full recompute does). At 50,000 endpoints the rest (annotations,
+/// interface, MAC, container and pod names, gateways, NATs, ...) would be most of the model.
+fn other_nodes_endpoint(w: api::WorkloadEndpoint) -> api::WorkloadEndpoint {
+    let api::WorkloadEndpoint { metadata, spec, .. } = w;
+    let mut slim = api::WorkloadEndpoint::new(
+        "",
+        api::WorkloadEndpointSpec {
+            orchestrator: spec.orchestrator,
+            node: spec.node,
+            service_account_name: spec.service_account_name,
+            ip_networks: spec.ip_networks,
+            ports: spec.ports,
+            profiles: spec.profiles,
+            ..Default::default()
+        },
+    );
+    slim.metadata.name = metadata.name;
+    slim.metadata.namespace = metadata.namespace;
+    slim.metadata.labels = metadata.labels;
+    slim
 }
 
 /// Sets or removes `key`; whether anything changed (a rewrite of the same object with only a
