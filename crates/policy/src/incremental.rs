@@ -139,7 +139,8 @@ impl Source {
 /// it), anything else only its identity in the set index.
 #[derive(Debug, Clone)]
 enum Kept {
-    Local(Source),
+    /// Boxed: every other node's endpoint is an `Other`, which must stay small.
+    Local(Box<Source>),
     Other(SourceId),
 }
 
@@ -181,15 +182,78 @@ struct State {
     issues: Vec<PolicyIssue>,
 }
 
+/// Builds an [`Incremental`]: from the resources a caller holds as they are, then source by
+/// source for those it keeps in another form (each converted and indexed as it comes, so
+/// nothing needs to hold every source at once).
+pub struct Builder {
+    node: Option<String>,
+    failsafe: Failsafe,
+    state: Result<State, IsolateError>,
+}
+
+impl Builder {
+    /// Adds an endpoint or network set under the caller's key.
+    pub fn source(&mut self, key: &str, source: ApiSource<'_>) {
+        let Ok(state) = self.state.as_mut() else {
+            return;
+        };
+        match source.convert() {
+            Ok(s) => state.add_source(key, s, self.node.as_deref()),
+            Err(e) => self.state = Err(e.into()),
+        }
+    }
+
+    /// Compiles this node's endpoints.
+    pub fn finish(self) -> Incremental {
+        let state = self.state.map(|mut state| {
+            let (mut workloads, mut hosts): (Vec<&WorkloadEndpoint>, Vec<&HostEndpoint>) =
+                (vec![], vec![]);
+            for k in &state.local {
+                match state.sources.get(k) {
+                    Some(Kept::Local(s)) => match &**s {
+                        Source::Workload(w) => workloads.push(w),
+                        Source::Host(h) => hosts.push(h),
+                        Source::NetworkSet(_) => {}
+                    },
+                    _ => {}
+                }
+            }
+            let program = state.compiler.host_program_for(&workloads, &hosts);
+            state.program = program;
+            state.collect_issues();
+            state
+        });
+        Incremental {
+            node: self.node,
+            failsafe: self.failsafe,
+            state,
+        }
+    }
+}
+
 impl Incremental {
     /// Everything compiled from `resources` for `node` (every endpoint when `None`), with
     /// `failsafe`'s ports. Later changes use the same keys.
     pub fn build(resources: KeyedResources<'_>, failsafe: &Failsafe, node: Option<&str>) -> Self {
-        Incremental {
-            state: build(resources, failsafe, node),
+        Incremental::builder(resources, failsafe, node).finish()
+    }
+
+    /// [`Incremental::build`] with more sources to add ([`Builder::source`]) before it is
+    /// finished.
+    pub fn builder(
+        resources: KeyedResources<'_>,
+        failsafe: &Failsafe,
+        node: Option<&str>,
+    ) -> Builder {
+        let mut b = Builder {
+            state: start(&resources, failsafe),
             node: node.map(str::to_string),
             failsafe: failsafe.clone(),
+        };
+        for (k, s) in resources.sources {
+            b.source(k, s);
         }
+        b
     }
 
     /// The failsafe ports the program was built with (other ones need a [`Incremental::build`]).
@@ -232,11 +296,8 @@ impl Incremental {
     }
 }
 
-fn build(
-    r: KeyedResources<'_>,
-    failsafe: &Failsafe,
-    node: Option<&str>,
-) -> Result<State, IsolateError> {
+/// Everything but the sources: tiers, policies, profiles, a compiler with an empty set index.
+fn start(r: &KeyedResources<'_>, failsafe: &Failsafe) -> Result<State, IsolateError> {
     let tiers_api: Vec<api::Tier> = r.tiers.iter().map(|t| (*t).clone()).collect();
     let tiers = from_api::tiers(&tiers_api)?;
     let mut policies = BTreeMap::new();
@@ -254,51 +315,39 @@ fn build(
     // The compiler starts without endpoints: each source goes into the set index as it is
     // converted, and only this node's endpoints are kept whole (no second copy of the others,
     // not even for the time of the build).
-    let mut compiler = Compiler::new(&PolicyModel {
+    let compiler = Compiler::new(&PolicyModel {
         tiers: tiers.clone(),
         policies: policies.values().filter_map(|i| i.policy.clone()).collect(),
         profiles,
         failsafe: failsafe.clone(),
         ..Default::default()
     })?;
-    let mut sources = BTreeMap::new();
-    let mut local = BTreeSet::new();
-    for (k, s) in &r.sources {
-        let s = s.convert()?;
-        let (id, src) = State::set_source(&compiler, &s);
-        compiler.index_mut().upsert_source(id.clone(), src);
-        let kept = if State::is_local(&s, node) {
-            local.insert(k.to_string());
-            Kept::Local(s)
-        } else {
-            Kept::Other(id)
-        };
-        sources.insert(k.to_string(), kept);
-    }
-    let (mut workloads, mut hosts): (Vec<&WorkloadEndpoint>, Vec<&HostEndpoint>) = (vec![], vec![]);
-    for k in &local {
-        match sources.get(k) {
-            Some(Kept::Local(Source::Workload(w))) => workloads.push(w),
-            Some(Kept::Local(Source::Host(h))) => hosts.push(h),
-            _ => {}
-        }
-    }
-    let program = compiler.host_program_for(&workloads, &hosts);
-    let mut state = State {
+    Ok(State {
         tiers,
         profile_issues,
         policies,
-        sources,
-        local,
+        sources: BTreeMap::new(),
+        local: BTreeSet::new(),
         compiler,
-        program,
+        program: HostProgram::default(),
         issues: Vec::new(),
-    };
-    state.collect_issues();
-    Ok(state)
+    })
 }
 
 impl State {
+    /// A source while building (no set exists yet, so indexing it changes none).
+    fn add_source(&mut self, key: &str, s: Source, node: Option<&str>) {
+        let (id, src) = State::set_source(&self.compiler, &s);
+        self.compiler.index_mut().upsert_source(id.clone(), src);
+        let kept = if State::is_local(&s, node) {
+            self.local.insert(key.to_string());
+            Kept::Local(Box::new(s))
+        } else {
+            Kept::Other(id)
+        };
+        self.sources.insert(key.to_string(), kept);
+    }
+
     fn collect_issues(&mut self) {
         let mut issues: Vec<PolicyIssue> = self
             .profile_issues
@@ -370,7 +419,7 @@ impl State {
             .local
             .iter()
             .filter_map(|k| match self.sources.get(k) {
-                Some(Kept::Local(s)) => Some(s.clone()),
+                Some(Kept::Local(s)) => Some((**s).clone()),
                 _ => None,
             })
             .collect();
@@ -509,7 +558,7 @@ impl State {
                 is_local = true;
                 self.local.insert(key.to_string());
                 self.recompile_endpoint(&n);
-                Kept::Local(n)
+                Kept::Local(Box::new(n))
             } else {
                 Kept::Other(id)
             };

@@ -46,7 +46,7 @@ impl PolicyModel {
     pub fn new(store: &Store, felix: &FelixPolicySettings) -> PolicyModel {
         let node = store.node().to_string();
         // Keyed by etcd key, so later changes find them.
-        let engine = Incremental::build(keyed(store.policy()), &felix.failsafe, Some(&node));
+        let engine = build(store.policy(), felix, &node);
         PolicyModel {
             node,
             felix: felix.clone(),
@@ -96,9 +96,10 @@ impl PolicyModel {
                         .get(key)
                         .map(ApiPolicy::StagedGlobal),
                 ),
-                PolicyKind::WorkloadEndpoint => {
-                    e.set_source(key, p.workload_endpoints.get(key).map(ApiSource::Workload))
-                }
+                PolicyKind::WorkloadEndpoint => e.set_source(
+                    key,
+                    p.workload_endpoint(key).as_deref().map(ApiSource::Workload),
+                ),
                 PolicyKind::HostEndpoint => {
                     e.set_source(key, p.host_endpoints.get(key).map(ApiSource::Host))
                 }
@@ -115,7 +116,7 @@ impl PolicyModel {
             rebuild = done.is_err();
         }
         if rebuild {
-            self.engine = Incremental::build(keyed(p), &felix.failsafe, Some(&self.node));
+            self.engine = build(p, felix, &self.node);
         }
     }
 
@@ -132,7 +133,14 @@ impl PolicyModel {
     }
 }
 
-/// The store's policy objects, borrowed, keyed by etcd key.
+/// The program of `node` from every policy object of the store.
+fn build(p: &PolicyObjects, felix: &FelixPolicySettings, node: &str) -> Incremental {
+    let mut b = Incremental::builder(keyed(p), &felix.failsafe, Some(node));
+    p.for_each_workload_endpoint(|key, w| b.source(key, ApiSource::Workload(w)));
+    b.finish()
+}
+
+/// The store's policy objects but workload endpoints, borrowed, keyed by etcd key.
 fn keyed(p: &PolicyObjects) -> KeyedResources<'_> {
     fn by_key<'a, T, U>(m: &'a BTreeMap<String, T>, f: fn(&'a T) -> U) -> Vec<(&'a str, U)> {
         m.iter().map(|(k, v)| (k.as_str(), f(v))).collect()
@@ -152,8 +160,6 @@ fn keyed(p: &PolicyObjects) -> KeyedResources<'_> {
         &p.staged_global_network_policies,
         ApiPolicy::StagedGlobal,
     ));
-    r.sources
-        .extend(by_key(&p.workload_endpoints, ApiSource::Workload));
     r.sources.extend(by_key(&p.host_endpoints, ApiSource::Host));
     r.sources
         .extend(by_key(&p.network_sets, ApiSource::NetworkSet));
