@@ -209,13 +209,12 @@ impl Builder {
             let (mut workloads, mut hosts): (Vec<&WorkloadEndpoint>, Vec<&HostEndpoint>) =
                 (vec![], vec![]);
             for k in &state.local {
-                match state.sources.get(k) {
-                    Some(Kept::Local(s)) => match &**s {
+                if let Some(Kept::Local(s)) = state.sources.get(k) {
+                    match &**s {
                         Source::Workload(w) => workloads.push(w),
                         Source::Host(h) => hosts.push(h),
                         Source::NetworkSet(_) => {}
-                    },
-                    _ => {}
+                    }
                 }
             }
             let program = state.compiler.host_program_for(&workloads, &hosts);
