@@ -1,24 +1,27 @@
 //! The policy program of one node, kept up to date change by change.
 //!
-//! [`Incremental`] holds the converted resources, a live [`Compiler`] (prepared policies,
-//! compiled rule lists, the set index) and the [`HostProgram`] last computed. Each change does
-//! the work it affects, in the spirit of Felix's calculation graph (label index → active
-//! rules → IP sets), on this crate's own pieces:
+//! [`Incremental`] holds a live [`Compiler`] (prepared policies, compiled rule lists, the set
+//! index), this node's endpoints converted, and the [`HostProgram`] last computed. It keeps no
+//! copy of the resources: the caller owns them (the agent's store) and builds afresh from them
+//! when a change asks for it ([`Rebuild`]). Each change does the work it affects, in the spirit
+//! of Felix's calculation graph (label index → active rules → IP sets), on this crate's own
+//! pieces:
 //! - a policy added, edited or deleted is isolated on its own
 //!   ([`crate::isolate::isolate_policy`]), re-prepared, and only the local endpoints its old or
 //!   new selector picks get their chains recompiled; its rule lists are compiled again, every
-//!   other rule list is reused;
+//!   other rule list is reused; sets no rule list uses any more leave the set index;
 //! - an endpoint or network set changes only the sets whose selectors it enters or leaves
 //!   ([`crate::sets::SetIndex`], indexed by label key); a local endpoint also gets its own
-//!   chains recompiled;
+//!   chains recompiled. Of another node's endpoint nothing is kept here but its identity (the
+//!   set index holds what sets need: labels, addresses, named ports);
 //! - tiers, profiles (their labels are inherited by endpoints) and the failsafe ports are rare
-//!   and change every chain: they rebuild the whole state from the resources it keeps.
+//!   and change every chain: the caller rebuilds ([`Incremental::build`]).
 //!
 //! The result must always equal [`crate::isolate::compile_isolated`] of the same resources
 //! (the full recompute, the oracle); a property test in calico-node checks exactly that over
 //! random sequences of changes. A resource outside policies and profiles that does not convert
 //! (an endpoint, a network set, a tier) fails the full compile; here it makes the state
-//! broken, and every later change rebuilds it from the resources until it compiles.
+//! broken, and every later change asks for a rebuild until it compiles.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -31,7 +34,7 @@ use crate::model::{Direction, Failsafe, HostEndpoint, Policy, PolicyModel, Workl
 use crate::program::{
     CompiledRule, EndpointId, HostProgram, IpSet, RuleListId, for_each_rule_list, for_each_set,
 };
-use crate::sets::{SetChange, SourceId};
+use crate::sets::{SetChange, SetId, SetSource, SourceId};
 
 /// A policy resource of any of the four kinds.
 #[derive(Debug, Clone, Copy)]
@@ -70,12 +73,84 @@ impl ApiPolicy<'_> {
     }
 }
 
+/// An endpoint or network set resource.
+#[derive(Debug, Clone, Copy)]
+pub enum ApiSource<'a> {
+    Workload(&'a api::WorkloadEndpoint),
+    Host(&'a api::HostEndpoint),
+    NetworkSet(&'a api::NetworkSet),
+    GlobalNetworkSet(&'a api::GlobalNetworkSet),
+}
+
+impl ApiSource<'_> {
+    fn convert(&self) -> Result<Source, from_api::ConvertError> {
+        Ok(match *self {
+            ApiSource::Workload(w) => Source::Workload(from_api::workload_endpoint(w)?),
+            ApiSource::Host(h) => Source::Host(from_api::host_endpoint(h)?),
+            ApiSource::NetworkSet(s) => Source::NetworkSet(from_api::network_set(s)?),
+            ApiSource::GlobalNetworkSet(s) => Source::NetworkSet(from_api::global_network_set(s)?),
+        })
+    }
+}
+
+/// Every resource the program is built from, borrowed from the caller; policies and sources
+/// by the caller's key (any unique text per object, e.g. its etcd key), which later changes
+/// use too.
+#[derive(Debug, Clone, Default)]
+pub struct KeyedResources<'a> {
+    pub tiers: Vec<&'a api::Tier>,
+    pub profiles: Vec<&'a api::Profile>,
+    pub policies: Vec<(&'a str, ApiPolicy<'a>)>,
+    pub sources: Vec<(&'a str, ApiSource<'a>)>,
+}
+
+/// A change the incremental paths cannot take (a resource that does not convert, a state
+/// broken by an earlier one, a compile error): build afresh from every resource.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rebuild;
+
 /// An endpoint or network set, converted.
 #[derive(Debug, Clone)]
 enum Source {
     Workload(WorkloadEndpoint),
     Host(HostEndpoint),
     NetworkSet(crate::model::NetworkSet),
+}
+
+impl Source {
+    fn id(&self) -> SourceId {
+        match self {
+            Source::Workload(w) => SourceId::Workload {
+                namespace: w.namespace.clone(),
+                name: w.name.clone(),
+            },
+            Source::Host(h) => SourceId::Host {
+                name: h.name.clone(),
+            },
+            Source::NetworkSet(n) => SourceId::NetworkSet {
+                namespace: n.namespace.clone(),
+                name: n.name.clone(),
+            },
+        }
+    }
+}
+
+/// What the state keeps of a source: a local endpoint whole (its chains are compiled from
+/// it), anything else only its identity in the set index.
+#[derive(Debug, Clone)]
+enum Kept {
+    /// Boxed: every other node's endpoint is an `Other`, which must stay small.
+    Local(Box<Source>),
+    Other(SourceId),
+}
+
+impl Kept {
+    fn id(&self) -> SourceId {
+        match self {
+            Kept::Local(s) => s.id(),
+            Kept::Other(id) => id.clone(),
+        }
+    }
 }
 
 /// What one policy (by the caller's key) is enforced as.
@@ -90,74 +165,7 @@ struct Isolated {
 pub struct Incremental {
     node: Option<String>,
     failsafe: Failsafe,
-    /// The resources, by the caller's key (its etcd key): what a rebuild starts from.
-    resources: Resources,
     state: Result<State, IsolateError>,
-}
-
-/// Every resource, by the caller's key (any unique text per object, e.g. its etcd key).
-#[derive(Debug, Clone, Default)]
-pub struct KeyedResources {
-    pub tiers: BTreeMap<String, api::Tier>,
-    pub profiles: BTreeMap<String, api::Profile>,
-    pub policies: BTreeMap<String, PolicyResource>,
-    pub sources: BTreeMap<String, ApiSource>,
-}
-
-type Resources = KeyedResources;
-
-/// A policy resource of any of the four kinds, owned.
-#[derive(Debug, Clone)]
-pub enum PolicyResource {
-    Network(api::NetworkPolicy),
-    Global(api::GlobalNetworkPolicy),
-    StagedNetwork(api::StagedNetworkPolicy),
-    StagedGlobal(api::StagedGlobalNetworkPolicy),
-}
-
-impl PolicyResource {
-    pub fn as_api(&self) -> ApiPolicy<'_> {
-        match self {
-            PolicyResource::Network(p) => ApiPolicy::Network(p),
-            PolicyResource::Global(p) => ApiPolicy::Global(p),
-            PolicyResource::StagedNetwork(p) => ApiPolicy::StagedNetwork(p),
-            PolicyResource::StagedGlobal(p) => ApiPolicy::StagedGlobal(p),
-        }
-    }
-}
-
-impl From<ApiPolicy<'_>> for PolicyResource {
-    fn from(p: ApiPolicy<'_>) -> Self {
-        match p {
-            ApiPolicy::Network(p) => PolicyResource::Network(p.clone()),
-            ApiPolicy::Global(p) => PolicyResource::Global(p.clone()),
-            ApiPolicy::StagedNetwork(p) => PolicyResource::StagedNetwork(p.clone()),
-            ApiPolicy::StagedGlobal(p) => PolicyResource::StagedGlobal(p.clone()),
-        }
-    }
-}
-
-/// An endpoint or network set resource.
-// Nearly every source is a workload endpoint (the largest variant): boxing it would add an
-// allocation per endpoint to save nothing.
-#[allow(clippy::large_enum_variant)]
-#[derive(Debug, Clone)]
-pub enum ApiSource {
-    Workload(api::WorkloadEndpoint),
-    Host(api::HostEndpoint),
-    NetworkSet(api::NetworkSet),
-    GlobalNetworkSet(api::GlobalNetworkSet),
-}
-
-impl ApiSource {
-    fn convert(&self) -> Result<Source, from_api::ConvertError> {
-        Ok(match self {
-            ApiSource::Workload(w) => Source::Workload(from_api::workload_endpoint(w)?),
-            ApiSource::Host(h) => Source::Host(from_api::host_endpoint(h)?),
-            ApiSource::NetworkSet(s) => Source::NetworkSet(from_api::network_set(s)?),
-            ApiSource::GlobalNetworkSet(s) => Source::NetworkSet(from_api::global_network_set(s)?),
-        })
-    }
 }
 
 /// The compiled state (only while everything outside policies converts).
@@ -166,7 +174,7 @@ struct State {
     tiers: Vec<crate::model::Tier>,
     profile_issues: Vec<PolicyIssue>,
     policies: BTreeMap<String, Isolated>,
-    sources: BTreeMap<String, Source>,
+    sources: BTreeMap<String, Kept>,
     /// Keys of the sources that are this node's endpoints.
     local: BTreeSet<String>,
     compiler: Compiler,
@@ -174,17 +182,82 @@ struct State {
     issues: Vec<PolicyIssue>,
 }
 
-impl Incremental {
-    /// Everything compiled from resources keyed by the caller (later changes use the same
-    /// keys).
-    pub fn from_resources(resources: Resources, failsafe: &Failsafe, node: Option<&str>) -> Self {
-        let state = build(&resources, failsafe, node);
+/// Builds an [`Incremental`]: from the resources a caller holds as they are, then source by
+/// source for those it keeps in another form (each converted and indexed as it comes, so
+/// nothing needs to hold every source at once).
+pub struct Builder {
+    node: Option<String>,
+    failsafe: Failsafe,
+    state: Result<State, IsolateError>,
+}
+
+impl Builder {
+    /// Adds an endpoint or network set under the caller's key.
+    pub fn source(&mut self, key: &str, source: ApiSource<'_>) {
+        let Ok(state) = self.state.as_mut() else {
+            return;
+        };
+        match source.convert() {
+            Ok(s) => state.add_source(key, s, self.node.as_deref()),
+            Err(e) => self.state = Err(e.into()),
+        }
+    }
+
+    /// Compiles this node's endpoints.
+    pub fn finish(self) -> Incremental {
+        let state = self.state.map(|mut state| {
+            let (mut workloads, mut hosts): (Vec<&WorkloadEndpoint>, Vec<&HostEndpoint>) =
+                (vec![], vec![]);
+            for k in &state.local {
+                if let Some(Kept::Local(s)) = state.sources.get(k) {
+                    match &**s {
+                        Source::Workload(w) => workloads.push(w),
+                        Source::Host(h) => hosts.push(h),
+                        Source::NetworkSet(_) => {}
+                    }
+                }
+            }
+            let program = state.compiler.host_program_for(&workloads, &hosts);
+            state.program = program;
+            state.collect_issues();
+            state
+        });
         Incremental {
-            node: node.map(str::to_string),
-            failsafe: failsafe.clone(),
-            resources,
+            node: self.node,
+            failsafe: self.failsafe,
             state,
         }
+    }
+}
+
+impl Incremental {
+    /// Everything compiled from `resources` for `node` (every endpoint when `None`), with
+    /// `failsafe`'s ports. Later changes use the same keys.
+    pub fn build(resources: KeyedResources<'_>, failsafe: &Failsafe, node: Option<&str>) -> Self {
+        Incremental::builder(resources, failsafe, node).finish()
+    }
+
+    /// [`Incremental::build`] with more sources to add ([`Builder::source`]) before it is
+    /// finished.
+    pub fn builder(
+        resources: KeyedResources<'_>,
+        failsafe: &Failsafe,
+        node: Option<&str>,
+    ) -> Builder {
+        let mut b = Builder {
+            state: start(&resources, failsafe),
+            node: node.map(str::to_string),
+            failsafe: failsafe.clone(),
+        };
+        for (k, s) in resources.sources {
+            b.source(k, s);
+        }
+        b
+    }
+
+    /// The failsafe ports the program was built with (other ones need a [`Incremental::build`]).
+    pub fn failsafe(&self) -> &Failsafe {
+        &self.failsafe
     }
 
     /// The program and the policies not enforced as written, or why nothing compiles.
@@ -194,142 +267,86 @@ impl Incremental {
             .map(|s| (&s.program, s.issues.as_slice()))
     }
 
-    fn rebuild(&mut self) {
-        self.state = build(&self.resources, &self.failsafe, self.node.as_deref());
-    }
-
-    /// New failsafe ports: everything is rebuilt.
-    pub fn set_failsafe(&mut self, failsafe: &Failsafe) {
-        if *failsafe != self.failsafe {
-            self.failsafe = failsafe.clone();
-            self.rebuild();
-        }
-    }
-
-    /// A tier added or changed (`Some`) or deleted (`None`): everything is rebuilt.
-    pub fn set_tier(&mut self, key: &str, tier: Option<&api::Tier>) {
-        set(&mut self.resources.tiers, key, tier.cloned());
-        self.rebuild();
-    }
-
-    /// A profile added or changed, or deleted: everything is rebuilt (endpoints inherit its
-    /// labels).
-    pub fn set_profile(&mut self, key: &str, profile: Option<&api::Profile>) {
-        set(&mut self.resources.profiles, key, profile.cloned());
-        self.rebuild();
-    }
-
     /// A policy added or changed (`Some`), or deleted (`None`).
-    pub fn set_policy(&mut self, key: &str, policy: Option<ApiPolicy<'_>>) {
-        set(
-            &mut self.resources.policies,
-            key,
-            policy.map(PolicyResource::from),
-        );
+    pub fn set_policy(&mut self, key: &str, policy: Option<ApiPolicy<'_>>) -> Result<(), Rebuild> {
         let Ok(state) = self.state.as_mut() else {
-            return self.rebuild();
+            return Err(Rebuild);
         };
-        let isolated = match policy {
-            Some(p) => {
-                let (policy, issues) = p.isolate(&state.tiers);
-                Some(Isolated { policy, issues })
-            }
-            None => None,
-        };
-        if state.update_policy(key, isolated).is_err() {
-            self.rebuild();
-        }
+        let isolated = policy.map(|p| {
+            let (policy, issues) = p.isolate(&state.tiers);
+            Isolated { policy, issues }
+        });
+        state.update_policy(key, isolated).map_err(|_| Rebuild)
     }
 
     /// An endpoint or network set added or changed (`Some`), or deleted (`None`).
-    pub fn set_source(&mut self, key: &str, source: Option<ApiSource>) {
-        set(&mut self.resources.sources, key, source.clone());
+    pub fn set_source(&mut self, key: &str, source: Option<ApiSource<'_>>) -> Result<(), Rebuild> {
         let Ok(state) = self.state.as_mut() else {
-            return self.rebuild();
+            return Err(Rebuild);
         };
         let converted = match source.as_ref().map(ApiSource::convert) {
             None => None,
             Some(Ok(s)) => Some(s),
             // Nothing compiles while it does not convert (as in the full compile).
-            Some(Err(_)) => return self.rebuild(),
+            Some(Err(_)) => return Err(Rebuild),
         };
         state.update_source(key, converted, self.node.as_deref());
+        Ok(())
     }
 }
 
-fn set<T>(map: &mut BTreeMap<String, T>, key: &str, v: Option<T>) {
-    match v {
-        Some(v) => map.insert(key.to_string(), v),
-        None => map.remove(key),
-    };
-}
-
-fn build(r: &Resources, failsafe: &Failsafe, node: Option<&str>) -> Result<State, IsolateError> {
-    let tiers_api: Vec<api::Tier> = r.tiers.values().cloned().collect();
+/// Everything but the sources: tiers, policies, profiles, a compiler with an empty set index.
+fn start(r: &KeyedResources<'_>, failsafe: &Failsafe) -> Result<State, IsolateError> {
+    let tiers_api: Vec<api::Tier> = r.tiers.iter().map(|t| (*t).clone()).collect();
     let tiers = from_api::tiers(&tiers_api)?;
-    let mut sources = BTreeMap::new();
-    for (k, s) in &r.sources {
-        sources.insert(k.clone(), s.convert()?);
-    }
     let mut policies = BTreeMap::new();
     for (k, p) in &r.policies {
-        let (policy, issues) = p.as_api().isolate(&tiers);
-        policies.insert(k.clone(), Isolated { policy, issues });
+        let (policy, issues) = p.isolate(&tiers);
+        policies.insert(k.to_string(), Isolated { policy, issues });
     }
     let mut profile_issues = Vec::new();
     let mut profiles = Vec::new();
-    for p in r.profiles.values() {
+    for p in &r.profiles {
         let (profile, issues) = isolate_profile(p)?;
         profile_issues.extend(issues);
         profiles.extend(profile);
     }
-    let mut model = PolicyModel {
+    // The compiler starts without endpoints: each source goes into the set index as it is
+    // converted, and only this node's endpoints are kept whole (no second copy of the others,
+    // not even for the time of the build).
+    let compiler = Compiler::new(&PolicyModel {
         tiers: tiers.clone(),
         policies: policies.values().filter_map(|i| i.policy.clone()).collect(),
         profiles,
         failsafe: failsafe.clone(),
         ..Default::default()
-    };
-    for s in sources.values() {
-        match s {
-            Source::Workload(w) => model.workload_endpoints.push(w.clone()),
-            Source::Host(h) => model.host_endpoints.push(h.clone()),
-            Source::NetworkSet(n) => model.network_sets.push(n.clone()),
-        }
-    }
-    let mut compiler = Compiler::new(&model)?;
-    let local = |n: &str| node.is_none_or(|want| want == n);
-    let workloads: Vec<&WorkloadEndpoint> = model
-        .workload_endpoints
-        .iter()
-        .filter(|e| local(&e.node))
-        .collect();
-    let hosts: Vec<&HostEndpoint> = model
-        .host_endpoints
-        .iter()
-        .filter(|e| local(&e.node))
-        .collect();
-    let program = compiler.host_program_for(&workloads, &hosts);
-    let local_keys = sources
-        .iter()
-        .filter(|(_, s)| State::is_local(s, node))
-        .map(|(k, _)| k.clone())
-        .collect();
-    let mut state = State {
+    })?;
+    Ok(State {
         tiers,
         profile_issues,
         policies,
-        sources,
-        local: local_keys,
+        sources: BTreeMap::new(),
+        local: BTreeSet::new(),
         compiler,
-        program,
+        program: HostProgram::default(),
         issues: Vec::new(),
-    };
-    state.collect_issues();
-    Ok(state)
+    })
 }
 
 impl State {
+    /// A source while building (no set exists yet, so indexing it changes none).
+    fn add_source(&mut self, key: &str, s: Source, node: Option<&str>) {
+        let (id, src) = State::set_source(&self.compiler, &s);
+        self.compiler.index_mut().upsert_source(id.clone(), src);
+        let kept = if State::is_local(&s, node) {
+            self.local.insert(key.to_string());
+            Kept::Local(Box::new(s))
+        } else {
+            Kept::Other(id)
+        };
+        self.sources.insert(key.to_string(), kept);
+    }
+
     fn collect_issues(&mut self) {
         let mut issues: Vec<PolicyIssue> = self
             .profile_issues
@@ -400,8 +417,10 @@ impl State {
         let local: Vec<Source> = self
             .local
             .iter()
-            .filter_map(|k| self.sources.get(k))
-            .cloned()
+            .filter_map(|k| match self.sources.get(k) {
+                Some(Kept::Local(s)) => Some((**s).clone()),
+                _ => None,
+            })
             .collect();
         let selected = |state: &State, id: &Option<(String, bool)>| -> BTreeSet<usize> {
             let Some((name, staged)) = id else {
@@ -419,7 +438,22 @@ impl State {
                 .collect()
         };
         let mut affected = selected(self, &old_id);
+        // The sets the old version's rule lists use: those no rule list uses afterwards leave
+        // the set index.
+        let mut old_sets = BTreeSet::new();
         if let Some((name, staged)) = &old_id {
+            for direction in [Direction::Ingress, Direction::Egress] {
+                let id = RuleListId::Policy {
+                    name: name.clone(),
+                    staged: *staged,
+                    direction,
+                };
+                if let Some(rules) = self.compiler.rule_lists().get(&id) {
+                    for_each_set(rules, &mut |s| {
+                        old_sets.insert(s.clone());
+                    });
+                }
+            }
             self.compiler.remove_policy(name, *staged);
         }
         if let Some(p) = new.as_ref().and_then(|i| i.policy.as_ref()) {
@@ -447,48 +481,61 @@ impl State {
             self.program.rule_lists.remove(id);
         }
         self.refresh_lists_and_sets();
+        self.drop_unused_sets(old_sets);
         self.collect_issues();
         Ok(())
+    }
+
+    /// Removes from the set index those of `candidates` that no compiled rule list uses.
+    fn drop_unused_sets(&mut self, mut candidates: BTreeSet<SetId>) {
+        if candidates.is_empty() {
+            return;
+        }
+        for rules in self.compiler.rule_lists().values() {
+            for_each_set(rules, &mut |s| {
+                candidates.remove(s);
+            });
+            if candidates.is_empty() {
+                return;
+            }
+        }
+        for id in &candidates {
+            self.compiler.index_mut().remove_set(id);
+        }
+    }
+
+    /// What a converted source offers the set index, and under which id.
+    fn set_source(compiler: &Compiler, s: &Source) -> (SourceId, SetSource) {
+        match s {
+            Source::Workload(w) => compiler.workload_source(w),
+            Source::Host(h) => compiler.host_source(h),
+            Source::NetworkSet(n) => (
+                s.id(),
+                SetSource {
+                    labels: crate::labels::network_set_labels(n),
+                    nets: n.nets.clone(),
+                    ports: Vec::new(),
+                },
+            ),
+        }
     }
 
     /// Replaces one endpoint or network set: the sets it enters or leaves, and its own chains
     /// when it is local.
     fn update_source(&mut self, key: &str, new: Option<Source>, node: Option<&str>) {
         let old = self.sources.remove(key);
-        let source_id = |s: &Source| match s {
-            Source::Workload(w) => SourceId::Workload {
-                namespace: w.namespace.clone(),
-                name: w.name.clone(),
-            },
-            Source::Host(h) => SourceId::Host {
-                name: h.name.clone(),
-            },
-            Source::NetworkSet(n) => SourceId::NetworkSet {
-                namespace: n.namespace.clone(),
-                name: n.name.clone(),
-            },
-        };
+        let old_id = old.as_ref().map(Kept::id);
         let mut changes: Vec<SetChange> = Vec::new();
-        if let Some(o) = &old
-            && new.as_ref().is_none_or(|n| source_id(n) != source_id(o))
+        if let Some(o) = &old_id
+            && new.as_ref().is_none_or(|n| n.id() != *o)
         {
-            changes.extend(self.compiler.index_mut().remove_source(&source_id(o)));
+            changes.extend(self.compiler.index_mut().remove_source(o));
         }
-        if let Some(n) = &new {
-            let (id, src) = match n {
-                Source::Workload(w) => self.compiler.workload_source(w),
-                Source::Host(h) => self.compiler.host_source(h),
-                Source::NetworkSet(s) => (
-                    source_id(n),
-                    crate::sets::SetSource {
-                        labels: crate::labels::network_set_labels(s),
-                        nets: s.nets.clone(),
-                        ports: Vec::new(),
-                    },
-                ),
-            };
-            changes.extend(self.compiler.index_mut().upsert_source(id, src));
-        }
+        let new_id = new.as_ref().map(|n| {
+            let (id, src) = Self::set_source(&self.compiler, n);
+            changes.extend(self.compiler.index_mut().upsert_source(id.clone(), src));
+            id
+        });
         for c in changes {
             if let Some(set) = self.program.sets.get_mut(&c.id) {
                 for m in &c.removed {
@@ -497,18 +544,24 @@ impl State {
                 set.members.extend(c.added);
             }
         }
-        let was_local = old.as_ref().is_some_and(|o| Self::is_local(o, node));
-        let is_local = new.as_ref().is_some_and(|n| Self::is_local(n, node));
-        if was_local && let Some(id) = old.as_ref().and_then(Self::endpoint_id) {
+        let was_local = matches!(old, Some(Kept::Local(_)));
+        if let Some(Kept::Local(o)) = &old
+            && let Some(id) = Self::endpoint_id(o)
+        {
             self.program.endpoints.remove(&id);
         }
         self.local.remove(key);
-        if let Some(n) = &new {
-            self.sources.insert(key.to_string(), n.clone());
-            if is_local {
+        let mut is_local = false;
+        if let (Some(n), Some(id)) = (new, new_id) {
+            let kept = if Self::is_local(&n, node) {
+                is_local = true;
                 self.local.insert(key.to_string());
-                self.recompile_endpoint(n);
-            }
+                self.recompile_endpoint(&n);
+                Kept::Local(Box::new(n))
+            } else {
+                Kept::Other(id)
+            };
+            self.sources.insert(key.to_string(), kept);
         }
         if was_local || is_local {
             self.refresh_lists_and_sets();
@@ -554,5 +607,133 @@ impl State {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::from_api::ApiResources;
+    use crate::isolate::compile_isolated;
+    use crate::sets::SetKey;
+    use serde_json::json;
+
+    fn gnp(name: &str, from_app: &str) -> api::GlobalNetworkPolicy {
+        serde_json::from_value(json!({"metadata": {"name": name},
+            "spec": {"selector": "app == 'a'", "ingress": [
+                {"action": "Allow", "source": {"selector": format!("app == '{from_app}'")}}]}}))
+        .unwrap()
+    }
+
+    fn wep(name: &str, node: &str, app: &str, ip: &str) -> api::WorkloadEndpoint {
+        serde_json::from_value(json!({
+            "metadata": {"name": name, "namespace": "default", "labels": {"app": app}},
+            "spec": {"node": node, "interfaceName": format!("cali{name}"),
+                     "ipNetworks": [ip]}}))
+        .unwrap()
+    }
+
+    fn keyed<'a>(
+        policies: &'a [(String, api::GlobalNetworkPolicy)],
+        weps: &'a [(String, api::WorkloadEndpoint)],
+    ) -> KeyedResources<'a> {
+        KeyedResources {
+            policies: policies
+                .iter()
+                .map(|(k, p)| (k.as_str(), ApiPolicy::Global(p)))
+                .collect(),
+            sources: weps
+                .iter()
+                .map(|(k, w)| (k.as_str(), ApiSource::Workload(w)))
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    fn oracle(
+        policies: &[(String, api::GlobalNetworkPolicy)],
+        weps: &[(String, api::WorkloadEndpoint)],
+    ) -> HostProgram {
+        let r = ApiResources {
+            global_network_policies: policies.iter().map(|(_, p)| p.clone()).collect(),
+            workload_endpoints: weps.iter().map(|(_, w)| w.clone()).collect(),
+            ..Default::default()
+        };
+        compile_isolated(&r, &Failsafe::default(), Some("n1"))
+            .unwrap()
+            .0
+    }
+
+    fn selector_set(text: &str) -> SetId {
+        SetKey::Selector(calico_selector::Selector::parse(text).unwrap()).id()
+    }
+
+    #[test]
+    fn keeps_only_the_identity_of_other_nodes_endpoints() {
+        let policies = vec![("p".to_string(), gnp("p", "b"))];
+        let weps = vec![
+            ("w1".to_string(), wep("w1", "n1", "a", "10.0.0.1/32")),
+            ("w2".to_string(), wep("w2", "n2", "b", "10.0.0.2/32")),
+        ];
+        let inc = Incremental::build(keyed(&policies, &weps), &Failsafe::default(), Some("n1"));
+        let state = inc.state.as_ref().unwrap();
+        assert!(matches!(state.sources.get("w1"), Some(Kept::Local(_))));
+        assert!(matches!(
+            state.sources.get("w2"),
+            Some(Kept::Other(SourceId::Workload { name, .. })) if name == "w2"
+        ));
+        assert_eq!(state.local, BTreeSet::from(["w1".to_string()]));
+        assert_eq!(inc.program().unwrap().0, &oracle(&policies, &weps));
+        // The other node's endpoint is in the set its label selects.
+        let set = &inc.program().unwrap().0.sets[&selector_set("app == 'b'")];
+        assert_eq!(set.members.len(), 1);
+    }
+
+    #[test]
+    fn a_set_no_rule_uses_any_more_leaves_the_index() {
+        let mut policies = vec![("p".to_string(), gnp("p", "b"))];
+        let weps = vec![
+            ("w1".to_string(), wep("w1", "n1", "a", "10.0.0.1/32")),
+            ("w2".to_string(), wep("w2", "n2", "b", "10.0.0.2/32")),
+            ("w3".to_string(), wep("w3", "n2", "c", "10.0.0.3/32")),
+        ];
+        let mut inc = Incremental::build(keyed(&policies, &weps), &Failsafe::default(), Some("n1"));
+        let (b, c) = (selector_set("app == 'b'"), selector_set("app == 'c'"));
+        let index = |inc: &Incremental| inc.state.as_ref().unwrap().compiler.index().clone();
+        assert!(index(&inc).key(&b).is_some());
+        // The edit moves the rule from app b to app c: b's set is gone from the index.
+        policies[0].1 = gnp("p", "c");
+        inc.set_policy("p", Some(ApiPolicy::Global(&policies[0].1)))
+            .unwrap();
+        assert!(index(&inc).key(&b).is_none(), "unused set still indexed");
+        assert_eq!(index(&inc).members(&c).len(), 1);
+        assert_eq!(inc.program().unwrap().0, &oracle(&policies, &weps));
+        // Back again: the set is made anew with its members.
+        policies[0].1 = gnp("p", "b");
+        inc.set_policy("p", Some(ApiPolicy::Global(&policies[0].1)))
+            .unwrap();
+        assert!(index(&inc).key(&c).is_none());
+        assert_eq!(inc.program().unwrap().0, &oracle(&policies, &weps));
+        // A set another policy still uses stays.
+        policies.push(("q".to_string(), gnp("q", "b")));
+        inc.set_policy("q", Some(ApiPolicy::Global(&policies[1].1)))
+            .unwrap();
+        policies[0].1 = gnp("p", "c");
+        inc.set_policy("p", Some(ApiPolicy::Global(&policies[0].1)))
+            .unwrap();
+        assert!(index(&inc).key(&b).is_some(), "set of q dropped");
+        assert_eq!(inc.program().unwrap().0, &oracle(&policies, &weps));
+    }
+
+    #[test]
+    fn a_source_that_does_not_convert_asks_for_a_rebuild() {
+        let policies = vec![("p".to_string(), gnp("p", "b"))];
+        let weps = vec![("w1".to_string(), wep("w1", "n1", "a", "10.0.0.1/32"))];
+        let mut inc = Incremental::build(keyed(&policies, &weps), &Failsafe::default(), Some("n1"));
+        let bad = wep("w9", "n2", "b", "not-an-address");
+        assert_eq!(
+            inc.set_source("w9", Some(ApiSource::Workload(&bad))),
+            Err(Rebuild)
+        );
     }
 }

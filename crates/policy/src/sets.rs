@@ -3,11 +3,12 @@
 //! membership up to date as endpoints change and reports exactly which sets changed, so the
 //! dataplane touches only those.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fmt;
 use std::net::IpAddr;
+use std::sync::Arc;
 
-use calico_selector::Selector;
+use calico_selector::{Labels, Selector};
 use ipnet::IpNet;
 use sha1::{Digest, Sha1};
 
@@ -149,16 +150,67 @@ struct SetEntry {
 }
 
 /// Set membership, maintained incrementally.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Default)]
 pub struct SetIndex {
     sets: BTreeMap<SetId, SetEntry>,
-    sources: BTreeMap<SourceId, SetSource>,
+    sources: BTreeMap<SourceId, Stored>,
     /// Label key → sets whose selector reads it, so a label change visits only those sets.
     by_label: BTreeMap<String, BTreeSet<SetId>>,
+    /// Every label key and value the sources carry, once: at cluster scale the same few keys
+    /// and values repeat across tens of thousands of endpoints. A text leaves when the last
+    /// source carrying it does.
+    texts: HashSet<Arc<str>>,
 }
 
-fn contribution(key: &SetKey, src: &SetSource) -> BTreeSet<Member> {
-    if !key.selector().matches(&src.labels) {
+/// What the index keeps of a source (a [`SetSource`] in less memory: labels as a sorted
+/// slice of shared texts).
+#[derive(Debug, Default)]
+struct Stored {
+    labels: Box<[(Arc<str>, Arc<str>)]>,
+    nets: Box<[IpNet]>,
+    ports: Box<[NamedPort]>,
+}
+
+/// A stored label slice, sorted by key, as selectors read labels.
+struct StoredLabels<'a>(&'a [(Arc<str>, Arc<str>)]);
+
+impl Labels for StoredLabels<'_> {
+    fn get_label(&self, key: &str) -> Option<&str> {
+        self.0
+            .binary_search_by(|(k, _)| (**k).cmp(key))
+            .ok()
+            .map(|i| &*self.0[i].1)
+    }
+}
+
+impl Clone for SetIndex {
+    /// A deep copy (its own texts), so that each copy can let go of its texts alone.
+    fn clone(&self) -> Self {
+        let mut copy = SetIndex {
+            sets: self.sets.clone(),
+            sources: BTreeMap::new(),
+            by_label: self.by_label.clone(),
+            texts: HashSet::new(),
+        };
+        for (id, s) in &self.sources {
+            let labels = s
+                .labels
+                .iter()
+                .map(|(k, v)| (copy.intern(k), copy.intern(v)))
+                .collect();
+            let stored = Stored {
+                labels,
+                nets: s.nets.clone(),
+                ports: s.ports.clone(),
+            };
+            copy.sources.insert(id.clone(), stored);
+        }
+        copy
+    }
+}
+
+fn contribution(key: &SetKey, src: &Stored) -> BTreeSet<Member> {
+    if !key.selector().matches(&StoredLabels(&src.labels)) {
         return BTreeSet::new();
     }
     match key {
@@ -178,17 +230,21 @@ fn contribution(key: &SetKey, src: &SetSource) -> BTreeSet<Member> {
     }
 }
 
-/// Label keys whose values differ between two maps.
-fn changed_keys<'a>(a: &'a LabelMap, b: &'a LabelMap) -> BTreeSet<&'a str> {
+/// Label keys whose values differ between two sorted label slices.
+fn changed_keys<'a>(
+    a: &'a [(Arc<str>, Arc<str>)],
+    b: &'a [(Arc<str>, Arc<str>)],
+) -> BTreeSet<&'a str> {
+    let (la, lb) = (StoredLabels(a), StoredLabels(b));
     let mut out = BTreeSet::new();
     for (k, v) in a {
-        if b.get(k) != Some(v) {
-            out.insert(k.as_str());
+        if lb.get_label(k) != Some(&**v) {
+            out.insert(&**k);
         }
     }
-    for k in b.keys() {
-        if !a.contains_key(k) {
-            out.insert(k.as_str());
+    for (k, _) in b {
+        if la.get_label(k).is_none() {
+            out.insert(&**k);
         }
     }
     out
@@ -275,22 +331,61 @@ impl SetIndex {
 
     /// Adds or replaces a source; returns the sets whose membership changed, and only those.
     pub fn upsert_source(&mut self, id: SourceId, new: SetSource) -> Vec<SetChange> {
+        let labels = new
+            .labels
+            .iter()
+            .map(|(k, v)| (self.intern(k), self.intern(v)))
+            .collect();
+        let new = Stored {
+            labels,
+            nets: new.nets.into_boxed_slice(),
+            ports: new.ports.into_boxed_slice(),
+        };
         let old = self.sources.remove(&id);
         let changes = self.apply(old.as_ref(), Some(&new));
         self.sources.insert(id, new);
+        if let Some(old) = old {
+            self.release(old);
+        }
         changes
     }
 
     /// Removes a source; returns the sets whose membership changed.
     pub fn remove_source(&mut self, id: &SourceId) -> Vec<SetChange> {
         match self.sources.remove(id) {
-            Some(old) => self.apply(Some(&old), None),
+            Some(old) => {
+                let changes = self.apply(Some(&old), None);
+                self.release(old);
+                changes
+            }
             None => Vec::new(),
         }
     }
 
-    fn apply(&mut self, old: Option<&SetSource>, new: Option<&SetSource>) -> Vec<SetChange> {
-        let empty = SetSource::default();
+    /// The shared copy of `text`.
+    fn intern(&mut self, text: &str) -> Arc<str> {
+        if let Some(t) = self.texts.get(text) {
+            return t.clone();
+        }
+        let t: Arc<str> = Arc::from(text);
+        self.texts.insert(t.clone());
+        t
+    }
+
+    /// Lets go of a source's texts; those no other source carries leave `texts`.
+    fn release(&mut self, old: Stored) {
+        for (k, v) in old.labels.into_vec() {
+            for t in [k, v] {
+                // Held by `texts` and by `t` only: the last source carrying it is gone.
+                if Arc::strong_count(&t) == 2 {
+                    self.texts.remove(&*t);
+                }
+            }
+        }
+    }
+
+    fn apply(&mut self, old: Option<&Stored>, new: Option<&Stored>) -> Vec<SetChange> {
+        let empty = Stored::default();
         let (o, n) = (old.unwrap_or(&empty), new.unwrap_or(&empty));
         // When only labels changed, a set can change only if its selector reads a changed key.
         let only_labels = old.is_some() && new.is_some() && o.nets == n.nets && o.ports == n.ports;
@@ -341,5 +436,65 @@ impl SetIndex {
             }
         }
         changes
+    }
+}
+
+#[cfg(test)]
+mod texts_tests {
+    use super::*;
+
+    fn src(labels: &[(&str, &str)], ip: &str) -> SetSource {
+        SetSource {
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            nets: vec![ip.parse().unwrap()],
+            ports: Vec::new(),
+        }
+    }
+
+    fn wl(name: &str) -> SourceId {
+        SourceId::Workload {
+            namespace: "ns".into(),
+            name: name.into(),
+        }
+    }
+
+    fn texts(index: &SetIndex) -> BTreeSet<String> {
+        index.texts.iter().map(|t| t.to_string()).collect()
+    }
+
+    fn set(texts: &[&str]) -> BTreeSet<String> {
+        texts.iter().map(|t| t.to_string()).collect()
+    }
+
+    #[test]
+    fn label_texts_are_shared_and_leave_with_their_last_source() {
+        let mut index = SetIndex::new();
+        let sel = index.ensure_set(SetKey::Selector(Selector::parse("app == 'a'").unwrap()));
+        index.upsert_source(wl("w1"), src(&[("app", "a"), ("x", "x")], "10.0.0.1/32"));
+        index.upsert_source(wl("w2"), src(&[("app", "a")], "10.0.0.2/32"));
+        assert_eq!(texts(&index), set(&["app", "a", "x"]));
+        // Both endpoints hold the same text for "app".
+        let (a, b) = (&index.sources[&wl("w1")], &index.sources[&wl("w2")]);
+        assert!(Arc::ptr_eq(&a.labels[0].0, &b.labels[0].0));
+        assert_eq!(index.members(&sel).len(), 2);
+
+        // A deep copy lets go of its texts on its own.
+        let mut copy = index.clone();
+        copy.remove_source(&wl("w1"));
+        assert_eq!(texts(&copy), set(&["app", "a"]));
+        assert_eq!(texts(&index), set(&["app", "a", "x"]));
+
+        // A relabel drops the old value once no source carries it ("x" is key and value).
+        index.upsert_source(wl("w1"), src(&[("app", "b")], "10.0.0.1/32"));
+        assert_eq!(texts(&index), set(&["app", "a", "b"]));
+        assert_eq!(index.members(&sel).len(), 1);
+        index.remove_source(&wl("w2"));
+        assert_eq!(texts(&index), set(&["app", "b"]));
+        index.remove_source(&wl("w1"));
+        assert!(texts(&index).is_empty());
+        assert!(index.members(&sel).is_empty());
     }
 }

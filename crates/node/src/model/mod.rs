@@ -23,9 +23,7 @@ pub mod store;
 use calico_policy::felix::FelixPolicySettings;
 use std::collections::BTreeMap;
 
-use calico_policy::incremental::{
-    ApiPolicy, ApiSource, Incremental, KeyedResources, PolicyResource,
-};
+use calico_policy::incremental::{ApiPolicy, ApiSource, Incremental, KeyedResources, Rebuild};
 use calico_policy::isolate::PolicyIssue;
 use calico_policy::program::HostProgram;
 
@@ -33,7 +31,9 @@ pub use store::{Aspects, Change, PolicyKind, PolicyObjects, Store};
 
 use crate::policy::PolicyError;
 
-/// The policy program of this node, kept up to date from the store's changes.
+/// The policy program of this node, kept up to date from the store's changes. It holds no
+/// copy of the resources: a change the incremental paths cannot take (a tier, a profile, new
+/// failsafe ports, a resource that does not convert) builds it again from the store.
 #[derive(Debug, Clone)]
 pub struct PolicyModel {
     node: String,
@@ -45,9 +45,8 @@ impl PolicyModel {
     /// Compiled from everything in `store`.
     pub fn new(store: &Store, felix: &FelixPolicySettings) -> PolicyModel {
         let node = store.node().to_string();
-        // One build from the whole store, keyed by etcd key so later changes find them.
-        let engine =
-            Incremental::from_resources(keyed(store.policy()), &felix.failsafe, Some(&node));
+        // Keyed by etcd key, so later changes find them.
+        let engine = build(store.policy(), felix, &node);
         PolicyModel {
             node,
             felix: felix.clone(),
@@ -63,59 +62,61 @@ impl PolicyModel {
         keys: impl IntoIterator<Item = &'a String>,
         felix: &FelixPolicySettings,
     ) {
-        if felix.failsafe != self.felix.failsafe {
-            self.engine.set_failsafe(&felix.failsafe);
-        }
+        let mut rebuild = felix.failsafe != *self.engine.failsafe();
         self.felix = felix.clone();
         let p = store.policy();
         for key in keys {
+            if rebuild {
+                // The build reads every object from the store: the other keys are in it.
+                break;
+            }
             let Some(kind) = PolicyObjects::kind_of(key) else {
                 continue;
             };
-            match kind {
-                PolicyKind::Tier => self.engine.set_tier(key, p.tiers.get(key)),
-                PolicyKind::Profile => self.engine.set_profile(key, p.profiles.get(key)),
-                PolicyKind::NetworkPolicy => self
-                    .engine
-                    .set_policy(key, p.network_policies.get(key).map(ApiPolicy::Network)),
-                PolicyKind::GlobalNetworkPolicy => self.engine.set_policy(
+            let e = &mut self.engine;
+            let done = match kind {
+                // Rare, and they change every chain (endpoints inherit profiles' labels).
+                PolicyKind::Tier | PolicyKind::Profile => Err(Rebuild),
+                PolicyKind::NetworkPolicy => {
+                    e.set_policy(key, p.network_policies.get(key).map(ApiPolicy::Network))
+                }
+                PolicyKind::GlobalNetworkPolicy => e.set_policy(
                     key,
                     p.global_network_policies.get(key).map(ApiPolicy::Global),
                 ),
-                PolicyKind::StagedNetworkPolicy => self.engine.set_policy(
+                PolicyKind::StagedNetworkPolicy => e.set_policy(
                     key,
                     p.staged_network_policies
                         .get(key)
                         .map(ApiPolicy::StagedNetwork),
                 ),
-                PolicyKind::StagedGlobalNetworkPolicy => self.engine.set_policy(
+                PolicyKind::StagedGlobalNetworkPolicy => e.set_policy(
                     key,
                     p.staged_global_network_policies
                         .get(key)
                         .map(ApiPolicy::StagedGlobal),
                 ),
-                PolicyKind::WorkloadEndpoint => self.engine.set_source(
+                PolicyKind::WorkloadEndpoint => e.set_source(
                     key,
-                    p.workload_endpoints
-                        .get(key)
-                        .cloned()
-                        .map(ApiSource::Workload),
+                    p.workload_endpoint(key).as_deref().map(ApiSource::Workload),
                 ),
-                PolicyKind::HostEndpoint => self
-                    .engine
-                    .set_source(key, p.host_endpoints.get(key).cloned().map(ApiSource::Host)),
-                PolicyKind::NetworkSet => self.engine.set_source(
-                    key,
-                    p.network_sets.get(key).cloned().map(ApiSource::NetworkSet),
-                ),
-                PolicyKind::GlobalNetworkSet => self.engine.set_source(
+                PolicyKind::HostEndpoint => {
+                    e.set_source(key, p.host_endpoints.get(key).map(ApiSource::Host))
+                }
+                PolicyKind::NetworkSet => {
+                    e.set_source(key, p.network_sets.get(key).map(ApiSource::NetworkSet))
+                }
+                PolicyKind::GlobalNetworkSet => e.set_source(
                     key,
                     p.global_network_sets
                         .get(key)
-                        .cloned()
                         .map(ApiSource::GlobalNetworkSet),
                 ),
-            }
+            };
+            rebuild = done.is_err();
+        }
+        if rebuild {
+            self.engine = build(p, felix, &self.node);
         }
     }
 
@@ -132,35 +133,38 @@ impl PolicyModel {
     }
 }
 
-/// The store's policy objects, keyed by etcd key.
-fn keyed(p: &PolicyObjects) -> KeyedResources {
-    fn copy<T: Clone, U>(m: &BTreeMap<String, T>, f: fn(T) -> U) -> Vec<(String, U)> {
-        m.iter().map(|(k, v)| (k.clone(), f(v.clone()))).collect()
+/// The program of `node` from every policy object of the store.
+fn build(p: &PolicyObjects, felix: &FelixPolicySettings, node: &str) -> Incremental {
+    let mut b = Incremental::builder(keyed(p), &felix.failsafe, Some(node));
+    p.for_each_workload_endpoint(|key, w| b.source(key, ApiSource::Workload(w)));
+    b.finish()
+}
+
+/// The store's policy objects but workload endpoints, borrowed, keyed by etcd key.
+fn keyed(p: &PolicyObjects) -> KeyedResources<'_> {
+    fn by_key<'a, T, U>(m: &'a BTreeMap<String, T>, f: fn(&'a T) -> U) -> Vec<(&'a str, U)> {
+        m.iter().map(|(k, v)| (k.as_str(), f(v))).collect()
     }
     let mut r = KeyedResources {
-        tiers: p.tiers.clone(),
-        profiles: p.profiles.clone(),
+        tiers: p.tiers.values().collect(),
+        profiles: p.profiles.values().collect(),
         ..Default::default()
     };
     r.policies
-        .extend(copy(&p.network_policies, PolicyResource::Network));
+        .extend(by_key(&p.network_policies, ApiPolicy::Network));
     r.policies
-        .extend(copy(&p.global_network_policies, PolicyResource::Global));
-    r.policies.extend(copy(
-        &p.staged_network_policies,
-        PolicyResource::StagedNetwork,
-    ));
-    r.policies.extend(copy(
+        .extend(by_key(&p.global_network_policies, ApiPolicy::Global));
+    r.policies
+        .extend(by_key(&p.staged_network_policies, ApiPolicy::StagedNetwork));
+    r.policies.extend(by_key(
         &p.staged_global_network_policies,
-        PolicyResource::StagedGlobal,
+        ApiPolicy::StagedGlobal,
     ));
+    r.sources.extend(by_key(&p.host_endpoints, ApiSource::Host));
     r.sources
-        .extend(copy(&p.workload_endpoints, ApiSource::Workload));
-    r.sources.extend(copy(&p.host_endpoints, ApiSource::Host));
+        .extend(by_key(&p.network_sets, ApiSource::NetworkSet));
     r.sources
-        .extend(copy(&p.network_sets, ApiSource::NetworkSet));
-    r.sources
-        .extend(copy(&p.global_network_sets, ApiSource::GlobalNetworkSet));
+        .extend(by_key(&p.global_network_sets, ApiSource::GlobalNetworkSet));
     r
 }
 

@@ -12,6 +12,7 @@
 //! at all of what no part of the agent reads (IPAM handles, status reports, Kubernetes-only
 //! kinds).
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 
 use calico_api as api;
@@ -103,13 +104,73 @@ pub struct PolicyObjects {
     pub staged_network_policies: ByKey<api::StagedNetworkPolicy>,
     pub staged_global_network_policies: ByKey<api::StagedGlobalNetworkPolicy>,
     pub profiles: ByKey<api::Profile>,
+    /// This node's workload endpoints (see [`PolicyObjects::workload_endpoint`] for all).
     pub workload_endpoints: ByKey<api::WorkloadEndpoint>,
+    /// Other nodes' workload endpoints, as compact JSON with only what the policy program
+    /// reads of them (see `other_nodes_endpoint`): at 50,000 endpoints a typed copy of each
+    /// would be most of the agent's memory, and only a rebuild of the policy program reads
+    /// them all.
+    pub other_workload_endpoints: ByKey<Box<[u8]>>,
     pub host_endpoints: ByKey<api::HostEndpoint>,
     pub network_sets: ByKey<api::NetworkSet>,
     pub global_network_sets: ByKey<api::GlobalNetworkSet>,
 }
 
 impl PolicyObjects {
+    /// The workload endpoint at `key`, of any node.
+    pub fn workload_endpoint(&self, key: &str) -> Option<Cow<'_, api::WorkloadEndpoint>> {
+        if let Some(w) = self.workload_endpoints.get(key) {
+            return Some(Cow::Borrowed(w));
+        }
+        self.other_workload_endpoints
+            .get(key)
+            .and_then(|json| compact_decoded(key, json))
+            .map(Cow::Owned)
+    }
+
+    /// Every workload endpoint, this node's first (each of another node decoded in turn, so
+    /// that only one is held at a time).
+    pub fn for_each_workload_endpoint(&self, mut f: impl FnMut(&str, &api::WorkloadEndpoint)) {
+        for (k, w) in &self.workload_endpoints {
+            f(k, w);
+        }
+        for (k, json) in &self.other_workload_endpoints {
+            if let Some(w) = compact_decoded(k, json) {
+                f(k, &w);
+            }
+        }
+    }
+
+    /// Sets (`Some`) or removes the workload endpoint at `key`, in the map of this node's or
+    /// of the others' by its `spec.node`; whether anything changed.
+    fn set_workload_endpoint(
+        &mut self,
+        key: &str,
+        w: Option<api::WorkloadEndpoint>,
+        node: &str,
+    ) -> bool {
+        let removed = self.workload_endpoints.remove(key).is_some()
+            | self.other_workload_endpoints.remove(key).is_some();
+        let Some(w) = w else {
+            return removed;
+        };
+        if w.spec.node.as_deref() == Some(node) {
+            self.workload_endpoints.insert(key.to_string(), w);
+        } else {
+            match serde_json::to_vec(&other_nodes_endpoint(w)) {
+                Ok(json) => {
+                    self.other_workload_endpoints
+                        .insert(key.to_string(), json.into_boxed_slice());
+                }
+                Err(e) => {
+                    warn!(key, error = %e, "workload endpoint does not encode; ignored");
+                    return removed;
+                }
+            }
+        }
+        true
+    }
+
     /// The kind `key` belongs to.
     pub fn kind_of(key: &str) -> Option<PolicyKind> {
         fn is<T: CalicoResource>(key: &str) -> bool {
@@ -162,8 +223,6 @@ pub struct Store {
     own_blocks: BTreeSet<IpNet>,
     /// Addresses in use per IPAM block (for `calico_ipam_allocated_addresses`).
     block_in_use: BTreeMap<IpNet, usize>,
-    /// This node's workload endpoints, by key (also in `policy.workload_endpoints`).
-    local_workloads: ByKey<api::WorkloadEndpoint>,
     policy: PolicyObjects,
 }
 
@@ -193,7 +252,6 @@ impl Store {
             affinities: BTreeMap::new(),
             own_blocks: BTreeSet::new(),
             block_in_use: BTreeMap::new(),
-            local_workloads: BTreeMap::new(),
             policy: PolicyObjects::default(),
         }
     }
@@ -255,7 +313,7 @@ impl Store {
         let peers: Vec<&api::BGPPeer> = self.peers.values().collect();
         let filters: Vec<&api::BGPFilter> = self.bgp_filters.values().collect();
         let pools: Vec<&api::IPPool> = self.ip_pools.values().collect();
-        let local: Vec<&api::WorkloadEndpoint> = self.local_workloads.values().collect();
+        let local: Vec<&api::WorkloadEndpoint> = self.policy.workload_endpoints.values().collect();
         Snapshot::compute(
             &RoutingResources {
                 bgp_configs: &configs,
@@ -410,17 +468,10 @@ impl Store {
             }
             PolicyKind::Profile => policy!(profiles, api::Profile),
             PolicyKind::WorkloadEndpoint => {
-                local_before = self.local_workloads.contains_key(key);
-                let changed = policy!(workload_endpoints, api::WorkloadEndpoint);
-                match p.workload_endpoints.get(key) {
-                    Some(w) if w.spec.node.as_deref() == Some(self.node.as_str()) => {
-                        local_after = true;
-                        self.local_workloads.insert(key.to_string(), w.clone());
-                    }
-                    _ => {
-                        self.local_workloads.remove(key);
-                    }
-                }
+                local_before = p.workload_endpoints.contains_key(key);
+                let obj = Self::typed::<api::WorkloadEndpoint>(key, kv).unwrap_or(None);
+                let changed = p.set_workload_endpoint(key, obj, &self.node);
+                local_after = p.workload_endpoints.contains_key(key);
                 changed
             }
             PolicyKind::HostEndpoint => policy!(host_endpoints, api::HostEndpoint),
@@ -446,6 +497,39 @@ impl Store {
                 .map(|_| None),
         }
     }
+}
+
+/// Another node's workload endpoint with only what this node reads of it: its identity,
+/// labels, orchestrator, service account, addresses, named ports and profiles (the policy
+/// program's sets; every field the conversion checks stays, so one that does not convert
+/// still fails as the full recompute does). At 50,000 endpoints the rest (annotations,
+/// interface, MAC, container and pod names, gateways, NATs, ...) would be most of the model.
+fn other_nodes_endpoint(w: api::WorkloadEndpoint) -> api::WorkloadEndpoint {
+    let api::WorkloadEndpoint { metadata, spec, .. } = w;
+    let mut slim = api::WorkloadEndpoint::new(
+        "",
+        api::WorkloadEndpointSpec {
+            orchestrator: spec.orchestrator,
+            node: spec.node,
+            service_account_name: spec.service_account_name,
+            ip_networks: spec.ip_networks,
+            ports: spec.ports,
+            profiles: spec.profiles,
+            ..Default::default()
+        },
+    );
+    slim.metadata.name = metadata.name;
+    slim.metadata.namespace = metadata.namespace;
+    slim.metadata.labels = metadata.labels;
+    slim
+}
+
+/// Another node's endpoint from its compact JSON (written by this store, so it decodes; if
+/// it ever did not, the endpoint is treated as absent, as an undecodable object is).
+fn compact_decoded(key: &str, json: &[u8]) -> Option<api::WorkloadEndpoint> {
+    serde_json::from_slice(json)
+        .inspect_err(|e| warn!(key, error = %e, "compact workload endpoint does not decode"))
+        .ok()
 }
 
 /// Sets or removes `key`; whether anything changed (a rewrite of the same object with only a
