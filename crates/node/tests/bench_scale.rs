@@ -25,7 +25,12 @@
 //!    real agent and the model-only agents watching; then every model-only agent must have
 //!    taken the last write.
 //!
-//! Prints `BENCH|scale|<nodes>|...` lines. Needs root and a built `calico-node`
+//! The `_no_overlay` variants run the same without the overlay (the pool `vxlanMode: Never`,
+//! the BGP backend with no peer since the mesh is off; the block change is a new block of
+//! node-0, its blackhole route) and without model-only agents: what the agent costs when no
+//! round runs the overlay's sync, which still reads the datastore (tunnel.rs).
+//!
+//! Prints `BENCH|scale|<nodes>|...` (`BENCH|scale-no-overlay|...`) lines. Needs root and a built `calico-node`
 //! (`BENCH_PROFILE=release` for the release binary).
 
 mod scale_support;
@@ -123,8 +128,16 @@ fn change(
     (d, (after.0 - before.0, after.1 - before.1))
 }
 
-fn run(nodes: usize, followers_wanted: usize) {
-    let shape = Shape::issue(nodes);
+/// `vxlan`: the pool is VXLAN Always and the agent runs the VXLAN backend (remote blocks
+/// routed from affinities); otherwise the pool has no overlay and the agent runs the BGP
+/// backend with no peer (mesh off), and the block change is a new block of node-0 (its
+/// blackhole route), so no round runs the overlay's sync.
+fn run(nodes: usize, followers_wanted: usize, vxlan: bool) {
+    let shape = Shape {
+        vxlan,
+        ..Shape::issue(nodes)
+    };
+    let tag = if vxlan { "scale" } else { "scale-no-overlay" };
     let mut lab = ScaleLab::new(shape);
     let (objects, _) = lab.write_cluster();
     lab.add_local_workloads();
@@ -132,14 +145,18 @@ fn run(nodes: usize, followers_wanted: usize) {
         lab.with_kv(async |kv: &EtcdClient| probe(kv, 10, None).await);
 
     // Start → first complete sync.
-    let spawned = lab.start_agent("vxlan");
+    let spawned = lab.start_agent(if vxlan { "vxlan" } else { "bird" });
     let want = format!("endpoints={}", shape.local_weps);
     let synced = poll(Duration::from_secs(900), Duration::from_millis(20), || {
         (lab.agent_log()
             .lines()
             .any(|l| l.contains("policy applied") && l.contains(&want))
-            && lab.vxlan_routes() >= nodes - 1)
-            .then(|| spawned.elapsed())
+            && if vxlan {
+                lab.vxlan_routes() >= nodes - 1
+            } else {
+                lab.route(&block(0, 0)).starts_with("blackhole")
+            })
+        .then(|| spawned.elapsed())
     });
     let first_sync = synced.unwrap_or_else(|| {
         panic!(
@@ -149,7 +166,7 @@ fn run(nodes: usize, followers_wanted: usize) {
         )
     });
     println!(
-        "BENCH|scale|{nodes}|objects|{objects}|first_sync_ms|{}",
+        "BENCH|{tag}|{nodes}|objects|{objects}|first_sync_ms|{}",
         ms(first_sync)
     );
     std::thread::sleep(Duration::from_secs(2));
@@ -157,7 +174,15 @@ fn run(nodes: usize, followers_wanted: usize) {
     let mut kinds: Vec<(&str, Vec<Duration>, (u64, u64))> = vec![
         ("one-rule policy change", vec![], (0, 0)),
         ("remote endpoint label change", vec![], (0, 0)),
-        ("new remote block (route)", vec![], (0, 0)),
+        (
+            if vxlan {
+                "new remote block (route)"
+            } else {
+                "new block of this node (blackhole)"
+            },
+            vec![],
+            (0, 0),
+        ),
     ];
     for k in 0..SAMPLES {
         let i = APPS * k;
@@ -186,20 +211,21 @@ fn run(nodes: usize, followers_wanted: usize) {
         kinds[1].1.push(d);
         kinds[1].2 = (kinds[1].2.0 + r.0, kinds[1].2.1 + r.1);
 
-        let cidr = block(n, 1 + k);
-        let (d, r) = change(&lab, "new remote block", vec![affinity(n, 1 + k)], |l| {
+        let owner = if vxlan { n } else { 0 };
+        let cidr = block(owner, 1 + k);
+        let (d, r) = change(&lab, "new block", vec![affinity(owner, 1 + k)], |l| {
             !l.route(&cidr).is_empty()
         });
         kinds[2].1.push(d);
         kinds[2].2 = (kinds[2].2.0 + r.0, kinds[2].2.1 + r.1);
     }
     println!(
-        "BENCH|scale|{nodes}|route_example|{}",
+        "BENCH|{tag}|{nodes}|route_example|{}",
         lab.route(&block(1, 1))
     );
     for (name, v, (mvcc, grpc)) in &kinds {
         println!(
-            "BENCH|scale|{nodes}|write_to_enforced_ms|{name}|{}|max|{}|ranges_per_change_mvcc|{:.1}|grpc|{:.1}",
+            "BENCH|{tag}|{nodes}|write_to_enforced_ms|{name}|{}|max|{}|ranges_per_change_mvcc|{:.1}|grpc|{:.1}",
             ms(median(v.clone())),
             ms(*v.iter().max().unwrap()),
             *mvcc as f64 / SAMPLES as f64,
@@ -208,7 +234,7 @@ fn run(nodes: usize, followers_wanted: usize) {
     }
     let (hwm, rss) = memory_kib(lab.agent_pid());
     println!(
-        "BENCH|scale|{nodes}|agent_peak_rss_mib|{:.1}|rss_mib|{:.1}",
+        "BENCH|{tag}|{nodes}|agent_peak_rss_mib|{:.1}|rss_mib|{:.1}",
         hwm as f64 / 1024.0,
         rss as f64 / 1024.0
     );
@@ -221,7 +247,7 @@ fn run(nodes: usize, followers_wanted: usize) {
         let expected = per_follower_kib.max(100 * 1024) * batch as u64 * 5 / 4;
         if mem_available_kib() < RESERVE_KIB + expected {
             println!(
-                "BENCH|scale|{nodes}|followers_stopped_at|{}|mem_available_mib|{}",
+                "BENCH|{tag}|{nodes}|followers_stopped_at|{}|mem_available_mib|{}",
                 lab.followers.len(),
                 mem_available_kib() / 1024
             );
@@ -242,7 +268,7 @@ fn run(nodes: usize, followers_wanted: usize) {
     }
     let followers = lab.followers.len();
     println!(
-        "BENCH|scale|{nodes}|followers|{followers}|started_in_s|{:.1}|follower_peak_rss_mib|{:.1}|mem_available_mib|{}",
+        "BENCH|{tag}|{nodes}|followers|{followers}|started_in_s|{:.1}|follower_peak_rss_mib|{:.1}|mem_available_mib|{}",
         t.elapsed().as_secs_f64(),
         per_follower_kib as f64 / 1024.0,
         mem_available_kib() / 1024
@@ -256,7 +282,7 @@ fn run(nodes: usize, followers_wanted: usize) {
     lab.agent = Some(agent);
     let probes = load_gets.len();
     println!(
-        "BENCH|scale|{nodes}|etcd_p99_ms|idle|put|{}|get|{}|load|put|{}|get|{}|changes_written|{written}|followers|{followers}|probes|{}",
+        "BENCH|{tag}|{nodes}|etcd_p99_ms|idle|put|{}|get|{}|load|put|{}|get|{}|changes_written|{written}|followers|{followers}|probes|{}",
         ms(p99(idle_puts)),
         ms(p99(idle_gets)),
         ms(p99(load_puts)),
@@ -275,11 +301,23 @@ fn followers_wanted() -> usize {
 #[test]
 #[ignore = "benchmark: scripts/bench-scale.sh"]
 fn agent_at_10_nodes() {
-    run(10, followers_wanted());
+    run(10, followers_wanted(), true);
 }
 
 #[test]
 #[ignore = "benchmark: scripts/bench-scale.sh"]
 fn agent_at_1000_nodes() {
-    run(1_000, followers_wanted());
+    run(1_000, followers_wanted(), true);
+}
+
+#[test]
+#[ignore = "benchmark: scripts/bench-scale.sh"]
+fn agent_at_10_nodes_no_overlay() {
+    run(10, 0, false);
+}
+
+#[test]
+#[ignore = "benchmark: scripts/bench-scale.sh"]
+fn agent_at_1000_nodes_no_overlay() {
+    run(1_000, 0, false);
 }
