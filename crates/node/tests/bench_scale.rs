@@ -219,9 +219,14 @@ fn run(nodes: usize, followers_wanted: usize, vxlan: bool) {
         kinds[2].1.push(d);
         kinds[2].2 = (kinds[2].2.0 + r.0, kinds[2].2.1 + r.1);
     }
+    let example = block(if vxlan { 1 } else { 0 }, 1);
     println!(
-        "BENCH|{tag}|{nodes}|route_example|{}",
-        lab.route(&block(1, 1))
+        "BENCH|{tag}|{nodes}|route_example|{example}|{}|blackholes|{}",
+        lab.route(&example),
+        lab.node
+            .exec_ok(&["ip", "-4", "route", "show", "type", "blackhole"])
+            .unwrap_or_default()
+            .replace('\n', ";")
     );
     for (name, v, (mvcc, grpc)) in &kinds {
         println!(

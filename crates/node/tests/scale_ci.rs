@@ -98,6 +98,21 @@ fn real_agent_and_model_only_agents_enforce_every_change_without_reads() {
         l.route(&cidr).starts_with("blackhole")
     });
 
+    // The block's route stays when another block of this node comes.
+    let second = block(0, 2);
+    lab.put(vec![affinity(0, 2)]);
+    let ok = poll(WAIT, Duration::from_millis(20), || {
+        lab.route(&second).starts_with("blackhole").then_some(())
+    });
+    assert!(ok.is_some(), "{second}: no blackhole\n{}", lab.agent_log());
+    std::thread::sleep(Duration::from_secs(2));
+    let later = lab.route(&cidr);
+    assert!(
+        later.starts_with("blackhole"),
+        "{cidr}: {later:?}\n{}",
+        lab.agent_log()
+    );
+
     // Both model-only agents see every node.
     let hosts: Vec<Option<f64>> = lab
         .etcd_host
