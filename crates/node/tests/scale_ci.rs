@@ -6,7 +6,8 @@
 //! node), that it is enforced in node-0's kernel (the rule's comment in the policy chain, the
 //! address moved between the label sets, the block's blackhole route), that etcd served no
 //! range request for it (its own mvcc and gRPC counters), and that both model-only agents took
-//! it (their `calico_model_revision`) and see every node (`felix_cluster_num_hosts`).
+//! it (their `calico_model_revision`), see every node (`felix_cluster_num_hosts`) and are
+//! ready (`/readiness` 200).
 //!
 //! Needs root and `target/debug/calico-node` (`cargo build -p calico-rs --bin calico-node`).
 
@@ -126,6 +127,19 @@ fn real_agent_and_model_only_agents_enforce_every_change_without_reads() {
         })
         .expect("scrape");
     assert_eq!(hosts, vec![Some(shape.nodes as f64); 2]);
+    // And are ready (their model holds the first list).
+    let ready: Vec<String> = lab
+        .etcd_host
+        .run_async(|| async {
+            let mut out = vec![];
+            for i in 0..2 {
+                let text = get(&format!("127.0.0.1:{}", HEALTH_PORT + i), "/readiness").await;
+                out.push(text.lines().next().unwrap_or_default().to_string());
+            }
+            out
+        })
+        .expect("readiness");
+    assert!(ready.iter().all(|l| l.contains(" 200 ")), "{ready:?}");
 
     // Control: a read of ours moves the counters, so zero above means zero.
     let before = lab.ranges();
@@ -138,9 +152,15 @@ fn real_agent_and_model_only_agents_enforce_every_change_without_reads() {
 }
 
 async fn scrape(addr: &str) -> String {
+    get(addr, "/metrics").await
+}
+
+async fn get(addr: &str, path: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.expect("metrics");
-    s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").await.unwrap();
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    s.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
     let mut text = String::new();
     s.read_to_string(&mut text).await.unwrap();
     text

@@ -23,6 +23,8 @@ use super::*;
 
 pub const NODE_IP: &str = "192.168.33.11";
 const FOLLOWER_PORT: u16 = 21_000;
+/// Model-only agent `i` serves `/readiness` on 127.0.0.1:22000+i (etcd host's namespace).
+pub const HEALTH_PORT: u16 = 22_000;
 
 fn target_dir() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR")
@@ -220,7 +222,8 @@ impl ScaleLab {
     }
 
     /// Starts model-only agent `i` (node `node-<1 + i % (nodes-1)>`, a simulated agent of a
-    /// remote node), its metrics on 127.0.0.1:21000+i in the etcd host's namespace.
+    /// remote node), its metrics on 127.0.0.1:21000+i and its health on 127.0.0.1:22000+i in
+    /// the etcd host's namespace.
     pub fn start_follower(&mut self, i: usize) {
         let node = format!("node-{}", 1 + i % (self.shape.nodes - 1).max(1));
         let mut cmd = Command::new(calico_node_binary());
@@ -230,7 +233,9 @@ impl ScaleLab {
             .env("NODENAME", &node)
             .env("DATASTORE_TYPE", "etcdv3")
             .env("ETCD_ENDPOINTS", self.etcd.endpoint())
-            .env("FELIX_HEALTHENABLED", "false")
+            .env("FELIX_HEALTHENABLED", "true")
+            .env("FELIX_HEALTHHOST", "127.0.0.1")
+            .env("FELIX_HEALTHPORT", (HEALTH_PORT + i as u16).to_string())
             .env("FELIX_PROMETHEUSMETRICSENABLED", "true")
             .env("FELIX_PROMETHEUSMETRICSHOST", "127.0.0.1")
             .env(
