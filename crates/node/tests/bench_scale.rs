@@ -237,6 +237,15 @@ fn run(nodes: usize, followers_wanted: usize, vxlan: bool) {
             *grpc as f64 / SAMPLES as f64
         );
     }
+    // What the agent's last rounds did (sizes of the policy transactions).
+    let log = lab.agent_log();
+    let applied: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("policy applied"))
+        .collect();
+    for l in &applied[applied.len().saturating_sub(4)..] {
+        println!("BENCH|{tag}|{nodes}|agent_log|{l}");
+    }
     let (hwm, rss) = memory_kib(lab.agent_pid());
     println!(
         "BENCH|{tag}|{nodes}|agent_peak_rss_mib|{:.1}|rss_mib|{:.1}",
