@@ -32,10 +32,24 @@ async fn main() -> anyhow::Result<()> {
     calico_node::felix_config::check_policy_environment()
         .context("Felix configuration from the environment")?;
     let cfg = calico_node::config::NodeConfig::from_env().context("reading configuration")?;
+    let model_only = calico_node::model::follow::model_only(
+        std::env::var(calico_node::model::follow::MODEL_ONLY_ENV)
+            .ok()
+            .as_deref(),
+    )
+    .map_err(anyhow::Error::msg)
+    .context("reading configuration")?;
     let etcd = tokio::select! {
         etcd = connect() => etcd?,
         _ = &mut stopped => std::process::exit(0),
     };
+    if model_only {
+        tokio::select! {
+            _ = calico_node::model::follow::run_model_only(&cfg.node_name, etcd) => {}
+            _ = &mut stopped => std::process::exit(0),
+        }
+        return Ok(());
+    }
     // An uninstall mark newer than this revision was written for this agent's installation.
     let since = etcd
         .current_revision()

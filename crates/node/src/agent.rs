@@ -189,13 +189,13 @@ async fn apply_routes(
 }
 
 /// An HTTP server (metrics or health) that FelixConfiguration may start, move or stop.
-struct Server {
+pub(crate) struct Server {
     what: &'static str,
     running: Option<(Listen, tokio::task::JoinHandle<()>)>,
 }
 
 impl Server {
-    fn new(what: &'static str) -> Server {
+    pub(crate) fn new(what: &'static str) -> Server {
         Server {
             what,
             running: None,
@@ -204,7 +204,7 @@ impl Server {
 
     /// Serves `router` on `want` when it is enabled; stops or moves a server that differs.
     /// A failed bind is logged and retried at the next round.
-    async fn ensure(&mut self, want: &Listen, router: impl FnOnce() -> axum::Router) {
+    pub(crate) async fn ensure(&mut self, want: &Listen, router: impl FnOnce() -> axum::Router) {
         let want = want.enabled.then_some(want);
         if self.running.as_ref().map(|(l, _)| l) == want {
             return;

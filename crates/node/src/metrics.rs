@@ -24,6 +24,8 @@
 //!   by what is done instead (`rule skipped`, `deny rule enforced without this match`,
 //!   `rules replaced by deny`, `policy not enforced`); every outcome is present, at 0 when
 //!   none, so an alert on `> 0` clears.
+//! - `calico_model_revision` (gauge): the datastore revision the model has taken (served in
+//!   model-only mode, `CALICO_MODEL_ONLY=true`, so a scale test sees when a follower caught up).
 //!
 //! Summaries carry `_sum` and `_count` (no quantiles): rates and averages work as with Felix's.
 //! Counter names are Felix's (no `_total` suffix), which is why this is the text format and
@@ -52,6 +54,7 @@ pub const BGP_ROUTES_INSTALLED: &str = "calico_bgp_routes_installed";
 pub const IPAM_BLOCKS: &str = "calico_ipam_blocks";
 pub const IPAM_ALLOCATED: &str = "calico_ipam_allocated_addresses";
 pub const POLICY_ISSUES: &str = "calico_policy_issues";
+pub const MODEL_REVISION: &str = "calico_model_revision";
 
 /// (name, type, help) of every metric, in exposition order.
 const FAMILIES: &[(&str, Type, &str)] = &[
@@ -125,6 +128,11 @@ const FAMILIES: &[(&str, Type, &str)] = &[
         POLICY_ISSUES,
         Type::Gauge,
         "Policies and profiles this node does not enforce as written, by outcome.",
+    ),
+    (
+        MODEL_REVISION,
+        Type::Gauge,
+        "Datastore revision the agent's model has taken.",
     ),
 ];
 

@@ -16,121 +16,27 @@
 //! - the heap each part of the model holds (bytes live in the allocator, counted by this test's
 //!   global allocator: the whole follower, and a copy of its store and of its policy model).
 //!
+//! The cluster's writer is `scale_support` (shared with `bench_scale.rs` and `scale_ci.rs`).
+//!
 //! Prints `BENCH|` lines. `BENCH_MODEL_NODES=1000` runs one scale only.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicIsize, Ordering};
 use std::time::{Duration, Instant};
 
-use calico_datastore::{EtcdClient, EtcdConfig, TxnOutcome, Write};
+mod scale_support;
+use scale_support::{APPS, POLICIES, Shape, affinity, cluster, policy, put_all, wep};
+
+use calico_datastore::{EtcdClient, EtcdConfig};
 use calico_lab::Lab;
 use calico_lab::etcd::{Etcd, EtcdOptions};
 use calico_node::model::follow::Follower;
-use serde_json::{Value, json};
+use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-const RES: &str = "/calico/resources/v3/projectcalico.org/";
-const REMOTE_WEPS_PER_NODE: usize = 50;
-const LOCAL_WEPS: usize = 100;
-const POLICIES: usize = 1_000;
-const RULES_PER_POLICY: usize = 10;
-const SETS: usize = 1_000;
 /// Changes of each kind timed per scale (their median is reported: on a shared machine single
 /// writes vary by milliseconds).
 const SAMPLES: usize = 21;
-const APPS: usize = 50;
-
-fn node(i: usize) -> (String, Value) {
-    let name = format!("node-{i}");
-    (
-        format!("{RES}nodes/{name}"),
-        json!({"apiVersion": "projectcalico.org/v3", "kind": "Node", "metadata": {"name": name},
-               "spec": {"bgp": {"ipv4Address": format!("172.16.{}.{}/16", i / 250, i % 250 + 1)}}}),
-    )
-}
-
-fn block(i: usize, b: usize) -> String {
-    format!(
-        "10.{}.{}.{}-26",
-        64 + i / 1000,
-        (i % 1000) / 4,
-        (i % 4) * 64 + b
-    )
-}
-
-fn affinity(i: usize, b: usize) -> (String, Value) {
-    (
-        format!("/calico/ipam/v2/host/node-{i}/ipv4/block/{}", block(i, b)),
-        json!({"state": "confirmed", "deleted": false}),
-    )
-}
-
-fn wep(n: usize, j: usize, app: usize) -> (String, Value) {
-    let name = format!("node-{n}-k8s-pod{j}-eth0");
-    (
-        format!("{RES}workloadendpoints/ns{}/{name}", j % 10),
-        json!({"apiVersion": "projectcalico.org/v3", "kind": "WorkloadEndpoint",
-               "metadata": {"name": name, "namespace": format!("ns{}", j % 10),
-                            "labels": {"app": format!("app{app}"), "tier": format!("t{}", j % 5)}},
-               "spec": {"orchestrator": "k8s", "node": format!("node-{n}"),
-                        "interfaceName": format!("cali{n:04}x{j:03}"),
-                        "ipNetworks": [format!("10.{}.{}.{}/32", 100 + n / 250, n % 250, j + 1)],
-                        "ports": [{"name": "http", "protocol": "TCP", "port": 8080}],
-                        "profiles": []}}),
-    )
-}
-
-fn policy(i: usize, version: usize) -> (String, Value) {
-    let name = format!("pol{i}");
-    let rules: Vec<Value> = (0..RULES_PER_POLICY)
-        .map(|r| {
-            let port: Value = if r == 0 {
-                json!("http")
-            } else {
-                json!(1000 + r + version)
-            };
-            json!({"action": "Allow", "protocol": "TCP",
-                   "source": {"selector": format!("app == 'app{}'", (i + r) % APPS)},
-                   "destination": {"ports": [port]}})
-        })
-        .collect();
-    (
-        format!("{RES}globalnetworkpolicies/{name}"),
-        json!({"apiVersion": "projectcalico.org/v3", "kind": "GlobalNetworkPolicy",
-               "metadata": {"name": name},
-               "spec": {"order": i as f64, "selector": format!("app == 'app{}'", i % APPS),
-                        "ingress": rules}}),
-    )
-}
-
-fn netset(i: usize) -> (String, Value) {
-    let name = format!("set{i}");
-    (
-        format!("{RES}globalnetworksets/{name}"),
-        json!({"apiVersion": "projectcalico.org/v3", "kind": "GlobalNetworkSet",
-               "metadata": {"name": name, "labels": {"app": format!("app{}", i % APPS)}},
-               "spec": {"nets": [format!("198.{}.{}.0/24", 18 + i / 256, i % 256)]}}),
-    )
-}
-
-/// Writes in transactions of 100 puts (etcd allows 128 operations per transaction).
-async fn put_all(kv: &EtcdClient, docs: Vec<(String, Value)>) -> i64 {
-    let mut rev = 0;
-    for chunk in docs.chunks(100) {
-        let writes = chunk
-            .iter()
-            .map(|(k, v)| Write::Put {
-                key: k.clone(),
-                value: serde_json::to_vec(v).unwrap(),
-            })
-            .collect();
-        match kv.txn(vec![], writes).await.expect("txn") {
-            TxnOutcome::Committed { revision } => rev = revision,
-            other => panic!("{other:?}"),
-        }
-    }
-    rev
-}
 
 async fn range_counts(addr: &str) -> (u64, u64) {
     let mut s = tokio::net::TcpStream::connect(addr).await.expect("etcd");
@@ -244,25 +150,7 @@ fn run_scale(nodes: usize) {
         let kv = EtcdClient::connect(&EtcdConfig::new([endpoint]))
             .await
             .expect("etcd client");
-        let mut docs = Vec::new();
-        for i in 0..nodes {
-            docs.push(node(i));
-            docs.push(affinity(i, 0));
-            let weps = if i == 0 {
-                LOCAL_WEPS
-            } else {
-                REMOTE_WEPS_PER_NODE
-            };
-            for j in 0..weps {
-                docs.push(wep(i, j, (i + j) % APPS));
-            }
-        }
-        for i in 0..POLICIES {
-            docs.push(policy(i, 0));
-        }
-        for i in 0..SETS {
-            docs.push(netset(i));
-        }
+        let docs = cluster(Shape::issue(nodes));
         let objects = docs.len();
         let written = put_all(&kv, docs).await;
 

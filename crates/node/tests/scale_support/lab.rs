@@ -1,0 +1,360 @@
+//! The scale lab: etcd on its own lab host (192.168.33.2), node-0 (192.168.33.11) running the
+//! real `calico-node` with real local workloads (veths into their own namespaces, as the node
+//! labs plumb them), and model-only agents (`calico-node` with `CALICO_MODEL_ONLY=true`, each
+//! its own process, in the etcd host's namespace, metrics on 127.0.0.1:21000+i). Everything is
+//! inside lab namespaces; torn down on drop (followers and agent first, then etcd, then the
+//! namespaces).
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use calico_datastore::{EtcdClient, EtcdConfig};
+use calico_lab::etcd::{Etcd, EtcdOptions};
+use calico_lab::{Host, Lab, ProcessGuard};
+use calico_nftables::render::{TABLE_NAME, set_name};
+use calico_nftables::socket::NftSocket;
+use calico_policy::model::IpVersion;
+use calico_policy::sets::SetKey;
+use calico_selector::Selector;
+
+use super::*;
+
+pub const NODE_IP: &str = "192.168.33.11";
+const FOLLOWER_PORT: u16 = 21_000;
+/// Model-only agent `i` serves `/readiness` on 127.0.0.1:22000+i (etcd host's namespace).
+pub const HEALTH_PORT: u16 = 22_000;
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target"))
+}
+
+/// The calico-node binary of this build profile (`BENCH_PROFILE=release` for the release one).
+pub fn calico_node_binary() -> PathBuf {
+    let profile = std::env::var("BENCH_PROFILE").unwrap_or_else(|_| "debug".into());
+    let bin = target_dir().join(profile).join("calico-node");
+    assert!(
+        bin.is_file(),
+        "{} is not built: cargo build -p calico-rs --bin calico-node",
+        bin.display()
+    );
+    bin
+}
+
+/// Polls `f` every `every` until it returns `Some` or `timeout` passes.
+pub fn poll<T>(timeout: Duration, every: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(every);
+    }
+}
+
+/// `VmHWM` (peak) and `VmRSS` of a process, in KiB.
+pub fn memory_kib(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |f: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(f))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+    };
+    (field("VmHWM:"), field("VmRSS:"))
+}
+
+/// `MemAvailable` of the machine, in KiB.
+pub fn mem_available_kib() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("MemAvailable:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// The nft set (IPv4) of a selector, as the agent names it.
+pub fn selector_set(selector: &str) -> String {
+    let sel = Selector::parse(selector).expect("selector");
+    set_name(&SetKey::Selector(sel).id(), IpVersion::V4)
+}
+
+/// Field order is drop order: model-only agents, the agent, workloads, etcd, the lab.
+pub struct ScaleLab {
+    pub followers: Vec<ProcessGuard>,
+    pub agent: Option<ProcessGuard>,
+    pub workloads: Vec<Host>,
+    pub etcd: Etcd,
+    pub etcd_host: Host,
+    pub node: Host,
+    pub run_dir: PathBuf,
+    pub lab: Lab,
+    pub shape: Shape,
+}
+
+impl ScaleLab {
+    pub fn new(shape: Shape) -> ScaleLab {
+        let lab = Lab::new().expect("lab");
+        let etcd_host = lab.add_host("etcd", "192.168.33.2/24").expect("etcd host");
+        let etcd = Etcd::start(EtcdOptions::in_netns(
+            etcd_host.netns_path(),
+            etcd_host.ip(),
+        ))
+        .expect("etcd");
+        let node = lab
+            .add_host("node0", &format!("{NODE_IP}/24"))
+            .expect("node host");
+        node.exec_ok(&["sysctl", "-qw", "net.ipv4.ip_forward=1"])
+            .expect("forwarding");
+        let run_dir = lab.dir().join("node0-run");
+        ScaleLab {
+            followers: Vec::new(),
+            agent: None,
+            workloads: Vec::new(),
+            etcd,
+            etcd_host,
+            node,
+            run_dir,
+            lab,
+            shape,
+        }
+    }
+
+    /// Runs `f` with an etcd client inside the etcd host's namespace.
+    pub fn with_kv<R: Send>(&self, f: impl AsyncFnOnce(&EtcdClient) -> R + Send) -> R {
+        let endpoint = self.etcd.endpoint();
+        self.etcd_host
+            .run_async(move || async move {
+                let kv = EtcdClient::connect(&EtcdConfig::new([endpoint]))
+                    .await
+                    .expect("etcd client");
+                f(&kv).await
+            })
+            .expect("run in the etcd namespace")
+    }
+
+    /// Writes the whole synthetic cluster. Returns (objects, revision).
+    pub fn write_cluster(&self) -> (usize, i64) {
+        let docs = cluster(self.shape);
+        let n = docs.len();
+        (
+            n,
+            self.with_kv(async move |kv: &EtcdClient| put_all(kv, docs).await),
+        )
+    }
+
+    /// Puts documents (plain puts, one transaction per 100); returns the revision and the
+    /// moment just before the write (after the client connected).
+    pub fn put(&self, docs: Vec<(String, Value)>) -> (i64, Instant) {
+        self.with_kv(async move |kv: &EtcdClient| {
+            let t = Instant::now();
+            (put_all(kv, docs).await, t)
+        })
+    }
+
+    /// node-0's local workloads: a veth each, its end in its own namespace.
+    pub fn add_local_workloads(&mut self) {
+        for j in 0..self.shape.local_weps {
+            let ip: Ipv4Addr = wep_ip(0, j).parse().expect("ip");
+            let wl = self
+                .lab
+                .add_workload(&self.node, &local_iface_suffix(j), ip)
+                .expect("workload plumbing");
+            self.workloads.push(wl);
+        }
+    }
+
+    /// Starts the real agent as node-0 with `CALICO_NETWORKING_BACKEND=backend` (`vxlan`:
+    /// remote blocks are routed from the datastore's affinities, as Felix's VXLAN route
+    /// manager does, no BGP speaker; `bird`: the speaker, with no peer since the mesh is off).
+    /// Returns the moment it was spawned, once it printed its start-up line.
+    pub fn start_agent(&mut self, backend: &str) -> Instant {
+        let mut cmd = Command::new(calico_node_binary());
+        cmd.env_clear()
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .env("NODENAME", "node-0")
+            .env("DATASTORE_TYPE", "etcdv3")
+            .env("ETCD_ENDPOINTS", self.etcd.endpoint())
+            .env("IP", format!("{NODE_IP}/24"))
+            .env("IP6", "none")
+            .env("CALICO_NETWORKING_BACKEND", backend)
+            .env("NO_DEFAULT_POOLS", "true")
+            .env("FELIX_IPV6SUPPORT", "false")
+            .env("CALICO_RUN_DIR", &self.run_dir)
+            .env("CALICO_STATE_DIR", self.run_dir.join("lib"))
+            .env("CALICO_LOG_LEVEL", "info");
+        let t = Instant::now();
+        let guard = self
+            .node
+            .spawn(cmd, "calico-node")
+            .expect("spawn calico-node");
+        self.agent = Some(guard);
+        let started = poll(Duration::from_secs(120), Duration::from_millis(20), || {
+            self.agent_log()
+                .contains("Calico node started successfully")
+                .then_some(())
+        });
+        assert!(
+            started.is_some(),
+            "agent did not start:\n{}",
+            self.agent_log()
+        );
+        t
+    }
+
+    pub fn agent_log(&self) -> String {
+        self.agent.as_ref().map(|a| a.log()).unwrap_or_default()
+    }
+
+    pub fn agent_pid(&self) -> u32 {
+        self.agent
+            .as_ref()
+            .and_then(|a| a.pid())
+            .expect("agent pid")
+    }
+
+    /// Starts model-only agent `i` (node `node-<1 + i % (nodes-1)>`, a simulated agent of a
+    /// remote node), its metrics on 127.0.0.1:21000+i and its health on 127.0.0.1:22000+i in
+    /// the etcd host's namespace.
+    pub fn start_follower(&mut self, i: usize) {
+        let node = format!("node-{}", 1 + i % (self.shape.nodes - 1).max(1));
+        let mut cmd = Command::new(calico_node_binary());
+        cmd.env_clear()
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .env("CALICO_MODEL_ONLY", "true")
+            .env("NODENAME", &node)
+            .env("DATASTORE_TYPE", "etcdv3")
+            .env("ETCD_ENDPOINTS", self.etcd.endpoint())
+            .env("FELIX_HEALTHENABLED", "true")
+            .env("FELIX_HEALTHHOST", "127.0.0.1")
+            .env("FELIX_HEALTHPORT", (HEALTH_PORT + i as u16).to_string())
+            .env("FELIX_PROMETHEUSMETRICSENABLED", "true")
+            .env("FELIX_PROMETHEUSMETRICSHOST", "127.0.0.1")
+            .env(
+                "FELIX_PROMETHEUSMETRICSPORT",
+                (FOLLOWER_PORT + i as u16).to_string(),
+            )
+            .env("CALICO_LOG_LEVEL", "warning");
+        let guard = self
+            .etcd_host
+            .spawn(cmd, &format!("model-only-{i}"))
+            .expect("spawn a model-only agent");
+        self.followers.push(guard);
+    }
+
+    /// The revision each model-only agent's model has taken (`calico_model_revision`; 0 while
+    /// its metrics are not served yet).
+    pub fn follower_revisions(&self) -> Vec<i64> {
+        let n = self.followers.len();
+        self.etcd_host
+            .run_async(move || async move {
+                let mut out = Vec::with_capacity(n);
+                for i in 0..n {
+                    let addr = format!("127.0.0.1:{}", FOLLOWER_PORT + i as u16);
+                    let text = match tokio::net::TcpStream::connect(&addr).await {
+                        Ok(mut s) => {
+                            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                            let mut text = String::new();
+                            let _ = s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").await;
+                            let _ = s.read_to_string(&mut text).await;
+                            text
+                        }
+                        Err(_) => String::new(),
+                    };
+                    out.push(gauge(&text, "calico_model_revision").unwrap_or(0.0) as i64);
+                }
+                out
+            })
+            .expect("scrape in the etcd namespace")
+    }
+
+    /// Waits until every model-only agent has taken `rev`.
+    pub fn wait_followers(&self, rev: i64, timeout: Duration) {
+        let ok = poll(timeout, Duration::from_millis(200), || {
+            self.follower_revisions()
+                .iter()
+                .all(|r| *r >= rev)
+                .then_some(())
+        });
+        assert!(
+            ok.is_some(),
+            "model-only agents never reached {rev}: {:?}\n{}",
+            self.follower_revisions(),
+            self.followers.first().map(|f| f.log()).unwrap_or_default()
+        );
+    }
+
+    /// (mvcc range_total, gRPC Range) from etcd's `/metrics`.
+    pub fn ranges(&self) -> (u64, u64) {
+        let addr = self
+            .etcd
+            .endpoint()
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .to_string();
+        let text = self
+            .etcd_host
+            .run_async(move || async move { etcd_metrics(&addr).await })
+            .expect("scrape in the etcd namespace");
+        range_counts(&text)
+    }
+
+    /// Whether nft set `set` of the agent's table holds `ip`.
+    pub fn set_holds(&self, set: &str, ip: &str) -> bool {
+        let out = self
+            .node
+            .exec(&["nft", "list", "set", "inet", TABLE_NAME, set])
+            .expect("nft");
+        let text = String::from_utf8_lossy(&out.stdout);
+        text.split(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .any(|w| w == ip)
+    }
+
+    /// `ip -4 route show exact <cidr>` on node-0 (empty: no route).
+    pub fn route(&self, cidr: &str) -> String {
+        let out = self
+            .node
+            .exec(&["ip", "-4", "route", "show", "exact", cidr])
+            .expect("ip route");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// Routes through the VXLAN device on node-0.
+    pub fn vxlan_routes(&self) -> usize {
+        let out = self
+            .node
+            .exec(&["ip", "-4", "route", "show", "dev", "vxlan.calico"])
+            .expect("ip route");
+        String::from_utf8_lossy(&out.stdout).lines().count()
+    }
+
+    /// The agent's chain of policy `pol<i>` (ingress).
+    pub fn policy_chain(&self, i: usize) -> String {
+        let mut s = NftSocket::open_in(&self.node.netns_path()).expect("nft socket");
+        let chains = s.list_chains().expect("list chains");
+        let (dot, colon) = (format!(".pol{i}"), format!(":pol{i}"));
+        chains
+            .into_iter()
+            .map(|c| c.name)
+            .find(|n| n.starts_with("pol:i:") && (n.ends_with(&dot) || n.ends_with(&colon)))
+            .unwrap_or_else(|| panic!("no chain of pol{i}"))
+    }
+
+    /// Whether a rule of `chain` has a comment ending in ` rule <index>`.
+    pub fn chain_has_rule(&self, chain: &str, index: usize) -> bool {
+        let mut s = NftSocket::open_in(&self.node.netns_path()).expect("nft socket");
+        let want = format!(" rule {index}");
+        s.rule_comments(TABLE_NAME, chain)
+            .expect("dump chain")
+            .iter()
+            .any(|c| c.ends_with(&want))
+    }
+}
