@@ -77,7 +77,7 @@ pub enum Hook {
 }
 
 /// A verdict, as an `immediate` expression or as a verdict-map value.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Verdict {
     /// `accept`: ends this base chain; the next base chain at the hook still runs.
     Accept,
@@ -401,7 +401,7 @@ pub struct SetSpec {
 }
 
 /// One set element.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct SetElem {
     /// Key bytes (network byte order).
     pub key: Vec<u8>,
