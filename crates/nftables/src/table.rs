@@ -254,10 +254,11 @@ pub fn diff(from: &Applied, to: &TableSpec) -> Vec<Op> {
                 adopted
                     || (!Arc::ptr_eq(o, c) && o.rules != c.rules)
                     || o.spec != c.spec
-                    || c.rules.iter().any(|r| {
-                        r.set_refs().any(|s| recreated.contains(s))
-                            || r.chain_refs().any(|x| rechained.contains(x))
-                    })
+                    || (!(recreated.is_empty() && rechained.is_empty())
+                        && c.rules.iter().any(|r| {
+                            r.set_refs().any(|s| recreated.contains(s))
+                                || r.chain_refs().any(|x| rechained.contains(x))
+                        }))
             }
         }
     };

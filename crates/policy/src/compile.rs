@@ -22,6 +22,7 @@
 
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use calico_selector::{Expr, ExprError, ParseError, Selector};
 use ipnet::IpNet;
@@ -572,7 +573,7 @@ pub struct Compiler {
     failsafe: Failsafe,
     index: SetIndex,
     /// Rule lists compiled so far, shared by every endpoint using them.
-    rule_lists: BTreeMap<RuleListId, Vec<CompiledRule>>,
+    rule_lists: BTreeMap<RuleListId, Arc<Vec<CompiledRule>>>,
 }
 
 impl Compiler {
@@ -825,7 +826,7 @@ impl Compiler {
                     Direction::Egress => &policies[i].egress,
                 };
                 let compiled = rules.iter().map(|r| self.compile_rule(r)).collect();
-                self.rule_lists.insert(id.clone(), compiled);
+                self.rule_lists.insert(id.clone(), Arc::new(compiled));
             }
             let policy = PolicyRef {
                 name: p.name.clone(),
@@ -869,7 +870,7 @@ impl Compiler {
                         Direction::Egress => prof.egress.clone(),
                     };
                     let compiled = rules.iter().map(|r| self.compile_rule(r)).collect();
-                    self.rule_lists.insert(id.clone(), compiled);
+                    self.rule_lists.insert(id.clone(), Arc::new(compiled));
                 }
                 profile_refs.push(ProfileRef {
                     name: name.clone(),
@@ -988,7 +989,7 @@ impl Compiler {
     }
 
     /// Every rule list compiled so far.
-    pub fn rule_lists(&self) -> &BTreeMap<RuleListId, Vec<CompiledRule>> {
+    pub fn rule_lists(&self) -> &BTreeMap<RuleListId, Arc<Vec<CompiledRule>>> {
         &self.rule_lists
     }
 }
@@ -1036,7 +1037,7 @@ impl Compiler {
                 });
             }
         }
-        let rule_lists: BTreeMap<RuleListId, Vec<CompiledRule>> = lists
+        let rule_lists: BTreeMap<RuleListId, Arc<Vec<CompiledRule>>> = lists
             .into_iter()
             .filter_map(|id| {
                 let rules = self.rule_lists.get(&id)?.clone();
@@ -1054,7 +1055,7 @@ impl Compiler {
             .filter_map(|id| {
                 let key = self.index.key(&id)?.clone();
                 let members = self.index.members(&id);
-                Some((id, IpSet { key, members }))
+                Some((id, Arc::new(IpSet { key, members })))
             })
             .collect();
         HostProgram {

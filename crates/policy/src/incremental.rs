@@ -24,6 +24,7 @@
 //! broken, and every later change asks for a rebuild until it compiles.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use calico_api::kinds as api;
 
@@ -32,7 +33,7 @@ use crate::from_api;
 use crate::isolate::{IsolateError, PolicyIssue, isolate_policy, isolate_profile};
 use crate::model::{Direction, Failsafe, HostEndpoint, Policy, PolicyModel, WorkloadEndpoint};
 use crate::program::{
-    CompiledRule, EndpointId, HostProgram, IpSet, RuleListId, for_each_rule_list, for_each_set,
+    EndpointId, HostProgram, IpSet, RuleListId, for_each_rule_list, for_each_set,
 };
 use crate::sets::{SetChange, SetId, SetSource, SourceId};
 
@@ -538,6 +539,7 @@ impl State {
         });
         for c in changes {
             if let Some(set) = self.program.sets.get_mut(&c.id) {
+                let set = Arc::make_mut(set);
                 for m in &c.removed {
                     set.members.remove(m);
                 }
@@ -584,8 +586,7 @@ impl State {
             if !self.program.rule_lists.contains_key(&id)
                 && let Some(rules) = self.compiler.rule_lists().get(&id)
             {
-                let rules: Vec<CompiledRule> = rules.clone();
-                self.program.rule_lists.insert(id, rules);
+                self.program.rule_lists.insert(id, Arc::clone(rules));
             }
         }
         let mut used = BTreeSet::new();
@@ -599,10 +600,10 @@ impl State {
             if !self.program.sets.contains_key(&id) {
                 let index = self.compiler.index();
                 if let Some(key) = index.key(&id) {
-                    let set = IpSet {
+                    let set = Arc::new(IpSet {
                         key: key.clone(),
                         members: index.members(&id),
-                    };
+                    });
                     self.program.sets.insert(id, set);
                 }
             }

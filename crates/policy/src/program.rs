@@ -6,6 +6,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
+use std::sync::Arc;
 
 use ipnet::IpNet;
 
@@ -326,16 +327,22 @@ pub struct IpSet {
 pub struct HostProgram {
     /// Programs of the host's endpoints.
     pub endpoints: BTreeMap<EndpointId, EndpointProgram>,
-    /// Every rule list the endpoints refer to.
-    pub rule_lists: BTreeMap<RuleListId, Vec<CompiledRule>>,
-    /// Every set the rule lists reference.
-    pub sets: BTreeMap<SetId, IpSet>,
+    /// Every rule list the endpoints refer to (shared, as the sets are).
+    pub rule_lists: BTreeMap<RuleListId, Arc<Vec<CompiledRule>>>,
+    /// Every set the rule lists reference. Shared (`Arc`): a copy of the program (the last
+    /// one applied, kept to diff against) costs no member copies, comparing it stops at the
+    /// sets both hold unchanged, and a change copies only the set it changes
+    /// (`Arc::make_mut`). A large cluster's sets hold tens of thousands of members.
+    pub sets: BTreeMap<SetId, Arc<IpSet>>,
 }
 
 impl HostProgram {
     /// The rules of a list (empty when unknown).
     pub fn rules(&self, id: &RuleListId) -> &[CompiledRule] {
-        self.rule_lists.get(id).map(Vec::as_slice).unwrap_or(&[])
+        self.rule_lists
+            .get(id)
+            .map(|rules| rules.as_slice())
+            .unwrap_or(&[])
     }
 }
 
