@@ -18,6 +18,7 @@ pub mod cluster;
 pub mod dockerd;
 pub mod etcd;
 pub mod lab;
+pub mod metrics;
 pub mod netns;
 pub mod process;
 pub mod seed;

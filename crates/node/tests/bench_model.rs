@@ -25,41 +25,17 @@ use std::sync::atomic::{AtomicIsize, Ordering};
 use std::time::{Duration, Instant};
 
 mod scale_support;
-use scale_support::{APPS, POLICIES, Shape, affinity, cluster, policy, put_all, wep};
+use scale_support::{APPS, POLICIES, etcd_ranges, Shape, affinity, cluster, policy, put_all, wep};
 
 use calico_datastore::{EtcdClient, EtcdConfig};
 use calico_lab::Lab;
 use calico_lab::etcd::{Etcd, EtcdOptions};
 use calico_node::model::follow::Follower;
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Changes of each kind timed per scale (their median is reported: on a shared machine single
 /// writes vary by milliseconds).
 const SAMPLES: usize = 21;
-
-async fn range_counts(addr: &str) -> (u64, u64) {
-    let mut s = tokio::net::TcpStream::connect(addr).await.expect("etcd");
-    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: etcd\r\n\r\n")
-        .await
-        .unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).await.unwrap();
-    let (mut mvcc, mut grpc) = (0, 0);
-    for line in text.lines().filter(|l| !l.starts_with('#')) {
-        let Some((name, value)) = line.rsplit_once(' ') else {
-            continue;
-        };
-        let value = value.parse::<f64>().unwrap_or(0.0) as u64;
-        if name == "etcd_debugging_mvcc_range_total" {
-            mvcc = value;
-        }
-        if name.starts_with("grpc_server_handled_total") && name.contains("grpc_method=\"Range\"") {
-            grpc += value;
-        }
-    }
-    (mvcc, grpc)
-}
 
 /// The system allocator, counting the bytes live (for the heap figures per part of the model).
 struct Counting;
@@ -142,10 +118,7 @@ fn run_scale(nodes: usize) {
     let host = lab.add_host("etcd", "192.168.33.2/24").expect("etcd host");
     let etcd = Etcd::start(EtcdOptions::in_netns(host.netns_path(), host.ip())).expect("etcd");
     let endpoint = etcd.endpoint();
-    let addr = endpoint
-        .trim_start_matches("http://")
-        .trim_end_matches('/')
-        .to_string();
+    let addr = endpoint.clone();
     host.run_async(move || async move {
         let kv = EtcdClient::connect(&EtcdConfig::new([endpoint]))
             .await
@@ -169,7 +142,7 @@ fn run_scale(nodes: usize) {
             heap_of(&s.policy),
         );
         let (program, _) = s.policy.as_ref().unwrap().program().expect("compiles");
-        let started = range_counts(&addr).await;
+        let started = etcd_ranges(&addr);
         println!(
             "BENCH|model|{nodes}|objects|{objects}|endpoints|{}|rule_lists|{}|sets|{}",
             program.endpoints.len(),
@@ -200,7 +173,7 @@ fn run_scale(nodes: usize) {
             let d = write_to_model(&kv, &f, vec![affinity(0, 1 + k)]).await;
             timed("new local block affinity", d);
         }
-        let after = range_counts(&addr).await;
+        let after = etcd_ranges(&addr);
         let changes = (SAMPLES * 4) as u64;
         println!(
             "BENCH|model|{nodes}|first_sync_ms|{:.1}|rss_model_mib|{:.1}|ranges_per_change_grpc|{}|ranges_per_change_mvcc|{}",

@@ -21,47 +21,16 @@ use std::time::Duration;
 
 use calico_datastore::EtcdClient;
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use calico_lab::metrics::etcd_ranges;
 
 const RES: &str = "/calico/resources/v3/projectcalico.org/";
 
 /// (etcd_debugging_mvcc_range_total, grpc Range requests handled) from etcd's `/metrics`.
 fn range_counts(c: &Cluster) -> (u64, u64) {
     let endpoint = c.etcd.endpoint();
-    let addr = endpoint
-        .trim_start_matches("http://")
-        .trim_end_matches('/')
-        .to_string();
-    let text = c
-        .etcd_host
-        .run_async(move || async move {
-            let mut s = tokio::net::TcpStream::connect(&addr).await.expect("etcd");
-            s.write_all(b"GET /metrics HTTP/1.0\r\nHost: etcd\r\n\r\n")
-                .await
-                .unwrap();
-            let mut out = String::new();
-            s.read_to_string(&mut out).await.unwrap();
-            out
-        })
-        .expect("scrape in the etcd namespace");
-    let mut mvcc = None;
-    let mut grpc = 0u64;
-    for line in text.lines().filter(|l| !l.starts_with('#')) {
-        let Some((name, value)) = line.rsplit_once(' ') else {
-            continue;
-        };
-        let value: f64 = value.parse().unwrap_or(0.0);
-        if name == "etcd_debugging_mvcc_range_total" {
-            mvcc = Some(value as u64);
-        }
-        if name.starts_with("grpc_server_handled_total") && name.contains("grpc_method=\"Range\"") {
-            grpc += value as u64;
-        }
-    }
-    (
-        mvcc.expect("etcd_debugging_mvcc_range_total in etcd's /metrics"),
-        grpc,
-    )
+    c.etcd_host
+        .run(move || etcd_ranges(&endpoint))
+        .expect("scrape in the etcd namespace")
 }
 
 /// Puts documents with plain puts (no read of ours).

@@ -16,11 +16,11 @@ use calico_datastore::{Datastore, EtcdClient, EtcdConfig, TxnOutcome, Write};
 use calico_ipam::Ipam;
 use calico_lab::Lab;
 use calico_lab::etcd::{Etcd, EtcdOptions};
+use calico_lab::metrics::etcd_ranges;
 use calico_node::model::follow::Follower;
 use calico_node::policy::{compile_isolated_for, read_felix_settings, read_resources};
 use calico_node::snapshot::read_snapshot;
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const RES: &str = "/calico/resources/v3/projectcalico.org/";
 const NODES: usize = 50;
@@ -120,31 +120,6 @@ async fn put(kv: &EtcdClient, (key, doc): (String, Value)) -> i64 {
         .expect("put")
 }
 
-/// (etcd_debugging_mvcc_range_total, gRPC Range requests) from etcd's `/metrics`.
-async fn range_counts(addr: &str) -> (u64, u64) {
-    let mut s = tokio::net::TcpStream::connect(addr).await.expect("etcd");
-    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: etcd\r\n\r\n")
-        .await
-        .unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).await.unwrap();
-    let mut mvcc = None;
-    let mut grpc = 0;
-    for line in text.lines().filter(|l| !l.starts_with('#')) {
-        let Some((name, value)) = line.rsplit_once(' ') else {
-            continue;
-        };
-        let value = value.parse::<f64>().unwrap_or(0.0) as u64;
-        if name == "etcd_debugging_mvcc_range_total" {
-            mvcc = Some(value);
-        }
-        if name.starts_with("grpc_server_handled_total") && name.contains("grpc_method=\"Range\"") {
-            grpc += value;
-        }
-    }
-    (mvcc.expect("etcd_debugging_mvcc_range_total"), grpc)
-}
-
 async fn wait_revision(followers: &[Follower], rev: i64) {
     let deadline = Instant::now() + Duration::from_secs(60);
     while followers.iter().any(|f| f.revision() < rev) {
@@ -163,10 +138,7 @@ fn fifty_nodes_two_thousand_endpoints_no_reads_and_equal_to_full_recompute() {
     let host = lab.add_host("etcd", "192.168.33.2/24").expect("etcd host");
     let etcd = Etcd::start(EtcdOptions::in_netns(host.netns_path(), host.ip())).expect("etcd");
     let endpoint = etcd.endpoint();
-    let addr = endpoint
-        .trim_start_matches("http://")
-        .trim_end_matches('/')
-        .to_string();
+    let addr = endpoint.clone();
     let seed = 0x5eed_c0de_u64;
     eprintln!("seed {seed:#x}");
     host.run_async(move || async move {
@@ -196,7 +168,7 @@ fn fifty_nodes_two_thousand_endpoints_no_reads_and_equal_to_full_recompute() {
             .map(|i| Follower::start(kv.clone(), &format!("node-{i}")))
             .collect();
         wait_revision(&followers, written).await;
-        let started = range_counts(&addr).await;
+        let started = etcd_ranges(&addr);
 
         let mut last = written;
         let mut kinds = [0usize; 7];
@@ -235,7 +207,7 @@ fn fifty_nodes_two_thousand_endpoints_no_reads_and_equal_to_full_recompute() {
             };
         }
         wait_revision(&followers, last).await;
-        let after = range_counts(&addr).await;
+        let after = etcd_ranges(&addr);
         eprintln!(
             "changes per kind {kinds:?}; ranges at start-up {started:?}, after {CHANGES} changes \
              {after:?}"

@@ -117,13 +117,13 @@ fn real_agent_and_model_only_agents_enforce_every_change_without_reads() {
     // Both model-only agents see every node.
     let hosts: Vec<Option<f64>> = lab
         .etcd_host
-        .run_async(|| async {
-            let mut out = vec![];
-            for port in [21_000, 21_001] {
-                let text = scrape(&format!("127.0.0.1:{port}")).await;
-                out.push(gauge(&text, "felix_cluster_num_hosts"));
-            }
-            out
+        .run(|| {
+            [21_000, 21_001]
+                .map(|port| {
+                    let text = scrape(&format!("127.0.0.1:{port}")).expect("scrape");
+                    gauge(&text, "felix_cluster_num_hosts")
+                })
+                .to_vec()
         })
         .expect("scrape");
     assert_eq!(hosts, vec![Some(shape.nodes as f64); 2]);
@@ -149,10 +149,6 @@ fn real_agent_and_model_only_agents_enforce_every_change_without_reads() {
         after.0 > before.0 && after.1 > before.1,
         "{before:?} → {after:?}"
     );
-}
-
-async fn scrape(addr: &str) -> String {
-    get(addr, "/metrics").await
 }
 
 async fn get(addr: &str, path: &str) -> String {

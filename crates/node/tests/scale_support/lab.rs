@@ -255,23 +255,15 @@ impl ScaleLab {
     pub fn follower_revisions(&self) -> Vec<i64> {
         let n = self.followers.len();
         self.etcd_host
-            .run_async(move || async move {
-                let mut out = Vec::with_capacity(n);
-                for i in 0..n {
-                    let addr = format!("127.0.0.1:{}", FOLLOWER_PORT + i as u16);
-                    let text = match tokio::net::TcpStream::connect(&addr).await {
-                        Ok(mut s) => {
-                            use tokio::io::{AsyncReadExt, AsyncWriteExt};
-                            let mut text = String::new();
-                            let _ = s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").await;
-                            let _ = s.read_to_string(&mut text).await;
-                            text
-                        }
-                        Err(_) => String::new(),
-                    };
-                    out.push(gauge(&text, "calico_model_revision").unwrap_or(0.0) as i64);
-                }
-                out
+            .run(move || {
+                (0..n)
+                    .map(|i| {
+                        // Not answering yet counts as revision 0.
+                        let text = scrape(&format!("127.0.0.1:{}", FOLLOWER_PORT + i as u16))
+                            .unwrap_or_default();
+                        gauge(&text, "calico_model_revision").unwrap_or(0.0) as i64
+                    })
+                    .collect()
             })
             .expect("scrape in the etcd namespace")
     }
@@ -294,17 +286,10 @@ impl ScaleLab {
 
     /// (mvcc range_total, gRPC Range) from etcd's `/metrics`.
     pub fn ranges(&self) -> (u64, u64) {
-        let addr = self
-            .etcd
-            .endpoint()
-            .trim_start_matches("http://")
-            .trim_end_matches('/')
-            .to_string();
-        let text = self
-            .etcd_host
-            .run_async(move || async move { etcd_metrics(&addr).await })
-            .expect("scrape in the etcd namespace");
-        range_counts(&text)
+        let endpoint = self.etcd.endpoint();
+        self.etcd_host
+            .run(move || etcd_ranges(&endpoint))
+            .expect("scrape in the etcd namespace")
     }
 
     /// Whether nft set `set` of the agent's table holds `ip`.

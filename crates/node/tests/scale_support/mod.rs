@@ -13,7 +13,8 @@ pub mod lab;
 
 use calico_datastore::{EtcdClient, TxnOutcome, Write};
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+pub use calico_lab::metrics::{etcd_ranges, gauge, scrape};
 
 pub const RES: &str = "/calico/resources/v3/projectcalico.org/";
 /// The pool every block, workload address and tunnel address lies in.
@@ -234,39 +235,3 @@ pub async fn put_all(kv: &EtcdClient, docs: Vec<(String, Value)>) -> i64 {
     rev
 }
 
-/// etcd's `/metrics` text (call inside a namespace that reaches `addr`, `host:port`).
-pub async fn etcd_metrics(addr: &str) -> String {
-    let mut s = tokio::net::TcpStream::connect(addr).await.expect("etcd");
-    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: etcd\r\n\r\n")
-        .await
-        .unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).await.unwrap();
-    text
-}
-
-/// (etcd_debugging_mvcc_range_total, gRPC Range requests handled) from `/metrics` text.
-pub fn range_counts(text: &str) -> (u64, u64) {
-    let mut mvcc = None;
-    let mut grpc = 0;
-    for line in text.lines().filter(|l| !l.starts_with('#')) {
-        let Some((name, value)) = line.rsplit_once(' ') else {
-            continue;
-        };
-        let value = value.parse::<f64>().unwrap_or(0.0) as u64;
-        if name == "etcd_debugging_mvcc_range_total" {
-            mvcc = Some(value);
-        }
-        if name.starts_with("grpc_server_handled_total") && name.contains("grpc_method=\"Range\"") {
-            grpc += value;
-        }
-    }
-    (mvcc.expect("etcd_debugging_mvcc_range_total"), grpc)
-}
-
-/// A gauge's value from Prometheus text (the first series of that name).
-pub fn gauge(text: &str, name: &str) -> Option<f64> {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
-}
