@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicIsize, Ordering};
 use std::time::{Duration, Instant};
 
 mod scale_support;
-use scale_support::{APPS, POLICIES, etcd_ranges, Shape, affinity, cluster, policy, put_all, wep};
+use scale_support::{APPS, POLICIES, Shape, affinity, cluster, etcd_ranges, policy, put_all, wep};
 
 use calico_datastore::{EtcdClient, EtcdConfig};
 use calico_lab::Lab;

@@ -20,8 +20,8 @@ use cluster_support::*;
 use std::time::Duration;
 
 use calico_datastore::EtcdClient;
-use serde_json::{Value, json};
 use calico_lab::metrics::etcd_ranges;
+use serde_json::{Value, json};
 
 const RES: &str = "/calico/resources/v3/projectcalico.org/";
 

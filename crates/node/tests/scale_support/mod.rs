@@ -234,4 +234,3 @@ pub async fn put_all(kv: &EtcdClient, docs: Vec<(String, Value)>) -> i64 {
     }
     rev
 }
-
