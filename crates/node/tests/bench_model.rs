@@ -167,14 +167,17 @@ fn run_scale(nodes: usize) {
             let d = write_to_model(&kv, &f, vec![wep(n, k, (n + k + 1) % APPS)]).await;
             timed("remote endpoint label change", d);
             // A new remote block (routes would learn it over BGP; the model keeps affinities).
-            let d = write_to_model(&kv, &f, vec![affinity(n, 1 + k)]).await;
+            // (node, block) differs for every k: scale_support packs eight blocks per node.
+            let d = write_to_model(&kv, &f, vec![affinity(n, 1 + k / (nodes - 1))]).await;
             timed("new remote block affinity", d);
-            // A new block of this node (a route: its blackhole).
-            let d = write_to_model(&kv, &f, vec![affinity(0, 1 + k)]).await;
-            timed("new local block affinity", d);
+            // A new block of this node (a route: its blackhole); node-0 has room for seven.
+            if k < 7 {
+                let d = write_to_model(&kv, &f, vec![affinity(0, 1 + k)]).await;
+                timed("new local block affinity", d);
+            }
         }
         let after = etcd_ranges(&addr);
-        let changes = (SAMPLES * 4) as u64;
+        let changes = (SAMPLES * 3 + 7) as u64;
         println!(
             "BENCH|model|{nodes}|first_sync_ms|{:.1}|rss_model_mib|{:.1}|ranges_per_change_grpc|{}|ranges_per_change_mvcc|{}",
             first_sync.as_secs_f64() * 1e3,
