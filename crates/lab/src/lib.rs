@@ -13,10 +13,12 @@
 //!   containerd and kubelet) in lab hosts.
 //! - [`netns`]: run a closure or a future inside any network namespace.
 //! - [`TcpServers`], [`Host::tcp_probe`]: one-byte TCP servers and probes for policy tests.
+//! - [`iperf`]: TCP throughput between two hosts (iperf3), for the benchmarks.
 
 pub mod cluster;
 pub mod dockerd;
 pub mod etcd;
+pub mod iperf;
 pub mod lab;
 pub mod metrics;
 pub mod netns;

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use calico_lab::etcd::{Etcd, EtcdOptions};
 use calico_lab::state::{RunRecord, netns_exists};
-use calico_lab::{Lab, process::pid_running};
+use calico_lab::{Lab, iperf, process::pid_running};
 
 #[test]
 fn hosts_on_the_lan_ping_each_other_and_vanish_on_drop() {
@@ -394,4 +394,42 @@ fn a_plumbed_workload_serves_tcp_to_its_node_until_the_servers_drop() {
         .serve_tcp("0.0.0.0".parse().unwrap(), &[9090])
         .expect_err("second bind");
     assert!(err.to_string().contains("0.0.0.0:9090"), "{err}");
+}
+
+#[test]
+fn iperf3_measures_between_two_hosts_and_leaves_no_server_behind() {
+    let lab = Lab::new().expect("lab");
+    let node1 = lab.add_host("node1", "192.168.33.11/24").expect("node1");
+    let node2 = lab.add_host("node2", "192.168.33.12/24").expect("node2");
+    assert!(
+        node1
+            .wait_ping("192.168.33.12", Duration::from_secs(10))
+            .unwrap()
+    );
+    let listening = |port: u16| {
+        node2
+            .exec_ok(&["ss", "-Hltn", &format!("sport = :{port}")])
+            .unwrap()
+    };
+    let gbps = iperf::throughput(&node2, &node1, node2.ip(), 5301).expect("iperf3");
+    assert!(gbps > 0.0, "{gbps} Gbit/s");
+    assert_eq!(listening(5301), "", "the one-shot server is gone");
+    // Nobody has this address: the client fails within its bounds, the server is killed.
+    let started = std::time::Instant::now();
+    let err = iperf::throughput(&node2, &node1, "192.168.33.99".parse().unwrap(), 5302)
+        .expect_err("no such host");
+    assert!(err.to_string().contains("192.168.33.99:5302"), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(30), "{err}");
+    assert_eq!(listening(5302), "", "the server is killed on failure");
+    // A port already taken: the server's exit is the error, not a wait.
+    let mut nc = Command::new("busybox");
+    nc.args(["nc", "-l", "-p", "5303"]);
+    let _taken = node2.spawn(nc, "nc").expect("nc");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while listening(5303).is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_ne!(listening(5303), "", "nc listens");
+    let err = iperf::throughput(&node2, &node1, node2.ip(), 5303).expect_err("port taken");
+    assert!(err.to_string().contains("iperf3"), "{err}");
 }
