@@ -365,84 +365,124 @@ pub async fn write_from_files(
         return Err(ResourceCmdError::Invalid { verb, problems });
     }
 
-    let kind = single_kind(input.iter().map(|p| p.kind));
-    let mut items = Vec::new();
-    let mut errors = Vec::new();
-    let mut skipped = 0;
+    let mut batch = Batch::default();
     for p in &input {
-        if p.kind.read_only {
-            errors.push(ResourceError::ReadOnly {
-                operation: verb.operation(),
-                kind: p.kind.kind,
-            });
+        if let Some(e) = refused(verb, p.kind, &p.key) {
+            batch.errors.push(e);
             continue;
         }
         let id = p.key.identifier();
-        if is_kubernetes_policy(&p.key) {
-            errors.push(ResourceError::KubernetesPolicy {
-                operation: verb.operation(),
-                id,
-            });
-            continue;
-        }
         match (verb, existing.get(&p.key)) {
-            (Verb::Create, Some(_)) if args.skip_exists => skipped += 1,
-            (Verb::Create, Some(_)) => errors.push(ResourceError::AlreadyExists(id)),
+            (Verb::Create, Some(_)) if args.skip_exists => batch.skipped += 1,
+            (Verb::Create, Some(_)) => batch.errors.push(ResourceError::AlreadyExists(id)),
             (Verb::Create, None) if p.given_revision.is_some() => {
-                errors.push(ResourceError::VersionOnCreate {
+                batch.errors.push(ResourceError::VersionOnCreate {
                     revision: p.given_revision.unwrap_or_default(),
                 })
             }
             // Absent when read: created, and only if it is still absent when written.
-            (Verb::Create | Verb::Apply, None) => items.push(BatchItem::new(
+            (Verb::Create | Verb::Apply, None) => batch.items.push(BatchItem::new(
                 BatchOp::Create,
                 p.key.kind_ref(),
                 for_create(p.value.clone()),
             )),
-            (_, None) => errors.push(ResourceError::DoesNotExist(id)),
-            (_, Some(cur)) if owned_by_kubernetes(&cur.value) => {
-                errors.push(ResourceError::OwnedByKubernetes {
-                    operation: verb.operation(),
-                    id,
-                })
-            }
-            (_, Some(cur)) => {
-                if let Some(given) = p.given_revision
-                    && given != cur.revision
-                {
-                    errors.push(ResourceError::OutOfDate {
-                        id,
-                        given,
-                        latest: cur.revision,
-                    });
-                    continue;
-                }
-                // The document replaces the object (labels and annotations included), and
-                // only at the revision these checks saw. Applying what is already stored
-                // writes nothing (and keeps the revision), so repeated applies of the same
-                // file are true no-ops.
-                items.push(BatchItem::new(
+            (_, None) => batch.errors.push(ResourceError::DoesNotExist(id)),
+            // The document replaces the object (labels and annotations included), and only
+            // at the revision these checks saw. Applying what is already stored writes
+            // nothing (and keeps the revision), so repeated applies of the same file are
+            // true no-ops.
+            (_, Some(cur)) => batch.change(verb, &p.key, p.given_revision, cur, || {
+                BatchItem::new(
                     BatchOp::Replace,
                     p.key.kind_ref(),
                     at_revision(p.value.clone(), cur.revision),
-                ));
-            }
+                )
+            }),
         }
     }
-    if !errors.is_empty() {
-        return Err(ResourceCmdError::Failed {
-            verb,
-            single_kind: kind,
-            total: input.len(),
-            errors,
-        });
+    let kind = single_kind(input.iter().map(|p| p.kind));
+    batch.commit(&store, verb, kind, input.len(), io).await
+}
+
+/// What a write or delete command will do: the batch it writes, the resources it refused
+/// (then it writes nothing) and those it skipped (`--skip-exists`, `--skip-not-exists`).
+#[derive(Default)]
+struct Batch {
+    items: Vec<BatchItem>,
+    errors: Vec<ResourceError>,
+    skipped: usize,
+}
+
+impl Batch {
+    /// A change to the stored object `cur` at `key`: refused when Kubernetes owns it or the
+    /// user's revision (`given`) is not the latest, else `item` joins the batch.
+    fn change(
+        &mut self,
+        verb: Verb,
+        key: &ResourceKey,
+        given: Option<i64>,
+        cur: &Stored,
+        item: impl FnOnce() -> BatchItem,
+    ) {
+        if owned_by_kubernetes(&cur.value) {
+            self.errors.push(ResourceError::OwnedByKubernetes {
+                operation: verb.operation(),
+                id: key.identifier(),
+            });
+        } else if let Some(given) = given.filter(|g| *g != cur.revision) {
+            self.errors.push(ResourceError::OutOfDate {
+                id: key.identifier(),
+                given,
+                latest: cur.revision,
+            });
+        } else {
+            self.items.push(item());
+        }
     }
-    let written = items.len();
-    if !items.is_empty() {
-        store.write(items).await?;
+
+    /// All or nothing: the refusals (of `total` resources) as the command's error, else the
+    /// batch written and the success line printed.
+    async fn commit(
+        self,
+        store: &Objects,
+        verb: Verb,
+        single_kind: Option<&'static str>,
+        total: usize,
+        io: &mut Io<'_>,
+    ) -> Result<(), ResourceCmdError> {
+        if !self.errors.is_empty() {
+            return Err(ResourceCmdError::Failed {
+                verb,
+                single_kind,
+                total,
+                errors: self.errors,
+            });
+        }
+        let done = self.items.len() + self.skipped;
+        if !self.items.is_empty() {
+            store.write(self.items).await?;
+        }
+        let _ = writeln!(io.out, "{}", success_message(verb, single_kind, done));
+        Ok(())
     }
-    let _ = writeln!(io.out, "{}", success_message(verb, kind, written + skipped));
-    Ok(())
+}
+
+/// Why `verb` may not touch `key` whatever is stored: its kind is read-only, or it is a
+/// Kubernetes NetworkPolicy.
+fn refused(verb: Verb, kind: &KindInfo, key: &ResourceKey) -> Option<ResourceError> {
+    if kind.read_only {
+        Some(ResourceError::ReadOnly {
+            operation: verb.operation(),
+            kind: kind.kind,
+        })
+    } else if is_kubernetes_policy(key) {
+        Some(ResourceError::KubernetesPolicy {
+            operation: verb.operation(),
+            id: key.identifier(),
+        })
+    } else {
+        None
+    }
 }
 
 /// The document with `metadata.resourceVersion` set to `revision`: the batch writer's
@@ -616,66 +656,30 @@ pub async fn delete(
         return Ok(());
     }
     let store = session.store(config_path, io).await?;
-    let kind = single_kind(targets.iter().map(|t| t.1));
-    let mut items = Vec::new();
-    let mut errors = Vec::new();
-    let mut skipped = 0;
+    let mut batch = Batch::default();
     for (key, info, given) in &targets {
-        if info.read_only {
-            errors.push(ResourceError::ReadOnly {
-                operation: Verb::Delete.operation(),
-                kind: info.kind,
-            });
-            continue;
-        }
-        if is_kubernetes_policy(key) {
-            errors.push(ResourceError::KubernetesPolicy {
-                operation: Verb::Delete.operation(),
-                id: key.identifier(),
-            });
+        if let Some(e) = refused(Verb::Delete, info, key) {
+            batch.errors.push(e);
             continue;
         }
         match store.get(key).await? {
-            None if args.skip_not_exists => skipped += 1,
-            None => errors.push(ResourceError::DoesNotExist(key.identifier())),
-            Some(cur) if owned_by_kubernetes(&cur.value) => {
-                errors.push(ResourceError::OwnedByKubernetes {
-                    operation: Verb::Delete.operation(),
-                    id: key.identifier(),
-                })
-            }
-            Some(cur) => match given {
-                Some(g) if *g != cur.revision => errors.push(ResourceError::OutOfDate {
-                    id: key.identifier(),
-                    given: *g,
-                    latest: cur.revision,
-                }),
-                _ => items.push(BatchItem::new(
+            None if args.skip_not_exists => batch.skipped += 1,
+            None => batch
+                .errors
+                .push(ResourceError::DoesNotExist(key.identifier())),
+            Some(cur) => batch.change(Verb::Delete, key, *given, &cur, || {
+                BatchItem::new(
                     BatchOp::Delete,
                     key.kind_ref(),
-                    at_revision(cur.value, cur.revision),
-                )),
-            },
+                    at_revision(cur.value.clone(), cur.revision),
+                )
+            }),
         }
     }
-    if !errors.is_empty() {
-        return Err(ResourceCmdError::Failed {
-            verb: Verb::Delete,
-            single_kind: kind,
-            total: targets.len(),
-            errors,
-        });
-    }
-    let deleted = items.len();
-    if !items.is_empty() {
-        store.write(items).await?;
-    }
-    let _ = writeln!(
-        io.out,
-        "{}",
-        success_message(Verb::Delete, kind, deleted + skipped)
-    );
-    Ok(())
+    let kind = single_kind(targets.iter().map(|t| t.1));
+    batch
+        .commit(&store, Verb::Delete, kind, targets.len(), io)
+        .await
 }
 
 /// What `get` found for one kind: objects in display order, and whether they came from a
