@@ -20,7 +20,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use calico_datastore::Datastore;
-use calico_lab::{Etcd, EtcdOptions, Host, Lab, ProcessGuard};
+use calico_lab::{Etcd, EtcdOptions, Host, Lab, ProcessGuard, iperf};
 use common::*;
 use serde_json::json;
 
@@ -483,42 +483,6 @@ fn a_pods_veth_gets_the_detected_mtu_unless_the_netconf_sets_one() {
     assert_eq!(r["interfaces"][1]["mtu"], json!(1400));
 }
 
-/// iperf3 TCP throughput (5 s), `from` → the outside host; a fresh one-shot server per run.
-fn iperf_to_outside(s: &Setup, from: &Host, port: u16) -> f64 {
-    let mut cmd = Command::new("iperf3");
-    cmd.args(["-s", "-1", "-p", &port.to_string()]);
-    let _srv = s
-        .outside
-        .spawn(cmd, &format!("iperf3-{port}"))
-        .expect("iperf3 -s");
-    std::thread::sleep(Duration::from_millis(500));
-    let out = from
-        .exec_timeout(
-            &[
-                "iperf3",
-                "-c",
-                OUTSIDE,
-                "-p",
-                &port.to_string(),
-                "-t",
-                "5",
-                "-J",
-            ],
-            Duration::from_secs(30),
-        )
-        .expect("iperf3 -c");
-    assert!(
-        out.status.success(),
-        "iperf3: {}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("iperf3 json");
-    v["end"]["sum_received"]["bits_per_second"]
-        .as_f64()
-        .expect("bps")
-        / 1e9
-}
-
 /// Benchmark (docs/BENCHMARKS.md, "NAT outgoing"): a NAT'd pod → the outside host against the
 /// node itself → that host, and (to split the cost of NAT from that of the pod's extra hop) a
 /// pod of the pool without natOutgoing → the outside host given a route back to that pool;
@@ -556,10 +520,14 @@ fn bench_nat_outgoing_throughput() {
         "{plain_ip} -> outside, routed"
     );
     let (mut nat, mut host, mut routed) = (Vec::new(), Vec::new(), Vec::new());
+    // A fresh one-shot server per run, each on a port of its own.
+    let to_outside = |from: &Host, port| {
+        iperf::throughput(&s.outside, from, OUTSIDE.parse().unwrap(), port).expect("iperf3")
+    };
     for i in 0..5u16 {
-        host.push(iperf_to_outside(&s, node, 5201 + 3 * i));
-        nat.push(iperf_to_outside(&s, &pod, 5202 + 3 * i));
-        routed.push(iperf_to_outside(&s, &plain, 5203 + 3 * i));
+        host.push(to_outside(node, 5201 + 3 * i));
+        nat.push(to_outside(&pod, 5202 + 3 * i));
+        routed.push(to_outside(&plain, 5203 + 3 * i));
     }
     let median = |v: &mut Vec<f64>| {
         v.sort_by(f64::total_cmp);

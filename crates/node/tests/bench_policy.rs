@@ -31,7 +31,7 @@ use calico_dataplane::{CALICO_HOST_MAC, Netlink, RTPROT_BOOT, Route, VethSpec};
 use calico_datastore::{Datastore, EtcdClient, EtcdConfig};
 use calico_docker::naming;
 use calico_lab::etcd::{Etcd, EtcdOptions};
-use calico_lab::{Host, Lab};
+use calico_lab::{Host, Lab, iperf};
 use calico_nftables::render::render_spec_from;
 use calico_nftables::render::rule_list_chain;
 use calico_nftables::table::{diff, to_batch};
@@ -442,38 +442,6 @@ async fn plumb(lab: &Lab, host: &Host, name: &str, ip: Ipv4Addr) -> Workload {
     Workload { ns, ip, iface }
 }
 
-fn iperf(from: &Host, server: &Host, dst: Ipv4Addr) -> f64 {
-    let mut cmd = Command::new("iperf3");
-    cmd.args(["-s", "-1", "-p", "5201"]);
-    let _srv = server.spawn(cmd, "iperf3-server").expect("iperf3 -s");
-    std::thread::sleep(Duration::from_millis(500));
-    let out = from
-        .exec_timeout(
-            &[
-                "iperf3",
-                "-c",
-                &dst.to_string(),
-                "-p",
-                "5201",
-                "-t",
-                "5",
-                "-J",
-            ],
-            Duration::from_secs(30),
-        )
-        .expect("iperf3 -c");
-    assert!(
-        out.status.success(),
-        "iperf3: {}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("iperf3 json");
-    v["end"]["sum_received"]["bits_per_second"]
-        .as_f64()
-        .expect("bps")
-        / 1e9
-}
-
 /// 1,000 ingress rules on every endpoint: 999 that do not match the iperf3 flow, then one
 /// that allows it; egress falls to a profile that allows all.
 fn thousand_rules(w1: &Workload, w2: &Workload) -> m::PolicyModel {
@@ -542,8 +510,8 @@ async fn policy_throughput() {
             .expect("ping")
     );
 
-    let host = iperf(&n1, &n2, "192.168.33.12".parse().expect("ip"));
-    let none = iperf(&w1.ns, &w2.ns, w2.ip);
+    let host = iperf::throughput(&n2, &n1, n2.ip(), 5201).expect("iperf3 host to host");
+    let none = iperf::throughput(&w2.ns, &w1.ns, w2.ip.into(), 5201).expect("iperf3, no policy");
     let model = thousand_rules(&w1, &w2);
     let mut dps = Vec::new();
     let mut kernel_rules = 0;
@@ -556,7 +524,8 @@ async fn policy_throughput() {
         dp.apply(&program).expect("apply");
         dps.push(dp);
     }
-    let with_policy = iperf(&w1.ns, &w2.ns, w2.ip);
+    let with_policy =
+        iperf::throughput(&w2.ns, &w1.ns, w2.ip.into(), 5201).expect("iperf3, 1,000 rules");
     // The policy is really in force: a port it does not allow is dropped.
     let mut cmd = Command::new("iperf3");
     cmd.args(["-s", "-1", "-p", "5202"]);

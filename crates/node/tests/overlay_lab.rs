@@ -17,7 +17,7 @@ use std::time::Duration;
 use calico_api::{Node, ObjectMeta, Profile, ProfileSpec, WorkloadEndpoint, WorkloadEndpointSpec};
 use calico_datastore::Datastore;
 use calico_ipam::Ipam;
-use calico_lab::Host;
+use calico_lab::{Host, iperf};
 
 const ALLOW_ALL: &str = "overlay-allow-all";
 
@@ -573,39 +573,6 @@ fn ipv6_vxlan_carries_pods_across_a_router() {
     assert_eq!(installs, 1, "{log}");
 }
 
-/// One iperf3 TCP run (5 s) from `from` to `dst` served by `server`: Gbit/s received.
-fn iperf(from: &Host, server: &Host, dst: IpAddr) -> f64 {
-    let mut cmd = std::process::Command::new("iperf3");
-    cmd.args(["-s", "-1", "-p", "5201"]);
-    let _srv = server.spawn(cmd, "iperf3-server").expect("iperf3 -s");
-    std::thread::sleep(Duration::from_millis(500));
-    let out = from
-        .exec_timeout(
-            &[
-                "iperf3",
-                "-c",
-                &dst.to_string(),
-                "-p",
-                "5201",
-                "-t",
-                "5",
-                "-J",
-            ],
-            Duration::from_secs(30),
-        )
-        .expect("iperf3 -c");
-    assert!(
-        out.status.success(),
-        "iperf3: {}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("iperf3 json");
-    v["end"]["sum_received"]["bits_per_second"]
-        .as_f64()
-        .expect("bps")
-        / 1e9
-}
-
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
@@ -713,8 +680,8 @@ fn bench_vxlan_throughput() {
     );
     let (mut pod, mut host) = (Vec::new(), Vec::new());
     for _ in 0..rounds {
-        pod.push(iperf(&wl1, &wl2, ip2));
-        host.push(iperf(&n1, &n2, hand_dst));
+        pod.push(iperf::throughput(&wl2, &wl1, ip2, 5201).expect("iperf3 pod to pod"));
+        host.push(iperf::throughput(&n2, &n1, hand_dst, 5201).expect("iperf3 host to host"));
     }
     let (p, h) = (median(pod.clone()), median(host.clone()));
     println!("BENCH|overlay|pod to pod over vxlan.calico|{p:.2}|{pod:.2?}");
