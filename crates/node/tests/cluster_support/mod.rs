@@ -8,6 +8,8 @@
 //! and fails.
 #![allow(dead_code)]
 
+#[path = "../common/mod.rs"]
+mod common;
 pub mod gobgp;
 
 use std::collections::BTreeSet;
@@ -16,30 +18,16 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use calico_datastore::{Datastore, EtcdClient, EtcdConfig};
+use calico_datastore::{Datastore, EtcdClient};
 use calico_ipam::{AutoAssignArgs, Ipam};
 use calico_lab::etcd::{Etcd, EtcdOptions};
 use calico_lab::{Host, Lab, ProcessGuard};
 
+pub use common::binary;
+
 pub const POOL: &str = "10.65.0.0/16";
 
 pub const WAIT: Duration = Duration::from_secs(30);
-
-pub fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target"))
-}
-
-pub fn binary(name: &str) -> PathBuf {
-    let bin = target_dir().join("debug").join(name);
-    assert!(
-        bin.is_file(),
-        "{} is not built: cargo build -p calico-rs --bin calico-node --bin calicoctl",
-        bin.display()
-    );
-    bin
-}
 
 /// Polls `f` every 100 ms until it returns `Some` or `timeout` passes.
 pub fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
@@ -220,15 +208,7 @@ impl Cluster {
 
     /// Runs `f` with an etcd client, inside the etcd host's namespace.
     pub fn with_etcd<R: Send>(&self, f: impl AsyncFnOnce(&EtcdClient) -> R + Send) -> R {
-        let endpoint = self.etcd.endpoint();
-        self.etcd_host
-            .run_async(move || async move {
-                let kv = EtcdClient::connect(&EtcdConfig::new([endpoint]))
-                    .await
-                    .expect("etcd client");
-                f(&kv).await
-            })
-            .expect("run in the etcd namespace")
+        common::with_etcd(&self.etcd_host, &self.etcd, f)
     }
 
     /// Runs `f` with a datastore and IPAM client, inside the etcd host's namespace.

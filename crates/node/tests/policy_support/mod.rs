@@ -17,29 +17,17 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use calico_api::{ObjectMeta, WorkloadEndpoint, WorkloadEndpointSpec};
-use calico_datastore::{Datastore, EtcdConfig};
+use calico_datastore::{Datastore, EtcdClient};
 use calico_lab::etcd::{Etcd, EtcdOptions};
 use calico_lab::{Host, Lab, ProcessGuard, TcpServers};
+
+#[path = "../common/mod.rs"]
+mod common;
+pub use common::binary;
 
 pub const NODE: &str = "node1";
 pub const NODE_IP: &str = "192.168.33.11";
 pub const WAIT: Duration = Duration::from_secs(20);
-
-fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target"))
-}
-
-pub fn binary(name: &str) -> PathBuf {
-    let bin = target_dir().join("debug").join(name);
-    assert!(
-        bin.is_file(),
-        "{} is not built: cargo build -p calico-rs --bin calico-node --bin calicoctl",
-        bin.display()
-    );
-    bin
-}
 
 /// Polls `f` every 50 ms until it returns `Some` or `timeout` passes.
 pub fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
@@ -138,15 +126,9 @@ impl PolicyLab {
 
     /// Runs `f` with a datastore client, inside the node's namespace (where etcd listens).
     pub fn with_datastore<R: Send>(&self, f: impl AsyncFnOnce(&Datastore) -> R + Send) -> R {
-        let endpoint = self.etcd.endpoint();
-        self.node
-            .run_async(move || async move {
-                let ds = Datastore::connect(&EtcdConfig::new([endpoint]))
-                    .await
-                    .expect("etcd client");
-                f(&ds).await
-            })
-            .expect("run in the node's namespace")
+        common::with_etcd(&self.node, &self.etcd, async move |kv: &EtcdClient| {
+            f(&Datastore::from_etcd(kv.clone())).await
+        })
     }
 
     /// Applies Calico resources given as YAML documents (Tier, Profile, HostEndpoint, NetworkPolicy,

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use calico_datastore::{EtcdClient, EtcdConfig};
+use calico_datastore::EtcdClient;
 use calico_lab::etcd::{Etcd, EtcdOptions};
 use calico_lab::{Host, Lab, ProcessGuard};
 use calico_nftables::render::{TABLE_NAME, set_name};
@@ -20,6 +20,9 @@ use calico_policy::sets::SetKey;
 use calico_selector::Selector;
 
 use super::*;
+
+#[path = "../common/mod.rs"]
+mod common;
 
 pub const NODE_IP: &str = "192.168.33.11";
 const FOLLOWER_PORT: u16 = 21_000;
@@ -130,15 +133,7 @@ impl ScaleLab {
 
     /// Runs `f` with an etcd client inside the etcd host's namespace.
     pub fn with_kv<R: Send>(&self, f: impl AsyncFnOnce(&EtcdClient) -> R + Send) -> R {
-        let endpoint = self.etcd.endpoint();
-        self.etcd_host
-            .run_async(move || async move {
-                let kv = EtcdClient::connect(&EtcdConfig::new([endpoint]))
-                    .await
-                    .expect("etcd client");
-                f(&kv).await
-            })
-            .expect("run in the etcd namespace")
+        common::with_etcd(&self.etcd_host, &self.etcd, f)
     }
 
     /// Writes the whole synthetic cluster. Returns (objects, revision).
