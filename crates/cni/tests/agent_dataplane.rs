@@ -16,7 +16,6 @@ mod common;
 
 use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use calico_datastore::Datastore;
@@ -131,16 +130,7 @@ impl Setup {
         F: FnOnce(Datastore) -> Fut + Send,
         Fut: Future<Output = R>,
     {
-        let ep = self.etcd.endpoint();
-        self.etcd_host
-            .run_async(|| async move {
-                let kv =
-                    calico_datastore::EtcdClient::connect(&calico_datastore::EtcdConfig::new([ep]))
-                        .await
-                        .unwrap();
-                f(Datastore::from_etcd(kv)).await
-            })
-            .unwrap()
+        with_datastore(&self.etcd_host, &self.etcd, f)
     }
 
     fn set_nat(&self, pool: &'static str, nat: bool) {
@@ -207,20 +197,8 @@ impl Setup {
 }
 
 fn start_agent(host: &Host, name: &str, etcd: &str, run_dir: &Path) -> ProcessGuard {
-    let mut cmd = Command::new(bin_dir().join("calico-node"));
-    cmd.env_clear()
-        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-        .env("NODENAME", name)
-        .env("DATASTORE_TYPE", "etcdv3")
-        .env("ETCD_ENDPOINTS", etcd)
-        .env("IP", format!("{}/24", host.ip()))
-        .env("IP6", "none")
-        .env("CALICO_NETWORKING_BACKEND", "bird")
-        .env("NO_DEFAULT_POOLS", "true")
-        .env("FELIX_IPV6SUPPORT", "false")
-        .env("CALICO_RUN_DIR", run_dir)
-        .env("CALICO_STATE_DIR", run_dir.join("lib"))
-        .env("CALICO_LOG_LEVEL", "info");
+    let mut cmd = agent_command(host, name, etcd, run_dir);
+    cmd.env("FELIX_IPV6SUPPORT", "false");
     host.spawn(cmd, "calico-node").expect("spawn calico-node")
 }
 

@@ -14,7 +14,6 @@ mod common;
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use calico_lab::{Etcd, EtcdOptions, Host, Lab, ProcessGuard};
@@ -41,20 +40,8 @@ fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
 
 /// Starts calico-node in `host`'s namespace; it is killed when the guard drops.
 fn start_agent(host: &Host, name: &str, etcd: &str, run_dir: &Path) -> ProcessGuard {
-    let mut cmd = Command::new(bin_dir().join("calico-node"));
-    cmd.env_clear()
-        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-        .env("NODENAME", name)
-        .env("DATASTORE_TYPE", "etcdv3")
-        .env("ETCD_ENDPOINTS", etcd)
-        .env("IP", format!("{}/24", host.ip()))
-        .env("IP6", "none")
-        .env("CALICO_NETWORKING_BACKEND", "bird")
-        .env("NO_DEFAULT_POOLS", "true")
-        .env("CALICO_RUN_DIR", run_dir)
-        .env("CALICO_STATE_DIR", run_dir.join("lib"))
-        .env("CALICO_LOG_LEVEL", "info");
-    host.spawn(cmd, "calico-node").expect("spawn calico-node")
+    host.spawn(agent_command(host, name, etcd, run_dir), "calico-node")
+        .expect("spawn calico-node")
 }
 
 /// `calicoctl node status` run in the node's namespace with its run directory.
@@ -83,36 +70,26 @@ fn pods_on_two_nodes_reach_each_other() {
     ))
     .unwrap();
     let ep = etcd.endpoint();
-    etcd_host
-        .run_async(|| {
-            let ep = ep.clone();
-            async move {
-                let kv =
-                    calico_datastore::EtcdClient::connect(&calico_datastore::EtcdConfig::new([ep]))
-                        .await
-                        .unwrap();
-                let ds = calico_datastore::Datastore::from_etcd(kv);
-                let p: calico_api::IPPool = serde_json::from_value(json!({
-                    "apiVersion": "projectcalico.org/v3", "kind": "IPPool",
-                    "metadata": {"name": "pool1"}, "spec": {"cidr": POOL, "blockSize": 26}
-                }))
-                .unwrap();
-                ds.create(&p).await.unwrap();
-                // The agent enforces policy and the plugin gives each pod the profiles
-                // `kns.<namespace>` and `ksa.<namespace>.<serviceaccount>`. With no such
-                // Profile, Calico drops the pod's traffic; the Kubernetes controllers create
-                // `kns.<namespace>` allowing all ingress and egress, so we write it as they would.
-                let allow: calico_api::ProfileSpec = serde_json::from_value(json!({
-                    "ingress": [{"action": "Allow"}],
-                    "egress": [{"action": "Allow"}],
-                }))
-                .unwrap();
-                ds.apply(&calico_api::Profile::new("kns.default", allow))
-                    .await
-                    .unwrap();
-            }
-        })
+    with_datastore(&etcd_host, &etcd, |ds| async move {
+        let p: calico_api::IPPool = serde_json::from_value(json!({
+            "apiVersion": "projectcalico.org/v3", "kind": "IPPool",
+            "metadata": {"name": "pool1"}, "spec": {"cidr": POOL, "blockSize": 26}
+        }))
         .unwrap();
+        ds.create(&p).await.unwrap();
+        // The agent enforces policy and the plugin gives each pod the profiles
+        // `kns.<namespace>` and `ksa.<namespace>.<serviceaccount>`. With no such
+        // Profile, Calico drops the pod's traffic; the Kubernetes controllers create
+        // `kns.<namespace>` allowing all ingress and egress, so we write it as they would.
+        let allow: calico_api::ProfileSpec = serde_json::from_value(json!({
+            "ingress": [{"action": "Allow"}],
+            "egress": [{"action": "Allow"}],
+        }))
+        .unwrap();
+        ds.apply(&calico_api::Profile::new("kns.default", allow))
+            .await
+            .unwrap();
+    });
 
     // Agents: declared after the lab and etcd, so they are dropped (killed) first.
     let run_dir = |n: &str| -> PathBuf { lab.dir().join(format!("{n}-run")) };

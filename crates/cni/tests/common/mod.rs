@@ -8,7 +8,7 @@
 #![allow(dead_code)]
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 use calico_datastore::{Datastore, EtcdClient, EtcdConfig};
@@ -79,31 +79,16 @@ impl World {
         F: FnOnce(Datastore) -> Fut + Send,
         Fut: Future<Output = R>,
     {
-        let ep = self.endpoint();
-        self.node
-            .run_async(|| async move {
-                let kv = EtcdClient::connect(&EtcdConfig::new([ep]))
-                    .await
-                    .expect("etcd client");
-                f(Datastore::from_etcd(kv)).await
-            })
-            .expect("run in node")
+        with_datastore(&self.node, &self.etcd, f)
     }
 
+    /// Runs `f` with an etcd client inside the node namespace.
     pub fn kv<R: Send, F, Fut>(&self, f: F) -> R
     where
         F: FnOnce(EtcdClient) -> Fut + Send,
         Fut: Future<Output = R>,
     {
-        let ep = self.endpoint();
-        self.node
-            .run_async(|| async move {
-                let kv = EtcdClient::connect(&EtcdConfig::new([ep]))
-                    .await
-                    .expect("etcd client");
-                f(kv).await
-            })
-            .expect("run in node")
+        with_etcd(&self.node, &self.etcd, f)
     }
 
     pub fn netconf(&self) -> Value {
@@ -129,6 +114,52 @@ impl World {
     pub fn pod_netns(&self, name: &str) -> Host {
         self.lab.add_namespace(name).expect("pod namespace")
     }
+}
+
+/// Runs `f` with an etcd client connected to `etcd`, inside `host`'s namespace (where etcd
+/// listens: the test process has no route to it otherwise).
+pub fn with_etcd<R: Send, F, Fut>(host: &Host, etcd: &Etcd, f: F) -> R
+where
+    F: FnOnce(EtcdClient) -> Fut + Send,
+    Fut: Future<Output = R>,
+{
+    let ep = etcd.endpoint();
+    host.run_async(|| async move {
+        let kv = EtcdClient::connect(&EtcdConfig::new([ep]))
+            .await
+            .expect("etcd client");
+        f(kv).await
+    })
+    .unwrap_or_else(|e| panic!("run in {}'s namespace: {e}", host.name()))
+}
+
+/// [`with_etcd`] with a datastore client.
+pub fn with_datastore<R: Send, F, Fut>(host: &Host, etcd: &Etcd, f: F) -> R
+where
+    F: FnOnce(Datastore) -> Fut + Send,
+    Fut: Future<Output = R>,
+{
+    with_etcd(host, etcd, |kv| f(Datastore::from_etcd(kv)))
+}
+
+/// The calico-node agent for node `name` in `host` (IPv4 only, BIRD, no default pools), its
+/// state under `run_dir`; the caller adds to its environment and spawns it in `host`. Needs
+/// `cargo build -p calico-rs --bin calico-node`.
+pub fn agent_command(host: &Host, name: &str, etcd: &str, run_dir: &Path) -> Command {
+    let mut cmd = Command::new(bin_dir().join("calico-node"));
+    cmd.env_clear()
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .env("NODENAME", name)
+        .env("DATASTORE_TYPE", "etcdv3")
+        .env("ETCD_ENDPOINTS", etcd)
+        .env("IP", format!("{}/24", host.ip()))
+        .env("IP6", "none")
+        .env("CALICO_NETWORKING_BACKEND", "bird")
+        .env("NO_DEFAULT_POOLS", "true")
+        .env("CALICO_RUN_DIR", run_dir)
+        .env("CALICO_STATE_DIR", run_dir.join("lib"))
+        .env("CALICO_LOG_LEVEL", "info");
+    cmd
 }
 
 /// One plugin call as containerd makes it.
