@@ -18,6 +18,8 @@
 //! `policy_throughput`: iperf3 between two workloads on two lab hosts (routed over the lab
 //! LAN), with no table, with 1,000 rules in force on both hosts, and host to host.
 
+mod common;
+
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
@@ -26,7 +28,7 @@ use calico_api::{
     WorkloadEndpointSpec,
 };
 use calico_dataplane::sysctl::{self, Sysctl};
-use calico_dataplane::{CALICO_HOST_MAC, Netlink, RTPROT_BOOT, Route, VethSpec};
+use calico_dataplane::{Netlink, RTPROT_BOOT, Route};
 use calico_datastore::{Datastore, EtcdClient, EtcdConfig};
 use calico_docker::naming;
 use calico_lab::etcd::{Etcd, EtcdOptions};
@@ -42,7 +44,6 @@ use calico_policy::felix::FelixPolicySettings;
 use calico_policy::model::{self as m, Direction};
 use calico_policy::program::{HostProgram, RuleListId};
 use futures::StreamExt;
-use ipnet::IpNet;
 
 const NODE: &str = "node1";
 const NODE_IP: &str = "192.168.33.11";
@@ -406,38 +407,7 @@ async fn plumb(lab: &Lab, host: &Host, name: &str, ip: Ipv4Addr) -> Workload {
     let id = format!("{:032x}", u32::from(ip));
     let iface = naming::host_veth_name(&id).expect("veth name");
     let ns = lab.add_namespace(name).expect("workload namespace");
-    let host_nl = Netlink::connect_in(&host.netns_path()).expect("host netlink");
-    host_nl
-        .create_veth(&VethSpec {
-            host_mac: Some(CALICO_HOST_MAC),
-            ..VethSpec::new(&iface, "cali0", ns.netns_path())
-        })
-        .await
-        .expect("veth");
-    let c = Netlink::connect_in(&ns.netns_path()).expect("workload netlink");
-    let addr: IpNet = format!("{ip}/32").parse().expect("address");
-    c.add_address("cali0", addr).await.expect("address");
-    let gw: IpNet = "169.254.1.1/32".parse().expect("gateway");
-    c.replace_route(&Route::device(gw, "cali0", RTPROT_BOOT))
-        .await
-        .expect("gw route");
-    c.replace_route(&Route::gateway(
-        "0.0.0.0/0".parse().expect("default"),
-        naming::IPV4_GATEWAY.into(),
-        Some("cali0"),
-        RTPROT_BOOT,
-    ))
-    .await
-    .expect("default route");
-    sysctl::apply(
-        Some(&host.netns_path()),
-        &sysctl::calico_host_veth(&iface, true, false),
-    )
-    .expect("sysctls");
-    host_nl
-        .replace_route(&Route::device(addr, &iface, RTPROT_BOOT))
-        .await
-        .expect("workload route");
+    common::plumb_workload(host, &ns, &iface, ip).await;
     Workload { ns, ip, iface }
 }
 

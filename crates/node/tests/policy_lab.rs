@@ -7,6 +7,8 @@
 //! ee:ee:ee:ee:ee:ee, proxy ARP, /32 routes; workload side /32 and a default route via
 //! 169.254.1.1): w1 and w2 on `net1`, w3 on `net2`. Needs root.
 
+mod common;
+
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
@@ -15,14 +17,12 @@ use calico_api::{
     WorkloadEndpointSpec,
 };
 use calico_dataplane::sysctl::{self, Sysctl};
-use calico_dataplane::{CALICO_HOST_MAC, Netlink, RTPROT_BOOT, Route, VethSpec};
 use calico_datastore::{Datastore, EtcdConfig};
 use calico_docker::driver::network_profile;
 use calico_docker::naming;
 use calico_lab::etcd::{Etcd, EtcdOptions};
 use calico_lab::{Host, Lab};
 use calico_node::policy::PolicySync;
-use ipnet::IpNet;
 
 const NODE: &str = "node1";
 const NODE_IP: &str = "192.168.33.11";
@@ -47,38 +47,7 @@ async fn plumb(
     let endpoint_id = uuid::Uuid::new_v4().simple().to_string();
     let iface = naming::host_veth_name(&endpoint_id).expect("veth name");
     let ns = lab.add_namespace(name).expect("workload namespace");
-    let host_nl = Netlink::connect_in(&host.netns_path()).expect("host netlink");
-    host_nl
-        .create_veth(&VethSpec {
-            host_mac: Some(CALICO_HOST_MAC),
-            ..VethSpec::new(&iface, "cali0", ns.netns_path())
-        })
-        .await
-        .expect("veth");
-    let c = Netlink::connect_in(&ns.netns_path()).expect("workload netlink");
-    let addr: IpNet = format!("{ip}/32").parse().expect("address");
-    c.add_address("cali0", addr).await.expect("address");
-    let gw: IpNet = "169.254.1.1/32".parse().expect("gateway");
-    c.replace_route(&Route::device(gw, "cali0", RTPROT_BOOT))
-        .await
-        .expect("gateway route");
-    c.replace_route(&Route::gateway(
-        "0.0.0.0/0".parse().expect("default"),
-        naming::IPV4_GATEWAY.into(),
-        Some("cali0"),
-        RTPROT_BOOT,
-    ))
-    .await
-    .expect("default route");
-    sysctl::apply(
-        Some(&host.netns_path()),
-        &sysctl::calico_host_veth(&iface, true, false),
-    )
-    .expect("sysctls");
-    host_nl
-        .replace_route(&Route::device(addr, &iface, RTPROT_BOOT))
-        .await
-        .expect("workload route");
+    common::plumb_workload(host, &ns, &iface, ip).await;
     Workload {
         name,
         ns,

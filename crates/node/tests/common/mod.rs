@@ -1,11 +1,17 @@
-//! What the node tests' harnesses (`cluster_support`, `policy_support`, `scale_support`) share.
-//! Not a test target of its own (a directory); each harness takes it in with `#[path]`.
+//! What the node tests share: their harnesses (`cluster_support`, `policy_support`,
+//! `scale_support`, which take it in with `#[path]`) and the tests that plumb workloads by hand
+//! (`mod common;`). Not a test target of its own (a directory).
 #![allow(dead_code)]
 
+use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
+use calico_dataplane::sysctl;
+use calico_dataplane::{CALICO_HOST_MAC, Netlink, RTPROT_BOOT, Route, VethSpec};
 use calico_datastore::{EtcdClient, EtcdConfig};
+use calico_docker::naming;
 use calico_lab::{Etcd, Host};
+use ipnet::IpNet;
 
 /// The workspace's target directory (`CARGO_TARGET_DIR`, else `target/` at the root).
 pub fn target_dir() -> PathBuf {
@@ -40,4 +46,42 @@ pub fn with_etcd<R: Send>(
         f(&kv).await
     })
     .unwrap_or_else(|e| panic!("run in {}'s namespace: {e}", host.name()))
+}
+
+/// A workload in namespace `ns` behind veth `iface` on `host`, as the Docker driver plumbs it:
+/// host end with MAC ee:ee:ee:ee:ee:ee and Calico's sysctls, a /32 route to it; workload end
+/// `cali0` with `ip`/32 and a default route via 169.254.1.1.
+pub async fn plumb_workload(host: &Host, ns: &Host, iface: &str, ip: Ipv4Addr) {
+    let host_nl = Netlink::connect_in(&host.netns_path()).expect("host netlink");
+    host_nl
+        .create_veth(&VethSpec {
+            host_mac: Some(CALICO_HOST_MAC),
+            ..VethSpec::new(iface, "cali0", ns.netns_path())
+        })
+        .await
+        .expect("veth");
+    let c = Netlink::connect_in(&ns.netns_path()).expect("workload netlink");
+    let addr: IpNet = format!("{ip}/32").parse().expect("address");
+    c.add_address("cali0", addr).await.expect("address");
+    let gw: IpNet = "169.254.1.1/32".parse().expect("gateway");
+    c.replace_route(&Route::device(gw, "cali0", RTPROT_BOOT))
+        .await
+        .expect("gateway route");
+    c.replace_route(&Route::gateway(
+        "0.0.0.0/0".parse().expect("default"),
+        naming::IPV4_GATEWAY.into(),
+        Some("cali0"),
+        RTPROT_BOOT,
+    ))
+    .await
+    .expect("default route");
+    sysctl::apply(
+        Some(&host.netns_path()),
+        &sysctl::calico_host_veth(iface, true, false),
+    )
+    .expect("sysctls");
+    host_nl
+        .replace_route(&Route::device(addr, iface, RTPROT_BOOT))
+        .await
+        .expect("workload route");
 }
