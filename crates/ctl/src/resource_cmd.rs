@@ -351,19 +351,10 @@ pub async fn write_from_files(
         let _ = writeln!(io.out, "No resources specified");
         return Ok(());
     }
-    let input = validate::prepare_all(
-        raw,
-        &ns_flags(args.namespace),
-        session.model.as_ref(),
-        Depth::Full,
-    )
-    .map_err(|problems| ResourceCmdError::Invalid { verb, problems })?;
+    let flags = ns_flags(args.namespace);
+    let input = prepare(raw, &flags, Depth::Full, verb, session)?;
     let store = session.store(config_path, io).await?;
-    let (existing, pools, tiers) = read_current(&store, &input).await?;
-    let problems = validate::cross_check(&input, &existing, &pools, &tiers);
-    if !problems.is_empty() {
-        return Err(ResourceCmdError::Invalid { verb, problems });
-    }
+    let existing = check_against_store(&store, &input, verb).await?;
 
     let mut batch = Batch::default();
     for p in &input {
@@ -547,16 +538,8 @@ pub fn validate_files(
         let _ = writeln!(io.out, "No resources specified");
         return Ok(());
     }
-    let input = validate::prepare_all(
-        raw,
-        &NamespaceFlags::default(),
-        session.model.as_ref(),
-        Depth::Full,
-    )
-    .map_err(|problems| ResourceCmdError::Invalid {
-        verb: Verb::Validate,
-        problems,
-    })?;
+    let flags = NamespaceFlags::default();
+    let input = prepare(raw, &flags, Depth::Full, Verb::Validate, session)?;
     let problems = validate::cross_check(&input, &HashMap::new(), &[], &[])
         .into_iter()
         .filter(|p| p.issue.path != "spec.tier")
@@ -609,13 +592,35 @@ fn keys_from_files(
     session: &Session,
 ) -> Result<Vec<Prepared>, ResourceCmdError> {
     let raw = load_sources(source, io.stdin)?;
-    validate::prepare_all(
-        raw,
-        &ns_flags(namespace),
-        session.model.as_ref(),
-        Depth::Identity,
-    )
-    .map_err(|problems| ResourceCmdError::Invalid { verb, problems })
+    prepare(raw, &ns_flags(namespace), Depth::Identity, verb, session)
+}
+
+/// The documents parsed, defaulted and checked to `depth` on their own; every problem is
+/// `verb`'s error.
+fn prepare(
+    raw: Vec<RawResource>,
+    flags: &NamespaceFlags,
+    depth: Depth,
+    verb: Verb,
+    session: &Session,
+) -> Result<Vec<Prepared>, ResourceCmdError> {
+    validate::prepare_all(raw, flags, session.model.as_ref(), depth)
+        .map_err(|problems| ResourceCmdError::Invalid { verb, problems })
+}
+
+/// The checks of `input` against what is stored (pools, tiers, the objects themselves); every
+/// problem is `verb`'s error. Returns the stored state of each input key.
+async fn check_against_store(
+    store: &Objects,
+    input: &[Prepared],
+    verb: Verb,
+) -> Result<HashMap<ResourceKey, Stored>, ResourceCmdError> {
+    let (existing, pools, tiers) = read_current(store, input).await?;
+    let problems = validate::cross_check(input, &existing, &pools, &tiers);
+    if !problems.is_empty() {
+        return Err(ResourceCmdError::Invalid { verb, problems });
+    }
+    Ok(existing)
 }
 
 /// Annotation the Kubernetes controllers put on the etcd copies of objects they own.
@@ -943,24 +948,9 @@ pub async fn patch(
         },
         value: patched,
     };
-    let input = validate::prepare_all(
-        vec![raw],
-        &ns_flags(&args.ns.namespace),
-        session.model.as_ref(),
-        Depth::Full,
-    )
-    .map_err(|problems| ResourceCmdError::Invalid {
-        verb: Verb::Patch,
-        problems,
-    })?;
-    let (existing, pools, tiers) = read_current(&store, &input).await?;
-    let problems = validate::cross_check(&input, &existing, &pools, &tiers);
-    if !problems.is_empty() {
-        return Err(ResourceCmdError::Invalid {
-            verb: Verb::Patch,
-            problems,
-        });
-    }
+    let flags = ns_flags(&args.ns.namespace);
+    let input = prepare(vec![raw], &flags, Depth::Full, Verb::Patch, session)?;
+    check_against_store(&store, &input, Verb::Patch).await?;
     let Some(p) = input.into_iter().next() else {
         return Err(ResourceCmdError::NoResources);
     };
