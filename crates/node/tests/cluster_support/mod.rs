@@ -16,7 +16,7 @@ use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use calico_datastore::{Datastore, EtcdClient};
 use calico_ipam::{AutoAssignArgs, Ipam};
@@ -30,17 +30,8 @@ pub const POOL: &str = "10.65.0.0/16";
 pub const WAIT: Duration = Duration::from_secs(30);
 
 /// Polls `f` every 100 ms until it returns `Some` or `timeout` passes.
-pub fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return Some(v);
-        }
-        if Instant::now() >= deadline {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+pub fn wait_for<T>(timeout: Duration, f: impl FnMut() -> Option<T>) -> Option<T> {
+    common::poll(timeout, Duration::from_millis(100), f)
 }
 
 pub fn routes_of(host: &Host) -> BTreeSet<String> {

@@ -5,6 +5,7 @@
 
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 use calico_dataplane::sysctl;
 use calico_dataplane::{CALICO_HOST_MAC, Netlink, RTPROT_BOOT, Route, VethSpec};
@@ -29,6 +30,20 @@ pub fn binary(name: &str) -> PathBuf {
         bin.display()
     );
     bin
+}
+
+/// Calls `f` every `every` until it returns `Some` or `timeout` passes.
+pub fn poll<T>(timeout: Duration, every: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(every);
+    }
 }
 
 /// Runs `f` with an etcd client connected to `etcd`, inside `host`'s namespace (where etcd

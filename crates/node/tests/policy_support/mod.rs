@@ -14,7 +14,7 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use calico_api::{ObjectMeta, WorkloadEndpoint, WorkloadEndpointSpec};
 use calico_datastore::{Datastore, EtcdClient};
@@ -30,17 +30,8 @@ pub const NODE_IP: &str = "192.168.33.11";
 pub const WAIT: Duration = Duration::from_secs(20);
 
 /// Polls `f` every 50 ms until it returns `Some` or `timeout` passes.
-pub fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return Some(v);
-        }
-        if Instant::now() >= deadline {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+pub fn wait_for<T>(timeout: Duration, f: impl FnMut() -> Option<T>) -> Option<T> {
+    common::poll(timeout, Duration::from_millis(50), f)
 }
 
 /// One workload: its namespace, address, host-side interface and endpoint name.
