@@ -77,32 +77,6 @@ fn two_agents_mesh_and_route_each_others_blocks() {
     c.wait_routes(2, &[blackhole(&block2), via(&block1, ip1)], &[]);
 }
 
-/// Applies Calico YAML documents (one per string) from inside the etcd host's namespace.
-fn apply_yaml(c: &Cluster, docs: &[&str]) {
-    let docs: Vec<String> = docs.iter().map(|d| d.to_string()).collect();
-    c.with_datastore(async move |ds: &Datastore, _| {
-        for doc in docs {
-            let value: serde_json::Value = serde_yaml_ng::from_str(&doc).expect("yaml");
-            match value["kind"].as_str() {
-                Some("BGPConfiguration") => ds
-                    .apply(&serde_json::from_value::<calico_api::BGPConfiguration>(value).unwrap())
-                    .await
-                    .map(|_| ()),
-                Some("BGPPeer") => ds
-                    .apply(&serde_json::from_value::<calico_api::BGPPeer>(value).unwrap())
-                    .await
-                    .map(|_| ()),
-                Some("BGPFilter") => ds
-                    .apply(&serde_json::from_value::<calico_api::BGPFilter>(value).unwrap())
-                    .await
-                    .map(|_| ()),
-                other => panic!("unexpected kind {other:?}"),
-            }
-            .expect("apply");
-        }
-    })
-}
-
 #[test]
 fn a_bgp_filter_on_an_explicit_peer_stops_the_export_until_it_is_removed() {
     let mut c = Cluster::new(2);
@@ -118,17 +92,14 @@ fn a_bgp_filter_on_an_explicit_peer_stops_the_export_until_it_is_removed() {
         "apiVersion: projectcalico.org/v3\nkind: BGPPeer\nmetadata:\n  name: node2-to-node1\n\
          spec:\n  node: node2\n  peerIP: {ip1}\n  asNumber: 64512\n"
     );
-    apply_yaml(
-        &c,
-        &[
-            "apiVersion: projectcalico.org/v3\nkind: BGPConfiguration\nmetadata:\n  name: default\n\
+    c.apply_yaml(&[
+        "apiVersion: projectcalico.org/v3\nkind: BGPConfiguration\nmetadata:\n  name: default\n\
              spec:\n  nodeToNodeMeshEnabled: false\n",
-            "apiVersion: projectcalico.org/v3\nkind: BGPFilter\nmetadata:\n  name: export-nothing\n\
+        "apiVersion: projectcalico.org/v3\nkind: BGPFilter\nmetadata:\n  name: export-nothing\n\
              spec:\n  exportV4:\n    - action: Reject\n",
-            &peer1("[export-nothing]"),
-            &peer2,
-        ],
-    );
+        &peer1("[export-nothing]"),
+        &peer2,
+    ]);
     c.start_agent(1);
     c.start_agent(2);
     let established = |i: usize, peer: IpAddr| {
@@ -161,7 +132,7 @@ fn a_bgp_filter_on_an_explicit_peer_stops_the_export_until_it_is_removed() {
         c.agent_log(1)
     );
     // Removing the filter lets the block through: the filter was what held it back.
-    apply_yaml(&c, &[&peer1("[]")]);
+    c.apply_yaml(&[&peer1("[]")]);
     c.wait_routes(2, &[via(&block1, ip1)], &[]);
 }
 

@@ -25,34 +25,6 @@ use calico_datastore::Datastore;
 use serde_json::Value;
 
 impl Cluster {
-    /// Applies Calico YAML documents (BGPConfiguration, BGPPeer, BGPFilter).
-    fn apply_yaml(&self, docs: &[&str]) {
-        let docs: Vec<String> = docs.iter().map(|d| d.to_string()).collect();
-        self.with_datastore(async move |ds: &Datastore, _| {
-            for doc in docs {
-                let value: Value = serde_yaml_ng::from_str(&doc).expect("yaml");
-                match value["kind"].as_str() {
-                    Some("BGPConfiguration") => ds
-                        .apply(
-                            &serde_json::from_value::<calico_api::BGPConfiguration>(value).unwrap(),
-                        )
-                        .await
-                        .map(|_| ()),
-                    Some("BGPPeer") => ds
-                        .apply(&serde_json::from_value::<calico_api::BGPPeer>(value).unwrap())
-                        .await
-                        .map(|_| ()),
-                    Some("BGPFilter") => ds
-                        .apply(&serde_json::from_value::<calico_api::BGPFilter>(value).unwrap())
-                        .await
-                        .map(|_| ()),
-                    other => panic!("unexpected kind {other:?}"),
-                }
-                .expect("apply");
-            }
-        })
-    }
-
     /// Makes node `name` a route reflector of `cluster_id` with label `route-reflector`.
     fn make_reflector(&self, name: &str, cluster_id: &str) {
         let (name, cluster_id) = (name.to_string(), cluster_id.to_string());
