@@ -17,7 +17,6 @@ use std::process::Command;
 use std::time::Duration;
 
 use calico_api::service_advertisement::{AdvertisedService, service_key};
-use calico_datastore::Datastore;
 use calico_ipam::Ipam;
 use calico_lab::{Host, ProcessGuard};
 
@@ -172,24 +171,6 @@ fn default_config(ranges: &str) -> String {
     )
 }
 
-fn apply(c: &Cluster, yaml: &str) {
-    let value: serde_json::Value = serde_yaml_ng::from_str(yaml).expect("yaml");
-    c.with_datastore(
-        async move |ds: &Datastore, _| match value["kind"].as_str() {
-            Some("BGPConfiguration") => ds
-                .apply(&serde_json::from_value::<calico_api::BGPConfiguration>(value).unwrap())
-                .await
-                .map(|_| ()),
-            Some("BGPPeer") => ds
-                .apply(&serde_json::from_value::<calico_api::BGPPeer>(value).unwrap())
-                .await
-                .map(|_| ()),
-            other => panic!("unexpected kind {other:?}"),
-        },
-    )
-    .expect("apply");
-}
-
 /// Writes (`Some`) or deletes (`None`) the record the controllers publish for shop/web.
 fn publish(c: &Cluster, record: Option<AdvertisedService>) {
     c.with_datastore(async move |_, ipam: &Ipam| {
@@ -241,25 +222,19 @@ fn service_ranges_and_local_service_addresses_reach_bird_gobgp_and_frr() {
     let bird = Bird::start(bird_host, &bird_dir, &nodes);
     let gobgp = GoBgp::start(gobgp_host, &gobgp_dir, ROUTER_AS, &nodes);
     let frr = Frr::start(frr_host, &frr_dir, &nodes);
-    apply(
-        &c,
-        &default_config(&format!(
-            "  serviceClusterIPs: [{{cidr: {CLUSTER_RANGE}}}]\n  \
-             serviceExternalIPs: [{{cidr: {EXTERNAL_RANGE}}}]\n"
-        )),
-    );
+    c.apply_yaml(&[&default_config(&format!(
+        "  serviceClusterIPs: [{{cidr: {CLUSTER_RANGE}}}]\n  \
+         serviceExternalIPs: [{{cidr: {EXTERNAL_RANGE}}}]\n"
+    ))]);
     for (name, ip) in [
         ("bird", "192.168.33.20"),
         ("gobgp", "192.168.33.21"),
         ("frr", "192.168.33.22"),
     ] {
-        apply(
-            &c,
-            &format!(
-                "apiVersion: projectcalico.org/v3\nkind: BGPPeer\nmetadata:\n  name: {name}\n\
+        c.apply_yaml(&[&format!(
+            "apiVersion: projectcalico.org/v3\nkind: BGPPeer\nmetadata:\n  name: {name}\n\
                  spec:\n  peerIP: {ip}\n  asNumber: {ROUTER_AS}\n"
-            ),
-        );
+        )]);
     }
     c.start_agent(1);
     c.start_agent(2);
@@ -303,7 +278,7 @@ fn service_ranges_and_local_service_addresses_reach_bird_gobgp_and_frr() {
     wait_router(&bird, "bird", &ip1, &[CLUSTER_RANGE], true);
 
     // The ranges are removed from the configuration: withdrawn by every node.
-    apply(&c, &default_config(""));
+    c.apply_yaml(&[&default_config("")]);
     for (r, name) in routers {
         for ip in [&ip1, &ip2] {
             wait_router(r, name, ip, &[CLUSTER_RANGE, EXTERNAL_RANGE], false);

@@ -211,33 +211,11 @@ impl Cluster {
         })
     }
 
-    /// Applies Calico YAML documents (BGPConfiguration, BGPPeer, BGPFilter), from inside
-    /// the etcd host's namespace.
+    /// Applies Calico YAML documents ([`common::apply_yaml_docs`]), from inside the etcd
+    /// host's namespace.
     pub fn apply_yaml(&self, docs: &[&str]) {
         let docs: Vec<String> = docs.iter().map(|d| d.to_string()).collect();
-        self.with_datastore(async move |ds: &Datastore, _| {
-            for doc in docs {
-                let value: serde_json::Value = serde_yaml_ng::from_str(&doc).expect("yaml");
-                match value["kind"].as_str() {
-                    Some("BGPConfiguration") => ds
-                        .apply(
-                            &serde_json::from_value::<calico_api::BGPConfiguration>(value).unwrap(),
-                        )
-                        .await
-                        .map(|_| ()),
-                    Some("BGPPeer") => ds
-                        .apply(&serde_json::from_value::<calico_api::BGPPeer>(value).unwrap())
-                        .await
-                        .map(|_| ()),
-                    Some("BGPFilter") => ds
-                        .apply(&serde_json::from_value::<calico_api::BGPFilter>(value).unwrap())
-                        .await
-                        .map(|_| ()),
-                    other => panic!("unexpected kind {other:?}"),
-                }
-                .expect("apply");
-            }
-        })
+        self.with_datastore(async move |ds: &Datastore, _| common::apply_yaml_docs(ds, &docs).await)
     }
 
     /// Allocates one address for a workload on `node` (handle `wl-<node>`), so that the node

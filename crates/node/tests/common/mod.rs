@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use calico_dataplane::sysctl;
 use calico_dataplane::{CALICO_HOST_MAC, Netlink, RTPROT_BOOT, Route, VethSpec};
-use calico_datastore::{EtcdClient, EtcdConfig};
+use calico_datastore::{Datastore, EtcdClient, EtcdConfig};
 use calico_docker::naming;
 use calico_lab::{Etcd, Host};
 use ipnet::IpNet;
@@ -99,4 +99,32 @@ pub async fn plumb_workload(host: &Host, ns: &Host, iface: &str, ip: Ipv4Addr) {
         .replace_route(&Route::device(addr, iface, RTPROT_BOOT))
         .await
         .expect("workload route");
+}
+
+/// Applies Calico resources given as YAML documents, one per string, in order; panics on a
+/// kind it does not know or a failed apply (tests only).
+pub async fn apply_yaml_docs(ds: &Datastore, docs: &[String]) {
+    for doc in docs {
+        let value: serde_json::Value = serde_yaml_ng::from_str(doc).expect("yaml");
+        let kind = value["kind"].as_str().unwrap_or_default().to_owned();
+        macro_rules! apply {
+            ($t:ty) => {
+                ds.apply(&serde_json::from_value::<$t>(value).expect(&kind))
+                    .await
+                    .map(|_| ())
+            };
+        }
+        match kind.as_str() {
+            "BGPConfiguration" => apply!(calico_api::BGPConfiguration),
+            "BGPPeer" => apply!(calico_api::BGPPeer),
+            "BGPFilter" => apply!(calico_api::BGPFilter),
+            "Tier" => apply!(calico_api::Tier),
+            "HostEndpoint" => apply!(calico_api::HostEndpoint),
+            "Profile" => apply!(calico_api::Profile),
+            "NetworkPolicy" => apply!(calico_api::NetworkPolicy),
+            "GlobalNetworkPolicy" => apply!(calico_api::GlobalNetworkPolicy),
+            other => panic!("unexpected kind {other:?}"),
+        }
+        .unwrap_or_else(|e| panic!("apply {kind}: {e}"));
+    }
 }

@@ -122,42 +122,10 @@ impl PolicyLab {
         })
     }
 
-    /// Applies Calico resources given as YAML documents (Tier, Profile, HostEndpoint, NetworkPolicy,
-    /// GlobalNetworkPolicy).
+    /// Applies Calico resources given as YAML documents ([`common::apply_yaml_docs`]).
     pub fn apply_yaml(&self, docs: &[String]) {
         let docs = docs.to_vec();
-        self.with_datastore(async move |ds: &Datastore| {
-            for doc in docs {
-                let value: serde_json::Value = serde_yaml_ng::from_str(&doc).expect("yaml");
-                let r = match value["kind"].as_str() {
-                    Some("Tier") => ds
-                        .apply(&serde_json::from_value::<calico_api::Tier>(value).unwrap())
-                        .await
-                        .map(|_| ()),
-                    Some("HostEndpoint") => ds
-                        .apply(&serde_json::from_value::<calico_api::HostEndpoint>(value).unwrap())
-                        .await
-                        .map(|_| ()),
-                    Some("Profile") => ds
-                        .apply(&serde_json::from_value::<calico_api::Profile>(value).unwrap())
-                        .await
-                        .map(|_| ()),
-                    Some("NetworkPolicy") => ds
-                        .apply(&serde_json::from_value::<calico_api::NetworkPolicy>(value).unwrap())
-                        .await
-                        .map(|_| ()),
-                    Some("GlobalNetworkPolicy") => ds
-                        .apply(
-                            &serde_json::from_value::<calico_api::GlobalNetworkPolicy>(value)
-                                .unwrap(),
-                        )
-                        .await
-                        .map(|_| ()),
-                    other => panic!("unexpected kind {other:?}"),
-                };
-                r.expect("apply");
-            }
-        })
+        self.with_datastore(async move |ds: &Datastore| common::apply_yaml_docs(ds, &docs).await)
     }
 
     /// A workload `pod` in `namespace` at `ip` (10.65.0.0/16), plumbed and declared as a k8s
