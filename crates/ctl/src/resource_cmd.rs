@@ -415,11 +415,8 @@ impl Batch {
         cur: &Stored,
         item: impl FnOnce() -> BatchItem,
     ) {
-        if owned_by_kubernetes(&cur.value) {
-            self.errors.push(ResourceError::OwnedByKubernetes {
-                operation: verb.operation(),
-                id: key.identifier(),
-            });
+        if let Some(e) = kubernetes_owner(verb, key, cur) {
+            self.errors.push(e);
         } else if let Some(given) = given.filter(|g| *g != cur.revision) {
             self.errors.push(ResourceError::OutOfDate {
                 id: key.identifier(),
@@ -474,6 +471,14 @@ fn refused(verb: Verb, kind: &KindInfo, key: &ResourceKey) -> Option<ResourceErr
     } else {
         None
     }
+}
+
+/// Why `verb` may not change the stored object `cur`: Kubernetes owns it.
+fn kubernetes_owner(verb: Verb, key: &ResourceKey, cur: &Stored) -> Option<ResourceError> {
+    owned_by_kubernetes(&cur.value).then(|| ResourceError::OwnedByKubernetes {
+        operation: verb.operation(),
+        id: key.identifier(),
+    })
 }
 
 /// The document with `metadata.resourceVersion` set to `revision`: the batch writer's
@@ -916,16 +921,16 @@ pub async fn patch(
         total: 1,
         errors: vec![e],
     };
-    if info.read_only {
-        return Err(failed(ResourceError::ReadOnly {
-            operation: Verb::Patch.operation(),
-            kind: info.kind,
-        }));
+    if let Some(e) = refused(Verb::Patch, info, &key) {
+        return Err(failed(e));
     }
     let store = session.store(config_path, io).await?;
     let Some(cur) = store.get(&key).await? else {
         return Err(failed(ResourceError::DoesNotExist(key.identifier())));
     };
+    if let Some(e) = kubernetes_owner(Verb::Patch, &key, &cur) {
+        return Err(failed(e));
+    }
     let mut patched = cur.value.clone();
     merge_patch::apply(&mut patched, &patch);
     // Identity is not patchable: keep the stored metadata except labels and annotations.
@@ -996,14 +1001,14 @@ pub async fn label(
             source: ResourceError::DoesNotExist(key.identifier()),
         });
     };
-    if info.read_only {
+    // A label change is a replace of the stored object: refused where a replace is.
+    if let Some(e) =
+        refused(Verb::Replace, info, &key).or_else(|| kubernetes_owner(Verb::Replace, &key, &cur))
+    {
         return Err(ResourceCmdError::LabelTarget {
             kind: args.kind.clone(),
             name: args.name.clone(),
-            source: ResourceError::ReadOnly {
-                operation: "apply or replace",
-                kind: info.kind,
-            },
+            source: e,
         });
     }
     let mut updated = cur.value.clone();

@@ -724,6 +724,20 @@ spec:
     let deleted = ctl.run(&["delete", "ippool", "pool-a"]).await;
     let out = deleted.failed();
     assert!(out.stderr.contains("owned by Kubernetes"), "{}", out.stderr);
+    let patched = ctl
+        .run(&[
+            "patch",
+            "ippool",
+            "pool-a",
+            "-p",
+            r#"{"spec":{"disabled":true}}"#,
+        ])
+        .await;
+    let out = patched.failed();
+    assert!(out.stderr.contains("owned by Kubernetes"), "{}", out.stderr);
+    let labelled = ctl.run(&["label", "ippool", "pool-a", "team=x"]).await;
+    let out = labelled.failed();
+    assert!(out.stderr.contains("owned by Kubernetes"), "{}", out.stderr);
     assert_eq!(etcd.dump().await, before, "a refused edit changed etcd");
 }
 
@@ -740,4 +754,46 @@ async fn kubernetes_policies_cannot_be_written_through_calicoctl() {
         "{out:?}"
     );
     assert!(etcd.dump().await.is_empty());
+    // As the Kubernetes side stores one: patch and label refuse it like apply does.
+    let key = "/calico/resources/v3/projectcalico.org/networkpolicies/default/knp.default.allow";
+    let doc = serde_json::json!({
+        "apiVersion": "projectcalico.org/v3",
+        "kind": "NetworkPolicy",
+        "metadata": {"name": "knp.default.allow", "namespace": "default"},
+        "spec": {"selector": "all()"},
+    });
+    etcd.client()
+        .await
+        .put(key, doc.to_string(), None)
+        .await
+        .expect("write the Kubernetes policy");
+    let before = etcd.dump().await;
+    for args in [
+        &[
+            "patch",
+            "networkpolicy",
+            "knp.default.allow",
+            "-n",
+            "default",
+            "-p",
+            r#"{"spec":{"order":1}}"#,
+        ][..],
+        &[
+            "label",
+            "networkpolicy",
+            "knp.default.allow",
+            "-n",
+            "default",
+            "team=x",
+        ][..],
+    ] {
+        let out = ctl.run(args).await;
+        assert!(
+            out.failed()
+                .stderr
+                .contains("kubernetes network policies must be managed through the kubernetes API"),
+            "{args:?}: {out:?}"
+        );
+    }
+    assert_eq!(etcd.dump().await, before, "a refused edit changed etcd");
 }
