@@ -517,7 +517,7 @@ pub async fn run(mut cfg: NodeConfig, etcd: EtcdClient) -> Result<(), AgentError
             tokio::select! {
                 ev = watch_rx.recv() => {
                     let Some(ev) = ev else { return Ok(()) };
-                    work.event(&mut store, &ev);
+                    work.event(&mut store, ev);
                     synced_once |= store.revision() > 0;
                     break;
                 }
@@ -541,7 +541,7 @@ pub async fn run(mut cfg: NodeConfig, etcd: EtcdClient) -> Result<(), AgentError
         // Take the changes that arrive right behind the first into the same round.
         tokio::time::sleep(COALESCE).await;
         while let Ok(ev) = watch_rx.try_recv() {
-            work.event(&mut store, &ev);
+            work.event(&mut store, ev);
             synced_once |= store.revision() > 0;
         }
         while let Ok(n) = route_rx.rx.try_recv() {
@@ -619,13 +619,15 @@ struct Work {
 
 impl Work {
     /// Takes one watch event into the work.
-    fn event(&mut self, store: &mut Store, ev: &WatchEvent) {
-        self.change.merge(store.apply(ev));
-        let key = match ev {
-            WatchEvent::Put(kv) => kv.key.as_str(),
-            WatchEvent::Delete { key, .. } => key.as_str(),
-            WatchEvent::Snapshot(_) => "",
+    fn event(&mut self, store: &mut Store, ev: WatchEvent) {
+        let key = match &ev {
+            WatchEvent::Put(kv) => kv.key.clone(),
+            WatchEvent::Delete { key, .. } => key.clone(),
+            WatchEvent::Snapshot(_) => String::new(),
         };
+        // By value: the store takes a snapshot's objects in one by one (see `Store::apply`).
+        self.change.merge(store.apply(ev));
+        let key = key.as_str();
         if let Some((host, block)) = calico_ipam::model::parse_affinity_key(key)
             && host != store.node()
         {

@@ -1333,7 +1333,7 @@ mod tests {
     }
 
     fn put(store: &mut Store, key: &str, value: serde_json::Value) {
-        store.apply(&calico_datastore::WatchEvent::Put(
+        store.apply(calico_datastore::WatchEvent::Put(
             calico_datastore::KeyValue {
                 key: key.into(),
                 value: serde_json::to_vec(&value).unwrap(),
@@ -1381,15 +1381,33 @@ mod tests {
         assert_eq!(t.blocks_changed(&store, &changed), Some(vec![want.clone()]));
         // Only that block's route was added to the plan.
         let mut expected = before.clone();
-        expected.insert(want);
+        expected.insert(want.clone());
         assert_eq!(t.plan.routes, expected);
         // Nothing changed since: nothing to install.
         assert_eq!(t.blocks_changed(&store, &changed), Some(vec![]));
         // This node's own blocks are not routed here.
         let own: BTreeSet<(String, IpNet)> = [("node1".into(), net("10.65.0.0/26"))].into();
         assert_eq!(t.blocks_changed(&store, &own), Some(vec![]));
+        // Marked deleted (Calico marks an affinity before removing it): gone already.
+        put(
+            &mut store,
+            key,
+            serde_json::json!({"state": "confirmed", "deleted": true}),
+        );
+        assert!(store.affinities().is_empty(), "{:?}", store.affinities());
+        assert_eq!(t.blocks_changed(&store, &changed), None);
+        let mut t = Tunnels {
+            plan: plan(&i),
+            ..Tunnels::new(true)
+        };
+        put(
+            &mut store,
+            key,
+            serde_json::json!({"state": "confirmed", "deleted": false}),
+        );
+        assert_eq!(t.blocks_changed(&store, &changed), Some(vec![want.clone()]));
         // The block goes: a full round decides what replaces the route.
-        store.apply(&calico_datastore::WatchEvent::Delete {
+        store.apply(calico_datastore::WatchEvent::Delete {
             key: key.into(),
             revision: store.revision() + 1,
             prev: None,

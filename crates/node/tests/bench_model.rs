@@ -41,11 +41,18 @@ const SAMPLES: usize = 21;
 struct Counting;
 
 static LIVE: AtomicIsize = AtomicIsize::new(0);
+/// The most bytes live at once since the last [`reset_peak`].
+static PEAK: AtomicIsize = AtomicIsize::new(0);
+
+fn grew(by: isize) {
+    let now = LIVE.fetch_add(by, Ordering::Relaxed) + by;
+    PEAK.fetch_max(now, Ordering::Relaxed);
+}
 
 // SAFETY: every call is forwarded to the system allocator unchanged; only a counter is added.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        LIVE.fetch_add(layout.size() as isize, Ordering::Relaxed);
+        grew(layout.size() as isize);
         unsafe { System.alloc(layout) }
     }
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
@@ -53,10 +60,7 @@ unsafe impl GlobalAlloc for Counting {
         unsafe { System.dealloc(ptr, layout) }
     }
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        LIVE.fetch_add(
-            new_size as isize - layout.size() as isize,
-            Ordering::Relaxed,
-        );
+        grew(new_size as isize - layout.size() as isize);
         unsafe { System.realloc(ptr, layout, new_size) }
     }
 }
@@ -67,6 +71,20 @@ static ALLOCATOR: Counting = Counting;
 /// Bytes live on the heap now.
 fn heap() -> isize {
     LIVE.load(Ordering::Relaxed)
+}
+
+/// Starts a new peak from the bytes live now.
+fn reset_peak() {
+    PEAK.store(heap(), Ordering::Relaxed);
+}
+
+/// The most bytes live at once since [`reset_peak`].
+fn peak() -> isize {
+    PEAK.load(Ordering::Relaxed)
+}
+
+fn mib(bytes: isize) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0)
 }
 
 /// The heap a copy of `v` holds (what `v` itself holds, as far as its `Clone` copies it).
@@ -129,13 +147,39 @@ fn run_scale(nodes: usize) {
 
         let rss_before = rss_kib();
         let heap_before = heap();
+        reset_peak();
         let t = Instant::now();
         let f = Follower::start(kv.clone(), "node-0");
         reached(&f, written).await;
         let first_sync = t.elapsed();
         let rss_model = rss_kib().saturating_sub(rss_before);
         let heap_model = (heap() - heap_before) as f64 / (1024.0 * 1024.0);
+        let peak_model = mib(peak() - heap_before);
+        f.observe(|s| {
+            let (store, p) = (&s.store, s.store.policy());
+            let nodes: Vec<_> = store.nodes().cloned().collect();
+            println!(
+                "BENCH|model|{nodes_n}|store_mib|other_endpoints|{:.1}|own_endpoints|{:.1}|policies|{:.1}|network_sets|{:.1}|affinities|{:.1}|nodes|{:.1}",
+                heap_of(&p.other_workload_endpoints),
+                heap_of(&p.workload_endpoints),
+                heap_of(&p.global_network_policies),
+                heap_of(&p.global_network_sets),
+                heap_of(store.affinities()),
+                heap_of(&nodes),
+                nodes_n = nodes.len(),
+            );
+            if let Some(Ok((program, _))) = s.policy.as_ref().map(|m| m.program()) {
+                let lists: f64 = program.rule_lists.values().map(|r| heap_of(&**r)).sum();
+                let sets: f64 = program.sets.values().map(|x| heap_of(&**x)).sum();
+                println!(
+                    "BENCH|model|{}|program_mib|endpoints|{:.1}|rule_lists|{lists:.1}|sets|{sets:.1}",
+                    nodes.len(),
+                    heap_of(&program.endpoints),
+                );
+            }
+        });
         let s = f.state();
+        println!("BENCH|model|{nodes}|heap_mib|peak_during_first_sync|{peak_model:.1}");
         println!(
             "BENCH|model|{nodes}|heap_mib|follower|{heap_model:.1}|store|{:.1}|policy_model|{:.1}",
             heap_of(&s.store),

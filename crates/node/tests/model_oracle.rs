@@ -395,7 +395,7 @@ fn check(ops: &[Op]) -> Result<Seen, TestCaseError> {
     let mut etcd: BTreeMap<String, KeyValue> = BTreeMap::new();
     let mut store = Store::new(NODE);
     let mut rev = 1;
-    store.apply(&WatchEvent::Snapshot(Listing {
+    store.apply(WatchEvent::Snapshot(Listing {
         kvs: vec![],
         revision: rev,
     }));
@@ -426,7 +426,7 @@ fn check(ops: &[Op]) -> Result<Seen, TestCaseError> {
                 }
             }
         };
-        let ch = store.apply(&ev);
+        let ch = store.apply(ev);
         if ch.snapshot {
             model = PolicyModel::new(&store, &felix);
         } else {

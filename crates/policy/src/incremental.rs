@@ -12,8 +12,9 @@
 //!   other rule list is reused; sets no rule list uses any more leave the set index;
 //! - an endpoint or network set changes only the sets whose selectors it enters or leaves
 //!   ([`crate::sets::SetIndex`], indexed by label key); a local endpoint also gets its own
-//!   chains recompiled. Of another node's endpoint nothing is kept here but its identity (the
-//!   set index holds what sets need: labels, addresses, named ports);
+//!   chains recompiled. Of another node's endpoint nothing is kept here: the set index holds
+//!   what sets need (labels, addresses, named ports) under the caller's key
+//!   ([`SourceId::Key`]), so a change or a deletion finds it by that key alone;
 //! - tiers, profiles (their labels are inherited by endpoints) and the failsafe ports are rare
 //!   and change every chain: the caller rebuilds ([`Incremental::build`]).
 //!
@@ -35,7 +36,7 @@ use crate::model::{Direction, Failsafe, HostEndpoint, Policy, PolicyModel, Workl
 use crate::program::{
     EndpointId, HostProgram, IpSet, RuleListId, for_each_rule_list, for_each_set,
 };
-use crate::sets::{SetChange, SetId, SetSource, SourceId};
+use crate::sets::{SetId, SetSource, SourceId};
 
 /// A policy resource of any of the four kinds.
 #[derive(Debug, Clone, Copy)]
@@ -118,47 +119,22 @@ enum Source {
     NetworkSet(crate::model::NetworkSet),
 }
 
-impl Source {
-    fn id(&self) -> SourceId {
-        match self {
-            Source::Workload(w) => SourceId::Workload {
-                namespace: w.namespace.clone(),
-                name: w.name.clone(),
-            },
-            Source::Host(h) => SourceId::Host {
-                name: h.name.clone(),
-            },
-            Source::NetworkSet(n) => SourceId::NetworkSet {
-                namespace: n.namespace.clone(),
-                name: n.name.clone(),
-            },
-        }
-    }
-}
-
-/// What the state keeps of a source: a local endpoint whole (its chains are compiled from
-/// it), anything else only its identity in the set index.
-#[derive(Debug, Clone)]
-enum Kept {
-    /// Boxed: every other node's endpoint is an `Other`, which must stay small.
-    Local(Box<Source>),
-    Other(SourceId),
-}
-
-impl Kept {
-    fn id(&self) -> SourceId {
-        match self {
-            Kept::Local(s) => s.id(),
-            Kept::Other(id) => id.clone(),
-        }
-    }
-}
-
-/// What one policy (by the caller's key) is enforced as.
+/// What one policy (by the caller's key) is enforced as: its name and whether it is staged
+/// when it is enforced at all (the compiler holds the policy itself: no second copy here),
+/// and what is not enforced as written.
 #[derive(Debug, Clone)]
 struct Isolated {
-    policy: Option<Policy>,
+    id: Option<(String, bool)>,
     issues: Vec<PolicyIssue>,
+}
+
+impl Isolated {
+    fn of(policy: Option<&Policy>, issues: Vec<PolicyIssue>) -> Isolated {
+        Isolated {
+            id: policy.map(|p| (p.qualified_name(), p.staged)),
+            issues,
+        }
+    }
 }
 
 /// See the module documentation.
@@ -175,9 +151,9 @@ struct State {
     tiers: Vec<crate::model::Tier>,
     profile_issues: Vec<PolicyIssue>,
     policies: BTreeMap<String, Isolated>,
-    sources: BTreeMap<String, Kept>,
-    /// Keys of the sources that are this node's endpoints.
-    local: BTreeSet<String>,
+    /// This node's endpoints, whole (their chains are compiled from them), by the caller's
+    /// key. Every source, local or not, is in the set index under [`SourceId::Key`].
+    local: BTreeMap<String, Source>,
     compiler: Compiler,
     program: HostProgram,
     issues: Vec<PolicyIssue>,
@@ -209,13 +185,11 @@ impl Builder {
         let state = self.state.map(|mut state| {
             let (mut workloads, mut hosts): (Vec<&WorkloadEndpoint>, Vec<&HostEndpoint>) =
                 (vec![], vec![]);
-            for k in &state.local {
-                if let Some(Kept::Local(s)) = state.sources.get(k) {
-                    match &**s {
-                        Source::Workload(w) => workloads.push(w),
-                        Source::Host(h) => hosts.push(h),
-                        Source::NetworkSet(_) => {}
-                    }
+            for s in state.local.values() {
+                match s {
+                    Source::Workload(w) => workloads.push(w),
+                    Source::Host(h) => hosts.push(h),
+                    Source::NetworkSet(_) => {}
                 }
             }
             let program = state.compiler.host_program_for(&workloads, &hosts);
@@ -273,10 +247,7 @@ impl Incremental {
         let Ok(state) = self.state.as_mut() else {
             return Err(Rebuild);
         };
-        let isolated = policy.map(|p| {
-            let (policy, issues) = p.isolate(&state.tiers);
-            Isolated { policy, issues }
-        });
+        let isolated = policy.map(|p| p.isolate(&state.tiers));
         state.update_policy(key, isolated).map_err(|_| Rebuild)
     }
 
@@ -301,9 +272,11 @@ fn start(r: &KeyedResources<'_>, failsafe: &Failsafe) -> Result<State, IsolateEr
     let tiers_api: Vec<api::Tier> = r.tiers.iter().map(|t| (*t).clone()).collect();
     let tiers = from_api::tiers(&tiers_api)?;
     let mut policies = BTreeMap::new();
+    let mut enforced = Vec::new();
     for (k, p) in &r.policies {
         let (policy, issues) = p.isolate(&tiers);
-        policies.insert(k.to_string(), Isolated { policy, issues });
+        policies.insert(k.to_string(), Isolated::of(policy.as_ref(), issues));
+        enforced.extend(policy);
     }
     let mut profile_issues = Vec::new();
     let mut profiles = Vec::new();
@@ -317,7 +290,7 @@ fn start(r: &KeyedResources<'_>, failsafe: &Failsafe) -> Result<State, IsolateEr
     // not even for the time of the build).
     let compiler = Compiler::new(&PolicyModel {
         tiers: tiers.clone(),
-        policies: policies.values().filter_map(|i| i.policy.clone()).collect(),
+        policies: enforced,
         profiles,
         failsafe: failsafe.clone(),
         ..Default::default()
@@ -326,8 +299,7 @@ fn start(r: &KeyedResources<'_>, failsafe: &Failsafe) -> Result<State, IsolateEr
         tiers,
         profile_issues,
         policies,
-        sources: BTreeMap::new(),
-        local: BTreeSet::new(),
+        local: BTreeMap::new(),
         compiler,
         program: HostProgram::default(),
         issues: Vec::new(),
@@ -337,15 +309,13 @@ fn start(r: &KeyedResources<'_>, failsafe: &Failsafe) -> Result<State, IsolateEr
 impl State {
     /// A source while building (no set exists yet, so indexing it changes none).
     fn add_source(&mut self, key: &str, s: Source, node: Option<&str>) {
-        let (id, src) = State::set_source(&self.compiler, &s);
-        self.compiler.index_mut().upsert_source(id.clone(), src);
-        let kept = if State::is_local(&s, node) {
-            self.local.insert(key.to_string());
-            Kept::Local(Box::new(s))
-        } else {
-            Kept::Other(id)
-        };
-        self.sources.insert(key.to_string(), kept);
+        let src = State::set_source(&self.compiler, &s);
+        self.compiler
+            .index_mut()
+            .upsert_source(SourceId::Key(key.to_string()), src);
+        if State::is_local(&s, node) {
+            self.local.insert(key.to_string(), s);
+        }
     }
 
     fn collect_issues(&mut self) {
@@ -404,25 +374,18 @@ impl State {
     fn update_policy(
         &mut self,
         key: &str,
-        new: Option<Isolated>,
+        new: Option<(Option<Policy>, Vec<PolicyIssue>)>,
     ) -> Result<(), crate::compile::CompileError> {
-        let old = self.policies.remove(key);
-        let old_id = old
-            .as_ref()
-            .and_then(|i| i.policy.as_ref())
-            .map(|p| (p.qualified_name(), p.staged));
-        let new_id = new
-            .as_ref()
-            .and_then(|i| i.policy.as_ref())
-            .map(|p| (p.qualified_name(), p.staged));
-        let local: Vec<Source> = self
-            .local
-            .iter()
-            .filter_map(|k| match self.sources.get(k) {
-                Some(Kept::Local(s)) => Some((**s).clone()),
-                _ => None,
-            })
-            .collect();
+        let old_id = self.policies.remove(key).and_then(|i| i.id);
+        let (new_policy, new) = match new {
+            Some((policy, issues)) => {
+                let isolated = Isolated::of(policy.as_ref(), issues);
+                (policy, Some(isolated))
+            }
+            None => (None, None),
+        };
+        let new_id = new.as_ref().and_then(|i| i.id.clone());
+        let local: Vec<Source> = self.local.values().cloned().collect();
         let selected = |state: &State, id: &Option<(String, bool)>| -> BTreeSet<usize> {
             let Some((name, staged)) = id else {
                 return BTreeSet::new();
@@ -457,7 +420,7 @@ impl State {
             }
             self.compiler.remove_policy(name, *staged);
         }
-        if let Some(p) = new.as_ref().and_then(|i| i.policy.as_ref()) {
+        if let Some(p) = &new_policy {
             self.compiler.upsert_policy(p)?;
         }
         affected.extend(selected(self, &new_id));
@@ -505,38 +468,31 @@ impl State {
         }
     }
 
-    /// What a converted source offers the set index, and under which id.
-    fn set_source(compiler: &Compiler, s: &Source) -> (SourceId, SetSource) {
+    /// What a converted source offers the set index.
+    fn set_source(compiler: &Compiler, s: &Source) -> SetSource {
         match s {
-            Source::Workload(w) => compiler.workload_source(w),
-            Source::Host(h) => compiler.host_source(h),
-            Source::NetworkSet(n) => (
-                s.id(),
-                SetSource {
-                    labels: crate::labels::network_set_labels(n),
-                    nets: n.nets.clone(),
-                    ports: Vec::new(),
-                },
-            ),
+            Source::Workload(w) => compiler.workload_source(w).1,
+            Source::Host(h) => compiler.host_source(h).1,
+            Source::NetworkSet(n) => SetSource {
+                labels: crate::labels::network_set_labels(n),
+                nets: n.nets.clone(),
+                ports: Vec::new(),
+            },
         }
     }
 
     /// Replaces one endpoint or network set: the sets it enters or leaves, and its own chains
     /// when it is local.
     fn update_source(&mut self, key: &str, new: Option<Source>, node: Option<&str>) {
-        let old = self.sources.remove(key);
-        let old_id = old.as_ref().map(Kept::id);
-        let mut changes: Vec<SetChange> = Vec::new();
-        if let Some(o) = &old_id
-            && new.as_ref().is_none_or(|n| n.id() != *o)
-        {
-            changes.extend(self.compiler.index_mut().remove_source(o));
-        }
-        let new_id = new.as_ref().map(|n| {
-            let (id, src) = Self::set_source(&self.compiler, n);
-            changes.extend(self.compiler.index_mut().upsert_source(id.clone(), src));
-            id
-        });
+        let old = self.local.remove(key);
+        let id = SourceId::Key(key.to_string());
+        let changes = match &new {
+            Some(n) => {
+                let src = Self::set_source(&self.compiler, n);
+                self.compiler.index_mut().upsert_source(id, src)
+            }
+            None => self.compiler.index_mut().remove_source(&id),
+        };
         for c in changes {
             if let Some(set) = self.program.sets.get_mut(&c.id) {
                 let set = Arc::make_mut(set);
@@ -546,24 +502,17 @@ impl State {
                 set.members.extend(c.added);
             }
         }
-        let was_local = matches!(old, Some(Kept::Local(_)));
-        if let Some(Kept::Local(o)) = &old
-            && let Some(id) = Self::endpoint_id(o)
-        {
+        let was_local = old.is_some();
+        if let Some(id) = old.as_ref().and_then(Self::endpoint_id) {
             self.program.endpoints.remove(&id);
         }
-        self.local.remove(key);
         let mut is_local = false;
-        if let (Some(n), Some(id)) = (new, new_id) {
-            let kept = if Self::is_local(&n, node) {
-                is_local = true;
-                self.local.insert(key.to_string());
-                self.recompile_endpoint(&n);
-                Kept::Local(Box::new(n))
-            } else {
-                Kept::Other(id)
-            };
-            self.sources.insert(key.to_string(), kept);
+        if let Some(n) = new
+            && Self::is_local(&n, node)
+        {
+            is_local = true;
+            self.recompile_endpoint(&n);
+            self.local.insert(key.to_string(), n);
         }
         if was_local || is_local {
             self.refresh_lists_and_sets();
@@ -670,7 +619,7 @@ mod tests {
     }
 
     #[test]
-    fn keeps_only_the_identity_of_other_nodes_endpoints() {
+    fn keeps_nothing_of_other_nodes_endpoints_but_the_set_index() {
         let policies = vec![("p".to_string(), gnp("p", "b"))];
         let weps = vec![
             ("w1".to_string(), wep("w1", "n1", "a", "10.0.0.1/32")),
@@ -678,12 +627,11 @@ mod tests {
         ];
         let inc = Incremental::build(keyed(&policies, &weps), &Failsafe::default(), Some("n1"));
         let state = inc.state.as_ref().unwrap();
-        assert!(matches!(state.sources.get("w1"), Some(Kept::Local(_))));
-        assert!(matches!(
-            state.sources.get("w2"),
-            Some(Kept::Other(SourceId::Workload { name, .. })) if name == "w2"
-        ));
-        assert_eq!(state.local, BTreeSet::from(["w1".to_string()]));
+        assert_eq!(state.local.keys().collect::<Vec<_>>(), ["w1"]);
+        assert_eq!(
+            state.compiler.index().source_ids().collect::<Vec<_>>(),
+            [&SourceId::Key("w1".into()), &SourceId::Key("w2".into())]
+        );
         assert_eq!(inc.program().unwrap().0, &oracle(&policies, &weps));
         // The other node's endpoint is in the set its label selects.
         let set = &inc.program().unwrap().0.sets[&selector_set("app == 'b'")];

@@ -116,6 +116,10 @@ pub enum SourceId {
         /// Name.
         name: String,
     },
+    /// Any source, by its caller's own unique key (the incremental engine: the datastore
+    /// key, which it has at hand for a change or a deletion, so it keeps nothing else to
+    /// find a source by).
+    Key(String),
 }
 
 /// What a source offers to sets.
@@ -302,6 +306,11 @@ impl SetIndex {
                 }
             }
         }
+    }
+
+    /// Ids of every source.
+    pub fn source_ids(&self) -> impl Iterator<Item = &SourceId> {
+        self.sources.keys()
     }
 
     /// Ids of every tracked set.

@@ -63,11 +63,11 @@ impl Follower {
                     };
                     let mut s = shared.lock().unwrap_or_else(|p| p.into_inner());
                     let s = &mut *s;
-                    let mut change = s.store.apply(&ev);
+                    let mut change = s.store.apply(ev);
                     s.events += 1;
                     // Take whatever else is already here into the same round.
                     while let Some(Some(Ok(more))) = events.next().now_or_never() {
-                        change.merge(s.store.apply(&more));
+                        change.merge(s.store.apply(more));
                         s.events += 1;
                     }
                     if change.aspects.policy || change.aspects.felix {

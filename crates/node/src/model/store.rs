@@ -278,7 +278,7 @@ impl Store {
     }
 
     /// Every node's block affinities, (host, block) → state (for routes to other nodes'
-    /// blocks that do not come over BGP, e.g. tunnels).
+    /// blocks that do not come over BGP, e.g. tunnels); one marked deleted is not here.
     pub fn affinities(&self) -> &BTreeMap<(String, IpNet), AffinityState> {
         &self.affinities
     }
@@ -328,14 +328,16 @@ impl Store {
         )
     }
 
-    /// Applies one watch event; returns what it touched.
-    pub fn apply(&mut self, ev: &WatchEvent) -> Change {
+    /// Applies one watch event; returns what it touched. Taken by value: a snapshot (the
+    /// start-up list, 54,000 objects at 1,000 nodes) lets go of each object's text as soon
+    /// as it is in the view, so the whole list and the whole view are never held together.
+    pub fn apply(&mut self, ev: WatchEvent) -> Change {
         match ev {
             WatchEvent::Snapshot(listing) => {
                 let node = std::mem::take(&mut self.node);
                 *self = Store::new(&node);
-                for kv in &listing.kvs {
-                    self.put(kv);
+                for kv in listing.kvs {
+                    self.put(&kv);
                 }
                 self.revision = listing.revision;
                 Change {
@@ -346,11 +348,11 @@ impl Store {
             }
             WatchEvent::Put(kv) => {
                 self.revision = self.revision.max(kv.mod_revision);
-                self.put(kv)
+                self.put(&kv)
             }
             WatchEvent::Delete { key, revision, .. } => {
-                self.revision = self.revision.max(*revision);
-                self.delete(key)
+                self.revision = self.revision.max(revision);
+                self.delete(&key)
             }
         }
     }
@@ -383,7 +385,10 @@ impl Store {
             let state =
                 kv.and_then(
                     |kv| match serde_json::from_slice::<AffinityValue>(&kv.value) {
-                        // As `Ipam::host_affinities` reads them (the oracle): any state, deleted or not.
+                        // Marked deleted: on its way out (Calico marks an affinity before it
+                        // removes it, and reads a marked one as absent): gone for routes
+                        // and tunnels alike.
+                        Ok(v) if v.deleted => None,
                         Ok(v) => Some(v.state),
                         Err(e) => {
                             warn!(key, error = %e, "block affinity does not decode; ignored");
@@ -541,5 +546,43 @@ fn set<T>(map: &mut ByKey<T>, key: &str, obj: Option<T>) -> bool {
             true
         }
         None => map.remove(key).is_some(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn put(store: &mut Store, key: &str, value: serde_json::Value) -> Change {
+        let revision = store.revision() + 1;
+        store.apply(WatchEvent::Put(KeyValue {
+            key: key.into(),
+            value: serde_json::to_vec(&value).unwrap(),
+            create_revision: 1,
+            mod_revision: revision,
+        }))
+    }
+
+    #[test]
+    fn an_affinity_marked_deleted_is_gone_for_routes_and_tunnels() {
+        let mut store = Store::new("node1");
+        let own = "/calico/ipam/v2/host/node1/ipv4/block/10.65.0.0-26";
+        let other = "/calico/ipam/v2/host/node2/ipv4/block/10.65.1.0-26";
+        let block: IpNet = "10.65.0.0/26".parse().unwrap();
+        let confirmed = serde_json::json!({"state": "confirmed", "deleted": false});
+        let marked = serde_json::json!({"state": "confirmed", "deleted": true});
+        assert!(put(&mut store, own, confirmed.clone()).aspects.routes);
+        put(&mut store, other, confirmed.clone());
+        assert_eq!(store.own_blocks(), &BTreeSet::from([block]));
+        assert_eq!(store.affinities().len(), 2);
+        // Marked deleted: no longer this node's block (its route goes), nor another's.
+        let change = put(&mut store, own, marked.clone());
+        assert!(change.aspects.routes && change.aspects.speaker);
+        assert!(store.own_blocks().is_empty());
+        put(&mut store, other, marked);
+        assert!(store.affinities().is_empty(), "{:?}", store.affinities());
+        // Unmarked again (a new claim of the block): back.
+        put(&mut store, own, confirmed);
+        assert_eq!(store.own_blocks(), &BTreeSet::from([block]));
     }
 }
