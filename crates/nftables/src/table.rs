@@ -169,6 +169,96 @@ impl TableSpec {
     }
 }
 
+/// The parts of a table that a change touches, by name: the new state of each set and chain
+/// (`None`: it goes). Everything the patch does not name stays as it is. Built by
+/// [`crate::render::render_changes`] from what the program says changed, so a round costs the
+/// change, not the table.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct TablePatch {
+    /// Sets and verdict maps.
+    pub sets: BTreeMap<String, Option<Arc<SetState>>>,
+    /// Chains.
+    pub chains: BTreeMap<String, Option<Arc<ChainState>>>,
+}
+
+impl TablePatch {
+    /// Takes every set and chain of `part` (a table holding only new or changed parts).
+    pub fn put(&mut self, part: TableSpec) {
+        self.sets
+            .extend(part.sets.into_iter().map(|(n, s)| (n, Some(s))));
+        self.chains
+            .extend(part.chains.into_iter().map(|(n, c)| (n, Some(c))));
+    }
+
+    /// Whether it names nothing.
+    pub fn is_empty(&self) -> bool {
+        self.sets.is_empty() && self.chains.is_empty()
+    }
+}
+
+impl TableSpec {
+    /// Makes this table what `patch` says for every name it names.
+    pub fn apply_patch(&mut self, patch: &TablePatch) {
+        for (name, s) in &patch.sets {
+            match s {
+                Some(s) => {
+                    self.sets.insert(name.clone(), s.clone());
+                }
+                None => {
+                    self.sets.remove(name);
+                }
+            }
+        }
+        for (name, c) in &patch.chains {
+            match c {
+                Some(c) => {
+                    self.chains.insert(name.clone(), c.clone());
+                }
+                None => {
+                    self.chains.remove(name);
+                }
+            }
+        }
+    }
+}
+
+/// The operations that turn `old` into `old` with `patch` applied: [`diff`] of the parts the
+/// patch names only (old and new), so its cost follows the patch. `None` when the patch
+/// changes the spec of a set or chain that stays (re-creating it means rewriting every
+/// chain that refers to it, which only the whole [`diff`] knows).
+pub fn diff_patch(old: &TableSpec, patch: &TablePatch) -> Option<Vec<Op>> {
+    let (mut from, mut to) = (TableSpec::default(), TableSpec::default());
+    for (name, new) in &patch.sets {
+        let prev = old.sets.get(name);
+        if let (Some(o), Some(n)) = (prev, new)
+            && o.spec != n.spec
+        {
+            return None;
+        }
+        if let Some(o) = prev {
+            from.sets.insert(name.clone(), o.clone());
+        }
+        if let Some(n) = new {
+            to.sets.insert(name.clone(), n.clone());
+        }
+    }
+    for (name, new) in &patch.chains {
+        let prev = old.chains.get(name);
+        if let (Some(o), Some(n)) = (prev, new)
+            && o.spec != n.spec
+        {
+            return None;
+        }
+        if let Some(o) = prev {
+            from.chains.insert(name.clone(), o.clone());
+        }
+        if let Some(n) = new {
+            to.chains.insert(name.clone(), n.clone());
+        }
+    }
+    Some(diff(&Applied::Exactly(from), &to))
+}
+
 /// What the last applied table is known to hold.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Applied {
