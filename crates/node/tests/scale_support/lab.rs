@@ -98,6 +98,10 @@ pub struct ScaleLab {
     pub run_dir: PathBuf,
     pub lab: Lab,
     pub shape: Shape,
+    /// One nf_tables socket in node-0's namespace for the probes (opened at first use and
+    /// kept: a probe polls every 0.5 ms, and opening a socket in a namespace per poll cost
+    /// milliseconds of the same two cores the agent runs on).
+    nft: std::cell::RefCell<Option<NftSocket>>,
 }
 
 impl ScaleLab {
@@ -125,7 +129,17 @@ impl ScaleLab {
             run_dir,
             lab,
             shape,
+            nft: Default::default(),
         }
+    }
+
+    /// `f` with the probes' socket.
+    fn with_nft<R>(&self, f: impl FnOnce(&mut NftSocket) -> R) -> R {
+        let mut slot = self.nft.borrow_mut();
+        let s = slot.get_or_insert_with(|| {
+            NftSocket::open_in(&self.node.netns_path()).expect("nft socket")
+        });
+        f(s)
     }
 
     /// Runs `f` with an etcd client inside the etcd host's namespace.
@@ -303,8 +317,7 @@ impl ScaleLab {
     pub fn set_holds(&self, set: &str, ip: &str) -> bool {
         let ip: Ipv4Addr = ip.parse().expect("ip");
         let key = ip.octets().to_vec();
-        let mut s = NftSocket::open_in(&self.node.netns_path()).expect("nft socket");
-        let mut elems = s.set_elements(TABLE_NAME, set).expect("dump set");
+        let mut elems = self.with_nft(|s| s.set_elements(TABLE_NAME, set).expect("dump set"));
         elems.sort();
         // The last element whose key is not above the address: a start means inside.
         elems
@@ -346,10 +359,8 @@ impl ScaleLab {
 
     /// Whether a rule of `chain` has a comment ending in ` rule <index>`.
     pub fn chain_has_rule(&self, chain: &str, index: usize) -> bool {
-        let mut s = NftSocket::open_in(&self.node.netns_path()).expect("nft socket");
         let want = format!(" rule {index}");
-        s.rule_comments(TABLE_NAME, chain)
-            .expect("dump chain")
+        self.with_nft(|s| s.rule_comments(TABLE_NAME, chain).expect("dump chain"))
             .iter()
             .any(|c| c.ends_with(&want))
     }
