@@ -956,7 +956,7 @@ mod tests {
                 let mut t = TableSpec::default();
                 t.add_set(&set("s", true, false));
                 let nets = addrs.iter().map(|x| {
-                    ipnet::IpNet::from(std::net::Ipv4Addr::new(10, 0, 0, *x))
+                    ipnet::IpNet::from(std::net::IpAddr::from([10, 0, 0, *x]))
                 });
                 t.add_elements("s", &crate::render::interval_elems(nets));
                 t
