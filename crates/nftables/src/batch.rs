@@ -22,6 +22,7 @@ pub(crate) mod msg {
     pub const GETSET: u16 = 10;
     pub const DELSET: u16 = 11;
     pub const NEWSETELEM: u16 = 12;
+    pub const GETSETELEM: u16 = 13;
     pub const DELSETELEM: u16 = 14;
     pub const NEWGEN: u16 = 15;
     pub const GETGEN: u16 = 16;

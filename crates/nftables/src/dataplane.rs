@@ -6,13 +6,15 @@ use calico_policy::program::HostProgram;
 use calico_policy::sets::SetId;
 
 use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
 
 use crate::batch::{Batch, ChainSpec, ChainType, Family, Hook, KeyType, SetSpec, Verdict};
 use crate::render::{
-    EndpointToHost, RenderError, RenderSettings, TABLE_NAME, render_set_update, render_spec_from,
+    EndpointToHost, RenderError, RenderSettings, TABLE_NAME, render_changes, render_set_update,
+    render_spec_from,
 };
 use crate::socket::{NftError, NftSocket};
-use crate::table::{Applied, Op, TableSpec, diff, full_batch, to_batch};
+use crate::table::{Applied, Op, TableSpec, diff, diff_patch, full_batch, to_batch};
 
 /// What one [`PolicyDataplane::apply_changes`] sent.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -25,6 +27,42 @@ pub struct ApplyReport {
     pub chains: BTreeSet<String>,
     /// Sets (and verdict maps) whose elements it changed, or that it created or deleted.
     pub sets: BTreeSet<String>,
+    /// Where the time went: rendering the table from the program, computing the difference,
+    /// and the kernel's transaction (send to acknowledgement).
+    pub timings: ApplyTimings,
+}
+
+impl ApplyReport {
+    /// Notes the chains and sets `ops` touch.
+    fn record(&mut self, ops: &[Op]) {
+        for op in ops {
+            match op {
+                Op::FlushChain(c) | Op::DeleteChain(c) | Op::AddRule(c, _) => {
+                    self.chains.insert(c.clone());
+                }
+                Op::AddChain(c) => {
+                    self.chains.insert(c.name.clone());
+                }
+                Op::AddSet(s) => {
+                    self.sets.insert(s.name.clone());
+                }
+                Op::DeleteSet(s) | Op::FlushSet(s) | Op::AddElems(s, _) | Op::DeleteElems(s, _) => {
+                    self.sets.insert(s.clone());
+                }
+            }
+        }
+    }
+}
+
+/// How long each step of one apply took (logged with every applied change).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ApplyTimings {
+    /// [`render_spec_from`]: the program rendered as a table.
+    pub render: Duration,
+    /// [`diff`]: the operations from the last applied table to the new one.
+    pub diff: Duration,
+    /// The transaction: encoding, sending and the kernel's acknowledgement.
+    pub kernel: Duration,
 }
 
 /// Why a program could not be enforced.
@@ -48,6 +86,11 @@ pub struct PolicyDataplane {
     /// The program `applied` was rendered from (when it is `Applied::Exactly`): lets the
     /// next render reuse the chains and sets of what did not change.
     program: Option<HostProgram>,
+    /// The settings `applied` was rendered with: the table is patched by the program's
+    /// changes only while they stay the same.
+    rendered: Option<RenderSettings>,
+    /// The next apply renders and compares the whole table (the periodic resync).
+    whole_next: bool,
 }
 
 impl PolicyDataplane {
@@ -58,6 +101,8 @@ impl PolicyDataplane {
             settings: RenderSettings::default(),
             applied: None,
             program: None,
+            rendered: None,
+            whole_next: false,
         })
     }
 
@@ -68,6 +113,8 @@ impl PolicyDataplane {
             settings: RenderSettings::default(),
             applied: None,
             program: None,
+            rendered: None,
+            whole_next: false,
         })
     }
 
@@ -140,44 +187,49 @@ impl PolicyDataplane {
     /// difference the kernel refuses (e.g. someone changed the table behind our back), in
     /// the same atomic way.
     pub fn apply_changes(&mut self, program: &HostProgram) -> Result<ApplyReport, ApplyError> {
+        let whole = std::mem::take(&mut self.whole_next);
+        if !whole
+            && self.rendered.as_ref() == Some(&self.settings)
+            && let Some(report) = self.apply_patch(program)?
+        {
+            return Ok(report);
+        }
         let prev = match (&self.applied, &self.program) {
             (Some(Applied::Exactly(t)), Some(p)) => Some((p, t)),
             _ => None,
         };
+        let t = Instant::now();
         let spec = render_spec_from(program, &self.settings, prev)?;
-        let Some(applied) = &self.applied else {
-            return self.replace(spec, program);
+        let mut timings = ApplyTimings {
+            render: t.elapsed(),
+            ..Default::default()
         };
+        let Some(applied) = &self.applied else {
+            return self.replace(spec, program, timings);
+        };
+        let t = Instant::now();
         let ops = diff(applied, &spec);
+        timings.diff = t.elapsed();
         if ops.is_empty() {
-            return Ok(ApplyReport::default());
+            return Ok(ApplyReport {
+                timings,
+                ..Default::default()
+            });
         }
+        let t = Instant::now();
         let batch = to_batch(TABLE_NAME, &ops);
         if let Err(e) = self.socket.send(&batch) {
             tracing::warn!(error = %e, "incremental policy update refused; replacing the whole table");
-            return self.replace(spec, program);
+            return self.replace(spec, program, timings);
         }
+        timings.kernel = t.elapsed();
         let mut report = ApplyReport {
             full: false,
             messages: batch.len(),
+            timings,
             ..Default::default()
         };
-        for op in &ops {
-            match op {
-                Op::FlushChain(c) | Op::DeleteChain(c) | Op::AddRule(c, _) => {
-                    report.chains.insert(c.clone());
-                }
-                Op::AddChain(c) => {
-                    report.chains.insert(c.name.clone());
-                }
-                Op::AddSet(s) => {
-                    report.sets.insert(s.name.clone());
-                }
-                Op::DeleteSet(s) | Op::FlushSet(s) | Op::AddElems(s, _) | Op::DeleteElems(s, _) => {
-                    report.sets.insert(s.clone());
-                }
-            }
-        }
+        report.record(&ops);
         tracing::debug!(
             messages = report.messages,
             chains = report.chains.len(),
@@ -186,22 +238,79 @@ impl PolicyDataplane {
         );
         self.applied = Some(Applied::Exactly(spec));
         self.program = Some(program.clone());
+        self.rendered = Some(self.settings.clone());
         Ok(report)
+    }
+
+    /// The fast path of [`PolicyDataplane::apply_changes`]: only the sets and rule lists the
+    /// program changed (by pointer, see [`render_changes`]) are rendered and compared, and the
+    /// table we keep is patched in place. `None` when the change needs the whole render
+    /// (endpoints changed, a host endpoint, a set or chain re-created, nothing applied yet).
+    fn apply_patch(&mut self, program: &HostProgram) -> Result<Option<ApplyReport>, ApplyError> {
+        let (Some(Applied::Exactly(table)), Some(prev)) = (&self.applied, &self.program) else {
+            return Ok(None);
+        };
+        let t = Instant::now();
+        let Some(patch) = render_changes(program, (prev, table))? else {
+            return Ok(None);
+        };
+        let mut timings = ApplyTimings {
+            render: t.elapsed(),
+            ..Default::default()
+        };
+        let t = Instant::now();
+        let Some(ops) = diff_patch(table, &patch) else {
+            return Ok(None);
+        };
+        timings.diff = t.elapsed();
+        let mut report = ApplyReport {
+            timings,
+            ..Default::default()
+        };
+        if !ops.is_empty() {
+            let t = Instant::now();
+            let batch = to_batch(TABLE_NAME, &ops);
+            if let Err(e) = self.socket.send(&batch) {
+                tracing::warn!(error = %e, "incremental policy update refused; replacing the whole table");
+                let spec = render_spec_from(program, &self.settings, None)?;
+                return self.replace(spec, program, timings).map(Some);
+            }
+            report.timings.kernel = t.elapsed();
+            report.messages = batch.len();
+            report.record(&ops);
+        }
+        if let Some(Applied::Exactly(table)) = &mut self.applied {
+            table.apply_patch(&patch);
+        }
+        self.program = Some(program.clone());
+        Ok(Some(report))
+    }
+
+    /// The next [`PolicyDataplane::apply_changes`] renders the whole table from the program
+    /// and compares all of it with what was applied (the agent's periodic resync: whatever
+    /// an incremental step might have missed is repaired then).
+    pub fn whole_next(&mut self) {
+        self.whole_next = true;
     }
 
     fn replace(
         &mut self,
         spec: TableSpec,
         program: &HostProgram,
+        mut timings: ApplyTimings,
     ) -> Result<ApplyReport, ApplyError> {
+        let t = Instant::now();
         let batch = full_batch(TABLE_NAME, &spec);
         self.program = None;
         self.socket.send(&batch)?;
+        timings.kernel = t.elapsed();
         self.applied = Some(Applied::Exactly(spec));
         self.program = Some(program.clone());
+        self.rendered = Some(self.settings.clone());
         Ok(ApplyReport {
             full: true,
             messages: batch.len(),
+            timings,
             ..Default::default()
         })
     }

@@ -23,7 +23,7 @@ pub mod socket;
 pub mod table;
 
 pub use batch::{Batch, ChainSpec, ChainType, Expr, Family, Hook, SetElem, SetSpec, Verdict};
-pub use dataplane::{ApplyError, ApplyReport, PolicyDataplane};
+pub use dataplane::{ApplyError, ApplyReport, ApplyTimings, PolicyDataplane};
 pub use nat::NatOutgoing;
 pub use render::{
     DEFAULT_INTERFACE_PREFIX, EndpointToHost, RenderError, RenderSettings, TABLE_NAME,

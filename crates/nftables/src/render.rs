@@ -27,8 +27,10 @@
 //!
 //! Not rendered (an error, so nothing is silently weaker): ports without a protocol.
 
-use std::collections::BTreeSet;
+use std::cmp::Ordering;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use calico_policy::model::{Action, Direction, FailsafePort, IpVersion, Protocol};
 use calico_policy::program::IpSet;
@@ -45,7 +47,7 @@ use crate::batch::{
     Batch, ChainSpec, CmpOp, Expr, Family, Hook, KeyType, MetaKey, NFPROTO_IPV4, NFPROTO_IPV6,
     PayloadBase, SetElem, SetSpec, Verdict, ct,
 };
-use crate::table::{TableSpec, full_batch};
+use crate::table::{TablePatch, TableSpec, full_batch};
 
 /// The table calico-rs owns (and recognises after a restart).
 pub const TABLE_NAME: &str = "calico-rs";
@@ -356,6 +358,106 @@ pub fn render_spec_from(
     }
     crate::nat::render(&mut b, &settings.nat);
     Ok(b)
+}
+
+/// The parts of the table that change from `prev` (a program and the table rendered from it,
+/// with the same settings) to `host`, found by pointer: the program shares its sets and rule
+/// lists (`Arc`), and the incremental policy model replaces only those a change touches, so a
+/// walk that compares pointers (no rendering, no allocation) finds them, and only they are
+/// rendered. The result applied to `prev`'s table equals [`render_spec`] of `host` (a
+/// property test checks it).
+///
+/// `None` when the change needs the whole render: the endpoints differ (their chains, the
+/// verdict maps and which rule lists are rendered follow them), or a host endpoint is present
+/// (its untracked chains render rule lists differently).
+pub fn render_changes(
+    host: &HostProgram,
+    prev: (&HostProgram, &TableSpec),
+) -> Result<Option<TablePatch>, RenderError> {
+    let (p, t) = prev;
+    if host.endpoints.values().any(|ep| ep.host.is_some()) || host.endpoints != p.endpoints {
+        return Ok(None);
+    }
+    let mut patch = TablePatch::default();
+    let mut part = TableSpec::default();
+    changed_entries(&p.sets, &host.sets, |id, set| {
+        for v in [IpVersion::V4, IpVersion::V6] {
+            match set {
+                Some(set) => {
+                    let (spec, elems) = set_contents(id, set, v);
+                    part.add_set(&spec);
+                    part.add_elements(&spec.name, &elems);
+                }
+                None => {
+                    patch.sets.insert(set_name(id, v), None);
+                }
+            }
+        }
+    });
+    // With the same endpoints the same rule lists are rendered: those that have a chain in
+    // `prev`'s table (staged ones never do). One whose rules changed is rendered again with
+    // its auxiliary sets; the old auxiliary sets go unless rendered again.
+    let mut lists = Vec::new();
+    changed_entries(&p.rule_lists, &host.rule_lists, |id, _| lists.push(id));
+    for id in lists {
+        let chain = rule_list_chain(id);
+        if !t.chains.contains_key(&chain) {
+            continue;
+        }
+        let aux = format!("{chain}#");
+        for (name, _) in t.sets.range(aux.clone()..) {
+            let Some(rest) = name.strip_prefix(&aux) else {
+                break;
+            };
+            if !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_digit()) {
+                patch.sets.insert(name.clone(), None);
+            }
+        }
+        part.add_chain(&ChainSpec::regular(&chain));
+        render_rule_list(&mut part, host, id, &chain, false)?;
+    }
+    patch.put(part);
+    Ok(Some(patch))
+}
+
+/// Calls `f` on every key of `new` whose value is not the same `Arc` as in `old` (with the
+/// new value) and on every key `new` lacks (with `None`): one merge of the two sorted maps.
+fn changed_entries<'a, K: Ord, V>(
+    old: &'a BTreeMap<K, Arc<V>>,
+    new: &'a BTreeMap<K, Arc<V>>,
+    mut f: impl FnMut(&'a K, Option<&'a Arc<V>>),
+) {
+    let (mut o, mut n) = (old.iter().peekable(), new.iter().peekable());
+    loop {
+        match (o.peek(), n.peek()) {
+            (None, None) => return,
+            (Some((ok, _)), None) => {
+                f(ok, None);
+                o.next();
+            }
+            (None, Some((nk, nv))) => {
+                f(nk, Some(nv));
+                n.next();
+            }
+            (Some((ok, ov)), Some((nk, nv))) => match ok.cmp(nk) {
+                Ordering::Less => {
+                    f(ok, None);
+                    o.next();
+                }
+                Ordering::Greater => {
+                    f(nk, Some(nv));
+                    n.next();
+                }
+                Ordering::Equal => {
+                    if !Arc::ptr_eq(ov, nv) {
+                        f(nk, Some(nv));
+                    }
+                    o.next();
+                    n.next();
+                }
+            },
+        }
+    }
 }
 
 /// One host endpoint: its interface (`None`: every interface but loopback and workloads'),

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use calico_dataplane::netlink_socket::NetlinkSocket;
 
 use crate::batch::{Batch, NLM_F_REQUEST, msg, put_msg};
-use crate::netlink::{NLM_F_DUMP, Reply, attr, be32, be64, comment, rd4, string};
+use crate::netlink::{NLM_F_DUMP, Reply, attr, attrs, be32, be64, comment, rd4, string};
 
 /// What went wrong talking to nf_tables.
 #[derive(Debug, thiserror::Error)]
@@ -251,25 +251,59 @@ impl NftSocket {
             .collect())
     }
 
+    /// The elements of one set, as `(key, interval end)` in the kernel's order: a dump the
+    /// kernel filters to that set, so it costs the set's size, not the table's (cheap enough
+    /// to poll). For an interval set, an address is a member when the last element whose key
+    /// is not above it is a start (not an interval end).
+    pub fn set_elements(
+        &mut self,
+        table: &str,
+        set: &str,
+    ) -> Result<Vec<(Vec<u8>, bool)>, NftError> {
+        const ELEMENTS: u16 = 3;
+        const KEY: u16 = 1;
+        const FLAGS: u16 = 3;
+        const VALUE: u16 = 1;
+        const INTERVAL_END: u32 = 1;
+        let mut out = Vec::new();
+        for m in self.dump(msg::GETSETELEM, &names(&[(1, table), (2, set)]))? {
+            let Some(list) = attr(&m.attrs, ELEMENTS) else {
+                continue;
+            };
+            for (_, elem) in attrs(list) {
+                let end = attr(elem, FLAGS).and_then(be32).unwrap_or(0) & INTERVAL_END != 0;
+                if let Some(key) = attr(elem, KEY).and_then(|k| attr(k, VALUE)) {
+                    out.push((key.to_vec(), end));
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// The comments of one chain's rules, in order (a dump the kernel filters to that chain,
     /// so it costs the chain's size, not the table's): cheap enough to poll.
     pub fn rule_comments(&mut self, table: &str, chain: &str) -> Result<Vec<String>, NftError> {
-        let mut req = Vec::new();
-        for (ty, v) in [(1u16, table), (2u16, chain)] {
-            let mut data = v.as_bytes().to_vec();
-            data.push(0);
-            req.extend_from_slice(&((4 + data.len()) as u16).to_ne_bytes());
-            req.extend_from_slice(&ty.to_ne_bytes());
-            req.extend_from_slice(&data);
-            while req.len() % 4 != 0 {
-                req.push(0);
-            }
-        }
         Ok(self
-            .dump(msg::GETRULE, &req)?
+            .dump(msg::GETRULE, &names(&[(1, table), (2, chain)]))?
             .iter()
             .filter(|m| attr(&m.attrs, 2).and_then(string).as_deref() == Some(chain))
             .filter_map(|m| attr(&m.attrs, 7).and_then(comment))
             .collect())
     }
+}
+
+/// String attributes (NUL-terminated, padded to 4 bytes) of a request that names objects.
+fn names(attrs: &[(u16, &str)]) -> Vec<u8> {
+    let mut req = Vec::new();
+    for (ty, v) in attrs {
+        let mut data = v.as_bytes().to_vec();
+        data.push(0);
+        req.extend_from_slice(&((4 + data.len()) as u16).to_ne_bytes());
+        req.extend_from_slice(&ty.to_ne_bytes());
+        req.extend_from_slice(&data);
+        while req.len() % 4 != 0 {
+            req.push(0);
+        }
+    }
+    req
 }

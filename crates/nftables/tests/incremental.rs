@@ -362,3 +362,89 @@ fn rendering_from_the_previous_table_equals_a_fresh_render() {
         }
     }
 }
+
+/// `b` as the incremental policy model hands it over after `a`: every set and rule list
+/// equal to `a`'s is `a`'s own (the same `Arc`), only what changed is new.
+fn shared_with(a: &HostProgram, b: &HostProgram) -> HostProgram {
+    let mut out = b.clone();
+    for (id, s) in out.sets.iter_mut() {
+        if let Some(old) = a.sets.get(id).filter(|old| *old == s) {
+            *s = old.clone();
+        }
+    }
+    for (id, r) in out.rule_lists.iter_mut() {
+        if let Some(old) = a.rule_lists.get(id).filter(|old| *old == r) {
+            *r = old.clone();
+        }
+    }
+    out
+}
+
+/// The patch path (only what the program changed, found by pointer) against the oracle, the
+/// whole render: the previous table patched equals a fresh render of the new program, and
+/// the patch's operations, run on the simulated kernel from the previous table, give it too.
+/// Every pair of models where the endpoints stay the same must take the patch path.
+#[test]
+fn patching_the_previous_table_equals_a_fresh_render() {
+    use calico_nftables::RenderSettings;
+    use calico_nftables::render::{render_changes, render_spec};
+    use calico_nftables::table::{diff_patch, same_table, simulate};
+    let mut models = vec![model()];
+    let mut m = model();
+    // A rule added (a new selector: a new set), then one removed, then a rule list emptied.
+    m.policies[0]
+        .ingress
+        .push(allow_port(8080, "role == 'cache'"));
+    models.push(m.clone());
+    m.policies[1].ingress[0] = allow_port(5433, "role == 'db'");
+    models.push(m.clone());
+    // A remote endpoint that enters a set, then changes its label (moves between sets).
+    let mut remote = endpoint(9, "web");
+    remote.node = "node2".into();
+    m.workload_endpoints.push(remote);
+    models.push(m.clone());
+    let last = m.workload_endpoints.len() - 1;
+    m.workload_endpoints[last]
+        .labels
+        .insert("role".into(), "cache".into());
+    models.push(m.clone());
+    m.policies[0].ingress.clear();
+    models.push(m.clone());
+    // A local endpoint changes its label (its chains change: the whole render).
+    m.workload_endpoints[3]
+        .labels
+        .insert("role".into(), "web".into());
+    models.push(m);
+    let programs: Vec<HostProgram> = models.iter().map(program).collect();
+    let settings = RenderSettings::default();
+    let mut patched = 0;
+    for (i, a) in programs.iter().enumerate() {
+        let ta = render_spec(a, &settings).expect("render");
+        // Shared as the model shares them, and not shared at all (a fresh compile).
+        let pairs = programs
+            .iter()
+            .enumerate()
+            .flat_map(|(j, b)| [(j, shared_with(a, b)), (j, b.clone())]);
+        for (j, b) in pairs {
+            let fresh = render_spec(&b, &settings).expect("render");
+            let Some(patch) = render_changes(&b, (a, &ta)).expect("render") else {
+                assert!(
+                    a.endpoints != b.endpoints,
+                    "{i} → {j}: same endpoints but no patch"
+                );
+                continue;
+            };
+            patched += 1;
+            let mut t = ta.clone();
+            t.apply_patch(&patch);
+            assert!(t == fresh, "{i} → {j}: the patched table differs");
+            let ops = diff_patch(&ta, &patch).expect("no set or chain re-created");
+            let sim = simulate(&ta, &ops).expect("the kernel takes the patch's ops");
+            assert!(same_table(&sim, &fresh), "{i} → {j}: the ops differ");
+            if i == j {
+                assert!(ops.is_empty(), "{i}: no change, nothing sent");
+            }
+        }
+    }
+    assert!(patched >= 60, "only {patched} pairs took the patch path");
+}

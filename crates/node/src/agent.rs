@@ -4,7 +4,7 @@
 //!   etcd list_watch_without_prev("/calico/") ─► watch task ─► WatchEvent (mpsc 1024) ─┐
 //!   speaker route events ─► BgpControl ─► RouteFeed (bounded 4096, overflow mark) ─────┤
 //!   refresh tick (routeRefreshInterval, 90 s) ──────────────────────────────────────────┤
-//!                                                   (coalesced 20 ms) ─► run_round():  ▼
+//!                          (no timer: a round takes all that is queued) ─► run_round():  ▼
 //!     Store::apply(event) → Change { aspects, policy keys }          (model/store.rs)
 //!     felix    → FelixConfiguration from the model → log level, servers, intervals
 //!     speaker  → Store::snapshot → peering::sessions_for → BgpControl::apply
@@ -62,8 +62,6 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 const STATUS_REFRESH: Duration = Duration::from_secs(1);
 /// Longest wait for the speaker's initial sync before stale learned routes may be removed.
 const LEARNED_ROUTES_GRACE: Duration = Duration::from_secs(120);
-/// Triggers arriving within this window are handled by one reconcile.
-const COALESCE: Duration = Duration::from_millis(20);
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -449,6 +447,10 @@ pub async fn run(mut cfg: NodeConfig, etcd: EtcdClient) -> Result<(), AgentError
     let started_at = Instant::now();
     let mut failures: u32 = 0;
     let mut work = Work::default();
+    // For the per-round debug line: when the round's first trigger arrived, how many watch
+    // events it took, and how long taking them into the store took.
+    let mut first_at = Instant::now();
+    let (mut work_events, mut store_time) = (0usize, Duration::ZERO);
     // The first round waits for the watch's first snapshot (the start-up list).
     let mut synced_once = false;
     loop {
@@ -481,6 +483,14 @@ pub async fn run(mut cfg: NodeConfig, etcd: EtcdClient) -> Result<(), AgentError
             )
             .await;
             metrics.observe(crate::metrics::APPLY_TIME, round.elapsed().as_secs_f64());
+            debug!(
+                events = work_events,
+                since_first_us = first_at.elapsed().as_micros() as u64,
+                store_us = store_time.as_micros() as u64,
+                round_us = round.elapsed().as_micros() as u64,
+                "round done"
+            );
+            work_events = 0;
             if problems.is_empty() {
                 debug!("dataplane in sync");
                 failures = 0;
@@ -517,6 +527,7 @@ pub async fn run(mut cfg: NodeConfig, etcd: EtcdClient) -> Result<(), AgentError
             tokio::select! {
                 ev = watch_rx.recv() => {
                     let Some(ev) = ev else { return Ok(()) };
+                    work_events += 1;
                     work.event(&mut store, ev);
                     synced_once |= store.revision() > 0;
                     break;
@@ -538,9 +549,15 @@ pub async fn run(mut cfg: NodeConfig, etcd: EtcdClient) -> Result<(), AgentError
                 }
             }
         }
-        // Take the changes that arrive right behind the first into the same round.
-        tokio::time::sleep(COALESCE).await;
+        // Latency first, as Felix's dataplane loop: the round starts at once with everything
+        // already queued (the events of one etcd transaction come in one watch response and
+        // are queued together). Whatever arrives while a round runs waits in the channels and
+        // is taken whole by the next round, so a burst batches by itself without a timer.
+        // One yield first lets a producer that is mid-way through a response finish it.
+        first_at = Instant::now();
+        tokio::task::yield_now().await;
         while let Ok(ev) = watch_rx.try_recv() {
+            work_events += 1;
             work.event(&mut store, ev);
             synced_once |= store.revision() > 0;
         }
@@ -554,6 +571,7 @@ pub async fn run(mut cfg: NodeConfig, etcd: EtcdClient) -> Result<(), AgentError
         if tick_rx.try_recv().is_ok() {
             work.resync = true;
         }
+        store_time = first_at.elapsed();
     }
 }
 
@@ -853,7 +871,9 @@ fn sync_policy(
         }
     };
     // The model first: whatever fails below, it has taken this change.
+    let t = Instant::now();
     PolicyModel::advance(r.model, r.store, change, &felix);
+    let model_time = t.elapsed();
     if resync {
         // Level-triggered safety: the periodic resync recomputes the program from the whole
         // store (memory only, no datastore read); a difference would be a bug of the
@@ -888,9 +908,25 @@ fn sync_policy(
     let pools: Vec<calico_api::IPPool> = r.store.ip_pools().cloned().collect();
     p.set_nat_outgoing(crate::nat::desired(&pools, &r.settings.current));
     let model = r.model.as_ref().expect("set by advance");
+    // The step timings go with the "policy applied" line (span fields).
+    let span = tracing::info_span!(
+        "policy_round",
+        model_us = model_time.as_micros() as u64,
+        verify_us = tracing::field::Empty
+    );
+    let _entered = span.enter();
     let synced = match model.program() {
         Ok((program, issues)) => {
-            let verified = p.verify().map(|_| ());
+            // Level-triggered safety on the periodic resync (and the retry after a failed
+            // round): the table is checked in the kernel and the whole of it recomputed and
+            // compared. Other rounds send what the model changed only.
+            let t = Instant::now();
+            let verified = if resync {
+                p.resync().map(|_| ())
+            } else {
+                Ok(())
+            };
+            span.record("verify_us", t.elapsed().as_micros() as u64);
             let res =
                 verified.and_then(|_| p.enforce_compiled(program, issues, model.felix(), node));
             // The isolated issues come from the compilation, which precedes any apply error:

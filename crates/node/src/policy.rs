@@ -98,6 +98,10 @@ pub trait Enforcer {
     /// Sets what NAT outgoing does; enforced with the next `enforce` (same table, same
     /// transaction as the policy).
     fn set_nat_outgoing(&mut self, _nat: NatOutgoing) {}
+
+    /// The next `enforce` recomputes everything it enforces from the program and compares
+    /// all of it with what it enforced, rather than only what the program says changed.
+    fn whole_next(&mut self) {}
 }
 
 impl Enforcer for PolicyDataplane {
@@ -116,6 +120,10 @@ impl Enforcer for PolicyDataplane {
 
     fn set_nat_outgoing(&mut self, nat: NatOutgoing) {
         PolicyDataplane::set_nat_outgoing(self, nat);
+    }
+
+    fn whole_next(&mut self) {
+        PolicyDataplane::whole_next(self);
     }
 
     fn enforce(
@@ -193,7 +201,7 @@ impl<E: Enforcer> PolicySync<E> {
     }
 
     /// Checks that the applied table is still in the kernel; when it is gone, the next
-    /// [`PolicySync::sync`] enforces again (the agent calls this every round). Returns
+    /// [`PolicySync::sync`] enforces again (the agent calls this on every resync). Returns
     /// whether it was still there.
     pub fn verify(&mut self) -> Result<bool, PolicyError> {
         if self.applied.is_none() {
@@ -205,6 +213,14 @@ impl<E: Enforcer> PolicySync<E> {
             self.applied = None;
         }
         Ok(present)
+    }
+
+    /// The level-triggered check of the periodic resync: whether the applied table is still
+    /// in the kernel ([`PolicySync::verify`]), and the next enforcement renders and compares
+    /// the whole table, not only what the program says changed.
+    pub fn resync(&mut self) -> Result<bool, PolicyError> {
+        self.enforcer.whole_next();
+        self.verify()
     }
 
     /// The program last applied successfully.
@@ -271,6 +287,7 @@ impl<E: Enforcer> PolicySync<E> {
             }
             self.issues = issues.to_vec();
         }
+        let t = std::time::Instant::now();
         if self
             .applied
             .as_ref()
@@ -279,6 +296,7 @@ impl<E: Enforcer> PolicySync<E> {
         {
             return Ok(false);
         }
+        let compare = t.elapsed();
         self.enforcer.set_nat_outgoing(self.nat.clone());
         let report =
             self.enforcer
@@ -296,9 +314,15 @@ impl<E: Enforcer> PolicySync<E> {
             messages = report.messages,
             chains_touched = report.chains.len(),
             sets_touched = report.sets.len(),
+            render_us = report.timings.render.as_micros() as u64,
+            diff_us = report.timings.diff.as_micros() as u64,
+            kernel_us = report.timings.kernel.as_micros() as u64,
+            compare_us = compare.as_micros() as u64,
             "policy applied"
         );
+        let t = std::time::Instant::now();
         self.applied = Some((program.clone(), felix.clone()));
+        tracing::debug!(us = t.elapsed().as_micros() as u64, "applied program kept");
         self.nat_applied = Some(self.nat.clone());
         Ok(true)
     }

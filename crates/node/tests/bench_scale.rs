@@ -46,6 +46,21 @@ const SAMPLES: usize = 5;
 const RESERVE_KIB: u64 = 6 * 1024 * 1024;
 const BATCH: usize = 10;
 
+/// Wall-clock time (UTC seconds of the day, µs), to line a change up with the agent's log.
+fn chrono_now() -> String {
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let s = d.as_secs() % 86_400;
+    format!(
+        "{:02}:{:02}:{:02}.{:06}",
+        s / 3600,
+        s / 60 % 60,
+        s % 60,
+        d.subsec_micros()
+    )
+}
+
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
     v[v.len() / 2]
@@ -118,13 +133,22 @@ fn change(
     done: impl Fn(&ScaleLab) -> bool,
 ) -> (Duration, (u64, u64)) {
     let before = lab.ranges();
+    let wall = chrono_now();
     let (_, t) = lab.put(docs);
+    // The probe's floor: the put has returned (etcd's answer, the client's teardown) before
+    // the first poll.
+    let returned = t.elapsed();
     let d = poll(Duration::from_secs(120), Duration::from_micros(500), || {
         done(lab).then(|| t.elapsed())
     })
     .unwrap_or_else(|| panic!("{what}: never enforced\n{}", lab.agent_log()));
     std::thread::sleep(Duration::from_millis(300));
     let after = lab.ranges();
+    println!(
+        "BENCH|change|{what}|written_at|{wall}|put_returned_ms|{}|enforced_ms|{}",
+        ms(returned),
+        ms(d)
+    );
     (d, (after.0 - before.0, after.1 - before.1))
 }
 
@@ -245,6 +269,11 @@ fn run(nodes: usize, followers_wanted: usize, vxlan: bool) {
         .collect();
     for l in &applied[applied.len().saturating_sub(4)..] {
         println!("BENCH|{tag}|{nodes}|agent_log|{l}");
+    }
+    // With BENCH_AGENT_LOG=info,calico_node::agent=debug: the rounds of the changes above.
+    let rounds: Vec<&str> = log.lines().filter(|l| l.contains("round done")).collect();
+    for l in &rounds[rounds.len().saturating_sub(3 * SAMPLES)..] {
+        println!("BENCH|{tag}|{nodes}|agent_round|{l}");
     }
     let (hwm, rss) = memory_kib(lab.agent_pid());
     println!(

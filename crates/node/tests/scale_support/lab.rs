@@ -101,6 +101,10 @@ pub struct ScaleLab {
     pub run_dir: PathBuf,
     pub lab: Lab,
     pub shape: Shape,
+    /// One nf_tables socket in node-0's namespace for the probes (opened at first use and
+    /// kept: a probe polls every 0.5 ms, and opening a socket in a namespace per poll cost
+    /// milliseconds of the same two cores the agent runs on).
+    nft: std::cell::RefCell<Option<NftSocket>>,
 }
 
 impl ScaleLab {
@@ -128,7 +132,17 @@ impl ScaleLab {
             run_dir,
             lab,
             shape,
+            nft: Default::default(),
         }
+    }
+
+    /// `f` with the probes' socket.
+    fn with_nft<R>(&self, f: impl FnOnce(&mut NftSocket) -> R) -> R {
+        let mut slot = self.nft.borrow_mut();
+        let s = slot.get_or_insert_with(|| {
+            NftSocket::open_in(&self.node.netns_path()).expect("nft socket")
+        });
+        f(s)
     }
 
     /// Runs `f` with an etcd client inside the etcd host's namespace.
@@ -185,7 +199,12 @@ impl ScaleLab {
             .env("FELIX_IPV6SUPPORT", "false")
             .env("CALICO_RUN_DIR", &self.run_dir)
             .env("CALICO_STATE_DIR", self.run_dir.join("lib"))
-            .env("CALICO_LOG_LEVEL", "info");
+            // BENCH_AGENT_LOG: another filter for the agent's log (e.g.
+            // `info,calico_node::agent=debug` adds a line per round with its timings).
+            .env(
+                "CALICO_LOG_LEVEL",
+                std::env::var("BENCH_AGENT_LOG").unwrap_or_else(|_| "info".into()),
+            );
         let t = Instant::now();
         let guard = self
             .node
@@ -288,14 +307,19 @@ impl ScaleLab {
     }
 
     /// Whether nft set `set` of the agent's table holds `ip`.
+    /// Whether the interval set `set` holds `ip`, read over netlink (a dump of that set only:
+    /// no process per poll, so polling every 0.5 ms costs the agent little CPU).
     pub fn set_holds(&self, set: &str, ip: &str) -> bool {
-        let out = self
-            .node
-            .exec(&["nft", "list", "set", "inet", TABLE_NAME, set])
-            .expect("nft");
-        let text = String::from_utf8_lossy(&out.stdout);
-        text.split(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .any(|w| w == ip)
+        let ip: Ipv4Addr = ip.parse().expect("ip");
+        let key = ip.octets().to_vec();
+        let mut elems = self.with_nft(|s| s.set_elements(TABLE_NAME, set).expect("dump set"));
+        elems.sort();
+        // The last element whose key is not above the address: a start means inside.
+        elems
+            .iter()
+            .rev()
+            .find(|(k, _)| *k <= key)
+            .is_some_and(|(_, end)| !end)
     }
 
     /// `ip -4 route show exact <cidr>` on node-0 (empty: no route).
@@ -330,10 +354,8 @@ impl ScaleLab {
 
     /// Whether a rule of `chain` has a comment ending in ` rule <index>`.
     pub fn chain_has_rule(&self, chain: &str, index: usize) -> bool {
-        let mut s = NftSocket::open_in(&self.node.netns_path()).expect("nft socket");
         let want = format!(" rule {index}");
-        s.rule_comments(TABLE_NAME, chain)
-            .expect("dump chain")
+        self.with_nft(|s| s.rule_comments(TABLE_NAME, chain).expect("dump chain"))
             .iter()
             .any(|c| c.ends_with(&want))
     }
