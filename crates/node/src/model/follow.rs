@@ -43,8 +43,19 @@ impl Drop for Follower {
 }
 
 impl Follower {
-    /// Starts following `/calico/` for node `node`.
+    /// Starts following `/calico/` for node `node`; a round takes the changes already there
+    /// when it starts (the model's own cost, which the model benchmark times).
     pub fn start(etcd: EtcdClient, node: &str) -> Follower {
+        Follower::start_with_window(etcd, node, std::time::Duration::ZERO)
+    }
+
+    /// [`Follower::start`], a round waiting `window` after its first change for more (the
+    /// model-only agent: [`COALESCE`], the agent's window).
+    pub fn start_with_window(
+        etcd: EtcdClient,
+        node: &str,
+        window: std::time::Duration,
+    ) -> Follower {
         let state = Arc::new(Mutex::new(Followed {
             store: Store::new(node),
             policy: None,
@@ -59,9 +70,9 @@ impl Follower {
             loop {
                 let mut events = etcd.list_watch_without_prev("/calico/");
                 while let Some(first) = events.next().await {
-                    // As the agent does: the changes arriving within COALESCE of the first
-                    // share its round.
-                    tokio::time::sleep(COALESCE).await;
+                    if !window.is_zero() {
+                        tokio::time::sleep(window).await;
+                    }
                     let mut batch = vec![first];
                     while let Some(Some(more)) = events.next().now_or_never() {
                         batch.push(more);
@@ -98,8 +109,8 @@ impl Follower {
     }
 }
 
-/// How long a round waits after its first change for more: the agent's window (agent.rs
-/// `COALESCE`), so a follower runs the rounds the agent would.
+/// How long a model-only agent's round waits after its first change for more: the agent's
+/// window (agent.rs `COALESCE`), so it runs the rounds the agent would.
 const COALESCE: std::time::Duration = std::time::Duration::from_millis(20);
 
 /// One round: `batch` applied to the store, then the policy model advanced once for all of
@@ -183,7 +194,7 @@ pub async fn run_model_only(node: &str, etcd: EtcdClient) {
     metrics_server
         .ensure(&settings.metrics, || metrics::router(metrics.clone()))
         .await;
-    let follower = Follower::start(etcd, node);
+    let follower = Follower::start_with_window(etcd, node, COALESCE);
     tracing::info!(
         node,
         "model-only agent: following /calico/, programming nothing"
