@@ -3,8 +3,11 @@
 # the synthetic cluster (tests/scale_support) in a real etcd at 10 and at 1,000 nodes, the real
 # calico-node as node-0 with 100 real workloads, write -> enforced in its kernel, range requests
 # per change, its peak RSS, then up to BENCH_FOLLOWERS (default 100) model-only calico-node
-# processes on the same etcd and etcd's p99 latency idle vs. under 10 changes/s.
+# processes on the same etcd and etcd's p99 latency idle vs. under 10 changes/s, with etcd and
+# the probe on CPU 0 and the agents and the writer on the others (model-only agents at
+# SCHED_IDLE; BENCH_PLACEMENT=shared turns that off), and the CPU every party used.
 # Everything runs inside lab namespaces (crates/node/tests/bench_scale.rs); needs root and etcd.
+# 100 model-only agents at 1,000 nodes take about 12 GiB: one such run at a time.
 #
 #   scripts/bench-scale.sh                       # debug build, both scales
 #   BENCH_PROFILE=release scripts/bench-scale.sh # release build

@@ -105,16 +105,20 @@ pub struct ScaleLab {
     /// kept: a probe polls every 0.5 ms, and opening a socket in a namespace per poll cost
     /// milliseconds of the same two cores the agent runs on).
     nft: std::cell::RefCell<Option<NftSocket>>,
+    /// CPUs the model-only agents started from now on run on ([`super::cpu::on`]); `None`:
+    /// anywhere.
+    pub follower_cpus: Option<String>,
 }
 
 impl ScaleLab {
     pub fn new(shape: Shape) -> ScaleLab {
         let lab = Lab::new().expect("lab");
         let etcd_host = lab.add_host("etcd", "192.168.33.2/24").expect("etcd host");
-        let etcd = Etcd::start(EtcdOptions::in_netns(
-            etcd_host.netns_path(),
-            etcd_host.ip(),
-        ))
+        let etcd = Etcd::start(EtcdOptions {
+            // Server-side request latency (grpc_server_handling_seconds) beside the probe's.
+            extra_args: vec!["--metrics=extensive".into()],
+            ..EtcdOptions::in_netns(etcd_host.netns_path(), etcd_host.ip())
+        })
         .expect("etcd");
         let node = lab
             .add_host("node0", &format!("{NODE_IP}/24"))
@@ -133,6 +137,7 @@ impl ScaleLab {
             lab,
             shape,
             nft: Default::default(),
+            follower_cpus: None,
         }
     }
 
@@ -237,10 +242,13 @@ impl ScaleLab {
 
     /// Starts model-only agent `i` (node `node-<1 + i % (nodes-1)>`, a simulated agent of a
     /// remote node), its metrics on 127.0.0.1:21000+i and its health on 127.0.0.1:22000+i in
-    /// the etcd host's namespace.
+    /// the etcd host's namespace; on [`ScaleLab::follower_cpus`] when set.
     pub fn start_follower(&mut self, i: usize) {
         let node = format!("node-{}", 1 + i % (self.shape.nodes - 1).max(1));
-        let mut cmd = Command::new(calico_node_binary());
+        let mut cmd = match &self.follower_cpus {
+            Some(cpus) => super::cpu::on(cpus, &calico_node_binary()),
+            None => Command::new(calico_node_binary()),
+        };
         cmd.env_clear()
             .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
             .env("CALICO_MODEL_ONLY", "true")

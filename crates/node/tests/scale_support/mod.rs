@@ -9,6 +9,7 @@
 //! model-only agents against it.
 #![allow(dead_code)]
 
+pub mod cpu;
 pub mod lab;
 
 use calico_datastore::{EtcdClient, TxnOutcome, Write};
