@@ -29,16 +29,10 @@ const FOLLOWER_PORT: u16 = 21_000;
 /// Model-only agent `i` serves `/readiness` on 127.0.0.1:22000+i (etcd host's namespace).
 pub const HEALTH_PORT: u16 = 22_000;
 
-fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target"))
-}
-
 /// The calico-node binary of this build profile (`BENCH_PROFILE=release` for the release one).
 pub fn calico_node_binary() -> PathBuf {
     let profile = std::env::var("BENCH_PROFILE").unwrap_or_else(|_| "debug".into());
-    let bin = target_dir().join(profile).join("calico-node");
+    let bin = common::target_dir().join(profile).join("calico-node");
     assert!(
         bin.is_file(),
         "{} is not built: cargo build -p calico-rs --bin calico-node",
@@ -47,19 +41,7 @@ pub fn calico_node_binary() -> PathBuf {
     bin
 }
 
-/// Polls `f` every `every` until it returns `Some` or `timeout` passes.
-pub fn poll<T>(timeout: Duration, every: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return Some(v);
-        }
-        if Instant::now() >= deadline {
-            return None;
-        }
-        std::thread::sleep(every);
-    }
-}
+pub use common::poll;
 
 /// `VmHWM` (peak) and `VmRSS` of a process, in KiB.
 pub fn memory_kib(pid: u32) -> (u64, u64) {
