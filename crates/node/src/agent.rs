@@ -550,10 +550,11 @@ pub async fn run(mut cfg: NodeConfig, etcd: EtcdClient) -> Result<(), AgentError
             }
         }
         // Latency first, as Felix's dataplane loop: the round starts at once with everything
-        // already queued (the events of one etcd transaction come in one watch response and
-        // are queued together). Whatever arrives while a round runs waits in the channels and
-        // is taken whole by the next round, so a burst batches by itself without a timer.
-        // One yield first lets a producer that is mid-way through a response finish it.
+        // already queued. Whatever arrives while a round runs waits in the channels and is
+        // taken whole by the next round, so a burst batches by itself without a timer. The
+        // events of one etcd transaction come in one watch response but are forwarded one by
+        // one, so they usually, not always, share a round (as in Felix); one yield first lets
+        // a producer that is mid-way through a response finish it.
         first_at = Instant::now();
         tokio::task::yield_now().await;
         while let Ok(ev) = watch_rx.try_recv() {
